@@ -22,6 +22,13 @@ class ProviderUnavailable(BadInput):
 
 
 class GateFailed(McompError):
-    """A quality gate (accuracy drop, fidelity, speed-up) failed; nothing is written."""
+    """A quality gate (accuracy drop, fidelity, speed-up) failed; nothing is written.
+
+    Carries the run's report so that the CLI can still show what was measured.
+    """
 
     exit_code = 3
+
+    def __init__(self, message: str, report: dict | None = None) -> None:
+        super().__init__(message)
+        self.report = report

@@ -1,0 +1,126 @@
+"""Latency measured side by side (design §7).
+
+Sessions alternate A, B, A, B … in one process after a warm-up, with intra-op spinning
+off so that they do not fight over the cores; each model's ratio is the median of the
+per-round ratios against the first model. A second session of the first model (A′) runs
+in the same rounds and gives the A/A noise floor that every figure should be read against.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class LatencyStats:
+    label: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    throughput: float  # examples per second at p50
+    runs: int
+    ratio: float | None  # median per-round ratio against the first model (None for the first)
+    peak_memory_mb: float | None  # peak RSS growth while loading and first running this model
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class NoiseFloor:
+    """The first model against a second session of itself: how far apart 'equal' reads."""
+
+    median: float
+    p10: float
+    p90: float
+
+    def to_dict(self) -> dict:
+        return {k: round(v, 4) for k, v in asdict(self).items()}
+
+
+@dataclass
+class BenchResult:
+    models: list[LatencyStats]
+    noise_floor: NoiseFloor | None
+    provider: str
+    threads: int | None
+
+    def to_dict(self) -> dict:
+        return {"provider": self.provider, "threads": self.threads,
+                "noise_floor": self.noise_floor.to_dict() if self.noise_floor else None,
+                "models": [m.to_dict() for m in self.models]}
+
+
+def _status_kb(field: str) -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> bool:
+    """Linux resets the VmHWM high-water mark when '5' is written to clear_refs."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _batch_size(feed: dict[str, np.ndarray]) -> int:
+    first = next(iter(feed.values()))
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *,
+                providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
+                noise_floor: bool = True, provider_label: str = "cpu") -> BenchResult:
+    """Measures every model on the same feeds, round-robin, and returns stats with ratios."""
+    from mcomp.session import make_session
+
+    labels = [label for label, _ in models]
+    sources = [src for _, src in models]
+    if noise_floor:
+        labels.append(labels[0] + " (A/A)")
+        sources.append(sources[0])
+    sessions, peaks = [], []
+    for source in sources:
+        before = _status_kb("VmRSS")
+        can_reset = _reset_peak()
+        session = make_session(source, providers, threads, spinning=False)
+        session.run(None, feeds[0])
+        peak = _status_kb("VmHWM")
+        peaks.append((peak - before) / 1024 if can_reset and peak and before else None)
+        sessions.append(session)
+    for i in range(warmup):
+        for session in sessions:
+            session.run(None, feeds[i % len(feeds)])
+    times = np.zeros((runs, len(sessions)))
+    for r in range(runs):
+        feed = feeds[r % len(feeds)]
+        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
+        for j in order:  # alternate the order so that no model always runs right after another
+            start = time.perf_counter()
+            sessions[j].run(None, feed)
+            times[r, j] = time.perf_counter() - start
+    batch = _batch_size(feeds[0])
+    stats = []
+    for j, label in enumerate(labels[: len(models)]):
+        col = times[:, j] * 1000
+        p50 = float(np.percentile(col, 50))
+        ratio = None if j == 0 else float(np.median(times[:, j] / times[:, 0]))
+        stats.append(LatencyStats(label, p50, float(np.percentile(col, 90)), float(np.percentile(col, 99)),
+                                  float(col.mean()), batch / (p50 / 1000) if p50 else 0.0, runs, ratio, peaks[j]))
+    floor = None
+    if noise_floor:
+        aa = times[:, -1] / times[:, 0]
+        floor = NoiseFloor(float(np.median(aa)), float(np.percentile(aa, 10)), float(np.percentile(aa, 90)))
+    return BenchResult(stats, floor, provider_label, threads)

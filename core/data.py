@@ -1,0 +1,270 @@
+"""Data sets for calibration, evaluation and training (design §6).
+
+A ``Dataset`` is a list of feeds (one ``{input name: array}`` dict per session run) with
+optional labels per feed. Sources: ``.npz``/``.npy`` arrays keyed by input name (with an
+optional ``labels`` array), a folder of images with declared preprocessing, or ``random``
+(synthetic from the input spec; accuracy is then unknown and the report says so).
+
+Array layouts accepted for an input of rank r:
+- rank r: one batch; split along axis 0 into feeds of ``batch_size`` (or of the model's
+  fixed leading dim);
+- rank r+1: stacked feeds, one per index of axis 0;
+- rank 0 for a scalar input: the same value in every feed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+import numpy as np
+import onnx_ir as ir
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcomp.errors import BadInput
+from mcomp.session import TensorSpec, input_specs
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+DEFAULT_DYNAMIC_DIM = 32  # a symbolic non-batch dim in synthetic data, unless --input-shape says otherwise
+
+
+@dataclass
+class Dataset:
+    feeds: list[dict[str, np.ndarray]]
+    labels: list[np.ndarray] | None = None
+    synthetic: bool = False
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    @property
+    def samples(self) -> int:
+        """Number of examples, counted along the batch axis of the first input."""
+        return sum(next(iter(f.values())).shape[0] if next(iter(f.values())).ndim else 1 for f in self.feeds)
+
+    @property
+    def has_labels(self) -> bool:
+        return self.labels is not None
+
+    def head(self, n: int) -> "Dataset":
+        return Dataset(self.feeds[:n], None if self.labels is None else self.labels[:n], self.synthetic, self.source, self.notes)
+
+    def describe(self) -> dict:
+        return {"source": self.source, "feeds": len(self.feeds), "samples": self.samples,
+                "labels": self.has_labels, "synthetic": self.synthetic, "notes": list(self.notes)}
+
+
+class ImageFolderSpec(BaseModel):
+    """A folder of images: one class per subfolder (sorted names → label 0..n-1), or flat (no labels)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    images: Path
+    size: tuple[int, int] | None = Field(None, description="height, width; default: the model's input dims")
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    scale: float = Field(1 / 255, description="multiplies pixel values before mean/std")
+    layout: str = Field("NCHW", pattern="^(NCHW|NHWC)$")
+    input: str | None = None
+    batch_size: int = Field(16, ge=1)
+
+
+DataSpec = str | Path | ImageFolderSpec
+
+
+def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None = None,
+         batch_size: int = 16, synthetic_feeds: int = 8, seed: int = 0) -> Dataset:
+    """Loads data for ``model`` and checks it against the model's inputs (names, ranks, static dims)."""
+    specs = input_specs(model)
+    if isinstance(spec, ImageFolderSpec):
+        return _load_images(spec, specs)
+    if str(spec) == "random":
+        return synthetic(specs, input_shapes=input_shapes, feeds=synthetic_feeds, seed=seed)
+    path = Path(spec)
+    if not path.exists():
+        raise BadInput(f"{path}: no such data file or folder")
+    if path.is_dir():
+        return _load_images(ImageFolderSpec(images=path), specs)
+    if path.suffix not in (".npz", ".npy"):
+        raise BadInput(f"{path}: unknown data format; use .npz/.npy, an image folder, or 'random'")
+    try:
+        with np.load(path, allow_pickle=False) as loaded:
+            arrays = {k: loaded[k] for k in loaded.files}
+    except AttributeError:  # a .npy: np.load returned the array itself, which has no context manager
+        arrays = {"": np.load(path, allow_pickle=False)}
+    except Exception as exc:
+        raise BadInput(f"{path}: cannot read arrays ({' '.join(str(exc).split())[:120]})") from None
+    return from_arrays(arrays, specs, source=str(path), batch_size=batch_size)
+
+
+def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, source: str,
+                batch_size: int = 16) -> Dataset:
+    labels = arrays.pop("labels", None)
+    if set(arrays) == {""} or (len(arrays) == 1 and len(specs) == 1 and specs[0].name not in arrays):
+        if len(specs) != 1:
+            raise BadInput(f"{source}: a single unnamed array feeds only single-input models; "
+                           f"this one has inputs {[s.name for s in specs]}")
+        arrays = {specs[0].name: next(iter(arrays.values()))}
+    names = [s.name for s in specs]
+    missing = [n for n in names if n not in arrays]
+    extra = [k for k in arrays if k not in names]
+    if missing or extra:
+        raise BadInput(f"{source}: data names do not match the model's inputs "
+                       f"(missing: {missing or 'none'}, unknown: {extra or 'none'}; model inputs: {names})")
+    per_input = {s.name: _split(arrays[s.name], s, source, batch_size) for s in specs}
+    counts = {n: len(v) for n, v in per_input.items() if v is not None}
+    if not counts:
+        feeds = [{n: arrays[n] for n in names}]
+    else:
+        if len(set(counts.values())) > 1:
+            raise BadInput(f"{source}: inputs hold different numbers of examples {counts}")
+        n_feeds = next(iter(counts.values()))
+        feeds = [{n: (per_input[n][i] if per_input[n] is not None else _cast(arrays[n], s, source))
+                  for n, s in zip(names, specs)} for i in range(n_feeds)]
+    for feed in feeds:
+        for s in specs:
+            check_shape(feed[s.name], s, source)
+    return Dataset(feeds, _split_labels(labels, feeds, specs[0].name, source), False, source)
+
+
+def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) -> list[np.ndarray] | None:
+    """Feeds for one input, or None for a constant (the same value in every feed)."""
+    array = _cast(array, spec, source)
+    rank = len(spec.shape) if spec.shape is not None else array.ndim
+    if array.ndim == rank + 1:
+        return list(array)
+    if array.ndim != rank:
+        raise BadInput(f"{source}: array {spec.name!r} has shape {array.shape}, "
+                       f"but input {spec.name!r} has rank {rank} (shape {_fmt(spec.shape)})")
+    if rank == 0:
+        return None
+    lead = spec.shape[0] if spec.shape else None
+    if isinstance(lead, int):
+        if array.shape[0] == lead and rank > 1 and not _batch_like(spec):
+            return None  # a fixed-size tensor such as an RNN state: the same in every feed
+        step = lead
+    else:
+        step = batch_size
+    if array.shape[0] % step:
+        raise BadInput(f"{source}: {array.shape[0]} examples for {spec.name!r} do not split into batches of {step}")
+    return [array[i:i + step] for i in range(0, array.shape[0], step)]
+
+
+def _batch_like(spec: TensorSpec) -> bool:
+    return bool(spec.shape) and spec.shape[0] == 1
+
+
+def _split_labels(labels, feeds, first_input: str, source: str) -> list[np.ndarray] | None:
+    if labels is None:
+        return None
+    labels = np.asarray(labels)
+    if labels.ndim == 0:
+        raise BadInput(f"{source}: 'labels' must have one entry per example, got a scalar")
+    sizes = [feed[first_input].shape[0] if feed[first_input].ndim else 1 for feed in feeds]
+    stacked = len(labels) == len(feeds) and sum(sizes) != len(labels)
+    if stacked:
+        return [np.atleast_1d(l) for l in labels]
+    if sum(sizes) != len(labels):
+        raise BadInput(f"{source}: {len(labels)} labels for {sum(sizes)} examples")
+    out, start = [], 0
+    for size in sizes:
+        out.append(labels[start:start + size])
+        start += size
+    return out
+
+
+def _cast(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
+    array = np.asarray(array)
+    if array.dtype == spec.dtype:
+        return array
+    same_kind = (array.dtype.kind in "fiub" and spec.dtype.kind == "f") or (
+        array.dtype.kind in "iub" and spec.dtype.kind in "iub")
+    if not same_kind:
+        raise BadInput(f"{source}: array {spec.name!r} is {array.dtype}, input expects {spec.dtype}")
+    return array.astype(spec.dtype)
+
+
+def check_shape(array: np.ndarray, spec: TensorSpec, source: str) -> None:
+    if spec.shape is None:
+        return
+    if array.ndim != len(spec.shape) or any(
+            isinstance(d, int) and d != a for d, a in zip(spec.shape, array.shape)):
+        raise BadInput(f"{source}: array {spec.name!r} of shape {tuple(array.shape)} does not fit "
+                       f"input {spec.name!r} of shape {_fmt(spec.shape)}")
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) if isinstance(d, int) else (d or "?") for d in shape) + "]" if shape is not None else "?"
+
+
+def concrete_shape(spec: TensorSpec, input_shapes: dict[str, tuple[int, ...]] | None) -> tuple[int, ...]:
+    """The input's shape with its dynamic dims filled: from --input-shape, else batch 1 and 32."""
+    if input_shapes and spec.name in input_shapes:
+        shape = tuple(input_shapes[spec.name])
+        check_shape(np.empty(shape, dtype=np.uint8), TensorSpec(spec.name, spec.dtype, spec.shape), "--input-shape")
+        return shape
+    if spec.shape is None:
+        raise BadInput(f"input {spec.name!r} has no shape in the model; give it with --input-shape {spec.name}=...")
+    return tuple(d if isinstance(d, int) else (1 if i == 0 else DEFAULT_DYNAMIC_DIM) for i, d in enumerate(spec.shape))
+
+
+def synthetic(specs: list[TensorSpec], *, input_shapes=None, feeds: int = 8, seed: int = 0) -> Dataset:
+    """Seeded synthetic inputs: standard normal floats, zeros for integer and boolean inputs."""
+    rng = np.random.default_rng(seed)
+    unknown = set(input_shapes or {}) - {s.name for s in specs}
+    if unknown:
+        raise BadInput(f"--input-shape names unknown inputs {sorted(unknown)}; model inputs: {[s.name for s in specs]}")
+    shapes = {s.name: concrete_shape(s, input_shapes) for s in specs}
+    out = []
+    for _ in range(feeds):
+        feed = {}
+        for s in specs:
+            if s.dtype.kind == "f":
+                feed[s.name] = rng.standard_normal(shapes[s.name]).astype(s.dtype)
+            else:
+                feed[s.name] = np.zeros(shapes[s.name], dtype=s.dtype)
+        out.append(feed)
+    notes = ["synthetic inputs (standard normal); accuracy unknown, fidelity on noise"]
+    return Dataset(out, None, True, "random", notes)
+
+
+def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec]) -> Dataset:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - pillow is a dependency
+        raise BadInput("image folders need Pillow: pip install pillow") from None
+    folder = Path(spec.images)
+    if not folder.is_dir():
+        raise BadInput(f"{folder}: not a folder of images")
+    image_inputs = [s for s in specs if s.dtype.kind == "f" and s.shape is not None and len(s.shape) == 4]
+    target = next((s for s in specs if s.name == spec.input), None) if spec.input else (image_inputs[0] if len(specs) == 1 and image_inputs else None)
+    if target is None:
+        raise BadInput(f"{folder}: image data needs a single 4-D float input (or 'input:' naming one); model inputs: {[s.name for s in specs]}")
+    classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    files = ([(f, i) for i, c in enumerate(classes) for f in sorted((folder / c).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+             if classes else [(f, None) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES])
+    if not files:
+        raise BadInput(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)})")
+    nchw = spec.layout == "NCHW"
+    channels = target.shape[1] if nchw else target.shape[3]
+    height, width = spec.size or ((target.shape[2], target.shape[3]) if nchw else (target.shape[1], target.shape[2]))
+    if not isinstance(height, int) or not isinstance(width, int):
+        raise BadInput(f"{folder}: the model's image size is dynamic; declare 'size: [height, width]'")
+    mode = "L" if channels == 1 else "RGB"
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    images, labels = [], []
+    for path, label in files:
+        try:
+            with Image.open(path) as img:
+                pixels = np.asarray(img.convert(mode).resize((width, height)), dtype=np.float32)
+        except Exception as exc:
+            raise BadInput(f"{path}: cannot read image ({exc})") from None
+        pixels = (pixels.reshape(height, width, -1) * spec.scale - mean) / std
+        images.append(pixels.transpose(2, 0, 1) if nchw else pixels)
+        labels.append(label)
+    batch = np.stack(images).astype(target.dtype)
+    arrays = {target.name: batch}
+    if classes:
+        arrays["labels"] = np.asarray(labels, dtype=np.int64)
+    return from_arrays(arrays, specs, source=str(folder), batch_size=spec.batch_size)

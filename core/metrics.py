@@ -1,0 +1,62 @@
+"""Fidelity and accuracy of a candidate model against a reference, on a data set."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mcomp.data import Dataset
+from mcomp.kernels import fidelity as fk
+
+
+def run_all(session, dataset: Dataset) -> list[list[np.ndarray]]:
+    """Every output for every feed: ``outputs[k]`` is the list of per-feed arrays of output k."""
+    per_feed = [session.run(None, feed) for feed in dataset.feeds]
+    return [list(col) for col in zip(*per_feed)]
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """One array per output: concatenated along the batch axis where shapes allow, else flattened."""
+    if all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    return np.concatenate([a.ravel() for a in arrays])
+
+
+def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str]) -> dict:
+    """Per-output cosine, relative L2, max abs error (and top-1 agreement for classifier outputs),
+    plus a summary with the worst of each."""
+    outputs = {}
+    for name, r_list, c_list in zip(names, ref, cand):
+        r, c = _joined(r_list), _joined(c_list)
+        if r.shape != c.shape:
+            outputs[name] = {"error": f"shape {list(c.shape)} differs from the reference's {list(r.shape)}"}
+            continue
+        if r.dtype.kind not in "fc":
+            outputs[name] = {"exact_match": float(np.mean(r == c))}
+            continue
+        entry = {"cosine": fk.cosine(r, c), "relative_l2": fk.relative_l2(r, c), "max_abs_error": fk.max_abs(r, c)}
+        if fk.is_classifier_shaped(r):
+            entry["top1_agreement"] = fk.top1_agreement(r, c)
+        outputs[name] = entry
+    floats = [o for o in outputs.values() if "cosine" in o]
+    summary = {
+        "cosine": min((o["cosine"] for o in floats), default=None),
+        "relative_l2": max((o["relative_l2"] for o in floats), default=None),
+        "max_abs_error": max((o["max_abs_error"] for o in floats), default=None),
+        "top1_agreement": next((o["top1_agreement"] for o in floats if "top1_agreement" in o), None),
+        "shape_mismatch": [n for n, o in outputs.items() if "error" in o],
+    }
+    return {"summary": summary, "outputs": outputs}
+
+
+def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
+    """Top-1 accuracy of the first classifier-shaped output, where the data has labels."""
+    if not dataset.has_labels:
+        return None
+    for per_feed in outputs:
+        if per_feed and fk.is_classifier_shaped(per_feed[0]):
+            scores = np.concatenate(per_feed, axis=0)
+            labels = np.concatenate([np.atleast_1d(l) for l in dataset.labels])
+            if len(labels) != len(scores.reshape(-1, scores.shape[-1])):
+                return None
+            return fk.accuracy(scores, labels)
+    return None

@@ -1,0 +1,285 @@
+"""Model I/O at the edges: ONNX files (or stdin), PyTorch checkpoints, and atomic saving.
+
+In memory a model is an ``onnx_ir.Model`` (design §2). Loading validates enough that a
+bad file fails here, with one line, instead of deep inside a pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from mcomp.errors import BadInput
+
+MIN_OPSET = 7
+PROTOBUF_LIMIT = 2**31 - 1  # a ModelProto larger than this cannot be serialized in one piece
+# Domains whose ops are not in onnx.defs but that onnxruntime implements.
+RUNTIME_DOMAINS = frozenset({"com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "ai.onnx.contrib"})
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from, for the report."""
+
+    path: str  # "-" for stdin
+    sha256: str
+    bytes: int
+    kind: str  # "onnx" or "torch"
+
+
+@dataclass
+class LoadedModel:
+    model: ir.Model
+    source: ModelSource
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to read a PyTorch checkpoint (ignored for ONNX files)."""
+
+    arch: str | None = None
+    trust_checkpoint: bool = False
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+
+
+def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
+    """Loads an ONNX model or a PyTorch checkpoint from a path, or ONNX from stdin (``-``)."""
+    if str(spec) == "-":
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise BadInput("stdin: empty input, expected an ONNX model")
+        proto = _parse_onnx_bytes(data, "stdin")
+        source = ModelSource("-", hashlib.sha256(data).hexdigest(), len(data), "onnx")
+        return LoadedModel(_to_ir(proto, "stdin", base_dir=None), source)
+
+    path = Path(spec)
+    _check_readable_file(path)
+    if path.suffix.lower() != ".onnx" and _is_torch_checkpoint(path):
+        from mcomp import torch_io  # deferred: torch is imported only when a checkpoint is seen
+
+        proto = torch_io.load_checkpoint(
+            path, arch=options.arch, trust=options.trust_checkpoint, input_shapes=options.input_shapes
+        )
+        _validate(proto, str(path))
+        return LoadedModel(_to_ir(proto, str(path), None), ModelSource(str(path), sha256_file(path), path.stat().st_size, "torch"))
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError ...
+        raise BadInput(f"{path}: not a valid ONNX model ({_short(exc)})") from None
+    _validate(proto, str(path))
+    _check_external_data(proto, path)
+    return LoadedModel(
+        _to_ir(proto, str(path), base_dir=path.parent),
+        ModelSource(str(path), sha256_file(path), path.stat().st_size, "onnx"),
+    )
+
+
+def _is_torch_checkpoint(path: Path) -> bool:
+    from mcomp import torch_io
+
+    return torch_io.is_torch_checkpoint(path)
+
+
+def _check_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise BadInput(f"{path}: no such file")
+    if path.is_dir():
+        raise BadInput(f"{path}: is a directory, expected a model file")
+    if path.stat().st_size == 0:
+        raise BadInput(f"{path}: empty file, expected a model")
+    if not os.access(path, os.R_OK):
+        raise BadInput(f"{path}: not readable (permission denied)")
+
+
+def _parse_onnx_bytes(data: bytes, where: str) -> onnx.ModelProto:
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as exc:
+        raise BadInput(f"{where}: not a valid ONNX model ({_short(exc)})") from None
+    _validate(proto, where)
+    return proto
+
+
+def _validate(proto: onnx.ModelProto, where: str) -> None:
+    """Rejects what protobuf happily parses but no runtime can use (random bytes often parse)."""
+    graph = proto.graph
+    if proto.ir_version < 3 or not proto.opset_import or not graph.output:
+        raise BadInput(f"{where}: not a valid ONNX model (no graph, outputs or opset)")
+    opset = onnx_opset(proto)
+    if opset is not None and opset < MIN_OPSET:
+        raise BadInput(f"{where}: opset {opset} is older than the oldest supported ({MIN_OPSET})")
+    known_domains = {"", "ai.onnx", "ai.onnx.ml", *RUNTIME_DOMAINS, *(f.domain for f in proto.functions)}
+    imported = {o.domain for o in proto.opset_import}
+    for node in _all_nodes(graph):
+        domain = node.domain or ""
+        if domain not in known_domains:
+            raise BadInput(f"{where}: node {node.name or node.op_type!r} uses op {node.op_type!r} from unknown domain {domain!r}")
+        if domain not in imported and domain not in ("", "ai.onnx"):
+            raise BadInput(f"{where}: domain {domain!r} of op {node.op_type!r} is not imported by the model")
+        if domain in ("", "ai.onnx", "ai.onnx.ml") and not onnx.defs.has(node.op_type, domain if domain != "ai.onnx" else ""):
+            raise BadInput(f"{where}: unknown op {node.op_type!r} in domain {domain or 'ai.onnx'!r}")
+    try:
+        onnx.checker.check_model(proto) if proto.ByteSize() < PROTOBUF_LIMIT else None
+    except onnx.checker.ValidationError as exc:
+        raise BadInput(f"{where}: invalid ONNX model ({_short(exc)})") from None
+
+
+def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            data_path = path.parent / info.location
+            if not data_path.is_file():
+                raise BadInput(f"{path}: external data file {info.location!r} not found beside the model")
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_nodes(g)
+
+
+def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Model:
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:
+        raise BadInput(f"{where}: cannot read the graph ({_short(exc)})") from None
+    if base_dir is not None:
+        _set_base_dir(model, base_dir)
+    return model
+
+
+def _set_base_dir(model: ir.Model, base_dir: Path) -> None:
+    """External-data tensors resolve their files relative to the model's folder (lazily, mmapped)."""
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor.base_dir = str(base_dir)
+
+
+def onnx_opset(model: onnx.ModelProto | ir.Model) -> int | None:
+    """The default-domain opset version."""
+    if isinstance(model, ir.Model):
+        return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return None
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    return ir.serde.serialize_model(model)
+
+
+def to_bytes(model: ir.Model) -> bytes:
+    """The serialized model, for onnxruntime sessions (in-memory models under 2 GB)."""
+    return to_proto(model).SerializeToString()
+
+
+def copy(model: ir.Model) -> ir.Model:
+    """A deep copy, so that a pass that fails part-way leaves the caller's model alone."""
+    return ir.serde.deserialize_model(to_proto(model))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] = ()) -> ModelSource:
+    """Writes atomically (temp file + rename) to a path, or to stdout for ``-``.
+
+    ``protect`` lists input paths that must never be overwritten. Models whose serialized
+    size exceeds the protobuf limit are written with external data ``<name>.data``.
+    """
+    if str(dest) == "-":
+        data = to_bytes(model)
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return ModelSource("-", hashlib.sha256(data).hexdigest(), len(data), "onnx")
+    path = Path(dest)
+    check_writable(path, protect)
+    proto = None if _needs_external_data(model) else to_proto(model)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        tmp_model = Path(tmp) / path.name
+        if proto is not None:
+            with open(tmp_model, "wb") as fh:
+                fh.write(proto.SerializeToString())
+                fh.flush()
+                os.fsync(fh.fileno())
+        else:
+            data_name = path.name + ".data"
+            ir.save(model, tmp_model, external_data=data_name)
+            os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(tmp_model, path)
+    return ModelSource(str(path), sha256_file(path), path.stat().st_size, "onnx")
+
+
+def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:
+    """Fails early, before any work, when the output cannot or must not be written."""
+    for other in protect:
+        if str(other) != "-" and Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
+            raise BadInput(f"{path}: refusing to overwrite the input model; choose another -o")
+    parent = path.parent
+    if path.is_dir():
+        raise BadInput(f"{path}: is a directory; -o takes a file path")
+    if not parent.is_dir():
+        raise BadInput(f"{path}: output folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"{path}: output folder {str(parent)!r} is not writable")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """For reports and other side files: the same temp-file-and-rename discipline as models."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _needs_external_data(model: ir.Model) -> bool:
+    total = 0
+    for value in model.graph.initializers.values():
+        if value.const_value is not None:
+            total += value.const_value.nbytes
+    return total > PROTOBUF_LIMIT - (64 << 20)  # leave room for the graph itself
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def default_output(input_path: str, pass_name: str) -> Path:
+    """``<stem>.<pass>.onnx`` beside the input, so Makefile pattern rules work."""
+    if input_path == "-":
+        raise BadInput("reading a model from stdin needs -o (a path, or - for stdout)")
+    path = Path(input_path)
+    return path.with_name(f"{path.stem}.{pass_name}.onnx")
+
+
+__all__ = [
+    "LoadOptions", "LoadedModel", "ModelSource", "load", "save", "to_bytes", "to_proto", "copy",
+    "onnx_opset", "default_output", "check_writable", "write_bytes_atomic", "sha256_file",
+]

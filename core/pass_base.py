@@ -1,0 +1,100 @@
+"""The Pass protocol (design §3).
+
+A pass is built with its config and called on a model; ``__call__`` is the only entry
+point: it checks that the context holds what the pass declares it needs, times the call,
+and checks the result. A pass never prints: it returns a ``PassResult`` whose ``metrics``
+say what changed, and the CLI renders them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import onnx_ir as ir
+from pydantic import BaseModel, ConfigDict
+
+from mcomp.errors import BadInput, McompError
+
+
+class PassConfig(BaseModel):
+    """Base for pass options: unknown keys are errors, values are frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class PassResult:
+    model: ir.Model
+    modified: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Context:
+    """What a pass may need beyond the model.
+
+    ``data`` maps a role (``calibration``, ``evaluation``, ``training``) to a loaded Dataset;
+    ``reference`` is the pipeline's input model; ``progress(description, done, total)``
+    reports progress without printing.
+    """
+
+    reference: ir.Model | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    provider: str = "auto"
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
+    threads: int | None = None
+    seed: int = 0
+    input_shapes: dict[str, tuple[int, ...]] | None = None
+    progress: Callable[[str, int, int], None] = lambda description, done, total: None
+
+    def dataset(self, *roles: str):
+        """The first data set present among ``roles`` (e.g. evaluation, then calibration)."""
+        for role in roles:
+            if self.data.get(role) is not None:
+                return self.data[role]
+        return None
+
+
+class PassError(McompError):
+    """A pass failed; the message names the pass."""
+
+
+class Pass:
+    """Subclasses set ``name``, ``needs`` and ``Config``, and write ``call``."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    # What the pass may ask of the Context; a trailing "?" marks it optional.
+    needs: ClassVar[frozenset[str]] = frozenset()
+    Config: ClassVar[type[PassConfig]] = PassConfig
+
+    def __init__(self, config: PassConfig | None = None, **options: Any) -> None:
+        if config is None:
+            config = self.Config(**options)
+        elif options:
+            raise TypeError("give a config or options, not both")
+        if not isinstance(config, self.Config):
+            raise TypeError(f"{self.name}: expected {self.Config.__name__}, got {type(config).__name__}")
+        self.config = config
+
+    def call(self, model: ir.Model, ctx: Context) -> PassResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, model: ir.Model, ctx: Context | None = None) -> PassResult:
+        ctx = ctx or Context()
+        for need in self.needs:
+            required = not need.endswith("?")
+            key = need.rstrip("?")
+            if required and key.startswith("data") and not ctx.data:
+                raise BadInput(f"{self.name}: needs data (--data PATH)")
+        start = time.perf_counter()
+        result = self.call(model, ctx)
+        if not isinstance(result, PassResult) or not isinstance(result.model, ir.Model):
+            raise PassError(f"{self.name}: returned {type(result).__name__}, expected a PassResult with a model")
+        result.metrics.setdefault("seconds", round(time.perf_counter() - start, 3))
+        return result
+
+    def options(self) -> dict[str, Any]:
+        return self.config.model_dump(mode="json")

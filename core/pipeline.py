@@ -1,0 +1,181 @@
+"""Runs a pipeline: load → steps → measure against the input → gates → write (design §4, §7)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import onnx_ir as ir
+
+from mcomp import bench, data, metrics, report, session
+from mcomp import model as model_io
+from mcomp.errors import BadInput, ConfigError, GateFailed
+from mcomp.pass_base import Context
+from mcomp.pipeline_spec import Pipeline
+
+
+@dataclass
+class RunRequest:
+    """What the command line adds to (or overrides in) a pipeline."""
+
+    model: str | None = None
+    output: str | None = None
+    load: model_io.LoadOptions = field(default_factory=model_io.LoadOptions)
+    command: str = ""
+    progress: Callable[[str, int, int], None] = lambda description, done, total: None
+
+
+@dataclass
+class Outcome:
+    report: dict
+    model: ir.Model
+    output: str | None  # where the model was written (None when a gate failed)
+
+
+def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
+    started = time.perf_counter()
+    model_spec = request.model or pipeline.resolve(pipeline.model)
+    if not model_spec:
+        raise ConfigError("no model: give MODEL on the command line or 'model:' in the pipeline file")
+    output = request.output or pipeline.resolve(pipeline.output) or str(
+        model_io.default_output(model_spec, pipeline.steps[-1].name))
+    if output != "-":
+        model_io.check_writable(Path(output), protect=(model_spec,))
+    input_shapes = {k: tuple(v) for k, v in (pipeline.input_shape or {}).items()} or request.load.input_shapes
+    load_options = model_io.LoadOptions(request.load.arch, request.load.trust_checkpoint, input_shapes)
+    providers = session.resolve_providers(pipeline.provider)
+
+    request.progress("loading model", 0, 1)
+    loaded = model_io.load(model_spec, load_options)
+    reference_bytes = model_io.to_bytes(loaded.model)
+    datasets = _load_data(pipeline, loaded.model, input_shapes)
+    ctx = Context(reference=model_io.copy(loaded.model), data=datasets, provider=pipeline.provider,
+                  providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
+                  progress=request.progress)
+
+    current = model_io.copy(loaded.model)
+    steps = []
+    for i, step in enumerate(pipeline.steps):
+        request.progress(f"step {i + 1}/{len(pipeline.steps)}: {step.name}", i, len(pipeline.steps))
+        cls = _pass_class(step.name)
+        result = cls(step.config)(current, ctx)
+        current = result.model
+        metrics_ = dict(result.metrics)
+        seconds = metrics_.pop("seconds", None)
+        steps.append({"pass": step.name, "options": step.config.model_dump(mode="json"),
+                      "seconds": seconds, "modified": result.modified, "changes": metrics_})
+
+    request.progress("measuring against the input", 0, 1)
+    candidate_bytes = model_io.to_bytes(current)
+    evaluation = datasets.get("evaluation") or datasets.get("calibration") or data.synthetic(
+        session.input_specs(loaded.model), input_shapes=input_shapes, seed=pipeline.seed)
+    quality = compare(reference_bytes, candidate_bytes, evaluation, providers, pipeline.threads,
+                      output_names=[s.name for s in session.output_specs(loaded.model)])
+    latency = None
+    if pipeline.measure.latency:
+        latency = measure_latency(reference_bytes, candidate_bytes, evaluation, providers, pipeline)
+
+    doc = report.build(
+        command=request.command, source=loaded.source, reference=loaded.model, candidate=current,
+        steps=steps, datasets=datasets, evaluation=evaluation, quality=quality, latency=latency,
+        providers=providers, threads=pipeline.threads, input_shapes=input_shapes,
+        seconds=time.perf_counter() - started)
+    failures = check_gates(pipeline, doc)
+    doc["gates"] = failures["table"]
+    if failures["failed"]:
+        raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
+    written = model_io.save(current, output, protect=(model_spec,))
+    doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
+    doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
+    return Outcome(doc, current, output)
+
+
+def _pass_class(name: str):
+    from mcomp import registry
+
+    return registry.get(name)
+
+
+def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, data.Dataset]:
+    out = {}
+    for role in ("calibration", "evaluation", "training"):
+        spec = getattr(pipeline.data, role)
+        if spec is None:
+            continue
+        if isinstance(spec, str):
+            spec = pipeline.resolve(spec)
+        elif spec.images is not None and not Path(spec.images).is_absolute():
+            spec = spec.model_copy(update={"images": pipeline.base_dir / spec.images})
+        out[role] = data.load(spec, model, input_shapes=input_shapes, seed=pipeline.seed)
+    return out
+
+
+def compare(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],
+            threads: int | None, output_names: list[str]) -> dict:
+    """Fidelity of candidate vs reference and accuracy of both, on ``dataset``."""
+    ref_session = session.make_session(reference, providers, threads)
+    cand_session = session.make_session(candidate, providers, threads)
+    cand_names = [o.name for o in cand_session.get_outputs()]
+    if cand_names[: len(output_names)] != output_names:
+        raise BadInput(f"candidate outputs {cand_names} do not match the reference's {output_names}")
+    ref_out = _run(ref_session, dataset, "reference")
+    cand_out = _run(cand_session, dataset, "candidate")
+    fid = metrics.fidelity(ref_out, cand_out[: len(output_names)], output_names)
+    acc_ref, acc_cand = metrics.accuracy(ref_out, dataset), metrics.accuracy(cand_out, dataset)
+    if acc_ref is None:
+        reason = "synthetic data" if dataset.synthetic else ("no labels in the data" if not dataset.has_labels
+                                                              else "no classifier-shaped output")
+        accuracy = {"known": False, "reason": reason}
+    else:
+        accuracy = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,
+                    "examples": dataset.samples}
+    return {"fidelity": fid, "accuracy": accuracy, "data": dataset.describe()}
+
+
+def _run(sess, dataset: data.Dataset, which: str):
+    try:
+        return metrics.run_all(sess, dataset)
+    except Exception as exc:
+        raise BadInput(f"the {which} model fails on the data ({' '.join(str(exc).split())[:200]})") from None
+
+
+def measure_latency(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],
+                    pipeline: Pipeline) -> dict:
+    result = bench.interleaved([("reference", reference), ("candidate", candidate)], dataset.feeds[:4],
+                               providers=providers, threads=pipeline.threads, warmup=pipeline.measure.warmup,
+                               runs=pipeline.measure.runs, provider_label=session.provider_name(providers))
+    ref, cand = result.models
+    return {"ratio": cand.ratio, "speedup": (1 / cand.ratio) if cand.ratio else None,
+            "reference": ref.to_dict(), "candidate": cand.to_dict(),
+            "noise_floor": result.noise_floor.to_dict() if result.noise_floor else None,
+            "method": "interleaved A/B rounds, spinning off; ratio = median of per-round candidate/reference"}
+
+
+def check_gates(pipeline: Pipeline, doc: dict) -> dict:
+    gate = pipeline.gate
+    table, failed = {}, []
+    accuracy = doc["accuracy"]
+    if gate.max_accuracy_drop is not None:
+        if not accuracy.get("known"):
+            failed.append(f"max_accuracy_drop needs labelled evaluation data ({accuracy.get('reason')})")
+            table["max_accuracy_drop"] = {"limit": gate.max_accuracy_drop, "value": None, "passed": False}
+        else:
+            ok = accuracy["drop"] <= gate.max_accuracy_drop + 1e-12
+            table["max_accuracy_drop"] = {"limit": gate.max_accuracy_drop, "value": accuracy["drop"], "passed": ok}
+            if not ok:
+                failed.append(f"accuracy drop {accuracy['drop']:.4f} exceeds max_accuracy_drop {gate.max_accuracy_drop}")
+    if gate.min_fidelity is not None:
+        cos = doc["fidelity"]["summary"]["cosine"]
+        ok = cos is not None and cos >= gate.min_fidelity
+        table["min_fidelity"] = {"limit": gate.min_fidelity, "value": cos, "passed": ok}
+        if not ok:
+            failed.append(f"fidelity (cosine) {cos} is below min_fidelity {gate.min_fidelity}")
+    if gate.min_speedup is not None:
+        speedup = (doc.get("latency") or {}).get("speedup")
+        ok = speedup is not None and speedup >= gate.min_speedup
+        table["min_speedup"] = {"limit": gate.min_speedup, "value": speedup, "passed": ok}
+        if not ok:
+            failed.append(f"speed-up {speedup if speedup is None else round(speedup, 3)} is below min_speedup {gate.min_speedup}")
+    return {"table": table, "failed": failed}

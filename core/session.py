@@ -1,0 +1,112 @@
+"""onnxruntime sessions: provider choice, threads, and the model's input/output signature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import onnx_ir as ir
+
+from mcomp.errors import BadInput, ProviderUnavailable
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, numpy dtype and dims (int, or str/None when dynamic)."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...] | None
+
+    @property
+    def dynamic_dims(self) -> list[int]:
+        return [i for i, d in enumerate(self.shape or ()) if not isinstance(d, int)]
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "dtype": str(self.dtype),
+            "shape": None if self.shape is None else [d if isinstance(d, int) else (d or "?") for d in self.shape],
+        }
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def resolve_providers(provider: str = "auto") -> list[str]:
+    """Maps ``cpu|cuda|auto`` to onnxruntime's provider list; an unavailable explicit one is exit 2."""
+    available = available_providers()
+    if provider == "auto":
+        return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    if provider not in PROVIDERS:
+        raise BadInput(f"unknown provider {provider!r}; choose from cpu, cuda, auto")
+    wanted = PROVIDERS[provider]
+    if wanted not in available:
+        names = ", ".join(k for k, v in PROVIDERS.items() if v in available)
+        raise ProviderUnavailable(f"provider {provider!r} is not available here (available: {names})")
+    return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
+
+
+def provider_name(providers: list[str]) -> str:
+    return {v: k for k, v in PROVIDERS.items()}.get(providers[0], providers[0])
+
+
+def make_session(model: bytes | str, providers: list[str], threads: int | None = None, *,
+                 spinning: bool = True, optimization: str = "all"):
+    """One inference session. ``spinning=False`` when several sessions share the cores (design §7)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    try:
+        return ort.InferenceSession(model, options, providers=providers)
+    except Exception as exc:
+        text = " ".join(str(exc).split())
+        raise BadInput(f"onnxruntime cannot load the model: {text[:300]}") from None
+
+
+def _dtype(elem_type) -> np.dtype:
+    try:
+        return np.dtype(ir.DataType(elem_type).numpy())
+    except Exception:
+        return np.dtype("float32")
+
+
+def _specs(values) -> list[TensorSpec]:
+    specs = []
+    for value in values:
+        shape = None
+        if value.shape is not None:
+            shape = tuple(d if isinstance(d, int) else (d.value if hasattr(d, "value") else None) for d in value.shape)
+        dtype = _dtype(value.dtype) if value.dtype is not None else np.dtype("float32")
+        specs.append(TensorSpec(value.name, dtype, shape))
+    return specs
+
+
+def input_specs(model: ir.Model) -> list[TensorSpec]:
+    """Graph inputs that must be fed (initializers listed as inputs, old-style, are skipped)."""
+    return _specs(v for v in model.graph.inputs if v.name not in model.graph.initializers)
+
+
+def output_specs(model: ir.Model) -> list[TensorSpec]:
+    return _specs(model.graph.outputs)
+
+
+__all__ = ["TensorSpec", "available_providers", "resolve_providers", "make_session", "input_specs",
+           "output_specs", "provider_name"]

@@ -1,0 +1,208 @@
+"""What is inside a model: signature, opsets, ops, parameters, non-zeros, bytes by dtype, MACs.
+
+Parameters are the element counts of the initializers (in every graph, subgraphs included)
+and of floating-point ``Constant`` nodes, where some exporters keep every weight; integer
+Constant nodes (shapes, axes) are counted apart as ``constant_elements``.
+MACs count Conv, ConvTranspose, Gemm and MatMul, with shapes from onnx shape inference on
+concrete input shapes (``--input-shape``, else every dynamic dim set to 1).
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from mcomp.model import onnx_opset, to_proto
+from mcomp.session import input_specs, output_specs
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass
+class TensorCounts:
+    parameters: int = 0
+    nonzero: int = 0
+    bytes: int = 0
+
+
+def all_graphs(graph: ir.Graph):
+    yield graph
+    for node in graph:
+        for attr in node.attributes.values():
+            if attr.type == ir.AttributeType.GRAPH:
+                yield from all_graphs(attr.value)
+            elif attr.type == ir.AttributeType.GRAPHS:
+                for sub in attr.value:
+                    yield from all_graphs(sub)
+
+
+def all_nodes(model: ir.Model):
+    for graph in all_graphs(model.graph):
+        yield from graph
+
+
+def node_count(model: ir.Model) -> int:
+    """Nodes in every graph, subgraphs included (a fair count for models with If/Loop)."""
+    return sum(1 for _ in all_nodes(model))
+
+
+def op_histogram(model: ir.Model) -> dict[str, int]:
+    counts = collections.Counter(
+        (f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type) for n in all_nodes(model))
+    return dict(counts.most_common())
+
+
+def weight_tensors(model: ir.Model):
+    """Every stored tensor: initializers, and the tensors held by Constant nodes (exporters such
+    as paddle2onnx keep all weights there), each as (tensor, is_initializer)."""
+    seen: set[int] = set()
+    for graph in all_graphs(model.graph):
+        for value in graph.initializers.values():
+            if value.const_value is not None and id(value.const_value) not in seen:
+                seen.add(id(value.const_value))
+                yield value.const_value, True
+        for node in graph:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                attr = node.attributes.get("value")
+                if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                    yield attr.value, False
+
+
+def tensor_counts(model: ir.Model) -> tuple[TensorCounts, dict[str, int], int]:
+    """Totals over the parameters, bytes by dtype, and elements of non-float constants.
+
+    Parameters are the initializers plus the floating-point tensors of Constant nodes;
+    integer/boolean Constant nodes (shapes, axes, indices) are counted apart.
+    """
+    totals = TensorCounts()
+    by_dtype: dict[str, int] = collections.Counter()
+    other_constants = 0
+    for tensor, is_initializer in weight_tensors(model):
+        size = int(np.prod(tensor.shape.numpy())) if tensor.shape is not None else 0
+        if not is_initializer and not tensor.dtype.is_floating_point():
+            other_constants += size
+            continue
+        totals.parameters += size
+        totals.bytes += tensor.nbytes
+        by_dtype[tensor.dtype.name.lower()] += tensor.nbytes
+        totals.nonzero += _nonzero(tensor)
+    return totals, dict(by_dtype), other_constants
+
+
+def _nonzero(tensor) -> int:
+    try:
+        return int(np.count_nonzero(tensor.numpy()))
+    except Exception:  # dtypes numpy cannot hold (some packed types): count them all
+        return int(np.prod(tensor.shape.numpy()))
+
+
+def nonzero_parameters(model: ir.Model) -> int:
+    return tensor_counts(model)[0].nonzero
+
+
+def macs(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[int, list[str]]:
+    """Multiply-accumulates of the compute-heavy ops, and the nodes whose shapes were unknown."""
+    proto = to_proto(model)
+    for inp in proto.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        wanted = (input_shapes or {}).get(inp.name)
+        for i, dim in enumerate(dims):
+            if wanted is not None and i < len(wanted):
+                dim.ClearField("dim_param")
+                dim.dim_value = int(wanted[i])
+            elif not dim.HasField("dim_value"):
+                dim.ClearField("dim_param")
+                dim.dim_value = 1
+    try:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:
+        pass  # count what shapes are known; the rest is listed as unknown
+    shapes: dict[str, list[int]] = {}
+    _collect_shapes(proto.graph, shapes)
+    unknown: list[str] = []
+    return _graph_macs(proto.graph, shapes, unknown), unknown
+
+
+def _collect_shapes(graph: onnx.GraphProto, shapes: dict[str, list[int]]) -> None:
+    for vi in [*graph.input, *graph.value_info, *graph.output]:
+        t = vi.type.tensor_type
+        if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+            shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+    for init in graph.initializer:
+        shapes[init.name] = list(init.dims)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _collect_shapes(attr.g, shapes)
+
+
+def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: list[str]) -> int:
+    """Sums a graph's MACs; an If counts its costlier branch, a loop body counts once."""
+    total = 0
+    for node in graph.node:
+        branches = [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
+        if branches:
+            total += max(_graph_macs(g, shapes, unknown) for g in branches)
+        if node.op_type not in MAC_OPS or node.domain not in ("", "ai.onnx"):
+            continue
+        count = _node_macs(node, shapes)
+        if count is None:
+            unknown.append(node.name or node.op_type)
+        else:
+            total += count
+    return total
+
+
+def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
+    ins = [shapes.get(name) for name in node.input]
+    out = shapes.get(node.output[0])
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "Conv":
+        if out is None or ins[1] is None:
+            return None
+        w = ins[1]  # [M, C/group, k...]
+        return int(np.prod(out)) * int(np.prod(w[1:]))
+    if node.op_type == "ConvTranspose":
+        if ins[0] is None or ins[1] is None:
+            return None
+        w = ins[1]  # [C, M/group, k...]
+        return int(np.prod(ins[0])) * int(np.prod(w[1:]))
+    if node.op_type == "Gemm":
+        if ins[0] is None or out is None:
+            return None
+        k = ins[0][0] if attrs.get("transA", 0) else ins[0][1]
+        return int(np.prod(out)) * k
+    if node.op_type == "MatMul":
+        if ins[0] is None or out is None:
+            return None
+        return int(np.prod(out)) * ins[0][-1]
+    return None
+
+
+def describe(model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
+    """The ``mcomp inspect`` record (also the model entries of the report)."""
+    counts, by_dtype, constants = tensor_counts(model)
+    total_macs, unknown = macs(model, input_shapes)
+    return {
+        "inputs": [s.describe() | {"dynamic_dims": s.dynamic_dims} for s in input_specs(model)],
+        "outputs": [s.describe() | {"dynamic_dims": s.dynamic_dims} for s in output_specs(model)],
+        "opset": onnx_opset(model),
+        "opsets": {domain or "ai.onnx": v for domain, v in sorted(model.opset_imports.items())},
+        "ir_version": model.ir_version,
+        "producer": " ".join(filter(None, [model.producer_name, model.producer_version])) or None,
+        "nodes": node_count(model),
+        "ops": op_histogram(model),
+        "parameters": counts.parameters,
+        "nonzero_parameters": counts.nonzero,
+        "sparsity": round(1 - counts.nonzero / counts.parameters, 6) if counts.parameters else 0.0,
+        "parameter_bytes": counts.bytes,
+        "bytes_by_dtype": by_dtype,
+        "constant_elements": constants,
+        "macs": total_macs,
+        "macs_unknown_nodes": unknown,
+        "macs_input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()} or "dynamic dims = 1",
+    }

@@ -1,0 +1,90 @@
+"""The stages of graph optimization, each an in-place function ``ir.Model -> bool`` (modified).
+
+Built on onnx-ir's passes and the onnxscript optimizer/rewriter rather than protobuf edits.
+Stages are small and separately checked, so that one whose result changes the outputs can
+be dropped while the others are kept (see ``verify.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+from onnxscript import optimizer
+from onnxscript.rewriter import RewritePass, pattern
+from onnxscript.rewriter.rules import common as common_rules
+
+from mcomp.passes.optimize import rules as mcomp_rules
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    description: str
+    apply: Callable[[ir.Model], bool]
+
+
+def _run_passes(model: ir.Model, *passes: ir.passes.PassBase) -> bool:
+    result = ir.passes.PassManager(list(passes))(model)
+    return bool(result.modified)
+
+
+def _rewrite(rules) -> Callable[[ir.Model], bool]:
+    rule_set = pattern.RewriteRuleSet(list(rules))
+
+    def apply(model: ir.Model) -> bool:
+        return _run_passes(model, RewritePass(rule_set), ir_passes.RemoveUnusedNodesPass())
+
+    return apply
+
+
+def fold_constants(model: ir.Model) -> bool:
+    """Constant folding, shape inference and dead-node removal (onnxscript's optimizer)."""
+    before = _fingerprint(model)
+    optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True)
+    _run_passes(model, ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
+    return _fingerprint(model) != before
+
+
+def eliminate(model: ir.Model) -> bool:
+    """Identity/Dropout/no-op elimination, common subexpressions, duplicate initializers, dead nodes."""
+    before = _fingerprint(model)
+    _rewrite([common_rules.dropout_inference_rule, common_rules.dropout_zero_rule, common_rules.add_0_rule,
+              common_rules.sub_0_rule, common_rules.mul_by_1_rule, common_rules.div_by_1_rule,
+              common_rules.no_op_cast_rule, common_rules.no_op_expand_rule, common_rules.no_op_transpose_rule])(model)
+    _run_passes(model, ir_passes.IdentityEliminationPass(), ir_passes.CommonSubexpressionEliminationPass(),
+                ir_passes.DeduplicateInitializersPass(), ir_passes.RemoveUnusedNodesPass(),
+                ir_passes.RemoveUnusedFunctionsPass(), ir_passes.RemoveUnusedOpsetsPass())
+    return _fingerprint(model) != before
+
+
+def _fingerprint(model: ir.Model) -> tuple:
+    """A cheap change detector: node count and op sequence over all graphs."""
+    from mcomp.summary import all_nodes
+
+    ops = tuple(n.op_type for n in all_nodes(model))
+    return len(ops), ops, len(model.graph.initializers)
+
+
+PORTABLE_STAGES: tuple[Stage, ...] = (
+    Stage("fold-constants", "constant folding, shape inference, dead nodes", fold_constants),
+    Stage("eliminate", "identity/dropout/no-op elimination, CSE, duplicate initializers", eliminate),
+    Stage("fuse-batchnorm", "BatchNormalization folded into Conv/ConvTranspose/Gemm",
+          _rewrite([common_rules.fuse_batchnorm_into_conv_rule, common_rules.fuse_batchnorm_into_conv_transpose_rule,
+                    common_rules.fuse_batchnorm_into_gemm_rule])),
+    Stage("fuse", "common fusions: Pad into Conv, Relu/Clip chains, Min/Max to Clip, reshape/slice simplifications, bias adds",
+          _rewrite([common_rules.fuse_pad_into_conv_rule, common_rules.normalize_pad_format_conv_rule,
+                    common_rules.successive_relu_rule, common_rules.successive_clip_rule,
+                    common_rules.successive_clip_relu_rule, common_rules.successive_relu_clip_rule,
+                    common_rules.min_max_rule, common_rules.max_min_rule, common_rules.min_min_rule,
+                    common_rules.max_max_rule, common_rules.cast_cast_rule, common_rules.reshape_reshape_rule,
+                    common_rules.unsqueeze_unsqueeze_rule, common_rules.transpose_transpose_rule,
+                    common_rules.collapse_slice_rule, common_rules.collapse_slice2_rule,
+                    common_rules.squeeze_reshape_1d_rule, common_rules.materialize_reshape_shape_rule,
+                    common_rules.remove_optional_bias_from_conv_rule,
+                    common_rules.remove_optional_bias_from_conv_transpose_rule,
+                    common_rules.remove_optional_bias_from_gemm_rule,
+                    *mcomp_rules.RULES])),
+)

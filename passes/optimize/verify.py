@@ -1,0 +1,76 @@
+"""Numerical check of a rewritten graph against the input model, on the pipeline's data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_ir as ir
+
+from mcomp.data import Dataset
+from mcomp.errors import BadInput
+from mcomp.model import to_bytes
+from mcomp.session import make_session
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    max_abs_error: float
+    reason: str | None = None
+
+
+class OutputCheck:
+    """Runs candidates on fixed feeds and compares every output with the reference's.
+
+    A float output passes when ``max |candidate − reference| ≤ tolerance × max(1, max |reference|)``;
+    integer and boolean outputs must match exactly; shapes must be equal.
+    """
+
+    def __init__(self, reference: ir.Model, dataset: Dataset, providers: list[str], tolerance: float,
+                 threads: int | None = None) -> None:
+        self.feeds = dataset.feeds
+        self.providers = providers
+        self.threads = threads
+        self.tolerance = tolerance
+        try:
+            self.expected = self._run(reference)
+        except Exception as exc:
+            raise BadInput(f"optimize: the input model does not run on the check data ({_short(exc)})") from None
+
+    def _run(self, model: ir.Model) -> list[list[np.ndarray]]:
+        sess = make_session(to_bytes(model), self.providers, self.threads)
+        return [sess.run(None, feed) for feed in self.feeds]
+
+    def __call__(self, model: ir.Model) -> Verdict:
+        try:
+            actual = self._run(model)
+        except Exception as exc:
+            return Verdict(False, float("inf"), f"onnxruntime cannot run the result ({_short(exc)})")
+        worst = 0.0
+        for got_feed, want_feed in zip(actual, self.expected):
+            if len(got_feed) != len(want_feed):
+                return Verdict(False, float("inf"), "the number of outputs changed")
+            for got, want in zip(got_feed, want_feed):
+                got, want = np.asarray(got), np.asarray(want)
+                if got.shape != want.shape:
+                    return Verdict(False, float("inf"), f"output shape changed {list(want.shape)} → {list(got.shape)}")
+                if want.dtype.kind not in "fc":
+                    if not np.array_equal(got, want):
+                        return Verdict(False, float("inf"), "an integer output changed")
+                    continue
+                if want.size == 0:
+                    continue
+                err = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
+                if not np.isfinite(err) and np.array_equal(np.isnan(got), np.isnan(want)):
+                    err = 0.0
+                limit = self.tolerance * max(1.0, float(np.max(np.abs(want[np.isfinite(want)]), initial=0.0)))
+                worst = max(worst, err)
+                if err > limit:
+                    return Verdict(False, err, f"max |Δ| {err:.3g} exceeds the tolerance {limit:.3g}")
+        return Verdict(True, worst)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200]
