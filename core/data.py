@@ -142,11 +142,12 @@ def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) ->
     if isinstance(lead, int):
         if array.shape[0] == lead and rank > 1 and not _batch_like(spec):
             return None  # a fixed-size tensor such as an RNN state: the same in every feed
+        if array.shape[0] % lead:
+            raise BadInput(f"{source}: {array.shape[0]} examples for {spec.name!r} do not split into "
+                           f"the model's fixed batch of {lead}")
         step = lead
     else:
-        step = batch_size
-    if array.shape[0] % step:
-        raise BadInput(f"{source}: {array.shape[0]} examples for {spec.name!r} do not split into batches of {step}")
+        step = batch_size  # the last batch may be smaller: the batch dim is dynamic
     return [array[i:i + step] for i in range(0, array.shape[0], step)]
 
 
@@ -268,3 +269,18 @@ def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec]) -> Dataset:
     if classes:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
     return from_arrays(arrays, specs, source=str(folder), batch_size=spec.batch_size)
+
+
+def bind_input_shapes(shapes: dict[str, tuple[int, ...]] | None, model: ir.Model) -> dict[str, tuple[int, ...]] | None:
+    """Names an unnamed ``--input-shape`` after the model's single input; rejects unknown names."""
+    if not shapes:
+        return shapes
+    names = [s.name for s in input_specs(model)]
+    if "" in shapes:
+        if len(names) != 1:
+            raise BadInput(f"--input-shape needs NAME=... for a model with inputs {names}")
+        return {names[0]: shapes[""]}
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise BadInput(f"--input-shape names unknown inputs {unknown}; model inputs: {names}")
+    return shapes

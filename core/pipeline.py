@@ -49,6 +49,7 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
 
     request.progress("loading model", 0, 1)
     loaded = model_io.load(model_spec, load_options)
+    input_shapes = data.bind_input_shapes(input_shapes, loaded.model)
     reference_bytes = model_io.to_bytes(loaded.model)
     datasets = _load_data(pipeline, loaded.model, input_shapes)
     ctx = Context(reference=model_io.copy(loaded.model), data=datasets, provider=pipeline.provider,
@@ -99,16 +100,19 @@ def _pass_class(name: str):
 
 
 def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, data.Dataset]:
-    out = {}
+    out, loaded = {}, {}
     for role in ("calibration", "evaluation", "training"):
         spec = getattr(pipeline.data, role)
         if spec is None:
             continue
         if isinstance(spec, str):
             spec = pipeline.resolve(spec)
-        elif spec.images is not None and not Path(spec.images).is_absolute():
+        elif not Path(spec.images).is_absolute():
             spec = spec.model_copy(update={"images": pipeline.base_dir / spec.images})
-        out[role] = data.load(spec, model, input_shapes=input_shapes, seed=pipeline.seed)
+        key = spec if isinstance(spec, str) else spec.model_dump_json()
+        if key not in loaded:  # one file serving several roles is read once
+            loaded[key] = data.load(spec, model, input_shapes=input_shapes, seed=pipeline.seed)
+        out[role] = loaded[key]
     return out
 
 

@@ -6,6 +6,7 @@ Errors name the file, the line, the offending key and the valid choices, e.g.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class Pipeline(BaseModel):
 
             return str(builtin_path(path[len(BUILTIN_PREFIX):]))
         p = Path(path).expanduser()
-        return str(p if p.is_absolute() else self.base_dir / p)
+        return os.path.normpath(p if p.is_absolute() else self.base_dir / p)
 
 
 def parse_step(name: str, options: dict | None) -> Step:

@@ -111,7 +111,7 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
                      if lat.get("noise_floor") else f"×{lat['ratio']:.3f}"))
     acc = doc["accuracy"]
     if acc.get("known"):
-        rows.append(("accuracy", f"{acc['reference']:.2%}", f"{acc['candidate']:.2%}", f"{-acc['drop'] * 100:+.2f} pts"))
+        rows.append(("accuracy", f"{acc['reference']:.2%}", f"{acc['candidate']:.2%}", f"{(acc['candidate'] - acc['reference']) * 100:+.2f} pts"))
     else:
         rows.append(("accuracy", "unknown", "unknown", acc.get("reason", "")))
     fid = doc["fidelity"]["summary"]

@@ -93,7 +93,9 @@ def _specs(values) -> list[TensorSpec]:
     for value in values:
         shape = None
         if value.shape is not None:
-            shape = tuple(d if isinstance(d, int) else (d.value if hasattr(d, "value") else None) for d in value.shape)
+            # Some exporters write -1 for a dynamic dim; it means the same as a named one.
+            shape = tuple((d if d >= 0 else None) if isinstance(d, int) else (d.value if hasattr(d, "value") else None)
+                          for d in value.shape)
         dtype = _dtype(value.dtype) if value.dtype is not None else np.dtype("float32")
         specs.append(TensorSpec(value.name, dtype, shape))
     return specs

@@ -105,8 +105,28 @@ def nonzero_parameters(model: ir.Model) -> int:
 
 
 def macs(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[int, list[str]]:
-    """Multiply-accumulates of the compute-heavy ops, and the nodes whose shapes were unknown."""
-    proto = to_proto(model)
+    """Multiply-accumulates of the compute-heavy ops, and the nodes whose shapes stayed unknown.
+
+    onnx shape inference first; where shapes computed at run time (Shape → Concat → Reshape)
+    leave nodes unknown, the count is taken again on a constant-folded copy.
+    """
+    proto = _with_concrete_inputs(to_proto(model), input_shapes)
+    total, unknown = _count(proto)
+    if unknown:
+        try:
+            from onnxscript import optimizer
+
+            folded = ir.serde.deserialize_model(proto)
+            optimizer.optimize(folded, num_iterations=2)
+            total_folded, unknown_folded = _count(to_proto(folded))
+            if len(unknown_folded) < len(unknown):
+                return total_folded, unknown_folded
+        except Exception:  # an odd graph the folder cannot handle: keep the first count
+            pass
+    return total, unknown
+
+
+def _with_concrete_inputs(proto: onnx.ModelProto, input_shapes) -> onnx.ModelProto:
     for inp in proto.graph.input:
         dims = inp.type.tensor_type.shape.dim
         wanted = (input_shapes or {}).get(inp.name)
@@ -114,9 +134,13 @@ def macs(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None
             if wanted is not None and i < len(wanted):
                 dim.ClearField("dim_param")
                 dim.dim_value = int(wanted[i])
-            elif not dim.HasField("dim_value"):
+            elif not dim.HasField("dim_value") or dim.dim_value < 0:
                 dim.ClearField("dim_param")
                 dim.dim_value = 1
+    return proto
+
+
+def _count(proto: onnx.ModelProto) -> tuple[int, list[str]]:
     try:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:

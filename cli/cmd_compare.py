@@ -1,0 +1,64 @@
+"""``mcomp compare REFERENCE CANDIDATE``: fidelity, accuracy and latency of one model against another."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from typing import Annotated
+
+import typer
+
+from mcomp.cli import console
+from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, Provider, Quiet, Runs, Threads, Trust,
+                               parse_input_shapes)
+
+
+def compare(
+    reference: Annotated[str, typer.Argument(help="the reference model", show_default=False)],
+    candidate: Annotated[str, typer.Argument(help="the model to judge against it", show_default=False)],
+    data: Data = None, provider: Provider = "auto", threads: Threads = None, runs: Runs = 30, json: Json = False,
+    input_shape: InputShape = None, arch: Arch = None, trust_checkpoint: Trust = False, quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Fidelity (cosine, relative L2, max abs error, top-1 agreement), accuracy where the data has labels,
+    and the latency ratio measured interleaved.
+
+    Example: mcomp compare model.onnx model.optimize.onnx --data eval.npz
+    """
+    console.configure(quiet, json)
+    with console.guard(debug):
+        from mcomp import data as data_io, model as model_io, pipeline, session
+        from mcomp.pipeline_spec import Measure, Pipeline
+
+        shapes = parse_input_shapes(input_shape)
+        options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
+        ref, cand = model_io.load(reference, options), model_io.load(candidate, options)
+        shapes = data_io.bind_input_shapes(shapes, ref.model)
+        dataset = data_io.load(data or "random", ref.model, input_shapes=shapes)
+        providers = session.resolve_providers(provider)
+        ref_bytes, cand_bytes = model_io.to_bytes(ref.model), model_io.to_bytes(cand.model)
+        quality = pipeline.compare(ref_bytes, cand_bytes, dataset, providers, threads,
+                                   [s.name for s in session.output_specs(ref.model)])
+        settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
+        latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings)
+        doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency}
+        if json:
+            sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
+        _print(doc)
+
+
+def _print(doc: dict) -> None:
+    fid, acc, lat = doc["fidelity"]["summary"], doc["accuracy"], doc["latency"]
+    if fid["cosine"] is not None:
+        console.say(f"fidelity: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
+                    f"max |Δ| {fid['max_abs_error']:.3g}"
+                    + (f", top-1 agreement {fid['top1_agreement']:.2%}" if fid["top1_agreement"] is not None else ""))
+    if fid["shape_mismatch"]:
+        console.say(f"outputs of different shape: {fid['shape_mismatch']}")
+    if acc.get("known"):
+        console.say(f"accuracy: {acc['reference']:.2%} → {acc['candidate']:.2%} ({(acc['candidate'] - acc['reference']) * 100:+.2f} pts)")
+    else:
+        console.say(f"accuracy: unknown ({acc['reason']})")
+    floor = lat["noise_floor"]
+    console.say(f"latency: p50 {lat['reference']['p50_ms']:.3f} → {lat['candidate']['p50_ms']:.3f} ms, "
+                f"ratio ×{lat['ratio']:.3f} (A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f})")

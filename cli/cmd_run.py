@@ -1,0 +1,32 @@
+"""``mcomp run PIPELINE.yaml [MODEL]``: a declared pipeline of passes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mcomp.cli import console
+from mcomp.cli.options import Arch, Debug, InputShape, Json, Output, Provider, Quiet, Report, ReportMd, Threads, Trust
+from mcomp.cli.pass_command import Common, execute
+
+
+def run(
+    pipeline_file: Annotated[Path, typer.Argument(help="pipeline YAML (design §4)", show_default=False)],
+    model: Annotated[Optional[str], typer.Argument(help="model; overrides 'model:' in the file", show_default=False)] = None,
+    output: Output = None, provider: Provider = "auto", threads: Threads = None, json: Json = False,
+    report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None, arch: Arch = None,
+    trust_checkpoint: Trust = False, quiet: Quiet = False, debug: Debug = False,
+) -> None:
+    """Run the steps of a pipeline file, measure the result against the input, apply its gates, write model and report.
+
+    Example: mcomp run configs/quickstart.yaml
+    """
+    console.configure(quiet, json)
+    with console.guard(debug):
+        from mcomp.pipeline_spec import load_file
+
+        pipeline = load_file(pipeline_file)
+        execute(pipeline, Common(model, output, None, provider, threads, json, report, report_md, input_shape,
+                                 arch, trust_checkpoint))

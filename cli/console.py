@@ -1,0 +1,85 @@
+"""One shared stderr console, error mapping and progress: everything for people goes to stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import traceback
+
+import typer
+from rich.console import Console
+
+from mcomp.errors import GateFailed, McompError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+_state = {"quiet": False}
+
+
+def configure(quiet: bool = False, json_out: bool = False) -> None:
+    _state["quiet"] = quiet
+
+
+def quiet() -> bool:
+    return _state["quiet"]
+
+
+def say(message: str) -> None:
+    if not _state["quiet"]:
+        err.print(message)
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    """One line on stderr, then the exit code (design §5)."""
+    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False) if err.is_terminal else print(
+        f"error: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+@contextlib.contextmanager
+def guard(debug: bool = False):
+    """Maps mcomp's typed errors to one line and an exit code; the traceback only with --debug."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except GateFailed as exc:
+        if exc.report is not None and not quiet():
+            from mcomp.cli.render import print_report
+
+            print_report(exc.report)
+        if debug:
+            traceback.print_exc()
+        raise fail(str(exc), exc.exit_code) from None
+    except McompError as exc:
+        if debug:
+            traceback.print_exc()
+        raise fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; nothing was written", 130) from None
+    except Exception as exc:  # an internal failure: say so, in one line, unless --debug
+        if debug:
+            traceback.print_exc()
+        text = " ".join(str(exc).split())[:300]
+        raise fail(f"internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1) from None
+
+
+class Progress:
+    """Progress on stderr through one helper that is silent when stderr is not a terminal, or with -q/--json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and err.is_terminal and not _state["quiet"]
+        self._status = None
+
+    def __enter__(self):
+        if self.enabled:
+            self._status = err.status("starting")
+            self._status.__enter__()
+        return self
+
+    def __call__(self, description: str, done: int, total: int) -> None:
+        if self._status is not None:
+            self._status.update(f"{description} ({done}/{total})" if total > 1 else description)
+
+    def __exit__(self, *exc):
+        if self._status is not None:
+            self._status.__exit__(*exc)

@@ -1,0 +1,45 @@
+"""Shared option types, so that --provider or -o mean the same in every command (design §5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mcomp.errors import BadInput
+
+ModelArg = Annotated[str, typer.Argument(help="ONNX model, PyTorch checkpoint, or - for stdin", show_default=False)]
+Output = Annotated[Optional[str], typer.Option("-o", "--output", help="output model path, or - for stdout [default: <stem>.<pass>.onnx beside the input]", show_default=False)]
+Data = Annotated[Optional[str], typer.Option("--data", help=".npz/.npy keyed by input name (optional 'labels'), an image folder, or 'random'", show_default=False)]
+Provider = Annotated[str, typer.Option("--provider", help="execution provider: cpu, cuda or auto (CUDA where available)")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-op threads [default: onnxruntime's]", show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
+Report = Annotated[Optional[Path], typer.Option("--report", help="report JSON path [default: beside the output]", show_default=False)]
+ReportMd = Annotated[Optional[Path], typer.Option("--report-md", help="also write the report as Markdown", show_default=False)]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or tables on stderr")]
+Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")]
+InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="concrete input shape, NAME=1,3,224,224 (or 1,3,224,224 for a single input); repeatable", show_default=False)]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="module:factory (or file.py:factory) that builds the module for a state_dict checkpoint", show_default=False)]
+Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="allow unpickling a whole module (runs code from the file)")]
+Runs = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency")]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, help="untimed rounds before timing")]
+
+
+def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:
+    """``["x=1,3,224,224"]`` → ``{"x": (1, 3, 224, 224)}``; an unnamed shape is keyed ``""``."""
+    if not values:
+        return None
+    shapes = {}
+    for value in values:
+        name, _, dims = value.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            raise BadInput(f"--input-shape {value!r}: expected NAME=1,3,224,224 or 1,3,224,224") from None
+        if not shape or any(d <= 0 for d in shape):
+            raise BadInput(f"--input-shape {value!r}: dims must be positive integers")
+        shapes[name.strip()] = shape
+    if "" in shapes and len(shapes) > 1:
+        raise BadInput("--input-shape: name every shape when giving more than one")
+    return shapes

@@ -1,0 +1,83 @@
+"""What every model-writing command shares: build a pipeline, run it, write model and report.
+
+A single-pass command (``mcomp optimize …``) is a one-step pipeline (design §4).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcomp.cli import console
+from mcomp.cli.options import parse_input_shapes
+from mcomp.cli.render import print_report
+from mcomp.errors import BadInput
+
+
+@dataclass
+class Common:
+    """The options every model-writing command takes."""
+
+    model: str | None
+    output: str | None = None
+    data: str | None = None
+    provider: str = "auto"
+    threads: int | None = None
+    json: bool = False
+    report: Path | None = None
+    report_md: Path | None = None
+    input_shape: list[str] | None = None
+    arch: str | None = None
+    trust_checkpoint: bool = False
+    runs: int = 30
+
+
+def command_line() -> str:
+    return "mcomp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def run_single_pass(name: str, options: dict[str, Any], common: Common) -> dict:
+    from mcomp.pipeline_spec import DataRoles, Measure, Pipeline, single_step
+
+    step = single_step(name, {k: v for k, v in options.items() if v is not None})
+    roles = DataRoles(calibration=common.data, evaluation=common.data, training=common.data) if common.data else DataRoles()
+    pipeline = Pipeline(steps=[step], data=roles, provider=common.provider, threads=common.threads,
+                        measure=Measure(runs=common.runs))
+    return execute(pipeline, common)
+
+
+def execute(pipeline, common: Common) -> dict:
+    """Runs ``pipeline`` with the command line's overrides; writes the model, then the report."""
+    from mcomp import model as model_io
+    from mcomp import report as report_io
+    from mcomp.pipeline import RunRequest
+    from mcomp.pipeline import execute as run_pipeline
+
+    if common.json and common.output == "-":
+        raise BadInput("--json and -o - both want stdout; write the model or the report to a file")
+    if common.provider != "auto" or common.threads:
+        pipeline = pipeline.model_copy(update={"provider": common.provider, "threads": common.threads or pipeline.threads})
+    shapes = parse_input_shapes(common.input_shape)
+    load = model_io.LoadOptions(common.arch, common.trust_checkpoint, shapes)
+    report_path = common.report or (Path(pipeline.resolve(pipeline.report)) if pipeline.report else None)
+    for path in (report_path, common.report_md):
+        if path is not None:
+            model_io.check_writable(Path(path))
+    with console.Progress(enabled=not common.json) as progress:
+        outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
+    doc = outcome.report
+    if report_path is None and outcome.output not in (None, "-"):
+        report_path = Path(outcome.output).with_suffix(".report.json")
+    if report_path is not None:
+        model_io.write_bytes_atomic(Path(report_path), report_io.to_json(doc).encode())
+    if common.report_md is not None:
+        model_io.write_bytes_atomic(Path(common.report_md), report_io.to_markdown(doc).encode())
+    if common.json:
+        sys.stdout.write(report_io.to_json(doc))
+    print_report(doc)
+    if report_path is not None:
+        console.say(f"wrote {outcome.output} and {report_path}")
+    return doc

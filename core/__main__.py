@@ -1,0 +1,3 @@
+from mcomp.cli.main import run
+
+run()

@@ -1,0 +1,382 @@
+"""mcomp.torch_io: every PyTorch checkpoint kind -> ONNX, checked against torch with onnxruntime."""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from mcomp.errors import BadInput
+from mcomp.torch_io import TorchExportWarning, is_torch_checkpoint, load_checkpoint
+
+ROOT = Path(__file__).resolve().parent.parent
+ATOL = 1e-5
+
+
+class Tiny(nn.Module):
+    """Conv + BN + pooling + linear; module level so a pickled instance can be loaded back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.fc(y.mean(dim=(2, 3)))
+
+
+class TwoInTwoOut(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.fc(x)
+        return h + z, torch.sigmoid(h)
+
+
+class PinnedBatch(nn.Module):
+    """Bakes the batch size into a reshape when exported with static shapes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(2, -1).sum(dim=1)
+
+
+def _tiny() -> Tiny:
+    torch.manual_seed(0)
+    m = Tiny()
+    with torch.no_grad():  # non-trivial BN statistics
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+FACTORY_SRC = textwrap.dedent(
+    """
+    import torch
+    from torch import nn
+
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.bn = nn.BatchNorm2d(4)
+            self.fc = nn.Linear(4, 5)
+
+        def forward(self, x):
+            y = torch.relu(self.bn(self.conv(x)))
+            return self.fc(y.mean(dim=(2, 3)))
+
+
+    def make_tiny():
+        return Tiny()
+
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x, z):
+            h = self.fc(x)
+            return h + z, torch.sigmoid(h)
+
+
+    def make_two():
+        return Two()
+    """
+)
+
+
+def _run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _torch_out(model, *xs: np.ndarray) -> list[np.ndarray]:
+    with torch.no_grad():
+        out = model(*(torch.from_numpy(x) for x in xs))
+    if isinstance(out, torch.Tensor):
+        out = (out,)
+    return [o.numpy() for o in out]
+
+
+def _io(proto: onnx.ModelProto) -> tuple[list, list]:
+    def shape(vi):
+        return [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+
+    return [(i.name, shape(i)) for i in proto.graph.input], [(o.name, shape(o)) for o in proto.graph.output]
+
+
+def _opset(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _x(batch: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((batch, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def factory_file(tmp_path: Path) -> Path:
+    path = tmp_path / "tests_module_path.py"
+    path.write_text(FACTORY_SRC)
+    return path
+
+
+# --------------------------------------------------------------------------- TorchScript
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript(tmp_path: Path, how: str) -> None:
+    model = _tiny()
+    ts = torch.jit.script(model) if how == "script" else torch.jit.trace(model, (torch.zeros(2, 3, 8, 8),))
+    path = tmp_path / "tiny.jit"
+    ts.save(str(path))
+    assert is_torch_checkpoint(path)
+
+    proto = load_checkpoint(path, input_shapes={"pixels": (1, 3, 8, 8)})
+    inputs, outputs = _io(proto)
+    assert inputs == [("pixels", ["batch", 3, 8, 8])]
+    assert outputs == [("output", ["batch", 5])]
+    assert _opset(proto) == 17
+    for batch in (1, 4):  # the batch axis is dynamic
+        x = _x(batch)
+        np.testing.assert_allclose(_run(proto, {"pixels": x})[0], _torch_out(model, x)[0], atol=ATOL)
+
+
+def test_torchscript_needs_input_shape(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.pt"
+    torch.jit.script(_tiny()).save(str(path))
+    with pytest.raises(BadInput, match="--input-shape"):
+        load_checkpoint(path)
+
+
+# --------------------------------------------------------------------------- torch.export
+
+
+def test_pt2_static_program_gets_dynamic_batch(tmp_path: Path) -> None:
+    model = _tiny()
+    path = tmp_path / "tiny.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 8, 8),)), str(path))
+    assert is_torch_checkpoint(path)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TorchExportWarning)
+        proto = load_checkpoint(path)  # the shape comes from the program's example inputs
+    inputs, outputs = _io(proto)
+    assert inputs == [("input", ["batch", 3, 8, 8])]
+    assert outputs == [("output", ["batch", 5])]
+    assert _opset(proto) == 17
+    for batch in (1, 2, 5):
+        x = _x(batch)
+        np.testing.assert_allclose(_run(proto, {"input": x})[0], _torch_out(model, x)[0], atol=ATOL)
+
+
+def test_pt2_dynamic_two_inputs_two_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = TwoInTwoOut().eval()
+    batch = torch.export.Dim("b")
+    program = torch.export.export(
+        model, (torch.zeros(3, 6), torch.zeros(3, 3)), dynamic_shapes=({0: batch}, {0: batch})
+    )
+    path = tmp_path / "two.pt2"
+    torch.export.save(program, str(path))
+
+    proto = load_checkpoint(path, opset=18)
+    inputs, outputs = _io(proto)
+    assert inputs == [("input_0", ["batch", 6]), ("input_1", ["batch", 3])]
+    assert [name for name, _ in outputs] == ["output_0", "output_1"]
+    assert _opset(proto) == 18
+    rng = np.random.default_rng(0)
+    x, z = rng.standard_normal((7, 6), dtype=np.float32), rng.standard_normal((7, 3), dtype=np.float32)
+    got = _run(proto, {"input_0": x, "input_1": z})
+    for g, want in zip(got, _torch_out(model, x, z)):
+        np.testing.assert_allclose(g, want, atol=ATOL)
+
+    # names given by --input-shape (matched to the program's argument names)
+    proto = load_checkpoint(path, input_shapes={"z": (2, 3), "x": (2, 6)})
+    assert [name for name, _ in _io(proto)[0]] == ["x", "z"]
+
+
+def test_pt2_pinned_batch_stays_static(tmp_path: Path) -> None:
+    model = PinnedBatch().eval()
+    path = tmp_path / "pinned.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 4),)), str(path))
+
+    with pytest.warns(TorchExportWarning, match="fixed batch size"):
+        proto = load_checkpoint(path)
+    assert _io(proto)[0] == [("input", [2, 4])]
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(_run(proto, {"input": x})[0], _torch_out(model, x)[0], atol=ATOL)
+
+
+# --------------------------------------------------------------------------- state_dict + --arch
+
+
+def test_state_dict_with_arch_file(tmp_path: Path, factory_file: Path) -> None:
+    model = _tiny()
+    path = tmp_path / "tiny_sd.pth"
+    torch.save(model.state_dict(), str(path))
+    assert is_torch_checkpoint(path)
+
+    proto = load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"image": (1, 3, 8, 8)})
+    inputs, outputs = _io(proto)
+    assert inputs == [("image", ["batch", 3, 8, 8])]
+    assert outputs == [("output", ["batch", 5])]
+    for batch in (1, 3):
+        x = _x(batch)
+        np.testing.assert_allclose(_run(proto, {"image": x})[0], _torch_out(model, x)[0], atol=ATOL)
+
+
+def test_state_dict_with_arch_module(tmp_path: Path, factory_file: Path, monkeypatch) -> None:
+    """``module:factory`` form; a multi-input model named by --input-shape; a DDP-style prefix."""
+    monkeypatch.syspath_prepend(str(factory_file.parent))
+    torch.manual_seed(0)
+    model = TwoInTwoOut().eval()
+    path = tmp_path / "two.ckpt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, str(path))
+
+    proto = load_checkpoint(path, arch="tests_module_path:make_two", input_shapes={"x": (2, 6), "z": (2, 3)})
+    inputs, outputs = _io(proto)
+    assert inputs == [("x", ["batch", 6]), ("z", ["batch", 3])]
+    assert [n for n, _ in outputs] == ["output_0", "output_1"]
+    rng = np.random.default_rng(0)
+    x, z = rng.standard_normal((4, 6), dtype=np.float32), rng.standard_normal((4, 3), dtype=np.float32)
+    for g, want in zip(_run(proto, {"x": x, "z": z}), _torch_out(model, x, z)):
+        np.testing.assert_allclose(g, want, atol=ATOL)
+
+
+def test_legacy_format_state_dict(tmp_path: Path, factory_file: Path) -> None:
+    model = _tiny()
+    path = tmp_path / "old.bin"  # no telling suffix: recognised by its pickle header
+    torch.save(model.state_dict(), str(path), _use_new_zipfile_serialization=False)
+    assert is_torch_checkpoint(path)
+    proto = load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (2, 3, 8, 8)})
+    x = _x(2)
+    np.testing.assert_allclose(_run(proto, {"x": x})[0], _torch_out(model, x)[0], atol=ATOL)
+
+
+def test_state_dict_needs_arch(tmp_path: Path) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(_tiny().state_dict(), str(path))
+    with pytest.raises(BadInput, match="--arch module:factory"):
+        load_checkpoint(path, input_shapes={"x": (1, 3, 8, 8)})
+
+
+def test_state_dict_that_does_not_fit(tmp_path: Path, factory_file: Path) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(TwoInTwoOut().state_dict(), str(path))
+    with pytest.raises(BadInput, match="does not fit"):
+        load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (1, 3, 8, 8)})
+
+
+def test_bad_arch(tmp_path: Path, factory_file: Path) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(_tiny().state_dict(), str(path))
+    shapes = {"x": (1, 3, 8, 8)}
+    with pytest.raises(BadInput, match="module:factory"):
+        load_checkpoint(path, arch="no_colon_here", input_shapes=shapes)
+    with pytest.raises(BadInput, match="no such file"):
+        load_checkpoint(path, arch=f"{tmp_path / 'missing.py'}:make", input_shapes=shapes)
+    with pytest.raises(BadInput, match="no attribute"):
+        load_checkpoint(path, arch=f"{factory_file}:nope", input_shapes=shapes)
+    with pytest.raises(BadInput, match="cannot import"):
+        load_checkpoint(path, arch="surely_not_a_module_xyz:make", input_shapes=shapes)
+
+
+def test_module_needs_input_shape(tmp_path: Path, factory_file: Path) -> None:
+    path = tmp_path / "sd.pt"
+    torch.save(_tiny().state_dict(), str(path))
+    with pytest.raises(BadInput, match="--input-shape"):
+        load_checkpoint(path, arch=f"{factory_file}:make_tiny")
+    with pytest.raises(BadInput, match="do not fit|failed"):
+        load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (1, 7, 8, 8)})
+
+
+# --------------------------------------------------------------------------- pickled modules
+
+
+def test_pickled_module_needs_trust(tmp_path: Path) -> None:
+    model = _tiny()
+    path = tmp_path / "whole.pt"
+    torch.save(model, str(path))
+    assert is_torch_checkpoint(path)
+
+    with pytest.raises(BadInput, match="--trust-checkpoint"):
+        load_checkpoint(path, input_shapes={"x": (1, 3, 8, 8)})
+
+    proto = load_checkpoint(path, trust=True, input_shapes={"x": (1, 3, 8, 8)})
+    assert _io(proto)[0] == [("x", ["batch", 3, 8, 8])]
+    x = _x(3)
+    np.testing.assert_allclose(_run(proto, {"x": x})[0], _torch_out(model, x)[0], atol=ATOL)
+
+
+# --------------------------------------------------------------------------- not checkpoints
+
+
+def test_not_a_checkpoint(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x80\x04this is not a pickle at all" * 10)
+    with pytest.raises(BadInput, match="not a PyTorch checkpoint"):
+        load_checkpoint(garbage, input_shapes={"x": (1, 3)})
+    with pytest.raises(BadInput, match="not a PyTorch checkpoint"):
+        load_checkpoint(garbage, trust=True, input_shapes={"x": (1, 3)})
+
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")
+    assert is_torch_checkpoint(text)  # by its name ...
+    with pytest.raises(BadInput, match="not a PyTorch checkpoint"):
+        load_checkpoint(text)  # ... but torch cannot read it
+
+    with pytest.raises(BadInput, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_sniff(tmp_path: Path) -> None:
+    onnx_file = ROOT / "core" / "assets" / "digits_cnn.onnx"
+    assert not is_torch_checkpoint(onnx_file)
+    disguised = tmp_path / "model.pt"  # an ONNX file with a torch name is still ONNX
+    disguised.write_bytes(onnx_file.read_bytes())
+    assert not is_torch_checkpoint(disguised)
+    assert not is_torch_checkpoint(ROOT / "core" / "assets" / "digits_eval.npz")  # a zip, not torch
+    npy = tmp_path / "a.npy"
+    np.save(npy, np.zeros(3))
+    assert not is_torch_checkpoint(npy)
+    assert not is_torch_checkpoint(tmp_path)  # a folder
+    assert not is_torch_checkpoint(tmp_path / "missing.pt")
+    assert is_torch_checkpoint(ROOT / "core" / "assets" / "digits_cnn.pt")
+
+
+# --------------------------------------------------------------------------- the shipped model
+
+
+def test_digits_checkpoint(monkeypatch, capfd) -> None:
+    monkeypatch.chdir(ROOT)
+    data = np.load(ROOT / "core" / "assets" / "digits_eval.npz")
+    images, labels = data["image"], data["labels"]
+
+    proto = load_checkpoint(
+        Path("core/assets/digits_cnn.pt"), arch="scripts/digits_arch.py:digits_cnn", input_shapes={"image": (1, 1, 8, 8)}
+    )
+    captured = capfd.readouterr()
+    assert captured.out == ""  # stdout carries data (`-o -`); the exporter must not print there
+
+    inputs, outputs = _io(proto)
+    assert inputs == [("image", ["batch", 1, 8, 8])]
+    assert outputs == [("output", ["batch", 10])]
+    got = _run(proto, {"image": images})[0]
+    assert (got.argmax(1) == labels).mean() >= 0.97
+
+    shipped = onnx.load(str(ROOT / "core" / "assets" / "digits_cnn.onnx"))
+    want = _run(shipped, {"image": images})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4)
