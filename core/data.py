@@ -88,10 +88,11 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
     if path.suffix not in (".npz", ".npy"):
         raise BadInput(f"{path}: unknown data format; use .npz/.npy, an image folder, or 'random'")
     try:
-        with np.load(path, allow_pickle=False) as loaded:
-            arrays = {k: loaded[k] for k in loaded.files}
-    except AttributeError:  # a .npy: np.load returned the array itself, which has no context manager
-        arrays = {"": np.load(path, allow_pickle=False)}
+        if path.suffix == ".npy":
+            arrays = {"": np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as loaded:
+                arrays = {k: loaded[k] for k in loaded.files}
     except Exception as exc:
         raise BadInput(f"{path}: cannot read arrays ({' '.join(str(exc).split())[:120]})") from None
     return from_arrays(arrays, specs, source=str(path), batch_size=batch_size)
@@ -100,7 +101,7 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
 def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, source: str,
                 batch_size: int = 16) -> Dataset:
     labels = arrays.pop("labels", None)
-    if set(arrays) == {""} or (len(arrays) == 1 and len(specs) == 1 and specs[0].name not in arrays):
+    if set(arrays) in ({""}, {"arr_0"}):  # a .npy, or np.savez(path, array): unnamed
         if len(specs) != 1:
             raise BadInput(f"{source}: a single unnamed array feeds only single-input models; "
                            f"this one has inputs {[s.name for s in specs]}")

@@ -21,6 +21,8 @@ from mcomp.errors import BadInput
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1  # a ModelProto larger than this cannot be serialized in one piece
+# Above this many bytes of tensors a model is saved with external data (room left for the graph).
+EXTERNAL_DATA_THRESHOLD = PROTOBUF_LIMIT - (64 << 20)
 # Domains whose ops are not in onnx.defs but that onnxruntime implements.
 RUNTIME_DOMAINS = frozenset({"com.microsoft", "com.microsoft.nchwc", "com.microsoft.experimental", "ai.onnx.contrib"})
 
@@ -75,8 +77,8 @@ def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError ...
         raise BadInput(f"{path}: not a valid ONNX model ({_short(exc)})") from None
-    _validate(proto, str(path))
     _check_external_data(proto, path)
+    _validate(proto, str(path), path)
     return LoadedModel(
         _to_ir(proto, str(path), base_dir=path.parent),
         ModelSource(str(path), sha256_file(path), path.stat().st_size, "onnx"),
@@ -109,7 +111,7 @@ def _parse_onnx_bytes(data: bytes, where: str) -> onnx.ModelProto:
     return proto
 
 
-def _validate(proto: onnx.ModelProto, where: str) -> None:
+def _validate(proto: onnx.ModelProto, where: str, path: Path | None = None) -> None:
     """Rejects what protobuf happily parses but no runtime can use (random bytes often parse)."""
     graph = proto.graph
     if proto.ir_version < 3 or not proto.opset_import or not graph.output:
@@ -128,9 +130,17 @@ def _validate(proto: onnx.ModelProto, where: str) -> None:
         if domain in ("", "ai.onnx", "ai.onnx.ml") and not onnx.defs.has(node.op_type, domain if domain != "ai.onnx" else ""):
             raise BadInput(f"{where}: unknown op {node.op_type!r} in domain {domain or 'ai.onnx'!r}")
     try:
-        onnx.checker.check_model(proto) if proto.ByteSize() < PROTOBUF_LIMIT else None
+        if path is not None and _uses_external_data(proto):
+            onnx.checker.check_model(str(path))  # resolves the data files beside the model
+        elif proto.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
         raise BadInput(f"{where}: invalid ONNX model ({_short(exc)})") from None
+
+
+def _uses_external_data(proto: onnx.ModelProto) -> bool:
+    return any(onnx.external_data_helper.uses_external_data(t)
+               for t in onnx.external_data_helper._get_all_tensors(proto))
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
@@ -164,11 +174,14 @@ def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Mode
 
 
 def _set_base_dir(model: ir.Model, base_dir: Path) -> None:
-    """External-data tensors resolve their files relative to the model's folder (lazily, mmapped)."""
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        if isinstance(tensor, ir.ExternalTensor):
-            tensor.base_dir = str(base_dir)
+    """External-data tensors resolve their files relative to the model's folder. Below the
+    protobuf limit they are read into memory, so that sessions and copies need no files;
+    above it they stay memory-mapped and are streamed when saved (design §8)."""
+    ir.external_data.set_base_dir(model.graph, str(base_dir))
+    external = sum(v.const_value.nbytes for v in model.graph.initializers.values()
+                   if isinstance(v.const_value, ir.ExternalTensor))
+    if 0 < external <= EXTERNAL_DATA_THRESHOLD:
+        ir.external_data.load_to_model(model)
 
 
 def onnx_opset(model: onnx.ModelProto | ir.Model) -> int | None:
@@ -240,10 +253,19 @@ def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:
     parent = path.parent
     if path.is_dir():
         raise BadInput(f"{path}: is a directory; -o takes a file path")
+    if parent.exists() and not parent.is_dir():
+        raise BadInput(f"{path}: output folder {str(parent)!r} is a file, not a folder")
     if not parent.is_dir():
         raise BadInput(f"{path}: output folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInput(f"{path}: output folder {str(parent)!r} is not writable")
+    # os.access says yes to root everywhere, and to anyone on /proc or a read-only mount: try it.
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot write in output folder {str(parent)!r} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -252,10 +274,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give what open() would, like the model
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _needs_external_data(model: ir.Model) -> bool:
@@ -263,7 +292,7 @@ def _needs_external_data(model: ir.Model) -> bool:
     for value in model.graph.initializers.values():
         if value.const_value is not None:
             total += value.const_value.nbytes
-    return total > PROTOBUF_LIMIT - (64 << 20)  # leave room for the graph itself
+    return total > EXTERNAL_DATA_THRESHOLD
 
 
 def _short(exc: BaseException) -> str:

@@ -412,7 +412,7 @@ def _export_torchscript(module: Any, path: Path, input_shapes: dict | None, opse
         )
     names, shapes = _resolve_inputs(path, params, input_shapes)
     args = tuple(torch.zeros(s) for s in shapes)
-    return _export_legacy(module, args, names, path, opset)
+    return _export_legacy(module.eval(), args, names, path, opset)
 
 
 def _export_legacy(module: Any, args: tuple, names: list[str], path: Path, opset: int) -> "onnx.ModelProto":
@@ -513,8 +513,8 @@ _REDUCE_AXES_INPUT_18 = frozenset(
 def _downgrade_18_to_17(proto: "onnx.ModelProto") -> "onnx.ModelProto":
     """Rewrites what changed between opsets 17 and 18 into its opset-17 form, or raises.
 
-    Reduce* take constant ``axes`` as an attribute again; Split loses ``num_outputs`` (explicit
-    sizes when the split axis is not evenly divisible and is statically known); Resize and Pad
+    Reduce* take constant ``axes`` as an attribute again; Split trades ``num_outputs`` for
+    explicit sizes (the split axis must be statically known); Resize and Pad
     are accepted only without their opset-18 extras. Anything else new in 18 fails the checker.
     """
     import numpy as np
@@ -586,8 +586,8 @@ def _downgrade_18_to_17(proto: "onnx.ModelProto") -> "onnx.ModelProto":
                 dim = None
                 if shape is not None and -len(shape) <= axis < len(shape):
                     dim = shape[axis]
-                if dim is not None and dim % n == 0:
-                    continue  # equal parts: opset 17's default
+                # Always explicit sizes, even for equal parts: onnxruntime (1.32) merges two
+                # size-less Splits of one tensor that differ only in their number of outputs.
                 if dim is None:
                     raise ValueError(f"Split {node.name!r}: num_outputs on an axis of unknown size")
                 chunk = -(-dim // n)

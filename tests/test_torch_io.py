@@ -44,6 +44,24 @@ class TwoInTwoOut(nn.Module):
         return h + z, torch.sigmoid(h)
 
 
+class SplitsAndReductions(nn.Module):
+    """Ops whose form changed in opset 18 (Split num_outputs, Reduce* axes as an input)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 7, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        a, b = y[:, :6].chunk(2, dim=1)  # 3 + 3
+        parts = y[:, :6].chunk(3, dim=1)  # 2 + 2 + 2, same input and axis as above
+        c, d, e, f = y.chunk(4, dim=1)  # 2 + 2 + 2 + 1: uneven
+        pooled = (a * torch.sigmoid(b)).mean(dim=(2, 3))  # [N, 3]
+        peaks = torch.stack([p.amax(dim=(1, 2, 3)) for p in parts], dim=1)  # [N, 3]
+        rest = torch.logsumexp(c + d + e, dim=(1, 2, 3)) + torch.linalg.vector_norm(f, dim=(1, 2, 3)) + y.amin(dim=(1, 2, 3))
+        return pooled + peaks + rest[:, None]
+
+
 class PinnedBatch(nn.Module):
     """Bakes the batch size into a reshape when exported with static shapes."""
 
@@ -136,8 +154,9 @@ def factory_file(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------- TorchScript
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script/trace are deprecated
 @pytest.mark.parametrize("how", ["script", "trace"])
-def test_torchscript(tmp_path: Path, how: str) -> None:
+def test_torchscript(tmp_path: Path, how: str, capfd) -> None:
     model = _tiny()
     ts = torch.jit.script(model) if how == "script" else torch.jit.trace(model, (torch.zeros(2, 3, 8, 8),))
     path = tmp_path / "tiny.jit"
@@ -145,6 +164,7 @@ def test_torchscript(tmp_path: Path, how: str) -> None:
     assert is_torch_checkpoint(path)
 
     proto = load_checkpoint(path, input_shapes={"pixels": (1, 3, 8, 8)})
+    assert capfd.readouterr().out == ""  # nothing on stdout
     inputs, outputs = _io(proto)
     assert inputs == [("pixels", ["batch", 3, 8, 8])]
     assert outputs == [("output", ["batch", 5])]
@@ -154,6 +174,7 @@ def test_torchscript(tmp_path: Path, how: str) -> None:
         np.testing.assert_allclose(_run(proto, {"pixels": x})[0], _torch_out(model, x)[0], atol=ATOL)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_torchscript_needs_input_shape(tmp_path: Path) -> None:
     path = tmp_path / "tiny.pt"
     torch.jit.script(_tiny()).save(str(path))
@@ -206,6 +227,28 @@ def test_pt2_dynamic_two_inputs_two_outputs(tmp_path: Path) -> None:
     # names given by --input-shape (matched to the program's argument names)
     proto = load_checkpoint(path, input_shapes={"z": (2, 3), "x": (2, 6)})
     assert [name for name, _ in _io(proto)[0]] == ["x", "z"]
+
+
+def test_opset_17_from_torch_exporter(tmp_path: Path) -> None:
+    """torch's exporter starts at opset 18; the default opset 17 is reached by rewriting
+    Split and Reduce*, and the result must run right under onnxruntime's full optimizations."""
+    torch.manual_seed(0)
+    model = SplitsAndReductions().eval()
+    path = tmp_path / "ops.pt2"
+    torch.export.save(torch.export.export(model, (torch.zeros(2, 3, 8, 8),)), str(path))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TorchExportWarning)
+        proto = load_checkpoint(path)
+    assert _opset(proto) == 17
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Split", "ReduceMean", "ReduceMax"} <= ops
+    x = _x(3)
+    np.testing.assert_allclose(_run(proto, {"input": x})[0], _torch_out(model, x)[0], atol=1e-4)
+
+    proto18 = load_checkpoint(path, opset=18)
+    assert _opset(proto18) == 18
+    np.testing.assert_allclose(_run(proto18, {"input": x})[0], _torch_out(model, x)[0], atol=1e-4)
 
 
 def test_pt2_pinned_batch_stays_static(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from onnxscript.rewriter import RewritePass, pattern
 from onnxscript.rewriter.rules import common as common_rules
 
 from mcomp.passes.optimize import rules as mcomp_rules
+from mcomp.passes.optimize.identity import IdentityElimination
 
 
 @dataclass(frozen=True)
@@ -31,11 +32,26 @@ def _run_passes(model: ir.Model, *passes: ir.passes.PassBase) -> bool:
     return bool(result.modified)
 
 
-def _rewrite(rules) -> Callable[[ir.Model], bool]:
+def _rewrite(rules, rounds: int = 1) -> Callable[[ir.Model], bool]:
+    """Applies ``rules`` once, or up to ``rounds`` times with shape inference in between.
+
+    Rules that read shapes (a Reshape target made constant) expose shapes downstream that the
+    next round's rules need, so a stage converges by itself rather than over outer iterations.
+    """
     rule_set = pattern.RewriteRuleSet(list(rules))
 
     def apply(model: ir.Model) -> bool:
-        return _run_passes(model, RewritePass(rule_set), ir_passes.RemoveUnusedNodesPass())
+        modified = False
+        for i in range(rounds):
+            if i:
+                _run_passes(model, ir_passes.ShapeInferencePass(strict_mode=False))
+            if not _run_passes(model, RewritePass(rule_set)):
+                break
+            modified = True
+        if modified:  # rules write constants as Constant nodes; store them as initializers
+            _run_passes(model, ir_passes.RemoveUnusedNodesPass(),
+                        ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
+        return modified
 
     return apply
 
@@ -53,8 +69,10 @@ def eliminate(model: ir.Model) -> bool:
     before = _fingerprint(model)
     _rewrite([common_rules.dropout_inference_rule, common_rules.dropout_zero_rule, common_rules.add_0_rule,
               common_rules.sub_0_rule, common_rules.mul_by_1_rule, common_rules.div_by_1_rule,
-              common_rules.no_op_cast_rule, common_rules.no_op_expand_rule, common_rules.no_op_transpose_rule])(model)
-    _run_passes(model, ir_passes.IdentityEliminationPass(), ir_passes.CommonSubexpressionEliminationPass(),
+              common_rules.no_op_cast_rule, common_rules.no_op_expand_rule, common_rules.no_op_transpose_rule,
+              *mcomp_rules.ELIMINATION_RULES])(model)
+    # not onnx-ir's IdentityEliminationPass: it makes If/Loop bodies return outer-scope values (see identity.py)
+    _run_passes(model, IdentityElimination(), ir_passes.CommonSubexpressionEliminationPass(),
                 ir_passes.DeduplicateInitializersPass(), ir_passes.RemoveUnusedNodesPass(),
                 ir_passes.RemoveUnusedFunctionsPass(), ir_passes.RemoveUnusedOpsetsPass())
     return _fingerprint(model) != before
@@ -86,5 +104,5 @@ PORTABLE_STAGES: tuple[Stage, ...] = (
                     common_rules.remove_optional_bias_from_conv_rule,
                     common_rules.remove_optional_bias_from_conv_transpose_rule,
                     common_rules.remove_optional_bias_from_gemm_rule,
-                    *mcomp_rules.RULES])),
+                    *mcomp_rules.FUSION_RULES], rounds=3)),
 )

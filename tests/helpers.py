@@ -1,0 +1,42 @@
+"""Tiny models built in the tests, in ONNX text."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+
+def from_text(text: str) -> ir.Model:
+    return ir.serde.deserialize_model(onnx.parser.parse_model(text))
+
+
+def conv_bn_relu(seed: int = 0) -> ir.Model:
+    """x[N,3,8,8] → Conv(3→4, 3×3, pad 1) → BatchNorm → Identity → Dropout → Relu → y."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    scale = rng.uniform(0.5, 1.5, 4).astype(np.float32)
+    bias = rng.standard_normal(4).astype(np.float32)
+    mean = rng.standard_normal(4).astype(np.float32)
+    var = rng.uniform(0.5, 2.0, 4).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], name="conv"),
+         onnx.helper.make_node("BatchNormalization", ["c", "s", "b", "m", "v"], ["n"], name="bn"),
+         onnx.helper.make_node("Identity", ["n"], ["i"], name="id"),
+         onnx.helper.make_node("Dropout", ["i"], ["d"], name="drop"),
+         onnx.helper.make_node("Relu", ["d"], ["y"], name="relu")],
+        "conv_bn_relu",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [onnx.numpy_helper.from_array(a, n) for a, n in ((w, "w"), (scale, "s"), (bias, "b"), (mean, "m"), (var, "v"))],
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def run(model: ir.Model, feeds: dict) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    data = ir.serde.serialize_model(model).SerializeToString()
+    return ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, feeds)

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from helpers import conv_bn_relu
+from mcomp import data
+from mcomp.errors import BadInput
+from mcomp.session import TensorSpec, input_specs
+
+
+@pytest.fixture
+def model():
+    return conv_bn_relu()
+
+
+def test_npz_batch_is_split_and_labels_follow(tmp_path, model):
+    x = np.random.default_rng(0).standard_normal((20, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, labels=np.arange(20))
+    ds = data.load(tmp_path / "d.npz", model, batch_size=8)
+    assert [f["x"].shape[0] for f in ds.feeds] == [8, 8, 4]
+    assert [len(l) for l in ds.labels] == [8, 8, 4]
+    assert ds.samples == 20 and not ds.synthetic
+    np.testing.assert_array_equal(np.concatenate([f["x"] for f in ds.feeds]), x)
+
+
+def test_stacked_feeds_and_single_npy(tmp_path, model):
+    x = np.zeros((3, 2, 3, 8, 8), np.float64)  # rank + 1: three feeds of batch 2, float64 cast to float32
+    np.save(tmp_path / "d.npy", x)
+    ds = data.load(tmp_path / "d.npy", model)
+    assert len(ds) == 3 and ds.feeds[0]["x"].shape == (2, 3, 8, 8) and ds.feeds[0]["x"].dtype == np.float32
+
+
+@pytest.mark.parametrize("arrays, fragment", [
+    ({"wrong": np.zeros((1, 3, 8, 8), np.float32)}, "do not match"),
+    ({"x": np.zeros((1, 3, 9, 9), np.float32)}, "does not fit"),
+    ({"x": np.zeros((3, 8, 8), np.float32)}, "rank"),
+    ({"x": np.zeros((4, 3, 8, 8), np.float32), "labels": np.zeros(3)}, "3 labels for 4"),
+    ({"x": np.array([["a"]])}, "expects float32"),
+])
+def test_mismatches_are_bad_input(tmp_path, model, arrays, fragment):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(BadInput, match=fragment):
+        data.load(tmp_path / "d.npz", model)
+
+
+def test_random_is_seeded_and_marked_synthetic(model):
+    a = data.load("random", model, input_shapes={"x": (2, 3, 8, 8)})
+    b = data.load("random", model, input_shapes={"x": (2, 3, 8, 8)})
+    assert a.synthetic and a.labels is None and "accuracy unknown" in a.notes[0]
+    np.testing.assert_array_equal(a.feeds[0]["x"], b.feeds[0]["x"])
+    assert a.feeds[0]["x"].shape == (2, 3, 8, 8)
+
+
+def test_fixed_state_input_is_shared_across_feeds():
+    specs = [TensorSpec("input", np.dtype("float32"), (1, 576)), TensorSpec("state", np.dtype("float32"), (2, 1, 128)),
+             TensorSpec("sr", np.dtype("int64"), ())]
+    ds = data.from_arrays({"input": np.zeros((3, 576), np.float32), "state": np.zeros((2, 1, 128), np.float32),
+                           "sr": np.array(16000)}, specs, source="t")
+    assert len(ds) == 3 and ds.feeds[2]["state"].shape == (2, 1, 128) and int(ds.feeds[1]["sr"]) == 16000
+
+
+def test_image_folder_with_classes(tmp_path, model):
+    from PIL import Image
+
+    for label, color in (("cat", 30), ("dog", 200)):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            Image.new("RGB", (16, 12), (color, color, color)).save(tmp_path / label / f"{i}.png")
+    spec = data.ImageFolderSpec(images=tmp_path, size=(8, 8), mean=(0.5,), std=(0.25,))
+    ds = data.load(spec, model)
+    x = np.concatenate([f["x"] for f in ds.feeds])
+    assert x.shape == (6, 3, 8, 8)
+    np.testing.assert_array_equal(np.concatenate(ds.labels), [0, 0, 0, 1, 1, 1])
+    assert x[0, 0, 0, 0] == pytest.approx((30 / 255 - 0.5) / 0.25, abs=1e-5)
+
+
+def test_bind_input_shapes(model):
+    assert data.bind_input_shapes({"": (1, 3, 8, 8)}, model) == {"x": (1, 3, 8, 8)}
+    with pytest.raises(BadInput, match="unknown inputs"):
+        data.bind_input_shapes({"y": (1,)}, model)
+    assert input_specs(model)[0].dynamic_dims == [0]

@@ -1,0 +1,99 @@
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from helpers import conv_bn_relu, run
+from mcomp import data
+from mcomp.model import copy
+from mcomp.pass_base import Context
+from mcomp.passes.optimize import Optimize
+from mcomp.passes.optimize.stages import Stage
+from mcomp.summary import op_histogram
+
+FEEDS = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
+
+
+def test_folds_batchnorm_and_removes_identity_and_dropout():
+    model = conv_bn_relu()
+    expected = run(model, FEEDS)[0]
+    result = Optimize(level="none")(copy(model), Context())
+    ops = op_histogram(result.model)
+    assert result.modified
+    assert ops == {"Conv": 1, "Relu": 1}, ops
+    np.testing.assert_allclose(run(result.model, FEEDS)[0], expected, atol=1e-5)
+    onnx.checker.check_model(ir.serde.serialize_model(result.model))
+    stages = {s["name"]: s for s in result.metrics["stages"]}
+    assert not any(s["rejected"] for s in stages.values())
+    assert result.metrics["nodes_before"] == 5 and result.metrics["nodes_after"] == 2
+
+
+def test_already_optimal_graph_is_not_modified():
+    model = conv_bn_relu()
+    once = Optimize(level="none")(copy(model), Context()).model
+    again = Optimize(level="none")(copy(once), Context())
+    assert not any(s["applied"] for s in again.metrics["stages"])
+    assert op_histogram(again.model) == {"Conv": 1, "Relu": 1}
+
+
+@pytest.mark.parametrize("level", ["basic", "extended", "all"])
+def test_onnxruntime_levels_keep_outputs(level):
+    model = conv_bn_relu()
+    expected = run(model, FEEDS)[0]
+    result = Optimize(level=level)(copy(model), Context())
+    np.testing.assert_allclose(run(result.model, FEEDS)[0], expected, atol=1e-5)
+    assert any(s["name"] == "onnxruntime" for s in result.metrics["stages"])
+    if level != "basic":
+        assert any("onnxruntime-specific" in n for n in result.metrics["notes"])
+
+
+def _corrupt(model: ir.Model) -> bool:
+    """A 'rewrite' that silently changes a weight: the check must catch it."""
+    for value in model.graph.initializers.values():
+        if value.name == "w":
+            value.const_value = ir.tensor(value.const_value.numpy() * 1.5, name="w")
+            return True
+    return False
+
+
+def _explode(model: ir.Model) -> bool:
+    raise RuntimeError("rule crashed")
+
+
+class WithBadStages(Optimize):
+    def stages(self):
+        return (Stage("corrupt", "changes a weight", _corrupt), Stage("explode", "raises", _explode),
+                *super().stages())
+
+
+def test_a_stage_that_changes_outputs_is_dropped_with_a_reason():
+    model = conv_bn_relu()
+    expected = run(model, FEEDS)[0]
+    result = WithBadStages(level="none")(copy(model), Context())
+    np.testing.assert_allclose(run(result.model, FEEDS)[0], expected, atol=1e-5)
+    stages = {s["name"]: s for s in result.metrics["stages"]}
+    assert stages["corrupt"]["applied"] == 0 and "exceeds the tolerance" in stages["corrupt"]["reason"]
+    assert stages["explode"]["applied"] == 0 and "rule crashed" in stages["explode"]["reason"]
+    assert any("corrupt" in n for n in result.metrics["notes"])
+    assert op_histogram(result.model) == {"Conv": 1, "Relu": 1}  # the good stages still ran
+
+
+def test_check_uses_the_pipeline_data():
+    model = conv_bn_relu()
+    ds = data.Dataset([FEEDS], None, False, "feeds.npz")
+    result = Optimize(level="none")(copy(model), Context(data={"evaluation": ds}))
+    assert result.metrics["checked_on"] == "feeds.npz"
+
+
+def test_unknown_skip_is_a_config_error():
+    from mcomp.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown stage"):
+        Optimize(skip=["nope"])(conv_bn_relu(), Context())
+
+
+def test_skip_leaves_a_stage_out():
+    # onnxscript's constant folder also folds BatchNorm, so both stages must be left out
+    result = Optimize(level="none", skip=["fold-constants", "fuse-batchnorm"])(conv_bn_relu(), Context())
+    assert "BatchNormalization" in op_histogram(result.model)
+    assert "Identity" not in op_histogram(result.model)
