@@ -348,13 +348,14 @@ def _export_module(module: Any, path: Path, input_shapes: dict | None, opset: in
             with _quiet():
                 program = torch.export.export(module, static, strict=False)
         except Exception as exc:
-            # last resort: the TorchScript-based exporter traces what torch.export cannot
-            try:
-                return _export_legacy(module, static, names, path, opset)
-            except BadInput:
-                raise BadInput(
-                    f"{path}: torch.onnx.export failed: {_short(first_error or exc)}"
-                ) from None
+            # Last resort: the TorchScript-based exporter traces what torch.export cannot.
+            # (_export_legacy first runs the model, so wrong input shapes are reported as such.)
+            proto = _export_legacy(module, static, names, path, opset)
+            _warn(
+                f"{path}: exported with the TorchScript-based exporter, since torch.export "
+                f"failed ({_short(exc)}); a traced graph may have fixed control flow and shapes"
+            )
+            return proto
     if not dynamic and shapes and shapes[0]:
         _warn(
             f"{path}: exported with a fixed batch size ({shapes[0][0]}); the model does not "
@@ -386,13 +387,17 @@ def _export_program(program: Any, path: Path, input_shapes: dict | None, opset: 
         args = tuple(_example(s, m[1]) for s, m in zip(shapes, metas))
         names = _default_names(len(args), "input")
 
-    try:
-        with _quiet(), torch.no_grad():
-            reference = program.module()(*args)
-    except Exception as exc:
-        raise BadInput(f"{path}: the inputs {_fmt_shapes(names, shapes)} do not fit the program ({_short(exc)})") from None
+    static = not _has_dynamic_batch(metas)
+    if static or input_shapes:  # run it: a check of the given shapes, the reference for below
+        try:
+            with _quiet(), torch.no_grad():
+                reference = program.module()(*args)
+        except Exception as exc:
+            raise BadInput(
+                f"{path}: the inputs {_fmt_shapes(names, shapes)} do not fit the program ({_short(exc)})"
+            ) from None
 
-    if not _has_dynamic_batch(metas):
+    if static:
         dynamic = _make_batch_dynamic(program, args, reference)
         if dynamic is not None:
             program = dynamic
@@ -780,8 +785,6 @@ def _example_batch(shape: tuple[int, ...]) -> tuple[int, ...]:
 def _example(shape: tuple[int, ...], dtype: Any) -> Any:
     import torch
 
-    if dtype is not None and (dtype.is_floating_point or dtype.is_complex):
-        return torch.zeros(shape, dtype=dtype)
     return torch.zeros(shape, dtype=dtype or torch.float32)
 
 
