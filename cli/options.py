@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -33,8 +34,8 @@ def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] |
     shapes = {}
     for value in values:
         name, _, dims = value.rpartition("=")
-        try:
-            shape = tuple(int(d) for d in dims.replace("x", ",").split(",") if d.strip())
+        try:  # 1,3,224,224 or 1x3x224x224; an empty dim ("1,,8", "1,x,8") is a typo, not a separator
+            shape = tuple(int(d) for d in re.split(r"[,x]", dims.strip()))
         except ValueError:
             raise BadInput(f"--input-shape {value!r}: expected NAME=1,3,224,224 or 1,3,224,224") from None
         if not shape or any(d <= 0 for d in shape):

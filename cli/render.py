@@ -20,7 +20,8 @@ def print_report(doc: dict) -> None:
     err.print(table)
     for step in doc["steps"]:
         changes = step["changes"]
-        summary = ", ".join(f"{k}={v}" for k, v in changes.items() if isinstance(v, (int, float, str)) and k != "notes")
+        summary = changes.get("summary") or ", ".join(
+            f"{k}={v}" for k, v in changes.items() if isinstance(v, (int, float, str)) and k != "notes")
         err.print(f"  step {step['pass']}: {step['seconds']} s; {summary}")
     for gate, g in doc.get("gates", {}).items():
         err.print(f"  gate {gate}: limit {g['limit']}, value {g['value']}: {'passed' if g['passed'] else '[red]FAILED[/]'}")

@@ -203,7 +203,7 @@ def concrete_shape(spec: TensorSpec, input_shapes: dict[str, tuple[int, ...]] | 
     """The input's shape with its dynamic dims filled: from --input-shape, else batch 1 and 32."""
     if input_shapes and spec.name in input_shapes:
         shape = tuple(input_shapes[spec.name])
-        check_shape(np.empty(shape, dtype=np.uint8), TensorSpec(spec.name, spec.dtype, spec.shape), "--input-shape")
+        check_shape(np.broadcast_to(np.uint8(0), shape), TensorSpec(spec.name, spec.dtype, spec.shape), "--input-shape")
         return shape
     if spec.shape is None:
         raise BadInput(f"input {spec.name!r} has no shape in the model; give it with --input-shape {spec.name}=...")
@@ -276,12 +276,16 @@ def bind_input_shapes(shapes: dict[str, tuple[int, ...]] | None, model: ir.Model
     """Names an unnamed ``--input-shape`` after the model's single input; rejects unknown names."""
     if not shapes:
         return shapes
-    names = [s.name for s in input_specs(model)]
+    specs = input_specs(model)
+    names = [s.name for s in specs]
     if "" in shapes:
         if len(names) != 1:
             raise BadInput(f"--input-shape needs NAME=... for a model with inputs {names}")
-        return {names[0]: shapes[""]}
+        shapes = {names[0]: shapes[""]}
     unknown = sorted(set(shapes) - set(names))
     if unknown:
         raise BadInput(f"--input-shape names unknown inputs {unknown}; model inputs: {names}")
+    for spec in specs:  # rank and static dims must fit, or MACs and synthetic data are wrong
+        if spec.name in shapes:
+            check_shape(np.broadcast_to(np.uint8(0), shapes[spec.name]), spec, "--input-shape")
     return shapes

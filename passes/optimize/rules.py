@@ -1,9 +1,9 @@
 """mcomp's own rewrite rules, for fusions the onnxscript rule set does not have.
 
 Each rule is a ``RewriteRuleClassBase``: ``pattern`` (what to match), ``check`` (when it is
-safe, with a reason when not), ``rewrite`` (the replacement). ``ELIMINATION_RULES`` remove
-no-op nodes; ``FUSION_RULES`` merge nodes (Reshape targets computed from shapes are in
-``shape_rules.py``).
+safe, with a reason when not), ``rewrite`` (the replacement). The lists at the end feed the
+stages (``stages.py``): ``SHAPE_RULES`` (Reshape targets computed from shapes, in
+``shape_rules.py``), ``ELIMINATION_RULES`` (no-op nodes), ``CONV_BIAS_RULES``, ``FUSION_RULES``.
 """
 
 from __future__ import annotations
@@ -162,6 +162,8 @@ def _slice_params(node: ir.Node, x: ir.Value) -> tuple[list[int], ...] | None:
     return starts, ends, axes, steps
 
 
+SHAPE_RULES = [MaterializeReshapeTarget.rule()]
+
 ELIMINATION_RULES = [
     *RemoveNeutralOperand.rule("Mul", 1).commute(),
     *RemoveNeutralOperand.rule("Add", 0).commute(),
@@ -169,11 +171,6 @@ ELIMINATION_RULES = [
     RemoveNeutralOperand.rule("Div", 1),
 ]
 
-FUSION_RULES = [
-    *FuseConvBiasAdd.rule().commute(),
-    *FuseConvTransposeBiasAdd.rule().commute(),
-    MergeSlices.rule(),
-    MaterializeReshapeTarget.rule(),
-]
+CONV_BIAS_RULES = [*FuseConvBiasAdd.rule().commute(), *FuseConvTransposeBiasAdd.rule().commute()]
 
-RULES = FUSION_RULES
+FUSION_RULES = [MergeSlices.rule()]

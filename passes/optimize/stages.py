@@ -32,34 +32,38 @@ def _run_passes(model: ir.Model, *passes: ir.passes.PassBase) -> bool:
     return bool(result.modified)
 
 
-def _rewrite(rules, rounds: int = 1) -> Callable[[ir.Model], bool]:
-    """Applies ``rules`` once, or up to ``rounds`` times with shape inference in between.
+def _rewrite(rules, rounds: int = 2, infer_shapes: bool = False) -> Callable[[ir.Model], bool]:
+    """Applies ``rules`` until nothing changes (at most ``rounds`` times), optionally inferring shapes in between.
 
-    Rules that read shapes (a Reshape target made constant) expose shapes downstream that the
-    next round's rules need, so a stage converges by itself rather than over outer iterations.
+    A rewrite can enable another on a node the same sweep has passed (a bias Add folded into a
+    ConvTranspose, then the BatchNormalization after it), and rules that read shapes expose
+    shapes downstream that the next round needs: the stage converges by itself rather than
+    over the pass's outer iterations, each of which costs a numerical check.
     """
     rule_set = pattern.RewriteRuleSet(list(rules))
 
     def apply(model: ir.Model) -> bool:
         modified = False
-        for i in range(rounds):
-            if i:
-                _run_passes(model, ir_passes.ShapeInferencePass(strict_mode=False))
+        for _ in range(rounds):
             if not _run_passes(model, RewritePass(rule_set)):
                 break
             modified = True
-        if modified:  # rules write constants as Constant nodes; store them as initializers
+            # rules write new tensors as Constant nodes; other rules want initializers
             _run_passes(model, ir_passes.RemoveUnusedNodesPass(),
                         ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
+            if infer_shapes:
+                _run_passes(model, ir_passes.ShapeInferencePass(strict_mode=False))
         return modified
 
     return apply
 
 
 def fold_constants(model: ir.Model) -> bool:
-    """Constant folding, shape inference and dead-node removal (onnxscript's optimizer)."""
+    """Constant folding, shape inference and dead-node removal (onnxscript's optimizer), then
+    Reshape targets computed from shapes made constant, with shapes re-inferred downstream."""
     before = _fingerprint(model)
     optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True)
+    _fold_shapes(model)
     _run_passes(model, ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
     return _fingerprint(model) != before
 
@@ -78,6 +82,9 @@ def eliminate(model: ir.Model) -> bool:
     return _fingerprint(model) != before
 
 
+_fold_shapes = _rewrite([common_rules.materialize_reshape_shape_rule, *mcomp_rules.SHAPE_RULES], rounds=8, infer_shapes=True)
+
+
 def _fingerprint(model: ir.Model) -> tuple:
     """A cheap change detector: node count and op sequence over all graphs."""
     from mcomp.summary import all_nodes
@@ -89,10 +96,10 @@ def _fingerprint(model: ir.Model) -> tuple:
 PORTABLE_STAGES: tuple[Stage, ...] = (
     Stage("fold-constants", "constant folding, shape inference, dead nodes", fold_constants),
     Stage("eliminate", "identity/dropout/no-op elimination, CSE, duplicate initializers", eliminate),
-    Stage("fuse-batchnorm", "BatchNormalization folded into Conv/ConvTranspose/Gemm",
-          _rewrite([common_rules.fuse_batchnorm_into_conv_rule, common_rules.fuse_batchnorm_into_conv_transpose_rule,
+    Stage("fuse-batchnorm", "per-channel bias Adds and BatchNormalization folded into Conv/ConvTranspose/Gemm",
+          _rewrite([*mcomp_rules.CONV_BIAS_RULES, common_rules.fuse_batchnorm_into_conv_rule, common_rules.fuse_batchnorm_into_conv_transpose_rule,
                     common_rules.fuse_batchnorm_into_gemm_rule])),
-    Stage("fuse", "common fusions: Pad into Conv, Relu/Clip chains, Min/Max to Clip, reshape/slice simplifications, bias adds",
+    Stage("fuse", "common fusions: Pad into Conv, Relu/Clip chains, Min/Max to Clip, reshape/slice simplifications",
           _rewrite([common_rules.fuse_pad_into_conv_rule, common_rules.normalize_pad_format_conv_rule,
                     common_rules.successive_relu_rule, common_rules.successive_clip_rule,
                     common_rules.successive_clip_relu_rule, common_rules.successive_relu_clip_rule,
@@ -100,9 +107,9 @@ PORTABLE_STAGES: tuple[Stage, ...] = (
                     common_rules.max_max_rule, common_rules.cast_cast_rule, common_rules.reshape_reshape_rule,
                     common_rules.unsqueeze_unsqueeze_rule, common_rules.transpose_transpose_rule,
                     common_rules.collapse_slice_rule, common_rules.collapse_slice2_rule,
-                    common_rules.squeeze_reshape_1d_rule, common_rules.materialize_reshape_shape_rule,
+                    common_rules.squeeze_reshape_1d_rule,
                     common_rules.remove_optional_bias_from_conv_rule,
                     common_rules.remove_optional_bias_from_conv_transpose_rule,
                     common_rules.remove_optional_bias_from_gemm_rule,
-                    *mcomp_rules.FUSION_RULES], rounds=3)),
+                    *mcomp_rules.FUSION_RULES])),
 )

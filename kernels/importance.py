@@ -1,0 +1,74 @@
+"""Importance scores for pruning: how much a weight, or a channel, matters. Pure numpy.
+
+Element scores (unstructured): magnitude |w|, Taylor |w · ∂L/∂w|, random.
+Channel scores (structured): the L1/L2 norm of a channel's slice, summed over every tensor
+of its group; BatchNorm scale |γ|; Taylor summed over the channel's slice; random.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def magnitude(w: np.ndarray) -> np.ndarray:
+    return np.abs(w.astype(np.float32))
+
+
+def taylor(w: np.ndarray, grad: np.ndarray) -> np.ndarray:
+    """First-order Taylor estimate of the loss change when a weight is zeroed (Molchanov et al.)."""
+    return np.abs(w.astype(np.float32) * grad.astype(np.float32))
+
+
+def random_scores(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    return rng.random(shape, dtype=np.float32)
+
+
+def channel_norm(w: np.ndarray, axis: int, p: int = 1) -> np.ndarray:
+    """Per-channel Lp norm of ``w`` along ``axis`` (over all other axes)."""
+    moved = np.moveaxis(w.astype(np.float32), axis, 0).reshape(w.shape[axis], -1)
+    return np.abs(moved).sum(axis=1) if p == 1 else np.sqrt((moved ** 2).sum(axis=1))
+
+
+def channel_taylor(w: np.ndarray, grad: np.ndarray, axis: int) -> np.ndarray:
+    """Per-channel Taylor score: |Σ w·g| over the channel's slice (the loss change of removing it)."""
+    prod = np.moveaxis((w.astype(np.float32) * grad.astype(np.float32)), axis, 0).reshape(w.shape[axis], -1)
+    return np.abs(prod.sum(axis=1))
+
+
+def normalize(scores: np.ndarray) -> np.ndarray:
+    """Scores divided by their mean, so that tensors of different scale can be summed or compared."""
+    mean = float(np.mean(scores)) if scores.size else 0.0
+    return scores / mean if mean > 0 else scores
+
+
+def global_threshold(scores: list[np.ndarray], rate: float) -> float:
+    """The score below which ``rate`` of all elements fall (the k-th smallest over every tensor)."""
+    flat = np.concatenate([s.ravel() for s in scores]) if scores else np.zeros(0)
+    k = int(round(rate * flat.size))
+    if k <= 0:
+        return -np.inf
+    return float(np.partition(flat, k - 1)[k - 1])
+
+
+def prune_mask(scores: np.ndarray, count: int) -> np.ndarray:
+    """A boolean keep-mask zeroing exactly ``count`` lowest-scored elements (ties broken by position)."""
+    keep = np.ones(scores.size, dtype=bool)
+    if count > 0:
+        order = np.argsort(scores.ravel(), kind="stable")
+        keep[order[:count]] = False
+    return keep.reshape(scores.shape)
+
+
+def keep_channels(scores: np.ndarray, keep: int) -> np.ndarray:
+    """Indices (sorted) of the ``keep`` highest-scored channels."""
+    keep = max(1, min(int(keep), scores.size))
+    return np.sort(np.argsort(-scores, kind="stable")[:keep])
+
+
+def rounded_keep(channels: int, rate: float, round_to: int) -> int:
+    """Channels kept when removing ``rate`` of ``channels``, rounded to a multiple of ``round_to``
+    (never below ``round_to`` or one, never above ``channels``)."""
+    keep = channels * (1.0 - rate)
+    if round_to > 1 and channels >= round_to:
+        keep = max(round_to, int(round(keep / round_to)) * round_to)
+    return int(min(channels, max(1, round(keep))))

@@ -1,0 +1,161 @@
+"""Pruning (``mcomp prune``): unstructured sparsity, or structured channel removal that shrinks tensors.
+
+Three separate ideas: what is coupled (``structured.groups``: channel groups cut together),
+what matters (``mcomp.kernels.importance``: magnitude, Taylor, norms, BN scale, random),
+and how much (the rate or a params/MACs target, per-layer caps, rounding of kept channels).
+
+```yaml
+steps:
+  - prune: {method: structured, rate: 0.3, importance: l1, round_to: 8}
+  - prune: {method: magnitude, rate: 0.8, scope: global}
+```
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+from pydantic import Field, model_validator
+
+from mcomp.errors import ConfigError
+from mcomp.model import to_bytes
+from mcomp.pass_base import Context, Pass, PassConfig, PassResult
+
+UNSTRUCTURED = ("magnitude", "random", "taylor")
+STRUCTURED = ("structured", "merge")
+
+
+class Prune(Pass):
+    """Removes weights (unstructured) or whole channels (structured, merge); see the options in Config."""
+
+    name: ClassVar[str] = "prune"
+    summary: ClassVar[str] = "unstructured sparsity or structured channel removal that really shrinks tensors"
+    needs: ClassVar[frozenset[str]] = frozenset({"data?"})
+
+    class Config(PassConfig):
+        method: Literal["magnitude", "random", "taylor", "structured", "merge"] = Field(
+            "magnitude", description="magnitude/random/taylor zero weights; structured removes channels "
+                                     "ranked by --importance; merge folds near-duplicate filters into their twins")
+        rate: float = Field(0.5, gt=0, lt=1, description="share removed: of prunable weights (unstructured), "
+                                                          "of channels (structured), or of --target")
+        target: Literal["weights", "channels", "params", "macs"] | None = Field(
+            None, description="what --rate is a share of [default: weights, or channels for structured/merge]")
+        scope: Literal["global", "layer"] = Field("global", description="unstructured: one threshold over all layers, or the rate in each")
+        importance: Literal["l1", "l2", "bn", "taylor", "random"] = Field("l1", description="structured: channel importance")
+        round_to: int = Field(8, ge=1, le=256, description="structured: kept channels rounded to a multiple of this")
+        exclude: list[str] = Field(default_factory=list, description="node name globs or op types never pruned")
+        protect_ends: bool = Field(True, description="leave the first and last prunable layers whole")
+        max_layer_rate: float = Field(0.95, gt=0, le=1, description="no layer loses more than this share")
+        batches: int = Field(8, ge=1, le=10000, description="taylor: batches of the data for the gradients")
+
+        @model_validator(mode="after")
+        def _target_fits_method(self):
+            target = self.target
+            if self.method in UNSTRUCTURED and target in ("channels", "macs"):
+                raise ValueError(f"target {target!r} needs a structured method (structured, merge): "
+                                 "zeroed weights remove no MACs on dense kernels")
+            if self.method in STRUCTURED and target == "weights":
+                raise ValueError("target 'weights' is for unstructured methods; structured takes channels, params or macs")
+            return self
+
+    def call(self, model: ir.Model, ctx: Context) -> PassResult:
+        ir.passes.PassManager([ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)])(model)
+        before = _sizes(model)
+        if self.config.method in UNSTRUCTURED:
+            metrics = self._unstructured(model, ctx)
+        else:
+            metrics = self._structured(model, ctx)
+        after = _sizes(model)
+        metrics["compressed_bytes"] = {"before": before, "after": after}
+        if "zstd" in after:
+            metrics["summary"] = (metrics.get("summary", "") + f"; zstd {before['zstd']:,} → {after['zstd']:,} bytes "
+                                  f"(×{after['zstd'] / before['zstd']:.3f})").lstrip("; ")
+        return PassResult(model, True, metrics)
+
+    def _unstructured(self, model: ir.Model, ctx: Context) -> dict:
+        from mcomp.passes.prune import unstructured as un
+        from mcomp.summary import tensor_counts
+
+        cfg = self.config
+        layers, skipped = un.find_layers(model, cfg.exclude, cfg.protect_ends)
+        if not layers:
+            raise ConfigError("prune: no prunable weights left after --exclude and the protected first/last layers")
+        prunable = sum(layer.value.const_value.size for layer in layers)
+        rate = cfg.rate
+        if cfg.target == "params":  # a share of all parameters, taken from the prunable ones
+            rate = cfg.rate * tensor_counts(model)[0].parameters / prunable
+            if rate >= cfg.max_layer_rate:
+                raise ConfigError(f"prune: removing {cfg.rate:.0%} of all parameters needs {rate:.0%} of the "
+                                  f"prunable ones, above max_layer_rate {cfg.max_layer_rate}")
+        scores = self._scores(model, layers, ctx)
+        counts = un.allocate(scores, rate, cfg.scope, cfg.max_layer_rate)
+        records = un.apply(layers, scores, counts)
+        zeros = sum(round(r["sparsity"] * r["params"]) for r in records)
+        notes = ["unstructured sparsity makes the file smaller once compressed (zip/zstd), not faster: "
+                 "onnxruntime's dense kernels multiply the zeros at full cost"]
+        summary = (f"sparsity {zeros / prunable:.2%} of {prunable:,} prunable weights in {len(records)} layers "
+                   f"(requested {cfg.rate:.0%} of {cfg.target or 'weights'}, {cfg.scope})")
+        return {"summary": summary,
+                "requested": {"method": cfg.method, "rate": cfg.rate, "target": cfg.target or "weights",
+                              "scope": cfg.scope},
+                "achieved": {"sparsity": round(zeros / prunable, 6), "prunable_params": prunable,
+                             "rate_over_prunable": round(rate, 6)},
+                "layers": records, "left_whole": skipped, "notes": notes}
+
+    def _scores(self, model, layers, ctx) -> list[np.ndarray]:
+        from mcomp.kernels import importance as imp
+
+        method = self.config.method
+        if method == "magnitude":
+            return [imp.magnitude(layer.value.const_value.numpy()) for layer in layers]
+        if method == "random":
+            rng = np.random.default_rng(ctx.seed)
+            return [imp.random_scores(layer.value.const_value.shape.numpy(), rng) for layer in layers]
+        grads = self._gradients(model, ctx, {layer.name for layer in layers})
+        return [grads.taylor[layer.name] for layer in layers]
+
+    def _gradients(self, model, ctx, names):
+        from mcomp.passes.prune.gradients import collect
+
+        dataset = ctx.dataset("training", "calibration", "evaluation")
+        if dataset is None:
+            raise ConfigError("prune: taylor importance needs data (--data PATH); "
+                              "'random' data gives gradients of noise")
+        return collect(model, dataset, names, self.config.batches)
+
+    def _structured(self, model: ir.Model, ctx: Context) -> dict:
+        from mcomp.passes.prune.structured import driver
+        from mcomp.passes.prune.unstructured import excluded
+
+        cfg = self.config
+        exclude = (lambda node: excluded(node, cfg.exclude))
+        target = cfg.target or "channels"
+        if cfg.method == "merge":
+            from mcomp.passes.prune.structured.merge import merge_similar
+
+            report = merge_similar(model, rate=cfg.rate, round_to=cfg.round_to, exclude=exclude)
+        else:
+            grads = None
+            if cfg.importance == "taylor":
+                from mcomp.passes.prune.structured.groups import find_groups
+
+                names = {m.tensor for g in find_groups(model) if g.prunable for m in g.members if m.tensor}
+                grads = self._gradients(model, ctx, names).summed
+            report = driver.prune_structured(
+                model, rate=cfg.rate if target == "channels" else 0.0, importance=cfg.importance,
+                round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed, target=target,
+                target_value=cfg.rate if target != "channels" else None)
+        metrics = report.to_dict() if hasattr(report, "to_dict") else dict(report.__dict__)
+        metrics["requested"] = {"method": cfg.method, "rate": cfg.rate, "target": target,
+                                "importance": cfg.importance, "round_to": cfg.round_to}
+        return metrics
+
+
+def _sizes(model: ir.Model) -> dict[str, int]:
+    from mcomp.kernels.compression import compressed_sizes
+
+    return compressed_sizes(to_bytes(model))
+

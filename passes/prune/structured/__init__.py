@@ -1,0 +1,1 @@
+"""Structured pruning: channel groups found on the ONNX graph, cut together."""
