@@ -28,9 +28,9 @@ class FuseConvBiasAdd(RewriteRuleClassBase):
         result = MatchResult()
         conv = conv_out.producer()
         old_bias = conv.inputs[2] if len(conv.inputs) > 2 else None
-        if w.const_value is None or bias.const_value is None:
+        if not _is_constant(w) or not _is_constant(bias):
             return result.fail("weight or added tensor is not a constant")
-        if old_bias is not None and old_bias.const_value is None:
+        if old_bias is not None and not _is_constant(old_bias):
             return result.fail("the existing bias is not a constant")
         if len(conv_out.uses()) != 1 or conv_out.is_graph_output():
             return result.fail("the convolution output has other consumers")
@@ -67,6 +67,11 @@ class FuseConvTransposeBiasAdd(FuseConvBiasAdd):
         return w.const_value.shape[1] * conv.attributes.get_int("group", 1)
 
 
+def _is_constant(value: ir.Value) -> bool:
+    """Whether the value is fixed: a constant, and not a graph input (whose initializer is only a default)."""
+    return value.const_value is not None and not value.is_graph_input()
+
+
 def _channel_vector(b: np.ndarray, channels: int, rank: int) -> np.ndarray | None:
     """``b`` as one value per channel when it broadcasts against [N, C, spatial...] along C only."""
     if b.size == 1 and b.ndim <= rank:
@@ -94,7 +99,7 @@ class RemoveNeutralOperand(RewriteRuleClassBase):
 
     def check(self, context, x, c, **_):
         result = MatchResult()
-        if c.const_value is None:
+        if not _is_constant(c):
             return result.fail("the other operand is not a constant")
         if c.const_value.size > 1024 or not np.all(c.const_value.numpy() == self.neutral):
             return result.fail(f"the constant is not all {self.neutral}")
@@ -149,7 +154,7 @@ def _slice_params(node: ir.Node, x: ir.Value) -> tuple[list[int], ...] | None:
         if value is None:
             values.append(None)
             continue
-        if value.const_value is None:
+        if not _is_constant(value):
             return None
         values.append([int(v) for v in value.const_value.numpy().reshape(-1)])
     starts, ends, axes, steps = values

@@ -20,7 +20,8 @@ import onnx_ir as ir
 from onnxscript.rewriter import MatchResult, RewriteRuleClassBase
 
 _INT_TYPES = frozenset({ir.DataType.INT32, ir.DataType.INT64})
-_MAX_DEPTH = 12
+_MAX_DEPTH = 12  # nodes followed back from a Reshape target
+_MAX_ELEMENTS = 64  # longer integer tensors are no shapes
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,17 @@ def shape_elements(value: ir.Value | None, depth: int = 0) -> list[Element] | No
     """The elements of a 0-D/1-D integer tensor built from shapes and constants; None if its length is unknown."""
     if value is None or depth > _MAX_DEPTH:
         return None
-    if value.const_value is not None:
+    if value.const_value is not None and not value.is_graph_input():
         array = value.const_value.numpy()
-        return [int(v) for v in array.reshape(-1)] if array.ndim <= 1 and array.dtype.kind in "iu" else None
+        if array.ndim > 1 or array.size > _MAX_ELEMENTS or array.dtype.kind not in "iu":
+            return None
+        return [int(v) for v in array.reshape(-1)]
     node = value.producer()
     handler = _HANDLERS.get(node.op_type) if node is not None and node.domain in ("", "ai.onnx") else None
     elements = handler(node, depth + 1) if handler is not None else None
     if elements is None and value.shape is not None and value.shape.is_static() and len(value.shape) <= 1:
-        return [None] * (value.shape[0] if len(value.shape) == 1 else 1)
+        length = value.shape[0] if len(value.shape) == 1 else 1
+        return [None] * length if length <= _MAX_ELEMENTS else None
     return elements
 
 
@@ -75,7 +79,7 @@ def _one_element(node: ir.Node, depth: int) -> list[Element] | None:
 
 
 def _constant_ints(value: ir.Value | None) -> list[int] | None:
-    if value is None or value.const_value is None:
+    if value is None or value.const_value is None or value.is_graph_input():
         return None
     return [int(v) for v in value.const_value.numpy().reshape(-1)]
 

@@ -33,7 +33,7 @@ def _run_passes(model: ir.Model, *passes: ir.passes.PassBase) -> bool:
 
 
 def _rewrite(rules, rounds: int = 2, infer_shapes: bool = False) -> Callable[[ir.Model], bool]:
-    """Applies ``rules`` until nothing changes (at most ``rounds`` times), optionally inferring shapes in between.
+    """Applies ``rules`` until nothing changes (at most ``rounds`` times), optionally inferring shapes after each.
 
     A rewrite can enable another on a node the same sweep has passed (a bias Add folded into a
     ConvTranspose, then the BatchNormalization after it), and rules that read shapes expose
@@ -59,11 +59,9 @@ def _rewrite(rules, rounds: int = 2, infer_shapes: bool = False) -> Callable[[ir
 
 
 def fold_constants(model: ir.Model) -> bool:
-    """Constant folding, shape inference and dead-node removal (onnxscript's optimizer), then
-    Reshape targets computed from shapes made constant, with shapes re-inferred downstream."""
+    """Constant folding, shape inference and dead-node removal (onnxscript's optimizer)."""
     before = _fingerprint(model)
     optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True)
-    _fold_shapes(model)
     _run_passes(model, ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
     return _fingerprint(model) != before
 
@@ -82,9 +80,6 @@ def eliminate(model: ir.Model) -> bool:
     return _fingerprint(model) != before
 
 
-_fold_shapes = _rewrite([common_rules.materialize_reshape_shape_rule, *mcomp_rules.SHAPE_RULES], rounds=8, infer_shapes=True)
-
-
 def _fingerprint(model: ir.Model) -> tuple:
     """A cheap change detector: node count and op sequence over all graphs."""
     from mcomp.summary import all_nodes
@@ -95,10 +90,13 @@ def _fingerprint(model: ir.Model) -> tuple:
 
 PORTABLE_STAGES: tuple[Stage, ...] = (
     Stage("fold-constants", "constant folding, shape inference, dead nodes", fold_constants),
+    # each round of shape folding exposes shapes to the next, and to the no-op rules of 'eliminate'
+    Stage("fold-shapes", "Reshape targets computed from shapes (Shape→Slice/Gather→Concat) made constant",
+          _rewrite([common_rules.materialize_reshape_shape_rule, *mcomp_rules.SHAPE_RULES], rounds=8, infer_shapes=True)),
     Stage("eliminate", "identity/dropout/no-op elimination, CSE, duplicate initializers", eliminate),
     Stage("fuse-batchnorm", "per-channel bias Adds and BatchNormalization folded into Conv/ConvTranspose/Gemm",
-          _rewrite([*mcomp_rules.CONV_BIAS_RULES, common_rules.fuse_batchnorm_into_conv_rule, common_rules.fuse_batchnorm_into_conv_transpose_rule,
-                    common_rules.fuse_batchnorm_into_gemm_rule])),
+          _rewrite([*mcomp_rules.CONV_BIAS_RULES, common_rules.fuse_batchnorm_into_conv_rule,
+                    common_rules.fuse_batchnorm_into_conv_transpose_rule, common_rules.fuse_batchnorm_into_gemm_rule])),
     Stage("fuse", "common fusions: Pad into Conv, Relu/Clip chains, Min/Max to Clip, reshape/slice simplifications",
           _rewrite([common_rules.fuse_pad_into_conv_rule, common_rules.normalize_pad_format_conv_rule,
                     common_rules.successive_relu_rule, common_rules.successive_clip_rule,
