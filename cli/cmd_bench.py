@@ -34,6 +34,13 @@ def bench(
         options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
         loaded = [model_io.load(m, options) for m in models]
         shapes = data_io.bind_input_shapes(shapes, loaded[0].model)
+        first = [(s.name, s.dtype) for s in session.input_specs(loaded[0].model)]
+        for lm in loaded[1:]:
+            if [(s.name, s.dtype) for s in session.input_specs(lm.model)] != first:
+                from mcomp.errors import BadInput
+
+                raise BadInput(f"{lm.source.path}: its inputs differ from {loaded[0].source.path}'s "
+                               f"({[n for n, _ in first]}); bench compares models fed the same inputs")
         dataset = data_io.load(data or "random", loaded[0].model, input_shapes=shapes, synthetic_feeds=4)
         providers = session.resolve_providers(provider)
         result = bench_core.interleaved([(lm.source.path, model_io.to_bytes(lm.model)) for lm in loaded],

@@ -53,7 +53,7 @@ def execute(pipeline, common: Common) -> dict:
     """Runs ``pipeline`` with the command line's overrides; writes the model, then the report."""
     from mcomp import model as model_io
     from mcomp import report as report_io
-    from mcomp.pipeline import RunRequest
+    from mcomp.pipeline import RunRequest, inputs_of
     from mcomp.pipeline import execute as run_pipeline
 
     if common.json and common.output == "-":
@@ -63,9 +63,16 @@ def execute(pipeline, common: Common) -> dict:
     shapes = parse_input_shapes(common.input_shape)
     load = model_io.LoadOptions(common.arch, common.trust_checkpoint, shapes)
     report_path = common.report or (Path(pipeline.resolve(pipeline.report)) if pipeline.report else None)
+    output = common.output or pipeline.resolve(pipeline.output)
+    protect = inputs_of(pipeline, common.model or pipeline.resolve(pipeline.model)) + ((output,) if output else ())
     for path in (report_path, common.report_md):
         if path is not None:
-            model_io.check_writable(Path(path))
+            model_io.check_writable(Path(path), protect=protect)
+    sides = [str(p) for p in (output, report_path, common.report_md) if p not in (None, "-")]
+    for i, a in enumerate(sides):
+        for b in sides[i + 1:]:
+            if Path(a).resolve() == Path(b).resolve():
+                raise BadInput(f"{b}: named twice among the output model, --report and --report-md")
     with console.Progress(enabled=not common.json) as progress:
         outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
     doc = outcome.report

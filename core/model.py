@@ -249,7 +249,7 @@ def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:
     """Fails early, before any work, when the output cannot or must not be written."""
     for other in protect:
         if str(other) != "-" and Path(other).exists() and path.exists() and path.resolve() == Path(other).resolve():
-            raise BadInput(f"{path}: refusing to overwrite the input model; choose another -o")
+            raise BadInput(f"{path}: refusing to overwrite the input file {other}; choose another output path")
     parent = path.parent
     if path.is_dir():
         raise BadInput(f"{path}: is a directory; -o takes a file path")

@@ -41,8 +41,9 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
         raise ConfigError("no model: give MODEL on the command line or 'model:' in the pipeline file")
     output = request.output or pipeline.resolve(pipeline.output) or str(
         model_io.default_output(model_spec, pipeline.steps[-1].name))
+    protect = inputs_of(pipeline, model_spec)
     if output != "-":
-        model_io.check_writable(Path(output), protect=(model_spec,))
+        model_io.check_writable(Path(output), protect=protect)
     input_shapes = {k: tuple(v) for k, v in (pipeline.input_shape or {}).items()} or request.load.input_shapes
     load_options = model_io.LoadOptions(request.load.arch, request.load.trust_checkpoint, input_shapes)
     providers = session.resolve_providers(pipeline.provider)
@@ -87,10 +88,22 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     doc["gates"] = failures["table"]
     if failures["failed"]:
         raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
-    written = model_io.save(current, output, protect=(model_spec,))
+    written = model_io.save(current, output, protect=protect)
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
     return Outcome(doc, current, output)
+
+
+def inputs_of(pipeline: Pipeline, model_spec: str | None) -> tuple[str, ...]:
+    """Every file the run reads (model, data), none of which an output may overwrite."""
+    paths = [model_spec] if model_spec else []
+    for role in ("calibration", "evaluation", "training"):
+        spec = getattr(pipeline.data, role)
+        if isinstance(spec, str) and spec != "random":
+            paths.append(pipeline.resolve(spec))
+        elif spec is not None and not isinstance(spec, str):
+            paths.append(str(spec.images))
+    return tuple(p for p in paths if p and p != "-")
 
 
 def _pass_class(name: str):

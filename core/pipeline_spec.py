@@ -137,7 +137,8 @@ def _explain(exc: ValidationError, where: str, root, prefix: tuple, model_cls) -
     if err["type"] == "extra_forbidden":
         valid = _fields_at(model_cls, loc[:-1])
         return f"{where}:{line}: {key}: unknown option {loc[-1]!r} (valid: {', '.join(valid)})"
-    return f"{where}:{line}: {key}: {err['msg']}"
+    given = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], (dict, list)) else ""
+    return f"{where}:{line}: {key}: {err['msg']}{given}"
 
 
 def _fields_at(model_cls, loc: tuple) -> list[str]:

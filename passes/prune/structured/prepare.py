@@ -1,0 +1,187 @@
+"""Puts a graph in the form the channel analysis reads: constants folded, weights as initializers, shapes known.
+
+- ``fold``: onnxscript's constant folder turns what exporters compute from constants into
+  constants (PaddlePaddle's ``Reshape(bias, [1,C,1,1])``, torch's ``Expand(CastLike(0), Shape(W)[:1])``
+  zero biases, ``SplitToSequence``+``SequenceAt`` into ``Split``), then dead nodes go.
+- ``lift``: ``Constant`` nodes of the main graph become initializers (paddle2onnx keeps every
+  weight there), so that a weight is always ``value.const_value``.
+- ``infer_shapes``: onnx shape inference (symbolic dims stay symbolic) on a copy whose stale
+  intermediate shapes are dropped first, so that shapes after a cut are recomputed, not merged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import ShapeInferencePass
+
+logger = logging.getLogger(__name__)
+
+
+def prepare(model: ir.Model) -> ir.Model:
+    """Folds, lifts and infers shapes, in place (idempotent); returns the model."""
+    fold(model)
+    lift(model)
+    infer_shapes(model)
+    return model
+
+
+def fold(model: ir.Model) -> None:
+    from onnxscript import optimizer
+
+    try:
+        optimizer.fold_constants(model)
+        optimizer.remove_unused_nodes(model)
+    except Exception as exc:  # an odd graph the folder cannot handle: analyse it as it is
+        logger.debug("constant folding skipped: %s", exc)
+
+
+def lift(model: ir.Model) -> int:
+    """Main-graph ``Constant`` nodes become initializers named like their output; returns how many."""
+    graph = model.graph
+    count = 0
+    for node in list(graph):
+        if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or len(node.attributes) != 1:
+            continue
+        out = node.outputs[0]
+        if out.is_graph_output():
+            continue
+        tensor = _constant_tensor(node, out.name)
+        if tensor is None:
+            continue
+        value = ir.Value(name=out.name, shape=ir.Shape(tensor.shape), type=ir.TensorType(tensor.dtype),
+                         const_value=tensor)
+        ir.convenience.replace_all_uses_with(out, value)
+        graph.remove(node, safe=True)
+        graph.register_initializer(value)
+        count += 1
+    return count
+
+
+def _constant_tensor(node: ir.Node, name: str):
+    attr_name, attr = next(iter(node.attributes.items()))
+    if attr_name == "value":
+        return attr.as_tensor()
+    if attr_name == "value_int":
+        return ir.tensor(np.array(attr.as_int(), np.int64), name=name)
+    if attr_name == "value_ints":
+        return ir.tensor(np.array(attr.as_ints(), np.int64), name=name)
+    if attr_name == "value_float":
+        return ir.tensor(np.array(attr.as_float(), np.float32), name=name)
+    if attr_name == "value_floats":
+        return ir.tensor(np.array(attr.as_floats(), np.float32), name=name)
+    return None  # strings, sparse tensors: left as nodes
+
+
+def infer_shapes(model: ir.Model) -> bool:
+    """Recomputes every intermediate shape of the main graph; on failure keeps the old ones."""
+    saved: dict[ir.Value, ir.Shape | None] = {}
+    for node in model.graph:
+        for value in node.outputs:
+            if not value.is_graph_output():
+                saved[value] = value.shape
+                value.shape = None
+    inputs = {value: value.shape for value in model.graph.inputs}
+    for value, shape in inputs.items():  # dims written as -1 confuse data propagation: make them symbols
+        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
+            value.shape = ir.Shape([f"_dyn{i}_{value.name}" if isinstance(d, int) and d < 0 else d
+                                    for i, d in enumerate(shape)])
+    try:
+        ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+        for _ in range(8):  # onnx leaves a Reshape to a run-time shape without even a rank
+            if not _fill_reshapes(model):
+                break
+            ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
+    finally:
+        for value, shape in inputs.items():
+            value.shape = shape
+    if all(value.shape is None for value in saved):
+        for value, shape in saved.items():
+            value.shape = shape
+        return False
+    return True
+
+
+def _fill_reshapes(model: ir.Model) -> bool:
+    """Gives Reshape outputs that inference left shapeless the dims their target shows."""
+    from mcomp.passes.prune.structured.ops import shape_entries
+
+    filled = False
+    for node in model.graph:
+        if node.op_type != "Reshape" or node.outputs[0].shape is not None or len(node.inputs) < 2:
+            continue
+        entries = shape_entries(node.inputs[1], node.inputs[0], (node, 1))
+        data_shape = node.inputs[0].shape
+        if entries is None:
+            continue
+        dims = []
+        for i, (kind, v, _) in enumerate(entries):
+            if kind == "copy" and data_shape is not None and v < len(data_shape):
+                dims.append(data_shape[v])
+            elif kind == "const" and v > 0:
+                dims.append(v)
+            elif kind == "const" and v == 0 and not attr(node, "allowzero", 0) and data_shape is not None:
+                dims.append(data_shape[i])
+            else:
+                dims.append(None)
+        node.outputs[0].shape = ir.Shape(dims)
+        filled = True
+    return filled
+
+
+# --------------------------------------------------------------------------- small readers
+
+
+def const(value: ir.Value | None) -> np.ndarray | None:
+    """The array of a constant value (initializer), or None for a computed one."""
+    if value is None or value.const_value is None or value.is_graph_input():
+        return None
+    return value.const_value.numpy()
+
+
+def rank(value: ir.Value | None) -> int | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return len(value.const_value.shape)
+    return None if value.shape is None else len(value.shape)
+
+
+def dim(value: ir.Value | None, axis: int) -> int | None:
+    """A static dim, or None when unknown or symbolic."""
+    if value is None:
+        return None
+    shape = value.const_value.shape if value.const_value is not None else value.shape
+    if shape is None or not -len(shape) <= axis < len(shape):
+        return None
+    d = shape[axis]
+    return d if isinstance(d, int) and d >= 0 else None
+
+
+def dims_equal(a, b) -> bool:
+    """Two dims known to be equal: the same int, or the same named symbol."""
+    if isinstance(a, int) and isinstance(b, int):
+        return a == b
+    return a is not None and b is not None and getattr(a, "value", None) is not None \
+        and getattr(a, "value", None) == getattr(b, "value", None)
+
+
+def attr(node: ir.Node, name: str, default=None):
+    a = node.attributes.get(name)
+    return default if a is None else a.value
+
+
+def ints_input(node: ir.Node, index: int, attr_name: str | None = None) -> list[int] | None:
+    """Integer list from input ``index`` (opset ≥ 10–13 style) or from attribute ``attr_name``."""
+    if index < len(node.inputs) and node.inputs[index] is not None:
+        arr = const(node.inputs[index])
+        return None if arr is None else [int(x) for x in np.asarray(arr).reshape(-1)]
+    if attr_name is not None and attr_name in node.attributes:
+        return [int(x) for x in attr(node, attr_name)]
+    return None
+
+
+def opset(model_or_node_graph_opsets: dict[str, int]) -> int:
+    return model_or_node_graph_opsets.get("", model_or_node_graph_opsets.get("ai.onnx", 1))

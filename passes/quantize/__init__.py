@@ -1,0 +1,89 @@
+"""Quantization (``mcomp quantize``) that is never slower than its input, and explains its accuracy.
+
+Modes: ``static`` (QDQ, int8 weights, calibrated activations: uint8 on x86), ``dynamic``
+(int8 weights, activations quantized at run time; MatMul/attention/LSTM), ``weight-only``
+(int4/int8 block-wise MatMulNBits), ``fp16`` and ``kmeans`` (weight sharing with a Huffman-coded
+size). onnxruntime's quantizers build the candidates; mcomp prepares the graph for them
+(``prepare``), keeps the result within an accuracy budget (``budget``, ``sensitivity``) and
+sends back to float what does not pay on the target provider (``guard``).
+
+```yaml
+steps:
+  - quantize: {mode: static, calibration: percentile, min_fidelity: 0.995, explain: true}
+  - quantize: {mode: weight-only, bits: 4, block_size: 32}
+```
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import onnx_ir as ir
+from pydantic import Field, model_validator
+
+from mcomp.errors import BadInput
+from mcomp.pass_base import Context, Pass, PassConfig, PassResult
+
+MIN_CALIBRATION_SAMPLES = 4
+
+
+class Quantize(Pass):
+    """Static/dynamic int8, weight-only int4/int8, fp16 or k-means weight sharing; latency- and accuracy-guarded."""
+
+    name: ClassVar[str] = "quantize"
+    summary: ClassVar[str] = "int8/int4/fp16/k-means quantization, never slower than the input, within an accuracy budget"
+    needs: ClassVar[frozenset[str]] = frozenset({"data?"})
+
+    class Config(PassConfig):
+        mode: Literal["static", "dynamic", "weight-only", "fp16", "kmeans"] = Field(
+            "static", description="static: QDQ int8 with calibrated activations (needs data); dynamic: int8 "
+                                  "weights, activations at run time (MatMul/attention/LSTM); weight-only: "
+                                  "int4/int8 block-wise MatMul/Gather; fp16; kmeans: shared weights")
+        activations: Literal["auto", "uint8", "int8"] = Field(
+            "auto", description="static: activation type; auto = uint8 on x86 CPU, int8 elsewhere")
+        per_channel: bool = Field(True, description="static/dynamic: one weight scale per output channel "
+                                                    "(upgrades opset < 13)")
+        symmetric: bool = Field(False, description="static: symmetric activation ranges (weights are always symmetric)")
+        calibration: Literal["minmax", "percentile", "entropy"] = Field("minmax", description="static: activation ranges")
+        percentile: float = Field(99.999, gt=90, le=100, description="calibration percentile: share of values kept in range")
+        bits: int | None = Field(None, ge=2, le=8, description="weight-only: 4 or 8 [4]; kmeans: 2-8 [4]")
+        block_size: int = Field(128, ge=16, le=4096, description="weight-only: weights per scale (power of 2)")
+        keep_io_types: bool = Field(True, description="fp16: keep float32 model inputs and outputs")
+        exclude: list[str] = Field(default_factory=list, description="node names/globs, op types, or a previous "
+                                                                     "report (.json) whose exclusions to reuse")
+        latency_guard: bool = Field(True, description="measure on the target provider; send back to float what "
+                                                      "does not pay; never return a slower model")
+        guard_runs: int = Field(30, ge=5, le=1000, description="interleaved rounds per latency measurement")
+        max_drop: float | None = Field(None, ge=0, le=1, description="accuracy budget with labels (0.005 = half a point)")
+        min_fidelity: float | None = Field(None, ge=-1, le=1, description="fidelity floor against the input, "
+                                                                        "without labels [0.99 cosine when no budget is given]")
+        fidelity_metric: Literal["cosine", "top1"] = Field("cosine", description="what min_fidelity bounds")
+        explain: bool = Field(False, description="ranked per-layer error table (SQNR, cosine) in the report")
+        force: bool = Field(False, description="quantize a model that is already quantized")
+        calibration_feeds: int = Field(64, ge=1, le=100000, description="feeds of the data used to calibrate")
+
+        @model_validator(mode="after")
+        def _bits_fit_mode(self):
+            if self.bits is not None and self.mode == "weight-only" and self.bits not in (4, 8):
+                raise ValueError("weight-only bits must be 4 or 8")
+            if self.bits is not None and self.mode not in ("weight-only", "kmeans"):
+                raise ValueError(f"bits applies to weight-only and kmeans, not {self.mode} (int8 is fixed)")
+            if self.block_size & (self.block_size - 1):
+                raise ValueError("block_size must be a power of 2")
+            return self
+
+    def call(self, model: ir.Model, ctx: Context) -> PassResult:
+        from mcomp.passes.quantize import prepare
+
+        found = prepare.quantized_ops(model)
+        if found and not self.config.force:
+            ops = ", ".join(f"{op} ×{n}" for op, n in sorted(found.items()))
+            raise BadInput(f"quantize: the model is already quantized ({ops}); quantizing it again compounds the "
+                           "error. Give --force to quantize its remaining float ops anyway")
+        if self.config.mode == "kmeans":
+            from mcomp.passes.quantize.run import run_kmeans
+
+            return run_kmeans(self.config, model, ctx)
+        from mcomp.passes.quantize.run import run_quantize
+
+        return run_quantize(self.config, model, ctx)
