@@ -80,6 +80,15 @@ def _batch_size(feed: dict[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
+def _positional(feeds: list[dict[str, np.ndarray]], session) -> list[dict[str, np.ndarray]]:
+    """The feeds renamed by position for a session whose inputs are named differently."""
+    names = [i.name for i in session.get_inputs()]
+    given = list(feeds[0])
+    if names == given or len(names) != len(given):
+        return feeds
+    return [{n: feed[g] for n, g in zip(names, given)} for feed in feeds]
+
+
 def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *,
                 providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
                 noise_floor: bool = True, provider_label: str = "cpu") -> BenchResult:
@@ -91,23 +100,25 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
     if noise_floor:
         labels.append(labels[0] + " (A/A)")
         sources.append(sources[0])
-    sessions, peaks = [], []
+    sessions, peaks, session_feeds = [], [], []
     for source in sources:
         before = _status_kb("VmRSS")
         can_reset = _reset_peak()
         session = make_session(source, providers, threads, spinning=False)
-        session.run(None, feeds[0])
+        own = _positional(feeds, session)
+        session_feeds.append(own)
+        session.run(None, own[0])
         peak = _status_kb("VmHWM")
         peaks.append((peak - before) / 1024 if can_reset and peak and before else None)
         sessions.append(session)
     for i in range(warmup):
-        for session in sessions:
-            session.run(None, feeds[i % len(feeds)])
+        for session, own in zip(sessions, session_feeds):
+            session.run(None, own[i % len(own)])
     times = np.zeros((runs, len(sessions)))
     for r in range(runs):
-        feed = feeds[r % len(feeds)]
         order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
         for j in order:  # alternate the order so that no model always runs right after another
+            feed = session_feeds[j][r % len(feeds)]
             start = time.perf_counter()
             sessions[j].run(None, feed)
             times[r, j] = time.perf_counter() - start

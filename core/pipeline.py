@@ -134,11 +134,12 @@ def compare(reference: bytes, candidate: bytes, dataset: data.Dataset, providers
     """Fidelity of candidate vs reference and accuracy of both, on ``dataset``."""
     ref_session = session.make_session(reference, providers, threads)
     cand_session = session.make_session(candidate, providers, threads)
-    cand_names = [o.name for o in cand_session.get_outputs()]
-    if cand_names[: len(output_names)] != output_names:
-        raise BadInput(f"candidate outputs {cand_names} do not match the reference's {output_names}")
+    cand_outputs = [o.name for o in cand_session.get_outputs()]
+    if len(cand_outputs) < len(output_names):
+        raise BadInput(f"the candidate has {len(cand_outputs)} outputs {cand_outputs}; the reference has "
+                       f"{len(output_names)} {output_names}")
     ref_out = _run(ref_session, dataset, "reference")
-    cand_out = _run(cand_session, dataset, "candidate")
+    cand_out = _run(cand_session, _renamed_inputs(dataset, ref_session, cand_session), "candidate")
     fid = metrics.fidelity(ref_out, cand_out[: len(output_names)], output_names)
     acc_ref, acc_cand = metrics.accuracy(ref_out, dataset), metrics.accuracy(cand_out, dataset)
     if acc_ref is None:
@@ -149,6 +150,19 @@ def compare(reference: bytes, candidate: bytes, dataset: data.Dataset, providers
         accuracy = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,
                     "examples": dataset.samples}
     return {"fidelity": fid, "accuracy": accuracy, "data": dataset.describe()}
+
+
+def _renamed_inputs(dataset: data.Dataset, ref_session, cand_session) -> data.Dataset:
+    """Feeds for a candidate whose inputs are named differently (an exported checkpoint): by position."""
+    ref_names = [i.name for i in ref_session.get_inputs()]
+    cand_names = [i.name for i in cand_session.get_inputs()]
+    if ref_names == cand_names:
+        return dataset
+    if len(ref_names) != len(cand_names):
+        raise BadInput(f"the candidate's inputs {cand_names} do not match the reference's {ref_names}")
+    mapping = dict(zip(ref_names, cand_names))
+    feeds = [{mapping[k]: v for k, v in feed.items()} for feed in dataset.feeds]
+    return data.Dataset(feeds, dataset.labels, dataset.synthetic, dataset.source, dataset.notes)
 
 
 def _run(sess, dataset: data.Dataset, which: str):

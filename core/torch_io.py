@@ -666,7 +666,7 @@ def _resolve_inputs(
     n = len(params) if params is not None else len(given)
     if n <= 1 and len(given) == 1:
         name, shape = given[0]
-        return [name], [shape]
+        return [name or (params[0] if params else "input")], [shape]  # an unnamed --input-shape
     if params is not None and len(given) != n:
         raise BadInput(
             f"{path}: the model takes {n} inputs ({', '.join(params)}); "
@@ -674,8 +674,9 @@ def _resolve_inputs(
         )
     if params is not None and set(input_shapes) == set(params):
         return list(params), [input_shapes[p] for p in params]
-    # positional, in the order given
-    return [k for k, _ in given], [s for _, s in given]
+    # positional, in the order given; unnamed ones take the default names
+    defaults = _default_names(len(given), "input")
+    return [k or d for (k, _), d in zip(given, defaults)], [s for _, s in given]
 
 
 def _forward_params(forward: Any) -> list[str] | None:

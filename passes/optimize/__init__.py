@@ -83,7 +83,11 @@ class Optimize(Pass):
                          "the model then needs onnxruntime (use level basic for a portable model)")
         notes += [f"stage {r['name']} not kept: {r['reason']}" for r in records.values() if r["rejected"]]
         nodes_after = node_count(current)
-        metrics = {"nodes_before": nodes_before, "nodes_after": nodes_after, "level": cfg.level,
+        kept = [r["name"] for r in records.values() if r["applied"]]
+        rejected = [r["name"] for r in records.values() if r["rejected"] and not r["applied"]]
+        summary = (f"nodes {nodes_before} → {nodes_after}; stages applied: {', '.join(kept) or 'none'}"
+                   + (f"; rejected: {', '.join(rejected)}" if rejected else "") + f"; checked on {dataset.source}")
+        metrics = {"summary": summary, "nodes_before": nodes_before, "nodes_after": nodes_after, "level": cfg.level,
                    "checked_on": dataset.describe()["source"], "tolerance": cfg.tolerance,
                    "stages": list(records.values()), "notes": notes}
         return PassResult(current, current is not model, metrics)
