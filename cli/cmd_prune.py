@@ -24,6 +24,7 @@ def prune(
     protect_ends: Annotated[bool, typer.Option("--protect-ends/--no-protect-ends", help="leave the first and last prunable layers whole")] = True,
     max_layer_rate: Annotated[float, typer.Option("--max-layer-rate", help="no layer loses more than this share")] = 0.95,
     batches: Annotated[int, typer.Option("--batches", help="taylor: batches of --data for the gradients")] = 8,
+    steps: Annotated[int, typer.Option("--steps", help="taylor: prune in this many steps, with fresh gradients in each")] = 5,
     output: Output = None, data: Data = None, provider: Provider = "auto", threads: Threads = None,
     json: Json = False, report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None,
     arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, quiet: Quiet = False, debug: Debug = False,
@@ -38,6 +39,7 @@ def prune(
     with console.guard(debug):
         options = {"method": method, "rate": rate, "target": target, "scope": scope, "importance": importance,
                    "round_to": round_to, "exclude": exclude or [], "protect_ends": protect_ends,
-                   "max_layer_rate": max_layer_rate, "batches": batches}
+                   "max_layer_rate": max_layer_rate, "batches": batches,
+                   "steps": steps}
         run_single_pass("prune", options, Common(model, output, data, provider, threads, json, report, report_md,
                                                  input_shape, arch, trust_checkpoint, runs))

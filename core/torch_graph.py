@@ -33,15 +33,22 @@ keeping their dtypes, so names, dynamic axes, the graph structure (pruned shapes
 included) and everything else stay exactly as they were.
 
 Why an interpreter of our own on ``onnx_ir`` rather than a converter library: onnx2torch
-(last release 1.5.15, August 2024) has no converter for LSTM, GRU or Loop (its issues
-#136, #233 and #204 are open), needs opset 9-11 or newer for several ops and rebuilds the
-graph as an fx module whose weights we would have to map back by hand; onnx2pytorch and the
-other forks cover fewer ops.  The models this project compresses (PP-OCR at opset 11/12,
-Silero VAD with ``If`` nested four deep and weights in Constant nodes inside the branches)
-need If/LSTM, old opsets and an exact way back to the same tensors.
+(last release 1.5.15, August 2024) has no converter for If, Loop (its issue #204) or
+QuantizeLinear/DequantizeLinear, and none released for LSTM or GRU (issues #136 and #233
+are open; the pull request adding them leaves out ``sequence_lens``, peepholes and clip),
+converts some ops only from newer opsets (NonZero from opset 11, issue #61), and rebuilds
+the graph as an fx module whose weights would have to be mapped back by hand.  The models
+this project compresses (PP-OCR at opset 11/12 with every weight in a Constant node, Silero
+VAD with ``If`` nested four deep and its weights inside the branches, QDQ students) need
+If/LSTM, old opsets and an exact way back to the same tensors, which an interpreter over
+the graph gives for free.
 
 Unsupported ops (or unsupported settings of supported ops) are all reported at
-construction time in one :class:`UnsupportedOp`, subgraphs included.
+construction time in one :class:`UnsupportedOp`, subgraphs included: ops outside the
+default domain (``com.microsoft`` fused ops, model-local functions), Scan, the sequence and
+random ops, string tensors, float8.  The module cannot be pickled whole (its ops are
+closures): keep its ``state_dict`` or write the weights back into the ONNX model.
+``copy.deepcopy`` works (a teacher and a student from one model).
 """
 
 from __future__ import annotations
@@ -57,12 +64,12 @@ import onnx_ir as ir
 import torch
 import torch.nn.functional as F
 
-from mcomp.errors import McompError
+from mcomp.errors import BadInput, McompError
 
 __all__ = ["OnnxModule", "UnsupportedOp", "supported_ops", "to_torch", "write_back"]
 
 
-class UnsupportedOp(McompError):
+class UnsupportedOp(BadInput):
     """The graph holds ops (or op settings) this converter cannot run; the message lists
     every one of them with its domain and node names."""
 
@@ -843,6 +850,9 @@ def _clip(n):
             return lambda ctx, x: (x,)
         return lambda ctx, x: (torch.clamp(x, lo, hi),)
 
+    def scalar(t):  # clamp with number bounds is several times faster than with tensors
+        return t.item() if t is not None and t.device.type == "cpu" and not t.requires_grad else t
+
     def f(ctx, x, lo=None, hi=None):
         if lo is not None and lo.numel() == 0:
             lo = None
@@ -850,6 +860,10 @@ def _clip(n):
             hi = None
         if lo is None and hi is None:
             return (x,)
+        if (lo is None or lo.numel() == 1) and (hi is None or hi.numel() == 1):
+            slo, shi = scalar(lo), scalar(hi)
+            if not isinstance(slo, torch.Tensor) and not isinstance(shi, torch.Tensor):
+                return (torch.clamp(x, slo, shi),)
         return (torch.clamp(x, lo, hi),)
 
     return f

@@ -105,3 +105,23 @@ def test_report_has_compressed_sizes_and_the_speed_note():
     sizes = result.metrics["compressed_bytes"]
     assert sizes["after"]["zstd"] < sizes["before"]["zstd"] * 0.6
     assert any("not faster" in n for n in result.metrics["notes"])
+
+
+def test_taylor_uses_gradients_of_the_data_and_hits_the_rate():
+    from mcomp import data
+
+    model = mlp()
+    rng = np.random.default_rng(0)
+    ds = data.Dataset([{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)],
+                      [rng.integers(0, 10, 8) for _ in range(4)], False, "t")
+    result = Prune(method="taylor", rate=0.6, steps=3)(copy(model), Context(data={"training": ds}))
+    assert abs(result.metrics["achieved"]["sparsity"] - 0.6) <= 0.005
+    magnitude = Prune(method="magnitude", rate=0.6)(copy(model), Context()).model
+    differs = any(not np.array_equal(result.model.graph.initializers[n].const_value.numpy() == 0,
+                                     magnitude.graph.initializers[n].const_value.numpy() == 0) for n in ("w1", "w2"))
+    assert differs  # the gradients, not the magnitudes alone, chose the weights
+
+
+def test_taylor_without_data_is_a_config_error():
+    with pytest.raises(ConfigError, match="needs data"):
+        Prune(method="taylor", rate=0.5)(mlp(), Context())

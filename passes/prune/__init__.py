@@ -50,6 +50,7 @@ class Prune(Pass):
         protect_ends: bool = Field(True, description="leave the first and last prunable layers whole")
         max_layer_rate: float = Field(0.95, gt=0, le=1, description="no layer loses more than this share")
         batches: int = Field(8, ge=1, le=10000, description="taylor: batches of the data for the gradients")
+        steps: int = Field(5, ge=1, le=100, description="taylor: prune in this many steps, with fresh gradients in each")
 
         @model_validator(mode="after")
         def _target_fits_method(self):
@@ -90,9 +91,15 @@ class Prune(Pass):
             if rate >= cfg.max_layer_rate:
                 raise ConfigError(f"prune: removing {cfg.rate:.0%} of all parameters needs {rate:.0%} of the "
                                   f"prunable ones, above max_layer_rate {cfg.max_layer_rate}")
-        scores = self._scores(model, layers, ctx)
-        counts = un.allocate(scores, rate, cfg.scope, cfg.max_layer_rate)
-        records = un.apply(layers, scores, counts)
+        # Taylor scores are local: past a few percent the pruned weights interact, so the
+        # gradients are taken again on the partly pruned model between steps (zeros stay zero,
+        # since their score is 0). Magnitude and random need one step.
+        steps = cfg.steps if cfg.method == "taylor" else 1
+        for step in range(1, steps + 1):
+            ctx.progress(f"prune: {cfg.method} step {step}/{steps}", step - 1, steps)
+            scores = self._scores(model, layers, ctx)
+            counts = un.allocate(scores, rate * step / steps, cfg.scope, cfg.max_layer_rate)
+            records = un.apply(layers, scores, counts)
         zeros = sum(round(r["sparsity"] * r["params"]) for r in records)
         notes = ["unstructured sparsity makes the file smaller once compressed (zip/zstd), not faster: "
                  "onnxruntime's dense kernels multiply the zeros at full cost"]
@@ -115,7 +122,9 @@ class Prune(Pass):
             rng = np.random.default_rng(ctx.seed)
             return [imp.random_scores(layer.value.const_value.shape.numpy(), rng) for layer in layers]
         grads = self._gradients(model, ctx, {layer.name for layer in layers})
-        return [grads.taylor[layer.name] for layer in layers]
+        # Taylor scores differ by orders of magnitude between layers (a converged model's gradients
+        # are tiny and uneven): normalised per layer they rank weights within and across layers.
+        return [imp.normalize(grads.taylor[layer.name]) for layer in layers]
 
     def _gradients(self, model, ctx, names):
         from mcomp.passes.prune.gradients import collect

@@ -20,7 +20,7 @@ from mcomp.kernels.fidelity import is_classifier_shaped
 @dataclass
 class Gradients:
     summed: dict[str, np.ndarray]  # Σ over batches of ∂L/∂w, by ONNX tensor name
-    taylor: dict[str, np.ndarray]  # Σ over batches of |w · ∂L/∂w|
+    taylor: dict[str, np.ndarray]  # Σ over batches of |w · ∂L/∂w| (first-order Taylor, per batch)
     loss: str
     batches: int
 
