@@ -14,7 +14,7 @@ from typing import Any
 from mcomp.cli import console
 from mcomp.cli.options import parse_input_shapes
 from mcomp.cli.render import print_report
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, GateFailed
 
 
 @dataclass
@@ -73,8 +73,13 @@ def execute(pipeline, common: Common) -> dict:
         for b in sides[i + 1:]:
             if Path(a).resolve() == Path(b).resolve():
                 raise BadInput(f"{b}: named twice among the output model, --report and --report-md")
-    with console.Progress(enabled=not common.json) as progress:
-        outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
+    try:
+        with console.Progress(enabled=not common.json) as progress:
+            outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
+    except GateFailed as failed:  # nothing is written; scripts still get the measurements with --json
+        if common.json and failed.report is not None:
+            sys.stdout.write(report_io.to_json(failed.report))
+        raise
     doc = outcome.report
     if report_path is None and outcome.output not in (None, "-"):
         report_path = Path(outcome.output).with_suffix(".report.json")
