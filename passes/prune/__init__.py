@@ -145,7 +145,8 @@ class Prune(Pass):
         if cfg.method == "merge":
             from mcomp.passes.prune.structured.merge import merge_similar
 
-            report = merge_similar(model, rate=cfg.rate, round_to=cfg.round_to, exclude=exclude)
+            report = merge_similar(model, rate=cfg.rate, round_to=cfg.round_to, exclude=exclude,
+                                   input_shapes=ctx.input_shapes)
         else:
             grads = None
             if cfg.importance == "taylor":
@@ -156,7 +157,7 @@ class Prune(Pass):
             report = driver.prune_structured(
                 model, rate=cfg.rate if target == "channels" else 0.0, importance=cfg.importance,
                 round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed, target=target,
-                target_value=cfg.rate if target != "channels" else None)
+                target_value=cfg.rate if target != "channels" else None, input_shapes=ctx.input_shapes)
         metrics = report.to_dict() if hasattr(report, "to_dict") else dict(report.__dict__)
         metrics["requested"] = {"method": cfg.method, "rate": cfg.rate, "target": target,
                                 "importance": cfg.importance, "round_to": cfg.round_to}

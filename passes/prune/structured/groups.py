@@ -18,10 +18,11 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
 import onnx_ir as ir
 
 from mcomp.passes.prune.structured.ops import Member, ProducerSpec, Space, name_of, producer_spec, relate
-from mcomp.passes.prune.structured.paths import FlattenStep, WindowStep, covered, offset_of, path_key
+from mcomp.passes.prune.structured.paths import WindowStep, covered, map_path, offset_of, path_key
 from mcomp.passes.prune.structured.prepare import prepare
 
 __all__ = ["ChannelGroup", "Member", "find_groups"]
@@ -96,9 +97,8 @@ def _label(m: Member) -> str:
     if m.role == "concat":
         off = offset_of(m.path)
         return f"{name}[+{off}]" if off else name
-    if m.role == "reshape" and m.extra.get("factor", 1) > 1 or any(
-            isinstance(s, FlattenStep) and s.node is m.node for s in m.path):
-        return f"{name}(×{m.extra.get('factor', '')})".replace("(×)", "")
+    if m.role == "reshape" and m.extra.get("factor", 1) > 1:
+        return f"{name}(×{m.extra['factor']})"
     return name
 
 
@@ -135,20 +135,29 @@ def _out_channels(node: ir.Node) -> int:
 class _Search:
     def __init__(self, model: ir.Model, group: ChannelGroup, claimed: dict[int, ChannelGroup]):
         self.model, self.group, self.claimed = model, group, claimed
-        self.spaces: dict[int, Space] = {}
+        self.spaces: dict[int, list[tuple[Space, set[int]]]] = {}
         self.ports: set = set()
         self.member_keys: set = set()
         self.queue: deque[Space] = deque()
 
     def add_space(self, space: Space) -> None:
-        known = self.spaces.get(id(space.value))
-        if known is not None:
-            if known.axis != space.axis or path_key(known.path) != path_key(space.path):
-                self.group.block(f"{space.value.name} carries the channels twice, differently mapped")
+        """A tensor may carry the group's channels more than once (a Concat of two Split pieces of
+        it), at disjoint positions of one axis; overlapping positions would tie channels together."""
+        known = self.spaces.setdefault(id(space.value), [])
+        key = path_key(space.path)
+        if any(path_key(s.path) == key and s.axis == space.axis for s, _ in known):
+            return
+        try:
+            positions = set(map_path(space.path, np.arange(self.group.channels))[1].tolist())
+        except ValueError as exc:
+            self.group.block(str(exc))
+            return
+        if any(s.axis != space.axis or positions & taken for s, taken in known):
+            self.group.block(f"{space.value.name} carries the same channels twice")
             return
         if space.width is None:
             space.width = _width(space)
-        self.spaces[id(space.value)] = space
+        known.append((space, positions))
         self.group.spaces.append(space)
         self.queue.append(space)
 

@@ -160,6 +160,16 @@ def slice_params(node: ir.Node, axis: int) -> tuple[int, int, int] | None:
     return int(starts.reshape(-1)[i]), int(ends.reshape(-1)[i]), step
 
 
+def slice_axis_index(node: ir.Node, axis: int) -> int:
+    """Which entry of a Slice's starts/ends is about ``axis``."""
+    n = len(const(node.inputs[1]).reshape(-1))
+    axes = const(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
+    if axes is None:
+        return list(range(n)).index(axis)
+    rank_in = len(node.inputs[0].shape) if node.inputs[0].shape is not None else 0
+    return [a + rank_in if a < 0 else a for a in axes.reshape(-1).tolist()].index(axis)
+
+
 def slice_window(node: ir.Node, axis: int) -> tuple[int, int]:
     params = slice_params(node, axis)
     width = dim(node.inputs[0], axis)

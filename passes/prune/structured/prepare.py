@@ -5,8 +5,9 @@
   zero biases, ``SplitToSequence``+``SequenceAt`` into ``Split``), then dead nodes go.
 - ``lift``: ``Constant`` nodes of the main graph become initializers (paddle2onnx keeps every
   weight there), so that a weight is always ``value.const_value``.
-- ``infer_shapes``: onnx shape inference (symbolic dims stay symbolic) on a copy whose stale
-  intermediate shapes are dropped first, so that shapes after a cut are recomputed, not merged.
+- ``infer_shapes``: onnx shape inference (symbolic dims stay symbolic) after the stale
+  intermediate shapes are dropped, so that shapes after a cut are recomputed, not merged; the
+  graph's inputs and outputs keep their declared shapes.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def infer_shapes(model: ir.Model) -> bool:
             if not value.is_graph_output():
                 saved[value] = value.shape
                 value.shape = None
-    inputs = {value: value.shape for value in model.graph.inputs}
-    for value, shape in inputs.items():  # dims written as -1 confuse data propagation: make them symbols
+    declared = {value: value.shape for value in [*model.graph.inputs, *model.graph.outputs]}
+    for value in model.graph.inputs:  # dims written as -1 confuse data propagation: make them symbols
+        shape = value.shape
         if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
             value.shape = ir.Shape([f"_dyn{i}_{value.name}" if isinstance(d, int) and d < 0 else d
                                     for i, d in enumerate(shape)])
@@ -95,7 +97,7 @@ def infer_shapes(model: ir.Model) -> bool:
                 break
             ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     finally:
-        for value, shape in inputs.items():
+        for value, shape in declared.items():
             value.shape = shape
     if all(value.shape is None for value in saved):
         for value, shape in saved.items():
@@ -106,7 +108,7 @@ def infer_shapes(model: ir.Model) -> bool:
 
 def _fill_reshapes(model: ir.Model) -> bool:
     """Gives Reshape outputs that inference left shapeless the dims their target shows."""
-    from mcomp.passes.prune.structured.ops import shape_entries
+    from mcomp.passes.prune.structured.layout import shape_entries
 
     filled = False
     for node in model.graph:
@@ -160,14 +162,6 @@ def dim(value: ir.Value | None, axis: int) -> int | None:
     return d if isinstance(d, int) and d >= 0 else None
 
 
-def dims_equal(a, b) -> bool:
-    """Two dims known to be equal: the same int, or the same named symbol."""
-    if isinstance(a, int) and isinstance(b, int):
-        return a == b
-    return a is not None and b is not None and getattr(a, "value", None) is not None \
-        and getattr(a, "value", None) == getattr(b, "value", None)
-
-
 def attr(node: ir.Node, name: str, default=None):
     a = node.attributes.get(name)
     return default if a is None else a.value
@@ -181,7 +175,3 @@ def ints_input(node: ir.Node, index: int, attr_name: str | None = None) -> list[
     if attr_name is not None and attr_name in node.attributes:
         return [int(x) for x in attr(node, attr_name)]
     return None
-
-
-def opset(model_or_node_graph_opsets: dict[str, int]) -> int:
-    return model_or_node_graph_opsets.get("", model_or_node_graph_opsets.get("ai.onnx", 1))

@@ -1,0 +1,78 @@
+"""What a structured pruning run did, group by group, and in total."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class GroupRecord:
+    id: int
+    chain: str
+    channels_before: int
+    channels_after: int
+    reason: str | None = None  # why the group was left whole (None: it was cut, or kept all at this rate)
+    importance: str | None = None  # the score actually used (after fallbacks)
+    merged: int = 0  # merge: channels folded into a twin rather than dropped
+    note: str | None = None  # e.g. why merge fell back to magnitude for this group
+
+    @property
+    def kept(self) -> int:
+        return self.channels_after
+
+
+@dataclass
+class StructuredReport:
+    method: str
+    rate: float  # the uniform share of channels removed from each prunable group
+    importance: str
+    round_to: int
+    target: str = "channels"
+    target_value: float | None = None
+    groups: list[GroupRecord] = field(default_factory=list)
+    parameters_before: int = 0
+    parameters_after: int = 0
+    macs_before: int = 0
+    macs_after: int = 0
+    macs_input_shapes: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pruned(self) -> list[GroupRecord]:
+        return [g for g in self.groups if g.channels_after < g.channels_before]
+
+    @property
+    def left_whole(self) -> list[GroupRecord]:
+        return [g for g in self.groups if g.reason]
+
+    @property
+    def channels_before(self) -> int:
+        return sum(g.channels_before for g in self.groups if not g.reason)
+
+    @property
+    def channels_after(self) -> int:
+        return sum(g.channels_after for g in self.groups if not g.reason)
+
+    def ratio(self, what: str) -> float:
+        before, after = getattr(self, f"{what}_before"), getattr(self, f"{what}_after")
+        return after / before if before else 1.0
+
+    @property
+    def summary(self) -> str:
+        return (f"{self.method}: {len(self.pruned)} of {len(self.groups)} channel groups cut "
+                f"(rate {self.rate:.3f}, {self.importance}, round_to {self.round_to}); "
+                f"parameters ×{self.ratio('parameters'):.3f}, MACs ×{self.ratio('macs'):.3f}; "
+                f"{len(self.left_whole)} groups left whole")
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["summary"] = self.summary
+        data["achieved"] = {"parameters_ratio": round(self.ratio("parameters"), 6),
+                            "macs_ratio": round(self.ratio("macs"), 6),
+                            "channels_before": self.channels_before, "channels_after": self.channels_after}
+        reasons: dict[str, int] = {}
+        for g in self.left_whole:
+            key = g.reason.split(": ", 1)[-1]
+            reasons[key] = reasons.get(key, 0) + 1
+        data["left_whole_reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+        return data
