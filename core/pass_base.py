@@ -35,6 +35,7 @@ class PassResult:
 class Context:
     """What a pass may need beyond the model.
 
+    ``reference`` is the pipeline's input model, shared: a pass reads it and never changes it.
     ``data`` maps a role (``calibration``, ``evaluation``, ``training``) to a loaded Dataset;
     ``reference`` is the pipeline's input model; ``progress(description, done, total)``
     reports progress without printing.

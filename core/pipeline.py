@@ -53,7 +53,7 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     input_shapes = data.bind_input_shapes(input_shapes, loaded.model)
     reference_bytes = model_io.to_bytes(loaded.model)
     datasets = _load_data(pipeline, loaded.model, input_shapes)
-    ctx = Context(reference=model_io.copy(loaded.model), data=datasets, provider=pipeline.provider,
+    ctx = Context(reference=loaded.model, data=datasets, provider=pipeline.provider,
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
                   progress=request.progress)
 
