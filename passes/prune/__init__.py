@@ -21,7 +21,6 @@ import onnx_ir.passes.common as ir_passes
 from pydantic import Field, model_validator
 
 from mcomp.errors import ConfigError
-from mcomp.model import to_bytes
 from mcomp.pass_base import Context, Pass, PassConfig, PassResult
 
 UNSTRUCTURED = ("magnitude", "random", "taylor")
@@ -165,7 +164,9 @@ class Prune(Pass):
 
 
 def _sizes(model: ir.Model) -> dict[str, int]:
+    """Compressed size of the weights (the graph itself adds a few kilobytes), streamed tensor by tensor."""
     from mcomp.kernels.compression import compressed_sizes
+    from mcomp.summary import weight_tensors
 
-    return compressed_sizes(to_bytes(model))
+    return compressed_sizes(tensor.tobytes() for tensor, _ in weight_tensors(model))
 
