@@ -39,13 +39,14 @@ def command_line() -> str:
     return "mcomp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def run_single_pass(name: str, options: dict[str, Any], common: Common) -> dict:
-    from mcomp.pipeline_spec import DataRoles, Measure, Pipeline, single_step
+def run_single_pass(name: str, options: dict[str, Any], common: Common, gate=None) -> dict:
+    """``gate``: an optional ``pipeline_spec.Gate`` (e.g. ``mcomp quantize --min-speedup``)."""
+    from mcomp.pipeline_spec import DataRoles, Gate, Measure, Pipeline, single_step
 
     step = single_step(name, {k: v for k, v in options.items() if v is not None})
     roles = DataRoles(calibration=common.data, evaluation=common.data, training=common.data) if common.data else DataRoles()
     pipeline = Pipeline(steps=[step], data=roles, provider=common.provider, threads=common.threads,
-                        measure=Measure(runs=common.runs))
+                        measure=Measure(runs=common.runs), gate=gate or Gate())
     return execute(pipeline, common)
 
 

@@ -47,7 +47,7 @@ class Quantize(Pass):
         calibration: Literal["minmax", "percentile", "entropy"] = Field("minmax", description="static: activation ranges")
         percentile: float = Field(99.999, gt=90, le=100, description="calibration percentile: share of values kept in range")
         bits: int | None = Field(None, ge=2, le=8, description="weight-only: 4 or 8 [4]; kmeans: 2-8 [4]")
-        block_size: int = Field(128, ge=16, le=4096, description="weight-only: weights per scale (power of 2)")
+        block_size: int = Field(32, ge=16, le=4096, description="weight-only: weights per scale (power of 2)")
         keep_io_types: bool = Field(True, description="fp16: keep float32 model inputs and outputs")
         exclude: list[str] = Field(default_factory=list, description="node names/globs, op types, or a previous "
                                                                      "report (.json) whose exclusions to reuse")
@@ -56,7 +56,7 @@ class Quantize(Pass):
         guard_runs: int = Field(30, ge=5, le=1000, description="interleaved rounds per latency measurement")
         max_drop: float | None = Field(None, ge=0, le=1, description="accuracy budget with labels (0.005 = half a point)")
         min_fidelity: float | None = Field(None, ge=-1, le=1, description="fidelity floor against the input, "
-                                                                        "without labels [0.99 cosine when no budget is given]")
+                                                                        "without labels [0.98 cosine when no budget is given]")
         fidelity_metric: Literal["cosine", "top1"] = Field("cosine", description="what min_fidelity bounds")
         explain: bool = Field(False, description="ranked per-layer error table (SQNR, cosine) in the report")
         force: bool = Field(False, description="quantize a model that is already quantized")

@@ -2,8 +2,9 @@
 
 A budget is an accuracy drop (``max_drop``, with labels) and/or a fidelity floor
 (``min_fidelity``: cosine, or top-1 agreement, against the input, without labels). Layers
-are tried in the order of the noise they add (``sensitivity``): 1, 2, 4 … of them are sent
-back to float until the budget holds, then a bisection finds the fewest that do.
+are grouped (a compute layer with the element-wise ops after it) and ranked by the damage each
+does when it alone is quantized (``sensitivity``): 1, 2, 4 … groups are sent back to float until
+the budget holds, then a bisection finds the fewest that do.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import onnx
 from mcomp import metrics
 from mcomp.data import Dataset
 
-DEFAULT_FLOOR = 0.99  # cosine against the input, when no budget is given
+DEFAULT_FLOOR = 0.98  # cosine against the input, when no budget is given
 
 
 @dataclass
@@ -42,7 +43,7 @@ class Evaluator:
         self.providers, self.threads = providers, threads
         session = make_session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
-        self.reference = metrics.run_all(session, dataset)
+        self.reference = _run(session, dataset, "the input model")
         self.reference_accuracy = metrics.accuracy(self.reference, dataset)
         self.calls = 0
 
@@ -51,7 +52,7 @@ class Evaluator:
 
         self.calls += 1
         data = candidate if isinstance(candidate, bytes) else candidate.SerializeToString()
-        outputs = metrics.run_all(make_session(data, self.providers, self.threads), self.dataset)
+        outputs = _run(make_session(data, self.providers, self.threads), self.dataset, "the candidate")
         fid = metrics.fidelity(self.reference, outputs[: len(self.names)], self.names)["summary"]
         return Score(fid["cosine"], fid["top1_agreement"], metrics.accuracy(outputs, self.dataset))
 
@@ -95,25 +96,40 @@ class Fit:
     trials: list[dict]
 
 
-def fit(build, evaluator: Evaluator, budget: Budget, ranked: list[str], base: set[str]) -> Fit:
-    """The fewest of ``ranked`` (most sensitive first) to exclude, on top of ``base``, for the budget to hold."""
+def fit(build, evaluator: Evaluator, budget: Budget, ranked: list[list[str]], base: set[str],
+        damages: list[float] | None = None) -> Fit:
+    """The fewest of the ``ranked`` groups (most damaging first) to send back to float, on top of ``base``,
+    for the budget to hold. With the groups' ``damages`` (1 − cosine when each alone is quantized), a
+    cosine budget starts from the count they predict; otherwise 1, 2, 4 … groups, then a bisection."""
     trials: list[dict] = []
     cache: dict[int, Score] = {}
 
+    def excluded(k: int) -> set[str]:
+        return base.union(*ranked[:k]) if k else set(base)
+
     def attempt(k: int) -> bool:
         if k not in cache:
-            cache[k] = evaluator.score(build(base | set(ranked[:k])))
-            trials.append({"float_layers": k, **cache[k].to_dict(evaluator.reference_accuracy),
+            cache[k] = evaluator.score(build(excluded(k)))
+            trials.append({"float_groups": k, "float_nodes": len(excluded(k) - base),
+                           **cache[k].to_dict(evaluator.reference_accuracy),
                            "holds": budget.holds(cache[k], evaluator.reference_accuracy)})
         return budget.holds(cache[k], evaluator.reference_accuracy)
 
     if attempt(0):
         return Fit([], cache[0], True, trials)
-    low, k = 0, 1
-    while k < len(ranked) and not attempt(k):  # 1, 2, 4 … until it holds
-        low, k = k, min(2 * k, len(ranked))
+    low = 0
+    for _ in range(4 if damages else 0):  # predicted counts, each re-scaled by the last measurement
+        k = predict(cache[low], budget, damages, low)
+        if k is None or k in cache:
+            break
+        if attempt(k):
+            return Fit(sorted(excluded(k) - base), cache[k], True, trials)
+        low = k
+    k = min(low + 1, len(ranked))
+    while k < len(ranked) and not attempt(k):  # 1, 2, 4 … more groups until it holds
+        low, k = k, min(k + max(1, k - low) * 2, len(ranked))
     if k >= len(ranked) and not attempt(len(ranked)):
-        return Fit(list(ranked), cache[len(ranked)], False, trials)
+        return Fit(sorted(excluded(len(ranked)) - base), cache[len(ranked)], False, trials)
     high = k
     while high - low > 1:  # bisection: holds at high, not at low
         mid = (low + high) // 2
@@ -121,7 +137,35 @@ def fit(build, evaluator: Evaluator, budget: Budget, ranked: list[str], base: se
             high = mid
         else:
             low = mid
-    return Fit(list(ranked[:high]), cache[high], True, trials)
+    return Fit(sorted(excluded(high) - base), cache[high], True, trials)
+
+
+def predict(measured: Score, budget: Budget, damages: list[float], done: int = 0) -> int | None:
+    """Groups to send back for a cosine floor, given ``measured`` with the first ``done`` in float: the
+    remaining groups' damages, scaled to the measured loss, are assumed to add up."""
+    if budget.min_fidelity is None or budget.metric != "cosine" or budget.max_drop is not None or measured.cosine is None:
+        return None
+    left = sum(damages[done:])
+    if left <= 0:
+        return None
+    scale = (1.0 - measured.cosine) / left
+    allowed = 1.0 - budget.min_fidelity
+    for k in range(done, len(damages)):
+        if left * scale <= allowed * 0.9:  # a little margin: damages do not add up exactly
+            return max(k, done + 1)
+        left -= damages[k]
+    return len(damages)
+
+
+def _run(session, dataset: Dataset, which: str):
+    from mcomp.errors import BadInput
+
+    try:
+        return metrics.run_all(session, dataset)
+    except Exception as exc:
+        hint = " (synthetic inputs: give --data or --input-shape)" if dataset.synthetic else ""
+        raise BadInput(f"quantize: {which} fails on {dataset.source or 'the data'}{hint}: "
+                       f"{' '.join(str(exc).split())[:200]}") from None
 
 
 def _r(value):

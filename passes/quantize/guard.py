@@ -3,7 +3,7 @@
 Quantization pays only where the provider fuses the Q/DQ pairs into integer kernels and the
 layer is big enough for the integer kernel to win. The guard measures instead of guessing:
 the full candidate and one variant per node group sent back to float (int8 element-wise ops,
-pass-through ops, depthwise convs, the smallest layers, each compute op type) run interleaved
+depthwise convs, the smallest layers, each compute op type) run interleaved
 with the input in one measurement (spinning off, design §7); groups whose return to float
 made the candidate faster are combined, and the best candidate is measured again against
 the input. If it is not faster than the input beyond the A/A noise, the guard says so.
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mcomp.passes.quantize.target import INT8_FLOW_OPS, PASS_THROUGH_OPS
+from mcomp.passes.quantize.target import INT8_FLOW_OPS
 
 GAIN = 0.02  # a variant must beat another by this share to count as faster
 
@@ -34,9 +34,8 @@ def groups(units, base: set[str]) -> dict[str, set[str]]:
     """Named node groups that may not pay, among the units not already excluded."""
     live = [u for u in units if u.name not in base]
     compute = [u for u in live if u.compute]
-    found = {
+    found = {  # pass-through ops (Reshape, MaxPool, Relu …) are not tried: their Q/DQ fold away or cost nothing
         "int8 element-wise ops": {u.name for u in live if u.op_type in INT8_FLOW_OPS},
-        "pass-through ops": {u.name for u in live if u.op_type in PASS_THROUGH_OPS},
         "depthwise convs": {u.name for u in live if u.depthwise},
     }
     sized = [u for u in compute if u.macs is not None and not u.depthwise]
@@ -51,11 +50,12 @@ def groups(units, base: set[str]) -> dict[str, set[str]]:
     return {k: v for k, v in found.items() if v and v != everything}
 
 
-def guard(build, units, base: set[str], reference: bytes, feeds, providers, threads, runs: int) -> Verdict:
+def guard(build, units, base: set[str], reference: bytes, feeds, providers, threads, runs: int,
+          try_groups: bool = True) -> Verdict:
     """Chooses the fastest candidate among the full one and its group variants; compares it to the input."""
     from mcomp.bench import interleaved
 
-    named = groups(units, base)
+    named = groups(units, base) if try_groups else {}
     candidates = {"all quantized": set(base)} | {f"float: {k}": base | v for k, v in named.items()}
     built = {label: build(ex).SerializeToString() for label, ex in candidates.items()}
     first = interleaved([("input", reference), *built.items()], feeds, providers=providers, threads=threads,

@@ -3,11 +3,14 @@
 - Already-quantized models are detected (and refused unless forced).
 - Weights kept as ``Constant`` nodes (paddle2onnx, spox) become initializers: onnxruntime's
   quantizer only quantizes initializers, and a float bias left as a node blocks the fusion.
-- onnxruntime's offline optimizer at level basic (portable ONNX) folds BatchNorm into Conv and
+- Hard-swish written as Add/Clip/Div/Mul becomes HardSwish (onnxscript's rules; opset 14), and
+  onnxruntime's offline optimizer at level basic (portable ONNX) folds BatchNorm into Conv and
   constants away, so that Q/DQ do not land between ops that would have been fused.
 - The opset is upgraded to 13 where per-channel QDQ needs it (an ``axis`` on Q/DQ).
-- Shape inference falls back: symbolic (with dynamic dims merged) → onnx → none.
-- Nodes the scheme must leave in float (subgraph holders, recurrent ops) are listed with a reason.
+- Shape inference falls back: onnx's where it types every tensor, else symbolic (dynamic dims
+  merged), else whatever onnx's found, else none.
+- Unnamed nodes get names (exclusions are by name); nodes the scheme must leave in float
+  (subgraph holders, recurrent ops) are listed with a reason.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from mcomp.model import onnx_opset, to_proto
+from mcomp.model import copy, onnx_opset, to_proto
 from mcomp.passes.quantize.target import FLOAT_ONLY
 
 QUANTIZED_OPS = frozenset({
@@ -55,16 +58,23 @@ def lift_constants(model: ir.Model) -> None:
     ir.passes.PassManager([ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)])(model)
 
 
-def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True) -> Prepared:
-    """A prepared copy (``model`` is not changed): constants lifted, optimized, opset ≥ ``opset``, shapes inferred."""
-    from mcomp.model import copy
+def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True, keep_matmul: bool = False) -> Prepared:
+    """A prepared copy (``model`` is not changed): constants lifted, optimized, opset ≥ ``opset``, shapes inferred.
 
+    ``keep_matmul`` stops MatMul + Add becoming Gemm (the dynamic and weight-only kernels take MatMul)."""
     work = copy(model)
     notes: list[str] = []
     lift_constants(work)
+    work = _fuse_hardswish(work, notes)
     if optimize:
         try:
-            work = _ort_basic(work)
+            optimized = _ort_basic(work, ["MatMulAddFusion"] if keep_matmul else [])
+            before, after = _parameters(work), _parameters(optimized)
+            if after > before * 1.02:  # folding inside subgraphs can copy weights into every branch
+                notes.append(f"onnxruntime's basic graph optimization grew the weights ({before:,} → {after:,} "
+                             "parameters); quantized the graph without it")
+            else:
+                work = optimized
         except Exception as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
             notes.append(f"onnxruntime's basic graph optimization failed before quantization ({_short(exc)}); "
                          "quantized the graph as given")
@@ -74,12 +84,48 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True)
         proto = upgrade_opset(proto, opset)
         notes.append(f"opset upgraded {before} → {opset} (per-channel Q/DQ needs an axis attribute)")
     proto, how = infer_shapes(proto)
-    if how != "symbolic":
-        notes.append("symbolic shape inference failed; used onnx shape inference" if how == "onnx"
-                     else "shape inference failed (symbolic and onnx); quantized without inferred shapes")
+    if how == "onnx-partial":
+        notes.append("shape inference incomplete (onnx's left tensors untyped and the symbolic one failed); "
+                     "quantized with the types found")
+    elif how == "none":
+        notes.append("shape inference failed (onnx and symbolic); quantized without inferred shapes")
+    name_nodes(proto)
     prepared = Prepared(proto, notes, how, before, onnx_opset(proto))
     prepared.float_only = float_only_nodes(proto)
     return prepared
+
+
+def _fuse_hardswish(model: ir.Model, notes: list[str]) -> ir.Model:
+    """``x·Clip(x+3, 0, 6)/6`` (mobile nets' hard-swish, as exporters write it) becomes one HardSwish.
+
+    Four element-wise float ops sit between every pair of convs otherwise, and there Q/DQ pairs
+    cannot fuse: the int8 chain breaks at each. onnxscript's rewrite rules do the fusion; HardSwish
+    needs opset 14, so the graph is upgraded only when the rules find something to fuse.
+    """
+    from onnxscript.rewriter import rewrite
+    from onnxscript.rewriter.rules.common import fuse_hardswish_rules
+
+    def fused(m: ir.Model) -> int:
+        return sum(1 for n in m.graph if n.op_type in ("HardSwish", "HardSigmoid"))
+
+    before, opset = fused(model), onnx_opset(model) or 0
+    try:
+        candidate = copy(model) if opset >= 14 else ir.serde.deserialize_model(upgrade_opset(to_proto(model), 14))
+        candidate = rewrite(candidate, pattern_rewrite_rules=fuse_hardswish_rules())
+    except Exception:  # an odd graph the rewriter or the converter rejects: leave it as it is
+        return model
+    count = sum(1 for n in candidate.graph if n.op_type == "HardSwish") - sum(1 for n in model.graph if n.op_type == "HardSwish")
+    if fused(candidate) <= before or count <= 0:
+        return model
+    notes.append(f"fused {count} hard-swish pattern(s) (Add, Clip, Div, Mul) into HardSwish"
+                 + (f"; opset upgraded {opset} → 14 for it" if opset < 14 else ""))
+    return candidate
+
+
+def _parameters(model: ir.Model) -> int:
+    from mcomp.summary import tensor_counts
+
+    return tensor_counts(model)[0].parameters
 
 
 def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
@@ -95,9 +141,18 @@ def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
 
 
 def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
-    """Shapes by symbolic inference (dynamic dims merged), else onnx's, else none; and which one worked."""
+    """Inferred types and shapes, and how: ``onnx`` when onnx's inference types every tensor (fast);
+    else ``symbolic`` (onnxruntime's, dynamic dims merged; slow on large graphs); else what onnx's
+    inference found (``onnx-partial``), or ``none``."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
+    partial = None
+    try:
+        partial = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+        if not _untyped(partial):
+            return partial, "onnx"
+    except Exception:
+        pass
     try:
         with _quiet():
             inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
@@ -105,16 +160,25 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
             return inferred, "symbolic"
     except Exception:
         pass
-    try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=False), "onnx"
-    except Exception:
-        return proto, "none"
+    return (partial, "onnx-partial") if partial is not None else (proto, "none")
+
+
+def _untyped(proto: onnx.ModelProto) -> list[str]:
+    """Top-level node outputs without an inferred element type."""
+    typed = {v.name for v in [*proto.graph.value_info, *proto.graph.output, *proto.graph.input]
+             if v.type.tensor_type.elem_type or v.type.HasField("sequence_type") or v.type.HasField("optional_type")}
+    return [o for n in proto.graph.node for o in n.output if o and o not in typed]
 
 
 def float_only_nodes(proto: onnx.ModelProto) -> dict[str, str]:
-    """Top-level nodes that stay float, with the reason: subgraph holders and recurrent ops."""
+    """Top-level nodes that stay float, with the reason: subgraph holders, recurrent ops, and (under
+    ``force``) what is already quantized."""
     out = {}
+    dequantized = {o for n in proto.graph.node if n.op_type in ("DequantizeLinear", "DynamicQuantizeLinear") for o in n.output}
     for node in proto.graph.node:
+        if node.op_type in QUANTIZED_OPS or any(i in dequantized for i in node.input):
+            out[node.name] = "already quantized (reads dequantized values, or is a quantized op)"
+            continue
         subgraphs = [a for a in node.attribute if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)]
         if subgraphs:
             inner = sum(_count_nodes(a.g) if a.type == onnx.AttributeProto.GRAPH else sum(_count_nodes(g) for g in a.graphs)
@@ -149,7 +213,7 @@ def _count_nodes(graph: onnx.GraphProto) -> int:
     return total
 
 
-def _ort_basic(model: ir.Model) -> ir.Model:
+def _ort_basic(model: ir.Model, disabled: list[str]) -> ir.Model:
     """onnxruntime's offline optimizer at level basic: standard ONNX ops only, any provider."""
     import tempfile
     from pathlib import Path
@@ -164,7 +228,7 @@ def _ort_basic(model: ir.Model) -> ir.Model:
     with tempfile.TemporaryDirectory(prefix="mcomp-quant-") as tmp:
         out = Path(tmp) / "basic.onnx"
         options.optimized_model_filepath = str(out)
-        ort.InferenceSession(to_bytes(model), options, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(to_bytes(model), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
         return ir.serde.deserialize_model(onnx.load(str(out)))
 
 
@@ -174,14 +238,13 @@ def _quiet():
     import onnxruntime as ort
 
     ort.set_default_logger_severity(3)  # sessions made inside the quantizer log per initializer
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    disabled = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             yield
     finally:
-        root.setLevel(level)
+        logging.disable(disabled)
 
 
 quiet = _quiet

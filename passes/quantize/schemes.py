@@ -3,8 +3,8 @@ and builds a candidate with some of them left in float.
 
 The builders are onnxruntime's: ``quantize_static`` (QDQ; calibrated once, the ranges cached
 and reused for every later candidate), ``quantize_dynamic``, ``MatMulNBitsQuantizer`` and the
-float16 converter. What mcomp adds is around them: which nodes, which types, and (in
-``search``) which candidates are kept.
+float16 converter. What mcomp adds is around them: which nodes, which types, and (in ``run``:
+the accuracy budget and the latency guard) which candidates are kept.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class Scheme:
     units: list[Unit] = field(default_factory=list)
     label: str = ""
     builds: int = 0
+    guard_groups: bool = True  # whether the latency guard tries node groups, or only the whole candidate
 
     @property
     def source(self) -> Path:
@@ -57,16 +58,18 @@ class Scheme:
             onnx.save_model(self.prepared.proto, str(path))
         return path
 
-    def build(self, exclude: Iterable[str] = ()) -> onnx.ModelProto:
+    def build(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
+        """A candidate with ``exclude`` left in float; or with only the units in ``only`` quantized."""
         out = self.workdir / f"candidate{self.builds}.onnx"
         self.builds += 1
+        exclude = set(exclude) | set(self.prepared.float_only)
         with quiet():
-            self._build(set(exclude) | set(self.prepared.float_only), out)
+            self._build(exclude, out, None if only is None else sorted(set(only) - exclude))
         proto = onnx.load(str(out))
         out.unlink()
-        return proto
+        return _tidy(proto)
 
-    def _build(self, exclude: set[str], out: Path) -> None:  # pragma: no cover - abstract
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -102,13 +105,17 @@ class Static(Scheme):
     op_types: tuple[str, ...] = STATIC_OPS
 
     def __post_init__(self):
+        if self.calibration != "minmax" and self.feeds:
+            # onnxruntime's histogram collector stacks every feed's arrays: a smaller last batch breaks it
+            shapes = {k: np.shape(v) for k, v in self.feeds[0].items()}
+            self.feeds = [f for f in self.feeds if {k: np.shape(v) for k, v in f.items()} == shapes]
         self.units = find_units(self.prepared, self.op_types, self.feeds[0] if self.feeds else None)
         self.label = (f"static QDQ, {'U8' if self.activations == 'uint8' else 'S8'}S8 "
                       f"({'symmetric' if self.symmetric else 'asymmetric'} activations), "
                       f"{'per-channel' if self.per_channel else 'per-tensor'} weights"
                       f"{', 7-bit range' if self.reduce_range else ''}, {self.calibration} calibration")
 
-    def _build(self, exclude: set[str], out: Path) -> None:
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
@@ -116,12 +123,28 @@ class Static(Scheme):
         extra = {"ActivationSymmetric": self.symmetric, "WeightSymmetric": True}
         if self.calibration == "percentile":
             extra["CalibPercentile"] = self.percentile
+        cache = self.workdir / "calibration.json"
+        if self.calibration == "entropy" and not cache.exists():
+            self._calibrate_entropy(cache, method)
         quantize_static(str(self.source), str(out), FeedReader(self.feeds), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(self.op_types), per_channel=self.per_channel,
                         reduce_range=self.reduce_range,
                         activation_type=QuantType.QUInt8 if self.activations == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), calibrate_method=method,
-                        calibration_cache_path=self.workdir / "calibration.json", extra_options=extra)
+                        weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), nodes_to_quantize=only,
+                        calibrate_method=method,
+                        calibration_cache_path=cache, extra_options=extra)
+
+    def _calibrate_entropy(self, cache: Path, method) -> None:
+        """KL-divergence ranges with 2048 histogram bins. ``quantize_static`` passes no bin counts to the
+        calibrator, whose defaults (128 bins, 128 quantized bins) leave one candidate threshold — the full
+        range, i.e. min-max; so the ranges are computed here and handed over through its cache."""
+        from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+        calibrator = create_calibrator(self.source, list(self.op_types), augmented_model_path=self.workdir / "augmented.onnx",
+                                       calibrate_method=method, extra_options={"num_bins": 2048, "num_quantized_bins": 128,
+                                                                               "symmetric": self.symmetric})
+        calibrator.collect_data(FeedReader(self.feeds))
+        save_tensors_data(calibrator.compute_data(), cache)
 
 
 @dataclass
@@ -135,12 +158,13 @@ class Dynamic(Scheme):
         self.label = (f"dynamic: int8 weights ({'per-channel' if self.per_channel else 'per-tensor'}), "
                       "uint8 activations quantized at run time")
 
-    def _build(self, exclude: set[str], out: Path) -> None:
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         quantize_dynamic(str(self.source), str(out), op_types_to_quantize=list(self.op_types),
                          per_channel=self.per_channel, reduce_range=self.reduce_range, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=sorted(exclude), extra_options={"MatMulConstBOnly": True})
+                         nodes_to_exclude=sorted(exclude), nodes_to_quantize=only,
+                         extra_options={"MatMulConstBOnly": True})
 
 
 @dataclass
@@ -148,20 +172,23 @@ class WeightOnly(Scheme):
     bits: int = 4
     block_size: int = 128
     symmetric: bool = True
-    accuracy_level: int | None = None
+    accuracy_level: int | None = 4  # int8 activations in the kernel: the fast path on x86 and ARM
     op_types: tuple[str, ...] = WEIGHT_ONLY_OPS
 
     def __post_init__(self):
         inits = {t.name: t for t in self.prepared.proto.graph.initializer}
+        gathers = [g for g in gather_tables(self.prepared.proto) if g not in self.prepared.float_only]
+        if not gathers or (self.prepared.opset or 0) < 21:  # with Gather listed, the quantizer relabels the opset 21
+            self.op_types = tuple(op for op in self.op_types if op != "Gather")
         self.units = [u for u in find_units(self.prepared, self.op_types, None)
                       if u.params > 0 and _weight_only_fits(self.prepared.proto, u.name, inits)]
         self.label = (f"weight-only int{self.bits}, blocks of {self.block_size} "
                       f"({'symmetric' if self.symmetric else 'asymmetric'}), MatMulNBits")
 
-    def _build(self, exclude: set[str], out: Path) -> None:
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-        include = [u.name for u in self.units if u.name not in exclude]
+        include = [u.name for u in self.units if u.name not in exclude and (only is None or u.name in only)]
         config = DefaultWeightOnlyQuantConfig(block_size=self.block_size, is_symmetric=self.symmetric,
                                               accuracy_level=self.accuracy_level, bits=self.bits,
                                               op_types_to_quantize=self.op_types)
@@ -179,16 +206,44 @@ class Float16(Scheme):
     keep_io_types: bool = True
 
     def __post_init__(self):
+        self.guard_groups = False  # float16 pays as a whole or not at all (Cast pairs at every boundary)
         self.units = [Unit(n.name, n.op_type, _params(self.prepared.proto, n)) for n in self.prepared.proto.graph.node
                       if n.name not in self.prepared.float_only]
         self.label = "float16 weights and compute" + (" (float32 inputs/outputs)" if self.keep_io_types else "")
 
-    def _build(self, exclude: set[str], out: Path) -> None:
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
+        if only is not None:
+            exclude = exclude | {u.name for u in self.units if u.name not in only}
         model = convert_float_to_float16(onnx.load(str(self.source)), keep_io_types=self.keep_io_types,
                                          node_block_list=sorted(exclude), disable_shape_infer=False)
         onnx.save_model(model, str(out))
+
+
+def _tidy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """What onnxruntime's quantizers leave for others to fix: repeated node names (quantizing a partly
+    quantized graph), and nodes out of order where a subgraph reads an outer value (their sort ignores
+    subgraphs; onnxruntime loads it, the onnx checker and other runtimes do not)."""
+    _unique_names(proto)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in proto.graph.node for a in n.attribute):
+        import onnx_ir as ir
+
+        model = ir.serde.deserialize_model(proto)
+        model.graph.sort()
+        proto = ir.serde.serialize_model(model)
+    return proto
+
+
+def _unique_names(proto: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for node in proto.graph.node:
+        if node.name and node.name in seen:
+            base, i = node.name, 1
+            while f"{base}_{i}" in seen:
+                i += 1
+            node.name = f"{base}_{i}"
+        seen.add(node.name)
 
 
 def find_units(prepared: Prepared, op_types: tuple[str, ...], feed) -> list[Unit]:
@@ -248,6 +303,13 @@ def _params(proto, node, inits=None) -> int:
     inits = inits if inits is not None else {t.name: t for t in proto.graph.initializer}
     return sum(int(np.prod(inits[i].dims)) for i in node.input
                if i in inits and inits[i].data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+
+
+def gather_tables(proto: onnx.ModelProto) -> list[str]:
+    """Gather nodes reading a 2-D float initializer (embedding tables)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    return [n.name for n in proto.graph.node if n.op_type == "Gather" and n.input and n.input[0] in inits
+            and len(inits[n.input[0]].dims) == 2 and inits[n.input[0]].data_type == onnx.TensorProto.FLOAT]
 
 
 def _weight_only_fits(proto, name, inits) -> bool:

@@ -42,17 +42,21 @@ def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, units, 
         if node is None or not node.output:
             continue
         wanted[unit.name] = (node.output[0], [i for i in node.input if i and i not in skip])
-    tensors = sorted({t for out, ins in wanted.values() for t in [out, *ins]})
-    cand_names = _all_tensor_names(candidate)
-    tensors = [t for t in tensors if t in cand_names]
+    seen = _as_consumed(candidate)
+    folded = {}  # a Relu/Clip folded into the Q after its producer: compare after the activation
+    for node in reference.graph.node:
+        if node.op_type in ("Relu", "Clip") and node.input[0] not in seen and node.output[0] in seen:
+            folded[node.input[0]] = node.output[0]
+    tensors = sorted({folded.get(t, t) for out, ins in wanted.values() for t in [out, *ins]} & set(seen))
     ref_values = _run_exposed(reference, tensors, feeds, providers)
-    cand_values = _run_exposed(candidate, tensors, feeds, providers)
+    cand_values = _run_exposed(candidate, sorted({seen[t] for t in tensors}), feeds, providers)
     stats = {}
     for t in tensors:
-        r, c = ref_values.get(t), cand_values.get(t)
+        r, c = ref_values.get(t), cand_values.get(seen[t])
         if r is None or c is None or r.shape != c.shape or r.dtype.kind != "f":
             continue
         stats[t] = (qk.noise_ratio(r, c), cosine(r, c))
+    wanted = {k: (folded.get(out, out), [folded.get(i, i) for i in ins]) for k, (out, ins) in wanted.items()}
     out = []
     for unit in units:
         if unit.name not in wanted or wanted[unit.name][0] not in stats:
@@ -87,13 +91,76 @@ def _run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers) -
     return {t: np.concatenate(v) for t, v in collected.items() if v}
 
 
-def _all_tensor_names(proto: onnx.ModelProto) -> set[str]:
+def _as_consumed(proto: onnx.ModelProto) -> dict[str, str]:
+    """Float tensor name → the candidate's tensor that consumers read: its dequantized copy where
+    the quantizer put a Q/DQ pair on it (and may have removed a Relu/Clip folded into the Q), else itself."""
     names = {i.name for i in proto.graph.input}
     for node in proto.graph.node:
         names.update(node.output)
-    return names
+    out = {n: n for n in names}
+    for name in names:
+        if name.endswith(DQ_SUFFIX):
+            out[name[: -len(DQ_SUFFIX)]] = name
+    return out
+
+
+DQ_SUFFIX = "_DequantizeLinear_Output"
 
 
 def _db(ratio: float) -> float | None:
     db = qk.ratio_to_db(ratio)
     return None if db == float("inf") else round(db, 2)
+
+
+@dataclass
+class Group:
+    """A compute layer with the element-wise/pass-through nodes that follow it: sent back to float together."""
+
+    name: str
+    members: list[str]
+    damage: float | None = None  # 1 − fidelity of a model where only this group is quantized
+
+
+def layer_groups(proto: onnx.ModelProto, units, limit: int = 24) -> list[Group]:
+    """Units grouped by the compute layer they follow (graph order); at most ``limit`` groups (adjacent merged)."""
+    by_name = {u.name: u for u in units}
+    owner: dict[str, int] = {}  # tensor → group index
+    groups: list[Group] = []
+    for node in proto.graph.node:
+        unit = by_name.get(node.name)
+        if unit is None:
+            continue
+        if unit.compute:
+            index = len(groups)
+            groups.append(Group(node.name, []))
+        else:
+            index = next((owner[i] for i in node.input if i in owner), None)
+            if index is None:
+                index = len(groups)
+                groups.append(Group(node.name, []))
+        groups[index].members.append(node.name)
+        for out in node.output:
+            owner[out] = index
+    return merge(groups, limit)
+
+
+def merge(groups: list[Group], limit: int) -> list[Group]:
+    """At most ``limit`` groups: neighbours (in graph order) merged into equal runs."""
+    if len(groups) <= limit:
+        return groups
+    size = -(-len(groups) // limit)
+    merged = []
+    for i in range(0, len(groups), size):
+        chunk = groups[i:i + size]
+        name = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name} … {chunk[-1].name}"
+        merged.append(Group(name, [m for g in chunk for m in g.members]))
+    return merged
+
+
+def rank_groups(groups: list[Group], build, evaluator, base: set[str], metric: str = "cosine") -> list[Group]:
+    """Each group's damage when it alone is quantized; the most damaging first."""
+    for group in groups:
+        score = evaluator.score(build(base, only=group.members))
+        value = score.top1 if metric == "top1" and score.top1 is not None else score.cosine
+        group.damage = 1.0 - (value if value is not None else 1.0)
+    return sorted(groups, key=lambda g: -(g.damage or 0.0))

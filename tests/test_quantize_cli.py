@@ -1,0 +1,106 @@
+"""``mcomp quantize`` as a user runs it: a subprocess per run, started together (see ``clirun``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from clirun import DIGITS, DIGITS_EVAL, Batch, run_mcomp, selected_keys, uses
+
+RUNS = {
+    "static": ["quantize", "digits.onnx", "--data", "digits_eval.npz", "--no-latency-guard", "--explain", "--runs", "5"],
+    "guarded": ["quantize", "digits.onnx", "--data", "digits_eval.npz", "--guard-runs", "10", "--runs", "5",
+                "-o", "guarded.onnx"],
+    "gate": ["quantize", "digits.onnx", "--data", "digits_eval.npz", "--no-latency-guard", "--min-speedup", "1000",
+             "--runs", "5", "-o", "gated.onnx"],
+    "requantize": "requantize",
+    "no-data": ["quantize", "digits.onnx"],
+    "wrong-data": ["quantize", "digits.onnx", "--data", "other.npz"],
+    "kmeans": ["quantize", "digits.onnx", "--mode", "kmeans", "--bits", "4", "--runs", "5", "--json", "-o", "k.onnx"],
+    "bad-bits": ["quantize", "digits.onnx", "--mode", "static", "--bits", "4"],
+}
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    def prepare(key):
+        folder = tmp_path_factory.mktemp(key)
+        shutil.copy(DIGITS, folder / "digits.onnx")
+        shutil.copy(DIGITS_EVAL, folder / "digits_eval.npz")
+        np.savez(folder / "other.npz", pixels=np.zeros((4, 1, 8, 8), np.float32))
+        if RUNS[key] == "requantize":
+            def both():
+                first = run_mcomp(*RUNS["static"], cwd=folder)
+                assert first.returncode == 0, first.explain()
+                return run_mcomp("quantize", "digits.quantize.onnx", "--data", "digits_eval.npz", "-o", "twice.onnx",
+                                 cwd=folder)
+            return both
+        return lambda: run_mcomp(*RUNS[key], cwd=folder)
+
+    batch = Batch(prepare, selected_keys(request, sys.modules[__name__]))
+    yield batch
+    batch.close()
+
+
+@uses("static")
+def test_static_writes_the_model_the_report_and_the_explain_table(runs):
+    res = runs["static"]
+    assert res.returncode == 0, res.explain()
+    report = json.loads((res.folder / "digits.quantize.report.json").read_text())
+    step = report["steps"][0]
+    assert step["pass"] == "quantize" and step["modified"]
+    assert step["changes"]["explain"] and "sqnr_db" in step["changes"]["explain"][0]
+    assert report["accuracy"]["known"] and report["accuracy"]["drop"] <= 0.005
+    assert "per-layer error" in res.stderr and "step quantize" in res.stderr
+
+
+@uses("guarded")
+def test_the_default_is_never_slower_than_the_input(runs):
+    res = runs["guarded"]
+    assert res.returncode == 0, res.explain()
+    changes = json.loads((res.folder / "guarded.report.json").read_text())["steps"][0]["changes"]
+    guard = changes.get("latency_guard")
+    assert guard is not None
+    assert changes.get("unchanged") or guard["faster"]
+
+
+@uses("gate")
+def test_min_speedup_is_a_gate_with_exit_3_and_nothing_written(runs):
+    res = runs["gate"]
+    assert res.returncode == 3, res.explain()
+    assert "min_speedup" in res.stderr
+    assert not (res.folder / "gated.onnx").exists()
+
+
+@uses("requantize")
+def test_an_already_quantized_model_is_refused_with_exit_2(runs):
+    res = runs["requantize"]
+    assert res.returncode == 2, res.explain()
+    assert "already quantized" in res.stderr and "--force" in res.stderr
+
+
+@uses("no-data", "wrong-data")
+def test_calibration_data_errors_are_clear(runs):
+    res = runs["no-data"]
+    assert res.returncode == 2 and "needs calibration data" in res.stderr, res.explain()
+    res = runs["wrong-data"]
+    assert res.returncode == 2 and "do not match the model's inputs" in res.stderr, res.explain()
+    assert not (res.folder / "digits.quantize.onnx").exists()
+
+
+@uses("kmeans")
+def test_kmeans_reports_the_deployable_size_as_json(runs):
+    res = runs["kmeans"]
+    assert res.returncode == 0, res.explain()
+    changes = json.loads(res.out)["steps"][0]["changes"]
+    assert changes["bytes"]["deployable_huffman"] < changes["bytes"]["float32"] / 5
+
+
+@uses("bad-bits")
+def test_bad_options_are_exit_2(runs):
+    res = runs["bad-bits"]
+    assert res.returncode == 2 and "bits" in res.stderr, res.explain()

@@ -1,0 +1,350 @@
+"""The quantize pass on tiny graphs built here and on the embedded digits CNN."""
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from helpers import conv_bn_relu, run
+from mcomp import data
+from mcomp.embedded import builtin_path
+from mcomp.errors import BadInput
+from mcomp.model import copy, load, to_proto
+from mcomp.pass_base import Context
+from mcomp.passes.quantize import Quantize
+
+CPU = ["CPUExecutionProvider"]
+
+
+def ctx_with(dataset=None, evaluation=None) -> Context:
+    roles = {}
+    if dataset is not None:
+        roles["calibration"] = dataset
+    if evaluation is not None or dataset is not None:
+        roles["evaluation"] = evaluation or dataset
+    return Context(data=roles, providers=CPU)
+
+
+def feeds_for(shape, n=8, seed=0, name="x"):
+    rng = np.random.default_rng(seed)
+    return data.Dataset([{name: rng.standard_normal(shape).astype(np.float32)} for _ in range(n)], None, False, "test")
+
+
+def ops(model: ir.Model) -> set[str]:
+    return {n.op_type for n in model.graph}
+
+
+def cosine(a, b):
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model = load(builtin_path("digits")).model
+    train = data.load(builtin_path("digits-train"), model)
+    evaluation = data.load(builtin_path("digits-eval"), model)
+    return model, train, evaluation
+
+
+def mlp(dims=(256, 512, 512, 256), seed=0) -> ir.Model:
+    """x[N,256] → (MatMul → Add → Relu) × 3: MatMul-heavy."""
+    rng = np.random.default_rng(seed)
+    nodes, inits, prev = [], [], "x"
+    for i in range(len(dims) - 1):
+        w = (rng.standard_normal((dims[i], dims[i + 1])) / np.sqrt(dims[i])).astype(np.float32)
+        inits += [onnx.numpy_helper.from_array(w, f"w{i}"),
+                  onnx.numpy_helper.from_array((rng.standard_normal(dims[i + 1]) * 0.1).astype(np.float32), f"b{i}")]
+        nodes += [onnx.helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"),
+                  onnx.helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"], name=f"add{i}")]
+        prev = f"a{i}"
+        if i < len(dims) - 2:
+            nodes.append(onnx.helper.make_node("Relu", [prev], [f"r{i}"], name=f"relu{i}"))
+            prev = f"r{i}"
+    graph = onnx.helper.make_graph(nodes, "mlp", [onnx.helper.make_tensor_value_info("x", 1, ["N", dims[0]])],
+                                   [onnx.helper.make_tensor_value_info(prev, 1, ["N", dims[-1]])], inits)
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def elementwise() -> ir.Model:
+    """Abs → Add → Sqrt on a [1,16,64,64] tensor: no weights, nothing for int8 kernels to win."""
+    c = onnx.numpy_helper.from_array(np.full((1, 16, 1, 1), 0.5, np.float32), "c")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Abs", ["x"], ["a"], name="abs"),
+         onnx.helper.make_node("Add", ["a", "c"], ["b"], name="add"),
+         onnx.helper.make_node("Sqrt", ["b"], ["y"], name="sqrt")],
+        "elementwise", [onnx.helper.make_tensor_value_info("x", 1, [1, 16, 64, 64])],
+        [onnx.helper.make_tensor_value_info("y", 1, [1, 16, 64, 64])], [c])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def test_static_on_a_tiny_conv_net_writes_qdq_that_runs():
+    model = conv_bn_relu()
+    ds = feeds_for((2, 3, 8, 8))
+    result = Quantize(latency_guard=False)(copy(model), ctx_with(ds))
+    assert result.modified
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops(result.model)
+    feed = ds.feeds[0]
+    assert cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
+    m = result.metrics
+    assert "summary" in m and isinstance(m["notes"], list)
+    assert m["target"].startswith("cpu")
+    assert m["calibration"]["method"] == "minmax"
+    assert m["quantized_ops"].get("Conv") == 1
+
+
+def test_digits_static_keeps_accuracy_and_shrinks_weights(digits):
+    model, train, evaluation = digits
+    result = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation))
+    m = result.metrics
+    assert result.modified and m["quantized_ops"]["Conv"] == 3
+    assert m["fidelity"]["accuracy_drop"] <= 0.005
+    assert m["quantized_weight_bytes"]["ratio"] >= 3.8
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(to_proto(result.model).SerializeToString(), providers=CPU)
+    logits = np.concatenate([session.run(None, f)[0] for f in evaluation.feeds])
+    labels = np.concatenate(evaluation.labels)
+    assert np.mean(logits.argmax(1) == labels) >= 0.98
+
+
+def test_activation_type_follows_the_target(digits):
+    model, train, _ = digits
+    result = Quantize(latency_guard=False)(copy(model), ctx_with(train.head(4)))
+    q = [n for n in result.model.graph if n.op_type == "QuantizeLinear"]
+    zero_points = {n.inputs[2].const_value.dtype for n in q}
+    from mcomp.passes.quantize.target import detect
+
+    want = ir.DataType.UINT8 if detect(CPU).activations == "uint8" else ir.DataType.INT8
+    assert zero_points == {want}
+    forced = Quantize(latency_guard=False, activations="int8")(copy(model), ctx_with(train.head(4)))
+    assert {n.inputs[2].const_value.dtype for n in forced.model.graph if n.op_type == "QuantizeLinear"} == {ir.DataType.INT8}
+
+
+def test_a_model_where_quantization_cannot_pay_comes_back_unchanged():
+    model = elementwise()
+    before = to_proto(model).SerializeToString()
+    result = Quantize(guard_runs=20)(model, ctx_with(feeds_for((1, 16, 64, 64), n=4)))
+    assert not result.modified
+    assert result.model is model and to_proto(result.model).SerializeToString() == before
+    assert result.metrics["unchanged"].startswith("not faster")
+    assert any("returned unchanged" in n for n in result.metrics["notes"])
+    assert result.metrics["latency_guard"]["trials"]
+
+
+def test_already_quantized_models_are_refused_unless_forced(digits):
+    model, train, _ = digits
+    quantized = Quantize(latency_guard=False)(copy(model), ctx_with(train.head(4))).model
+    with pytest.raises(BadInput, match="already quantized.*--force"):
+        Quantize()(copy(quantized), ctx_with(train.head(4)))
+    again = Quantize(force=True, latency_guard=False)(copy(quantized), ctx_with(train.head(4)))
+    assert again.metrics["summary"]
+
+
+def test_static_needs_enough_calibration_data(digits):
+    model, train, _ = digits
+    with pytest.raises(BadInput, match="static mode needs calibration data"):
+        Quantize()(copy(model), Context(providers=CPU))
+    tiny = data.Dataset([{"image": train.feeds[0]["image"][:2]}], None, False, "tiny.npz")
+    with pytest.raises(BadInput, match="too few"):
+        Quantize()(copy(model), ctx_with(tiny))
+
+
+def test_random_calibration_is_flagged(digits):
+    model, _, _ = digits
+    random = data.load("random", model)
+    result = Quantize(latency_guard=False)(copy(model), ctx_with(random))
+    assert any(n.startswith("WARNING: calibrated on random data") for n in result.metrics["notes"])
+
+
+def test_exclude_by_op_type_name_and_previous_report(digits, tmp_path):
+    model, train, _ = digits
+    ds = train.head(4)
+    no_conv = Quantize(latency_guard=False, exclude=["Conv"])(copy(model), ctx_with(ds))
+    assert "Conv" not in no_conv.metrics["quantized_ops"]
+    assert set(no_conv.metrics["exclusions"]) == {"node_conv2d", "node_conv2d_1", "node_conv2d_2"}
+    by_glob = Quantize(latency_guard=False, exclude=["node_linear*"])(copy(model), ctx_with(ds))
+    assert "Gemm" not in by_glob.metrics["quantized_ops"]
+    report = tmp_path / "previous.report.json"
+    report.write_text(json.dumps({"steps": [{"pass": "quantize", "changes": no_conv.metrics}]}, default=str))
+    reused = Quantize(latency_guard=False, exclude=[str(report)])(copy(model), ctx_with(ds))
+    assert reused.metrics["exclusions"] == no_conv.metrics["exclusions"]
+    with pytest.raises(BadInput, match="no such report"):
+        Quantize(exclude=[str(tmp_path / "missing.json")])(copy(model), ctx_with(ds))
+
+
+def test_fidelity_budget_sends_the_most_sensitive_layers_back(digits):
+    model, train, evaluation = digits
+    full = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation)).metrics["fidelity"]["cosine"]
+    floor = 1 - (1 - full) / 4  # a quarter of the full model's error
+    result = Quantize(latency_guard=False, min_fidelity=floor)(copy(model), ctx_with(train, evaluation))
+    m = result.metrics
+    assert m["budget"]["trials"] and m["budget"]["sensitivity"]
+    if result.modified:
+        assert m["fidelity"]["cosine"] >= floor
+        assert m["float_nodes_from_search"]
+    assert [t["float_groups"] for t in m["budget"]["trials"]][0] == 0
+
+
+def test_accuracy_budget_holds_and_needs_labels(digits):
+    model, train, evaluation = digits
+    result = Quantize(latency_guard=False, max_drop=0.0)(copy(model), ctx_with(train, evaluation))
+    assert result.metrics["fidelity"]["accuracy_drop"] <= 0.0 or not result.modified
+    unlabelled = data.Dataset(evaluation.feeds, None, False, "no labels")
+    with pytest.raises(BadInput, match="--max-drop needs labelled data"):
+        Quantize(latency_guard=False, max_drop=0.01)(copy(model), ctx_with(train, unlabelled))
+
+
+def test_explain_ranks_layers_by_added_noise(digits):
+    model, train, evaluation = digits
+    m = Quantize(latency_guard=False, explain=True)(copy(model), ctx_with(train.head(8), evaluation)).metrics
+    rows = m["explain"]
+    assert {"node", "op_type", "sqnr_db", "cosine", "added_noise_db", "status"} <= set(rows[0])
+    convs = [r for r in rows if r["op_type"] == "Conv"]
+    assert len(convs) == 3 and all(r["sqnr_db"] > 20 and r["cosine"] > 0.99 for r in convs)
+    added = [r["added_noise_db"] if r["added_noise_db"] is not None else float("inf") for r in rows]
+    assert added == sorted(added)  # the most noise added (lowest dB) first
+
+
+def test_opset_11_is_upgraded_for_per_channel_and_the_report_says_so():
+    proto = to_proto(conv_bn_relu())
+    proto.opset_import[0].version = 11
+    model = ir.serde.deserialize_model(proto)
+    result = Quantize(latency_guard=False)(model, ctx_with(feeds_for((2, 3, 8, 8))))
+    assert any("opset upgraded 11 → 13" in n for n in result.metrics["notes"])
+    assert result.model.opset_imports[""] == 13
+    per_tensor = Quantize(latency_guard=False, per_channel=False)(copy(model), ctx_with(feeds_for((2, 3, 8, 8))))
+    assert not any("opset upgraded 11 → 13" in n for n in per_tensor.metrics["notes"])
+
+
+def lstm_then_matmul() -> ir.Model:
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((1, 32, 8)).astype(np.float32) * 0.3
+    r = rng.standard_normal((1, 32, 8)).astype(np.float32) * 0.3
+    head = rng.standard_normal((8, 64)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("LSTM", ["x", "W", "R"], ["y", "h"], hidden_size=8, name="lstm"),
+         onnx.helper.make_node("Squeeze", ["h", "axes"], ["hs"], name="squeeze"),
+         onnx.helper.make_node("MatMul", ["hs", "head"], ["out"], name="head")],
+        "lstm", [onnx.helper.make_tensor_value_info("x", 1, [4, 1, 8])],
+        [onnx.helper.make_tensor_value_info("out", 1, [1, 64])],
+        [onnx.numpy_helper.from_array(w, "W"), onnx.numpy_helper.from_array(r, "R"),
+         onnx.numpy_helper.from_array(head, "head"), onnx.numpy_helper.from_array(np.array([0], np.int64), "axes")])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 14)])
+    proto.ir_version = 8
+    return ir.serde.deserialize_model(proto)
+
+
+def test_lstm_stays_float_with_a_reason_and_dynamic_quantizes_it():
+    ds = feeds_for((4, 1, 8))
+    static = Quantize(latency_guard=False, min_fidelity=0)(lstm_then_matmul(), ctx_with(ds))
+    reasons = {r["node"]: r["reason"] for r in static.metrics["float_reasons"]}
+    assert "recurrent" in reasons["lstm"]
+    assert "LSTM" in ops(static.model) and static.metrics["quantized_ops"].get("MatMul") == 1
+    dynamic = Quantize(mode="dynamic", latency_guard=False, min_fidelity=0)(lstm_then_matmul(), ctx_with(ds))
+    assert "DynamicQuantizeLSTM" in ops(dynamic.model)
+
+
+def test_if_subgraphs_stay_float_with_a_reason(digits):
+    branch = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["x"], ["bx"])], "b", [],
+                                    [onnx.helper.make_tensor_value_info("bx", 1, None)])
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("If", ["flag"], ["i"], then_branch=branch, else_branch=branch, name="if"),
+         onnx.helper.make_node("Conv", ["i", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+        "g", [onnx.helper.make_tensor_value_info("x", 1, [1, 3, 8, 8]),
+              onnx.helper.make_tensor_value_info("flag", onnx.TensorProto.BOOL, [])],
+        [onnx.helper.make_tensor_value_info("y", 1, [1, 4, 8, 8])], [w])
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    proto.ir_version = 8
+    rng = np.random.default_rng(0)
+    ds = data.Dataset([{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(True)}
+                       for _ in range(4)], None, False, "test")
+    result = Quantize(latency_guard=False)(ir.serde.deserialize_model(proto), ctx_with(ds))
+    reasons = {r["node"]: r["reason"] for r in result.metrics["float_reasons"]}
+    assert "subgraphs" in reasons["if"]
+    assert result.metrics["quantized_ops"].get("Conv") == 1
+
+
+def test_dynamic_quantizes_matmuls():
+    ds = feeds_for((1, 256))
+    result = Quantize(mode="dynamic", latency_guard=False)(mlp(), ctx_with(ds))
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops(result.model) or "DynamicQuantizeMatMul" in ops(result.model)
+    assert result.metrics["quantized_ops"] == {"MatMul": 3}
+    assert result.metrics["fidelity"]["cosine"] > 0.99
+
+
+def test_dynamic_without_data_uses_synthetic_inputs():
+    result = Quantize(mode="dynamic", latency_guard=False)(mlp(), Context(providers=CPU))
+    assert any("synthetic" in n for n in result.metrics["notes"])
+
+
+@pytest.mark.parametrize("bits,block,min_ratio", [(4, 32, 6.0), (8, 32, 3.5)])
+def test_weight_only_block_quantizes_matmuls(bits, block, min_ratio):
+    ds = feeds_for((1, 256))
+    result = Quantize(mode="weight-only", bits=bits, block_size=block, latency_guard=False, min_fidelity=0.9)(mlp(), ctx_with(ds))
+    assert "MatMulNBits" in ops(result.model)
+    assert result.metrics["quantized_weight_bytes"]["ratio"] >= min_ratio
+    assert result.metrics["fidelity"]["cosine"] > 0.95
+
+
+def test_fp16_keeps_float32_io_and_halves_the_weights(digits):
+    model, _, evaluation = digits
+    result = Quantize(mode="fp16", latency_guard=False)(copy(model), ctx_with(None, evaluation))
+    graph = result.model.graph
+    assert graph.inputs[0].dtype == ir.DataType.FLOAT and graph.outputs[0].dtype == ir.DataType.FLOAT
+    assert any(v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT16 for v in graph.initializers.values())
+    wb = result.metrics["weight_bytes"]
+    assert wb["after"] < 0.55 * wb["before"]
+    assert result.metrics["fidelity"]["cosine"] > 0.999
+
+
+def test_kmeans_shares_weights_and_reports_the_huffman_size():
+    model = mlp()
+    result = Quantize(mode="kmeans", bits=4, min_fidelity=0.9)(model, Context(providers=CPU))
+    for name in ("w0", "w1", "w2"):
+        assert len(np.unique(result.model.graph.initializers[name].const_value.numpy())) <= 16
+    m = result.metrics
+    b = m["bytes"]
+    assert b["entropy_bound"] <= b["deployable_huffman"] < b["deployable_fixed_width"] < b["float32"] / 6
+    assert len(m["layers"]) == 3 and all(0 < layer["relative_error"] < 0.2 for layer in m["layers"])
+    assert m["fidelity"]["cosine"] >= 0.9
+
+
+def test_kmeans_keeps_the_costliest_layers_float_for_the_budget():
+    loose = Quantize(mode="kmeans", bits=2, min_fidelity=0)(mlp(), Context(providers=CPU)).metrics
+    floor = 1 - (1 - loose["fidelity"]["cosine"]) / 3
+    strict = Quantize(mode="kmeans", bits=2, min_fidelity=floor)(mlp(), Context(providers=CPU)).metrics
+    assert strict["fidelity"]["cosine"] >= floor
+    assert 0 < sum(not layer["shared"] for layer in strict["layers"]) < 3
+    assert strict["bytes"]["deployable_huffman"] > loose["bytes"]["deployable_huffman"]
+
+
+def test_options_are_validated():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="weight-only bits must be 4 or 8"):
+        Quantize.Config(mode="weight-only", bits=3)
+    with pytest.raises(ValidationError, match="bits applies to"):
+        Quantize.Config(mode="static", bits=4)
+    with pytest.raises(ValidationError, match="power of 2"):
+        Quantize.Config(mode="weight-only", block_size=48)
+
+
+def test_calibration_methods_give_their_own_ranges(digits):
+    model, train, _ = digits
+
+    def scales(method):
+        result = Quantize(latency_guard=False, calibration=method, min_fidelity=0)(copy(model), ctx_with(train))
+        values = result.model.graph.initializers
+        return np.array([float(values[k].const_value.numpy()) for k in ("relu_1_scale", "relu_2_scale")])
+
+    minmax, percentile, entropy = scales("minmax"), scales("percentile"), scales("entropy")
+    assert np.all(percentile < minmax) and np.all(entropy < minmax)  # both clip the rare largest activations
+    assert not np.allclose(percentile, entropy)
