@@ -7,11 +7,13 @@ import typer
 from mcomp import __version__
 from mcomp.cli.cmd_bench import bench
 from mcomp.cli.cmd_compare import compare
+from mcomp.cli.cmd_distill import distill
 from mcomp.cli.cmd_export import export
 from mcomp.cli.cmd_inspect import inspect
 from mcomp.cli.cmd_optimize import optimize
 from mcomp.cli.cmd_passes import passes
 from mcomp.cli.cmd_prune import prune
+from mcomp.cli.cmd_quantize import quantize
 from mcomp.cli.cmd_run import run as run_pipeline
 
 EPILOG = "Exit codes: 0 done; 1 internal failure; 2 bad usage or input; 3 a quality gate failed (nothing written)."
@@ -32,7 +34,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
     """Model compression from the command line."""
 
 
-for command in (inspect, prune, optimize, run_pipeline, bench, compare, export, passes):
+for command in (inspect, prune, distill, quantize, optimize, run_pipeline, bench, compare, export, passes):
     app.command(name=command.__name__ if command is not run_pipeline else "run", epilog=EPILOG)(command)
 
 

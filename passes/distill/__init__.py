@@ -1,0 +1,118 @@
+"""Knowledge distillation (``mcomp distill``): train a pruned or quantized student against its teacher.
+
+The student is an ONNX graph turned into a trainable torch copy (``mcomp.torch_graph``);
+after training its weights are written back into the same graph, so names, dynamic axes,
+the pruned shapes and the Q/DQ nodes and scales of a quantized student stay as they were.
+The parts: the teacher and its outputs (``teacher``), the examples (``samples``), the loss
+(``objective`` over ``mcomp.kernels.losses``), the loop (``train``, with the schedules of
+``mcomp.kernels.schedules``), data parallelism (``ddp``), quantized weights (``qdq``) and
+weights taken from the teacher (``warmstart``).
+
+```yaml
+steps:
+  - prune: {method: structured, rate: 0.5}
+  - distill: {epochs: 20, temperature: 4.0, alpha: 0.3}   # teacher: the pipeline's input model
+  - distill: {teacher: big.onnx, hints: ["relu_2=relu_5"], schedule: polynomial, lr_power: 2}
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import ClassVar, Literal
+
+import onnx_ir as ir
+from pydantic import Field
+
+from mcomp.kernels.schedules import KINDS
+from mcomp.pass_base import Context, Pass, PassConfig, PassResult
+
+
+class Distill(Pass):
+    """Trains the model (the student) to match a teacher's outputs, with the labels where there are some."""
+
+    name: ClassVar[str] = "distill"
+    summary: ClassVar[str] = "knowledge distillation from a teacher; recovers accuracy after pruning and quantization"
+    needs: ClassVar[frozenset[str]] = frozenset({"data"})
+
+    class Config(PassConfig):
+        teacher: str | None = Field(None, description="teacher model (ONNX or PyTorch checkpoint) [default: the "
+                                                      "pipeline's input model]")
+        teacher_arch: str | None = Field(None, description="module:factory for a state_dict teacher")
+        epochs: int = Field(20, ge=1, le=100000)
+        batch_size: int = Field(64, ge=1, le=1 << 20, description="examples per step, over all processes")
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+        lr: float = Field(3e-3, gt=0, le=10, description="base learning rate")
+        momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum (Nesterov)")
+        weight_decay: float = Field(1e-4, ge=0, le=1)
+        schedule: Literal[KINDS] = Field("cosine", description="learning-rate schedule after warm-up")
+        warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up from lr/steps to lr")
+        lr_decay: float = Field(0.1, gt=0, description="step: factor γ; exponential/inverse-time: rate k per epoch")
+        lr_step_epochs: float = Field(10, gt=0, description="step: epochs between decays")
+        lr_power: float = Field(1.0, gt=0, description="polynomial: exponent α of (1 − t/T)^α")
+        min_lr: float = Field(0.0, ge=0, description="floor of every schedule (cosine ends there)")
+        temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of the soft targets")
+        alpha: float = Field(0.3, ge=0, le=1, description="weight of the task loss with labels (soft targets: 1 − alpha)")
+        hints: list[str] = Field(default_factory=lambda: ["auto"], description="feature losses: STUDENT_TENSOR="
+                                 "TEACHER_TENSOR (or one name in both); [auto]: the inputs of the last two layers named "
+                                 "alike in both (a pruned student's); []: none")
+        hint_weight: float = Field(1.0, ge=0, description="weight of each hint loss")
+        val_split: float = Field(0.1, ge=0, lt=1, description="share of the training data held out for validation "
+                                                              "(0: the evaluation data, when it is another set)")
+        monitor: Literal["loss", "accuracy"] = Field("loss", description="what picks the best epoch and stops early: "
+                                                                         "validation loss, or accuracy (with labels)")
+        patience: int = Field(10, ge=0, description="stop after this many epochs without a better validation score (0: never)")
+        clip_grad: float | None = Field(None, gt=0, description="clip the gradient norm to this")
+        keep_sparsity: bool = Field(True, description="pruned (zero) weights stay zero: masks of the tensors with "
+                                                     "at least 5% zeros are re-applied after every step")
+        init_from_teacher: bool = Field(False, description="copy the teacher's weights into same-shaped student weights first")
+        checkpoint_dir: str | None = Field(None, description="write a checkpoint each epoch into this folder")
+        resume: bool = Field(False, description="continue from the checkpoint in checkpoint_dir, if there is one")
+        nproc: int = Field(1, ge=1, le=256, description="data-parallel worker processes to spawn (torch.distributed)")
+        device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available and the "
+                                                                           "provider allows it")
+        seed: int | None = Field(None, description="[default: the pipeline's seed]")
+
+    def call(self, model: ir.Model, ctx: Context) -> PassResult:
+        from mcomp.passes.distill import prepare
+
+        cfg = self.config
+        with _torch_threads(ctx.threads):
+            plan = prepare.plan(model, cfg, ctx)
+            result = _run(plan.job, cfg, ctx)
+            student = prepare.finish(plan, result.state)
+        return PassResult(student, True, prepare.metrics(plan, result, cfg))
+
+
+def _run(job, cfg, ctx: Context):
+    from mcomp.passes.distill import ddp
+    from mcomp.passes.distill.train import fit
+
+    comm = ddp.from_environment(job.device)
+    if comm is not None:  # under torchrun: every process trains its shard; rank 0 reports progress
+        try:
+            device = ddp.device_for(job.device, comm)
+            return fit(job, comm, ctx.progress if comm.rank == 0 else (lambda *a: None), device=device)
+        finally:
+            comm.close()
+    if cfg.nproc > 1:
+        job.threads = ctx.threads or max(1, (os.cpu_count() or 1) // cfg.nproc)
+        return ddp.spawn(cfg.nproc, job, ctx.progress)
+    return fit(job, ddp.Comm(), ctx.progress)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+__all__ = ["Distill"]

@@ -1,0 +1,167 @@
+"""What the student is trained to minimise: soft targets, the task loss, and hints.
+
+``loss = (1 − α) · Σ_outputs R(student, teacher) + α · task(student, labels) + β · Σ_hints hint``
+where ``R`` is ``KL(teacher_T ‖ student_T) · T²`` for classifier-shaped outputs and MSE for
+the others, and ``task`` is cross-entropy (classifier) or MSE (regression) against the labels.
+Without labels the soft targets weigh 1. Hints compare a student tensor, projected to the
+teacher's width by a learned 1×1 map (FitNets), with a teacher tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mcomp.errors import BadInput
+from mcomp.kernels import losses
+from mcomp.kernels.fidelity import is_classifier_shaped
+
+
+@dataclass(frozen=True)
+class OutputKind:
+    name: str
+    kind: str  # "classifier" | "regression" | "ignored" (integer or boolean outputs)
+    probabilities: bool = False  # the graph already ends in a softmax
+
+
+@dataclass(frozen=True)
+class Hint:
+    student: str
+    teacher: str
+    student_channels: int
+    teacher_channels: int
+    scale: float  # the teacher tensor's variance over the training data
+
+
+def output_kinds(names: list[str], teacher_outputs: list[np.ndarray], softmax: set[str] = frozenset()) -> list[OutputKind]:
+    """Classifier outputs are ``[N, classes]`` scores, or any output a Softmax/LogSoftmax makes
+    (``softmax``: their names); other float outputs (boxes, feature maps, [N, C, H, W] maps
+    whose classes are not the last axis) are regression outputs and get MSE."""
+    kinds = []
+    for name, out in zip(names, teacher_outputs):
+        if out.dtype.kind != "f":
+            kinds.append(OutputKind(name, "ignored"))
+        elif is_classifier_shaped(out) and (out.ndim == 2 or name in softmax):
+            probs = bool(out.min() >= 0) and bool(np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
+            kinds.append(OutputKind(name, "classifier", probs))
+        else:
+            kinds.append(OutputKind(name, "regression"))
+    return kinds
+
+
+def task_output(kinds: list[OutputKind]) -> int | None:
+    """The output the labels are for: the first classifier-shaped one, else the first float one."""
+    for wanted in ("classifier", "regression"):
+        for i, k in enumerate(kinds):
+            if k.kind == wanted:
+                return i
+    return None
+
+
+def check_labels(labels: np.ndarray, kinds: list[OutputKind], output: np.ndarray, source: str,
+                 examples: int | None = None) -> np.ndarray:
+    """Labels that fit the task output, or a BadInput naming both shapes (with ``examples``, the
+    size of the whole data set, as the label count); returns them typed."""
+    index = task_output(kinds)
+    if index is None:
+        raise BadInput(f"{source}: labels given, but the model has no floating-point output to train against them")
+    kind, name = kinds[index], kinds[index].name
+    want = list(output.shape[1:])
+    got = list(labels.shape[1:])
+    shown = (examples or labels.shape[0], *got)
+    if kind.kind == "classifier":
+        classes = output.shape[-1]
+        if got == want and labels.dtype.kind == "f":
+            return labels.astype(np.float32)  # soft or one-hot targets
+        if got == want[:-1] and (labels.dtype.kind in "iub" or np.all(np.mod(labels, 1) == 0)):
+            if labels.size and (labels.min() < 0 or labels.max() >= classes):
+                raise BadInput(f"{source}: labels range {int(labels.min())}..{int(labels.max())}, but output "
+                               f"{name!r} has {classes} classes (0..{classes - 1})")
+            return labels.astype(np.int64)
+        raise BadInput(f"{source}: labels of shape {_fmt(shown)} do not fit output {name!r} of shape "
+                       f"{_fmt(('N', *want))}: expected class indices {_fmt(('N', *want[:-1]))} or scores "
+                       f"{_fmt(('N', *want))}")
+    if got != want or labels.dtype.kind not in "fiub":
+        raise BadInput(f"{source}: labels of shape {_fmt(shown)} do not fit regression output {name!r} "
+                       f"of shape {_fmt(('N', *want))}: expected {_fmt(('N', *want))}")
+    return labels.astype(np.float32)
+
+
+def _fmt(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+class Objective(torch.nn.Module):
+    """Per-example loss of a batch; holds the hint projections (trained with the student)."""
+
+    def __init__(self, kinds: list[OutputKind], *, temperature: float, alpha: float, labelled: bool,
+                 hints: list[Hint], hint_weight: float) -> None:
+        super().__init__()
+        self.kinds = kinds
+        self.temperature = temperature
+        self.alpha = alpha if labelled else 0.0
+        self.labelled = labelled
+        self.task = task_output(kinds) if labelled else None
+        self.hints = hints
+        self.hint_weight = hint_weight
+        self.projections = torch.nn.ModuleList(
+            torch.nn.Linear(h.student_channels, h.teacher_channels, bias=True) for h in hints)
+
+    def project(self, i: int, feature: torch.Tensor) -> torch.Tensor:
+        """The student tensor mapped to the teacher's channels (axis 1; the last axis for rank 2)."""
+        moved = feature.movedim(1, -1) if feature.dim() > 2 else feature
+        out = self.projections[i](moved)
+        return out.movedim(-1, 1) if feature.dim() > 2 else out
+
+    def forward(self, student: tuple[torch.Tensor, ...], teacher: list[torch.Tensor],
+                labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        n = len(self.kinds)
+        parts: dict[str, torch.Tensor] = {}
+        soft = None
+        for i, kind in enumerate(self.kinds):
+            if kind.kind == "ignored":
+                continue
+            if kind.kind == "classifier":
+                term = losses.soft_target_kl(student[i], teacher[i], self.temperature, probabilities=kind.probabilities)
+            else:
+                term = losses.mse(student[i], teacher[i])
+            soft = term if soft is None else soft + term
+        total = soft * (1.0 - self.alpha) if soft is not None else 0.0
+        if soft is not None:
+            parts["soft"] = soft
+        if self.task is not None and labels is not None:
+            kind, out = self.kinds[self.task], student[self.task]
+            task = (losses.cross_entropy(out, labels, probabilities=kind.probabilities) if kind.kind == "classifier"
+                    else losses.mse(out, labels))
+            parts["task"] = task
+            total = total + self.alpha * task
+        for j, hint in enumerate(self.hints):
+            term = losses.hint_mse(self.project(j, student[n + j]), teacher[n + j], hint.scale)
+            parts[f"hint:{hint.student}"] = term
+            total = total + self.hint_weight * term
+        return total, parts
+
+    @torch.no_grad()
+    def init_projections(self, student: tuple[torch.Tensor, ...], teacher: list[torch.Tensor]) -> None:
+        """Least-squares start for each projection, on one batch: the student's features already
+        predict the teacher's as well as a linear map can (a pruned student's surviving
+        channels map onto the teacher's at once)."""
+        n = len(self.kinds)
+        for j in range(len(self.hints)):
+            s = _channels_last(student[n + j]).double()
+            t = _channels_last(teacher[n + j]).double()
+            ones = torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
+            design = torch.cat([s, ones], dim=1)
+            ridge = 1e-3 * torch.eye(design.shape[1], dtype=s.dtype, device=s.device)
+            coef = torch.linalg.solve(design.T @ design + ridge, design.T @ t)  # [Cs+1, Ct]
+            self.projections[j].weight.copy_(coef[:-1].T.float())
+            self.projections[j].bias.copy_(coef[-1].float())
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    """[N, C, ...] → [N·…, C] rows of channel vectors."""
+    if x.dim() > 2:
+        x = x.movedim(1, -1)
+    return x.reshape(-1, x.shape[-1]).float()

@@ -1,0 +1,294 @@
+"""Before and after the loop: teacher, examples and checks in; trained weights back into the graph.
+
+Every check that can fail on bad input runs here, before anything is trained or written:
+data that does not feed the models, a student whose outputs do not match the teacher's,
+labels of the wrong shape, unknown hint tensors, a graph the torch copy cannot run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+
+from mcomp import model as model_io
+from mcomp.errors import BadInput
+from mcomp.pass_base import Context
+from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io
+from mcomp.passes.distill.objective import Hint, check_labels, output_kinds
+from mcomp.passes.distill.train import FitResult, Job
+
+
+@dataclass
+class Plan:
+    job: Job
+    student: ir.Model  # the copy that is trained and returned (quantized weights exposed)
+    shadows: list[qdq.Shadow]
+    teacher_source: str
+    teacher_run: teacher_io.TeacherRun
+    validation: str
+    warmstart: dict | None
+    qdq_before: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    changed_quantized: int = 0
+
+
+def device(cfg, ctx: Context) -> str:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise BadInput("distill: --device cuda, but torch sees no CUDA device here")
+    if cfg.device == "cpu" or ctx.provider == "cpu":
+        return "cpu"
+    return "cuda" if cuda else "cpu"
+
+
+def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
+    from mcomp.passes.distill import warmstart
+
+    notes: list[str] = []
+    data = ctx.dataset("training", "calibration")
+    if data is None:
+        raise BadInput("distill: needs training data (--data PATH)")
+    if data.synthetic:
+        notes.append("trained on synthetic inputs ('random' data): the student learns the teacher on noise only")
+    dev, seed = device(cfg, ctx), (cfg.seed if cfg.seed is not None else ctx.seed)
+    teacher, source = teacher_io.load(cfg.teacher, cfg.teacher_arch, ctx.reference, model, ctx.input_shapes)
+    mapping = teacher_io.input_map(teacher, model)
+    student = model_io.copy(model)
+    qdq_before = qdq.count_qdq(student)
+    warm = warmstart.copy_matching(student, teacher) if cfg.init_from_teacher else None
+    shadows = qdq.expose(student)
+    s_hints, t_hints = _hint_pairs(cfg.hints, student, teacher, notes)
+    trained = teacher_io.with_outputs(student, s_hints, "student")
+    runner = teacher_io.Teacher(teacher_io.with_outputs(teacher, t_hints, "teacher"), mapping,
+                                [v.name for v in teacher.graph.outputs] + t_hints, ctx.providers, ctx.threads, dev)
+    examples = samples_io.from_dataset(data, "training")
+    train, val, validation = _validation(cfg, ctx, data, examples, seed)
+    fixed = _fixed_batch(model, trained, train, cfg.batch_size, notes)
+    batch = fixed or min(cfg.batch_size, len(train))
+
+    # Checks on a few examples first: the teacher and the student run, and their outputs match.
+    probe = np.arange(min(len(train), fixed or 8))
+    runner.choose_backend(train.batch(probe))
+    n_out = len(teacher.graph.outputs)
+    names = [v.name for v in student.graph.outputs]
+    student_out = _probe_student(trained, train.batch(probe))
+    teacher_out = runner(train.batch(probe))
+    _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, [v.name for v in teacher.graph.outputs])
+    kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student))
+    if all(k.kind == "ignored" for k in kinds):
+        raise BadInput("distill: the model has no floating-point output to distill")
+    for part, where, count in ((train, data.source, len(examples)), (val, validation.source, validation.count)):
+        if part is not None and part.labels is not None:
+            part.labels = check_labels(part.labels, kinds, _task_target(kinds, teacher_out), where, count)
+
+    train_targets = runner.targets(train, max(batch, 64), ctx.progress)
+    val_targets = runner.targets(val, max(batch, 64)) if val is not None else None
+    runner.close()
+    hints = _hints(s_hints, t_hints, student_out[len(names):], train_targets[n_out:])
+    job = Job(model_io.to_bytes(trained), kinds, hints, train, train_targets, val, val_targets, cfg, seed, dev,
+              batch, fixed, cfg.checkpoint_dir, cfg.resume, ctx.threads)
+    return Plan(job, student, shadows, source, runner.run, validation.text, warm, qdq_before, notes + runner.run.notes)
+
+
+@dataclass
+class _Validation:
+    text: str  # for the report
+    source: str  # where the validation examples come from (for error messages)
+    count: int  # examples in that source
+
+
+def _validation(cfg, ctx: Context, data, examples: samples_io.Samples, seed: int):
+    """Training and validation examples: a split of the training data, or the evaluation data."""
+    evaluation = ctx.data.get("evaluation")
+    if cfg.val_split > 0 or evaluation is None or evaluation is data:
+        train, val = samples_io.split(examples, cfg.val_split, seed)
+        text = (f"{len(val)} of {len(examples)} training examples held out (val_split {cfg.val_split})"
+                if val is not None else "none (the best epoch is the last)")
+        return train, val, _Validation(text, data.source, len(examples))
+    val = samples_io.from_dataset(evaluation, "evaluation")
+    return examples, val, _Validation(f"the evaluation data ({evaluation.source}, {len(val)} examples)",
+                                      evaluation.source, len(val))
+
+
+def _hint_pairs(hints: list[str], student: ir.Model, teacher: ir.Model, notes: list[str]) -> tuple[list[str], list[str]]:
+    if hints == ["auto"]:
+        names = auto_hints(student, teacher)
+        notes.append(f"hints (auto): {', '.join(names)}" if names else
+                     "hints (auto): no layer input named alike in student and teacher; soft targets only")
+        return names, names
+    return _hint_names([h for h in hints if h != "none"])
+
+
+def _fixed_batch(model: ir.Model, trained: ir.Model, train: samples_io.Samples, batch_size: int,
+                 notes: list[str]) -> int | None:
+    """The batch each process must train with when the model's batch dim is fixed (else None)."""
+    fixed = teacher_io.fixed_batch_of(model)
+    if fixed and _runs_any_batch(trained, train, fixed):
+        notes.append(f"the model's batch dim is fixed at {fixed}, but its graph runs any batch: trained in batches "
+                     f"of {batch_size} (the written model keeps its fixed batch)")
+        return None
+    if fixed:
+        notes.append(f"the model's batch dim is fixed at {fixed}: each process trains {fixed} example(s) per step")
+    return fixed
+
+
+def _softmax_outputs(model: ir.Model) -> set[str]:
+    """Outputs made by a Softmax or LogSoftmax over the last axis."""
+    out = set()
+    for v in model.graph.outputs:
+        node = v.producer()
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.attributes.get_int("axis", -1) in (
+                -1, len(v.shape or ()) - 1):
+            out.add(v.name)
+    return out
+
+
+def _task_target(kinds, targets: list[np.ndarray]) -> np.ndarray:
+    from mcomp.passes.distill.objective import task_output
+
+    return targets[task_output(kinds)]
+
+
+def auto_hints(student: ir.Model, teacher: ir.Model, count: int = 2) -> list[str]:
+    """The inputs of the last ``count`` weight layers (Conv, Gemm, MatMul with a stored weight)
+    that both graphs name alike: the deepest features, where a pruned student has fewer channels."""
+    def layer_inputs(model: ir.Model) -> list[str]:
+        graph_inputs = {v.name for v in model.graph.inputs}
+        names = []
+        for node in model.graph:
+            if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.inputs) > 1 and node.inputs[1] is not None \
+                    and node.inputs[1].const_value is not None and node.inputs[0] is not None \
+                    and node.inputs[0].name not in graph_inputs and node.inputs[0].name not in names:
+                names.append(node.inputs[0].name)
+        return names
+
+    theirs = set(layer_inputs(teacher))
+    return [n for n in layer_inputs(student) if n in theirs][-count:]
+
+
+def _hint_names(hints: list[str]) -> tuple[list[str], list[str]]:
+    pairs = [h.split("=", 1) if "=" in h else [h, h] for h in hints]
+    for s, t in pairs:
+        if not s.strip() or not t.strip():
+            raise BadInput(f"distill: hint {'='.join((s, t))!r}: expected STUDENT_TENSOR=TEACHER_TENSOR")
+    return [s.strip() for s, _ in pairs], [t.strip() for _, t in pairs]
+
+
+def _probe_student(trained: ir.Model, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The torch copy of the student on a few examples: its outputs (and hint tensors)."""
+    import torch
+
+    from mcomp.torch_graph import to_torch
+
+    module = to_torch(trained)  # UnsupportedOp (exit 2) for graphs the converter cannot run
+    try:
+        with torch.no_grad():
+            outs = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()})
+    except Exception as exc:
+        raise BadInput(f"distill: the student fails on the data ({' '.join(str(exc).split())[:200]})") from None
+    return [o.numpy() for o in outs]
+
+
+def _runs_any_batch(trained: ir.Model, train: samples_io.Samples, fixed: int) -> bool:
+    """Whether the torch copy gives the same per-example outputs for a batch of 2·fixed as for
+    batches of ``fixed`` (no batch size baked into a Reshape, say)."""
+    import torch
+
+    from mcomp.torch_graph import to_torch
+
+    if len(train) < 2 * fixed:
+        return False
+    module = to_torch(trained)
+    index = np.arange(2 * fixed)
+    try:
+        with torch.no_grad():
+            tensors = lambda i: {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in train.batch(i).items()}
+            both = module(**tensors(index))
+            parts = [module(**tensors(index[:fixed])), module(**tensors(index[fixed:]))]
+        return all(b.shape[0] == 2 * fixed and torch.allclose(b, torch.cat([p[k] for p in parts]), rtol=1e-4, atol=1e-5)
+                   for k, b in enumerate(both))
+    except Exception:
+        return False
+
+
+def _check_outputs(student: list[np.ndarray], teacher: list[np.ndarray], s_names: list[str], t_names: list[str]) -> None:
+    def fmt(names, arrays):
+        return ", ".join(f"{n} [N, {', '.join(str(d) for d in a.shape[1:])}]".replace(", ]", "]")
+                         for n, a in zip(names, arrays))
+
+    same = len(student) == len(teacher) and all(s.shape[1:] == t.shape[1:] for s, t in zip(student, teacher))
+    if not same:
+        raise BadInput(f"distill: the student's outputs ({fmt(s_names, student)}) do not match the teacher's "
+                       f"({fmt(t_names, teacher)})")
+
+
+def _hints(s_names, t_names, student: list[np.ndarray], teacher: list[np.ndarray]) -> list[Hint]:
+    hints = []
+    for s_name, t_name, s, t in zip(s_names, t_names, student, teacher):
+        if s.ndim != t.ndim or s.shape[2:] != t.shape[2:] or s.ndim < 2:
+            raise BadInput(f"distill: hint {s_name}={t_name}: shapes {list(s.shape[1:])} and {list(t.shape[1:])} "
+                           "differ in more than the channel axis (1)")
+        hints.append(Hint(s_name, t_name, int(s.shape[1]), int(t.shape[1]), float(np.var(t))))
+    return hints
+
+
+def finish(plan: Plan, state: dict) -> ir.Model:
+    """The trained weights written into the student graph; quantized weights rounded back."""
+    from mcomp.torch_graph import to_torch, write_back
+
+    module = to_torch(plan.student)
+    module.load_state_dict({k: v for k, v in state.items() if k in module.state_dict()}, strict=False)
+    write_back(module, plan.student)
+    plan.changed_quantized = qdq.restore(plan.student, plan.shadows)
+    return plan.student
+
+
+def metrics(plan: Plan, result: FitResult, cfg) -> dict:
+    history = result.history
+    first, best = history[0], next((h for h in history if h["epoch"] == result.best_epoch), history[-1])
+    ran = history[-1]["epoch"] - (result.resumed_from or 0)
+    if "val_accuracy" in first:
+        score = f"val accuracy {first['val_accuracy']:.2%} → {best['val_accuracy']:.2%}"
+    elif "val_loss" in first:
+        score = f"val loss {first['val_loss']:.4f} → {best['val_loss']:.4f}"
+    else:
+        score = f"train loss {history[1]['loss']:.4f} → {history[-1]['loss']:.4f}" if len(history) > 1 else "no epochs run"
+    seconds = f"{result.seconds_per_epoch:.2f} s/epoch" if result.seconds_per_epoch is not None else "no epochs run"
+    procs = f", {result.world} processes" if result.world > 1 else ""
+    summary = (f"{history[-1]['epoch']} epochs{' (stopped early)' if result.stopped_early else ''}, best epoch "
+               f"{result.best_epoch}: {score}; {seconds}{procs}; teacher on {plan.teacher_run.backend}")
+    notes = list(plan.notes) + list(result.notes)
+    if result.resumed_from is not None:
+        notes.append(f"resumed from the checkpoint after epoch {result.resumed_from}; {ran} epochs run now")
+    if plan.shadows:
+        notes.append(f"quantized student: {len(plan.shadows)} integer weight tensors trained through fake "
+                     f"quantization and rounded back with their scales ({plan.changed_quantized} changed)")
+    job = plan.job
+    labelled = job.train.labels is not None
+    out = {
+        "summary": summary, "notes": notes, "history": history, "best_epoch": result.best_epoch,
+        "stopped_early": result.stopped_early, "seconds_per_epoch": result.seconds_per_epoch,
+        "teacher": {"source": plan.teacher_source, "backend": plan.teacher_run.backend,
+                    "microseconds_per_example": plan.teacher_run.timings},
+        "loss": {"outputs": {k.name: ("KL·T²" if k.kind == "classifier" else "MSE" if k.kind == "regression"
+                                      else "none") for k in job.kinds},
+                 "temperature": cfg.temperature, "alpha": cfg.alpha if labelled else 0.0,
+                 "task": "labels" if labelled else "none (no labels: soft targets only)",
+                 "hints": [f"{h.student}={h.teacher}" for h in job.hints]},
+        "data": {"training_examples": len(job.train), "validation": plan.validation},
+        "training": {"device": job.device, "processes": result.world, "batch_size": job.batch_size,
+                     "optimizer": cfg.optimizer, "lr": cfg.lr, "schedule": cfg.schedule,
+                     "warmup_epochs": cfg.warmup_epochs, "seed": job.seed},
+    }
+    if plan.shadows:
+        out["quantized"] = {"tensors": len(plan.shadows), "changed": plan.changed_quantized,
+                            "qdq_nodes": plan.qdq_before}
+    if plan.warmstart is not None:
+        out["init_from_teacher"] = {k: v for k, v in plan.warmstart.items() if k != "pairs"}
+        notes.append(f"init from teacher: {plan.warmstart['copied']} of {plan.warmstart['student_weights']} "
+                     "weights copied")
+    return out

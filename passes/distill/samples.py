@@ -1,0 +1,104 @@
+"""Training examples: a Dataset's feeds joined along the batch axis, split and shuffled.
+
+A ``Dataset`` is a list of feeds (batches); training wants examples it can shuffle and
+re-batch. ``Samples`` holds one array per input with the examples along axis 0 (inputs
+the same in every feed, such as an RNN state, are kept apart as constants) and the labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mcomp.data import Dataset
+from mcomp.errors import BadInput
+
+
+@dataclass
+class Samples:
+    inputs: dict[str, np.ndarray]  # examples along axis 0
+    labels: np.ndarray | None = None
+    constants: dict[str, np.ndarray] = field(default_factory=dict)  # fed unchanged with every batch
+
+    def __len__(self) -> int:
+        return next(iter(self.inputs.values())).shape[0]
+
+    def take(self, index: np.ndarray) -> "Samples":
+        return Samples({k: v[index] for k, v in self.inputs.items()},
+                       None if self.labels is None else self.labels[index], self.constants)
+
+    def batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
+        return {**{k: v[index] for k, v in self.inputs.items()}, **self.constants}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """For saving (the workers of ``--nproc`` read them back with :func:`from_arrays`)."""
+        out = {f"input:{k}": v for k, v in self.inputs.items()}
+        out.update({f"const:{k}": v for k, v in self.constants.items()})
+        if self.labels is not None:
+            out["labels"] = self.labels
+        return out
+
+
+def from_arrays(arrays) -> Samples:
+    inputs = {k[6:]: np.asarray(arrays[k]) for k in arrays if k.startswith("input:")}
+    constants = {k[6:]: np.asarray(arrays[k]) for k in arrays if k.startswith("const:")}
+    return Samples(inputs, np.asarray(arrays["labels"]) if "labels" in arrays else None, constants)
+
+
+def from_dataset(dataset: Dataset, role: str) -> Samples:
+    """Joins the feeds of ``dataset`` along axis 0; labels must give one entry per example."""
+    feeds = dataset.feeds
+    names = list(feeds[0])
+    first = feeds[0][names[0]]
+    if first.ndim == 0:
+        raise BadInput(f"{role} data: input {names[0]!r} is a scalar; training needs examples along a batch axis")
+    counts = [f[names[0]].shape[0] for f in feeds]
+    inputs, constants = {}, {}
+    for name in names:
+        arrays = [f[name] for f in feeds]
+        same = all(a is arrays[0] for a in arrays) and len(arrays) > 1
+        if same or arrays[0].ndim == 0 or any(a.shape[0] != c for a, c in zip(arrays, counts)):
+            constants[name] = arrays[0]
+        else:
+            inputs[name] = np.concatenate(arrays, axis=0)
+    labels = None
+    if dataset.labels is not None:
+        labels = np.concatenate([np.atleast_1d(np.asarray(l)) for l in dataset.labels], axis=0)
+        if labels.shape[0] != sum(counts):
+            raise BadInput(f"{role} data ({dataset.source}): {labels.shape[0]} labels for {sum(counts)} examples")
+    return Samples(inputs, labels, constants)
+
+
+def split(samples: Samples, share: float, seed: int) -> tuple[Samples, Samples | None]:
+    """A seeded, stratified (by label where labels are class indices) hold-out of ``share``."""
+    n = len(samples)
+    held = int(round(n * share))
+    if share <= 0 or held < 1 or n - held < 1:
+        return samples, None
+    rng = np.random.default_rng([seed, 0xD157])
+    labels = samples.labels
+    if labels is not None and labels.ndim == 1 and labels.dtype.kind in "iu":
+        order = rng.permutation(n)
+        by_class = {}
+        for i in order:
+            by_class.setdefault(int(labels[i]), []).append(i)
+        # Round-robin over the classes: every class is held out in proportion to its size.
+        ranked = sorted(((k / len(members), i) for members in by_class.values() for k, i in enumerate(members)))
+        val = np.array(sorted(i for _, i in ranked[:held]))
+    else:
+        val = np.sort(rng.permutation(n)[:held])
+    train = np.setdiff1d(np.arange(n), val)
+    return samples.take(train), samples.take(val)
+
+
+def epoch_order(n: int, seed: int, epoch: int):
+    """The shuffled example order of ``epoch``: a function of the seed and the epoch only, so a
+    resumed run and every data-parallel worker see the same order."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).numpy()
+
+
+def batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]

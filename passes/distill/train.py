@@ -1,0 +1,329 @@
+"""The training loop: epochs of shuffled batches, validation, early stopping, checkpoints.
+
+Everything ``fit`` needs travels in a picklable :class:`Job`, so the same function runs in
+the calling process, under torchrun, or in the workers that ``--nproc`` spawns. The loop is
+deterministic for a seed: the example order of each epoch is a function of the seed and the
+epoch (see ``samples.epoch_order``), so a run resumed from its checkpoint takes the same
+steps as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mcomp.errors import BadInput
+from mcomp.kernels import losses
+from mcomp.kernels.schedules import Schedule
+from mcomp.passes.distill.ddp import Comm
+from mcomp.passes.distill.objective import Hint, Objective, OutputKind
+from mcomp.passes.distill.samples import Samples, batches, epoch_order
+
+CHECKPOINT = "last.pt"
+FORMAT = 1
+
+
+@dataclass
+class Job:
+    model: bytes  # the student as serialized ONNX (quantized weights exposed, hint outputs added)
+    kinds: list[OutputKind]
+    hints: list[Hint]
+    train: Samples
+    train_targets: list[np.ndarray]  # the teacher's outputs then hint tensors, per example
+    val: Samples | None
+    val_targets: list[np.ndarray] | None
+    config: Any  # Distill.Config
+    seed: int
+    device: str
+    batch_size: int  # global, over all workers
+    fixed_batch: int | None  # the model's fixed leading dim, if any (then the per-worker batch)
+    checkpoint: str | None  # folder
+    resume: bool
+    threads: int | None = None
+
+
+@dataclass
+class FitResult:
+    state: dict[str, torch.Tensor]  # the student's weights: best validation epoch, else the last
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+    resumed_from: int | None
+    seconds_per_epoch: float | None
+    world: int
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    step: int = 0
+    best: dict | None = None
+    best_score: tuple | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    stopped: bool = False
+    history: list[dict] = field(default_factory=list)
+
+
+def make_optimizer(cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.momentum > 0)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device: str | None = None) -> FitResult:
+    import onnx
+    import onnx_ir as ir
+
+    from mcomp.torch_graph import to_torch
+
+    device = device or job.device
+    cfg = job.config
+    torch.manual_seed(job.seed)
+    module = to_torch(ir.serde.deserialize_model(onnx.load_model_from_string(job.model))).to(device)
+    objective = Objective(job.kinds, temperature=cfg.temperature, alpha=cfg.alpha,
+                          labelled=job.train.labels is not None, hints=job.hints,
+                          hint_weight=cfg.hint_weight).to(device)
+    if job.hints:
+        first = np.arange(min(len(job.train), 512))
+        with torch.no_grad():
+            outs = module(**_tensors(job.train.batch(first), device))
+        objective.init_projections(outs, [torch.from_numpy(t[first]).to(device) for t in job.train_targets])
+    params = [p for p in itertools.chain(module.parameters(), objective.parameters()) if p.requires_grad]
+    if not any(p.requires_grad for p in module.parameters()):
+        raise BadInput("distill: the student has no trainable weights")
+    optimizer = make_optimizer(cfg, params)
+    masks = _sparsity_masks(module) if cfg.keep_sparsity else {}
+    per_worker = job.fixed_batch
+    global_batch = per_worker * comm.world if per_worker else job.batch_size
+    steps_per_epoch = max(1, len(job.train) // global_batch if per_worker else math.ceil(len(job.train) / global_batch))
+    schedule = Schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs,
+                        decay=cfg.lr_decay, step_epochs=cfg.lr_step_epochs, power=cfg.lr_power, min_lr=cfg.min_lr)
+    folder = Path(job.checkpoint) if job.checkpoint else None
+    fingerprint = _fingerprint(job, module)
+    state, resumed, notes = _State(), None, []
+    if job.resume and folder is not None and (folder / CHECKPOINT).exists():
+        state = _load(folder / CHECKPOINT, fingerprint, module, objective, optimizer, device)
+        resumed = state.epoch
+    else:
+        if job.resume:
+            notes.append(f"--resume: no checkpoint in {folder}; started from the beginning")
+        first = {"epoch": 0, "lr": None, "seconds": 0.0}
+        if job.val is not None:
+            first.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
+            state.best, state.best_score = _snapshot(module), _score(first, cfg.monitor)
+        state.history.append(first)
+    timings = []
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        if state.stopped:
+            break
+        start = time.perf_counter()
+        row = {"epoch": epoch, "lr": schedule(state.step)}
+        row.update(_train_epoch(module, objective, optimizer, params, masks, schedule, state, job, comm, device,
+                                epoch, global_batch, progress))
+        if job.val is not None:
+            row.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
+            score = _score(row, cfg.monitor)
+            if score > state.best_score:
+                state.best, state.best_score, state.best_epoch, state.stale = _snapshot(module), score, epoch, 0
+            else:
+                state.stale += 1
+        row["seconds"] = round(time.perf_counter() - start, 4)
+        timings.append(row["seconds"])
+        state.history.append(row)
+        state.epoch = epoch
+        if cfg.patience and job.val is not None and state.stale >= cfg.patience:
+            state.stopped = True
+        if not math.isfinite(row["loss"]):
+            state.stopped = True
+            notes.append(f"training diverged (loss {row['loss']} in epoch {epoch}): stopped; kept the weights of "
+                         f"epoch {state.best_epoch if job.val is not None else epoch}; try a lower --lr")
+        if folder is not None and comm.rank == 0:
+            _save(folder / CHECKPOINT, fingerprint, state, module, objective, optimizer)
+        progress(_describe(row, cfg.epochs), epoch, cfg.epochs)
+    final = state.best if job.val is not None and state.best is not None else _snapshot(module)
+    if job.val is None:
+        state.best_epoch = state.epoch
+    return FitResult(final, state.history, state.best_epoch, state.stopped, resumed,
+                     round(float(np.mean(timings)), 4) if timings else None, comm.world, notes)
+
+
+def _train_epoch(module, objective, optimizer, params, masks, schedule, state, job, comm, device, epoch, global_batch,
+                 progress) -> dict:
+    module.train()
+    train, targets, labels = job.train, job.train_targets, job.train.labels
+    task = objective.task
+    sums = torch.zeros(3, dtype=torch.float64)  # loss, correct, examples
+    groups = batches(epoch_order(len(train), job.seed, epoch), global_batch)
+    if job.fixed_batch:
+        groups = [g for g in groups if len(g) == global_batch]
+    every = max(1, len(groups) // 10)
+    for b, index in enumerate(groups):
+        local = index[comm.rank::comm.world]
+        lr = schedule(state.step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        if len(local):
+            outs = module(**_tensors(train.batch(local), device))
+            y = torch.from_numpy(labels[local]).to(device) if labels is not None else None
+            per, _ = objective(outs, [torch.from_numpy(t[local]).to(device) for t in targets], y)
+            (per.sum() / len(index)).backward()
+            sums[0] += float(per.detach().sum())
+            sums[2] += len(local)
+            if task is not None and y is not None and objective.kinds[task].kind == "classifier":
+                sums[1] += float(losses.top1_correct(outs[task].detach(), y).sum())
+        comm.sync_grads(params)
+        if job.config.clip_grad:
+            torch.nn.utils.clip_grad_norm_(params, job.config.clip_grad)
+        optimizer.step()
+        for p, mask in masks.items():
+            p.data.mul_(mask)
+        state.step += 1
+        if b % every == 0:
+            progress(f"distill: epoch {epoch}/{job.config.epochs} · batch {b + 1}/{len(groups)} · "
+                     f"loss {sums[0] / max(sums[2], 1):.4f}", epoch - 1, job.config.epochs)
+    comm.allreduce_(sums)
+    out = {"loss": round(float(sums[0] / max(sums[2], 1)), 6)}
+    if labels is not None and task is not None and objective.kinds[task].kind == "classifier":
+        out["accuracy"] = round(float(sums[1] / max(sums[2], 1)), 6)
+    return out
+
+
+@torch.no_grad()
+def evaluate(module, objective, samples: Samples, targets: list[np.ndarray], job: Job, comm: Comm,
+             device: str) -> dict:
+    """Loss, and for a classifier top-1 accuracy (with labels) and agreement with the teacher."""
+    module.eval()
+    task = objective.task if objective.task is not None else _first_classifier(objective.kinds)
+    classifier = task is not None and objective.kinds[task].kind == "classifier"
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, agree, examples
+    mine = np.arange(len(samples))[comm.rank::comm.world]
+    size = job.fixed_batch or max(job.batch_size, 256)
+    for start in range(0, len(mine), size):
+        index = mine[start:start + size]
+        real = len(index)
+        if job.fixed_batch and real < size:
+            index = np.concatenate([index, np.full(size - real, index[-1])])
+        outs = tuple(o[:real] for o in module(**_tensors(samples.batch(index), device)))
+        index = index[:real]
+        tgt = [torch.from_numpy(t[index]).to(device) for t in targets]
+        y = torch.from_numpy(samples.labels[index]).to(device) if samples.labels is not None else None
+        per, _ = objective(outs, tgt, y)
+        sums[0] += float(per.sum())
+        sums[3] += real
+        if classifier:
+            if y is not None:
+                sums[1] += float(losses.top1_correct(outs[task], y).sum())
+            teacher_top1 = tgt[task].reshape(real, -1, tgt[task].shape[-1]).argmax(-1)
+            sums[2] += float(losses.top1_correct(outs[task], teacher_top1).sum())
+    comm.allreduce_(sums)
+    module.train()
+    n = max(float(sums[3]), 1.0)
+    out = {"loss": round(float(sums[0]) / n, 6)}
+    if classifier:
+        if samples.labels is not None:
+            out["accuracy"] = round(float(sums[1]) / n, 6)
+        out["agreement"] = round(float(sums[2]) / n, 6)
+    return out
+
+
+def _sparsity_masks(module: torch.nn.Module, share: float = 0.05) -> dict[torch.nn.Parameter, torch.Tensor]:
+    """Masks of the trainable weights with at least ``share`` exact zeros (pruned weights):
+    re-applied after every step, so an unstructured-pruned student stays as sparse."""
+    masks = {}
+    for p in module.parameters():
+        if p.requires_grad and p.numel() > 1:
+            mask = (p.detach() != 0).to(p.dtype)
+            if float(1 - mask.mean()) >= share:
+                masks[p] = mask
+    return masks
+
+
+def _first_classifier(kinds: list[OutputKind]) -> int | None:
+    return next((i for i, k in enumerate(kinds) if k.kind == "classifier"), None)
+
+
+def _score(row: dict, monitor: str) -> tuple:
+    """What early stopping and the best epoch look at: the validation loss (the objective itself,
+    smooth even on a small split), or top-1 accuracy with ties broken by the loss."""
+    if monitor == "accuracy" and "val_accuracy" in row:
+        return (row["val_accuracy"], -row["val_loss"])
+    return (-row["val_loss"],)
+
+
+def _prefixed(prefix: str, stats: dict) -> dict:
+    return {prefix + k: v for k, v in stats.items()}
+
+
+def _describe(row: dict, epochs: int) -> str:
+    text = f"distill: epoch {row['epoch']}/{epochs} · loss {row['loss']:.4f}"
+    if "accuracy" in row:
+        text += f" · acc {row['accuracy']:.2%}"
+    if "val_accuracy" in row:
+        text += f" · val acc {row['val_accuracy']:.2%}"
+    elif "val_loss" in row:
+        text += f" · val loss {row['val_loss']:.4f}"
+    return text
+
+
+def _tensors(batch: dict[str, np.ndarray], device: str) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+
+
+# -- checkpoints -------------------------------------------------------------
+
+
+def _fingerprint(job: Job, module: torch.nn.Module) -> dict:
+    skip = {"resume", "checkpoint_dir", "nproc", "epochs", "patience"}
+    options = {k: v for k, v in job.config.model_dump(mode="json").items() if k not in skip}
+    return {"parameters": {k: list(v.shape) for k, v in module.state_dict().items()}, "options": options,
+            "examples": len(job.train), "seed": job.seed, "batch": job.batch_size}
+
+
+def _save(path: Path, fingerprint: dict, state: _State, module, objective, optimizer) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "fingerprint": fingerprint, "epoch": state.epoch, "step": state.step,
+               "student": _snapshot(module), "objective": objective.state_dict(),
+               "optimizer": optimizer.state_dict(), "best": state.best, "best_score": list(state.best_score or ()),
+               "best_epoch": state.best_epoch, "stale": state.stale, "stopped": state.stopped,
+               "history": state.history}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, fingerprint: dict, module, objective, optimizer, device: str) -> _State:
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise BadInput(f"{path}: cannot read the checkpoint ({' '.join(str(exc).split())[:160]})") from None
+    if payload.get("format") != FORMAT:
+        raise BadInput(f"{path}: not a checkpoint of this mcomp distill (format {payload.get('format')})")
+    theirs = payload["fingerprint"]
+    for key in ("parameters", "options", "examples", "seed", "batch"):
+        if theirs.get(key) != fingerprint[key]:
+            what = {"parameters": "another student", "options": "other training options",
+                    "examples": "other data", "seed": "another seed", "batch": "another batch size"}[key]
+            raise BadInput(f"{path}: the checkpoint was written for {what}; remove it, or run without --resume")
+    module.load_state_dict(payload["student"], strict=False)
+    objective.load_state_dict(payload["objective"])
+    optimizer.load_state_dict(payload["optimizer"])
+    best = payload["best"]
+    return _State(payload["epoch"], payload["step"], best, tuple(payload["best_score"]) if best is not None else None,
+                  payload["best_epoch"], payload["stale"], payload["stopped"], payload["history"])

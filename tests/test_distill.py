@@ -1,0 +1,265 @@
+"""The distill pass on the digits CNN: pruned and QDQ students, unlabeled data, resume, DDP."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+from mcomp import data as data_io
+from mcomp import model as model_io
+from mcomp.errors import BadInput
+from mcomp.pass_base import Context
+from mcomp.passes.distill import Distill
+from mcomp.passes.distill import qdq
+from mcomp.passes.prune import Prune
+
+ASSETS = Path(__file__).resolve().parents[1] / "core" / "assets"
+EVAL = np.load(ASSETS / "digits_eval.npz")
+
+
+def teacher() -> ir.Model:
+    return model_io.load(ASSETS / "digits_cnn.onnx").model
+
+
+def pruned(rate: float = 0.8) -> ir.Model:
+    model = teacher()
+    return Prune(method="magnitude", rate=rate, protect_ends=False)(model, Context()).model
+
+
+def training(model: ir.Model, labels: bool = True) -> data_io.Dataset:
+    ds = data_io.load(ASSETS / "digits_train.npz", model)
+    return ds if labels else data_io.Dataset(ds.feeds, None, False, ds.source)
+
+
+def accuracy(model: ir.Model) -> float:
+    sess = ort.InferenceSession(model_io.to_bytes(model), providers=["CPUExecutionProvider"])
+    return float(np.mean(sess.run(None, {"image": EVAL["image"]})[0].argmax(1) == EVAL["labels"]))
+
+
+def agreement(model: ir.Model, ref: ir.Model) -> float:
+    run = lambda m: ort.InferenceSession(model_io.to_bytes(m), providers=["CPUExecutionProvider"]).run(
+        None, {"image": EVAL["image"]})[0].argmax(1)
+    return float(np.mean(run(model) == run(ref)))
+
+
+def distill(student: ir.Model, *, labels: bool = True, progress=None, **options) -> "PassResult":
+    options = {"epochs": 4, "lr": 0.01, **options}
+    ctx = Context(reference=teacher(), data={"training": training(student, labels)}, threads=1,
+                  progress=progress or (lambda *a: None))
+    return Distill(**options)(model_io.copy(student), ctx)
+
+
+@pytest.fixture(scope="module")
+def magnitude_pruned():
+    return pruned(0.9)
+
+
+def test_distill_recovers_a_pruned_student_and_keeps_its_sparsity(magnitude_pruned):
+    before = accuracy(magnitude_pruned)
+    result = distill(magnitude_pruned)
+    after = accuracy(result.model)
+    assert result.modified
+    assert after > before + 0.05 and after > 0.95, (before, after)
+    zeros = lambda m: sum(int(np.sum(v.const_value.numpy() == 0)) for v in m.graph.initializers.values()
+                          if v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT)
+    assert zeros(result.model) >= zeros(magnitude_pruned)
+    m = result.metrics
+    assert isinstance(m["summary"], str) and "epochs" in m["summary"] and "s/epoch" in m["summary"]
+    assert isinstance(m["notes"], list)
+    assert [h["epoch"] for h in m["history"]] == [0, 1, 2, 3, 4]
+    assert m["loss"]["outputs"] == {"logits": "KL·T²"} and m["loss"]["task"] == "labels"
+    assert m["teacher"]["backend"] in ("onnxruntime", "torch")
+    # names, dynamic axes and structure are those of the student
+    assert [v.name for v in result.model.graph.inputs] == ["image"]
+    assert result.model.graph.inputs[0].shape[0] == magnitude_pruned.graph.inputs[0].shape[0]
+    assert Counter(n.op_type for n in result.model.graph) == Counter(n.op_type for n in magnitude_pruned.graph)
+    onnx.checker.check_model(model_io.to_proto(result.model))
+
+
+def test_unlabeled_data_trains_on_soft_targets_only(magnitude_pruned):
+    result = distill(magnitude_pruned, labels=False)
+    assert result.metrics["loss"]["task"].startswith("none")
+    assert result.metrics["loss"]["alpha"] == 0.0
+    assert "val_agreement" in result.metrics["history"][-1]
+    assert agreement(result.model, teacher()) > agreement(magnitude_pruned, teacher()) + 0.05
+
+
+def qdq_student() -> ir.Model:
+    """A QDQ model from onnxruntime's static quantizer (int8 weights, int32 biases), from a pruned float model."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"image": EVAL["image"][i:i + 32]} for i in range(0, 128, 32)])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx"
+        onnx.save(model_io.to_proto(pruned(0.85)), src)
+        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        return model_io.load(dst).model
+
+
+def _initializers(model: ir.Model) -> dict[str, np.ndarray]:
+    return {k: v.const_value.numpy() for k, v in model.graph.initializers.items()}
+
+
+def test_qdq_student_stays_qdq_with_its_scales():
+    student = qdq_student()
+    before = accuracy(student)
+    result = distill(student, epochs=4)
+    after = accuracy(result.model)
+    assert after > before, (before, after)
+    assert qdq.count_qdq(result.model) == qdq.count_qdq(student)
+    assert Counter(n.op_type for n in result.model.graph) == Counter(n.op_type for n in student.graph)
+    old, new = _initializers(student), _initializers(result.model)
+    assert set(old) == set(new)
+    for name in old:
+        assert new[name].dtype == old[name].dtype and new[name].shape == old[name].shape, name
+        if "scale" in name or "zero_point" in name:
+            np.testing.assert_array_equal(new[name], old[name], err_msg=name)
+    changed = [n for n in old if old[n].dtype in (np.int8, np.int32) and not np.array_equal(old[n], new[n])]
+    assert changed, "the integer weights were trained"
+    assert result.metrics["quantized"]["tensors"] >= 5
+
+
+def test_qdq_expose_and_restore_round_trip_exactly():
+    import torch
+
+    from mcomp.torch_graph import to_torch
+
+    student = qdq_student()
+    model = model_io.copy(student)
+    shadows = qdq.expose(model)
+    assert shadows and qdq.count_qdq(model)["QuantizeLinear"] == qdq.count_qdq(student)["QuantizeLinear"] + len(shadows)
+    # the float shadows, fake-quantized, compute what the integer weights computed
+    module = to_torch(model)
+    assert sum(p.requires_grad for p in module.parameters()) >= len(shadows)
+    with torch.no_grad():
+        got = module(image=torch.from_numpy(EVAL["image"][:16]))[0].numpy()
+    want = ort.InferenceSession(model_io.to_bytes(student), providers=["CPUExecutionProvider"]).run(
+        None, {"image": EVAL["image"][:16]})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert qdq.restore(model, shadows) == 0
+    assert _initializers(model).keys() == _initializers(student).keys()
+    for name, value in _initializers(student).items():
+        np.testing.assert_array_equal(_initializers(model)[name], value)
+    assert Counter(n.op_type for n in model.graph) == Counter(n.op_type for n in student.graph)
+
+
+def test_checkpoint_and_resume_give_the_uninterrupted_result(tmp_path, magnitude_pruned):
+    options = {"epochs": 4, "patience": 0}
+    whole = distill(magnitude_pruned, checkpoint_dir=str(tmp_path / "a"), **options)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(description, done, total):
+        if description.startswith("distill: epoch 2/4 · loss") and "batch" not in description:
+            raise Stop
+
+    with pytest.raises(Stop):
+        distill(magnitude_pruned, checkpoint_dir=str(tmp_path / "b"), progress=stop_after_two, **options)
+    assert (tmp_path / "b" / "last.pt").exists()
+    resumed = distill(magnitude_pruned, checkpoint_dir=str(tmp_path / "b"), resume=True, **options)
+    assert any("resumed from the checkpoint after epoch 2" in n for n in resumed.metrics["notes"])
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [0, 1, 2, 3, 4]
+    for a, b in zip(whole.metrics["history"], resumed.metrics["history"]):
+        assert a.get("val_loss") == pytest.approx(b.get("val_loss"), rel=1e-6)
+    for name, value in _initializers(whole.model).items():
+        np.testing.assert_allclose(_initializers(resumed.model)[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_resume_rejects_a_checkpoint_of_another_run(tmp_path, magnitude_pruned):
+    distill(magnitude_pruned, epochs=1, checkpoint_dir=str(tmp_path))
+    with pytest.raises(BadInput, match="written for other training options"):
+        distill(magnitude_pruned, epochs=1, checkpoint_dir=str(tmp_path), resume=True, temperature=2.0)
+
+
+def test_hints_and_other_schedules_and_optimizers_run(magnitude_pruned):
+    result = distill(magnitude_pruned, epochs=2, hints=["relu_2=relu_2", "relu_3"], schedule="polynomial",
+                     lr_power=2.0, optimizer="sgd", lr=0.005)
+    assert result.metrics["loss"]["hints"] == ["relu_2=relu_2", "relu_3=relu_3"]
+    assert accuracy(result.model) > accuracy(magnitude_pruned)
+    with pytest.raises(BadInput, match="hint tensor 'nope' is not in the student"):
+        distill(magnitude_pruned, epochs=1, hints=["nope=relu_2"])
+
+
+def test_init_from_teacher_copies_same_shaped_weights():
+    student = teacher()
+    rng = np.random.default_rng(0)
+    for v in student.graph.initializers.values():
+        if v.const_value.dtype == ir.DataType.FLOAT and v.const_value.size > 1 and "running" not in v.name:
+            v.const_value = ir.Tensor(rng.standard_normal(v.const_value.shape.numpy()).astype(np.float32), name=v.name)
+    assert accuracy(student) < 0.5
+    result = distill(student, epochs=1, lr=1e-5, init_from_teacher=True, warmup_epochs=0)
+    assert result.metrics["init_from_teacher"]["copied"] >= 10
+    assert accuracy(result.model) > 0.95
+
+
+def _five_class_teacher() -> ir.Model:
+    rng = np.random.default_rng(0)
+    graph = oh.make_graph(
+        [oh.make_node("Flatten", ["image"], ["flat"]), oh.make_node("Gemm", ["flat", "w", "b"], ["logits"], transB=1)],
+        "five", [oh.make_tensor_value_info("image", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [oh.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["N", 5])],
+        [nh.from_array(rng.standard_normal((5, 64)).astype(np.float32), "w"), nh.from_array(np.zeros(5, np.float32), "b")])
+    return ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+
+
+def test_student_whose_outputs_do_not_match_the_teacher_is_bad_input(magnitude_pruned):
+    ctx = Context(reference=_five_class_teacher(), data={"training": training(magnitude_pruned)})
+    with pytest.raises(BadInput, match=r"student's outputs \(logits \[N, 10\]\) do not match the teacher's \(logits \[N, 5\]\)"):
+        Distill(epochs=1)(model_io.copy(magnitude_pruned), ctx)
+
+
+def test_labels_of_the_wrong_shape_are_bad_input(magnitude_pruned):
+    ds = training(magnitude_pruned)
+    wrong = data_io.Dataset(ds.feeds, [np.zeros((len(l), 3), np.int64) for l in ds.labels], False, "wrong.npz")
+    ctx = Context(reference=teacher(), data={"training": wrong})
+    with pytest.raises(BadInput, match=r"labels of shape \[1257, 3\] do not fit output 'logits'"):
+        Distill(epochs=1)(model_io.copy(magnitude_pruned), ctx)
+    out_of_range = data_io.Dataset(ds.feeds, [l + 10 for l in ds.labels], False, "range.npz")
+    with pytest.raises(BadInput, match="has 10 classes"):
+        Distill(epochs=1)(model_io.copy(magnitude_pruned), Context(reference=teacher(), data={"training": out_of_range}))
+
+
+def test_regression_outputs_use_mse():
+    from helpers import conv_bn_relu
+
+    model = conv_bn_relu(0)
+    rng = np.random.default_rng(1)
+    feeds = [{"x": rng.standard_normal((8, 3, 8, 8)).astype(np.float32)} for _ in range(4)]
+    student = model_io.copy(model)
+    for v in student.graph.initializers.values():
+        if v.name == "w":
+            v.const_value = ir.Tensor(v.const_value.numpy() * 0.5, name="w")
+    ctx = Context(reference=model, data={"training": data_io.Dataset(feeds)}, threads=1)
+    result = Distill(epochs=5, lr=0.01, val_split=0.25, batch_size=8)(student, ctx)
+    assert result.metrics["loss"]["outputs"] == {"y": "MSE"}
+    history = result.metrics["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+@pytest.mark.slow
+def test_two_processes_reach_the_accuracy_of_one(magnitude_pruned):
+    one = distill(magnitude_pruned, epochs=3)
+    two = distill(magnitude_pruned, epochs=3, nproc=2)
+    assert two.metrics["training"]["processes"] == 2 and "2 processes" in two.metrics["summary"]
+    # the same steps up to float summation order (which grows a little over the steps)
+    assert accuracy(two.model) == pytest.approx(accuracy(one.model), abs=0.004)
+    for a, b in zip(one.metrics["history"][1:], two.metrics["history"][1:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
