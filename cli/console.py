@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import traceback
 
@@ -17,6 +18,10 @@ _state = {"quiet": False}
 
 def configure(quiet: bool = False, json_out: bool = False) -> None:
     _state["quiet"] = quiet
+    # The graph libraries log their own housekeeping ("Skipped deduplication of initializer …")
+    # as warnings; mcomp reports what matters itself, so only their errors reach stderr.
+    for name in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def quiet() -> bool:

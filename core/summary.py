@@ -19,7 +19,8 @@ import onnx_ir as ir
 from mcomp.model import onnx_opset, to_proto
 from mcomp.session import input_specs, output_specs
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+MAC_OPS = ("Conv", "ConvInteger", "QLinearConv", "FusedConv", "ConvTranspose", "Gemm", "FusedGemm", "QGemm",
+           "MatMul", "MatMulInteger", "QLinearMatMul", "FusedMatMul", "MatMulNBits")
 
 
 @dataclass
@@ -191,7 +192,7 @@ def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: l
         branches = [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
         if branches:
             total += max(_graph_macs(g, shapes, unknown) for g in branches)
-        if node.op_type not in MAC_OPS or node.domain not in ("", "ai.onnx"):
+        if node.op_type not in MAC_OPS or node.domain not in MAC_DOMAINS:
             continue
         count = _node_macs(node, shapes)
         if count is None:
@@ -201,29 +202,41 @@ def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: l
     return total
 
 
+# op -> index of its weight input; quantized and onnxruntime-fused forms count like their float op
+CONV_LIKE = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1}
+GEMM_LIKE = {"Gemm": 1, "FusedGemm": 1, "QGemm": 3}
+MATMUL_LIKE = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "FusedMatMul": 1}
+MAC_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
 def _node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
     ins = [shapes.get(name) for name in node.input]
     out = shapes.get(node.output[0])
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.op_type == "Conv":
-        if out is None or ins[1] is None:
-            return None
-        w = ins[1]  # [M, C/group, k...]
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    if node.op_type == "ConvTranspose":
+    op = node.op_type
+    if op in CONV_LIKE:
+        w = ins[CONV_LIKE[op]] if len(ins) > CONV_LIKE[op] else None  # [M, C/group, k...]
+        return None if out is None or w is None else int(np.prod(out)) * int(np.prod(w[1:]))
+    if op == "ConvTranspose":
         if ins[0] is None or ins[1] is None:
             return None
-        w = ins[1]  # [C, M/group, k...]
-        return int(np.prod(ins[0])) * int(np.prod(w[1:]))
-    if node.op_type == "Gemm":
-        if ins[0] is None or out is None:
+        return int(np.prod(ins[0])) * int(np.prod(ins[1][1:]))  # w: [C, M/group, k...]
+    if op in GEMM_LIKE:
+        a, b = ins[0], ins[GEMM_LIKE[op]] if len(ins) > GEMM_LIKE[op] else None
+        if a is None or b is None:
             return None
-        k = ins[0][0] if attrs.get("transA", 0) else ins[0][1]
-        return int(np.prod(out)) * k
-    if node.op_type == "MatMul":
-        if ins[0] is None or out is None:
+        m, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
+        n = b[0] if attrs.get("transB", 0) else b[1]
+        return m * k * n
+    if op in MATMUL_LIKE:
+        a, b = ins[0], ins[MATMUL_LIKE[op]] if len(ins) > MATMUL_LIKE[op] else None
+        if a is None:
             return None
-        return int(np.prod(out)) * ins[0][-1]
+        if out is not None:
+            return int(np.prod(out)) * a[-1]
+        return None if b is None else int(np.prod(a[:-1])) * a[-1] * b[-1]
+    if op == "MatMulNBits" and ins[0] is not None:
+        return int(np.prod(ins[0][:-1])) * int(attrs["K"]) * int(attrs["N"])
     return None
 
 
