@@ -22,6 +22,8 @@ class PassConfig(BaseModel):
     """Base for pass options: unknown keys are errors, values are frozen once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # Options that name files: in a pipeline file they are relative to the file's folder.
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass

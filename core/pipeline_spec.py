@@ -117,14 +117,25 @@ def load_text(text: str, where: str, base_dir: Path = Path(".")) -> Pipeline:
         if options is not None and not isinstance(options, dict):
             raise ConfigError(f"{where}:{line}: steps[{i}].{name}: options must be a mapping")
         try:
-            steps.append(parse_step(name, options))
+            step = parse_step(name, options)
         except ValidationError as exc:
             raise ConfigError(_explain(exc, where, root, ("steps", i, name), registry.get(name).Config)) from None
+        steps.append(_relative_to(step, base_dir))
     body = {k: v for k, v in raw.items() if k != "steps"}
     try:
         return Pipeline(**body, steps=steps, base_dir=base_dir)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, where, root, (), Pipeline)) from None
+
+
+def _relative_to(step: Step, base_dir: Path) -> Step:
+    """The step with its file options (``Config.path_fields``) resolved against the pipeline's folder."""
+    updates = {}
+    for name in step.config.path_fields:
+        value = getattr(step.config, name, None)
+        if isinstance(value, str) and value not in ("-", "random") and not Path(value).expanduser().is_absolute():
+            updates[name] = os.path.normpath(base_dir / Path(value).expanduser())
+    return Step(name=step.name, config=step.config.model_copy(update=updates)) if updates else step
 
 
 def _explain(exc: ValidationError, where: str, root, prefix: tuple, model_cls) -> str:

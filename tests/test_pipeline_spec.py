@@ -72,3 +72,10 @@ def test_paths_resolve_against_the_file(tmp_path):
     assert p.resolve(p.model) == str(tmp_path / "sub" / "m.onnx")
     assert p.resolve("random") == "random"
     assert p.resolve("builtin:digits").endswith("digits_cnn.onnx")
+
+
+def test_file_options_of_a_step_resolve_against_the_pipeline_folder(tmp_path):
+    p = load_text("steps:\n  - distill: {teacher: models/big.onnx, epochs: 1}\n", "x.yaml", base_dir=tmp_path)
+    assert p.steps[0].config.teacher == str(tmp_path / "models" / "big.onnx")
+    q = load_text("steps:\n  - distill: {teacher: /abs/big.onnx}\n", "x.yaml", base_dir=tmp_path)
+    assert q.steps[0].config.teacher == "/abs/big.onnx"

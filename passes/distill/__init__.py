@@ -37,6 +37,7 @@ class Distill(Pass):
     needs: ClassVar[frozenset[str]] = frozenset({"data"})
 
     class Config(PassConfig):
+        path_fields: ClassVar[tuple[str, ...]] = ("teacher", "checkpoint_dir")
         teacher: str | None = Field(None, description="teacher model (ONNX or PyTorch checkpoint) [default: the "
                                                       "pipeline's input model]")
         teacher_arch: str | None = Field(None, description="module:factory for a state_dict teacher")
