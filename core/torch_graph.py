@@ -941,7 +941,7 @@ def _conv(n):
     def f(ctx, x, w, b=None):
         nsp = w.dim() - 2
         if nsp not in _CONV:
-            raise NotImplementedError(f"Conv with {nsp} spatial dims")
+            raise UnsupportedOp(f"Conv with {nsp} spatial dims")
         k = w.shape[2:]
         s = strides or [1] * nsp
         d = dil or [1] * nsp
@@ -963,7 +963,7 @@ def _conv_transpose(n):
     def f(ctx, x, w, b=None):
         nsp = w.dim() - 2
         if nsp not in _CONVT:
-            raise NotImplementedError(f"ConvTranspose with {nsp} spatial dims")
+            raise UnsupportedOp(f"ConvTranspose with {nsp} spatial dims")
         k = w.shape[2:]
         in_sp = x.shape[2:]
         s = strides or [1] * nsp
@@ -1127,7 +1127,7 @@ def _max_pool(n):
         ok = begins == ends and all(p <= ((ki - 1) * di + 1) // 2 for p, ki, di in zip(begins, k, d))
         if not ok:
             if want_idx:
-                raise NotImplementedError("MaxPool Indices with asymmetric or large pads")
+                raise UnsupportedOp("MaxPool Indices with asymmetric or large pads")
             x = F.pad(x, _torch_pad(begins, ends), value=float("-inf"))
             begins = [0] * nsp
         if not want_idx:
