@@ -33,8 +33,10 @@ class Layer:
 
 def find_layers(model: ir.Model, exclude: list[str], protect_ends: bool) -> tuple[list[Layer], list[dict]]:
     """Prunable weight tensors in topological order, and those left out with the reason."""
+    from mcomp.summary import all_nodes
+
     layers, skipped, seen = [], [], set()
-    for node in model.graph:  # nodes are kept in topological order by onnx-ir
+    for node in all_nodes(model):  # topological order in each graph; subgraph (If/Loop) weights too
         for index in WEIGHT_INPUTS.get(node.op_type, ()) if node.domain in ("", "ai.onnx") else ():
             value = node.inputs[index] if index < len(node.inputs) else None
             if value is None or not value.is_initializer() or value.const_value is None or value.name in seen:

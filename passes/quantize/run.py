@@ -67,7 +67,15 @@ class _Flow:
     def build(self, exclude, only=None) -> onnx.ModelProto:
         key = (frozenset(exclude), None if only is None else frozenset(only))
         if key not in self._memo:
-            self._memo[key] = self.scheme.build(*key)
+            proto = self.scheme.build(*key)
+            try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
+                from mcomp.session import make_session
+
+                make_session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
+            except BadInput as exc:
+                self.notes.append(f"{self.scheme.label}: {exc}")
+                raise _Unchanged("onnxruntime cannot load the quantized model") from None
+            self._memo[key] = proto
         return self._memo[key]
 
     def run(self, workdir: Path) -> ir.Model:

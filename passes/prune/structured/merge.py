@@ -159,8 +159,12 @@ def apply_folds(model: ir.Model, group: ChannelGroup, folds, means: dict[int, np
 def _add_bias(model: ir.Model, node: ir.Node, shift: np.ndarray) -> None:
     if node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
         return
+    # Only an existing bias takes the shift: groups were found before any fold, so a bias made
+    # here would be missing from the group of this node's own outputs and not be cut with them.
+    if len(node.inputs) < 3 or node.inputs[2] is None:
+        return
     dtype = const(node.inputs[1]).dtype
-    bias = const(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] is not None else np.zeros(len(shift), dtype)
+    bias = const(node.inputs[2])
     if bias is None or bias.size != len(shift):
         return
     set_input(model, node, 2, (bias.astype(np.float64) + shift.reshape(bias.shape)).astype(dtype))
