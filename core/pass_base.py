@@ -8,6 +8,7 @@ say what changed, and the CLI renders them.
 
 from __future__ import annotations
 
+import abc
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
@@ -64,7 +65,7 @@ class PassError(McompError):
     """A pass failed; the message names the pass."""
 
 
-class Pass:
+class Pass(abc.ABC):
     """Subclasses set ``name``, ``needs`` and ``Config``, and write ``call``."""
 
     name: ClassVar[str]
@@ -82,8 +83,9 @@ class Pass:
             raise TypeError(f"{self.name}: expected {self.Config.__name__}, got {type(config).__name__}")
         self.config = config
 
-    def call(self, model: ir.Model, ctx: Context) -> PassResult:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def call(self, model: ir.Model, ctx: Context) -> PassResult:
+        """Transforms ``model`` (in place or into a new one) and says what changed."""
 
     def __call__(self, model: ir.Model, ctx: Context | None = None) -> PassResult:
         ctx = ctx or Context()

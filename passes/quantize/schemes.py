@@ -9,6 +9,8 @@ the accuracy budget and the latency guard) which candidates are kept.
 
 from __future__ import annotations
 
+import abc
+
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,7 @@ class Unit:
 
 
 @dataclass
-class Scheme:
+class Scheme(abc.ABC):
     """Base: ``units`` and ``build(exclude)``; ``label`` describes the scheme in the report."""
 
     prepared: Prepared
@@ -69,8 +71,9 @@ class Scheme:
         out.unlink()
         return _tidy(proto)
 
-    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
+        """Writes the candidate to ``out``, with ``exclude`` left in float (or only ``only`` quantized)."""
 
 
 class FeedReader:
