@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -13,7 +10,7 @@ import typer
 from mcomp.cli import console
 from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
                                ReportMd, Runs, Threads, Trust)
-from mcomp.cli.pass_command import Common, execute
+from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
 
 Opt = typer.Option
 
@@ -61,8 +58,8 @@ def distill(
     mcomp distill model.quantize.onnx --teacher model.onnx --data train.npz --epochs 10 (stays QDQ);
     torchrun --nproc-per-node 2 -m mcomp distill s.onnx --teacher t.onnx --data train.npz
     """
-    rank = _torchrun_rank()
-    with _scratch(rank) as scratch:
+    rank = torchrun_rank()
+    with rank_scratch(rank) as scratch:
         console.configure(quiet or rank > 0, json and rank == 0)
         with console.guard(debug):
             options = {"teacher": teacher, "teacher_arch": teacher_arch, "epochs": epochs, "batch_size": batch_size,
@@ -105,20 +102,3 @@ def _run(options: dict, common: Common, eval_data: str | None, *, latency: bool,
     pipeline = Pipeline(steps=[step], data=roles, provider=common.provider, threads=common.threads, seed=seed,
                         measure=Measure(runs=common.runs, latency=latency))
     return execute(pipeline, common)
-
-
-def _torchrun_rank() -> int:
-    """This process's rank under torchrun (0 when not distributed)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        return int(os.environ.get("RANK", "0") or 0)
-    return 0
-
-
-@contextlib.contextmanager
-def _scratch(rank: int):
-    """A throw-away folder for the output of torchrun ranks above 0 (rank 0 writes the result)."""
-    if rank == 0:
-        yield None
-        return
-    with tempfile.TemporaryDirectory(prefix="mcomp-rank-") as folder:
-        yield folder

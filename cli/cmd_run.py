@@ -9,7 +9,7 @@ import typer
 
 from mcomp.cli import console
 from mcomp.cli.options import Arch, Debug, InputShape, Json, Output, Provider, Quiet, Report, ReportMd, Threads, Trust
-from mcomp.cli.pass_command import Common, execute
+from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
 
 
 def run(
@@ -23,10 +23,14 @@ def run(
 
     Example: mcomp run configs/quickstart.yaml
     """
-    console.configure(quiet, json)
-    with console.guard(debug):
-        from mcomp.pipeline_spec import load_file
+    rank = torchrun_rank()
+    with rank_scratch(rank) as scratch:  # under torchrun, only rank 0 writes the model and the report
+        console.configure(quiet or rank > 0, json and rank == 0)
+        with console.guard(debug):
+            from mcomp.pipeline_spec import load_file
 
-        pipeline = load_file(pipeline_file)
-        execute(pipeline, Common(model, output, None, provider, threads, json, report, report_md, input_shape,
-                                 arch, trust_checkpoint))
+            pipeline = load_file(pipeline_file)
+            if scratch is not None:
+                output, report, report_md, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None, False
+            execute(pipeline, Common(model, output, None, provider, threads, json, report, report_md, input_shape,
+                                     arch, trust_checkpoint))

@@ -5,8 +5,11 @@ A single-pass command (``mcomp optimize …``) is a one-step pipeline (design §
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shlex
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +97,20 @@ def execute(pipeline, common: Common) -> dict:
     if report_path is not None:
         console.say(f"wrote {outcome.output} and {report_path}")
     return doc
+
+
+def torchrun_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        return int(os.environ.get("RANK", "0") or 0)
+    return 0
+
+
+@contextlib.contextmanager
+def rank_scratch(rank: int):
+    """A throw-away folder for the outputs of torchrun ranks above 0 (rank 0 writes the result)."""
+    if rank == 0:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="mcomp-rank-") as folder:
+        yield folder
