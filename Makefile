@@ -25,8 +25,11 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not realmodel"
 
-bench: install
+bench: install  # each writes benchmarks/results/<name>.json and .md
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/prune.py
+	$(BIN)/python benchmarks/quantize.py
+	$(BIN)/python benchmarks/distill.py
 
 clean:
 	rm -rf build benchmarks/results .pytest_cache
