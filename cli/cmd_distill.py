@@ -10,7 +10,7 @@ import typer
 from mcomp.cli import console
 from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
                                ReportMd, Runs, Threads, Trust)
-from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
+from mcomp.cli.pass_command import Common, rank_scratch, run_single_pass, torchrun_rank
 
 Opt = typer.Option
 
@@ -74,8 +74,9 @@ def distill(
                 output, report, report_md, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None, False
             if not no_checkpoint:
                 options["checkpoint_dir"] = checkpoint_dir or default_checkpoint_dir(student, output)
-            _run(options, Common(student, output, data, provider, threads, json, report, report_md, input_shape,
-                                 arch, trust_checkpoint, runs), eval_data, latency=scratch is None, seed=seed)
+            common = Common(student, output, data, provider, threads, json, report, report_md, input_shape, arch,
+                            trust_checkpoint, runs)
+            run_single_pass("distill", options, common, eval_data=eval_data, latency=scratch is None, seed=seed)
 
 
 def default_checkpoint_dir(student: str, output: str | None) -> str | None:
@@ -90,15 +91,3 @@ def default_checkpoint_dir(student: str, output: str | None) -> str | None:
         return None
     stem = path.stem if path.stem.endswith(".distill") else f"{path.stem}.distill"
     return str(path.with_name(f"{stem}.ckpt"))
-
-
-def _run(options: dict, common: Common, eval_data: str | None, *, latency: bool, seed: int) -> dict:
-    from mcomp.pipeline_spec import DataRoles, Measure, Pipeline, single_step
-
-    step = single_step("distill", {k: v for k, v in options.items() if v is not None})
-    data = common.data
-    roles = DataRoles(calibration=data, evaluation=eval_data or data, training=data) if data else DataRoles(
-        evaluation=eval_data)
-    pipeline = Pipeline(steps=[step], data=roles, provider=common.provider, threads=common.threads, seed=seed,
-                        measure=Measure(runs=common.runs, latency=latency))
-    return execute(pipeline, common)

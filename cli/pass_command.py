@@ -42,14 +42,18 @@ def command_line() -> str:
     return "mcomp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
-def run_single_pass(name: str, options: dict[str, Any], common: Common, gate=None) -> dict:
-    """``gate``: an optional ``pipeline_spec.Gate`` (e.g. ``mcomp quantize --min-speedup``)."""
+def run_single_pass(name: str, options: dict[str, Any], common: Common, gate=None, *, eval_data: str | None = None,
+                    latency: bool = True, seed: int = 0) -> dict:
+    """A one-step pipeline. ``--data`` serves every role (calibration, training, evaluation) unless
+    ``eval_data`` names the evaluation set; ``gate``: an optional ``pipeline_spec.Gate``
+    (``mcomp quantize --min-speedup``); ``latency=False`` skips the final timing (torchrun ranks > 0)."""
     from mcomp.pipeline_spec import DataRoles, Gate, Measure, Pipeline, single_step
 
     step = single_step(name, {k: v for k, v in options.items() if v is not None})
-    roles = DataRoles(calibration=common.data, evaluation=common.data, training=common.data) if common.data else DataRoles()
-    pipeline = Pipeline(steps=[step], data=roles, provider=common.provider, threads=common.threads,
-                        measure=Measure(runs=common.runs), gate=gate or Gate())
+    data = common.data
+    roles = DataRoles(calibration=data, evaluation=eval_data or data, training=data)
+    pipeline = Pipeline(steps=[step], data=roles, provider=common.provider, threads=common.threads, seed=seed,
+                        measure=Measure(runs=common.runs, latency=latency), gate=gate or Gate())
     return execute(pipeline, common)
 
 

@@ -127,7 +127,7 @@ def _cell(text: str) -> str:
 
 
 def to_markdown(doc: dict) -> str:
-    lines = [f"# mcomp report", "", f"`{doc['command']}` — {doc['created']}", "",
+    lines = ["# mcomp report", "", f"`{doc['command']}` — {doc['created']}", "",
              f"Input: `{doc['input']['path']}` → output: `{doc['output'].get('path')}`", "",
              "| metric | input | output | change |", "|---|---:|---:|---:|"]
     lines += ["| " + " | ".join(_cell(x) for x in row) + " |" for row in headline(doc)]

@@ -39,7 +39,6 @@ from mcomp.errors import BadInput
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
-    import torch
 
 TORCH_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".jit", ".ckpt"})
 BATCH = "batch"  # name of the dynamic batch axis in the exported model

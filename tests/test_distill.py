@@ -16,7 +16,7 @@ from onnx import numpy_helper as nh
 from mcomp import data as data_io
 from mcomp import model as model_io
 from mcomp.errors import BadInput
-from mcomp.pass_base import Context
+from mcomp.pass_base import Context, PassResult
 from mcomp.passes.distill import Distill
 from mcomp.passes.distill import qdq
 from mcomp.passes.prune import Prune
@@ -50,7 +50,7 @@ def agreement(model: ir.Model, ref: ir.Model) -> float:
     return float(np.mean(run(model) == run(ref)))
 
 
-def distill(student: ir.Model, *, labels: bool = True, progress=None, **options) -> "PassResult":
+def distill(student: ir.Model, *, labels: bool = True, progress=None, **options) -> PassResult:
     options = {"epochs": 4, "lr": 0.01, **options}
     ctx = Context(reference=teacher(), data={"training": training(student, labels)}, threads=1,
                   progress=progress or (lambda *a: None))

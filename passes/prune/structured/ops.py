@@ -88,10 +88,6 @@ def _is_depthwise(node: ir.Node) -> bool:
     return w is not None and group > 1 and w.shape[1] == 1 and w.shape[0] == group
 
 
-def tensor_member(node: ir.Node, role: str, index: int, axis: int, path: Path, **extra) -> Member:
-    return Member(node, role, node.inputs[index].name, axis, index, path, dict(extra))
-
-
 # --------------------------------------------------------------------------- the rules
 
 
