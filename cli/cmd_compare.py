@@ -9,25 +9,30 @@ from typing import Annotated
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, Provider, Quiet, Runs, Threads, Trust,
-                               parse_input_shapes)
+from mcomp.cli.options import (Arch, Data, Debug, FidelityMode, InputShape, Json, Provider, Quiet, Runs, Threads,
+                               Trust, parse_input_shapes)
 
 
 def compare(
     reference: Annotated[str, typer.Argument(help="the reference model", show_default=False)],
     candidate: Annotated[str, typer.Argument(help="the model to judge against it", show_default=False)],
     data: Data = None, provider: Provider = "auto", threads: Threads = None, runs: Runs = 30, json: Json = False,
-    input_shape: InputShape = None, arch: Arch = None, trust_checkpoint: Trust = False, quiet: Quiet = False,
-    debug: Debug = False,
+    input_shape: InputShape = None, arch: Arch = None, trust_checkpoint: Trust = False, fidelity: FidelityMode = "slice",
+    quiet: Quiet = False, debug: Debug = False,
 ) -> None:
-    """Fidelity (cosine, relative L2, max abs error, top-1 agreement), accuracy where the data has labels,
-    and the latency ratio measured interleaved.
+    """Fidelity (the worst slice along each output's channel-like axes, and whole-output cosine, relative L2,
+    max abs error, top-1 agreement on class scores), accuracy where the data has labels, and the latency
+    ratio measured interleaved.
 
     Example: mcomp compare model.onnx model.optimize.onnx --data eval.npz
     """
     console.configure(quiet, json)
     with console.guard(debug):
-        from mcomp import data as data_io, model as model_io, pipeline, session
+        from mcomp import data as data_io, metrics, model as model_io, pipeline, session
+        from mcomp.errors import BadInput
+
+        if fidelity not in metrics.FIDELITY_MODES:
+            raise BadInput(f"--fidelity {fidelity!r}: expected one of {', '.join(metrics.FIDELITY_MODES)}")
         from mcomp.pipeline_spec import Measure, Pipeline
 
         shapes = parse_input_shapes(input_shape)
@@ -41,6 +46,7 @@ def compare(
                                    [s.name for s in session.output_specs(ref.model)])
         settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
         latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings)
+        quality["fidelity"]["figure"] = {"mode": fidelity, "value": metrics.figure(quality["fidelity"]["summary"], fidelity)}
         doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency}
         if json:
             sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
@@ -50,9 +56,18 @@ def compare(
 def _print(doc: dict) -> None:
     fid, acc, lat = doc["fidelity"]["summary"], doc["accuracy"], doc["latency"]
     if fid["cosine"] is not None:
-        console.say(f"fidelity: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
-                    f"max |Δ| {fid['max_abs_error']:.3g}"
-                    + (f", top-1 agreement {fid['top1_agreement']:.2%}" if fid["top1_agreement"] is not None else ""))
+        worst = fid.get("worst_slice")
+        slice_text = ("no output has channel-like axes" if not worst else
+                      f"worst slice {worst['output']} axis {worst['axis']} [{worst['index']} of {worst['slices']}]: "
+                      f"cosine {worst['cosine']:.6f}, SQNR {_db(worst['sqnr_db'])}")
+        console.say(f"fidelity ({doc['fidelity']['figure']['mode']}): {doc['fidelity']['figure']['value']:.6f}; {slice_text}")
+        console.say(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
+                    f"max |Δ| {fid['max_abs_error']:.3g}")
+    for name, out in doc["fidelity"]["outputs"].items():
+        if out.get("top1_agreement") is not None:
+            step = out.get("worst_step_top1")
+            console.say(f"top-1 agreement ({name}): {out['top1_agreement']:.2%}"
+                        + (f", worst time step {step['step']}: {step['top1_agreement']:.2%}" if step else ""))
     if fid["shape_mismatch"]:
         console.say(f"outputs of different shape: {fid['shape_mismatch']}")
     if acc.get("known"):
@@ -62,3 +77,7 @@ def _print(doc: dict) -> None:
     floor = lat["noise_floor"]
     console.say(f"latency: p50 {lat['reference']['p50_ms']:.3f} → {lat['candidate']['p50_ms']:.3f} ms, "
                 f"ratio ×{lat['ratio']:.3f} (A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f})")
+
+
+def _db(value: float | None) -> str:
+    return "∞ (exact)" if value is None else f"{value:.1f} dB"

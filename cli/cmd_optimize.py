@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
+from mcomp.cli.options import (Arch, FidelityMode, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
                                ReportMd, Runs, Threads, Trust)
 from mcomp.cli.pass_command import Common, run_single_pass
 
@@ -19,7 +19,8 @@ def optimize(
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="stage not to run (fold-constants, eliminate, fuse-batchnorm, fuse, onnxruntime); repeatable")] = None,
     output: Output = None, data: Data = None, provider: Provider = "auto", threads: Threads = None,
     json: Json = False, report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None,
-    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, quiet: Quiet = False, debug: Debug = False,
+    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, fidelity: FidelityMode = None,
+    quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Fold constants and BatchNorm, drop dead/identity nodes, fuse, then run onnxruntime's offline optimizer.
 
@@ -31,4 +32,4 @@ def optimize(
     with console.guard(debug):
         run_single_pass("optimize", {"level": level, "tolerance": tolerance, "skip": skip or []},
                         Common(model, output, data, provider, threads, json, report, report_md, input_shape, arch,
-                               trust_checkpoint, runs))
+                               trust_checkpoint, runs, fidelity=fidelity))

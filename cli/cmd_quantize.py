@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
-                               ReportMd, Runs, Threads, Trust)
+from mcomp.cli.options import (Arch, Data, Debug, FidelityMode, InputShape, Json, ModelArg, Output, Provider, Quiet,
+                               Report, ReportMd, Runs, Threads, Trust)
 from mcomp.cli.pass_command import Common, run_single_pass
 
 EXPLAIN_ROWS = 15
@@ -29,14 +29,16 @@ def quantize(
     latency_guard: Annotated[bool, typer.Option("--latency-guard/--no-latency-guard", help="send back to float what does not pay on --provider; never write a slower model")] = True,
     guard_runs: Annotated[int, typer.Option("--guard-runs", min=5, help="interleaved rounds per latency-guard measurement")] = 30,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", help="accuracy budget (labelled --data): 0.005 = half a point", show_default=False)] = None,
-    min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="fidelity floor against the input, without labels [0.98 cosine when no budget is given]", show_default=False)] = None,
+    min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", help="fidelity floor against the input, without labels [0.98 worst-slice cosine when no budget is given]", show_default=False)] = None,
     fidelity_metric: Annotated[str, typer.Option("--fidelity-metric", help="what --min-fidelity bounds: cosine | top1")] = "cosine",
     explain: Annotated[bool, typer.Option("--explain", help="ranked per-layer error table (SQNR, cosine) in the report")] = False,
     force: Annotated[bool, typer.Option("--force", help="quantize a model that is already quantized")] = False,
+    max_range_ratio: Annotated[float, typer.Option("--max-range-ratio", min=1.0, help="static: a Concat whose inputs' ranges, or an output whose slices' ranges, differ by more than this stays float")] = 16.0,
     min_speedup: Annotated[Optional[float], typer.Option("--min-speedup", help="gate: fail with exit 3 (nothing written) below this speed-up over the input", show_default=False)] = None,
     output: Output = None, data: Data = None, provider: Provider = "auto", threads: Threads = None,
     json: Json = False, report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None,
-    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, quiet: Quiet = False, debug: Debug = False,
+    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, fidelity: FidelityMode = None,
+    quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Quantize; the written model is never slower than the input on --provider, and stays within the accuracy budget.
 
@@ -53,10 +55,11 @@ def quantize(
                    "calibration": calibration, "percentile": percentile, "bits": bits, "block_size": block_size,
                    "keep_io_types": keep_io_types, "exclude": exclude or [], "latency_guard": latency_guard,
                    "guard_runs": guard_runs, "max_drop": max_drop, "min_fidelity": min_fidelity,
-                   "fidelity_metric": fidelity_metric, "explain": explain, "force": force}
+                   "fidelity_metric": fidelity_metric, "explain": explain, "force": force,
+                   "max_range_ratio": max_range_ratio}
         gate = Gate(min_speedup=min_speedup) if min_speedup is not None else None
         doc = run_single_pass("quantize", options, Common(model, output, data, provider, threads, json, report,
-                                                          report_md, input_shape, arch, trust_checkpoint, runs), gate)
+                                                          report_md, input_shape, arch, trust_checkpoint, runs, fidelity=fidelity), gate)
         if explain:
             _print_explain(doc)
 

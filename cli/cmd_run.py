@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import Arch, Debug, InputShape, Json, Output, Provider, Quiet, Report, ReportMd, Threads, Trust
+from mcomp.cli.options import Arch, FidelityMode, Debug, InputShape, Json, Output, Provider, Quiet, Report, ReportMd, Threads, Trust
 from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
 
 
@@ -17,7 +17,8 @@ def run(
     model: Annotated[Optional[str], typer.Argument(help="model; overrides 'model:' in the file", show_default=False)] = None,
     output: Output = None, provider: Provider = "auto", threads: Threads = None, json: Json = False,
     report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None, arch: Arch = None,
-    trust_checkpoint: Trust = False, quiet: Quiet = False, debug: Debug = False,
+    trust_checkpoint: Trust = False, fidelity: FidelityMode = None,
+    quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Run the steps of a pipeline file, measure the result against the input, apply its gates, write model and report.
 
@@ -33,4 +34,4 @@ def run(
             if scratch is not None:
                 output, report, report_md, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None, False
             execute(pipeline, Common(model, output, None, provider, threads, json, report, report_md, input_shape,
-                                     arch, trust_checkpoint))
+                                     arch, trust_checkpoint, fidelity=fidelity))

@@ -23,6 +23,7 @@ Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks on errors"
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="concrete input shape, NAME=1,3,224,224 (or 1,3,224,224 for a single input); repeatable", show_default=False)]
 Arch = Annotated[Optional[str], typer.Option("--arch", help="module:factory (or file.py:factory) that builds the module for a state_dict checkpoint", show_default=False)]
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="allow unpickling a whole module (runs code from the file)")]
+FidelityMode = Annotated[Optional[str], typer.Option("--fidelity", help="what fidelity checks and gates compare: slice (the worst slice along each output's channel-like axes, e.g. a detector's class rows) or whole (one cosine per flattened output) [default: slice]", show_default=False)]
 Runs = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency")]
 Warmup = Annotated[int, typer.Option("--warmup", min=0, help="untimed rounds before timing")]
 

@@ -36,6 +36,7 @@ class Common:
     arch: str | None = None
     trust_checkpoint: bool = False
     runs: int = 30
+    fidelity: str | None = None  # --fidelity slice|whole; None keeps the pipeline's measure.fidelity
 
 
 def command_line() -> str:
@@ -66,6 +67,12 @@ def execute(pipeline, common: Common) -> dict:
 
     if common.json and common.output == "-":
         raise BadInput("--json and -o - both want stdout; write the model or the report to a file")
+    if common.fidelity is not None:
+        from mcomp.metrics import FIDELITY_MODES
+
+        if common.fidelity not in FIDELITY_MODES:
+            raise BadInput(f"--fidelity {common.fidelity!r}: expected one of {', '.join(FIDELITY_MODES)}")
+        pipeline = pipeline.model_copy(update={"measure": pipeline.measure.model_copy(update={"fidelity": common.fidelity})})
     if common.provider != "auto" or common.threads:
         pipeline = pipeline.model_copy(update={"provider": common.provider, "threads": common.threads or pipeline.threads})
     shapes = parse_input_shapes(common.input_shape)

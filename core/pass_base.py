@@ -51,6 +51,7 @@ class Context:
     threads: int | None = None
     seed: int = 0
     input_shapes: dict[str, tuple[int, ...]] | None = None
+    fidelity: str = "slice"  # what fidelity checks compare: the worst slice of each output, or whole outputs
     progress: Callable[[str, int, int], None] = lambda description, done, total: None
 
     def dataset(self, *roles: str):

@@ -55,7 +55,7 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     datasets = _load_data(pipeline, loaded.model, input_shapes)
     ctx = Context(reference=loaded.model, data=datasets, provider=pipeline.provider,
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
-                  progress=request.progress)
+                  fidelity=pipeline.measure.fidelity, progress=request.progress)
 
     current = model_io.copy(loaded.model)
     steps = []
@@ -198,11 +198,13 @@ def check_gates(pipeline: Pipeline, doc: dict) -> dict:
             if not ok:
                 failed.append(f"accuracy drop {accuracy['drop']:.4f} exceeds max_accuracy_drop {gate.max_accuracy_drop}")
     if gate.min_fidelity is not None:
-        cos = doc["fidelity"]["summary"]["cosine"]
+        mode = pipeline.measure.fidelity
+        cos = metrics.figure(doc["fidelity"]["summary"], mode)
         ok = cos is not None and cos >= gate.min_fidelity
-        table["min_fidelity"] = {"limit": gate.min_fidelity, "value": cos, "passed": ok}
+        table["min_fidelity"] = {"limit": gate.min_fidelity, "value": cos, "passed": ok, "fidelity": mode}
         if not ok:
-            failed.append(f"fidelity (cosine) {cos} is below min_fidelity {gate.min_fidelity}")
+            what = "worst-slice cosine" if mode == "slice" else "cosine"
+            failed.append(f"fidelity ({what}) {cos} is below min_fidelity {gate.min_fidelity}")
     if gate.min_speedup is not None:
         speedup = (doc.get("latency") or {}).get("speedup")
         ok = speedup is not None and speedup >= gate.min_speedup

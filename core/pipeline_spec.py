@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,7 +33,8 @@ class Gate(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="accuracy points as a fraction (0.01 = 1 point)")
-    min_fidelity: float | None = Field(None, ge=-1, le=1, description="lowest cosine similarity of any output")
+    min_fidelity: float | None = Field(None, ge=-1, le=1, description="lowest cosine similarity of any output slice "
+                                                                      "(of any whole output with measure.fidelity: whole)")
     min_speedup: float | None = Field(None, gt=0, description="reference latency / candidate latency")
 
 
@@ -44,6 +45,9 @@ class Measure(BaseModel):
     latency: bool = True
     runs: int = Field(30, ge=3, le=100000)
     warmup: int = Field(3, ge=0, le=10000)
+    fidelity: Literal["slice", "whole"] = Field(
+        "slice", description="what fidelity checks and gates compare: the worst slice along each output's "
+                             "channel-like axes (a detector's class rows), or whole flattened outputs")
 
 
 class Step(BaseModel):

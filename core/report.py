@@ -117,8 +117,16 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     fid = doc["fidelity"]["summary"]
     if fid["cosine"] is not None:
         rows.append(("fidelity", "cosine", f"{fid['cosine']:.6f}", f"max |Δ| {fid['max_abs_error']:.3g}"))
-    if fid.get("top1_agreement") is not None:
-        rows.append(("top-1 agreement", "", f"{fid['top1_agreement']:.2%}", ""))
+    worst = fid.get("worst_slice")
+    if worst:
+        sqnr = "SQNR ∞" if worst["sqnr_db"] is None else f"SQNR {worst['sqnr_db']:.1f} dB"
+        rows.append(("fidelity, worst slice", f"{worst['output']}: axis {worst['axis']}, {worst['index']} of "
+                     f"{worst['slices']}", f"{worst['cosine']:.6f}", sqnr))
+    for name, out in doc["fidelity"]["outputs"].items():
+        if out.get("top1_agreement") is not None:
+            step = out.get("worst_step_top1")
+            change = f"worst step {step['step']}: {step['top1_agreement']:.2%}" if step else ""
+            rows.append((f"top-1 agreement ({name})", "", f"{out['top1_agreement']:.2%}", change))
     return rows
 
 

@@ -1,4 +1,11 @@
-"""Output-agreement metrics between a reference and a candidate model, on plain arrays."""
+"""Output-agreement metrics between a reference and a candidate model, on plain arrays.
+
+One cosine over a whole flattened output is blind where the output joins values of very
+different scales: a detector's ``[1, 84, 8400]`` head holds 4 box rows in pixels (0–640) and
+80 class rows in probabilities (0–1), and a candidate that zeroes every class score keeps a
+whole-output cosine of 0.9995. So outputs are also measured per slice along their
+channel-like axes (``channel_axes``), and the worst slice is the figure that gates use.
+"""
 
 from __future__ import annotations
 
@@ -51,3 +58,115 @@ def accuracy(output: np.ndarray, labels: np.ndarray) -> float:
     if labels.ndim == output.ndim and labels.shape == output.shape:
         labels = np.argmax(labels, axis=-1)
     return float(np.mean(top1(output) == labels.reshape(-1)))
+
+
+# A channel-like axis: not the batch axis, at most this many slices, each of at least MIN_SLICE
+# elements (fewer make percentiles, and a slice's cosine, noise: [4, 256] features are not 256 channels) ...
+MAX_SLICES = 1024
+MIN_SLICE = 16
+# ... and the magnitudes of some two slices lie apart by at least this factor: the 10th percentile
+# of |x| in one is this many times the 90th percentile in the other.
+SCALE_SPREAD = 10.0
+# Slices whose peak is below this share of the largest slice's peak are not scored: at that
+# level they are rounding noise of any 8-bit grid (e.g. the score row of a class absent from the data).
+SLICE_FLOOR = 1e-4
+
+
+def slice_percentiles(ref: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """The 10th and 90th percentiles of |x| in each slice along ``axis``."""
+    moved = np.moveaxis(np.abs(ref.astype(np.float64)), axis, 0).reshape(ref.shape[axis], -1)
+    low, high = np.percentile(moved, [10, 90], axis=1)
+    return low, high
+
+
+def channel_axes(ref: np.ndarray) -> list[int]:
+    """Non-batch axes of 2–1024 slices whose magnitudes separate by ``SCALE_SPREAD`` (a detector's box
+    rows against its class rows), plus the time axis of sequence class scores ``[N, T, C]``.
+
+    Separation, not a spread of averages: the rows of a text detector's probability map differ in
+    mean as much as a detector's box and class rows, but by content (text in some rows), so the
+    bulk of every row is background and their magnitude ranges overlap."""
+    if ref.dtype.kind != "f" or ref.ndim < 2 or ref.size == 0 or not np.all(np.isfinite(ref)):
+        return []
+    axes = []
+    for axis in range(1, ref.ndim):
+        if not 2 <= ref.shape[axis] <= MAX_SLICES or ref.size // ref.shape[axis] < MIN_SLICE:
+            continue
+        low, high = slice_percentiles(ref, axis)
+        floor, top = float(high.min()), float(low.max())
+        if top > 0 and (floor == 0 or top / floor >= SCALE_SPREAD):
+            axes.append(axis)
+    if is_sequence_scores(ref) and ref.ndim - 2 not in axes and 2 <= ref.shape[-2] <= MAX_SLICES:
+        axes.append(ref.ndim - 2)
+    return sorted(axes)
+
+
+def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio ‖ref‖² / ‖cand − ref‖² in dB (inf where identical)."""
+    a = ref.astype(np.float64).ravel()
+    noise = float(np.sum((cand.astype(np.float64).ravel() - a) ** 2))
+    signal = float(np.sum(a * a))
+    if noise == 0:
+        return float("inf")
+    if signal == 0:
+        return float("-inf")
+    return float(10 * np.log10(signal / noise))
+
+
+def per_slice(ref: np.ndarray, cand: np.ndarray, axis: int) -> list[dict]:
+    """Cosine and SQNR of every scored slice along ``axis`` (see ``SLICE_FLOOR``)."""
+    r = np.moveaxis(ref, axis, 0).reshape(ref.shape[axis], -1)
+    c = np.moveaxis(cand, axis, 0).reshape(cand.shape[axis], -1)
+    peaks = np.max(np.abs(r.astype(np.float64)), axis=1)
+    floor = SLICE_FLOOR * float(peaks.max(initial=0.0))
+    return [{"index": i, "cosine": cosine(r[i], c[i]), "sqnr_db": sqnr_db(r[i], c[i])}
+            for i in range(r.shape[0]) if peaks[i] > floor]
+
+
+def worst_slice(ref: np.ndarray, cand: np.ndarray) -> dict | None:
+    """The slice with the lowest cosine over every channel-like axis of ``ref``, or None where the
+    output has no such axis: ``{"axis", "index", "cosine", "sqnr_db", "slices"}``."""
+    worst = None
+    for axis in channel_axes(ref):
+        rows = per_slice(ref, cand, axis)
+        for row in rows:
+            if worst is None or row["cosine"] < worst["cosine"]:
+                worst = {"axis": axis, **row, "slices": ref.shape[axis]}
+    return worst
+
+
+def is_class_scores(output: np.ndarray) -> bool:
+    """Scores over classes on the last axis: ``[N, C]`` logits or probabilities, or any ``[N, ..., C]``
+    whose last axis is a (log-)softmax. A detector's ``[1, 84, 8400]`` head is not: top-1 over its
+    anchors means nothing."""
+    if output.dtype.kind != "f" or output.ndim < 2 or output.shape[-1] < 2 or output.size == 0:
+        return False
+    if output.ndim == 2:
+        return True
+    return _is_softmax(output) or _is_log_softmax(output)
+
+
+def is_sequence_scores(output: np.ndarray) -> bool:
+    """Class scores per position: ``[N, T, C]`` (e.g. a CTC recognizer's per-time-step softmax)."""
+    return output.ndim >= 3 and is_class_scores(output)
+
+
+def _is_softmax(x: np.ndarray) -> bool:
+    return bool(x.min() >= 0) and bool(np.allclose(x.sum(axis=-1, dtype=np.float64), 1.0, atol=1e-3))
+
+
+def _is_log_softmax(x: np.ndarray) -> bool:
+    if x.max() > 1e-6:
+        return False
+    return bool(np.allclose(np.exp(x.astype(np.float64)).sum(axis=-1), 1.0, atol=1e-3))
+
+
+def worst_step_top1(ref: np.ndarray, cand: np.ndarray) -> dict | None:
+    """Top-1 agreement per position of ``[N, T, C]`` sequence scores (over the batch): the worst step."""
+    if not is_sequence_scores(ref):
+        return None
+    r = top1(ref).reshape(ref.shape[0], -1)
+    c = top1(cand).reshape(cand.shape[0], -1)
+    per_step = np.mean(r == c, axis=0)
+    step = int(np.argmin(per_step))
+    return {"step": step, "top1_agreement": float(per_step[step]), "steps": int(per_step.size)}

@@ -181,13 +181,13 @@ def test_exclude_by_op_type_name_and_previous_report(digits, tmp_path):
 
 def test_fidelity_budget_sends_the_most_sensitive_layers_back(digits):
     model, train, evaluation = digits
-    full = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation)).metrics["fidelity"]["cosine"]
+    full = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation)).metrics["fidelity"]["fidelity"]
     floor = 1 - (1 - full) / 4  # a quarter of the full model's error
     result = Quantize(latency_guard=False, min_fidelity=floor)(copy(model), ctx_with(train, evaluation))
     m = result.metrics
     assert m["budget"]["trials"] and m["budget"]["sensitivity"]
     if result.modified:
-        assert m["fidelity"]["cosine"] >= floor
+        assert m["fidelity"]["fidelity"] >= floor
         assert m["float_nodes_from_search"]
     assert [t["float_groups"] for t in m["budget"]["trials"]][0] == 0
 
@@ -319,9 +319,9 @@ def test_kmeans_shares_weights_and_reports_the_huffman_size():
 
 def test_kmeans_keeps_the_costliest_layers_float_for_the_budget():
     loose = Quantize(mode="kmeans", bits=2, min_fidelity=0)(mlp(), Context(providers=CPU)).metrics
-    floor = 1 - (1 - loose["fidelity"]["cosine"]) / 3
+    floor = 1 - (1 - loose["fidelity"]["fidelity"]) / 3
     strict = Quantize(mode="kmeans", bits=2, min_fidelity=floor)(mlp(), Context(providers=CPU)).metrics
-    assert strict["fidelity"]["cosine"] >= floor
+    assert strict["fidelity"]["fidelity"] >= floor
     assert 0 < sum(not layer["shared"] for layer in strict["layers"]) < 3
     assert strict["bytes"]["deployable_huffman"] > loose["bytes"]["deployable_huffman"]
 

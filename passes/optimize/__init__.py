@@ -59,7 +59,8 @@ class Optimize(Pass):
             raise ConfigError(f"optimize: unknown stage(s) in skip: {sorted(unknown)} (valid: {', '.join(sorted(known))})")
         dataset = ctx.dataset("evaluation", "calibration") or data_io.synthetic(
             input_specs(model), input_shapes=ctx.input_shapes, feeds=2, seed=ctx.seed)
-        check = OutputCheck(model, dataset.head(cfg.check_feeds), ctx.providers, cfg.tolerance, ctx.threads)
+        check = OutputCheck(model, dataset.head(cfg.check_feeds), ctx.providers, cfg.tolerance, ctx.threads,
+                            ctx.fidelity)
         nodes_before = node_count(model)
         records: dict[str, dict] = {}
         current = model

@@ -56,11 +56,16 @@ class Quantize(Pass):
         guard_runs: int = Field(30, ge=5, le=1000, description="interleaved rounds per latency measurement")
         max_drop: float | None = Field(None, ge=0, le=1, description="accuracy budget with labels (0.005 = half a point)")
         min_fidelity: float | None = Field(None, ge=-1, le=1, description="fidelity floor against the input, "
-                                                                        "without labels [0.98 cosine when no budget is given]")
+                                                                        "without labels [0.98 worst-slice cosine when no "
+                                                                        "budget is given]")
         fidelity_metric: Literal["cosine", "top1"] = Field("cosine", description="what min_fidelity bounds")
         explain: bool = Field(False, description="ranked per-layer error table (SQNR, cosine) in the report")
         force: bool = Field(False, description="quantize a model that is already quantized")
         calibration_feeds: int = Field(64, ge=1, le=100000, description="feeds of the data used to calibrate")
+        max_range_ratio: float = Field(16.0, gt=1, description="static: a Concat whose inputs' ranges, or a graph "
+                                                               "output whose slices' ranges, differ by more than this "
+                                                               "stays float (one 8-bit scale would round the small "
+                                                               "ones away)")
 
         @model_validator(mode="after")
         def _bits_fit_mode(self):

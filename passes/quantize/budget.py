@@ -17,30 +17,36 @@ import onnx
 from mcomp import metrics
 from mcomp.data import Dataset
 
-DEFAULT_FLOOR = 0.98  # cosine against the input, when no budget is given
+DEFAULT_FLOOR = 0.98  # worst-slice cosine against the input, when no budget is given
 
 
 @dataclass
 class Score:
-    cosine: float | None
+    fidelity: float | None  # the figure in force: worst-slice cosine, or whole-output with --fidelity whole
     top1: float | None
     accuracy: float | None  # of the candidate, with labels
+    cosine: float | None = None  # whole-output cosine (the lowest over outputs)
+    worst_slice: dict | None = None  # {"output", "axis", "index", "cosine", "sqnr_db", "slices"}
 
     def to_dict(self, reference_accuracy: float | None) -> dict:
-        out = {"cosine": _r(self.cosine), "top1_agreement": _r(self.top1)}
+        out = {"fidelity": _r(self.fidelity), "cosine": _r(self.cosine), "top1_agreement": _r(self.top1)}
+        if self.worst_slice is not None:
+            out["worst_slice"] = {k: _r(v) if isinstance(v, float) else v for k, v in self.worst_slice.items()}
         if self.accuracy is not None and reference_accuracy is not None:
             out.update(accuracy=_r(self.accuracy), accuracy_drop=_r(reference_accuracy - self.accuracy))
         return out
 
 
 class Evaluator:
-    """Scores candidates against the reference's outputs on a fixed set of feeds."""
+    """Scores candidates against the reference's outputs on a fixed set of feeds; ``mode`` picks the
+    fidelity figure (``slice``: the worst slice along channel-like axes; ``whole``: whole outputs)."""
 
-    def __init__(self, reference: bytes, dataset: Dataset, providers: list[str], threads: int | None):
+    def __init__(self, reference: bytes, dataset: Dataset, providers: list[str], threads: int | None,
+                 mode: str = "slice"):
         from mcomp.session import make_session
 
         self.dataset = dataset
-        self.providers, self.threads = providers, threads
+        self.providers, self.threads, self.mode = providers, threads, mode
         session = make_session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
         self.reference = _run(session, dataset, "the input model")
@@ -54,7 +60,8 @@ class Evaluator:
         data = candidate if isinstance(candidate, bytes) else candidate.SerializeToString()
         outputs = _run(make_session(data, self.providers, self.threads), self.dataset, "the candidate")
         fid = metrics.fidelity(self.reference, outputs[: len(self.names)], self.names)["summary"]
-        return Score(fid["cosine"], fid["top1_agreement"], metrics.accuracy(outputs, self.dataset))
+        return Score(metrics.figure(fid, self.mode), fid["top1_agreement"], metrics.accuracy(outputs, self.dataset),
+                     fid["cosine"], fid["worst_slice"])
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Budget:
     max_drop: float | None = None
     min_fidelity: float | None = None
     metric: str = "cosine"  # or "top1"
+    mode: str = "slice"  # what "cosine" means: the worst slice, or the whole outputs
 
     @property
     def active(self) -> bool:
@@ -72,9 +80,9 @@ class Budget:
             if reference_accuracy - score.accuracy > self.max_drop + 1e-12:
                 return False
         if self.min_fidelity is not None:
-            value = score.top1 if self.metric == "top1" else score.cosine
+            value = score.top1 if self.metric == "top1" else score.fidelity
             if value is None and self.metric == "top1":
-                value = score.cosine  # no classifier-shaped output: cosine stands in
+                value = score.fidelity  # no class-score output: cosine stands in
             if value is None or value < self.min_fidelity:
                 return False
         return True
@@ -84,7 +92,8 @@ class Budget:
         if self.max_drop is not None:
             parts.append(f"accuracy drop ≤ {self.max_drop:g}")
         if self.min_fidelity is not None:
-            parts.append(f"{'top-1 agreement' if self.metric == 'top1' else 'cosine'} ≥ {self.min_fidelity:g}")
+            cosine = "worst-slice cosine" if self.mode == "slice" else "cosine"
+            parts.append(f"{'top-1 agreement' if self.metric == 'top1' else cosine} ≥ {self.min_fidelity:g}")
         return " and ".join(parts) or "none"
 
 
@@ -143,12 +152,12 @@ def fit(build, evaluator: Evaluator, budget: Budget, ranked: list[list[str]], ba
 def predict(measured: Score, budget: Budget, damages: list[float], done: int = 0) -> int | None:
     """Groups to send back for a cosine floor, given ``measured`` with the first ``done`` in float: the
     remaining groups' damages, scaled to the measured loss, are assumed to add up."""
-    if budget.min_fidelity is None or budget.metric != "cosine" or budget.max_drop is not None or measured.cosine is None:
+    if budget.min_fidelity is None or budget.metric != "cosine" or budget.max_drop is not None or measured.fidelity is None:
         return None
     left = sum(damages[done:])
     if left <= 0:
         return None
-    scale = (1.0 - measured.cosine) / left
+    scale = (1.0 - measured.fidelity) / left
     allowed = 1.0 - budget.min_fidelity
     for k in range(done, len(damages)):
         if left * scale <= allowed * 0.9:  # a little margin: damages do not add up exactly

@@ -82,6 +82,8 @@ class _Flow:
         cfg, ctx = self.cfg, self.ctx
         self.prepared, per_channel = _prepare(cfg, self.model, self.notes)
         self.notes += self.prepared.notes
+        if cfg.mode == "static":
+            self._keep_wide_ranges_float()
         self.scheme = _scheme(cfg, self.prepared, workdir, self.calibration, self.target, per_channel)
         self.user = _user_exclusions(cfg.exclude, self.prepared.proto)
         self.metrics.update(_base_metrics(cfg, self.scheme, self.target, self.prepared, self.calibration,
@@ -92,7 +94,7 @@ class _Flow:
                               "recurrent ops and --exclude")
             raise _Unchanged("nothing to quantize")
         self.evaluator = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, EVAL_FEEDS), ctx.providers,
-                                       ctx.threads)
+                                       ctx.threads, ctx.fidelity)
         ctx.progress("quantize: full candidate", 0, 1)
         excluded = set(self.user)
         score, fit, ranked = self.evaluator.score(self.build(excluded)), None, []
@@ -113,15 +115,28 @@ class _Flow:
                                      self.evaluator, verdict))
         return result
 
+    def _keep_wide_ranges_float(self) -> None:
+        """Concats and outputs whose parts' ranges differ too much for one 8-bit scale stay float."""
+        from mcomp.passes.quantize import shared_scale
+
+        self.ctx.progress("quantize: shared-scale check", 0, 1)
+        found = shared_scale.find(self.prepared.proto, self.calibration.feeds, self.ctx.providers, self.cfg.max_range_ratio)
+        for wide in found:
+            for name in wide.kept_float:
+                self.prepared.float_only.setdefault(name, wide.reason())
+            self.notes.append(f"kept float: {wide.op_type} {wide.node!r} ({wide.reason()}; --max-range-ratio "
+                              f"{self.cfg.max_range_ratio:g})")
+        self.metrics["shared_scale"] = [w.to_dict() for w in found]
+
     def _budget(self) -> bud.Budget:
         cfg = self.cfg
         if cfg.max_drop is not None and self.evaluator.reference_accuracy is None:
             raise BadInput("quantize: --max-drop needs labelled data with a classifier-shaped output "
                            "(use --min-fidelity without labels)")
-        budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric)
+        budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, self.ctx.fidelity)
         if not budget.active:
-            self.notes.append(f"no --max-drop/--min-fidelity: kept cosine ≥ {bud.DEFAULT_FLOOR} against the input")
-            budget = bud.Budget(min_fidelity=bud.DEFAULT_FLOOR)
+            budget = bud.Budget(min_fidelity=bud.DEFAULT_FLOOR, mode=self.ctx.fidelity)
+            self.notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input")
         self.metrics["budget"] = {"budget": budget.describe(), "held": True, "float_nodes": [], "trials": []}
         return budget
 
@@ -139,7 +154,7 @@ class _Flow:
         ctx = self.ctx
         ctx.progress("quantize: per-layer sensitivity", 0, 1)
         quick = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, SENSITIVITY_FEEDS), ctx.providers,
-                              ctx.threads)
+                              ctx.threads, ctx.fidelity)
         ranked = rank_groups(layer_groups(self.prepared.proto, self.live), self.build, quick, excluded,
                              self.cfg.fidelity_metric)
         ctx.progress("quantize: accuracy budget", 0, 1)
@@ -196,11 +211,11 @@ def run_kmeans(cfg, model: ir.Model, ctx: Context) -> PassResult:
         input_specs(model), input_shapes=ctx.input_shapes, feeds=4, seed=ctx.seed)
     kmeans.apply(layers, set(range(len(layers))))
     reference = to_bytes(model)
-    evaluator = bud.Evaluator(reference, bud.as_feeds(evaluation, EVAL_FEEDS), ctx.providers, ctx.threads)
-    budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric)
+    evaluator = bud.Evaluator(reference, bud.as_feeds(evaluation, EVAL_FEEDS), ctx.providers, ctx.threads, ctx.fidelity)
+    budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, ctx.fidelity)
     if not budget.active:
-        notes.append(f"no --max-drop/--min-fidelity: kept cosine ≥ {bud.DEFAULT_FLOOR} against the input")
-        budget = bud.Budget(min_fidelity=bud.DEFAULT_FLOOR)
+        budget = bud.Budget(min_fidelity=bud.DEFAULT_FLOOR, mode=ctx.fidelity)
+        notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input")
 
     def build(keep_float, only=None):
         keep = set(range(len(layers))) - {int(i) for i in only} if only is not None else {int(i) for i in keep_float}
@@ -211,7 +226,8 @@ def run_kmeans(cfg, model: ir.Model, ctx: Context) -> PassResult:
     if not fit.holds:  # rank the layers by the damage each does alone, then send the worst back to float
         from mcomp.passes.quantize.sensitivity import Group, merge, rank_groups
 
-        quick = bud.Evaluator(reference, bud.as_feeds(evaluation, SENSITIVITY_FEEDS), ctx.providers, ctx.threads)
+        quick = bud.Evaluator(reference, bud.as_feeds(evaluation, SENSITIVITY_FEEDS), ctx.providers, ctx.threads,
+                              ctx.fidelity)
         groups = merge([Group(layer.info["node"], [str(i)]) for i, layer in enumerate(layers)], 24)
         ranked = rank_groups(groups, build, quick, set(), cfg.fidelity_metric)
         fit = bud.fit(build, evaluator, budget, [g.members for g in ranked], set(), damages=[g.damage for g in ranked])
@@ -229,7 +245,7 @@ def run_kmeans(cfg, model: ir.Model, ctx: Context) -> PassResult:
               "latency unchanged by construction: same graph, same ops"]
     fid = fit.score.to_dict(evaluator.reference_accuracy)
     summary = (f"kmeans {bits}-bit: {len(layers) - len(keep)}/{len(layers)} layers share 2^{bits} values each; "
-               f"cosine {fid['cosine']}; deployable {size['float32']:,} → {size['deployable_huffman']:,} bytes "
+               f"{_fidelity_text(fid)}; deployable {size['float32']:,} → {size['deployable_huffman']:,} bytes "
                f"(×{size['float32'] / size['deployable_huffman']:.1f} with Huffman-coded indices, "
                f"×{size['float32'] / size['deployable_fixed_width']:.1f} fixed-width)")
     size["onnx_zstd"] = compressed_sizes([to_bytes(model)]).get("zstd")
@@ -382,7 +398,7 @@ def _outcome(model, result, scheme, excluded, user, prepared, score, evaluator, 
     fid = score.to_dict(evaluator.reference_accuracy)
     latency = f"latency ×{verdict.ratio:.2f} of the input, " if verdict else ""
     summary = (f"{scheme.label}: {len(quantized)}/{len(live)} nodes quantized; {latency}"
-               f"cosine {fid['cosine']}" + (f", accuracy drop {fid['accuracy_drop']:+.4f}" if "accuracy_drop" in fid else "")
+               f"{_fidelity_text(fid)}" + (f", accuracy drop {fid['accuracy_drop']:+.4f}" if "accuracy_drop" in fid else "")
                + f"; tensors {before:,} → {after:,} bytes (×{after / max(before, 1):.2f})")
     return {"summary": summary, "quantized_nodes": len(quantized), "quantized_ops": ops,
             "exclusions": sorted(excluded - set(prepared.float_only)), "float_nodes_from_search": fell_back,
@@ -409,3 +425,12 @@ def _layer_weight_bytes(prepared: onnx.ModelProto, result: onnx.ModelProto, quan
                 if t.name not in inits and any(t.name.startswith(w + "_") for w in weights))
     return {"layers": len(weights), "before": before, "after": after,
             "ratio": round(before / after, 3) if after else None}
+
+
+def _fidelity_text(fid: dict) -> str:
+    """``cosine 0.999 (worst slice: output0[1][12] 0.93)`` for the summary line."""
+    text = f"cosine {fid['cosine']}"
+    worst = fid.get("worst_slice")
+    if worst:
+        text += f" (worst slice {worst['output']}[axis {worst['axis']}][{worst['index']}] cosine {worst['cosine']})"
+    return text

@@ -161,6 +161,6 @@ def rank_groups(groups: list[Group], build, evaluator, base: set[str], metric: s
     """Each group's damage when it alone is quantized; the most damaging first."""
     for group in groups:
         score = evaluator.score(build(base, only=group.members))
-        value = score.top1 if metric == "top1" and score.top1 is not None else score.cosine
+        value = score.top1 if metric == "top1" and score.top1 is not None else score.fidelity
         group.damage = 1.0 - (value if value is not None else 1.0)
     return sorted(groups, key=lambda g: -(g.damage or 0.0))

@@ -1,0 +1,163 @@
+"""Fidelity that sees a broken part of an output: per-slice figures, and the checks that use them.
+
+The defect they guard against: a detector head ``Concat``s box rows in pixels with class rows in
+probabilities; one 8-bit scale over it zeroes every class score while the whole-output cosine is 0.9995.
+"""
+
+import numpy as np
+import pytest
+
+from helpers import run, tiny_detector
+from mcomp import data, metrics
+from mcomp.kernels import fidelity as fk
+from mcomp.model import copy
+from mcomp.pass_base import Context
+from mcomp.passes.optimize.verify import OutputCheck
+from mcomp.passes.quantize import Quantize
+from mcomp.pipeline import check_gates
+from mcomp.pipeline_spec import Gate, Measure, Pipeline, single_step
+
+CPU = ["CPUExecutionProvider"]
+
+
+def yolo_like(seed=0, anchors=2100, classes=80):
+    """[1, 4 + classes, anchors]: box rows in pixels (0–320), class rows sigmoid probabilities."""
+    rng = np.random.default_rng(seed)
+    boxes = rng.uniform(0, 320, (1, 4, anchors))
+    scores = 1 / (1 + np.exp(-rng.normal(-4, 2, (1, classes, anchors))))
+    return np.concatenate([boxes, scores], axis=1).astype(np.float32)
+
+
+def zeroed_scores(output):
+    broken = output.copy()
+    broken[:, 4:] = 0
+    return broken
+
+
+def heat_map(seed=0, size=128):
+    """[2, 1, S, S] probabilities: background almost everywhere, a few bright text lines in some rows."""
+    rng = np.random.default_rng(seed)
+    m = rng.uniform(0, 1e-4, (2, 1, size, size))
+    for k in range(2):
+        for _ in range(4):
+            y, x = rng.integers(0, size - 8), rng.integers(0, size // 2)
+            m[k, 0, y:y + 6, x:x + size // 3] = rng.uniform(0.8, 1.0)
+    return m.astype(np.float32)
+
+
+def test_the_whole_output_cosine_hides_zeroed_class_scores_and_the_worst_slice_does_not():
+    ref = yolo_like()
+    broken = zeroed_scores(ref)
+    assert fk.cosine(ref, broken) > 0.999
+    worst = fk.worst_slice(ref, broken)
+    assert worst["axis"] == 1 and worst["index"] >= 4 and worst["slices"] == 84
+    assert worst["cosine"] == pytest.approx(0.0)
+    assert fk.worst_slice(ref, ref)["cosine"] == pytest.approx(1.0)
+
+
+def test_channel_axes_are_the_detector_rows_not_heat_map_rows_nor_classifier_columns():
+    assert fk.channel_axes(yolo_like()) == [1]
+    assert fk.channel_axes(heat_map()) == []  # rows differ by content (text in some), not by kind
+    logits = np.random.default_rng(0).standard_normal((32, 10)).astype(np.float32)
+    assert fk.channel_axes(logits) == []
+    assert fk.channel_axes(np.zeros((4, 3), np.int64)) == []
+
+
+def test_sequence_scores_are_sliced_per_time_step_with_top1_per_step():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 20, 50)) * 3
+    probs = (np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)).astype(np.float32)
+    assert fk.is_sequence_scores(probs) and 1 in fk.channel_axes(probs)
+    cand = probs.copy()
+    cand[:, 7] = np.roll(cand[:, 7], 1, axis=-1)  # one time step is wrong in every example
+    step = fk.worst_step_top1(probs, cand)
+    assert step["step"] == 7 and step["top1_agreement"] < 0.5
+    worst = fk.worst_slice(probs, cand)
+    assert (worst["axis"], worst["index"]) == (1, 7)
+
+
+def test_top1_agreement_only_for_class_scores():
+    assert fk.is_class_scores(np.random.default_rng(0).standard_normal((8, 10)).astype(np.float32))
+    assert not fk.is_class_scores(yolo_like())  # top-1 over a detector's anchors means nothing
+    assert not fk.is_class_scores(heat_map())
+    ref = yolo_like()
+    fid = metrics.fidelity([[ref]], [[ref]], ["output0"])
+    assert "top1_agreement" not in fid["outputs"]["output0"] and fid["summary"]["top1_agreement"] is None
+
+
+def test_negligible_slices_are_not_scored():
+    ref = yolo_like()
+    ref[:, 10] = 1e-9  # a class absent from the data: any 8-bit grid rounds it away
+    cand = ref.copy()
+    cand[:, 10] = 0
+    assert all(row["index"] != 10 for row in fk.per_slice(ref, cand, 1))
+    assert fk.worst_slice(ref, cand)["cosine"] == pytest.approx(1.0)
+
+
+def test_summary_figure_is_the_worst_slice_unless_whole_is_asked():
+    ref = yolo_like()
+    fid = metrics.fidelity([[ref]], [[zeroed_scores(ref)]], ["output0"])["summary"]
+    assert fid["cosine"] > 0.999 and fid["slice_cosine"] == pytest.approx(0.0)
+    assert fid["worst_slice"]["output"] == "output0"
+    assert metrics.figure(fid) == fid["slice_cosine"] and metrics.figure(fid, "whole") == fid["cosine"]
+    with pytest.raises(ValueError):
+        metrics.figure(fid, "mean")
+
+
+def test_min_fidelity_gate_fails_on_a_broken_slice_and_whole_keeps_the_old_figure():
+    ref = yolo_like()
+    doc = {"accuracy": {"known": False}, "fidelity": metrics.fidelity([[ref]], [[zeroed_scores(ref)]], ["y"])}
+    step = single_step("optimize", {})
+    slice_pipeline = Pipeline(steps=[step], gate=Gate(min_fidelity=0.99))
+    failed = check_gates(slice_pipeline, doc)
+    assert failed["failed"] and "worst-slice" in failed["failed"][0]
+    whole_pipeline = Pipeline(steps=[step], gate=Gate(min_fidelity=0.99), measure=Measure(fidelity="whole"))
+    assert not check_gates(whole_pipeline, doc)["failed"]
+
+
+def test_optimize_check_holds_each_slice_to_its_own_scale():
+    model = tiny_detector()
+    feeds = data.Dataset([{"x": np.random.default_rng(0).random((1, 3, 32, 32), dtype=np.float32)}], None, False, "t")
+    check = OutputCheck(model, feeds, CPU, tolerance=1e-3)
+    want = check.expected[0][0]
+    shifted = want.copy()  # class rows moved by 0.05: within 1e-3 × 300 of the box rows, not of their own 0–1
+    shifted[:, 4:] += 0.05
+    check._run = lambda _model: [[shifted]]
+    verdict = check(model)
+    assert not verdict.ok and "slice" in verdict.reason
+    check.mode = "whole"
+    assert check(model).ok
+
+
+def detector_data(n=16, seed=1):
+    rng = np.random.default_rng(seed)
+    return data.Dataset([{"x": rng.random((1, 3, 32, 32), dtype=np.float32)} for _ in range(n)], None, False, "t")
+
+
+def test_quantize_keeps_a_concat_of_wide_and_narrow_ranges_float_and_the_scores_survive():
+    model, dataset = tiny_detector(), detector_data()
+    ctx = Context(data={"calibration": dataset, "evaluation": dataset}, providers=CPU)
+    result = Quantize(latency_guard=False)(copy(model), ctx)
+    m = result.metrics
+    assert result.modified
+    assert [w["node"] for w in m["shared_scale"]] == ["head_concat"]
+    assert any(r["node"] == "head_concat" and "shared 8-bit scale" in r["reason"] for r in m["float_reasons"])
+    assert any("kept float: Concat 'head_concat'" in n for n in m["notes"])
+    feed = dataset.feeds[0]
+    ref, got = run(model, feed)[0], run(result.model, feed)[0]
+    assert fk.worst_slice(ref, got)["cosine"] >= 0.95
+    assert m["fidelity"]["worst_slice"]["cosine"] >= 0.95
+
+
+def test_without_the_check_one_scale_zeroes_the_scores_and_only_the_worst_slice_sees_it():
+    model, dataset = tiny_detector(), detector_data()
+    ctx = Context(data={"calibration": dataset, "evaluation": dataset}, providers=CPU, fidelity="whole")
+    result = Quantize(latency_guard=False, max_range_ratio=1e9)(copy(model), ctx)
+    m = result.metrics
+    assert m["shared_scale"] == [] and m["fidelity"]["cosine"] >= 0.98  # the old figure passes the broken model
+    assert m["fidelity"]["worst_slice"]["cosine"] < 0.5
+    # the default fidelity (worst slice) makes the budget send layers back to float instead
+    ctx = Context(data={"calibration": dataset, "evaluation": dataset}, providers=CPU)
+    result = Quantize(latency_guard=False, max_range_ratio=1e9)(copy(model), ctx)
+    assert result.metrics["fidelity"]["fidelity"] >= 0.98
+    assert "worst-slice cosine ≥ 0.98" in " ".join(result.metrics["notes"])
