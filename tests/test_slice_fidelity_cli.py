@@ -1,0 +1,90 @@
+"""The worst slice as a user meets it: ``mcomp quantize`` and ``mcomp compare`` on a detector-shaped model."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from clirun import Batch, run_mcomp, run_shell, selected_keys, uses
+from helpers import tiny_detector
+
+QUANTIZE = ["quantize", "det.onnx", "--data", "calib.npz", "--no-latency-guard", "--runs", "3", "--json"]
+RUNS = {
+    "default": [*QUANTIZE, "-o", "good.onnx"],
+    # the defect, made on purpose: one scale over the head's Concat, judged by the whole-output cosine
+    "broken": [*QUANTIZE, "--max-range-ratio", "1e12", "--fidelity", "whole", "-o", "broken.onnx"],
+    "gate": ["run", "gate.yaml", "det.onnx", "-o", "gated.onnx", "--json"],
+    "bad-mode": ["optimize", "det.onnx", "--fidelity", "mean"],
+}
+COMPARE = "mcomp compare det.onnx broken.onnx --data calib.npz --runs 3 {extra}"
+GATE = """steps:
+  - quantize: {latency_guard: false, max_range_ratio: 1.0e+12, min_fidelity: 0.5}
+data: {calibration: calib.npz}
+measure: {runs: 3, fidelity: whole}
+gate: {min_fidelity: 0.99}
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(request, tmp_path_factory):
+    def prepare(key):
+        folder = tmp_path_factory.mktemp(key)
+        (folder / "det.onnx").write_bytes(ir.serde.serialize_model(tiny_detector()).SerializeToString())
+        rng = np.random.default_rng(1)
+        np.savez(folder / "calib.npz", x=rng.random((16, 1, 3, 32, 32), dtype=np.float32))
+        (folder / "gate.yaml").write_text(GATE)
+        if key.startswith("compare"):
+            extra = "--fidelity whole" if key == "compare-whole" else ""
+
+            def both():
+                made = run_mcomp(*RUNS["broken"], cwd=folder)
+                assert made.returncode == 0, made.explain()
+                return run_shell(COMPARE.format(extra=extra), cwd=folder)
+            return both
+        return lambda: run_mcomp(*RUNS[key], cwd=folder)
+
+    batch = Batch(prepare, selected_keys(request, sys.modules[__name__]))
+    yield batch
+    batch.close()
+
+
+@uses("default", "broken")
+def test_the_report_shows_the_worst_slice_beside_the_whole_cosine(runs):
+    good, broken = runs["default"], runs["broken"]
+    assert good.returncode == 0 and broken.returncode == 0, good.explain() + broken.explain()
+    good_doc, broken_doc = json.loads(good.out), json.loads(broken.out)
+    assert "fidelity, worst slice" in good.stderr and "shared 8-bit scale" in good.stderr
+    assert good_doc["fidelity"]["summary"]["slice_cosine"] >= 0.95
+    whole, worst = broken_doc["fidelity"]["summary"]["cosine"], broken_doc["fidelity"]["summary"]["worst_slice"]
+    assert whole > 0.99 and worst["cosine"] < 0.5 and worst["index"] >= 4  # a class row
+    assert "top-1 agreement" not in broken.stderr  # a detector head is not class scores
+
+
+@uses("compare", "compare-whole")
+def test_compare_leads_with_the_worst_slice_and_whole_keeps_the_old_figure(runs):
+    res, whole = runs["compare"], runs["compare-whole"]
+    assert res.returncode == 0, res.explain()
+    lead = next(line for line in res.err_lines if line.startswith("fidelity"))
+    assert lead.startswith("fidelity (slice): 0.") and float(lead.split()[2].rstrip(";")) < 0.5
+    assert "worst slice y axis 1" in lead
+    lead = next(line for line in whole.err_lines if line.startswith("fidelity"))
+    assert lead.startswith("fidelity (whole):") and float(lead.split()[2].rstrip(";")) > 0.99
+
+
+@uses("gate")
+def test_a_fidelity_gate_in_whole_mode_passes_what_the_default_would_fail(runs):
+    res = runs["gate"]
+    assert res.returncode == 0, res.explain()
+    gate = json.loads(res.out)["gates"]["min_fidelity"]
+    assert gate["passed"] and gate["fidelity"] == "whole"
+    assert json.loads(res.out)["fidelity"]["summary"]["slice_cosine"] < 0.99  # what slice mode would have failed
+
+
+@uses("bad-mode")
+def test_an_unknown_fidelity_mode_is_exit_2_in_one_line(runs):
+    res = runs["bad-mode"]
+    assert res.returncode == 2 and "--fidelity 'mean'" in res.stderr and "Traceback" not in res.stderr, res.explain()
