@@ -135,7 +135,7 @@ class _Flow:
                            "(use --min-fidelity without labels)")
         budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, self.ctx.fidelity)
         if not budget.active:
-            budget = bud.Budget(min_fidelity=bud.DEFAULT_FLOOR, mode=self.ctx.fidelity)
+            budget = bud.Budget.default(self.ctx.fidelity)
             self.notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input")
         self.metrics["budget"] = {"budget": budget.describe(), "held": True, "float_nodes": [], "trials": []}
         return budget
@@ -214,7 +214,7 @@ def run_kmeans(cfg, model: ir.Model, ctx: Context) -> PassResult:
     evaluator = bud.Evaluator(reference, bud.as_feeds(evaluation, EVAL_FEEDS), ctx.providers, ctx.threads, ctx.fidelity)
     budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, ctx.fidelity)
     if not budget.active:
-        budget = bud.Budget(min_fidelity=bud.DEFAULT_FLOOR, mode=ctx.fidelity)
+        budget = bud.Budget.default(ctx.fidelity)
         notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input")
 
     def build(keep_float, only=None):
