@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["CACHE_DIR", "RealModel", "fetch", "all_models", "write_npz"]
+__all__ = ["CACHE_DIR", "RealModel", "fetch", "all_models", "write_npz", "write_atomically"]
 
 CACHE_DIR: Path = Path(
     os.environ.get("MCOMP_MODEL_CACHE") or Path.home() / ".cache" / "mcomp" / "models"
@@ -525,12 +525,22 @@ def write_npz(model: RealModel, path: Path, batches: int = 4) -> Path:
             arrays[key] = first
         else:
             arrays[key] = np.stack([np.asarray(s[key]) for s in samples])
-    path = Path(path)
+
+    def fill(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: given a path, np.savez would append ".npz" to it
+            np.savez(f, **arrays)
+
+    return write_atomically(Path(path), fill)
+
+
+def write_atomically(path: Path, fill: Callable[[Path], object]) -> Path:
+    """``fill(tmp)`` writes a temporary file beside ``path``, which then replaces ``path`` in one rename:
+    a reader (or a racing writer of the same bytes) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+        fill(Path(tmp))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
