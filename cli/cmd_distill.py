@@ -21,10 +21,11 @@ def distill(
     data: Data = None,
     eval_data: Annotated[Optional[str], Opt("--eval-data", help="held-out data for the report's accuracy [default: --data]", show_default=False)] = None,
     teacher_arch: Annotated[Optional[str], Opt("--teacher-arch", help="module:factory for a state_dict teacher", show_default=False)] = None,
-    epochs: Annotated[int, Opt("--epochs", min=1)] = 20,
+    epochs: Annotated[int, Opt("--epochs", min=1, help="epochs to train (at most: see --time-budget)")] = 20,
+    time_budget: Annotated[Optional[float], Opt("--time-budget", metavar="SECONDS", min=0, help="seconds for the whole step: the first batches are timed, then the epochs that fit are planned and the schedule ends with them", show_default=False)] = None,
     batch_size: Annotated[int, Opt("--batch-size", min=1, help="examples per step, over all processes")] = 64,
     optimizer: Annotated[str, Opt("--optimizer", help="adamw | adam | sgd")] = "adamw",
-    lr: Annotated[float, Opt("--lr", help="base learning rate")] = 3e-3,
+    lr: Annotated[Optional[float], Opt("--lr", help="base learning rate [default: auto, from a short LR range test on a throw-away copy of the student]", show_default=False)] = None,
     weight_decay: Annotated[float, Opt("--weight-decay")] = 1e-4,
     momentum: Annotated[float, Opt("--momentum", help="sgd: Nesterov momentum")] = 0.9,
     schedule: Annotated[str, Opt("--schedule", help="cosine | constant | step | exponential | polynomial | inverse-time")] = "cosine",
@@ -63,7 +64,8 @@ def distill(
     with rank_scratch(rank) as scratch:
         console.configure(quiet or rank > 0, json and rank == 0)
         with console.guard(debug):
-            options = {"teacher": teacher, "teacher_arch": teacher_arch, "epochs": epochs, "batch_size": batch_size,
+            options = {"teacher": teacher, "teacher_arch": teacher_arch, "epochs": epochs, "time_budget": time_budget,
+                       "batch_size": batch_size,
                        "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "momentum": momentum,
                        "schedule": schedule, "warmup_epochs": warmup_epochs, "lr_decay": lr_decay,
                        "lr_step_epochs": lr_step_epochs, "lr_power": lr_power, "min_lr": min_lr,

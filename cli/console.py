@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
+import time
 import traceback
 
 import typer
@@ -69,10 +71,17 @@ def guard(debug: bool = False):
 
 
 class Progress:
-    """Progress on stderr through one helper that is silent when stderr is not a terminal, or with -q/--json."""
+    """Progress on stderr through one helper (design §5): a live status line on a terminal;
+    elsewhere (CI, ``make`` logs) a plain line at most every ``MCOMP_PROGRESS_SECONDS`` seconds
+    (default 15), so a long step is never silent while a short one prints nothing. Silent with
+    -q, or when the caller disables it (--json)."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and err.is_terminal and not _state["quiet"]
+        on = enabled and not _state["quiet"]
+        self.enabled = on and err.is_terminal
+        self.plain = on and not err.is_terminal
+        self.every = _seconds(os.environ.get("MCOMP_PROGRESS_SECONDS"), 15.0)
+        self._last = time.monotonic()
         self._status = None
 
     def __enter__(self):
@@ -82,9 +91,20 @@ class Progress:
         return self
 
     def __call__(self, description: str, done: int, total: int) -> None:
+        text = f"{description} ({done}/{total})" if total > 1 else description
         if self._status is not None:
-            self._status.update(f"{description} ({done}/{total})" if total > 1 else description)
+            self._status.update(text)
+        elif self.plain and time.monotonic() - self._last >= self.every:
+            self._last = time.monotonic()
+            print(text, file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._status is not None:
             self._status.__exit__(*exc)
+
+
+def _seconds(text: str | None, default: float) -> float:
+    try:
+        return max(0.0, float(text)) if text else default
+    except ValueError:
+        return default

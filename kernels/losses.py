@@ -7,7 +7,9 @@ there are some, and a term ``R`` that pulls the student towards the teacher:
 - classifier outputs: soft targets, ``KL(p_T ‖ q_T) · T²`` between the teacher's and the
   student's softmax at temperature ``T`` (the ``T²`` keeps the gradient scale independent
   of ``T``);
-- regression outputs: mean squared error to the teacher's output;
+- regression outputs: mean squared error to the teacher's output, on outputs standardized
+  with the teacher's statistics (``standardized_mse``), so that a slice of 0–1 class scores
+  counts as much as one of 0–640 pixel coordinates;
 - intermediate features (hints, FitNets): mean squared error between a student tensor
   (projected to the teacher's width) and the teacher's, divided by the teacher's variance
   so that hints of any scale weigh alike.
@@ -18,6 +20,9 @@ of the global batch, which makes N workers compute exactly one worker's gradient
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,6 +65,42 @@ def mse(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared error per example (regression outputs against the teacher or the labels)."""
     diff = (student.float() - target.detach().float()).reshape(student.shape[0], -1)
     return (diff * diff).mean(dim=1)
+
+
+def standardized_mse(student: torch.Tensor, target: torch.Tensor, mean: torch.Tensor,
+                     std: torch.Tensor) -> torch.Tensor:
+    """MSE per example between ``(student − mean) / std`` and ``(target − mean) / std``: each
+    slice's error in units of the teacher's spread of that slice (``mean``/``std`` broadcast
+    over ``[N, ...]``, see :func:`slice_statistics`). Plain MSE on raw outputs is dominated by
+    the largest-valued slices: on a pruned detector it fitted the pixel coordinates and left
+    the class scores at cosine 0.2."""
+    return mse((student.float() - mean) / std, (target.detach().float() - mean) / std)
+
+
+def slice_statistics(values: np.ndarray, axes: Sequence[int], *, chunk: int = 256,
+                     floor: float = 1e-4) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``values`` (``[N, ...]``) per slice along ``axes`` (over
+    the examples and every other axis; no axes: one mean and std over everything), shaped to
+    broadcast over ``[1, ...]``. Accumulated in float64 over chunks of examples (Chan et al.'s
+    pairwise update), so a large output is never copied whole. A std below ``floor`` × the
+    largest one is raised to it: a slice that barely varies (the score row of a class absent
+    from the data) would otherwise turn its rounding noise into a large loss."""
+    kept = set(int(a) % values.ndim for a in axes)
+    reduce = tuple(a for a in range(values.ndim) if a not in kept)
+    shape = tuple(values.shape[a] if a in kept else 1 for a in range(values.ndim))
+    count, mean, m2 = 0, np.zeros(shape), np.zeros(shape)
+    for start in range(0, values.shape[0], chunk):
+        part = values[start:start + chunk].astype(np.float64)
+        k = part.size // int(np.prod(shape))
+        part_mean = part.mean(axis=reduce, keepdims=True)
+        part_m2 = ((part - part_mean) ** 2).sum(axis=reduce, keepdims=True)
+        delta, total = part_mean - mean, count + k
+        mean = mean + delta * (k / total)
+        m2 = m2 + part_m2 + delta ** 2 * (count * k / total)
+        count = total
+    std = np.sqrt(m2 / max(count, 1))
+    std = np.maximum(std, max(floor * float(std.max(initial=0.0)), 1e-12))
+    return mean.astype(np.float32), std.astype(np.float32)
 
 
 def hint_mse(student: torch.Tensor, teacher: torch.Tensor, scale: float = 1.0) -> torch.Tensor:

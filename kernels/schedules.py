@@ -92,3 +92,17 @@ class Schedule:
         lr = _FUNCTIONS[self.kind](t, total, self.base_lr, decay=self.decay, step_epochs=self.step_epochs,
                                    power=self.power, min_lr=self.min_lr)
         return max(lr, self.min_lr)
+
+
+def steps_within(seconds: float, step_seconds: float, steps_per_epoch: int, epoch_overhead: float, done: int,
+                 limit: int) -> int:
+    """The total optimizer steps (``done`` included, at most ``limit``) that end within ``seconds``
+    from now, at ``step_seconds`` a step plus ``epoch_overhead`` (validation) at each epoch's end:
+    whole epochs where the current one fits, else the steps of the current epoch that fit. A
+    schedule planned for this many steps ends when the time does, instead of being cut mid-way."""
+    rest = steps_per_epoch - done % steps_per_epoch  # steps left in the current epoch
+    current = rest * step_seconds + epoch_overhead
+    if current > seconds:
+        return min(limit, done + max(0, int((seconds - epoch_overhead) / step_seconds)))
+    more = int((seconds - current) / (steps_per_epoch * step_seconds + epoch_overhead))
+    return min(limit, done + rest + more * steps_per_epoch)

@@ -1,7 +1,10 @@
-"""The distill pass on the digits CNN: pruned and QDQ students, unlabeled data, resume, DDP."""
+"""The distill pass on the digits CNN: pruned and QDQ students, unlabeled data, resume, DDP; on a
+head that joins pixel-scale and 0–1 slices: standardized losses; time budgets and the LR range test."""
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -77,6 +80,10 @@ def test_distill_recovers_a_pruned_student_and_keeps_its_sparsity(magnitude_prun
     assert [h["epoch"] for h in m["history"]] == [0, 1, 2, 3, 4]
     assert m["loss"]["outputs"] == {"logits": "KL·T²"} and m["loss"]["task"] == "labels"
     assert m["teacher"]["backend"] in ("onnxruntime", "torch")
+    fid = m["fidelity"]
+    assert fid["after"]["cosine"] > fid["before"]["cosine"] + 0.05 and "validation examples" in fid["data"]
+    assert "cosine to the teacher" in m["summary"]
+    assert m["training"]["lr"] == 0.01 and m["training"]["lr_source"] == "--lr" and "lr_range_test" not in m
     # names, dynamic axes and structure are those of the student
     assert [v.name for v in result.model.graph.inputs] == ["image"]
     assert result.model.graph.inputs[0].shape[0] == magnitude_pruned.graph.inputs[0].shape[0]
@@ -253,9 +260,85 @@ def test_regression_outputs_use_mse():
             v.const_value = ir.Tensor(v.const_value.numpy() * 0.5, name="w")
     ctx = Context(reference=model, data={"training": data_io.Dataset(feeds)}, threads=1)
     result = Distill(epochs=5, lr=0.01, val_split=0.25, batch_size=8)(student, ctx)
-    assert result.metrics["loss"]["outputs"] == {"y": "MSE"}
+    assert result.metrics["loss"]["outputs"]["y"].startswith("MSE, standardized")
     history = result.metrics["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
+
+
+def _head(perturb: float = 0.0) -> ir.Model:
+    """x[N,3,4,4] → shared Conv+Relu features → 2 box rows in pixels (×300) and 4 tanh class rows
+    (−1…1), joined on axis 1: y[N, 6, 16]. ``perturb`` adds noise to the shared features' weights
+    (the damage of a prune), which both kinds of rows must then be trained back through."""
+    rng = np.random.default_rng(0)
+    w = {"w1": rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.4,
+         "wb": rng.standard_normal((2, 8, 1, 1)).astype(np.float32),
+         "wc": rng.standard_normal((4, 8, 1, 1)).astype(np.float32),
+         "k": np.array(300.0, np.float32), "shape": np.array([0, 6, -1], np.int64)}
+    w["w1"] += np.random.default_rng(1).standard_normal(w["w1"].shape).astype(np.float32) * 0.4 * perturb
+    n = oh.make_node
+    nodes = [n("Conv", ["x", "w1"], ["f"], pads=[1, 1, 1, 1]), n("Relu", ["f"], ["r"]),
+             n("Conv", ["r", "wb"], ["b"]), n("Mul", ["b", "k"], ["box"]), n("Conv", ["r", "wc"], ["c"]),
+             n("Tanh", ["c"], ["cls"]), n("Concat", ["box", "cls"], ["cat"], axis=1),
+             n("Reshape", ["cat", "shape"], ["y"])]
+    graph = oh.make_graph(nodes, "head", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 6, 16])],
+                          [nh.from_array(a, k) for k, a in w.items()])
+    return ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+
+
+def _distill_head(monkeypatch=None, **options) -> dict:
+    rng = np.random.default_rng(2)
+    feeds = [{"x": rng.standard_normal((64, 3, 4, 4)).astype(np.float32)} for _ in range(8)]
+    ctx = Context(reference=_head(), data={"training": data_io.Dataset(feeds)}, threads=1)
+    options = {"epochs": 5, "lr": 0.01, "hints": [], "batch_size": 32, **options}
+    return Distill(**options)(_head(perturb=0.5), ctx).metrics
+
+
+def test_standardized_loss_recovers_the_small_slice_of_a_joined_output(monkeypatch):
+    standardized = _distill_head()
+    assert standardized["loss"]["outputs"]["y"] == "MSE, standardized per slice along axis 1 (6 slices)"
+    before, after = standardized["fidelity"]["before"], standardized["fidelity"]["after"]
+    assert before["worst_slice"]["output"] == "y" and before["worst_slice"]["axis"] == 1
+    assert before["worst_slice"]["index"] >= 2, "the worst slice is a 0–1 class row"
+    assert after["slice_cosine"] > before["slice_cosine"] + 0.1
+    assert "worst slice" in standardized["summary"]
+    # the same run on raw outputs: MSE fits the pixel rows and leaves the class rows behind
+    from mcomp.passes.distill import prepare
+
+    monkeypatch.setattr(prepare, "output_scales", lambda kinds, outputs: [None] * len(kinds))
+    raw = _distill_head()
+    assert raw["loss"]["outputs"]["y"] == "MSE"
+    assert after["slice_cosine"] > raw["fidelity"]["after"]["slice_cosine"] + 0.01, (after, raw["fidelity"]["after"])
+
+
+def test_time_budget_plans_the_epochs_that_fit_and_the_schedule_ends_with_them(monkeypatch, magnitude_pruned):
+    from mcomp.passes.distill import train
+
+    ticks = itertools.count()
+    monkeypatch.setattr(train, "clock", lambda: float(next(ticks)))  # one second per reading: no wall clock
+    m = distill(magnitude_pruned, epochs=20, time_budget=100).metrics
+    time = m["time"]
+    assert time["budget_seconds"] == 100 and time["epochs"] == 20
+    assert 1 <= time["planned_epochs"] < 20 and time["epochs_run"] == math.ceil(time["planned_epochs"])
+    assert "of 20 fit" in time["why"] and "time budget 100 s" in time["why"]
+    assert f"({time['planned_epochs']:g} of 20 planned for a time budget of" in m["summary"]
+    assert any(n.startswith("epoch 1 took") for n in m["notes"])
+    assert [h["epoch"] for h in m["history"]][-1] == time["epochs_run"]
+    # the schedule was planned for the epochs that fit: the last epoch starts low on its cosine
+    assert time["epochs_run"] >= 3 and m["history"][-1]["lr"] < 0.01 * 0.5, m["history"]
+
+
+def test_without_lr_a_range_test_picks_it(magnitude_pruned):
+    result = distill(magnitude_pruned, lr=None, epochs=3)
+    m = result.metrics
+    test = m["lr_range_test"]
+    tried = [lr for lr, _ in test["curve"]]
+    assert test["tried"] == pytest.approx([min(tried), max(tried)], rel=1e-3) and len(tried) == test["steps"] >= 10
+    assert test["tried"][0] <= m["training"]["lr"] <= test["tried"][1] and m["training"]["lr"] == test["lr"]
+    assert test["min_loss_lr"] / 10 * 0.99 <= test["lr"] <= test["min_loss_lr"] / 3 * 1.01
+    assert m["training"]["lr_source"] == "LR range test" and "(LR range test)" in m["summary"]
+    assert any(n.startswith("lr ") and "LR range test" in n for n in m["notes"])
+    assert accuracy(result.model) > accuracy(magnitude_pruned) + 0.3
 
 
 @pytest.mark.slow

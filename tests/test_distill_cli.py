@@ -74,8 +74,16 @@ def runs(tmp_path_factory):
     pipe.mkdir()
     jobs["pipeline"] = (pipe, None, ["run", str(REPO / "configs" / "pipeline.yaml"), "-o", "out.onnx", "--json",
                                      "--threads", "1"])
+    plain = root / "plain"
+    plain.mkdir()
+    shutil.copy(root / "student.onnx", plain / "student.onnx")
+    # stderr is a pipe here, as in CI: progress comes as plain lines (every line, at 0 s between them)
+    script = (f"MCOMP_PROGRESS_SECONDS=0 mcomp distill student.onnx --teacher {ASSETS / 'digits_cnn.onnx'} "
+              f"--data {TRAIN} --epochs 2 --time-budget 600 --threads 1 --runs 3 --no-checkpoint")
     with ThreadPoolExecutor(3) as pool:
         futures = {k: pool.submit(run_mcomp, *args, cwd=folder) for k, (folder, _, args) in jobs.items()}
+        futures["plain"] = pool.submit(run_shell, script, cwd=plain)
+        jobs["plain"] = (plain, None, [])
         yield {k: (f.result(), jobs[k][0], jobs[k][1]) for k, f in futures.items()}
 
 
@@ -102,6 +110,24 @@ def test_distill_command_writes_model_report_and_checkpoint(runs):
     assert doc["accuracy"]["candidate"] > doc["accuracy"]["reference"] + 0.2  # the input is the pruned student
     assert (folder / "student.distill.onnx").exists() and (folder / "student.distill.report.json").exists()
     assert (folder / "student.distill.ckpt" / "last.pt").exists()
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal_and_auto_lr_and_time_budget(runs):
+    res, folder, _ = runs["plain"]
+    assert res.returncode == 0, res.explain()
+    lines = res.err_lines
+    assert any(l.startswith("distill: LR range test · lr") for l in lines), res.explain()
+    assert any(l.startswith("distill: epoch 1/2 · batch") for l in lines), res.explain()
+    assert any(l.startswith("distill: epoch 1 took") and "2 epochs ≈" in l for l in lines), res.explain()
+    assert "\x1b" not in res.stderr, "plain lines, no terminal control codes"
+    doc = json.loads((folder / "student.distill.report.json").read_text())
+    step = doc["steps"][0]
+    assert step["options"]["time_budget"] == 600 and step["options"]["lr"] is None
+    changes = step["changes"]
+    assert changes["training"]["lr_source"] == "LR range test"
+    assert changes["lr_range_test"]["lr"] == changes["training"]["lr"]
+    assert changes["time"]["budget_seconds"] == 600 and changes["time"]["epochs_run"] == 2
+    assert changes["fidelity"]["after"]["cosine"] > changes["fidelity"]["before"]["cosine"]
 
 
 def test_prune_quantize_distill_optimize_pipeline(runs):
@@ -139,3 +165,28 @@ def test_torchrun_two_processes(tmp_path):
     assert "2 processes" in doc["steps"][0]["changes"]["summary"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.distill.ckpt", "out.onnx", "out.report.json",
                                                           "student.onnx", "teacher.onnx"]
+
+
+def test_plain_progress_lines_are_throttled_and_quiet_silences_them(monkeypatch, capsys):
+    from rich.console import Console
+
+    from mcomp.cli import console
+
+    monkeypatch.setattr(console, "err", Console(stderr=True, force_terminal=False))
+    monkeypatch.delenv("MCOMP_PROGRESS_SECONDS", raising=False)
+    now = [100.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
+    console.configure(quiet=False)
+    with console.Progress(enabled=True) as progress:
+        for t, done in ((101, 1), (116, 2), (120, 3), (131, 4)):  # every 15 s by default
+            now[0] = t
+            progress("distill: epoch 1/9 · batch", done, 9)
+    assert capsys.readouterr().err.splitlines() == ["distill: epoch 1/9 · batch (2/9)", "distill: epoch 1/9 · batch (4/9)"]
+    console.configure(quiet=True)
+    try:
+        with console.Progress(enabled=True) as progress:
+            now[0] += 1000
+            progress("distill", 1, 2)
+    finally:
+        console.configure(quiet=False)
+    assert capsys.readouterr().err == ""

@@ -1,4 +1,5 @@
-"""Distillation kernels: losses (KL·T², cross-entropy, MSE, hints) and learning-rate schedules."""
+"""Distillation kernels: losses (KL·T², cross-entropy, MSE, standardized slices, hints), learning-rate
+schedules and their time-budget plan, and reading a learning rate off an LR range test."""
 
 import math
 
@@ -6,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from mcomp.kernels import losses
-from mcomp.kernels.schedules import KINDS, Schedule, cosine, exponential, inverse_time, polynomial, step
+from mcomp.kernels import losses, lr_range
+from mcomp.kernels.fidelity import channel_axes
+from mcomp.kernels.schedules import KINDS, Schedule, cosine, exponential, inverse_time, polynomial, step, steps_within
 
 
 def _kl(p: np.ndarray, q: np.ndarray) -> float:
@@ -71,6 +73,67 @@ def test_mse_for_regression_outputs_per_example():
     torch.testing.assert_close(losses.hint_mse(s, t, scale=2.0), torch.tensor([1.0, 2.5]))
 
 
+def _two_scales(n: int = 64, k: int = 32) -> np.ndarray:
+    """[N, 2, K]: slice 0 in pixels (scale 300), slice 1 in 0–1 units (scale 1)."""
+    rng = np.random.default_rng(0)
+    return np.stack([300 * rng.standard_normal((n, k)), rng.standard_normal((n, k))], axis=1).astype(np.float32)
+
+
+def test_standardized_mse_weighs_a_small_slice_as_much_as_a_large_one():
+    teacher = _two_scales()
+    axes = channel_axes(teacher)
+    assert axes == [1]
+    mean, std = losses.slice_statistics(teacher, axes)
+    assert mean.shape == std.shape == (1, 2, 1)
+    np.testing.assert_allclose(std.ravel(), [300, 1], rtol=0.1)
+    t = torch.from_numpy(teacher)
+    contributions, raw = [], []
+    for k in (0, 1):  # the student is 10 % off in one slice only
+        student = t.clone()
+        student[:, k] *= 1.1
+        student.requires_grad_()
+        loss = losses.standardized_mse(student, t, torch.from_numpy(mean), torch.from_numpy(std)).mean()
+        loss.backward()
+        contributions.append((float(loss.detach()), float(student.grad[:, k].norm())))
+        raw.append(float(losses.mse(student.detach(), t).mean()))
+    (loss_big, grad_big), (loss_small, grad_small) = contributions
+    assert 0.5 < loss_small / loss_big < 2
+    # gradients w.r.t. the output, per unit of each slice's own scale, are alike
+    assert 0.5 < (grad_small * 1) / (grad_big * 300) < 2
+    assert raw[0] / raw[1] > 1e4  # what plain MSE does: the small slice does not count
+
+
+def test_slice_statistics_match_numpy_over_chunks_and_floor_flat_slices():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((10, 3, 5)).astype(np.float32) * np.array([1.0, 50.0, 0.0], np.float32)[None, :, None]
+    x[:, 2] = 7.0  # a constant slice
+    mean, std = losses.slice_statistics(x, [1], chunk=3)
+    np.testing.assert_allclose(mean.ravel(), x.astype(np.float64).mean(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.ravel()[:2], x.astype(np.float64).std(axis=(0, 2))[:2], rtol=1e-5)
+    assert std.ravel()[2] == pytest.approx(1e-4 * std.max(), rel=1e-3)  # floored, not zero
+    whole_mean, whole_std = losses.slice_statistics(x, [])
+    assert whole_std.shape == (1, 1, 1) and whole_std.item() == pytest.approx(x.astype(np.float64).std(), rel=1e-5)
+
+
+def test_objective_standardizes_regression_outputs_per_slice_or_overall():
+    from mcomp.passes.distill.objective import Objective, OutputKind, output_scales
+
+    sliced = _two_scales()  # channel-like axis 1
+    rng = np.random.default_rng(2)
+    small = (0.01 * rng.standard_normal((64, 3, 4, 4))).astype(np.float32)  # no channel-like axis: overall std
+    big = (300 * rng.standard_normal((64, 3, 4, 4))).astype(np.float32)
+    kinds = [OutputKind("y", "regression"), OutputKind("small", "regression"), OutputKind("big", "regression")]
+    scales = output_scales(kinds, [sliced, small, big])
+    assert [s.axes for s in scales] == [(1,), (), ()]
+    assert "per slice along axis 1 (2 slices)" in scales[0].describe() and "overall" in scales[1].describe()
+    objective = Objective(kinds, temperature=1.0, alpha=0.0, labelled=False, hints=[], hint_weight=0.0, scales=scales)
+    outs = [torch.from_numpy(a) for a in (sliced, small, big)]
+    off = lambda i: [o * 1.1 if j == i else o for j, o in enumerate(outs)]
+    per_output = [float(objective(tuple(off(i)), outs, None)[0].mean()) for i in range(3)]
+    # 10 % off weighs alike in each output, whatever its scale (plain MSE: a factor 1e9 apart)
+    assert max(per_output) / min(per_output) < 2, per_output
+
+
 def test_top1_correct():
     scores = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     torch.testing.assert_close(losses.top1_correct(scores, torch.tensor([1, 1, 1])), torch.tensor([1.0, 0.0, 1.0]))
@@ -119,3 +182,58 @@ def test_every_schedule_starts_at_base_and_respects_min_lr(kind):
 def test_schedule_rejects_unknown_kind():
     with pytest.raises(ValueError, match="unknown schedule"):
         Schedule("linear-ish", 0.1, epochs=1, steps_per_epoch=1)
+
+
+def test_steps_within_plans_whole_epochs_or_the_part_of_one_that_fits():
+    # 10 steps per epoch at 1 s, 2 s of validation per epoch: an epoch takes 12 s
+    assert steps_within(40, 1.0, 10, 2.0, done=0, limit=200) == 30  # 3 whole epochs (36 s)
+    assert steps_within(40, 1.0, 10, 2.0, done=4, limit=200) == 30  # the current epoch (6 + 2 s), then 2 more
+    assert steps_within(1000, 1.0, 10, 2.0, done=0, limit=50) == 50  # never more than asked
+    assert steps_within(7, 1.0, 10, 2.0, done=0, limit=200) == 5  # not one epoch: the steps that fit
+    assert steps_within(-5, 1.0, 10, 2.0, done=3, limit=200) == 3  # no time left: none more
+
+
+def test_schedule_planned_for_fewer_epochs_completes_within_them():
+    planned = Schedule("cosine", 0.1, epochs=3, steps_per_epoch=10, warmup_epochs=0.75)
+    assert planned(29) < 0.002  # the cosine has ended by the last planned step
+    assert Schedule("cosine", 0.1, epochs=20, steps_per_epoch=10, warmup_epochs=1)(29) > 0.09  # cut mid-way
+
+
+# -- LR range test -----------------------------------------------------------
+
+
+def _range_curve(best: float = 1e-2, steps: int = 40, noise: float = 0.0, seed: int = 0):
+    """A range-test-like curve: flat, then falling, lowest near ``best``, then blowing up."""
+    lrs = lr_range.sweep(1e-6, 1.0, steps)
+    x = np.log10(lrs) - np.log10(best)
+    losses_ = 2.0 - 1.5 / (1 + np.exp(-2.5 * (x + 1.2))) + np.where(x > 0, 3 * x ** 2, 0.0)
+    losses_ = losses_ + noise * np.random.default_rng(seed).standard_normal(steps)
+    return lrs, [float(v) for v in losses_]
+
+
+def test_choose_lr_picks_below_the_minimum_within_the_tried_range():
+    lrs, curve = _range_curve(best=1e-2)
+    choice = lr_range.choose_lr(lrs, curve)
+    assert lrs[0] <= choice["lr"] <= lrs[-1]
+    assert 1e-2 / 10 * 0.5 <= choice["lr"] <= 1e-2 / 3 * 1.5, choice  # a tenth to a third of the minimum
+    assert choice["min_loss_lr"] == pytest.approx(1e-2, rel=0.6)
+    moved = lr_range.choose_lr(*_range_curve(best=1e-4))
+    assert moved["lr"] < choice["lr"] / 30  # it follows the curve
+
+
+def test_choose_lr_is_robust_to_noise_and_stops_at_the_first_non_finite_loss():
+    lrs, curve = _range_curve(best=1e-3, noise=0.05, seed=3)
+    assert 1e-4 * 0.3 <= lr_range.choose_lr(lrs, curve)["lr"] <= 1e-3 / 3 * 2
+    lrs, curve = _range_curve(best=1e-3)
+    cut = next(i for i, lr in enumerate(lrs) if lr > 3e-3)
+    broken = curve[:cut] + [float("nan")] * (len(curve) - cut)
+    assert lr_range.choose_lr(lrs, broken)["lr"] < 3e-3
+    flat_then_worse = [1.0 + 0.01 * i for i in range(20)]
+    choice = lr_range.choose_lr(lrs[:20], flat_then_worse, lowest=1e-5)
+    assert choice["lr"] == 1e-5 and "fell at no rate" in choice["rule"]
+
+
+def test_diverged_once_the_smoothed_loss_is_four_times_its_minimum():
+    assert not lr_range.diverged([2.0, 1.5, 1.0, 0.8])
+    assert lr_range.diverged([2.0, 1.5, 1.0, 0.8, 5.0, 20.0, 80.0])
+    assert lr_range.diverged([2.0, float("inf")])

@@ -5,8 +5,13 @@ after training its weights are written back into the same graph, so names, dynam
 the pruned shapes and the Q/DQ nodes and scales of a quantized student stay as they were.
 The parts: the teacher and its outputs (``teacher``), the examples (``samples``), the loss
 (``objective`` over ``mcomp.kernels.losses``), the loop (``train``, with the schedules of
-``mcomp.kernels.schedules``), data parallelism (``ddp``), quantized weights (``qdq``) and
-weights taken from the teacher (``warmstart``).
+``mcomp.kernels.schedules``), data parallelism (``ddp``), quantized weights (``qdq``),
+weights taken from the teacher (``warmstart``) and the LR range test that picks the default
+learning rate (``lr_range`` over ``mcomp.kernels.lr_range``).
+
+Regression outputs are compared standardized per slice with the teacher's statistics, and the
+report gives the student's fidelity to the teacher before and after, down to the worst slice
+(a detector's class rows next to its pixel boxes). ``time_budget`` plans the epochs that fit.
 
 ```yaml
 steps:
@@ -41,10 +46,14 @@ class Distill(Pass):
         teacher: str | None = Field(None, description="teacher model (ONNX or PyTorch checkpoint) [default: the "
                                                       "pipeline's input model]")
         teacher_arch: str | None = Field(None, description="module:factory for a state_dict teacher")
-        epochs: int = Field(20, ge=1, le=100000)
+        epochs: int = Field(20, ge=1, le=100000, description="epochs to train (at most: see time_budget)")
+        time_budget: float | None = Field(None, gt=0, description="seconds for the whole step: the first batches "
+                                          "are timed, then the epochs that fit are planned and the schedule ends "
+                                          "with them")
         batch_size: int = Field(64, ge=1, le=1 << 20, description="examples per step, over all processes")
         optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-        lr: float = Field(3e-3, gt=0, le=10, description="base learning rate")
+        lr: float | None = Field(None, gt=0, le=10, description="base learning rate [default: auto: an LR range "
+                                                                  "test on a throw-away copy of the student picks it]")
         momentum: float = Field(0.9, ge=0, lt=1, description="sgd: momentum (Nesterov)")
         weight_decay: float = Field(1e-4, ge=0, le=1)
         schedule: Literal[KINDS] = Field("cosine", description="learning-rate schedule after warm-up")
@@ -82,7 +91,7 @@ class Distill(Pass):
         with _torch_threads(ctx.threads):
             plan = prepare.plan(model, cfg, ctx)
             result = _run(plan.job, cfg, ctx)
-            student = prepare.finish(plan, result.state)
+            student = prepare.finish(plan, result.state, ctx)
         return PassResult(student, True, prepare.metrics(plan, result, cfg))
 
 

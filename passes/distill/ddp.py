@@ -45,6 +45,17 @@ class Comm:
             dist.all_reduce(tensor)
         return tensor
 
+    def max_(self, values: list[float]) -> list[float]:
+        """The largest of each value over the workers: every worker gets the same, so that plans
+        made from them (the epochs that fit in a time budget) agree."""
+        if self.world == 1:
+            return list(values)
+        import torch.distributed as dist
+
+        tensor = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor.tolist()
+
     def sync_grads(self, params: list[torch.Tensor]) -> None:
         """Sums the gradients of ``params`` over the workers in one all-reduce. A parameter that
         got no gradient on any worker keeps none (so the optimizer skips it, as alone)."""

@@ -3,6 +3,9 @@
 ``loss = (1 − α) · Σ_outputs R(student, teacher) + α · task(student, labels) + β · Σ_hints hint``
 where ``R`` is ``KL(teacher_T ‖ student_T) · T²`` for classifier-shaped outputs and MSE for
 the others, and ``task`` is cross-entropy (classifier) or MSE (regression) against the labels.
+The MSE of a regression output is taken on the output standardized with the teacher's
+statistics (:class:`Scale`): per slice along its channel-like axes, so a detector's class rows
+(0–1) count as much as its box rows (pixels).
 Without labels the soft targets weigh 1. Hints compare a student tensor, projected to the
 teacher's width by a learned 1×1 map (FitNets), with a teacher tensor.
 """
@@ -16,7 +19,7 @@ import torch
 
 from mcomp.errors import BadInput
 from mcomp.kernels import losses
-from mcomp.kernels.fidelity import is_classifier_shaped
+from mcomp.kernels.fidelity import channel_axes, is_classifier_shaped
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,46 @@ class OutputKind:
     name: str
     kind: str  # "classifier" | "regression" | "ignored" (integer or boolean outputs)
     probabilities: bool = False  # the graph already ends in a softmax
+
+
+@dataclass(frozen=True, eq=False)
+class Scale:
+    """How a regression output is standardized in the loss: the teacher's mean and std over the
+    training data, per slice along ``axes`` (its channel-like axes), or one of each over the whole
+    output where ``axes`` is empty."""
+
+    axes: tuple[int, ...]
+    mean: np.ndarray  # broadcasts over [N, ...]
+    std: np.ndarray
+
+    def describe(self) -> str:
+        if not self.axes:
+            return "MSE, standardized by the teacher's overall std"
+        slices = " × ".join(str(self.std.shape[a]) for a in self.axes)
+        return f"MSE, standardized per slice along axis {', '.join(map(str, self.axes))} ({slices} slices)"
+
+
+# Channel-like axes are found on this many examples (a median per slice; the statistics use all).
+_AXES_SAMPLE = 256
+
+
+def output_scales(kinds: list[OutputKind], teacher_outputs: list[np.ndarray]) -> list[Scale | None]:
+    """The teacher's statistics that standardize each regression output in the loss (None for the
+    other outputs), computed once from its outputs on the training data. Per slice along the
+    output's channel-like axes (``kernels.fidelity.channel_axes``: slices whose typical
+    magnitudes spread 10× or more): plain MSE on a detector's ``[N, 84, 8400]`` head fits the
+    pixel coordinates and leaves the class scores behind. An output without such axes is
+    standardized by its overall std instead, so that the losses of outputs of different scales
+    weigh alike."""
+    scales: list[Scale | None] = []
+    for kind, out in zip(kinds, teacher_outputs):
+        if kind.kind != "regression":
+            scales.append(None)
+            continue
+        axes = tuple(channel_axes(out[:_AXES_SAMPLE]))
+        mean, std = losses.slice_statistics(out, axes)
+        scales.append(Scale(axes, mean, std))
+    return scales
 
 
 @dataclass(frozen=True)
@@ -97,9 +140,14 @@ class Objective(torch.nn.Module):
     """Per-example loss of a batch; holds the hint projections (trained with the student)."""
 
     def __init__(self, kinds: list[OutputKind], *, temperature: float, alpha: float, labelled: bool,
-                 hints: list[Hint], hint_weight: float) -> None:
+                 hints: list[Hint], hint_weight: float, scales: list[Scale | None] | None = None) -> None:
         super().__init__()
         self.kinds = kinds
+        self.scaled = [s is not None for s in scales] if scales else [False] * len(kinds)
+        for i, scale in enumerate(scales or []):
+            if scale is not None:  # buffers, so that they move to the training device with the module
+                self.register_buffer(f"mean{i}", torch.from_numpy(scale.mean), persistent=False)
+                self.register_buffer(f"std{i}", torch.from_numpy(scale.std), persistent=False)
         self.temperature = temperature
         self.alpha = alpha if labelled else 0.0
         self.labelled = labelled
@@ -108,6 +156,12 @@ class Objective(torch.nn.Module):
         self.hint_weight = hint_weight
         self.projections = torch.nn.ModuleList(
             torch.nn.Linear(h.student_channels, h.teacher_channels, bias=True) for h in hints)
+
+    def regression(self, i: int, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """MSE of output ``i`` against a target (the teacher's output or labels), standardized where it has a scale."""
+        if self.scaled[i]:
+            return losses.standardized_mse(out, target, getattr(self, f"mean{i}"), getattr(self, f"std{i}"))
+        return losses.mse(out, target)
 
     def project(self, i: int, feature: torch.Tensor) -> torch.Tensor:
         """The student tensor mapped to the teacher's channels (axis 1; the last axis for rank 2)."""
@@ -126,7 +180,7 @@ class Objective(torch.nn.Module):
             if kind.kind == "classifier":
                 term = losses.soft_target_kl(student[i], teacher[i], self.temperature, probabilities=kind.probabilities)
             else:
-                term = losses.mse(student[i], teacher[i])
+                term = self.regression(i, student[i], teacher[i])
             soft = term if soft is None else soft + term
         total = soft * (1.0 - self.alpha) if soft is not None else 0.0
         if soft is not None:
@@ -134,7 +188,7 @@ class Objective(torch.nn.Module):
         if self.task is not None and labels is not None:
             kind, out = self.kinds[self.task], student[self.task]
             task = (losses.cross_entropy(out, labels, probabilities=kind.probabilities) if kind.kind == "classifier"
-                    else losses.mse(out, labels))
+                    else self.regression(self.task, out, labels))
             parts["task"] = task
             total = total + self.alpha * task
         for j, hint in enumerate(self.hints):

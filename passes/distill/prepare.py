@@ -3,6 +3,8 @@
 Every check that can fail on bad input runs here, before anything is trained or written:
 data that does not feed the models, a student whose outputs do not match the teacher's,
 labels of the wrong shape, unknown hint tensors, a graph the torch copy cannot run.
+The student's fidelity to the teacher is measured here too, before and after training
+(whole outputs and their worst slice: see ``mcomp.metrics.fidelity``).
 """
 
 from __future__ import annotations
@@ -15,9 +17,24 @@ import onnx_ir as ir
 from mcomp import model as model_io
 from mcomp.errors import BadInput
 from mcomp.pass_base import Context
-from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io
-from mcomp.passes.distill.objective import Hint, check_labels, output_kinds
-from mcomp.passes.distill.train import FitResult, Job
+from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io, train as train_io
+from mcomp.passes.distill.objective import Hint, check_labels, output_kinds, output_scales
+from mcomp.passes.distill.train import FitResult, Job, duration, epochs_text
+
+# Fidelity to the teacher is measured on at most this many examples (before and after training).
+FIDELITY_EXAMPLES = 512
+
+
+@dataclass
+class Yardstick:
+    """The examples on which the student is compared with the teacher, before and after training."""
+
+    samples: samples_io.Samples
+    teacher: list[np.ndarray]  # the teacher's outputs on them
+    names: list[str]  # the student's output names
+    text: str  # which examples, for the report
+    before: dict | None = None
+    after: dict | None = None
 
 
 @dataclass
@@ -30,6 +47,7 @@ class Plan:
     validation: str
     warmstart: dict | None
     qdq_before: dict[str, int]
+    yardstick: Yardstick
     notes: list[str] = field(default_factory=list)
     changed_quantized: int = 0
 
@@ -48,6 +66,7 @@ def device(cfg, ctx: Context) -> str:
 def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     from mcomp.passes.distill import warmstart
 
+    started = train_io.clock()
     notes: list[str] = []
     data = ctx.dataset("training", "calibration")
     if data is None:
@@ -87,11 +106,59 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
 
     train_targets = runner.targets(train, max(batch, 64), ctx.progress)
     val_targets = runner.targets(val, max(batch, 64)) if val is not None else None
+    yardstick = _yardstick(ctx, data, validation, train, train_targets[:n_out], val,
+                           val_targets[:n_out] if val is not None else None, runner, max(batch, 64), names)
     runner.close()
     hints = _hints(s_hints, t_hints, student_out[len(names):], train_targets[n_out:])
+    measuring = train_io.clock()
+    yardstick.before = fidelity(model, yardstick, ctx)
+    reserve = train_io.clock() - measuring  # measuring the result again takes about as long
     job = Job(model_io.to_bytes(trained), kinds, hints, train, train_targets, val, val_targets, cfg, seed, dev,
-              batch, fixed, cfg.checkpoint_dir, cfg.resume, ctx.threads)
-    return Plan(job, student, shadows, source, runner.run, validation.text, warm, qdq_before, notes + runner.run.notes)
+              batch, fixed, cfg.checkpoint_dir, cfg.resume, ctx.threads, output_scales(kinds, train_targets[:n_out]),
+              started, reserve)
+    return Plan(job, student, shadows, source, runner.run, validation.text, warm, qdq_before, yardstick,
+                notes + runner.run.notes)
+
+
+def _yardstick(ctx: Context, data, validation: "_Validation", train: samples_io.Samples, train_out: list[np.ndarray],
+               val: samples_io.Samples | None, val_out: list[np.ndarray] | None, runner: teacher_io.Teacher,
+               batch: int, names: list[str]) -> Yardstick:
+    """The evaluation data where it is another set than the training data, else the held-out
+    validation examples, else the training examples; at most ``FIDELITY_EXAMPLES`` of them."""
+    evaluation = ctx.data.get("evaluation")
+    distinct = evaluation is not None and evaluation is not data and evaluation.source != data.source
+    if distinct and validation.source == evaluation.source:  # validation runs on the evaluation data
+        samples, teacher, text = val, val_out, f"the evaluation data ({evaluation.source})"
+    elif distinct:
+        samples, teacher, text = samples_io.from_dataset(evaluation, "evaluation"), None, \
+            f"the evaluation data ({evaluation.source})"
+    elif val is not None:
+        samples, teacher, text = val, val_out, "the validation examples"
+    else:
+        samples, teacher, text = train, train_out, "the training examples"
+    if len(samples) > FIDELITY_EXAMPLES:
+        keep = np.arange(FIDELITY_EXAMPLES)
+        samples, teacher = samples.take(keep), None if teacher is None else [t[keep] for t in teacher]
+        text += f", the first {FIDELITY_EXAMPLES}"
+    if teacher is None:
+        teacher = runner.targets(samples, batch)[:len(names)]
+    return Yardstick(samples, teacher, names, f"{text}: {len(samples)} examples")
+
+
+def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
+    """The student's outputs (onnxruntime, as deployed) against the teacher's on the yardstick's
+    examples: whole-output cosine, and the worst slice along channel-like axes (output, axis,
+    index, cosine, SQNR), where a detector's class rows show what the whole cosine hides."""
+    from mcomp import metrics as metrics_io
+
+    runner = teacher_io.Teacher(model, teacher_io.input_map(model, model), yardstick.names, ctx.providers,
+                                ctx.threads, "cpu")
+    try:
+        outs = runner.targets(yardstick.samples, 64)
+    finally:
+        runner.close()
+    summary = metrics_io.fidelity([[t] for t in yardstick.teacher], [[o] for o in outs], yardstick.names)["summary"]
+    return {k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice")}
 
 
 @dataclass
@@ -236,14 +303,16 @@ def _hints(s_names, t_names, student: list[np.ndarray], teacher: list[np.ndarray
     return hints
 
 
-def finish(plan: Plan, state: dict) -> ir.Model:
-    """The trained weights written into the student graph; quantized weights rounded back."""
+def finish(plan: Plan, state: dict, ctx: Context) -> ir.Model:
+    """The trained weights written into the student graph; quantized weights rounded back; the
+    result compared with the teacher."""
     from mcomp.torch_graph import to_torch, write_back
 
     module = to_torch(plan.student)
     module.load_state_dict({k: v for k, v in state.items() if k in module.state_dict()}, strict=False)
     write_back(module, plan.student)
     plan.changed_quantized = qdq.restore(plan.student, plan.shadows)
+    plan.yardstick.after = fidelity(plan.student, plan.yardstick, ctx)
     return plan.student
 
 
@@ -259,31 +328,52 @@ def metrics(plan: Plan, result: FitResult, cfg) -> dict:
         score = f"train loss {history[1]['loss']:.4f} → {history[-1]['loss']:.4f}" if len(history) > 1 else "no epochs run"
     seconds = f"{result.seconds_per_epoch:.2f} s/epoch" if result.seconds_per_epoch is not None else "no epochs run"
     procs = f", {result.world} processes" if result.world > 1 else ""
-    summary = (f"{history[-1]['epoch']} epochs{' (stopped early)' if result.stopped_early else ''}, best epoch "
-               f"{result.best_epoch}: {score}; {seconds}{procs}; teacher on {plan.teacher_run.backend}")
+    timing = result.timing
+    budget = ""
+    if cfg.time_budget is not None and timing["planned_epochs"] is None:
+        budget = f" (the time budget of {duration(cfg.time_budget)} ran out before training could be timed)"
+    elif cfg.time_budget is not None:
+        budget = (f" ({timing['planned_epochs']:g} of {cfg.epochs} planned for a time budget of "
+                  f"{duration(cfg.time_budget)})")
+    lr = f"lr {result.lr:.2g}{' (LR range test)' if result.lr_test else ''}" if result.lr is not None else "no lr"
+    stopped = " (stopped early)" if result.stopped_early else ""
+    summary = (f"{epochs_text(history[-1]['epoch'])}{budget}{stopped}, best epoch {result.best_epoch}: {score}; "
+               f"{_fidelity_text(plan.yardstick)}; {seconds}{procs}; {lr}; teacher on {plan.teacher_run.backend}")
     notes = list(plan.notes) + list(result.notes)
     if result.resumed_from is not None:
         notes.append(f"resumed from the checkpoint after epoch {result.resumed_from}; {ran} epochs run now")
+    if result.lr_test is not None:
+        t = result.lr_test
+        notes.append(f"lr {t['lr']:.2g} from an LR range test ({t['steps']} batches at lr {t['tried'][0]:.0e}…"
+                     f"{t['tried'][1]:.2g}, {t['seconds']:.1f} s): {t['rule']}; --lr skips the test")
+    if cfg.time_budget is not None:
+        notes.append(f"epochs: {timing['why']}")
     if plan.shadows:
         notes.append(f"quantized student: {len(plan.shadows)} integer weight tensors trained through fake "
                      f"quantization and rounded back with their scales ({plan.changed_quantized} changed)")
     job = plan.job
     labelled = job.train.labels is not None
+    lr_source = "--lr" if cfg.lr is not None else "LR range test" if result.lr_test else "the checkpoint"
     out = {
         "summary": summary, "notes": notes, "history": history, "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early, "seconds_per_epoch": result.seconds_per_epoch,
         "teacher": {"source": plan.teacher_source, "backend": plan.teacher_run.backend,
                     "microseconds_per_example": plan.teacher_run.timings},
-        "loss": {"outputs": {k.name: ("KL·T²" if k.kind == "classifier" else "MSE" if k.kind == "regression"
-                                      else "none") for k in job.kinds},
+        "loss": {"outputs": {k.name: ("KL·T²" if k.kind == "classifier" else "none" if k.kind == "ignored"
+                                      else scale.describe() if scale is not None else "MSE")
+                             for k, scale in zip(job.kinds, job.scales or [None] * len(job.kinds))},
                  "temperature": cfg.temperature, "alpha": cfg.alpha if labelled else 0.0,
                  "task": "labels" if labelled else "none (no labels: soft targets only)",
                  "hints": [f"{h.student}={h.teacher}" for h in job.hints]},
         "data": {"training_examples": len(job.train), "validation": plan.validation},
         "training": {"device": job.device, "processes": result.world, "batch_size": job.batch_size,
-                     "optimizer": cfg.optimizer, "lr": cfg.lr, "schedule": cfg.schedule,
+                     "optimizer": cfg.optimizer, "lr": result.lr, "lr_source": lr_source, "schedule": cfg.schedule,
                      "warmup_epochs": cfg.warmup_epochs, "seed": job.seed},
+        "time": timing,
+        "fidelity": {"data": plan.yardstick.text, "before": plan.yardstick.before, "after": plan.yardstick.after},
     }
+    if result.lr_test is not None:
+        out["lr_range_test"] = result.lr_test
     if plan.shadows:
         out["quantized"] = {"tensors": len(plan.shadows), "changed": plan.changed_quantized,
                             "qdq_nodes": plan.qdq_before}
@@ -292,3 +382,16 @@ def metrics(plan: Plan, result: FitResult, cfg) -> dict:
         notes.append(f"init from teacher: {plan.warmstart['copied']} of {plan.warmstart['student_weights']} "
                      "weights copied")
     return out
+
+
+def _fidelity_text(yardstick: Yardstick) -> str:
+    """Cosine to the teacher before → after; the worst slice too where an output has channel-like axes."""
+    before, after = yardstick.before or {}, yardstick.after or {}
+    if before.get("cosine") is None or after.get("cosine") is None:
+        return "fidelity to the teacher not measured (no float output)"
+    text = f"cosine to the teacher {before['cosine']:.4f} → {after['cosine']:.4f}"
+    worst = after.get("worst_slice") or before.get("worst_slice")
+    if worst is not None:
+        text += (f", worst slice {before['slice_cosine']:.4f} → {after['slice_cosine']:.4f} "
+                 f"({worst['output']} axis {worst['axis']} #{worst['index']})")
+    return text

@@ -5,6 +5,10 @@ the calling process, under torchrun, or in the workers that ``--nproc`` spawns. 
 deterministic for a seed: the example order of each epoch is a function of the seed and the
 epoch (see ``samples.epoch_order``), so a run resumed from its checkpoint takes the same
 steps as one that was never interrupted.
+
+Without ``lr`` an LR range test picks the base rate first (:func:`find_lr`). The first steps
+are timed (:class:`_Pace`): that gives progress lines their ETA and, with ``time_budget``,
+the number of epochs that fit, for which the schedule is then planned.
 """
 
 from __future__ import annotations
@@ -22,13 +26,17 @@ import torch
 
 from mcomp.errors import BadInput
 from mcomp.kernels import losses
-from mcomp.kernels.schedules import Schedule
+from mcomp.kernels.schedules import Schedule, steps_within
 from mcomp.passes.distill.ddp import Comm
-from mcomp.passes.distill.objective import Hint, Objective, OutputKind
+from mcomp.passes.distill.objective import Hint, Objective, OutputKind, Scale
 from mcomp.passes.distill.samples import Samples, batches, epoch_order
 
 CHECKPOINT = "last.pt"
 FORMAT = 1
+
+# The clock of time budgets and estimates (a test may put a fake one here). Monotonic and
+# system-wide, so the workers that ``--nproc`` spawns read the same clock as the pass.
+clock = time.perf_counter
 
 
 @dataclass
@@ -48,6 +56,9 @@ class Job:
     checkpoint: str | None  # folder
     resume: bool
     threads: int | None = None
+    scales: list[Scale | None] = field(default_factory=list)  # per output: how its loss is standardized
+    started: float = 0.0  # clock() when the pass began: the time budget counts from there
+    reserve: float = 0.0  # seconds kept from the budget for after training (measuring the result)
 
 
 @dataclass
@@ -60,6 +71,9 @@ class FitResult:
     seconds_per_epoch: float | None
     world: int
     notes: list[str] = field(default_factory=list)
+    lr: float | None = None  # the base learning rate trained with (given, or from the range test)
+    lr_test: dict | None = None  # the LR range test, where it ran
+    timing: dict = field(default_factory=dict)  # epochs planned and run, and why
 
 
 @dataclass
@@ -72,14 +86,15 @@ class _State:
     stale: int = 0
     stopped: bool = False
     history: list[dict] = field(default_factory=list)
+    lr: float | None = None
 
 
-def make_optimizer(cfg, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def make_optimizer(cfg, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                nesterov=cfg.momentum > 0)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return cls(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
 def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device: str | None = None) -> FitResult:
@@ -94,7 +109,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     module = to_torch(ir.serde.deserialize_model(onnx.load_model_from_string(job.model))).to(device)
     objective = Objective(job.kinds, temperature=cfg.temperature, alpha=cfg.alpha,
                           labelled=job.train.labels is not None, hints=job.hints,
-                          hint_weight=cfg.hint_weight).to(device)
+                          hint_weight=cfg.hint_weight, scales=job.scales).to(device)
     if job.hints:
         first = np.arange(min(len(job.train), 512))
         with torch.no_grad():
@@ -103,34 +118,40 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     params = [p for p in itertools.chain(module.parameters(), objective.parameters()) if p.requires_grad]
     if not any(p.requires_grad for p in module.parameters()):
         raise BadInput("distill: the student has no trainable weights")
-    optimizer = make_optimizer(cfg, params)
+    optimizer = make_optimizer(cfg, params, cfg.lr or 1e-3)  # every step sets its rate from the schedule
     masks = _sparsity_masks(module) if cfg.keep_sparsity else {}
     per_worker = job.fixed_batch
     global_batch = per_worker * comm.world if per_worker else job.batch_size
     steps_per_epoch = max(1, len(job.train) // global_batch if per_worker else math.ceil(len(job.train) / global_batch))
-    schedule = Schedule(cfg.schedule, cfg.lr, cfg.epochs, steps_per_epoch, warmup_epochs=cfg.warmup_epochs,
-                        decay=cfg.lr_decay, step_epochs=cfg.lr_step_epochs, power=cfg.lr_power, min_lr=cfg.min_lr)
     folder = Path(job.checkpoint) if job.checkpoint else None
     fingerprint = _fingerprint(job, module)
-    state, resumed, notes = _State(), None, []
+    state, resumed, notes, lr_test, overhead = _State(), None, [], None, 0.0
     if job.resume and folder is not None and (folder / CHECKPOINT).exists():
         state = _load(folder / CHECKPOINT, fingerprint, module, objective, optimizer, device)
-        resumed = state.epoch
+        state.lr, resumed = state.lr or cfg.lr, state.epoch  # an auto rate comes back from the checkpoint
     else:
         if job.resume:
             notes.append(f"--resume: no checkpoint in {folder}; started from the beginning")
+        if cfg.lr is None:
+            lr_test = find_lr(job, module, objective, device, progress)
+            state.lr = comm.max_([lr_test.lr])[0]
+        else:
+            state.lr = cfg.lr
         first = {"epoch": 0, "lr": None, "seconds": 0.0}
         if job.val is not None:
+            start = clock()
             first.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
+            overhead = clock() - start
             state.best, state.best_score = _snapshot(module), _score(first, cfg.monitor)
         state.history.append(first)
+    pace = _Pace(cfg, state.lr, steps_per_epoch, state.step, job.started, job.reserve, overhead, comm)
     timings = []
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        if state.stopped:
+        if state.stopped or state.step >= pace.total:
             break
-        start = time.perf_counter()
-        row = {"epoch": epoch, "lr": schedule(state.step)}
-        row.update(_train_epoch(module, objective, optimizer, params, masks, schedule, state, job, comm, device,
+        start = clock()
+        row = {"epoch": epoch, "lr": pace.schedule(state.step)}
+        row.update(_train_epoch(module, objective, optimizer, params, masks, pace, state, job, comm, device,
                                 epoch, global_batch, progress))
         if job.val is not None:
             row.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
@@ -139,11 +160,13 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
                 state.best, state.best_score, state.best_epoch, state.stale = _snapshot(module), score, epoch, 0
             else:
                 state.stale += 1
-        row["seconds"] = round(time.perf_counter() - start, 4)
+        row["seconds"] = round(clock() - start, 4)
         timings.append(row["seconds"])
         state.history.append(row)
         state.epoch = epoch
         if cfg.patience and job.val is not None and state.stale >= cfg.patience:
+            state.stopped = True
+        if pace.out_of_time:
             state.stopped = True
         if not math.isfinite(row["loss"]):
             state.stopped = True
@@ -151,16 +174,159 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
                          f"epoch {state.best_epoch if job.val is not None else epoch}; try a lower --lr")
         if folder is not None and comm.rank == 0:
             _save(folder / CHECKPOINT, fingerprint, state, module, objective, optimizer)
-        progress(_describe(row, cfg.epochs), epoch, cfg.epochs)
+        progress(_describe(row, pace.last_epoch) + pace.eta(state.step), epoch, pace.last_epoch)
+        if len(timings) == 1:
+            notes.append(pace.estimate(epoch, row["seconds"]))
+            progress(f"distill: {notes[-1]}", epoch, pace.last_epoch)
     final = state.best if job.val is not None and state.best is not None else _snapshot(module)
     if job.val is None:
         state.best_epoch = state.epoch
     return FitResult(final, state.history, state.best_epoch, state.stopped, resumed,
-                     round(float(np.mean(timings)), 4) if timings else None, comm.world, notes)
+                     round(float(np.mean(timings)), 4) if timings else None, comm.world, notes, state.lr,
+                     lr_test.report() if lr_test is not None else None, pace.report(state, resumed))
 
 
-def _train_epoch(module, objective, optimizer, params, masks, schedule, state, job, comm, device, epoch, global_batch,
-                 progress) -> dict:
+def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str,
+            progress: Callable[[str, int, int], None]):
+    """The LR range test on a throw-away copy of the student and its objective (hint
+    projections included), on training batches of the training size; seeded, and on a forked
+    random state, so the training that follows takes the steps it would take with ``--lr``.
+    Pruned weights are not held at zero for these few steps: the copy is thrown away."""
+    from mcomp.passes.distill.lr_range import range_test
+
+    size = job.fixed_batch or min(job.batch_size, len(job.train))
+    groups = [g for g in batches(epoch_order(len(job.train), job.seed, 0), size) if len(g) == size] or \
+        [np.arange(len(job.train))]
+    labels = job.train.labels
+
+    def loss(trial: torch.nn.Module, k: int) -> torch.Tensor:
+        index = groups[k % len(groups)]
+        outs = trial["student"](**_tensors(job.train.batch(index), device))
+        y = torch.from_numpy(labels[index]).to(device) if labels is not None else None
+        per, _ = trial["objective"](outs, [torch.from_numpy(t[index]).to(device) for t in job.train_targets], y)
+        return per.mean()
+
+    with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+        torch.manual_seed(job.seed)
+        return range_test(torch.nn.ModuleDict({"student": module, "objective": objective}), loss,
+                          lambda ps, lr: make_optimizer(job.config, ps, lr),
+                          family="sgd" if job.config.optimizer == "sgd" else "adaptive",
+                          progress=lambda text, done, total: progress(f"distill: {text}", done, total))
+
+
+class _Pace:
+    """How long the run is, and its learning-rate schedule. The first steps of the run are timed
+    (``probe`` of them); then the steps that fit in the time budget are planned (all ``epochs``
+    without one), the schedule is rebuilt to end with them (so a cosine completes instead of
+    being cut mid-way), and progress lines get an ETA. Past the budget's deadline (the plan was
+    an estimate; the machine may have slowed) the run stops at the next step."""
+
+    def __init__(self, cfg, lr: float, steps_per_epoch: int, done: int, started: float, reserve: float,
+                 overhead: float, comm: Comm) -> None:
+        self.cfg, self.lr, self.spe, self.comm = cfg, lr, steps_per_epoch, comm
+        self.start_step = done
+        self.limit = self.total = cfg.epochs * steps_per_epoch
+        self.schedule = self._schedule(cfg.epochs, cfg.warmup_epochs)
+        self.started, self.reserve, self.overhead = started, reserve, overhead
+        self.deadline = started + cfg.time_budget - reserve - overhead if cfg.time_budget else None
+        self.probe = min(steps_per_epoch, max(3, steps_per_epoch // 10))
+        self.run_steps, self.first_step_end = 0, None
+        self.step_seconds: float | None = None
+        self.spent_before = 0.0  # seconds from the pass's start to the first step (teacher outputs, range test)
+        self.out_of_time = False
+
+    def _schedule(self, epochs: float, warmup: float) -> Schedule:
+        c = self.cfg
+        return Schedule(c.schedule, self.lr, epochs, self.spe, warmup_epochs=warmup, decay=c.lr_decay,
+                        step_epochs=c.lr_step_epochs, power=c.lr_power, min_lr=c.min_lr)
+
+    @property
+    def last_epoch(self) -> int:
+        return math.ceil(self.total / self.spe)
+
+    def after_step(self, step: int) -> bool:
+        """Called after each optimizer step (``step`` taken in all); True: stop now, out of time."""
+        self.run_steps += 1
+        now = clock()
+        if self.run_steps == 1:
+            self.first_step_end = now
+        if self.step_seconds is None and self.run_steps >= self.probe:
+            # The first step pays for allocations and warm-up: timed from its end where there are others.
+            span = now - self.first_step_end if self.run_steps > 1 else now - self.started
+            self._plan(step, span / max(self.run_steps - 1, 1), now)
+        if self.deadline is not None and step < self.total:
+            self.out_of_time = self.comm.max_([float(now > self.deadline)])[0] > 0
+        return self.out_of_time
+
+    def _plan(self, step: int, step_seconds: float, now: float) -> None:
+        self.step_seconds, elapsed = self.comm.max_([step_seconds, now - self.started])
+        self.spent_before = elapsed - self.run_steps * self.step_seconds
+        if self.cfg.time_budget is None:
+            return
+        left = self.cfg.time_budget - self.reserve - elapsed
+        self.total = max(step, steps_within(left, self.step_seconds, self.spe, self.overhead, step, self.limit))
+        if self.total < self.limit:
+            planned = self.total / self.spe
+            self.schedule = self._schedule(planned, min(self.cfg.warmup_epochs, planned / 4))
+
+    @property
+    def epoch_seconds(self) -> float | None:
+        return None if self.step_seconds is None else self.step_seconds * self.spe + self.overhead
+
+    def eta(self, step: int) -> str:
+        if self.step_seconds is None:
+            return ""
+        epochs_left = self.last_epoch - math.ceil(step / self.spe) + (step % self.spe > 0)
+        return f" · ≈ {duration((self.total - step) * self.step_seconds + epochs_left * self.overhead)} left"
+
+    def estimate(self, epoch: int, seconds: float) -> str:
+        """The line said once the first epoch of the run is done: its time and the run's."""
+        epochs = (self.total - self.start_step) / self.spe
+        return f"epoch {epoch} took {seconds:.1f} s; {epochs_text(epochs)} ≈ {duration(seconds * epochs)}"
+
+    def report(self, state: _State, resumed: int | None) -> dict:
+        cfg, ran = self.cfg, state.epoch - (resumed or 0)
+        unplanned = cfg.time_budget is not None and self.step_seconds is None
+        planned = None if unplanned else round(self.total / self.spe, 3)
+        out = {"budget_seconds": cfg.time_budget, "epochs": cfg.epochs, "planned_epochs": planned, "epochs_run": ran,
+               "seconds_per_epoch_estimate": None if self.epoch_seconds is None else round(self.epoch_seconds, 3)}
+        if cfg.time_budget is None:
+            why = f"--epochs {cfg.epochs} (no time budget)"
+        elif unplanned:
+            why = (f"time budget {cfg.time_budget:g} s: spent before the first {self.probe} steps could be timed "
+                   "(teacher outputs, LR range test, starting workers)")
+        elif self.total >= self.limit:
+            why = (f"all {cfg.epochs} epochs fit in the time budget of {cfg.time_budget:g} s "
+                   f"(≈ {self.epoch_seconds:.1f} s each)")
+        else:
+            why = (f"time budget {cfg.time_budget:g} s: {self.spent_before:.1f} s went before training and an epoch "
+                   f"takes ≈ {self.epoch_seconds:.1f} s, so {epochs_text(planned)} of {cfg.epochs} fit; the "
+                   f"{cfg.schedule} schedule was planned to end with them")
+        if self.out_of_time:
+            why += f"; the budget ran out in epoch {state.epoch}: stopped there, the schedule cut short"
+        elif state.stopped and planned is not None and state.epoch < math.ceil(planned):
+            why += f"; stopped early in epoch {state.epoch} (no better validation {cfg.monitor} for {cfg.patience} " \
+                   "epochs, or the loss diverged)"
+        out["why"] = why
+        return out
+
+
+def duration(seconds: float) -> str:
+    """12 s, 4.5 min, 1.2 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min".replace(".0 min", " min")
+    return f"{seconds / 3600:.1f} h"
+
+
+def epochs_text(n: float) -> str:
+    """1 epoch, 3 epochs, 0.25 epochs."""
+    return f"{n:g} epoch" + ("" if n == 1 else "s") if n == int(n) else f"{n:.2f} epochs"
+
+
+def _train_epoch(module, objective, optimizer, params, masks, pace: _Pace, state, job, comm, device, epoch,
+                 global_batch, progress) -> dict:
     module.train()
     train, targets, labels = job.train, job.train_targets, job.train.labels
     task = objective.task
@@ -170,8 +336,10 @@ def _train_epoch(module, objective, optimizer, params, masks, schedule, state, j
         groups = [g for g in groups if len(g) == global_batch]
     every = max(1, len(groups) // 10)
     for b, index in enumerate(groups):
+        if state.step >= pace.total:
+            break
         local = index[comm.rank::comm.world]
-        lr = schedule(state.step)
+        lr = pace.schedule(state.step)
         for group in optimizer.param_groups:
             group["lr"] = lr
         optimizer.zero_grad(set_to_none=True)
@@ -191,9 +359,11 @@ def _train_epoch(module, objective, optimizer, params, masks, schedule, state, j
         for p, mask in masks.items():
             p.data.mul_(mask)
         state.step += 1
+        if pace.after_step(state.step):
+            break
         if b % every == 0:
-            progress(f"distill: epoch {epoch}/{job.config.epochs} · batch {b + 1}/{len(groups)} · "
-                     f"loss {sums[0] / max(sums[2], 1):.4f}", epoch - 1, job.config.epochs)
+            progress(f"distill: epoch {epoch}/{pace.last_epoch} · batch {b + 1}/{len(groups)} · "
+                     f"loss {sums[0] / max(sums[2], 1):.4f}{pace.eta(state.step)}", epoch - 1, pace.last_epoch)
     comm.allreduce_(sums)
     out = {"loss": round(float(sums[0] / max(sums[2], 1)), 6)}
     if labels is not None and task is not None and objective.kinds[task].kind == "classifier":
@@ -290,7 +460,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _fingerprint(job: Job, module: torch.nn.Module) -> dict:
-    skip = {"resume", "checkpoint_dir", "nproc", "epochs", "patience"}
+    skip = {"resume", "checkpoint_dir", "nproc", "epochs", "patience", "time_budget"}
     options = {k: v for k, v in job.config.model_dump(mode="json").items() if k not in skip}
     return {"parameters": {k: list(v.shape) for k, v in module.state_dict().items()}, "options": options,
             "examples": len(job.train), "seed": job.seed, "batch": job.batch_size}
@@ -302,7 +472,7 @@ def _save(path: Path, fingerprint: dict, state: _State, module, objective, optim
                "student": _snapshot(module), "objective": objective.state_dict(),
                "optimizer": optimizer.state_dict(), "best": state.best, "best_score": list(state.best_score or ()),
                "best_epoch": state.best_epoch, "stale": state.stale, "stopped": state.stopped,
-               "history": state.history}
+               "history": state.history, "lr": state.lr}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
@@ -326,4 +496,4 @@ def _load(path: Path, fingerprint: dict, module, objective, optimizer, device: s
     optimizer.load_state_dict(payload["optimizer"])
     best = payload["best"]
     return _State(payload["epoch"], payload["step"], best, tuple(payload["best_score"]) if best is not None else None,
-                  payload["best_epoch"], payload["stale"], payload["stopped"], payload["history"])
+                  payload["best_epoch"], payload["stale"], payload["stopped"], payload["history"], payload.get("lr"))
