@@ -10,10 +10,18 @@ For each: structured pruning (mcomp prune, l1, 50 % and 75 % of channels) → ac
 and after distillation, against plain fine-tuning with the labels at equal epochs (the same
 loop with ``alpha = 1``: cross-entropy only); static int8 (mcomp quantize, QDQ) → distill,
 with the Q/DQ node count checked; seconds per epoch; and one vs two data-parallel processes
-(``nproc``; one torch thread per process in both runs). Writes
-``benchmarks/results/distill.json`` and ``.md``. Times are measured, never asserted.
+(``nproc``; one torch thread per process in both runs).
 
-    python benchmarks/distill.py [--seeds 3] [--epochs 20] [--skip-mnist] [--out DIR]
+Defaults, before and after per-slice distillation (issue 8): the digits CNN with every option
+at its default (before: lr 3e-3; after: the LR range test picks it), and a YOLOv8n-style
+detector (Ultralytics' yaml, random weights, 160×160 input) magnitude-pruned by 30 % and
+distilled from its unpruned self (64 images, batch 8) for the same time budget: before = plain MSE on the raw
+outputs at lr 3e-3, after = the defaults (MSE on outputs standardized per slice, auto lr).
+Its figures: whole-output and worst-slice cosine to the teacher, and the cosine of the
+class-score rows, on held-out images. Writes ``benchmarks/results/distill.json`` and
+``.md``. Times are measured, never asserted.
+
+    python benchmarks/distill.py [--seeds 3] [--epochs 20] [--skip-mnist] [--detector-budget 150] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ import onnx_ir as ir
 import torch
 
 from mcomp import data as data_io
+from mcomp import metrics as metrics_io
 from mcomp import model as model_io
 from mcomp.embedded import builtin_path
 from mcomp.pass_base import Context
@@ -125,6 +134,64 @@ def case(name: str, teacher: ir.Model, train: data_io.Dataset, x_eval, y_eval, *
     print(f"[{name}] prune 50% + int8 {out['prune_int8']['quantized_accuracy']:.2%} → "
           f"{out['prune_int8']['distilled_accuracy']:.2%}", file=sys.stderr)
     return out
+
+
+def defaults_case(teacher: ir.Model, train: data_io.Dataset, x_eval, y_eval, epochs: int) -> dict:
+    """Every option at its default, before (lr 3e-3) and after (the LR range test's lr)."""
+    student = prune(teacher, 0.5)
+    out = {"model": "digits CNN, structured 50 %", "teacher_accuracy": accuracy(teacher, x_eval, y_eval),
+           "pruned_accuracy": accuracy(student, x_eval, y_eval), "epochs": epochs}
+    for label, options in (("before", {"lr": 3e-3}), ("after", {})):
+        model, m = distill(student, teacher, train, epochs=epochs, **options)
+        out[label] = {"accuracy": accuracy(model, x_eval, y_eval), "lr": m["training"]["lr"],
+                      "lr_source": m["training"].get("lr_source"), "seconds_per_epoch": m["seconds_per_epoch"]}
+        print(f"[defaults] {label}: {out[label]}", file=sys.stderr)
+    return out
+
+
+def detector_case(budget: float, size: int = 160) -> dict:
+    """The pruned detector, distilled before (raw MSE, lr 3e-3) and after (per-slice standardized MSE, auto lr)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import yolo_style
+    from mcomp.passes.distill import prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = model_io.load(yolo_style.build(Path(tmp) / "yolo.onnx", size=size)).model
+    name = yolo_style.INPUT_NAME
+    # the export has a static batch of 1, as Ultralytics' default export does: one image a feed
+    train = data_io.Dataset([{name: yolo_style.images(1, size, seed=k)} for k in range(64)], None, False, "photos")
+    held = data_io.Dataset([{name: yolo_style.images(1, size, seed=500 + k)} for k in range(8)], None, False, "held-out")
+    student = Prune(method="magnitude", rate=0.3)(model_io.copy(teacher), Context()).model
+    out = {"model": f"YOLOv8n-style {size}×{size}, magnitude 30 %", "time_budget": budget,
+           "pruned": detector_fidelity(teacher, student, held)}
+    raw_scales = prepare.output_scales
+    for label, options in (("before", {"lr": 3e-3}), ("after", {})):
+        if label == "before":  # mcomp before this change: plain MSE on the raw outputs
+            prepare.output_scales = lambda kinds, outs: [None] * len(kinds)
+        try:
+            result = Distill(time_budget=budget, epochs=50, batch_size=8, hints=[], **options)(
+                model_io.copy(student), Context(reference=teacher, data={"training": train}, threads=1))
+        finally:
+            prepare.output_scales = raw_scales
+        m = result.metrics
+        out[label] = {**detector_fidelity(teacher, result.model, held), "lr": m["training"]["lr"],
+                      "epochs_run": m["time"].get("epochs_run"), "time": m["time"], "summary": m["summary"]}
+        print(f"[detector] {label}: {out[label]}", file=sys.stderr)
+    return out
+
+
+def detector_fidelity(teacher: ir.Model, student: ir.Model, held: data_io.Dataset) -> dict:
+    from mcomp.kernels.fidelity import cosine, per_slice
+    from mcomp.session import make_session
+
+    ref = metrics_io.run_all(make_session(model_io.to_bytes(teacher), ["CPUExecutionProvider"]), held)
+    got = metrics_io.run_all(make_session(model_io.to_bytes(student), ["CPUExecutionProvider"]), held)
+    summary = metrics_io.fidelity(ref, got, ["output0"])["summary"]
+    r, c = np.concatenate(ref[0]), np.concatenate(got[0])
+    rows = per_slice(r[:, 4:], c[:, 4:], 1)
+    return {"cosine": round(summary["cosine"], 5), "slice_cosine": round(summary["slice_cosine"], 5),
+            "score_rows_cosine": round(cosine(r[:, 4:], c[:, 4:]), 5),
+            "worst_score_row": round(min((x["cosine"] for x in rows), default=1.0), 5)}
 
 
 def _params(model: ir.Model) -> int:
@@ -268,6 +335,30 @@ def markdown(doc: dict) -> str:
                      f"| {b['seconds_per_epoch']:.3f} "
                      f"| ×{d['speedup_per_epoch']:.2f} | {a['accuracy']:.2%} / {b['accuracy']:.2%} "
                      f"| {a['wall_seconds']:.1f} / {b['wall_seconds']:.1f} |")
+    d = doc.get("defaults")
+    if d:
+        lines += ["", "## Defaults, before and after the LR range test", "",
+                  f"{d['model']}: teacher {d['teacher_accuracy']:.2%}, pruned {d['pruned_accuracy']:.2%}, "
+                  f"{d['epochs']} epochs, every other option at its default.", "",
+                  "| | lr | accuracy | s/epoch |", "|---|---:|---:|---:|"]
+        for label in ("before", "after"):
+            lines.append(f"| {label} | {d[label]['lr']:.3g} ({d[label]['lr_source'] or 'given'}) "
+                         f"| {d[label]['accuracy']:.2%} | {d[label]['seconds_per_epoch']:.2f} |")
+    det = doc.get("detector")
+    if det:
+        lines += ["", "## A pruned detector: outputs of very different scales", "",
+                  f"{det['model']}, distilled from its unpruned self for {det['time_budget']:g} s each "
+                  "(--time-budget), cosine to the teacher on held-out images. Before: plain MSE on raw outputs, "
+                  "lr 3e-3; after: the defaults (MSE standardized per slice, lr from the range test).", "",
+                  "| student | lr | epochs | whole cosine | worst-slice cosine | class-score rows cosine "
+                  "| worst class row |", "|---|---:|---:|---:|---:|---:|---:|"]
+        p = det["pruned"]
+        lines.append(f"| pruned, not distilled | | | {p['cosine']:.4f} | {p['slice_cosine']:.4f} "
+                     f"| {p['score_rows_cosine']:.4f} | {p['worst_score_row']:.4f} |")
+        for label in ("before", "after"):
+            r = det[label]
+            lines.append(f"| distilled, {label} | {r['lr']:.3g} | {r['epochs_run']} | {r['cosine']:.4f} "
+                         f"| {r['slice_cosine']:.4f} | {r['score_rows_cosine']:.4f} | {r['worst_score_row']:.4f} |")
     lines += ["", *(f"- {n}" for n in doc["notes"]), ""]
     return "\n".join(lines)
 
@@ -278,6 +369,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--mnist-epochs", type=int, default=20)
     parser.add_argument("--skip-mnist", action="store_true")
+    parser.add_argument("--detector-budget", type=float, default=150.0, help="seconds per detector distillation")
+    parser.add_argument("--only-defaults", action="store_true", help="only the defaults and detector cases")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--ddp-only", action="store_true", help="measure only 1 vs 2 processes again, into the "
                                                                 "existing distill.json (e.g. on a quieter machine)")
@@ -287,6 +380,18 @@ def main() -> None:
         return ddp_again(args)
     started = time.perf_counter()
     teacher, train, x_eval, y_eval = digits()
+    defaults = defaults_case(teacher, train, x_eval, y_eval, args.epochs)
+    detector = detector_case(args.detector_budget)
+    if args.only_defaults:
+        doc = json.loads((args.out / "distill.json").read_text()) if (args.out / "distill.json").exists() else {
+            "benchmark": "distill", "cases": [], "ddp": [], "notes": list(NOTES), "environment": {
+                "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "torch": torch.__version__}}
+        doc.update(defaults=defaults, detector=detector)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "distill.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        (args.out / "distill.md").write_text(markdown(doc))
+        print(markdown(doc))
+        return
     cases = [case("digits CNN", teacher, train, x_eval, y_eval, epochs=args.epochs, seeds=args.seeds)]
     ddp = [ddp_timing("digits CNN, 50 % pruned", prune(teacher, 0.5), teacher, train, x_eval, y_eval, 5)]
     notes = list(NOTES)
@@ -300,12 +405,13 @@ def main() -> None:
             m_student = prune(m_teacher, 0.5)
             for batch in (64, 256):
                 ddp.append(ddp_timing("MNIST-5k CNN, 50 % pruned", m_student, m_teacher, m_train, mx, my, 3, batch))
-    doc = {"benchmark": "distill", "cases": cases, "ddp": ddp, "notes": notes,
+    doc = {"benchmark": "distill", "cases": cases, "ddp": ddp, "notes": notes, "defaults": defaults,
+           "detector": detector,
            "environment": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                            "torch": torch.__version__, "python": platform.python_version()},
            "seconds": round(time.perf_counter() - started, 1)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "distill.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (args.out / "distill.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     (args.out / "distill.md").write_text(markdown(doc))
     print(markdown(doc))
 
