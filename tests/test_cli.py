@@ -357,6 +357,8 @@ def test_bench_json(runs):
 def test_compare_json(runs):
     doc = json_stdout(ok(runs["compare"]))
     assert doc["fidelity"]["summary"]["cosine"] == pytest.approx(1.0, abs=1e-9)
+    assert doc["fidelity"]["summary"]["slice_cosine"] == pytest.approx(1.0, abs=1e-9)
+    assert doc["fidelity"]["figure"] == {"mode": "slice", "value": doc["fidelity"]["summary"]["slice_cosine"]}
     assert doc["fidelity"]["summary"]["max_abs_error"] <= 1e-6
     acc = doc["accuracy"]
     assert acc["known"] is True and acc["reference"] == acc["candidate"] > 0.9 and acc["drop"] == 0
@@ -386,7 +388,7 @@ def test_optimize_real_model(runs):
     out = onnx.load(d / "cls.optimize.onnx")
     onnx.checker.check_model(out)
     assert node_count(out) < node_count(onnx.load(d / "cls.onnx"))
-    assert doc["fidelity"]["summary"]["cosine"] >= 0.9999
+    assert doc["fidelity"]["summary"]["cosine"] >= 0.9999 and doc["fidelity"]["summary"]["slice_cosine"] >= 0.9999
     assert (d / "cls.optimize.report.json").is_file() and not dot_files(d)
 
     import onnxruntime as ort

@@ -42,18 +42,23 @@ class RangeTest:
 
 def range_test(model: torch.nn.Module, loss: Callable[[torch.nn.Module, int], torch.Tensor],
                make_optimizer: Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer], *,
-               family: str = "adaptive", steps: int = 36,
+               family: str = "adaptive", steps: int = 36, cycle: int | None = None,
                progress: Callable[[str, int, int], None] = lambda *a: None) -> RangeTest:
     """Steps a deep copy of ``model`` through ``steps`` learning rates rising exponentially over
     the ``family``'s range (``RANGES``), stopping once the loss blows up; returns the rate to
     train with. ``loss(copy, k)``: the mean loss of the copy on mini-batch ``k`` (a graph to
-    back-propagate); ``make_optimizer(params, lr)``: the optimizer training will use."""
+    back-propagate); ``make_optimizer(params, lr)``: the optimizer training will use.
+
+    ``cycle``: where ``loss`` cycles through that many distinct mini-batches, each loss is read
+    relative to the same batch's first loss (taken at the lowest rates, which barely move the
+    model). Batches can differ in loss by 100× (a detector's images: one with a rare class
+    scores a large standardized error), which would otherwise read as divergence at any rate."""
     low, high, lowest, highest = RANGES[family]
     start = time.perf_counter()
     trial = copy.deepcopy(model).train()
     params = [p for p in trial.parameters() if p.requires_grad]
     optimizer = make_optimizer(params, low)
-    lrs, losses = [], []
+    lrs, losses, losses_raw = [], [], []
     for k, lr in enumerate(lr_range.sweep(low, high, steps)):
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -62,7 +67,13 @@ def range_test(model: torch.nn.Module, loss: Callable[[torch.nn.Module, int], to
         value.backward()
         optimizer.step()
         lrs.append(lr)
-        losses.append(float(value.detach()))
+        raw = float(value.detach())
+        if cycle and cycle > 1 and k >= cycle:
+            base = losses_raw[k % cycle]
+            losses.append(raw / base if base > 0 else raw)
+        else:
+            losses.append(1.0 if cycle and cycle > 1 else raw)
+        losses_raw.append(raw)
         progress(f"LR range test · lr {lr:.2g} · loss {losses[-1]:.4g}", k + 1, steps)
         if lr_range.diverged(losses):
             break

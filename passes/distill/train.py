@@ -197,6 +197,7 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
     size = job.fixed_batch or min(job.batch_size, len(job.train))
     groups = [g for g in batches(epoch_order(len(job.train), job.seed, 0), size) if len(g) == size] or \
         [np.arange(len(job.train))]
+    groups = groups[:RANGE_TEST_BATCHES]  # each seen several times: its loss is read against its first
     labels = job.train.labels
 
     def loss(trial: torch.nn.Module, k: int) -> torch.Tensor:
@@ -210,8 +211,11 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
         torch.manual_seed(job.seed)
         return range_test(torch.nn.ModuleDict({"student": module, "objective": objective}), loss,
                           lambda ps, lr: make_optimizer(job.config, ps, lr),
-                          family="sgd" if job.config.optimizer == "sgd" else "adaptive",
+                          family="sgd" if job.config.optimizer == "sgd" else "adaptive", cycle=len(groups),
                           progress=lambda text, done, total: progress(f"distill: {text}", done, total))
+
+
+RANGE_TEST_BATCHES = 9  # distinct mini-batches the LR range test cycles through (36 steps: each seen 4 times)
 
 
 class _Pace:
