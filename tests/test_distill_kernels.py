@@ -237,3 +237,31 @@ def test_diverged_once_the_smoothed_loss_is_four_times_its_minimum():
     assert not lr_range.diverged([2.0, 1.5, 1.0, 0.8])
     assert lr_range.diverged([2.0, 1.5, 1.0, 0.8, 5.0, 20.0, 80.0])
     assert lr_range.diverged([2.0, float("inf")])
+
+
+def test_range_test_reads_each_batch_against_its_own_first_loss():
+    """Mini-batches whose losses differ 100× (a detector's images) must not read as divergence."""
+    import torch
+
+    from mcomp.passes.distill.lr_range import range_test
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 32, 8)
+    w = torch.randn(8, 1)
+    scales = torch.tensor([1.0, 10.0, 0.1, 3.0]).view(4, 1, 1)  # the batches' targets differ in scale
+    y = (x @ w) * scales
+    model = torch.nn.Linear(8, 1, bias=False)
+    before = model.weight.detach().clone()
+
+    def loss(trial, k):
+        b = k % 4
+        return ((trial(x[b]) * scales[b] - y[b]) ** 2).mean()
+
+    def make(params, lr):
+        return torch.optim.AdamW(params, lr=lr)
+
+    raw = range_test(model, loss, make)
+    cycled = range_test(model, loss, make, cycle=4)
+    assert len(cycled.lrs) > len(raw.lrs)  # raw losses jump 100× between batches: "diverged" at the first lrs
+    assert cycled.lr > 10 * raw.lr and 1e-4 < cycled.lr < 1
+    assert torch.equal(model.weight.detach(), before)  # a throw-away copy was trained, not the model
