@@ -115,25 +115,13 @@ def _spread(widths: list[float]) -> float:
 
 def _run(proto: onnx.ModelProto, tensors: list[str], outputs: list[str], feeds, providers) -> dict[str, np.ndarray]:
     """The float model's values of ``tensors`` (flattened) and ``outputs`` (joined on the batch axis)."""
-    from mcomp.session import make_session
+    from mcomp.passes.quantize.sensitivity import run_exposed
 
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    present = set(outputs)
-    for t in tensors:
-        if t not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=t))
-    session = make_session(model.SerializeToString(), providers, optimization="basic")
-    names = [o.name for o in session.get_outputs()]
-    collected: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in feeds:
-        for name, value in zip(names, session.run(None, feed)):
-            collected[name].append(np.asarray(value))
     out = {}
-    for name, arrays in collected.items():
-        if not arrays or arrays[0].dtype.kind != "f":
+    for name, arrays in run_exposed(proto, sorted(set(tensors) | set(outputs)), feeds, providers).items():
+        if arrays[0].dtype.kind != "f":
             continue
-        if name in present and all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        if name in outputs and all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
             out[name] = np.concatenate(arrays, axis=0)
         else:
             out[name] = np.concatenate([a.ravel() for a in arrays])
