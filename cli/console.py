@@ -12,7 +12,7 @@ import traceback
 import typer
 from rich.console import Console
 
-from mcomp.errors import GateFailed, McompError
+from mcomp.errors import GateFailed, McompError, one_line
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"quiet": False}
@@ -66,7 +66,7 @@ def guard(debug: bool = False):
     except Exception as exc:  # an internal failure: say so, in one line, unless --debug
         if debug:
             traceback.print_exc()
-        text = " ".join(str(exc).split())[:300]
+        text = one_line(exc, 300)
         raise fail(f"internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1) from None
 
 

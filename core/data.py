@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, one_line
 from mcomp.session import TensorSpec, input_specs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -94,7 +94,7 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
             with np.load(path, allow_pickle=False) as loaded:
                 arrays = {k: loaded[k] for k in loaded.files}
     except Exception as exc:
-        raise BadInput(f"{path}: cannot read arrays ({' '.join(str(exc).split())[:120]})") from None
+        raise BadInput(f"{path}: cannot read arrays ({one_line(exc, 120)})") from None
     return from_arrays(arrays, specs, source=str(path), batch_size=batch_size)
 
 

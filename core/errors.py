@@ -1,6 +1,13 @@
 """Typed errors. The CLI maps each type to one line on stderr and an exit code (design §5)."""
 
 
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's text on one line (whitespace collapsed; its type where it has no text), at most
+    ``limit`` characters: what the one-line error messages quote of a library's failure."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class McompError(Exception):
     """Base class: an expected failure with a message fit for one line on stderr."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, one_line
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1  # a ModelProto larger than this cannot be serialized in one piece
@@ -76,7 +76,7 @@ def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError ...
-        raise BadInput(f"{path}: not a valid ONNX model ({_short(exc)})") from None
+        raise BadInput(f"{path}: not a valid ONNX model ({one_line(exc, 160)})") from None
     _check_external_data(proto, path)
     _validate(proto, str(path), path)
     return LoadedModel(
@@ -106,7 +106,7 @@ def _parse_onnx_bytes(data: bytes, where: str) -> onnx.ModelProto:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise BadInput(f"{where}: not a valid ONNX model ({_short(exc)})") from None
+        raise BadInput(f"{where}: not a valid ONNX model ({one_line(exc, 160)})") from None
     _validate(proto, where)
     return proto
 
@@ -135,7 +135,7 @@ def _validate(proto: onnx.ModelProto, where: str, path: Path | None = None) -> N
         elif proto.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise BadInput(f"{where}: invalid ONNX model ({_short(exc)})") from None
+        raise BadInput(f"{where}: invalid ONNX model ({one_line(exc, 160)})") from None
 
 
 def _uses_external_data(proto: onnx.ModelProto) -> bool:
@@ -167,7 +167,7 @@ def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Mode
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:
-        raise BadInput(f"{where}: cannot read the graph ({_short(exc)})") from None
+        raise BadInput(f"{where}: cannot read the graph ({one_line(exc, 160)})") from None
     if base_dir is not None:
         _set_base_dir(model, base_dir)
     return model
@@ -294,10 +294,6 @@ def _needs_external_data(model: ir.Model) -> bool:
             total += value.const_value.nbytes
     return total > EXTERNAL_DATA_THRESHOLD
 
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def default_output(input_path: str, pass_name: str) -> Path:

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from mcomp import bench, data, metrics, report, session
 from mcomp import model as model_io
-from mcomp.errors import BadInput, ConfigError, GateFailed
+from mcomp.errors import BadInput, ConfigError, GateFailed, one_line
 from mcomp.pass_base import Context
 from mcomp.pipeline_spec import Pipeline
 
@@ -169,7 +169,7 @@ def _run(sess, dataset: data.Dataset, which: str):
     try:
         return metrics.run_all(sess, dataset)
     except Exception as exc:
-        raise BadInput(f"the {which} model fails on the data ({' '.join(str(exc).split())[:200]})") from None
+        raise BadInput(f"the {which} model fails on the data ({one_line(exc, 200)})") from None
 
 
 def measure_latency(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],

@@ -8,7 +8,7 @@ import numpy as np
 
 import onnx_ir as ir
 
-from mcomp.errors import BadInput, ProviderUnavailable
+from mcomp.errors import BadInput, ProviderUnavailable, one_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -77,8 +77,7 @@ def make_session(model: bytes | str, providers: list[str], threads: int | None =
     try:
         return ort.InferenceSession(model, options, providers=providers)
     except Exception as exc:
-        text = " ".join(str(exc).split())
-        raise BadInput(f"onnxruntime cannot load the model: {text[:300]}") from None
+        raise BadInput(f"onnxruntime cannot load the model: {one_line(exc, 300)}") from None
 
 
 def _dtype(elem_type) -> np.dtype:

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp import model as model_io
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, one_line
 from mcomp.pass_base import Context
 from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io, train as train_io
 from mcomp.passes.distill.objective import Hint, check_labels, output_kinds, output_scales
@@ -256,7 +256,7 @@ def _probe_student(trained: ir.Model, batch: dict[str, np.ndarray]) -> list[np.n
         with torch.no_grad():
             outs = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()})
     except Exception as exc:
-        raise BadInput(f"distill: the student fails on the data ({' '.join(str(exc).split())[:200]})") from None
+        raise BadInput(f"distill: the student fails on the data ({one_line(exc, 200)})") from None
     return [o.numpy() for o in outs]
 
 

@@ -16,7 +16,7 @@ import onnx_ir as ir
 
 from mcomp import model as model_io
 from mcomp import session as session_io
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, one_line
 from mcomp.passes.distill.samples import Samples
 
 
@@ -133,8 +133,8 @@ class Teacher:
                 timings[name] = (time.perf_counter() - start) / (3 * n)
             except Exception as exc:  # the torch copy may not support the graph; onnxruntime always runs
                 if name == "onnxruntime":
-                    raise BadInput(f"distill: the teacher fails on the data ({' '.join(str(exc).split())[:200]})") from None
-                self.run.notes.append(f"teacher not run on torch: {' '.join(str(exc).split())[:160]}")
+                    raise BadInput(f"distill: the teacher fails on the data ({one_line(exc, 200)})") from None
+                self.run.notes.append(f"teacher not run on torch: {one_line(exc, 160)}")
         self.run = TeacherRun(min(timings, key=timings.get), {k: round(v * 1e6, 2) for k, v in timings.items()},
                               self.run.notes)
 

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, one_line
 from mcomp.kernels import losses
 from mcomp.kernels.schedules import Schedule, steps_within
 from mcomp.passes.distill.ddp import Comm
@@ -486,7 +486,7 @@ def _load(path: Path, fingerprint: dict, module, objective, optimizer, device: s
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise BadInput(f"{path}: cannot read the checkpoint ({' '.join(str(exc).split())[:160]})") from None
+        raise BadInput(f"{path}: cannot read the checkpoint ({one_line(exc, 160)})") from None
     if payload.get("format") != FORMAT:
         raise BadInput(f"{path}: not a checkpoint of this mcomp distill (format {payload.get('format')})")
     theirs = payload["fingerprint"]

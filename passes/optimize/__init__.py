@@ -17,6 +17,7 @@ import onnx_ir as ir
 from pydantic import Field
 
 from mcomp import data as data_io
+from mcomp.errors import one_line
 from mcomp.model import copy
 from mcomp.pass_base import Context, Pass, PassConfig, PassResult
 from mcomp.session import input_specs
@@ -108,7 +109,7 @@ class Optimize(Pass):
                 return current, False
         except Exception as exc:  # a rewrite library failing on an odd graph must not end the run
             record.update(rejected=record["rejected"] + 1, kept=record["applied"] > 0,
-                          reason=f"failed: {type(exc).__name__}: {' '.join(str(exc).split())[:160]}")
+                          reason=f"failed: {type(exc).__name__}: {one_line(exc, 160)}")
             return current, False
         verdict = check(candidate)
         if not verdict.ok:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.data import Dataset
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, one_line
 from mcomp.kernels.fidelity import channel_axes
 from mcomp.model import to_bytes
 from mcomp.session import make_session
@@ -40,7 +40,7 @@ class OutputCheck:
         try:
             self.expected = self._run(reference)
         except Exception as exc:
-            raise BadInput(f"optimize: the input model does not run on the check data ({_short(exc)})") from None
+            raise BadInput(f"optimize: the input model does not run on the check data ({one_line(exc, 200)})") from None
 
     def _run(self, model: ir.Model) -> list[list[np.ndarray]]:
         sess = make_session(to_bytes(model), self.providers, self.threads)
@@ -50,7 +50,7 @@ class OutputCheck:
         try:
             actual = self._run(model)
         except Exception as exc:
-            return Verdict(False, float("inf"), f"onnxruntime cannot run the result ({_short(exc)})")
+            return Verdict(False, float("inf"), f"onnxruntime cannot run the result ({one_line(exc, 200)})")
         worst = 0.0
         for got_feed, want_feed in zip(actual, self.expected):
             if len(got_feed) != len(want_feed):
@@ -94,8 +94,3 @@ def _error(got: np.ndarray, want: np.ndarray) -> float:
     if not np.isfinite(err) and np.array_equal(np.isnan(got), np.isnan(want)):
         err = 0.0
     return err
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200]

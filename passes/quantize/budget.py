@@ -188,14 +188,14 @@ def predict(measured: Score, budget: Budget, damages: list[float], done: int = 0
 
 
 def _run(session, dataset: Dataset, which: str):
-    from mcomp.errors import BadInput
+    from mcomp.errors import BadInput, one_line
 
     try:
         return metrics.run_all(session, dataset)
     except Exception as exc:
         hint = " (synthetic inputs: give --data or --input-shape)" if dataset.synthetic else ""
         raise BadInput(f"quantize: {which} fails on {dataset.source or 'the data'}{hint}: "
-                       f"{' '.join(str(exc).split())[:200]}") from None
+                       f"{one_line(exc, 200)}") from None
 
 
 def _r(value):

@@ -24,6 +24,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
+from mcomp.errors import one_line
 from mcomp.model import copy, onnx_opset, to_proto
 from mcomp.passes.quantize.target import FLOAT_ONLY
 
@@ -76,7 +77,7 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
             else:
                 work = optimized
         except Exception as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
-            notes.append(f"onnxruntime's basic graph optimization failed before quantization ({_short(exc)}); "
+            notes.append(f"onnxruntime's basic graph optimization failed before quantization ({one_line(exc, 160)}); "
                          "quantized the graph as given")
     proto = to_proto(work)
     before = onnx_opset(proto)
@@ -136,7 +137,7 @@ def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
         converted = version_converter.convert_version(proto, target)
         onnx.checker.check_model(converted)
     except Exception as exc:
-        raise ValueError(f"cannot upgrade opset to {target}: {_short(exc)}") from None
+        raise ValueError(f"cannot upgrade opset to {target}: {one_line(exc, 160)}") from None
     return converted
 
 
@@ -248,8 +249,3 @@ def _quiet():
 
 
 quiet = _quiet
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
