@@ -80,19 +80,11 @@ def _batch_size(feed: dict[str, np.ndarray]) -> int:
     return int(first.shape[0]) if first.ndim else 1
 
 
-def _positional(feeds: list[dict[str, np.ndarray]], session) -> list[dict[str, np.ndarray]]:
-    """The feeds renamed by position for a session whose inputs are named differently."""
-    names = [i.name for i in session.get_inputs()]
-    given = list(feeds[0])
-    if names == given or len(names) != len(given):
-        return feeds
-    return [{n: feed[g] for n, g in zip(names, given)} for feed in feeds]
-
-
 def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *,
                 providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
                 noise_floor: bool = True, provider_label: str = "cpu") -> BenchResult:
     """Measures every model on the same feeds, round-robin, and returns stats with ratios."""
+    from mcomp.data import renamed_by_position
     from mcomp.session import make_session
 
     labels = [label for label, _ in models]
@@ -105,7 +97,7 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
         before = _status_kb("VmRSS")
         can_reset = _reset_peak()
         session = make_session(source, providers, threads, spinning=False)
-        own = _positional(feeds, session)
+        own = renamed_by_position(feeds, [i.name for i in session.get_inputs()])
         session_feeds.append(own)
         session.run(None, own[0])
         peak = _status_kb("VmHWM")

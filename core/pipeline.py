@@ -156,13 +156,9 @@ def _renamed_inputs(dataset: data.Dataset, ref_session, cand_session) -> data.Da
     """Feeds for a candidate whose inputs are named differently (an exported checkpoint): by position."""
     ref_names = [i.name for i in ref_session.get_inputs()]
     cand_names = [i.name for i in cand_session.get_inputs()]
-    if ref_names == cand_names:
-        return dataset
-    if len(ref_names) != len(cand_names):
+    if ref_names != cand_names and len(ref_names) != len(cand_names):
         raise BadInput(f"the candidate's inputs {cand_names} do not match the reference's {ref_names}")
-    mapping = dict(zip(ref_names, cand_names))
-    feeds = [{mapping[k]: v for k, v in feed.items()} for feed in dataset.feeds]
-    return data.Dataset(feeds, dataset.labels, dataset.synthetic, dataset.source, dataset.notes)
+    return dataset.renamed(cand_names, ref_names)
 
 
 def _run(sess, dataset: data.Dataset, which: str):
