@@ -312,10 +312,10 @@ def test_standardized_loss_recovers_the_small_slice_of_a_joined_output(monkeypat
 
 
 def test_time_budget_plans_the_epochs_that_fit_and_the_schedule_ends_with_them(monkeypatch, magnitude_pruned):
-    from mcomp.passes.distill import train
+    from mcomp.passes.distill import pace
 
     ticks = itertools.count()
-    monkeypatch.setattr(train, "clock", lambda: float(next(ticks)))  # one second per reading: no wall clock
+    monkeypatch.setattr(pace, "clock", lambda: float(next(ticks)))  # one second per reading: no wall clock
     m = distill(magnitude_pruned, epochs=20, time_budget=100).metrics
     time = m["time"]
     assert time["budget_seconds"] == 100 and time["epochs"] == 20

@@ -17,9 +17,11 @@ import onnx_ir as ir
 from mcomp import model as model_io
 from mcomp.errors import BadInput, one_line
 from mcomp.pass_base import Context
-from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io, train as train_io
+from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io
 from mcomp.passes.distill.objective import Hint, check_labels, output_kinds, output_scales
-from mcomp.passes.distill.train import FitResult, Job, duration, epochs_text
+from mcomp.passes.distill import pace as pacing
+from mcomp.passes.distill.pace import duration, epochs_text
+from mcomp.passes.distill.train import FitResult, Job
 
 # Fidelity to the teacher is measured on at most this many examples (before and after training).
 FIDELITY_EXAMPLES = 512
@@ -66,7 +68,7 @@ def device(cfg, ctx: Context) -> str:
 def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     from mcomp.passes.distill import warmstart
 
-    started = train_io.clock()
+    started = pacing.clock()
     notes: list[str] = []
     data = ctx.dataset("training", "calibration")
     if data is None:
@@ -110,9 +112,9 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
                            val_targets[:n_out] if val is not None else None, runner, max(batch, 64), names)
     runner.close()
     hints = _hints(s_hints, t_hints, student_out[len(names):], train_targets[n_out:])
-    measuring = train_io.clock()
+    measuring = pacing.clock()
     yardstick.before = fidelity(model, yardstick, ctx)
-    reserve = train_io.clock() - measuring  # measuring the result again takes about as long
+    reserve = pacing.clock() - measuring  # measuring the result again takes about as long
     job = Job(model_io.to_bytes(trained), kinds, hints, train, train_targets, val, val_targets, cfg, seed, dev,
               batch, fixed, cfg.checkpoint_dir, cfg.resume, ctx.threads, output_scales(kinds, train_targets[:n_out]),
               started, reserve)
