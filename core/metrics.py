@@ -24,14 +24,20 @@ def _joined(arrays: list[np.ndarray]) -> np.ndarray:
 FIDELITY_MODES = ("slice", "whole")
 
 
-def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str]) -> dict:
+def slice_axes(ref: list[list[np.ndarray]]) -> list[list[int]]:
+    """The channel-like axes of each reference output: found once where many candidates are scored."""
+    return [fk.channel_axes(_joined(r_list)) if r_list else [] for r_list in ref]
+
+
+def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str],
+             axes: list[list[int]] | None = None) -> dict:
     """Per-output cosine, relative L2, max abs error, the worst slice along channel-like axes (a
     detector's class rows), and top-1 agreement where an output is class scores (per time step for
     sequences); plus a summary with the worst of each. ``summary["slice_cosine"]`` is the lowest
     worst-slice cosine (the whole-output cosine for outputs without channel-like axes): the figure
     gates use unless asked for ``whole`` (see ``figure``)."""
     outputs = {}
-    for name, r_list, c_list in zip(names, ref, cand):
+    for k, (name, r_list, c_list) in enumerate(zip(names, ref, cand)):
         r, c = _joined(r_list), _joined(c_list)
         if r.shape != c.shape:
             outputs[name] = {"error": f"shape {list(c.shape)} differs from the reference's {list(r.shape)}"}
@@ -41,7 +47,7 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
             continue
         entry = {"cosine": fk.cosine(r, c), "relative_l2": fk.relative_l2(r, c), "max_abs_error": fk.max_abs(r, c),
                  "sqnr_db": _finite(fk.sqnr_db(r, c))}
-        worst = fk.worst_slice(r, c)
+        worst = fk.worst_slice(r, c, None if axes is None else axes[k])
         if worst is not None:
             entry["worst_slice"] = {**worst, "sqnr_db": _finite(worst["sqnr_db"])}
         if fk.is_class_scores(r):

@@ -123,11 +123,12 @@ def per_slice(ref: np.ndarray, cand: np.ndarray, axis: int) -> list[dict]:
             for i in range(r.shape[0]) if peaks[i] > floor]
 
 
-def worst_slice(ref: np.ndarray, cand: np.ndarray) -> dict | None:
-    """The slice with the lowest cosine over every channel-like axis of ``ref``, or None where the
-    output has no such axis: ``{"axis", "index", "cosine", "sqnr_db", "slices"}``."""
+def worst_slice(ref: np.ndarray, cand: np.ndarray, axes: list[int] | None = None) -> dict | None:
+    """The slice with the lowest cosine over every channel-like axis of ``ref`` (``axes``, where the
+    caller found them once for many candidates), or None where the output has no such axis:
+    ``{"axis", "index", "cosine", "sqnr_db", "slices"}``."""
     worst = None
-    for axis in channel_axes(ref):
+    for axis in channel_axes(ref) if axes is None else axes:
         rows = per_slice(ref, cand, axis)
         for row in rows:
             if worst is None or row["cosine"] < worst["cosine"]:

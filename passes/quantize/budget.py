@@ -55,6 +55,7 @@ class Evaluator:
         session = make_session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
         self.reference = _run(session, dataset, "the input model")
+        self.axes = metrics.slice_axes(self.reference)  # the reference's: the same for every candidate
         self.reference_accuracy = metrics.accuracy(self.reference, dataset)
         self.calls = 0
 
@@ -64,7 +65,7 @@ class Evaluator:
         self.calls += 1
         data = candidate if isinstance(candidate, bytes) else candidate.SerializeToString()
         outputs = _run(make_session(data, self.providers, self.threads), self.dataset, "the candidate")
-        fid = metrics.fidelity(self.reference, outputs[: len(self.names)], self.names)["summary"]
+        fid = metrics.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes)["summary"]
         return Score(metrics.figure(fid, self.mode), fid["top1_agreement"], metrics.accuracy(outputs, self.dataset),
                      fid["cosine"], fid["worst_slice"], fid["slice_cosine"])
 
