@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, FidelityMode, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
+from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
                                ReportMd, Runs, Threads, Trust)
 from mcomp.cli.pass_command import Common, rank_scratch, run_single_pass, torchrun_rank
 
@@ -51,7 +51,7 @@ def distill(
     seed: Annotated[int, Opt("--seed", help="seed for the split, the order of examples and initialisation")] = 0,
     output: Output = None, provider: Provider = "auto", threads: Threads = None,
     json: Json = False, report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None,
-    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, fidelity: FidelityMode = None,
+    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Train STUDENT to match TEACHER (soft targets at a temperature, plus the labels where --data has some).
@@ -78,7 +78,7 @@ def distill(
             if not no_checkpoint:
                 options["checkpoint_dir"] = checkpoint_dir or default_checkpoint_dir(student, output)
             common = Common(student, output, data, provider, threads, json, report, report_md, input_shape, arch,
-                            trust_checkpoint, runs, fidelity=fidelity)
+                            trust_checkpoint, runs)
             run_single_pass("distill", options, common, eval_data=eval_data, latency=scratch is None, seed=seed)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, FidelityMode, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
+from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
                                ReportMd, Runs, Threads, Trust)
 from mcomp.cli.pass_command import Common, run_single_pass
 
@@ -27,7 +27,7 @@ def prune(
     steps: Annotated[int, typer.Option("--steps", help="taylor: prune in this many steps, with fresh gradients in each")] = 5,
     output: Output = None, data: Data = None, provider: Provider = "auto", threads: Threads = None,
     json: Json = False, report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None,
-    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30, fidelity: FidelityMode = None,
+    arch: Arch = None, trust_checkpoint: Trust = False, runs: Runs = 30,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Prune weights or channels; the report gives the requested and achieved figures per layer.
@@ -43,4 +43,4 @@ def prune(
                    "max_layer_rate": max_layer_rate, "batches": batches,
                    "steps": steps}
         run_single_pass("prune", options, Common(model, output, data, provider, threads, json, report, report_md,
-                                                 input_shape, arch, trust_checkpoint, runs, fidelity=fidelity))
+                                                 input_shape, arch, trust_checkpoint, runs))
