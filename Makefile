@@ -1,11 +1,12 @@
 # Two commands from a fresh clone:  make demo  (install + run the quickstart)  and  make test.
+# make test leaves out the tests marked slow (under 8 minutes on two quiet cores); make test-slow runs those.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 # The constraints pin torch to the CPU build (a plain `torch` would pull several GB of CUDA packages).
 PIP     = $(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-slow test-fast bench clean
 
 $(BIN)/mcomp: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +20,11 @@ demo: install
 	@mkdir -p build
 	$(BIN)/mcomp run configs/quickstart.yaml -o build/digits.opt.onnx --report-md build/digits.opt.report.md
 
-test: install
-	$(BIN)/python -m pytest -q
+test: install  # everything but the slowest tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: install  # the slowest tests (CI runs them after make test)
+	$(BIN)/python -m pytest -q -m slow
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not realmodel"

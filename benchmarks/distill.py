@@ -44,7 +44,7 @@ import onnx_ir as ir
 import torch
 
 from mcomp import data as data_io
-from mcomp import metrics as metrics_io
+from mcomp import evaluate, graph
 from mcomp import model as model_io
 from mcomp.embedded import builtin_path
 from mcomp.pass_base import Context
@@ -67,11 +67,7 @@ NOTES = ("The machine (2 cores) is shared with other sessions' jobs, so seconds 
 
 
 def accuracy(model: ir.Model, x: np.ndarray, y: np.ndarray) -> float:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model_io.to_bytes(model), options, providers=["CPUExecutionProvider"])
+    sess = evaluate.session(model, ["CPUExecutionProvider"], threads=1)
     name = sess.get_inputs()[0].name
     scores = np.concatenate([sess.run(None, {name: x[i:i + 256]})[0] for i in range(0, len(x), 256)])
     return float(np.mean(scores.argmax(1) == y))
@@ -82,16 +78,16 @@ def context(teacher: ir.Model, train: data_io.Dataset) -> Context:
 
 
 def distill(student: ir.Model, teacher: ir.Model, train: data_io.Dataset, **options) -> tuple[ir.Model, dict]:
-    result = Distill(**options)(model_io.copy(student), context(teacher, train))
-    return result.model, result.metrics
+    result = Distill(**options)(graph.copy(student), context(teacher, train))
+    return result.model, result.details
 
 
 def prune(teacher: ir.Model, rate: float) -> ir.Model:
-    return Prune(method="structured", rate=rate)(model_io.copy(teacher), Context()).model
+    return Prune(method="structured", rate=rate)(graph.copy(teacher), Context()).model
 
 
 def quantize(model: ir.Model, train: data_io.Dataset) -> ir.Model:
-    return Quantize(mode="static", latency_guard=False)(model_io.copy(model), context(model, train)).model
+    return Quantize(mode="static", latency_guard=False)(graph.copy(model), context(model, train)).model
 
 
 def _stats(values: list[float]) -> dict:
@@ -161,7 +157,7 @@ def detector_case(budget: float, size: int = 160) -> dict:
     # the export has a static batch of 1, as Ultralytics' default export does: one image a feed
     train = data_io.Dataset([{name: yolo_style.images(1, size, seed=k)} for k in range(64)], None, False, "photos")
     held = data_io.Dataset([{name: yolo_style.images(1, size, seed=500 + k)} for k in range(8)], None, False, "held-out")
-    student = Prune(method="magnitude", rate=0.3)(model_io.copy(teacher), Context()).model
+    student = Prune(method="magnitude", rate=0.3)(graph.copy(teacher), Context()).model
     out = {"model": f"YOLOv8n-style {size}×{size}, magnitude 30 %", "time_budget": budget,
            "pruned": detector_fidelity(teacher, student, held)}
     raw_scales = prepare.output_scales
@@ -170,23 +166,21 @@ def detector_case(budget: float, size: int = 160) -> dict:
             prepare.output_scales = lambda kinds, outs: [None] * len(kinds)
         try:
             result = Distill(time_budget=budget, epochs=50, batch_size=8, hints=[], **options)(
-                model_io.copy(student), Context(reference=teacher, data={"training": train}, threads=1))
+                graph.copy(student), Context(reference=teacher, data={"training": train}, threads=1))
         finally:
             prepare.output_scales = raw_scales
-        m = result.metrics
+        m = result.details
         out[label] = {**detector_fidelity(teacher, result.model, held), "lr": m["training"]["lr"],
-                      "epochs_run": m["time"].get("epochs_run"), "time": m["time"], "summary": m["summary"]}
+                      "epochs_run": m["time"].get("epochs_run"), "time": m["time"], "summary": result.summary}
         print(f"[detector] {label}: {out[label]}", file=sys.stderr)
     return out
 
 
 def detector_fidelity(teacher: ir.Model, student: ir.Model, held: data_io.Dataset) -> dict:
     from mcomp.kernels.fidelity import cosine, per_slice
-    from mcomp.session import make_session
-
-    ref = metrics_io.run_all(make_session(model_io.to_bytes(teacher), ["CPUExecutionProvider"]), held)
-    got = metrics_io.run_all(make_session(model_io.to_bytes(student), ["CPUExecutionProvider"]), held)
-    summary = metrics_io.fidelity(ref, got, ["output0"])["summary"]
+    ref = evaluate.run(evaluate.session(teacher, ["CPUExecutionProvider"]), held, "teacher")
+    got = evaluate.run(evaluate.session(student, ["CPUExecutionProvider"]), held, "student")
+    summary = evaluate.fidelity(ref, got, ["output0"])["summary"]
     r, c = np.concatenate(ref[0]), np.concatenate(got[0])
     rows = per_slice(r[:, 4:], c[:, 4:], 1)
     return {"cosine": round(summary["cosine"], 5), "slice_cosine": round(summary["slice_cosine"], 5),

@@ -6,7 +6,7 @@ latency- and accuracy-guarded) against onnxruntime's ``quantize_static`` with it
 activations, int8 weights, per-tensor), all calibrated on the same realistic feeds, and
 against the fp32 input: latency ratio to the input measured interleaved in one run (spinning
 off, with the A/A noise floor), fidelity on held-out realistic feeds (the whole-output cosine
-and the worst slice along each output's channel-like axes, ``mcomp.metrics.fidelity``), file
+and the worst slice along each output's channel-like axes, ``mcomp.evaluate.fidelity``), file
 size ratio, and seconds to quantize. "mcomp before" is mcomp as it was before per-slice
 fidelity: whole-output cosine for its budget and no shared-scale check (``--fidelity whole
 --max-range-ratio 1e12``). The detector (a YOLOv8n-style net built from Ultralytics' yaml,
@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import realmodels  # noqa: E402
 import yolo_style  # noqa: E402
 
-from mcomp import bench, data, metrics, model as model_io  # noqa: E402
+from mcomp import bench, data, evaluate, graph, model as model_io  # noqa: E402
 from mcomp.embedded import builtin_path  # noqa: E402
 from mcomp.kernels.fidelity import cosine, per_slice  # noqa: E402
 from mcomp.pass_base import Context  # noqa: E402
 from mcomp.passes.quantize import Quantize  # noqa: E402
-from mcomp.session import make_session, resolve_providers  # noqa: E402
+from mcomp.session import resolve_providers  # noqa: E402
 
 CPU = resolve_providers("cpu")
 
@@ -80,7 +80,7 @@ def peer(path: Path, feeds, out: Path, **options) -> tuple[float, str | None]:
     start = time.perf_counter()
     try:
         quantize_static(str(path), str(out), Reader(feeds), **options)
-        make_session(str(out), CPU)  # "writes models onnxruntime refuses to load" counts as a failure
+        evaluate.session(out, CPU)  # "writes models onnxruntime refuses to load" counts as a failure
     except Exception as exc:
         return time.perf_counter() - start, f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"
     return time.perf_counter() - start, None
@@ -89,11 +89,11 @@ def peer(path: Path, feeds, out: Path, **options) -> tuple[float, str | None]:
 def fidelity(label: str, ref_path: Path, cand: str, feeds) -> dict:
     """Whole-output and worst-slice cosine (mcomp's own figures), plus the model's own meaning where known:
     a detector's class-score rows, an OCR recognizer's decoded strings."""
-    ref, got = make_session(str(ref_path), CPU), make_session(cand, CPU)
+    ref, got = evaluate.session(ref_path, CPU), evaluate.session(cand, CPU)
     dataset = data.Dataset(feeds, None, False, "held-out")
-    outs_r, outs_c = metrics.run_all(ref, dataset), metrics.run_all(got, dataset)
+    outs_r, outs_c = evaluate.run(ref, dataset, "reference"), evaluate.run(got, dataset, "candidate")
     names = [o.name for o in ref.get_outputs()]
-    summary = metrics.fidelity(outs_r, outs_c, names)["summary"]
+    summary = evaluate.fidelity(outs_r, outs_c, names)["summary"]
     worst = summary["worst_slice"]
     out = {"cosine": _round(summary["cosine"]), "slice_cosine": _round(summary["slice_cosine"]),
            "worst_slice": None if worst is None else f"{worst['output']}[axis {worst['axis']}][{worst['index']}]"}
@@ -124,7 +124,7 @@ def _round(value):
 def accuracy(path: str, feeds, labels) -> float | None:
     if labels is None:
         return None
-    sess = make_session(path, CPU)
+    sess = evaluate.session(path, CPU)
     logits = np.concatenate([sess.run(None, f)[0] for f in feeds])
     return float(np.mean(logits.argmax(-1) == labels))
 
@@ -135,11 +135,11 @@ def row(label: str, path: Path, calib, held, labels, runs: int, tmp: Path) -> di
     loaded = model_io.load(path)
     ds = data.Dataset(calib, None, False, "realistic feeds")
     start = time.perf_counter()
-    result = Quantize()(model_io.copy(loaded.model), Context(data={"calibration": ds, "evaluation": ds}, providers=CPU))
+    result = Quantize()(graph.copy(loaded.model), Context(data={"calibration": ds, "evaluation": ds}, providers=CPU))
     ours_seconds = time.perf_counter() - start
     ours = str(model_io.save(result.model, tmp / f"{label}.mcomp.onnx").path)
     start = time.perf_counter()
-    before = Quantize(max_range_ratio=1e12)(model_io.copy(loaded.model), Context(
+    before = Quantize(max_range_ratio=1e12)(graph.copy(loaded.model), Context(
         data={"calibration": ds, "evaluation": ds}, providers=CPU, fidelity="whole"))
     before_path = str(model_io.save(before.model, tmp / f"{label}.mcomp-before.onnx").path)
     candidates = {"mcomp": (ours, ours_seconds, None), "mcomp-before": (before_path, time.perf_counter() - start, None)}
@@ -162,7 +162,7 @@ def row(label: str, path: Path, calib, held, labels, runs: int, tmp: Path) -> di
                        "size_ratio": round(Path(cand).stat().st_size / path.stat().st_size, 4),
                        "seconds": round(seconds, 2), "accuracy": accuracy(cand, held, labels)}
     for name, res in (("mcomp", result), ("mcomp-before", before)):
-        m = res.metrics
+        m = {**res.details, "summary": res.summary, "notes": res.notes}
         if not res.modified:  # the input itself: its ratio is 1 by construction, the measurement is A/A noise
             entry[name].update(measured_ratio=entry[name]["latency_ratio"], latency_ratio=1.0)
         entry[name].update(modified=res.modified, summary=m.get("summary"),
@@ -179,10 +179,10 @@ def size_mode(model, mode: str, dataset=None, **options) -> dict:
     start = time.perf_counter()
     ctx = Context(data={"evaluation": dataset} if dataset is not None else {}, providers=CPU)
     try:
-        result = Quantize(mode=mode, latency_guard=False, **options)(model_io.copy(model), ctx)
+        result = Quantize(mode=mode, latency_guard=False, **options)(graph.copy(model), ctx)
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}"}
-    m = result.metrics
+    m = {**result.details, "summary": result.summary}
     out = {"seconds": round(time.perf_counter() - start, 2), "summary": m.get("summary"),
            "cosine": (m.get("fidelity") or {}).get("cosine")}
     if mode == "kmeans":
@@ -302,9 +302,9 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     feeds = data.Dataset([{"x": rng.standard_normal((1, 512)).astype(np.float32)} for _ in range(8)], None, False, "rand")
     wo = {"int4": size_mode(mlp, "weight-only", bits=4, block_size=32, min_fidelity=0)}
-    static = Quantize(latency_guard=False, min_fidelity=0)(model_io.copy(mlp), Context(
+    static = Quantize(latency_guard=False, min_fidelity=0)(graph.copy(mlp), Context(
         data={"calibration": feeds, "evaluation": feeds}, providers=CPU))
-    wo["int8"] = {"weight_ratio": static.metrics["quantized_weight_bytes"]["ratio"]}
+    wo["int8"] = {"weight_ratio": static.details["quantized_weight_bytes"]["ratio"]}
     doc = {"runs": args.runs, "rows": rows, "matmul_heavy": wo}
     (args.out / "quantize.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     table = markdown(rows, wo, args.runs)

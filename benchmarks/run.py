@@ -25,7 +25,7 @@ import onnx_ir as ir
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import realmodels  # noqa: E402
 
-from mcomp import bench, data, model as model_io, summary  # noqa: E402
+from mcomp import bench, data, evaluate, graph, model as model_io  # noqa: E402
 from mcomp.embedded import builtin_path  # noqa: E402
 from mcomp.pass_base import Context  # noqa: E402
 from mcomp.passes.optimize import Optimize  # noqa: E402
@@ -46,16 +46,13 @@ def real_case(name: str):
 
 
 def max_diff(ref_path: Path, cand: bytes | str, feeds) -> float:
-    import onnxruntime as ort
-
-    ref = ort.InferenceSession(str(ref_path), providers=["CPUExecutionProvider"])
-    got = ort.InferenceSession(cand, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for feed in feeds:
-        for a, b in zip(ref.run(None, feed), got.run(None, feed)):
-            if a.dtype.kind == "f":
-                worst = max(worst, float(np.max(np.abs(a.astype(np.float64) - b))))
-    return worst
+    """The largest |candidate − reference| over every float output and feed (mcomp's fidelity figure)."""
+    cpu = ["CPUExecutionProvider"]
+    ref, got = evaluate.session(ref_path, cpu), evaluate.session(cand, cpu)
+    dataset = data.Dataset(feeds)
+    outs_r, outs_c = evaluate.run(ref, dataset, "reference"), evaluate.run(got, dataset, "candidate")
+    summary = evaluate.fidelity(outs_r, outs_c, [o.name for o in ref.get_outputs()])["summary"]
+    return summary["max_abs_error"] or 0.0
 
 
 def optimize_row(label: str, path: Path, feeds, runs: int, tmp: Path) -> dict:
@@ -64,7 +61,7 @@ def optimize_row(label: str, path: Path, feeds, runs: int, tmp: Path) -> dict:
     loaded = model_io.load(path)
     start = time.perf_counter()
     ds = data.Dataset(feeds[:2], None, False, "realistic feeds")
-    result = Optimize(level="basic")(model_io.copy(loaded.model), Context(data={"evaluation": ds}))
+    result = Optimize(level="basic")(graph.copy(loaded.model), Context(data={"evaluation": ds}))
     mcomp_seconds = time.perf_counter() - start
     ours_path = model_io.save(result.model, tmp / f"{label}.mcomp.onnx").path
 
@@ -80,13 +77,13 @@ def optimize_row(label: str, path: Path, feeds, runs: int, tmp: Path) -> dict:
     slim_model = ir.serde.deserialize_model(slim)
     return {
         "model": label,
-        "input": {"nodes": summary.node_count(loaded.model), "bytes": path.stat().st_size,
+        "input": {"nodes": graph.node_count(loaded.model), "bytes": path.stat().st_size,
                   "p50_ms": timing.models[0].p50_ms},
-        "mcomp": {"nodes": summary.node_count(result.model), "bytes": Path(ours_path).stat().st_size,
+        "mcomp": {"nodes": graph.node_count(result.model), "bytes": Path(ours_path).stat().st_size,
                   "latency_ratio": ratios["mcomp"], "max_abs_diff": max_diff(path, ours_path, feeds),
                   "seconds": round(mcomp_seconds, 3),
-                  "stages_rejected": [s["name"] for s in result.metrics["stages"] if s["rejected"]]},
-        "onnxslim": {"nodes": summary.node_count(slim_model), "bytes": slim_path.stat().st_size,
+                  "stages_rejected": [s["name"] for s in result.details["stages"] if s["rejected"]]},
+        "onnxslim": {"nodes": graph.node_count(slim_model), "bytes": slim_path.stat().st_size,
                      "latency_ratio": ratios["onnxslim"], "max_abs_diff": max_diff(path, str(slim_path), feeds),
                      "seconds": round(slim_seconds, 3)},
         "noise_floor": timing.noise_floor.to_dict(),

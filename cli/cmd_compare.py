@@ -13,6 +13,7 @@ from mcomp.cli.options import (Arch, Data, Debug, FidelityMode, InputShape, Json
                                Trust, parse_input_shapes)
 
 
+@console.command
 def compare(
     reference: Annotated[str, typer.Argument(help="the reference model", show_default=False)],
     candidate: Annotated[str, typer.Argument(help="the model to judge against it", show_default=False)],
@@ -26,31 +27,29 @@ def compare(
 
     Example: mcomp compare model.onnx model.optimize.onnx --data eval.npz
     """
-    console.configure(quiet, json)
-    with console.guard(debug):
-        from mcomp import data as data_io, metrics, model as model_io, pipeline, session
-        from mcomp.errors import BadInput
+    from mcomp import data as data_io, evaluate, model as model_io, pipeline, session
+    from mcomp.errors import BadInput
 
-        if fidelity not in metrics.FIDELITY_MODES:
-            raise BadInput(f"--fidelity {fidelity!r}: expected one of {', '.join(metrics.FIDELITY_MODES)}")
-        from mcomp.pipeline_spec import Measure, Pipeline
+    if fidelity not in evaluate.FIDELITY_MODES:
+        raise BadInput(f"--fidelity {fidelity!r}: expected one of {', '.join(evaluate.FIDELITY_MODES)}")
+    from mcomp.pipeline_spec import Measure, Pipeline
 
-        shapes = parse_input_shapes(input_shape)
-        options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
-        ref, cand = model_io.load(reference, options), model_io.load(candidate, options)
-        shapes = data_io.bind_input_shapes(shapes, ref.model)
-        dataset = data_io.load(data or "random", ref.model, input_shapes=shapes)
-        providers = session.resolve_providers(provider)
-        ref_bytes, cand_bytes = model_io.to_bytes(ref.model), model_io.to_bytes(cand.model)
-        quality = pipeline.compare(ref_bytes, cand_bytes, dataset, providers, threads,
-                                   [s.name for s in session.output_specs(ref.model)])
-        settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
-        latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings)
-        quality["fidelity"]["figure"] = {"mode": fidelity, "value": metrics.figure(quality["fidelity"]["summary"], fidelity)}
-        doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency}
-        if json:
-            sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
-        _print(doc)
+    shapes = parse_input_shapes(input_shape)
+    options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
+    ref, cand = model_io.load(reference, options), model_io.load(candidate, options)
+    shapes = data_io.bind_input_shapes(shapes, ref.model)
+    dataset = data_io.load(data or "random", ref.model, input_shapes=shapes)
+    providers = session.resolve_providers(provider)
+    ref_bytes, cand_bytes = model_io.to_bytes(ref.model), model_io.to_bytes(cand.model)
+    quality = evaluate.compare(ref_bytes, cand_bytes, dataset, providers, threads,
+                               [s.name for s in session.output_specs(ref.model)])
+    settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
+    latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings)
+    quality["fidelity"]["figure"] = {"mode": fidelity, "value": evaluate.figure(quality["fidelity"]["summary"], fidelity)}
+    doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency}
+    if json:
+        sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
+    _print(doc)
 
 
 def _print(doc: dict) -> None:

@@ -10,6 +10,7 @@ from mcomp.cli import console
 from mcomp.cli.options import Arch, Debug, InputShape, Quiet, Trust, parse_input_shapes
 
 
+@console.command
 def export(
     checkpoint: Annotated[str, typer.Argument(help="TorchScript archive, torch.export .pt2, state_dict (with --arch) or pickled module (with --trust-checkpoint)", show_default=False)],
     output: Annotated[str, typer.Option("-o", "--output", help="ONNX path, or - for stdout", show_default=False)],
@@ -20,14 +21,12 @@ def export(
 
     Example: mcomp export net.pt --arch mynet:build --input-shape 1,3,224,224 -o net.onnx
     """
-    console.configure(quiet)
-    with console.guard(debug):
-        from mcomp import model as model_io
+    from mcomp import model as model_io
 
-        loaded = model_io.load(checkpoint, model_io.LoadOptions(arch, trust_checkpoint, parse_input_shapes(input_shape)))
-        if loaded.source.kind != "torch":
-            from mcomp.errors import BadInput
+    loaded = model_io.load(checkpoint, model_io.LoadOptions(arch, trust_checkpoint, parse_input_shapes(input_shape)))
+    if loaded.source.kind != "torch":
+        from mcomp.errors import BadInput
 
-            raise BadInput(f"{checkpoint}: already an ONNX model; export takes a PyTorch checkpoint")
-        written = model_io.save(loaded.model, output, protect=(checkpoint,))
-        console.say(f"wrote {written.path} ({written.bytes:,} bytes)")
+        raise BadInput(f"{checkpoint}: already an ONNX model; export takes a PyTorch checkpoint")
+    written = model_io.save(loaded.model, output, protect=(checkpoint,))
+    console.say(f"wrote {written.path} ({written.bytes:,} bytes)")

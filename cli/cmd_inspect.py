@@ -10,6 +10,7 @@ from mcomp.cli.options import Arch, Debug, InputShape, Json, ModelArg, Quiet, Tr
 from mcomp.cli.render import print_inspect
 
 
+@console.command
 def inspect(model: ModelArg, json: Json = False, input_shape: InputShape = None, arch: Arch = None,
             trust_checkpoint: Trust = False, quiet: Quiet = False, debug: Debug = False) -> None:
     """Inputs and outputs (with dynamic dims), opsets, op histogram, parameters, non-zeros, bytes by dtype, MACs.
@@ -18,16 +19,14 @@ def inspect(model: ModelArg, json: Json = False, input_shape: InputShape = None,
 
     Example: mcomp inspect model.onnx --input-shape x=1,3,224,224 --json
     """
-    console.configure(quiet, json)
-    with console.guard(debug):
-        from mcomp import data, model as model_io, summary
+    from mcomp import data, model as model_io, summary
 
-        shapes = parse_input_shapes(input_shape)
-        loaded = model_io.load(model, model_io.LoadOptions(arch, trust_checkpoint, shapes))
-        info = {"path": loaded.source.path, "bytes": loaded.source.bytes, "sha256": loaded.source.sha256,
-                "kind": loaded.source.kind}
-        info |= summary.describe(loaded.model, input_shapes=data.bind_input_shapes(shapes, loaded.model))
-        if json:
-            sys.stdout.write(jsonlib.dumps(info, indent=2) + "\n")
-        else:
-            print_inspect(loaded.source.path, info)
+    shapes = parse_input_shapes(input_shape)
+    loaded = model_io.load(model, model_io.LoadOptions(arch, trust_checkpoint, shapes))
+    info = {"path": loaded.source.path, "bytes": loaded.source.bytes, "sha256": loaded.source.sha256,
+            "kind": loaded.source.kind}
+    info |= summary.describe(loaded.model, input_shapes=data.bind_input_shapes(shapes, loaded.model))
+    if json:
+        sys.stdout.write(jsonlib.dumps(info, indent=2) + "\n")
+    else:
+        print_inspect(loaded.source.path, info)

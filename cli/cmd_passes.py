@@ -11,23 +11,22 @@ from mcomp.cli import console
 from mcomp.cli.options import Debug, Json, Quiet
 
 
+@console.command
 def passes(json: Json = False, quiet: Quiet = False, debug: Debug = False) -> None:
     """List the passes installed through the 'mcomp.passes' entry points, with their options."""
-    console.configure(quiet, json)
-    with console.guard(debug):
-        from mcomp import registry
+    from mcomp import registry
 
-        described = [registry.describe(name) for name in registry.names()]
-        if json:
-            sys.stdout.write(jsonlib.dumps(described, indent=2) + "\n")
-            return
-        for d in described:
-            table = Table(title=f"{d['name']}: {d['summary']}", title_justify="left")
-            for col in ("option", "type", "default", "description"):
-                table.add_column(col)
-            for key, o in d["options"].items():
-                kind = o.get("type", "") + (f" {o['enum']}" if "enum" in o else "")
-                table.add_row(key, kind, str(o.get("default", "")), o.get("description", ""))
-            console.err.print(table)
-        if not described:
-            console.say("no passes installed")
+    described = [registry.describe(name) for name in registry.names()]
+    if json:
+        sys.stdout.write(jsonlib.dumps(described, indent=2) + "\n")
+        return
+    for d in described:
+        table = Table(title=f"{d['name']}: {d['summary']}", title_justify="left")
+        for col in ("option", "type", "default", "description"):
+            table.add_column(col)
+        for key, o in d["options"].items():
+            kind = o.get("type", "") + (f" {o['enum']}" if "enum" in o else "")
+            table.add_row(key, kind, str(o.get("default", "")), o.get("description", ""))
+        console.err.print(table)
+    if not described:
+        console.say("no passes installed")

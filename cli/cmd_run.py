@@ -12,6 +12,7 @@ from mcomp.cli.options import Arch, FidelityMode, Debug, InputShape, Json, Outpu
 from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
 
 
+@console.command
 def run(
     pipeline_file: Annotated[Path, typer.Argument(help="pipeline YAML (design §4)", show_default=False)],
     model: Annotated[Optional[str], typer.Argument(help="model; overrides 'model:' in the file", show_default=False)] = None,
@@ -26,12 +27,12 @@ def run(
     """
     rank = torchrun_rank()
     with rank_scratch(rank) as scratch:  # under torchrun, only rank 0 writes the model and the report
-        console.configure(quiet or rank > 0, json and rank == 0)
-        with console.guard(debug):
-            from mcomp.pipeline_spec import load_file
+        from mcomp.pipeline_spec import load_file
 
-            pipeline = load_file(pipeline_file)
-            if scratch is not None:
-                output, report, report_md, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None, False
-            execute(pipeline, Common(model, output, None, provider, threads, json, report, report_md, input_shape,
-                                     arch, trust_checkpoint, fidelity=fidelity))
+        pipeline = load_file(pipeline_file)
+        if scratch is not None:
+            console.configure(True, False)
+            output, report, report_md, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None, False
+        execute(pipeline, Common(model, output=output, provider=provider, threads=threads, json=json, report=report,
+                                 report_md=report_md, input_shape=input_shape, arch=arch,
+                                 trust_checkpoint=trust_checkpoint, fidelity=fidelity))

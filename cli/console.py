@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -12,18 +13,33 @@ import traceback
 import typer
 from rich.console import Console
 
-from mcomp.errors import GateFailed, McompError, one_line
+from mcomp.errors import GateFailed, McompError, short
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 _state = {"quiet": False}
 
 
+# The graph libraries log their own housekeeping ("Skipped deduplication of initializer …")
+# as warnings; mcomp reports what matters itself, so during a command only their errors reach stderr.
+LIBRARY_LOGGERS = ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx")
+
+
 def configure(quiet: bool = False, json_out: bool = False) -> None:
     _state["quiet"] = quiet
-    # The graph libraries log their own housekeeping ("Skipped deduplication of initializer …")
-    # as warnings; mcomp reports what matters itself, so only their errors reach stderr.
-    for name in ("onnx_ir", "onnxscript", "onnxruntime", "torch.onnx"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def library_logs_quiet():
+    """Only errors from the graph libraries' loggers while a command runs; their levels are restored after."""
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    before = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, before):
+            logger.setLevel(level)
 
 
 def quiet() -> bool:
@@ -66,8 +82,22 @@ def guard(debug: bool = False):
     except Exception as exc:  # an internal failure: say so, in one line, unless --debug
         if debug:
             traceback.print_exc()
-        text = one_line(exc, 300)
+        text = short(exc, 300)
         raise fail(f"internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1) from None
+
+
+def command(function):
+    """Every command's shared tail in one place: ``-q``/``--json`` configure the console, and
+    errors map to one line and an exit code (``--debug`` adds the traceback). typer still sees
+    the wrapped function's parameters (``functools.wraps``)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        configure(kwargs.get("quiet", False), kwargs.get("json", False))
+        with guard(kwargs.get("debug", False)), library_logs_quiet():
+            return function(*args, **kwargs)
+
+    return wrapper
 
 
 class Progress:

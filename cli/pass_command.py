@@ -68,7 +68,7 @@ def execute(pipeline, common: Common) -> dict:
     if common.json and common.output == "-":
         raise BadInput("--json and -o - both want stdout; write the model or the report to a file")
     if common.fidelity is not None:
-        from mcomp.metrics import FIDELITY_MODES
+        from mcomp.evaluate import FIDELITY_MODES
 
         if common.fidelity not in FIDELITY_MODES:
             raise BadInput(f"--fidelity {common.fidelity!r}: expected one of {', '.join(FIDELITY_MODES)}")

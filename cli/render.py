@@ -19,9 +19,7 @@ def print_report(doc: dict) -> None:
         table.add_row(*row)
     err.print(table)
     for step in doc["steps"]:
-        changes = step["changes"]
-        summary = changes.get("summary") or ", ".join(
-            f"{k}={v}" for k, v in changes.items() if isinstance(v, (int, float, str)) and k != "notes")
+        summary = step["summary"] or ("changed the model" if step["modified"] else "model unchanged")
         err.print(f"  step {step['pass']}: {step['seconds']} s; {summary}")
     for gate, g in doc.get("gates", {}).items():
         err.print(f"  gate {gate}: limit {g['limit']}, value {g['value']}: {'passed' if g['passed'] else '[red]FAILED[/]'}")

@@ -84,8 +84,8 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
                 providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
                 noise_floor: bool = True, provider_label: str = "cpu") -> BenchResult:
     """Measures every model on the same feeds, round-robin, and returns stats with ratios."""
-    from mcomp.data import renamed_by_position
-    from mcomp.session import make_session
+    from mcomp import evaluate
+    from mcomp.data import Dataset
 
     labels = [label for label, _ in models]
     sources = [src for _, src in models]
@@ -96,8 +96,8 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
     for source in sources:
         before = _status_kb("VmRSS")
         can_reset = _reset_peak()
-        session = make_session(source, providers, threads, spinning=False)
-        own = renamed_by_position(feeds, [i.name for i in session.get_inputs()])
+        session = evaluate.session(source, providers, threads, spinning=False)
+        own = evaluate.feeds_for(Dataset(feeds), list(feeds[0]), [i.name for i in session.get_inputs()]).feeds
         session_feeds.append(own)
         session.run(None, own[0])
         peak = _status_kb("VmHWM")

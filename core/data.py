@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcomp.errors import BadInput, one_line
+from mcomp.errors import BadInput, short
 from mcomp.session import TensorSpec, input_specs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -53,23 +53,6 @@ class Dataset:
     def describe(self) -> dict:
         return {"source": self.source, "feeds": len(self.feeds), "samples": self.samples,
                 "labels": self.has_labels, "synthetic": self.synthetic, "notes": list(self.notes)}
-
-    def renamed(self, names: list[str], order: list[str] | None = None) -> "Dataset":
-        """The same data for a model whose inputs are named ``names`` (an exported checkpoint): by position
-        (``order``: the feeds' names in input order, e.g. the reference model's)."""
-        feeds = renamed_by_position(self.feeds, names, order)
-        return self if feeds is self.feeds else Dataset(feeds, self.labels, self.synthetic, self.source, self.notes)
-
-
-def renamed_by_position(feeds: list[dict[str, np.ndarray]], names: list[str],
-                        order: list[str] | None = None) -> list[dict[str, np.ndarray]]:
-    """``feeds`` keyed by ``names`` instead, position for position (``order``: the feeds' own names in input
-    order; by default their keys' order); as they are where the names already match or the counts differ
-    (the session then says which input is missing)."""
-    given = order if order is not None else (list(feeds[0]) if feeds else [])
-    if names == given or len(names) != len(given):
-        return feeds
-    return [{n: feed[g] for n, g in zip(names, given)} for feed in feeds]
 
 
 class ImageFolderSpec(BaseModel):
@@ -111,7 +94,7 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
             with np.load(path, allow_pickle=False) as loaded:
                 arrays = {k: loaded[k] for k in loaded.files}
     except Exception as exc:
-        raise BadInput(f"{path}: cannot read arrays ({one_line(exc, 120)})") from None
+        raise BadInput(f"{path}: cannot read arrays ({short(exc, 120)})") from None
     return from_arrays(arrays, specs, source=str(path), batch_size=batch_size)
 
 

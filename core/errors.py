@@ -1,11 +1,29 @@
 """Typed errors. The CLI maps each type to one line on stderr and an exit code (design §5)."""
 
+import re
 
-def one_line(exc: BaseException, limit: int = 200) -> str:
-    """An exception's text on one line (whitespace collapsed; its type where it has no text), at most
-    ``limit`` characters: what the one-line error messages quote of a library's failure."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def short(exc: BaseException | None, limit: int = 200, *, first_line: bool = False) -> str:
+    """An exception's text on one line, at most ``limit`` characters: what mcomp's one-line error
+    messages quote of a library's failure. Whitespace is collapsed and colour codes dropped; its type
+    stands in where it has no text. torch.onnx wraps the real error in a coloured multi-line report
+    whose first lines are boilerplate ("Failed to export the model with torch.export. This is step
+    1/3 …"): its "Exception summary" line is the one quoted. ``first_line``: only the first line (torch's
+    own errors follow it with many lines of advice)."""
+    if exc is None:
+        return "unknown error"
+    lines = [line.strip() for line in _ANSI.sub("", str(exc)).splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("## Exception summary"):
+            lines = [lines[i + 1]]
+            break
+    if first_line:
+        lines = lines[:1]
+    text = " ".join(" ".join(lines).split()) or type(exc).__name__
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 
 class McompError(Exception):

@@ -17,7 +17,8 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from mcomp.errors import BadInput, one_line
+from mcomp.errors import BadInput, short
+from mcomp.graph import copy, proto_nodes  # copy: re-exported for the callers of model.copy
 
 MIN_OPSET = 7
 PROTOBUF_LIMIT = 2**31 - 1  # a ModelProto larger than this cannot be serialized in one piece
@@ -76,7 +77,7 @@ def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     try:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError ...
-        raise BadInput(f"{path}: not a valid ONNX model ({one_line(exc, 160)})") from None
+        raise BadInput(f"{path}: not a valid ONNX model ({short(exc, 160)})") from None
     _check_external_data(proto, path)
     _validate(proto, str(path), path)
     return LoadedModel(
@@ -106,7 +107,7 @@ def _parse_onnx_bytes(data: bytes, where: str) -> onnx.ModelProto:
     try:
         proto = onnx.load_model_from_string(data)
     except Exception as exc:
-        raise BadInput(f"{where}: not a valid ONNX model ({one_line(exc, 160)})") from None
+        raise BadInput(f"{where}: not a valid ONNX model ({short(exc, 160)})") from None
     _validate(proto, where)
     return proto
 
@@ -121,7 +122,7 @@ def _validate(proto: onnx.ModelProto, where: str, path: Path | None = None) -> N
         raise BadInput(f"{where}: opset {opset} is older than the oldest supported ({MIN_OPSET})")
     known_domains = {"", "ai.onnx", "ai.onnx.ml", *RUNTIME_DOMAINS, *(f.domain for f in proto.functions)}
     imported = {o.domain for o in proto.opset_import}
-    for node in _all_nodes(graph):
+    for node in proto_nodes(graph):
         domain = node.domain or ""
         if domain not in known_domains:
             raise BadInput(f"{where}: node {node.name or node.op_type!r} uses op {node.op_type!r} from unknown domain {domain!r}")
@@ -135,7 +136,7 @@ def _validate(proto: onnx.ModelProto, where: str, path: Path | None = None) -> N
         elif proto.ByteSize() < PROTOBUF_LIMIT:
             onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
-        raise BadInput(f"{where}: invalid ONNX model ({one_line(exc, 160)})") from None
+        raise BadInput(f"{where}: invalid ONNX model ({short(exc, 160)})") from None
 
 
 def _uses_external_data(proto: onnx.ModelProto) -> bool:
@@ -152,22 +153,11 @@ def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
                 raise BadInput(f"{path}: external data file {info.location!r} not found beside the model")
 
 
-def _all_nodes(graph: onnx.GraphProto):
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_nodes(g)
-
-
 def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:
-        raise BadInput(f"{where}: cannot read the graph ({one_line(exc, 160)})") from None
+        raise BadInput(f"{where}: cannot read the graph ({short(exc, 160)})") from None
     if base_dir is not None:
         _set_base_dir(model, base_dir)
     return model
@@ -201,11 +191,6 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 def to_bytes(model: ir.Model) -> bytes:
     """The serialized model, for onnxruntime sessions (in-memory models under 2 GB)."""
     return to_proto(model).SerializeToString()
-
-
-def copy(model: ir.Model) -> ir.Model:
-    """A deep copy, so that a pass that fails part-way leaves the caller's model alone."""
-    return ir.serde.deserialize_model(to_proto(model))
 
 
 def sha256_file(path: Path) -> str:

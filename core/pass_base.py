@@ -1,9 +1,10 @@
 """The Pass protocol (design §3).
 
 A pass is built with its config and called on a model; ``__call__`` is the only entry
-point: it checks that the context holds what the pass declares it needs, times the call,
-and checks the result. A pass never prints: it returns a ``PassResult`` whose ``metrics``
-say what changed, and the CLI renders them.
+point: it checks that the context holds what the config needs (``requires``), times the call,
+and checks the result. A pass never prints: it returns a ``PassResult`` with typed fields —
+a one-line ``summary``, ``notes`` for people, ``details`` for the report — so that core and
+the CLI never read a pass's own keys.
 """
 
 from __future__ import annotations
@@ -29,9 +30,26 @@ class PassConfig(BaseModel):
 
 @dataclass
 class PassResult:
+    """What a pass did. ``modified`` is true only when the model changed; ``details`` is the pass's
+    own record (any JSON-able dict, documented by the pass), copied into the report's step as is."""
+
     model: ir.Model
     modified: bool
-    metrics: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+    notes: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    seconds: float | None = None  # set by Pass.__call__
+
+
+@dataclass(frozen=True)
+class Need:
+    """Data a pass's config cannot do without: any one of ``roles`` present satisfies it."""
+
+    roles: tuple[str, ...]
+    why: str  # "static quantization calibrates activation ranges on it"
+
+
+ANY_DATA = ("training", "calibration", "evaluation")
 
 
 @dataclass
@@ -71,9 +89,16 @@ class Pass(abc.ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str] = ""
-    # What the pass may ask of the Context; a trailing "?" marks it optional.
+    # What the pass may ask of the Context, for `mcomp passes`; a trailing "?" marks it optional.
+    # What this config cannot do without is ``requires()``.
     needs: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type[PassConfig]] = PassConfig
+    # True: ``call`` changes the model it is given, so the pipeline hands it a copy when the
+    # model is shared (the input, which the report measures against). False: it returns a new one.
+    in_place: ClassVar[bool] = True
+    # True: a check inside the pass compares outputs with the input (quantize's budget, optimize's
+    # stage check), so its command takes --fidelity slice|whole.
+    checks_fidelity: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None, **options: Any) -> None:
         if config is None:
@@ -88,18 +113,27 @@ class Pass(abc.ABC):
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
         """Transforms ``model`` (in place or into a new one) and says what changed."""
 
+    def requires(self) -> tuple[Need, ...]:
+        """The data this config cannot run without. The default follows ``needs``: a required
+        ``data`` entry is satisfied by any role; passes whose needs depend on options override it."""
+        if "data" in self.needs:
+            return (Need(ANY_DATA, "it reads data"),)
+        return ()
+
+    def missing(self, roles) -> list[Need]:
+        """The needs that none of the data ``roles`` present satisfies."""
+        present = {role for role in roles}
+        return [need for need in self.requires() if not present.intersection(need.roles)]
+
     def __call__(self, model: ir.Model, ctx: Context | None = None) -> PassResult:
         ctx = ctx or Context()
-        for need in self.needs:
-            required = not need.endswith("?")
-            key = need.rstrip("?")
-            if required and key.startswith("data") and not ctx.data:
-                raise BadInput(f"{self.name}: needs data (--data PATH)")
+        for need in self.missing(role for role, ds in ctx.data.items() if ds is not None):
+            raise BadInput(f"{self.name}: needs data: {need.why} (--data PATH)")
         start = time.perf_counter()
         result = self.call(model, ctx)
         if not isinstance(result, PassResult) or not isinstance(result.model, ir.Model):
             raise PassError(f"{self.name}: returned {type(result).__name__}, expected a PassResult with a model")
-        result.metrics.setdefault("seconds", round(time.perf_counter() - start, 3))
+        result.seconds = round(time.perf_counter() - start, 3)
         return result
 
     def options(self) -> dict[str, Any]:

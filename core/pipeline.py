@@ -9,11 +9,11 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from mcomp import bench, data, metrics, report, session
+from mcomp import bench, data, evaluate, graph, report, session
 from mcomp import model as model_io
-from mcomp.errors import BadInput, ConfigError, GateFailed, one_line
+from mcomp.errors import BadInput, ConfigError, GateFailed
 from mcomp.pass_base import Context
-from mcomp.pipeline_spec import Pipeline
+from mcomp.pipeline_spec import Pipeline, builtin
 
 
 @dataclass
@@ -36,17 +36,21 @@ class Outcome:
 
 def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     started = time.perf_counter()
-    model_spec = request.model or pipeline.resolve(pipeline.model)
+    model_spec = builtin(request.model) if request.model else pipeline.resolve(pipeline.model)
     if not model_spec:
         raise ConfigError("no model: give MODEL on the command line or 'model:' in the pipeline file")
+    named = request.model or pipeline.model or ""
+    beside = named.split(":", 1)[1] if named.startswith("builtin:") else model_spec  # a packaged model: here
     output = request.output or pipeline.resolve(pipeline.output) or str(
-        model_io.default_output(model_spec, pipeline.steps[-1].name))
+        model_io.default_output(beside, pipeline.steps[-1].name))
     protect = inputs_of(pipeline, model_spec)
     if output != "-":
         model_io.check_writable(Path(output), protect=protect)
     input_shapes = {k: tuple(v) for k, v in (pipeline.input_shape or {}).items()} or request.load.input_shapes
     load_options = model_io.LoadOptions(request.load.arch, request.load.trust_checkpoint, input_shapes)
     providers = session.resolve_providers(pipeline.provider)
+    passes = [_pass_class(step.name)(step.config) for step in pipeline.steps]
+    check_needs(pipeline, passes)
 
     request.progress("loading model", 0, 1)
     loaded = model_io.load(model_spec, load_options)
@@ -57,24 +61,21 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
                   fidelity=pipeline.measure.fidelity, progress=request.progress)
 
-    current = model_io.copy(loaded.model)
+    current = loaded.model  # shared with the reference until an in-place pass needs its own copy
     steps = []
-    for i, step in enumerate(pipeline.steps):
+    for i, (step, pass_) in enumerate(zip(pipeline.steps, passes)):
         request.progress(f"step {i + 1}/{len(pipeline.steps)}: {step.name}", i, len(pipeline.steps))
-        cls = _pass_class(step.name)
-        result = cls(step.config)(current, ctx)
+        if pass_.in_place and current is loaded.model:
+            current = graph.copy(loaded.model)
+        result = pass_(current, ctx)
         current = result.model
-        metrics_ = dict(result.metrics)
-        seconds = metrics_.pop("seconds", None)
-        steps.append({"pass": step.name, "options": step.config.model_dump(mode="json"),
-                      "seconds": seconds, "modified": result.modified, "changes": metrics_})
+        steps.append(step_record(step, result))
 
     request.progress("measuring against the input", 0, 1)
     candidate_bytes = model_io.to_bytes(current)
-    evaluation = datasets.get("evaluation") or datasets.get("calibration") or data.synthetic(
-        session.input_specs(loaded.model), input_shapes=input_shapes, seed=pipeline.seed)
-    quality = compare(reference_bytes, candidate_bytes, evaluation, providers, pipeline.threads,
-                      output_names=[s.name for s in session.output_specs(loaded.model)])
+    evaluation = evaluate.measurement_data(datasets, loaded.model, input_shapes, pipeline.seed)
+    quality = evaluate.compare(reference_bytes, candidate_bytes, evaluation, providers, pipeline.threads,
+                               output_names=[s.name for s in session.output_specs(loaded.model)])
     latency = None
     if pipeline.measure.latency:
         latency = measure_latency(reference_bytes, candidate_bytes, evaluation, providers, pipeline)
@@ -92,6 +93,24 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
     return Outcome(doc, current, output)
+
+
+def check_needs(pipeline: Pipeline, passes: list) -> None:
+    """Every step's data needs, before anything runs: a static quantize at step 3 must not fail
+    after two steps of work (exit 2, naming the step and the data it wants)."""
+    present = [role for role in ("calibration", "evaluation", "training") if getattr(pipeline.data, role) is not None]
+    for i, pass_ in enumerate(passes, 1):
+        for need in pass_.missing(present):
+            where = " or ".join(f"data.{role}" for role in need.roles)
+            raise BadInput(f"step {i} ({pass_.name}) needs data: {need.why}; give --data PATH "
+                           f"(or {where} in a pipeline file)")
+
+
+def step_record(step, result) -> dict:
+    """A step of the report: the typed fields of its PassResult; ``changes`` is the pass's own details."""
+    return {"pass": step.name, "options": step.config.model_dump(mode="json"), "seconds": result.seconds,
+            "modified": result.modified, "summary": result.summary, "notes": list(result.notes),
+            "changes": result.details}
 
 
 def inputs_of(pipeline: Pipeline, model_spec: str | None) -> tuple[str, ...]:
@@ -129,45 +148,6 @@ def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, d
     return out
 
 
-def compare(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],
-            threads: int | None, output_names: list[str]) -> dict:
-    """Fidelity of candidate vs reference and accuracy of both, on ``dataset``."""
-    ref_session = session.make_session(reference, providers, threads)
-    cand_session = session.make_session(candidate, providers, threads)
-    cand_outputs = [o.name for o in cand_session.get_outputs()]
-    if len(cand_outputs) < len(output_names):
-        raise BadInput(f"the candidate has {len(cand_outputs)} outputs {cand_outputs}; the reference has "
-                       f"{len(output_names)} {output_names}")
-    ref_out = _run(ref_session, dataset, "reference")
-    cand_out = _run(cand_session, _renamed_inputs(dataset, ref_session, cand_session), "candidate")
-    fid = metrics.fidelity(ref_out, cand_out[: len(output_names)], output_names)
-    acc_ref, acc_cand = metrics.accuracy(ref_out, dataset), metrics.accuracy(cand_out, dataset)
-    if acc_ref is None:
-        reason = "synthetic data" if dataset.synthetic else ("no labels in the data" if not dataset.has_labels
-                                                              else "no classifier-shaped output")
-        accuracy = {"known": False, "reason": reason}
-    else:
-        accuracy = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,
-                    "examples": dataset.samples}
-    return {"fidelity": fid, "accuracy": accuracy, "data": dataset.describe()}
-
-
-def _renamed_inputs(dataset: data.Dataset, ref_session, cand_session) -> data.Dataset:
-    """Feeds for a candidate whose inputs are named differently (an exported checkpoint): by position."""
-    ref_names = [i.name for i in ref_session.get_inputs()]
-    cand_names = [i.name for i in cand_session.get_inputs()]
-    if ref_names != cand_names and len(ref_names) != len(cand_names):
-        raise BadInput(f"the candidate's inputs {cand_names} do not match the reference's {ref_names}")
-    return dataset.renamed(cand_names, ref_names)
-
-
-def _run(sess, dataset: data.Dataset, which: str):
-    try:
-        return metrics.run_all(sess, dataset)
-    except Exception as exc:
-        raise BadInput(f"the {which} model fails on the data ({one_line(exc, 200)})") from None
-
-
 def measure_latency(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],
                     pipeline: Pipeline) -> dict:
     result = bench.interleaved([("reference", reference), ("candidate", candidate)], dataset.feeds[:4],
@@ -195,7 +175,7 @@ def check_gates(pipeline: Pipeline, doc: dict) -> dict:
                 failed.append(f"accuracy drop {accuracy['drop']:.4f} exceeds max_accuracy_drop {gate.max_accuracy_drop}")
     if gate.min_fidelity is not None:
         mode = pipeline.measure.fidelity
-        cos = metrics.figure(doc["fidelity"]["summary"], mode)
+        cos = evaluate.figure(doc["fidelity"]["summary"], mode)
         ok = cos is not None and cos >= gate.min_fidelity
         table["min_fidelity"] = {"limit": gate.min_fidelity, "value": cos, "passed": ok, "fidelity": mode}
         if not ok:

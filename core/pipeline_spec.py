@@ -76,11 +76,18 @@ class Pipeline(BaseModel):
         if path is None or path in ("-", "random"):
             return path
         if path.startswith(BUILTIN_PREFIX):
-            from mcomp.embedded import builtin_path
-
-            return str(builtin_path(path[len(BUILTIN_PREFIX):]))
+            return builtin(path)
         p = Path(path).expanduser()
         return os.path.normpath(p if p.is_absolute() else self.base_dir / p)
+
+
+def builtin(path: str) -> str:
+    """A packaged asset for ``builtin:NAME`` (also on the command line); any other path as given."""
+    if path.startswith(BUILTIN_PREFIX):
+        from mcomp.embedded import builtin_path
+
+        return str(builtin_path(path[len(BUILTIN_PREFIX):]))
+    return path
 
 
 def parse_step(name: str, options: dict | None) -> Step:

@@ -8,10 +8,14 @@ import json
 import platform
 from pathlib import Path
 
-import onnx_ir as ir
+from typing import TYPE_CHECKING
 
-from mcomp import __version__, summary
-from mcomp.model import ModelSource
+from mcomp import __version__
+
+if TYPE_CHECKING:  # the CLI imports this module for rendering: no onnx before a command runs (design §5)
+    import onnx_ir as ir
+
+    from mcomp.model import ModelSource
 
 SCHEMA_VERSION = 1
 SCHEMA_ID = f"mcomp-report/{SCHEMA_VERSION}"
@@ -19,11 +23,16 @@ SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 
 
 def model_entry(model: ir.Model, source: ModelSource | None, input_shapes=None) -> dict:
+    from mcomp import summary
+
     info = summary.describe(model, input_shapes=input_shapes)
     entry = {"path": source.path if source else None, "sha256": source.sha256 if source else None,
              "bytes": source.bytes if source else None, "kind": source.kind if source else "onnx"}
     keys = ("parameters", "nonzero_parameters", "sparsity", "parameter_bytes", "macs", "nodes", "opset", "ops")
     entry.update({k: info[k] for k in keys})
+    # a MACs figure that misses nodes says so, and why, rather than passing for the whole count
+    entry["macs_unknown"] = ({"nodes": len(info["macs_unknown_nodes"]), "reason": info["macs_unknown_reason"]}
+                             if info["macs_unknown_nodes"] else None)
     return entry
 
 
@@ -54,7 +63,7 @@ def build(*, command: str, source: ModelSource, reference: ir.Model, candidate: 
     if evaluation.synthetic:
         notes.append("measured on synthetic inputs: accuracy is unknown and fidelity is on noise")
     for step in steps:
-        notes.extend(f"{step['pass']}: {n}" for n in step["changes"].get("notes", []))
+        notes.extend(f"{step['pass']}: {n}" for n in step["notes"])
     return {
         "schema": SCHEMA_ID,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -143,10 +152,7 @@ def to_markdown(doc: dict) -> str:
     for n, step in enumerate(doc["steps"], 1):
         options = ", ".join(f"{k}={v}" for k, v in step["options"].items())
         lines.append(f"| {n} | {step['pass']} | {options} | {step['seconds']} | {'yes' if step['modified'] else 'no'} |")
-    for step in doc["steps"]:
-        for stage in step["changes"].get("stages", []):
-            if not stage.get("kept", True):
-                lines.append(f"\n- {step['pass']}: stage `{stage['name']}` rejected: {stage.get('reason')}")
+    lines += [f"\n- {step['pass']}: {step['summary']}" for step in doc["steps"] if step.get("summary")]
     if doc.get("gates"):
         lines += ["", "## Gates", "", "| gate | limit | value | passed |", "|---|---:|---:|---|"]
         lines += [f"| {k} | {v['limit']} | {v['value']} | {v['passed']} |" for k, v in doc["gates"].items()]

@@ -1,4 +1,5 @@
-"""onnxruntime sessions: provider choice, threads, and the model's input/output signature."""
+"""Execution providers and a model's input/output signature. Sessions themselves are made in
+``mcomp.evaluate`` (the one home of running models)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 
 import onnx_ir as ir
 
-from mcomp.errors import BadInput, ProviderUnavailable, one_line
+from mcomp.errors import BadInput, ProviderUnavailable
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -57,33 +58,10 @@ def provider_name(providers: list[str]) -> str:
     return {v: k for k, v in PROVIDERS.items()}.get(providers[0], providers[0])
 
 
-def make_session(model: bytes | str, providers: list[str], threads: int | None = None, *,
-                 spinning: bool = True, optimization: str = "all"):
-    """One inference session. ``spinning=False`` when several sessions share the cores (design §7)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    try:
-        return ort.InferenceSession(model, options, providers=providers)
-    except Exception as exc:
-        raise BadInput(f"onnxruntime cannot load the model: {one_line(exc, 300)}") from None
-
-
 def _dtype(elem_type) -> np.dtype:
     try:
         return np.dtype(ir.DataType(elem_type).numpy())
-    except Exception:
+    except (ValueError, TypeError, NotImplementedError):  # an unknown or numpy-less element type
         return np.dtype("float32")
 
 
@@ -109,5 +87,5 @@ def output_specs(model: ir.Model) -> list[TensorSpec]:
     return _specs(model.graph.outputs)
 
 
-__all__ = ["TensorSpec", "available_providers", "resolve_providers", "make_session", "input_specs",
+__all__ = ["TensorSpec", "available_providers", "resolve_providers", "input_specs",
            "output_specs", "provider_name"]

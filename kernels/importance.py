@@ -3,6 +3,8 @@
 Element scores (unstructured): magnitude |w|, Taylor |w · ∂L/∂w|, random.
 Channel scores (structured): the L1/L2 norm of a channel's slice, summed over every tensor
 of its group; BatchNorm scale |γ|; Taylor summed over the channel's slice; random.
+The criteria that the prune pass offers, by name, are registered in ``mcomp.passes.prune.criteria``
+from these functions.
 """
 
 from __future__ import annotations

@@ -170,7 +170,8 @@ for _size in RANDOM_SIZES:
         return ["optimize", "noise.onnx"], None
 
 
-@pytest.mark.parametrize("size", RANDOM_SIZES)
+# one size in make test, the others in make test-slow
+@pytest.mark.parametrize("size", [s if s == 100 else pytest.param(s, marks=pytest.mark.slow) for s in RANDOM_SIZES])
 @uses("random-bytes-{size}")
 def test_random_bytes(runs, size):
     assert_refused(runs[f"random-bytes-{size}"], "noise.onnx", "re:(not a valid|invalid) ONNX model",
@@ -382,7 +383,9 @@ for _name, _value in INPUT_SHAPES.items():
         return ["optimize", MODEL, "--input-shape", value], None
 
 
-@pytest.mark.parametrize("name", INPUT_SHAPES)
+# a malformed and a misfitting shape in make test, the other two in make test-slow
+@pytest.mark.parametrize("name", [n if n in ("letters", "misfit") else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in INPUT_SHAPES])
 @uses("input-shape-{name}")
 def test_bad_input_shape(runs, name):
     line = assert_refused(runs[f"input-shape-{name}"], "--input-shape")
@@ -479,7 +482,8 @@ for _spelling in OUTPUT_IS_INPUT:
         return ["optimize", MODEL, "-o", dest], None
 
 
-@pytest.mark.parametrize("spelling", OUTPUT_IS_INPUT)
+@pytest.mark.parametrize("spelling", [s if s == "plain" else pytest.param(s, marks=pytest.mark.slow)
+                                      for s in OUTPUT_IS_INPUT])
 @uses("output-is-input-{spelling}")
 def test_output_is_the_input(runs, spelling):
     assert_refused(runs[f"output-is-input-{spelling}"], "refusing to overwrite the input")
@@ -511,6 +515,7 @@ def _(d):
     return ["optimize", MODEL, "-o", "out.onnx", "--report-md", MODEL], None
 
 
+@pytest.mark.slow  # the same refusal as test_report_path_is_the_input, for --report-md: make test-slow
 @uses("report-md-is-input")
 def test_report_md_path_is_the_input(runs):
     assert_refused(runs["report-md-is-input"], MODEL, "overwrite")
@@ -555,6 +560,7 @@ def _(d):
     return ["inspect", "noise.onnx", "--json"], None
 
 
+@pytest.mark.slow  # the same refusal as test_random_bytes, through inspect: make test-slow
 @uses("inspect-random")
 def test_inspect_random_bytes(runs):
     assert_refused(runs["inspect-random"], "noise.onnx", "re:(not a valid|invalid) ONNX model",
@@ -567,6 +573,7 @@ def _(d):
     return ["inspect", "foo.onnx"], None
 
 
+@pytest.mark.slow  # the same refusal as test_op_in_unknown_domain, through inspect: make test-slow
 @uses("inspect-unknown-domain")
 def test_inspect_op_in_unknown_domain(runs):
     assert_refused(runs["inspect-unknown-domain"], "foo.onnx", "my.domain", inputs=(MODEL, "foo.onnx"))
@@ -600,6 +607,7 @@ def _(d):
     return ["bench", MODEL, "half.onnx", "--runs", "3"], None
 
 
+@pytest.mark.slow  # the same refusal as test_truncated_onnx, through bench: make test-slow
 @uses("bench-truncated")
 def test_bench_truncated(runs):
     assert_refused(runs["bench-truncated"], "half.onnx", "not a valid ONNX model", inputs=(MODEL, "half.onnx"))
@@ -610,6 +618,7 @@ def _(d):
     return ["bench", MODEL, "--provider", "cuda", "--runs", "3"], None
 
 
+@pytest.mark.slow  # the same refusal as test_provider_cuda_without_cuda, through bench: make test-slow
 @pytest.mark.skipif(_cuda_available(), reason="this machine has CUDA")
 @uses("bench-cuda")
 def test_bench_provider_cuda_without_cuda(runs):
@@ -655,6 +664,7 @@ def _(d):
     return ["compare", MODEL, "notes.onnx", "--runs", "3"], None
 
 
+@pytest.mark.slow  # the same refusal as test_text_file, through compare: make test-slow
 @uses("compare-text-file")
 def test_compare_text_file(runs):
     assert_refused(runs["compare-text-file"], "notes.onnx", "not a valid ONNX model", inputs=(MODEL, "notes.onnx"))

@@ -49,7 +49,7 @@ def gate_pipeline(path: Path) -> None:
     path.write_text("model: digits.onnx\n"
                     "steps:\n  - optimize: {level: basic}\n"
                     "measure: {runs: 3, warmup: 1}\n"
-                    "gate:\n  min_speedup: 1000   # no optimizer makes this model 1000x faster\n")
+                    "gate:\n  min_speedup: 1000000000   # a billion times faster: fails however loaded the machine\n")
 
 
 def _prepare_args(key: str, d: Path) -> tuple[list[str], bytes | None] | str:
@@ -305,9 +305,9 @@ def test_report_is_as_readable_as_the_model(runs):
     assert (d / "r.md").stat().st_mode & 0o777 == model_mode
 
 
-@uses("optimize", "outputs", "pipe", "quickstart", "bench", "compare")
+@uses("optimize", "outputs", "pipe", "bench", "compare")
 def test_no_temp_files_left_after_success(runs):
-    for key in ("optimize", "outputs", "pipe", "quickstart", "bench", "compare"):
+    for key in ("optimize", "outputs", "pipe", "bench", "compare"):
         res = ok(runs[key])
         assert not dot_files(res.folder), f"{key}: {dot_files(res.folder)}"
 
@@ -315,7 +315,8 @@ def test_no_temp_files_left_after_success(runs):
 # --------------------------------------------------------------------------- pipelines
 
 
-@uses("quickstart")
+@pytest.mark.slow  # ~50 s of CPU (15 epochs of distillation); make demo runs the same file, and
+@uses("quickstart")  # test_distill_cli's pipeline test covers prune → quantize → distill → optimize in make test
 def test_quickstart_pipeline(runs):
     res = ok(runs["quickstart"])
     doc = json_stdout(res)
@@ -325,6 +326,7 @@ def test_quickstart_pipeline(runs):
     assert all(g["passed"] for g in doc["gates"].values()) and doc["gates"]
     assert (res.folder / "q.onnx").is_file() and (res.folder / "q.report.json").is_file()
     assert sha256(res.folder / "q.onnx") == doc["output"]["sha256"]
+    assert not dot_files(res.folder), dot_files(res.folder)
 
 
 @uses("gate")

@@ -28,6 +28,11 @@ ASSETS = Path(__file__).resolve().parents[1] / "core" / "assets"
 EVAL = np.load(ASSETS / "digits_eval.npz")
 
 
+def _record(result) -> dict:
+    """A distill result's details with its summary and notes, as the report's step shows them."""
+    return {**result.details, "summary": result.summary, "notes": result.notes}
+
+
 def teacher() -> ir.Model:
     return model_io.load(ASSETS / "digits_cnn.onnx").model
 
@@ -74,7 +79,7 @@ def test_distill_recovers_a_pruned_student_and_keeps_its_sparsity(magnitude_prun
     zeros = lambda m: sum(int(np.sum(v.const_value.numpy() == 0)) for v in m.graph.initializers.values()
                           if v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT)
     assert zeros(result.model) >= zeros(magnitude_pruned)
-    m = result.metrics
+    m = _record(result)
     assert isinstance(m["summary"], str) and "epochs" in m["summary"] and "s/epoch" in m["summary"]
     assert isinstance(m["notes"], list)
     assert [h["epoch"] for h in m["history"]] == [0, 1, 2, 3, 4]
@@ -93,9 +98,9 @@ def test_distill_recovers_a_pruned_student_and_keeps_its_sparsity(magnitude_prun
 
 def test_unlabeled_data_trains_on_soft_targets_only(magnitude_pruned):
     result = distill(magnitude_pruned, labels=False)
-    assert result.metrics["loss"]["task"].startswith("none")
-    assert result.metrics["loss"]["alpha"] == 0.0
-    assert "val_agreement" in result.metrics["history"][-1]
+    assert result.details["loss"]["task"].startswith("none")
+    assert result.details["loss"]["alpha"] == 0.0
+    assert "val_agreement" in result.details["history"][-1]
     assert agreement(result.model, teacher()) > agreement(magnitude_pruned, teacher()) + 0.05
 
 
@@ -140,7 +145,7 @@ def test_qdq_student_stays_qdq_with_its_scales():
             np.testing.assert_array_equal(new[name], old[name], err_msg=name)
     changed = [n for n in old if old[n].dtype in (np.int8, np.int32) and not np.array_equal(old[n], new[n])]
     assert changed, "the integer weights were trained"
-    assert result.metrics["quantized"]["tensors"] >= 5
+    assert result.details["quantized"]["tensors"] >= 5
 
 
 def test_qdq_expose_and_restore_round_trip_exactly():
@@ -186,9 +191,9 @@ def test_checkpoint_and_resume_give_the_uninterrupted_result(tmp_path, magnitude
         distill(magnitude_pruned, checkpoint_dir=str(tmp_path / "b"), progress=stop_after_two, **options)
     assert (tmp_path / "b" / "last.pt").exists()
     resumed = distill(magnitude_pruned, checkpoint_dir=str(tmp_path / "b"), resume=True, **options)
-    assert any("resumed from the checkpoint after epoch 2" in n for n in resumed.metrics["notes"])
-    assert [h["epoch"] for h in resumed.metrics["history"]] == [0, 1, 2, 3, 4]
-    for a, b in zip(whole.metrics["history"], resumed.metrics["history"]):
+    assert any("resumed from the checkpoint after epoch 2" in n for n in resumed.notes)
+    assert [h["epoch"] for h in resumed.details["history"]] == [0, 1, 2, 3, 4]
+    for a, b in zip(whole.details["history"], resumed.details["history"]):
         assert a.get("val_loss") == pytest.approx(b.get("val_loss"), rel=1e-6)
     for name, value in _initializers(whole.model).items():
         np.testing.assert_allclose(_initializers(resumed.model)[name], value, rtol=1e-6, atol=1e-7, err_msg=name)
@@ -203,7 +208,7 @@ def test_resume_rejects_a_checkpoint_of_another_run(tmp_path, magnitude_pruned):
 def test_hints_and_other_schedules_and_optimizers_run(magnitude_pruned):
     result = distill(magnitude_pruned, epochs=2, hints=["relu_2=relu_2", "relu_3"], schedule="polynomial",
                      lr_power=2.0, optimizer="sgd", lr=0.005)
-    assert result.metrics["loss"]["hints"] == ["relu_2=relu_2", "relu_3=relu_3"]
+    assert result.details["loss"]["hints"] == ["relu_2=relu_2", "relu_3=relu_3"]
     assert accuracy(result.model) > accuracy(magnitude_pruned)
     with pytest.raises(BadInput, match="hint tensor 'nope' is not in the student"):
         distill(magnitude_pruned, epochs=1, hints=["nope=relu_2"])
@@ -217,7 +222,7 @@ def test_init_from_teacher_copies_same_shaped_weights():
             v.const_value = ir.Tensor(rng.standard_normal(v.const_value.shape.numpy()).astype(np.float32), name=v.name)
     assert accuracy(student) < 0.5
     result = distill(student, epochs=1, lr=1e-5, init_from_teacher=True, warmup_epochs=0)
-    assert result.metrics["init_from_teacher"]["copied"] >= 10
+    assert result.details["init_from_teacher"]["copied"] >= 10
     assert accuracy(result.model) > 0.95
 
 
@@ -260,8 +265,8 @@ def test_regression_outputs_use_mse():
             v.const_value = ir.Tensor(v.const_value.numpy() * 0.5, name="w")
     ctx = Context(reference=model, data={"training": data_io.Dataset(feeds)}, threads=1)
     result = Distill(epochs=5, lr=0.01, val_split=0.25, batch_size=8)(student, ctx)
-    assert result.metrics["loss"]["outputs"]["y"].startswith("MSE, standardized")
-    history = result.metrics["history"]
+    assert result.details["loss"]["outputs"]["y"].startswith("MSE, standardized")
+    history = result.details["history"]
     assert history[-1]["val_loss"] < history[0]["val_loss"]
 
 
@@ -291,7 +296,7 @@ def _distill_head(monkeypatch=None, **options) -> dict:
     feeds = [{"x": rng.standard_normal((64, 3, 4, 4)).astype(np.float32)} for _ in range(8)]
     ctx = Context(reference=_head(), data={"training": data_io.Dataset(feeds)}, threads=1)
     options = {"epochs": 5, "lr": 0.01, "hints": [], "batch_size": 32, **options}
-    return Distill(**options)(_head(perturb=0.5), ctx).metrics
+    return _record(Distill(**options)(_head(perturb=0.5), ctx))
 
 
 def test_standardized_loss_recovers_the_small_slice_of_a_joined_output(monkeypatch):
@@ -316,7 +321,7 @@ def test_time_budget_plans_the_epochs_that_fit_and_the_schedule_ends_with_them(m
 
     ticks = itertools.count()
     monkeypatch.setattr(pace, "clock", lambda: float(next(ticks)))  # one second per reading: no wall clock
-    m = distill(magnitude_pruned, epochs=20, time_budget=100).metrics
+    m = _record(distill(magnitude_pruned, epochs=20, time_budget=100))
     time = m["time"]
     assert time["budget_seconds"] == 100 and time["epochs"] == 20
     assert 1 <= time["planned_epochs"] < 20 and time["epochs_run"] == math.ceil(time["planned_epochs"])
@@ -330,7 +335,7 @@ def test_time_budget_plans_the_epochs_that_fit_and_the_schedule_ends_with_them(m
 
 def test_without_lr_a_range_test_picks_it(magnitude_pruned):
     result = distill(magnitude_pruned, lr=None, epochs=3)
-    m = result.metrics
+    m = _record(result)
     test = m["lr_range_test"]
     tried = [lr for lr, _ in test["curve"]]
     assert test["tried"] == pytest.approx([min(tried), max(tried)], rel=1e-3) and len(tried) == test["steps"] >= 10
@@ -345,8 +350,8 @@ def test_without_lr_a_range_test_picks_it(magnitude_pruned):
 def test_two_processes_reach_the_accuracy_of_one(magnitude_pruned):
     one = distill(magnitude_pruned, epochs=3)
     two = distill(magnitude_pruned, epochs=3, nproc=2)
-    assert two.metrics["training"]["processes"] == 2 and "2 processes" in two.metrics["summary"]
+    assert two.details["training"]["processes"] == 2 and "2 processes" in two.summary
     # the same steps up to float summation order (which grows a little over the steps)
     assert accuracy(two.model) == pytest.approx(accuracy(one.model), abs=0.004)
-    for a, b in zip(one.metrics["history"][1:], two.metrics["history"][1:]):
+    for a, b in zip(one.details["history"][1:], two.details["history"][1:]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from clirun import REPO, run_mcomp, run_shell, snapshot
+from clirun import REPO, Batch, Result, run_mcomp, run_shell, selected_keys, snapshot, uses
 
 ASSETS = REPO / "core" / "assets"
 TRAIN, EVAL = ASSETS / "digits_train.npz", ASSETS / "digits_eval.npz"
@@ -51,40 +50,44 @@ BAD = {
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("distill-cli")
-    _student(root / "student.onnx")
-    jobs = {}
-    for name, make in BAD.items():
-        folder = root / name
+    student = root / "student.onnx"
+
+    def prepare(key: str):
+        folder = root / key
         folder.mkdir()
-        shutil.copy(root / "student.onnx", folder / "student.onnx")
-        shutil.copy(ASSETS / "digits_cnn.onnx", folder / "teacher.onnx")
-        _, data_args = make(folder)
+        if key in BAD or key in ("distill", "plain"):
+            if not student.exists():
+                _student(student)
+            shutil.copy(student, folder / "student.onnx")
+        if key in BAD:
+            shutil.copy(ASSETS / "digits_cnn.onnx", folder / "teacher.onnx")
+            _, data_args = BAD[key](folder)
+            args = ["distill", "student.onnx", "--teacher", "teacher.onnx", *data_args, "--epochs", "1"]
+        elif key == "distill":
+            args = ["distill", "student.onnx", "--teacher", ASSETS / "digits_cnn.onnx", "--data", TRAIN, "--eval-data",
+                    EVAL, "--epochs", "4", "--lr", "0.01", "--threads", "1", "--json", "--runs", "3"]
+        elif key == "pipeline":
+            args = ["run", REPO / "configs" / "pipeline.yaml", "-o", "out.onnx", "--json", "--threads", "1"]
+        elif key == "plain":
+            # stderr is a pipe here, as in CI: progress comes as plain lines (every line, at 0 s between them)
+            script = (f"MCOMP_PROGRESS_SECONDS=0 mcomp distill student.onnx --teacher {ASSETS / 'digits_cnn.onnx'} "
+                      f"--data {TRAIN} --epochs 2 --time-budget 600 --threads 1 --runs 3 --no-checkpoint")
+            args = None
+        else:
+            raise KeyError(key)
         before = snapshot(folder)
-        jobs[name] = (folder, before, ["distill", "student.onnx", "--teacher", "teacher.onnx", *data_args,
-                                       "--epochs", "1"])
-    ok = root / "ok"
-    ok.mkdir()
-    shutil.copy(root / "student.onnx", ok / "student.onnx")
-    jobs["distill"] = (ok, None, ["distill", "student.onnx", "--teacher", str(ASSETS / "digits_cnn.onnx"), "--data",
-                                  str(TRAIN), "--eval-data", str(EVAL), "--epochs", "4", "--lr", "0.01",
-                                  "--threads", "1", "--json", "--runs", "3"])
-    pipe = root / "pipeline"
-    pipe.mkdir()
-    jobs["pipeline"] = (pipe, None, ["run", str(REPO / "configs" / "pipeline.yaml"), "-o", "out.onnx", "--json",
-                                     "--threads", "1"])
-    plain = root / "plain"
-    plain.mkdir()
-    shutil.copy(root / "student.onnx", plain / "student.onnx")
-    # stderr is a pipe here, as in CI: progress comes as plain lines (every line, at 0 s between them)
-    script = (f"MCOMP_PROGRESS_SECONDS=0 mcomp distill student.onnx --teacher {ASSETS / 'digits_cnn.onnx'} "
-              f"--data {TRAIN} --epochs 2 --time-budget 600 --threads 1 --runs 3 --no-checkpoint")
-    with ThreadPoolExecutor(3) as pool:
-        futures = {k: pool.submit(run_mcomp, *args, cwd=folder) for k, (folder, _, args) in jobs.items()}
-        futures["plain"] = pool.submit(run_shell, script, cwd=plain)
-        jobs["plain"] = (plain, None, [])
-        yield {k: (f.result(), jobs[k][0], jobs[k][1]) for k, f in futures.items()}
+
+        def go() -> Result:
+            res = run_shell(script, cwd=folder) if args is None else run_mcomp(*args, cwd=folder)
+            res.folder, res.before = folder, before
+            return res
+        return go
+
+    batch = Batch(prepare, selected_keys(request, sys.modules[__name__]), workers=3)
+    yield batch
+    batch.close()
 
 
 @pytest.mark.parametrize("case, message", [
@@ -92,28 +95,33 @@ def runs(tmp_path_factory):
     ("bad-outputs", "the student's outputs (logits [N, 10]) do not match the teacher's (logits [N, 5])"),
     ("bad-labels", "labels of shape [64, 3] do not fit output 'logits'"),
 ])
+@uses("{case}")
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(runs, case, message):
-    res, folder, before = runs[case]
+    res = runs[case]
     assert res.returncode == 2, res.explain()
     assert len(res.err_lines) == 1 and message in res.stderr, res.explain()
     assert res.stdout == b""
-    assert snapshot(folder) == before, "nothing is written"
+    assert snapshot(res.folder) == res.before, "nothing is written"
 
 
+@uses("distill")
 def test_distill_command_writes_model_report_and_checkpoint(runs):
-    res, folder, _ = runs["distill"]
+    res = runs["distill"]
+    folder = res.folder
     assert res.returncode == 0, res.explain()
     doc = json.loads(res.out)
     step = doc["steps"][0]
     assert step["pass"] == "distill" and step["options"]["epochs"] == 4
-    assert "epochs" in step["changes"]["summary"] and len(step["changes"]["history"]) == 5
+    assert "epochs" in step["summary"] and len(step["changes"]["history"]) == 5
     assert doc["accuracy"]["candidate"] > doc["accuracy"]["reference"] + 0.2  # the input is the pruned student
     assert (folder / "student.distill.onnx").exists() and (folder / "student.distill.report.json").exists()
     assert (folder / "student.distill.ckpt" / "last.pt").exists()
 
 
+@uses("plain")
 def test_progress_lines_when_stderr_is_not_a_terminal_and_auto_lr_and_time_budget(runs):
-    res, folder, _ = runs["plain"]
+    res = runs["plain"]
+    folder = res.folder
     assert res.returncode == 0, res.explain()
     lines = res.err_lines
     assert any(l.startswith("distill: LR range test · lr") for l in lines), res.explain()
@@ -130,8 +138,10 @@ def test_progress_lines_when_stderr_is_not_a_terminal_and_auto_lr_and_time_budge
     assert changes["fidelity"]["after"]["cosine"] > changes["fidelity"]["before"]["cosine"]
 
 
+@uses("pipeline")
 def test_prune_quantize_distill_optimize_pipeline(runs):
-    res, folder, _ = runs["pipeline"]
+    res = runs["pipeline"]
+    folder = res.folder
     assert res.returncode == 0, res.explain()
     doc = json.loads(res.out)
     assert [s["pass"] for s in doc["steps"]] == ["prune", "quantize", "distill", "optimize"]
@@ -146,7 +156,7 @@ def test_prune_quantize_distill_optimize_pipeline(runs):
 def test_pipeline_on_a_pytorch_checkpoint(tmp_path):
     res = run_mcomp("run", REPO / "configs" / "pipeline.yaml", ASSETS / "digits_cnn.pt", "--arch",
                     REPO / "scripts" / "digits_arch.py:digits_cnn", "--input-shape", "1,1,8,8", "-o", "out.onnx",
-                    "--json", cwd=tmp_path, timeout=600)
+                    "--json", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
     doc = json.loads(res.out)
     assert [s["pass"] for s in doc["steps"]] == ["prune", "quantize", "distill", "optimize"]
@@ -159,10 +169,10 @@ def test_torchrun_two_processes(tmp_path):
     _student(tmp_path / "student.onnx")
     res = run_shell(f"OMP_NUM_THREADS=1 {sys.executable} -m torch.distributed.run --nproc-per-node 2 -m mcomp "
                     f"distill student.onnx --teacher teacher.onnx --data {TRAIN} --epochs 2 --lr 0.01 --threads 1 "
-                    "--json -o out.onnx", cwd=tmp_path, timeout=600)
+                    "--json -o out.onnx", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
     doc = json.loads(res.out)  # one report, from rank 0
-    assert "2 processes" in doc["steps"][0]["changes"]["summary"]
+    assert "2 processes" in doc["steps"][0]["summary"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.distill.ckpt", "out.onnx", "out.report.json",
                                                           "student.onnx", "teacher.onnx"]
 

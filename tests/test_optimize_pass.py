@@ -5,11 +5,10 @@ import pytest
 
 from helpers import conv_bn_relu, run
 from mcomp import data
-from mcomp.model import copy
+from mcomp.graph import copy, op_histogram
 from mcomp.pass_base import Context
 from mcomp.passes.optimize import Optimize
 from mcomp.passes.optimize.stages import Stage
-from mcomp.summary import op_histogram
 
 FEEDS = {"x": np.random.default_rng(1).standard_normal((2, 3, 8, 8)).astype(np.float32)}
 
@@ -23,16 +22,16 @@ def test_folds_batchnorm_and_removes_identity_and_dropout():
     assert ops == {"Conv": 1, "Relu": 1}, ops
     np.testing.assert_allclose(run(result.model, FEEDS)[0], expected, atol=1e-5)
     onnx.checker.check_model(ir.serde.serialize_model(result.model))
-    stages = {s["name"]: s for s in result.metrics["stages"]}
+    stages = {s["name"]: s for s in result.details["stages"]}
     assert not any(s["rejected"] for s in stages.values())
-    assert result.metrics["nodes_before"] == 5 and result.metrics["nodes_after"] == 2
+    assert result.details["nodes_before"] == 5 and result.details["nodes_after"] == 2
 
 
 def test_already_optimal_graph_is_not_modified():
     model = conv_bn_relu()
     once = Optimize(level="none")(copy(model), Context()).model
     again = Optimize(level="none")(copy(once), Context())
-    assert not any(s["applied"] for s in again.metrics["stages"])
+    assert not any(s["applied"] for s in again.details["stages"])
     assert op_histogram(again.model) == {"Conv": 1, "Relu": 1}
 
 
@@ -42,9 +41,9 @@ def test_onnxruntime_levels_keep_outputs(level):
     expected = run(model, FEEDS)[0]
     result = Optimize(level=level)(copy(model), Context())
     np.testing.assert_allclose(run(result.model, FEEDS)[0], expected, atol=1e-5)
-    assert any(s["name"] == "onnxruntime" for s in result.metrics["stages"])
+    assert any(s["name"] == "onnxruntime" for s in result.details["stages"])
     if level != "basic":
-        assert any("onnxruntime-specific" in n for n in result.metrics["notes"])
+        assert any("onnxruntime-specific" in n for n in result.notes)
 
 
 def _corrupt(model: ir.Model) -> bool:
@@ -71,18 +70,51 @@ def test_a_stage_that_changes_outputs_is_dropped_with_a_reason():
     expected = run(model, FEEDS)[0]
     result = WithBadStages(level="none")(copy(model), Context())
     np.testing.assert_allclose(run(result.model, FEEDS)[0], expected, atol=1e-5)
-    stages = {s["name"]: s for s in result.metrics["stages"]}
+    stages = {s["name"]: s for s in result.details["stages"]}
     assert stages["corrupt"]["applied"] == 0 and "exceeds the tolerance" in stages["corrupt"]["reason"]
     assert stages["explode"]["applied"] == 0 and "rule crashed" in stages["explode"]["reason"]
-    assert any("corrupt" in n for n in result.metrics["notes"])
+    assert any("corrupt" in n for n in result.notes)
     assert op_histogram(result.model) == {"Conv": 1, "Relu": 1}  # the good stages still ran
+
+
+def test_a_crash_in_mcomps_own_code_is_an_internal_error_not_a_rejected_stage(monkeypatch):
+    """A bug in one of mcomp's rewrites (here reached through onnx-ir's pass manager, as the
+    real ones are) must end the run, not be reported as a stage that 'failed' on the graph."""
+    from mcomp import graph
+    from mcomp.passes.optimize.identity import IdentityElimination
+
+    monkeypatch.setattr(IdentityElimination, "call", lambda self, model: graph.node_count(None))
+    with pytest.raises(Exception) as info:
+        Optimize(level="none")(copy(conv_bn_relu()), Context())
+    root = info.value
+    while root.__cause__ is not None:
+        root = root.__cause__
+    assert isinstance(root, TypeError) and "NoneType" in str(root)
+
+
+def test_raised_by_mcomp_tells_library_failures_from_mcomp_bugs():
+    from mcomp.passes.optimize import raised_by_mcomp
+
+    def library():
+        raise ValueError("odd graph")  # this test module stands for a third-party library
+
+    try:
+        library()
+    except ValueError as exc:
+        assert not raised_by_mcomp(exc)
+    from mcomp import graph
+
+    try:
+        graph.node_count(None)  # raised inside mcomp.graph
+    except TypeError as exc:
+        assert raised_by_mcomp(exc)
 
 
 def test_check_uses_the_pipeline_data():
     model = conv_bn_relu()
     ds = data.Dataset([FEEDS], None, False, "feeds.npz")
     result = Optimize(level="none")(copy(model), Context(data={"evaluation": ds}))
-    assert result.metrics["checked_on"] == "feeds.npz"
+    assert result.details["checked_on"] == "feeds.npz"
 
 
 def test_unknown_skip_is_a_config_error():

@@ -1,4 +1,5 @@
-"""The Prune pass's structured methods on the embedded digits CNN, end to end through the pass."""
+"""The Prune pass on the embedded digits CNN, end to end: the structured methods, ``modified``, the
+data its config needs, and the importance criteria registry behind ``method`` and ``importance``."""
 
 import numpy as np
 import pytest
@@ -6,9 +7,13 @@ import pytest
 from helpers import run
 from mcomp import data, model as model_io
 from mcomp.embedded import builtin_path
-from mcomp.pass_base import Context
-from mcomp.passes.prune import Prune
-from mcomp.summary import macs, tensor_counts
+from mcomp.graph import macs
+from mcomp.pass_base import Context, Need
+from mcomp.passes.prune import Prune, criteria
+from mcomp.passes.prune.structured.groups import find_groups
+from mcomp.passes.prune.structured.scores import group_scores
+from mcomp.passes.prune.unstructured import find_layers, weight_scores
+from mcomp.summary import tensor_counts
 
 
 @pytest.fixture(scope="module")
@@ -26,15 +31,18 @@ def test_structured_methods_shrink_tensors_and_keep_the_interface(digits, method
     assert after < 0.5 * before
     out = run(result.model, ds.feeds[0])[0]
     assert out.shape == run(model, ds.feeds[0])[0].shape
-    assert result.metrics["requested"]["method"] == method
-    assert any(g["channels_after"] < g["channels_before"] for g in result.metrics["groups"])
-    assert "=>" in result.metrics["groups"][0]["chain"]
+    assert result.modified
+    assert result.details["requested"]["method"] == method
+    assert any(g["channels_after"] < g["channels_before"] for g in result.details["groups"])
+    assert "=>" in result.details["groups"][0]["chain"]
+    assert result.summary.startswith(f"{method}: ") and "zstd" in result.summary
+    assert "summary" not in result.details and "notes" not in result.details
 
 
 def test_macs_target_is_reached(digits):
     model, ds = digits
     result = Prune(method="structured", target="macs", rate=0.5)(model_io.copy(model), Context())
-    removed = 1 - macs(result.model)[0] / macs(model)[0]
+    removed = 1 - macs(result.model).total / macs(model).total
     assert 0.45 <= removed <= 0.6
 
 
@@ -48,3 +56,51 @@ def test_merge_changes_outputs_less_than_l1(digits):
         return np.linalg.norm(out - reference) / np.linalg.norm(reference)
 
     assert error("merge") < error("structured")
+
+
+def test_a_rate_too_small_to_remove_a_channel_leaves_the_model_unmodified(digits):
+    model, _ = digits
+    result = Prune(method="structured", rate=0.01)(model_io.copy(model), Context())
+    assert not result.modified
+    assert all(g["channels_after"] == g["channels_before"] for g in result.details["groups"])
+
+
+def test_data_needs_follow_the_criterion():
+    need = (Need(("training", "calibration", "evaluation"), "taylor importance takes gradients on it"),)
+    assert Prune(method="taylor").requires() == need
+    assert Prune(method="structured", importance="taylor").requires() == need
+    assert Prune(method="magnitude", importance="taylor").requires() == ()  # importance is structured-only
+    assert Prune(method="merge", importance="taylor").requires() == ()
+    assert Prune(method="structured", importance="bn").requires() == ()
+
+
+def test_the_options_choices_come_from_the_criteria_registry(digits):
+    import typing
+
+    fields = Prune.Config.model_fields
+    assert typing.get_args(fields["importance"].annotation) == criteria.names("channels") == (
+        "l1", "l2", "bn", "taylor", "random")
+    assert typing.get_args(fields["method"].annotation) == (*criteria.names("weights"), "structured", "merge")
+    assert set(criteria.names("weights")) == {"magnitude", "random", "taylor"}
+    with pytest.raises(ValueError, match="does not score channels"):
+        group_scores(next(g for g in find_groups(model_io.copy(digits[0])) if g.prunable), "magnitude")
+
+
+def test_a_registered_criterion_scores_weights_and_channels(digits):
+    """Adding a criterion is one registration: unstructured and structured scoring both use it."""
+    from mcomp.kernels.importance import channel_norm
+
+    crit = criteria.register(criteria.Criterion(  # |w|², and twice the L2 norm (the same after normalizing)
+        "squares", "w²", weights=lambda w, ev: np.square(w), channels=lambda w, axis, ev: 2 * channel_norm(w, axis, 2)))
+    try:
+        model = model_io.copy(digits[0])
+        layers, _ = find_layers(model, [], False)
+        got = weight_scores(layers, crit, np.random.default_rng(0))
+        np.testing.assert_array_equal(got[0], np.square(layers[0].value.const_value.numpy()))
+        group = next(g for g in find_groups(model) if g.prunable)
+        channel, used = group_scores(group, "squares")
+        assert used == "squares" and channel.shape == (group.channels,)
+        l2, _ = group_scores(group, "l2")
+        np.testing.assert_allclose(channel, l2, rtol=1e-6)
+    finally:
+        del criteria._REGISTRY["squares"]

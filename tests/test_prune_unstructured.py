@@ -4,7 +4,7 @@ import onnx_ir as ir
 import pytest
 
 from helpers import run
-from mcomp.errors import ConfigError
+from mcomp.errors import BadInput, ConfigError
 from mcomp.model import copy
 from mcomp.pass_base import Context
 from mcomp.passes.prune import Prune
@@ -41,10 +41,11 @@ def sparsity(model, name):
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_achieved_sparsity_matches_the_request(rate, scope):
     result = Prune(rate=rate, scope=scope, protect_ends=False)(mlp(), Context())
-    achieved = result.metrics["achieved"]["sparsity"]
+    achieved = result.details["achieved"]["sparsity"]
     assert abs(achieved - rate) <= 0.005
+    assert result.modified and len(result.details["layers"]) == 4
     if scope == "layer":
-        for layer in result.metrics["layers"]:
+        for layer in result.details["layers"]:
             assert abs(layer["sparsity"] - rate) <= 0.01
 
 
@@ -58,7 +59,7 @@ def test_first_and_last_layers_are_protected_by_default():
     result = Prune(rate=0.5)(mlp(), Context())
     assert sparsity(result.model, "w0") == 0 and sparsity(result.model, "w3") == 0
     assert sparsity(result.model, "w1") > 0
-    reasons = {s["tensor"]: s["reason"] for s in result.metrics["left_whole"]}
+    reasons = {s["tensor"]: s["reason"] for s in result.details["left_whole"]}
     assert "first layer" in reasons["w0"] and "last layer" in reasons["w3"]
 
 
@@ -102,9 +103,9 @@ def test_unstructured_refuses_a_macs_target():
 
 def test_report_has_compressed_sizes_and_the_speed_note():
     result = Prune(rate=0.9, protect_ends=False)(mlp(width=128), Context())
-    sizes = result.metrics["compressed_bytes"]
+    sizes = result.details["compressed_bytes"]
     assert sizes["after"]["zstd"] < sizes["before"]["zstd"] * 0.6
-    assert any("not faster" in n for n in result.metrics["notes"])
+    assert any("not faster" in n for n in result.notes)
 
 
 def test_taylor_uses_gradients_of_the_data_and_hits_the_rate():
@@ -115,13 +116,21 @@ def test_taylor_uses_gradients_of_the_data_and_hits_the_rate():
     ds = data.Dataset([{"x": rng.standard_normal((8, 16)).astype(np.float32)} for _ in range(4)],
                       [rng.integers(0, 10, 8) for _ in range(4)], False, "t")
     result = Prune(method="taylor", rate=0.6, steps=3)(copy(model), Context(data={"training": ds}))
-    assert abs(result.metrics["achieved"]["sparsity"] - 0.6) <= 0.005
+    assert abs(result.details["achieved"]["sparsity"] - 0.6) <= 0.005
     magnitude = Prune(method="magnitude", rate=0.6)(copy(model), Context()).model
     differs = any(not np.array_equal(result.model.graph.initializers[n].const_value.numpy() == 0,
                                      magnitude.graph.initializers[n].const_value.numpy() == 0) for n in ("w1", "w2"))
     assert differs  # the gradients, not the magnitudes alone, chose the weights
 
 
-def test_taylor_without_data_is_a_config_error():
-    with pytest.raises(ConfigError, match="needs data"):
+def test_taylor_without_data_is_refused_before_it_runs():
+    with pytest.raises(BadInput, match="needs data: taylor importance takes gradients"):
         Prune(method="taylor", rate=0.5)(mlp(), Context())
+
+
+def test_pruning_what_is_already_pruned_does_not_modify():
+    first = Prune(rate=0.5)(mlp(), Context())
+    assert first.modified
+    again = Prune(rate=0.5)(first.model, Context())  # the lowest half is the zeros already there
+    assert not again.modified
+    assert again.details["achieved"]["sparsity"] == first.details["achieved"]["sparsity"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 
@@ -59,13 +60,30 @@ def test_static_writes_the_model_the_report_and_the_explain_table(runs):
 
 
 @uses("guarded")
-def test_the_default_is_never_slower_than_the_input(runs):
+def test_the_guard_measures_both_models_and_decides_by_the_recorded_ratio(runs):
+    """Whatever the machine's load, the guard must have timed the input and its best candidate, and its
+    decision (and so whether the model changed) must follow from the ratio and the A/A band it recorded."""
+    from mcomp.passes.quantize.guard import GAIN
+
     res = runs["guarded"]
     assert res.returncode == 0, res.explain()
-    changes = json.loads((res.folder / "guarded.report.json").read_text())["steps"][0]["changes"]
-    guard = changes.get("latency_guard")
-    assert guard is not None
-    assert changes.get("unchanged") or guard["faster"]
+    step = json.loads((res.folder / "guarded.report.json").read_text())["steps"][0]
+    guard = step["changes"]["latency_guard"]
+    floor = guard["noise_floor"]
+    assert guard["p50_ms"]["input"] > 0 and guard["p50_ms"]["candidate"] > 0
+    assert 0 < floor["p10"] <= floor["median"] <= floor["p90"]
+    assert any(t["round"] == 2 and t["ratio"] == guard["ratio"] for t in guard["trials"])
+    assert guard["threshold"] == round(min(1.0, floor["median"]) - GAIN, 4)
+    assert guard["faster"] == (guard["ratio"] <= guard["threshold"])
+    assert step["modified"] == guard["faster"]
+    # The texts print the unrounded ratio; the record keeps 4 decimals: compare the numbers.
+    if guard["faster"]:
+        said = re.search(r"latency ×([0-9.]+) of the input", step["summary"])
+        assert said and abs(float(said.group(1)) - guard["ratio"]) <= 0.006, step["summary"]
+    else:
+        said = re.fullmatch(r"not faster \(best ×([0-9.]+)\)", step["changes"]["unchanged"])
+        assert said and abs(float(said.group(1)) - guard["ratio"]) <= 0.0006, step["changes"]["unchanged"]
+        assert any("returned unchanged" in n for n in step["notes"])
 
 
 @uses("gate")
@@ -86,7 +104,8 @@ def test_an_already_quantized_model_is_refused_with_exit_2(runs):
 @uses("no-data", "wrong-data")
 def test_calibration_data_errors_are_clear(runs):
     res = runs["no-data"]
-    assert res.returncode == 2 and "needs calibration data" in res.stderr, res.explain()
+    assert res.returncode == 2, res.explain()
+    assert "needs data: static quantization calibrates activation ranges" in res.stderr, res.explain()
     res = runs["wrong-data"]
     assert res.returncode == 2 and "do not match the model's inputs" in res.stderr, res.explain()
     assert not (res.folder / "digits.quantize.onnx").exists()

@@ -11,7 +11,8 @@ from helpers import conv_bn_relu, run
 from mcomp import data
 from mcomp.embedded import builtin_path
 from mcomp.errors import BadInput
-from mcomp.model import copy, load, to_proto
+from mcomp.graph import copy
+from mcomp.model import load, to_proto
 from mcomp.pass_base import Context
 from mcomp.passes.quantize import Quantize
 
@@ -92,8 +93,9 @@ def test_static_on_a_tiny_conv_net_writes_qdq_that_runs():
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops(result.model)
     feed = ds.feeds[0]
     assert cosine(run(model, feed)[0], run(result.model, feed)[0]) > 0.99
-    m = result.metrics
-    assert "summary" in m and isinstance(m["notes"], list)
+    m = result.details
+    assert result.summary.startswith("static QDQ") and isinstance(result.notes, list)
+    assert "summary" not in m and "notes" not in m
     assert m["target"].startswith("cpu")
     assert m["calibration"]["method"] == "minmax"
     assert m["quantized_ops"].get("Conv") == 1
@@ -102,7 +104,7 @@ def test_static_on_a_tiny_conv_net_writes_qdq_that_runs():
 def test_digits_static_keeps_accuracy_and_shrinks_weights(digits):
     model, train, evaluation = digits
     result = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation))
-    m = result.metrics
+    m = result.details
     assert result.modified and m["quantized_ops"]["Conv"] == 3
     assert m["fidelity"]["accuracy_drop"] <= 0.005
     assert m["quantized_weight_bytes"]["ratio"] >= 3.8
@@ -127,15 +129,110 @@ def test_activation_type_follows_the_target(digits):
     assert {n.inputs[2].const_value.dtype for n in forced.model.graph if n.op_type == "QuantizeLinear"} == {ir.DataType.INT8}
 
 
-def test_a_model_where_quantization_cannot_pay_comes_back_unchanged():
-    model = elementwise()
+def fixed_timing(monkeypatch, ratios: dict[str, float], aa: float = 1.0) -> list[list[str]]:
+    """The latency guard's measurements replaced by fixed ratios (``"*"``: every other candidate) and an A/A
+    median of ``aa``, so that its decisions are tested without the clock; returns the labels measured per round."""
+    from mcomp.passes.quantize import guard
+
+    rounds = []
+
+    def measure(models, feeds, providers, threads, runs):
+        labels = [label for label, _ in models[1:]]
+        rounds.append(labels)
+        got = {label: ratios.get(label, ratios["*"]) for label in labels}
+        return guard.Timing(got, {"input": 2.0, **{k: 2.0 * r for k, r in got.items()}},
+                            {"median": aa, "p10": aa - 0.03, "p90": aa + 0.03})
+
+    monkeypatch.setattr(guard, "measure", measure)
+    return rounds
+
+
+def test_the_guard_returns_the_input_when_no_candidate_is_faster(monkeypatch):
+    rounds = fixed_timing(monkeypatch, {"*": 1.3})
+    model = conv_bn_relu()
     before = to_proto(model).SerializeToString()
-    result = Quantize(guard_runs=20)(model, ctx_with(feeds_for((1, 16, 64, 64), n=4)))
+    result = Quantize()(model, ctx_with(feeds_for((2, 3, 8, 8))))
     assert not result.modified
     assert result.model is model and to_proto(result.model).SerializeToString() == before
-    assert result.metrics["unchanged"].startswith("not faster")
-    assert any("returned unchanged" in n for n in result.metrics["notes"])
-    assert result.metrics["latency_guard"]["trials"]
+    assert result.details["unchanged"] == "not faster (best ×1.300)"
+    assert result.summary.endswith("input returned unchanged (not faster (best ×1.300))")
+    assert any("returned unchanged" in n for n in result.notes)
+    guard = result.details["latency_guard"]
+    assert guard["faster"] is False and guard["ratio"] == 1.3 and guard["trials"]
+    assert rounds[0][0] == "all quantized" and len(rounds) == 2
+
+
+def test_the_guard_keeps_a_faster_candidate(monkeypatch):
+    fixed_timing(monkeypatch, {"*": 0.6})
+    result = Quantize()(conv_bn_relu(), ctx_with(feeds_for((2, 3, 8, 8))))
+    assert result.modified and "QuantizeLinear" in ops(result.model)
+    guard = result.details["latency_guard"]
+    assert guard["faster"] and guard["ratio"] == 0.6 and guard["groups_reverted"] == []
+    assert guard["p50_ms"] == {"input": 2.0, "candidate": 1.2} and guard["threshold"] == 0.98
+    assert "latency ×0.60 of the input" in result.summary
+
+
+@pytest.mark.parametrize("ratio,aa", [(0.99, 1.0), (0.95, 0.94), (0.985, 1.05)])
+def test_the_guard_treats_a_gain_inside_the_noise_as_none(monkeypatch, ratio, aa):
+    """Faster than the input, but not by ``GAIN`` beyond min(1, the A/A median): noise, the input is kept."""
+    fixed_timing(monkeypatch, {"*": ratio}, aa=aa)
+    result = Quantize()(conv_bn_relu(), ctx_with(feeds_for((2, 3, 8, 8))))
+    assert not result.modified
+    assert result.details["unchanged"].startswith("not faster")
+    assert result.details["latency_guard"]["noise_floor"]["median"] == aa
+
+
+def test_the_guard_sends_back_to_float_the_groups_that_do_not_pay(monkeypatch, digits):
+    model, train, _ = digits
+    rounds = fixed_timing(monkeypatch, {"all quantized": 0.8, "float: all Gemm": 0.6, "*": 0.9})
+    result = Quantize()(copy(model), ctx_with(train.head(8)))
+    assert rounds[0] == ["all quantized", "float: int8 element-wise ops", "float: all Conv", "float: all Gemm"]
+    assert rounds[1] == ["float: all Gemm"]  # the best of round 1, measured again against the input
+    assert result.modified
+    m = result.details
+    assert m["latency_guard"]["groups_reverted"] == ["all Gemm"] and m["latency_guard"]["ratio"] == 0.6
+    assert "Gemm" not in m["quantized_ops"] and m["quantized_ops"]["Conv"] == 3
+    assert any("did not pay" in n and "all Gemm" in n for n in result.notes)
+
+
+def test_the_guard_combines_the_groups_that_each_pay(monkeypatch, digits):
+    model, train, _ = digits
+    both = "float: int8 element-wise ops + all Gemm"
+    rounds = fixed_timing(monkeypatch, {"all quantized": 0.8, "float: int8 element-wise ops": 0.7,
+                                        "float: all Gemm": 0.72, both: 0.5, "*": 0.9})
+    result = Quantize()(copy(model), ctx_with(train.head(8)))
+    assert rounds[1] == ["float: int8 element-wise ops", both]
+    guard = result.details["latency_guard"]
+    assert guard["groups_reverted"] == ["int8 element-wise ops", "all Gemm"] and guard["ratio"] == 0.5
+    from mcomp.passes.quantize.target import INT8_FLOW_OPS
+
+    kept = result.details["quantized_ops"]
+    assert result.modified and kept["Conv"] == 3 and "Gemm" not in kept and not set(kept) & set(INT8_FLOW_OPS)
+
+
+def test_the_guard_is_skipped_for_size_schemes(monkeypatch):
+    rounds = fixed_timing(monkeypatch, {"*": 1.5})
+    result = Quantize(mode="kmeans", bits=4, min_fidelity=0)(mlp(), Context(providers=CPU))
+    assert result.modified and rounds == [] and "latency_guard" not in result.details
+    assert "latency unchanged by construction: same graph, same ops" in result.notes
+
+
+def test_a_model_with_nothing_to_quantize_comes_back_unchanged():
+    model = elementwise()
+    result = Quantize(latency_guard=False, exclude=["Add"])(model, ctx_with(feeds_for((1, 16, 64, 64), n=4)))
+    assert not result.modified and result.model is model
+    assert result.details["unchanged"] == "nothing to quantize"
+
+
+def test_modes_are_the_registered_schemes():
+    from typing import get_args
+
+    from mcomp.passes.quantize import schemes
+
+    assert get_args(Quantize.Config.model_fields["mode"].annotation) == schemes.MODES
+    assert schemes.MODES == ("static", "dynamic", "weight-only", "fp16", "kmeans")
+    assert [m for m in schemes.MODES if schemes.get(m).calibrates] == ["static"]
+    assert {m: schemes.get(m).objective for m in schemes.MODES}["kmeans"] == "size"
 
 
 def test_already_quantized_models_are_refused_unless_forced(digits):
@@ -144,13 +241,15 @@ def test_already_quantized_models_are_refused_unless_forced(digits):
     with pytest.raises(BadInput, match="already quantized.*--force"):
         Quantize()(copy(quantized), ctx_with(train.head(4)))
     again = Quantize(force=True, latency_guard=False)(copy(quantized), ctx_with(train.head(4)))
-    assert again.metrics["summary"]
+    assert again.summary
 
 
 def test_static_needs_enough_calibration_data(digits):
     model, train, _ = digits
-    with pytest.raises(BadInput, match="static mode needs calibration data"):
+    with pytest.raises(BadInput, match="needs data: static quantization calibrates activation ranges"):
         Quantize()(copy(model), Context(providers=CPU))
+    assert [n.roles for n in Quantize().requires()] == [("calibration", "evaluation")]
+    assert Quantize(mode="dynamic").requires() == () and Quantize(mode="kmeans").requires() == ()
     tiny = data.Dataset([{"image": train.feeds[0]["image"][:2]}], None, False, "tiny.npz")
     with pytest.raises(BadInput, match="too few"):
         Quantize()(copy(model), ctx_with(tiny))
@@ -160,42 +259,43 @@ def test_random_calibration_is_flagged(digits):
     model, _, _ = digits
     random = data.load("random", model)
     result = Quantize(latency_guard=False)(copy(model), ctx_with(random))
-    assert any(n.startswith("WARNING: calibrated on random data") for n in result.metrics["notes"])
+    assert any(n.startswith("WARNING: calibrated on random data") for n in result.notes)
 
 
 def test_exclude_by_op_type_name_and_previous_report(digits, tmp_path):
     model, train, _ = digits
     ds = train.head(4)
     no_conv = Quantize(latency_guard=False, exclude=["Conv"])(copy(model), ctx_with(ds))
-    assert "Conv" not in no_conv.metrics["quantized_ops"]
-    assert set(no_conv.metrics["exclusions"]) == {"node_conv2d", "node_conv2d_1", "node_conv2d_2"}
+    assert "Conv" not in no_conv.details["quantized_ops"]
+    assert set(no_conv.details["exclusions"]) == {"node_conv2d", "node_conv2d_1", "node_conv2d_2"}
     by_glob = Quantize(latency_guard=False, exclude=["node_linear*"])(copy(model), ctx_with(ds))
-    assert "Gemm" not in by_glob.metrics["quantized_ops"]
+    assert "Gemm" not in by_glob.details["quantized_ops"]
     report = tmp_path / "previous.report.json"
-    report.write_text(json.dumps({"steps": [{"pass": "quantize", "changes": no_conv.metrics}]}, default=str))
+    report.write_text(json.dumps({"steps": [{"pass": "quantize", "changes": no_conv.details}]}, default=str))
     reused = Quantize(latency_guard=False, exclude=[str(report)])(copy(model), ctx_with(ds))
-    assert reused.metrics["exclusions"] == no_conv.metrics["exclusions"]
+    assert reused.details["exclusions"] == no_conv.details["exclusions"]
     with pytest.raises(BadInput, match="no such report"):
         Quantize(exclude=[str(tmp_path / "missing.json")])(copy(model), ctx_with(ds))
 
 
 def test_fidelity_budget_sends_the_most_sensitive_layers_back(digits):
     model, train, evaluation = digits
-    full = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation)).metrics["fidelity"]["fidelity"]
+    full = Quantize(latency_guard=False)(copy(model), ctx_with(train, evaluation)).details["fidelity"]["fidelity"]
     floor = 1 - (1 - full) / 4  # a quarter of the full model's error
     result = Quantize(latency_guard=False, min_fidelity=floor)(copy(model), ctx_with(train, evaluation))
-    m = result.metrics
+    m = result.details
     assert m["budget"]["trials"] and m["budget"]["sensitivity"]
-    if result.modified:
-        assert m["fidelity"]["fidelity"] >= floor
-        assert m["float_nodes_from_search"]
+    assert result.modified
+    assert m["fidelity"]["fidelity"] >= floor
+    assert m["float_nodes_from_search"]
     assert [t["float_groups"] for t in m["budget"]["trials"]][0] == 0
 
 
 def test_accuracy_budget_holds_and_needs_labels(digits):
     model, train, evaluation = digits
     result = Quantize(latency_guard=False, max_drop=0.0)(copy(model), ctx_with(train, evaluation))
-    assert result.metrics["fidelity"]["accuracy_drop"] <= 0.0 or not result.modified
+    assert result.modified and result.details["fidelity"]["accuracy_drop"] <= 0.0
+    assert result.details["budget"]["held"] and result.details["float_nodes_from_search"]
     unlabelled = data.Dataset(evaluation.feeds, None, False, "no labels")
     with pytest.raises(BadInput, match="--max-drop needs labelled data"):
         Quantize(latency_guard=False, max_drop=0.01)(copy(model), ctx_with(train, unlabelled))
@@ -203,7 +303,7 @@ def test_accuracy_budget_holds_and_needs_labels(digits):
 
 def test_explain_ranks_layers_by_added_noise(digits):
     model, train, evaluation = digits
-    m = Quantize(latency_guard=False, explain=True)(copy(model), ctx_with(train.head(8), evaluation)).metrics
+    m = Quantize(latency_guard=False, explain=True)(copy(model), ctx_with(train.head(8), evaluation)).details
     rows = m["explain"]
     assert {"node", "op_type", "sqnr_db", "cosine", "added_noise_db", "status"} <= set(rows[0])
     convs = [r for r in rows if r["op_type"] == "Conv"]
@@ -217,10 +317,10 @@ def test_opset_11_is_upgraded_for_per_channel_and_the_report_says_so():
     proto.opset_import[0].version = 11
     model = ir.serde.deserialize_model(proto)
     result = Quantize(latency_guard=False)(model, ctx_with(feeds_for((2, 3, 8, 8))))
-    assert any("opset upgraded 11 → 13" in n for n in result.metrics["notes"])
+    assert any("opset upgraded 11 → 13" in n for n in result.notes)
     assert result.model.opset_imports[""] == 13
     per_tensor = Quantize(latency_guard=False, per_channel=False)(copy(model), ctx_with(feeds_for((2, 3, 8, 8))))
-    assert not any("opset upgraded 11 → 13" in n for n in per_tensor.metrics["notes"])
+    assert not any("opset upgraded 11 → 13" in n for n in per_tensor.notes)
 
 
 def lstm_then_matmul() -> ir.Model:
@@ -244,9 +344,9 @@ def lstm_then_matmul() -> ir.Model:
 def test_lstm_stays_float_with_a_reason_and_dynamic_quantizes_it():
     ds = feeds_for((4, 1, 8))
     static = Quantize(latency_guard=False, min_fidelity=0)(lstm_then_matmul(), ctx_with(ds))
-    reasons = {r["node"]: r["reason"] for r in static.metrics["float_reasons"]}
+    reasons = {r["node"]: r["reason"] for r in static.details["float_reasons"]}
     assert "recurrent" in reasons["lstm"]
-    assert "LSTM" in ops(static.model) and static.metrics["quantized_ops"].get("MatMul") == 1
+    assert "LSTM" in ops(static.model) and static.details["quantized_ops"].get("MatMul") == 1
     dynamic = Quantize(mode="dynamic", latency_guard=False, min_fidelity=0)(lstm_then_matmul(), ctx_with(ds))
     assert "DynamicQuantizeLSTM" in ops(dynamic.model)
 
@@ -267,22 +367,22 @@ def test_if_subgraphs_stay_float_with_a_reason(digits):
     ds = data.Dataset([{"x": rng.standard_normal((1, 3, 8, 8)).astype(np.float32), "flag": np.array(True)}
                        for _ in range(4)], None, False, "test")
     result = Quantize(latency_guard=False)(ir.serde.deserialize_model(proto), ctx_with(ds))
-    reasons = {r["node"]: r["reason"] for r in result.metrics["float_reasons"]}
+    reasons = {r["node"]: r["reason"] for r in result.details["float_reasons"]}
     assert "subgraphs" in reasons["if"]
-    assert result.metrics["quantized_ops"].get("Conv") == 1
+    assert result.details["quantized_ops"].get("Conv") == 1
 
 
 def test_dynamic_quantizes_matmuls():
     ds = feeds_for((1, 256))
     result = Quantize(mode="dynamic", latency_guard=False)(mlp(), ctx_with(ds))
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops(result.model) or "DynamicQuantizeMatMul" in ops(result.model)
-    assert result.metrics["quantized_ops"] == {"MatMul": 3}
-    assert result.metrics["fidelity"]["cosine"] > 0.99
+    assert result.details["quantized_ops"] == {"MatMul": 3}
+    assert result.details["fidelity"]["cosine"] > 0.99
 
 
 def test_dynamic_without_data_uses_synthetic_inputs():
     result = Quantize(mode="dynamic", latency_guard=False)(mlp(), Context(providers=CPU))
-    assert any("synthetic" in n for n in result.metrics["notes"])
+    assert any("synthetic" in n for n in result.notes)
 
 
 @pytest.mark.parametrize("bits,block,min_ratio", [(4, 32, 6.0), (8, 32, 3.5)])
@@ -290,8 +390,8 @@ def test_weight_only_block_quantizes_matmuls(bits, block, min_ratio):
     ds = feeds_for((1, 256))
     result = Quantize(mode="weight-only", bits=bits, block_size=block, latency_guard=False, min_fidelity=0.9)(mlp(), ctx_with(ds))
     assert "MatMulNBits" in ops(result.model)
-    assert result.metrics["quantized_weight_bytes"]["ratio"] >= min_ratio
-    assert result.metrics["fidelity"]["cosine"] > 0.95
+    assert result.details["quantized_weight_bytes"]["ratio"] >= min_ratio
+    assert result.details["fidelity"]["cosine"] > 0.95
 
 
 def test_fp16_keeps_float32_io_and_halves_the_weights(digits):
@@ -300,9 +400,9 @@ def test_fp16_keeps_float32_io_and_halves_the_weights(digits):
     graph = result.model.graph
     assert graph.inputs[0].dtype == ir.DataType.FLOAT and graph.outputs[0].dtype == ir.DataType.FLOAT
     assert any(v.const_value is not None and v.const_value.dtype == ir.DataType.FLOAT16 for v in graph.initializers.values())
-    wb = result.metrics["weight_bytes"]
+    wb = result.details["weight_bytes"]
     assert wb["after"] < 0.55 * wb["before"]
-    assert result.metrics["fidelity"]["cosine"] > 0.999
+    assert result.details["fidelity"]["cosine"] > 0.999
 
 
 def test_kmeans_shares_weights_and_reports_the_huffman_size():
@@ -310,7 +410,7 @@ def test_kmeans_shares_weights_and_reports_the_huffman_size():
     result = Quantize(mode="kmeans", bits=4, min_fidelity=0.9)(model, Context(providers=CPU))
     for name in ("w0", "w1", "w2"):
         assert len(np.unique(result.model.graph.initializers[name].const_value.numpy())) <= 16
-    m = result.metrics
+    m = result.details
     b = m["bytes"]
     assert b["entropy_bound"] <= b["deployable_huffman"] < b["deployable_fixed_width"] < b["float32"] / 6
     assert len(m["layers"]) == 3 and all(0 < layer["relative_error"] < 0.2 for layer in m["layers"])
@@ -318,9 +418,9 @@ def test_kmeans_shares_weights_and_reports_the_huffman_size():
 
 
 def test_kmeans_keeps_the_costliest_layers_float_for_the_budget():
-    loose = Quantize(mode="kmeans", bits=2, min_fidelity=0)(mlp(), Context(providers=CPU)).metrics
+    loose = Quantize(mode="kmeans", bits=2, min_fidelity=0)(mlp(), Context(providers=CPU)).details
     floor = 1 - (1 - loose["fidelity"]["fidelity"]) / 3
-    strict = Quantize(mode="kmeans", bits=2, min_fidelity=floor)(mlp(), Context(providers=CPU)).metrics
+    strict = Quantize(mode="kmeans", bits=2, min_fidelity=floor)(mlp(), Context(providers=CPU)).details
     assert strict["fidelity"]["fidelity"] >= floor
     assert 0 < sum(not layer["shared"] for layer in strict["layers"]) < 3
     assert strict["bytes"]["deployable_huffman"] > loose["bytes"]["deployable_huffman"]
@@ -348,3 +448,23 @@ def test_calibration_methods_give_their_own_ranges(digits):
     minmax, percentile, entropy = scales("minmax"), scales("percentile"), scales("entropy")
     assert np.all(percentile < minmax) and np.all(entropy < minmax)  # both clip the rare largest activations
     assert not np.allclose(percentile, entropy)
+
+
+def test_quiet_restores_the_process_state_it_changes(monkeypatch):
+    import logging
+    import sys
+
+    import onnxruntime as ort
+
+    from mcomp.passes.quantize.prepare import quiet
+
+    levels = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
+    before_disable, before_stdout = logging.root.manager.disable, sys.stdout
+    with quiet():
+        assert logging.root.manager.disable == logging.WARNING and sys.stdout is not before_stdout
+        with quiet():
+            pass
+        print("not shown")
+    assert logging.root.manager.disable == before_disable and sys.stdout is before_stdout
+    assert levels == [3, 3, 3, 2]  # quiet, nested quiet and back to quiet, then onnxruntime's default again

@@ -1,16 +1,20 @@
-"""The quantize pass's acceptance checks on third-party models (PP-OCR, Silero VAD)."""
+"""The quantize pass's acceptance checks on third-party models (PP-OCR, Silero VAD).
+
+The latency guard is off here: what it decides depends on the machine's load, and its decisions
+are tested with fixed measurements in ``test_quantize_pass``; these tests check what quantizing
+does to real graphs (they load, keep their outputs, keep their weights small)."""
 
 import numpy as np
 import onnx
 import pytest
 
 import realmodels
-from mcomp import bench, data
+from mcomp import data, evaluate, graph
 from mcomp import model as model_io
 from mcomp.kernels.fidelity import worst_slice
 from mcomp.pass_base import Context
 from mcomp.passes.quantize import Quantize
-from mcomp.session import make_session, resolve_providers
+from mcomp.session import resolve_providers
 
 pytestmark = pytest.mark.realmodel
 CPU = resolve_providers("cpu")
@@ -18,7 +22,7 @@ CPU = resolve_providers("cpu")
 
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory):
-    """Each model quantized once with the defaults, calibrated on realistic feeds."""
+    """Each model quantized once with the defaults but the latency guard, calibrated on realistic feeds."""
     cache = {}
 
     def get(name):
@@ -27,7 +31,7 @@ def quantized(tmp_path_factory):
             npz = realmodels.write_npz(rm, tmp_path_factory.mktemp(name) / "calib.npz", batches=8)
             loaded = model_io.load(rm.path)
             calibration = data.load(str(npz), loaded.model)
-            result = Quantize()(model_io.copy(loaded.model), Context(data={"calibration": calibration,
+            result = Quantize(latency_guard=False)(graph.copy(loaded.model), Context(data={"calibration": calibration,
                                                                           "evaluation": calibration}, providers=CPU))
             cache[name] = (rm, loaded, result)
         return cache[name]
@@ -36,24 +40,18 @@ def quantized(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", realmodels.all_models())
-def test_default_loads_and_is_never_slower(quantized, name):
+def test_default_loads_and_keeps_the_outputs(quantized, name):
     rm, loaded, result = quantized(name)
     proto = model_io.to_proto(result.model)
     onnx.checker.check_model(proto)
-    candidate = proto.SerializeToString()
-    session = make_session(candidate, CPU)
     feed = rm.feeds(seed=11)  # not in the calibration set
-    reference = make_session(model_io.to_bytes(loaded.model), CPU).run(None, feed)
-    got = session.run(None, feed)
+    reference = evaluate.session(model_io.to_bytes(loaded.model), CPU).run(None, feed)
+    got = evaluate.session(proto.SerializeToString(), CPU).run(None, feed)
     assert [g.shape for g in got] == [r.shape for r in reference]
-    if not result.modified:
-        assert result.metrics["unchanged"] and result.metrics["notes"]
+    if name == "silero-vad":  # its layers all sit inside If branches: see the last test
+        assert not result.modified
         return
-    assert result.metrics["latency_guard"]["faster"]
-    timing = bench.interleaved([("input", model_io.to_bytes(loaded.model)), ("quantized", candidate)],
-                               [rm.feeds(seed=k) for k in range(4)], providers=CPU, runs=30)
-    floor = timing.noise_floor
-    assert timing.models[1].ratio <= max(1.0, floor.p90) + 0.03, (timing.to_dict(), result.metrics["summary"])
+    assert result.modified, result.summary
     out = np.concatenate([g.ravel() for g in got if g.dtype.kind == "f"]).astype(np.float64)
     ref = np.concatenate([r.ravel() for r in reference if r.dtype.kind == "f"]).astype(np.float64)
     assert out @ ref / (np.linalg.norm(out) * np.linalg.norm(ref)) > 0.95
@@ -69,20 +67,19 @@ def test_opset_11_and_12_inputs_are_upgraded_and_the_report_says_so(quantized, n
     before = model_io.onnx_opset(loaded.model)
     assert before in (11, 12)
     # 13 for per-channel Q/DQ, or 14 where hard-swish patterns were fused first
-    assert any(f"opset upgraded {before} → 1" in n for n in result.metrics["notes"])
-    assert result.metrics["opset"]["output"] >= 13
-    if result.modified:
-        assert model_io.onnx_opset(result.model) >= 13
+    assert any(f"opset upgraded {before} → 1" in n for n in result.notes)
+    assert result.details["opset"]["output"] >= 13
+    assert result.modified and model_io.onnx_opset(result.model) >= 13
 
 
 def test_weights_held_in_constant_nodes_are_quantized(quantized):
     rm, loaded, result = quantized("ppocr-det")
-    assert result.modified, result.metrics["summary"]
-    assert result.metrics["quantized_ops"].get("Conv", 0) > 20
-    assert result.metrics["quantized_weight_bytes"]["ratio"] > 3.5
+    assert result.modified, result.summary
+    assert result.details["quantized_ops"].get("Conv", 0) > 20
+    assert result.details["quantized_weight_bytes"]["ratio"] > 3.5
 
 
 def test_if_subgraph_model_is_left_float_with_a_reason(quantized):
     rm, loaded, result = quantized("silero-vad")
-    assert not result.modified
-    assert any("subgraphs" in r["reason"] for r in result.metrics["float_reasons"])
+    assert not result.modified and result.details["unchanged"] == "nothing to quantize"
+    assert any("subgraphs" in r["reason"] for r in result.details["float_reasons"])

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from helpers import run, tiny_detector
-from mcomp import data, metrics
+from mcomp import data, evaluate
 from mcomp.kernels import fidelity as fk
-from mcomp.model import copy
+from mcomp.graph import copy
 from mcomp.pass_base import Context
 from mcomp.passes.optimize.verify import OutputCheck
 from mcomp.passes.quantize import Quantize
@@ -81,7 +81,7 @@ def test_top1_agreement_only_for_class_scores():
     assert not fk.is_class_scores(yolo_like())  # top-1 over a detector's anchors means nothing
     assert not fk.is_class_scores(heat_map())
     ref = yolo_like()
-    fid = metrics.fidelity([[ref]], [[ref]], ["output0"])
+    fid = evaluate.fidelity([[ref]], [[ref]], ["output0"])
     assert "top1_agreement" not in fid["outputs"]["output0"] and fid["summary"]["top1_agreement"] is None
 
 
@@ -96,17 +96,17 @@ def test_negligible_slices_are_not_scored():
 
 def test_summary_figure_is_the_worst_slice_unless_whole_is_asked():
     ref = yolo_like()
-    fid = metrics.fidelity([[ref]], [[zeroed_scores(ref)]], ["output0"])["summary"]
+    fid = evaluate.fidelity([[ref]], [[zeroed_scores(ref)]], ["output0"])["summary"]
     assert fid["cosine"] > 0.999 and fid["slice_cosine"] == pytest.approx(0.0)
     assert fid["worst_slice"]["output"] == "output0"
-    assert metrics.figure(fid) == fid["slice_cosine"] and metrics.figure(fid, "whole") == fid["cosine"]
+    assert evaluate.figure(fid) == fid["slice_cosine"] and evaluate.figure(fid, "whole") == fid["cosine"]
     with pytest.raises(ValueError):
-        metrics.figure(fid, "mean")
+        evaluate.figure(fid, "mean")
 
 
 def test_min_fidelity_gate_fails_on_a_broken_slice_and_whole_keeps_the_old_figure():
     ref = yolo_like()
-    doc = {"accuracy": {"known": False}, "fidelity": metrics.fidelity([[ref]], [[zeroed_scores(ref)]], ["y"])}
+    doc = {"accuracy": {"known": False}, "fidelity": evaluate.fidelity([[ref]], [[zeroed_scores(ref)]], ["y"])}
     step = single_step("optimize", {})
     slice_pipeline = Pipeline(steps=[step], gate=Gate(min_fidelity=0.99))
     failed = check_gates(slice_pipeline, doc)
@@ -138,11 +138,11 @@ def test_quantize_keeps_a_concat_of_wide_and_narrow_ranges_float_and_the_scores_
     model, dataset = tiny_detector(), detector_data()
     ctx = Context(data={"calibration": dataset, "evaluation": dataset}, providers=CPU)
     result = Quantize(latency_guard=False)(copy(model), ctx)
-    m = result.metrics
+    m = result.details
     assert result.modified
     assert [w["node"] for w in m["shared_scale"]] == ["head_concat"]
     assert any(r["node"] == "head_concat" and "shared 8-bit scale" in r["reason"] for r in m["float_reasons"])
-    assert any("kept float: Concat 'head_concat'" in n for n in m["notes"])
+    assert any("kept float: Concat 'head_concat'" in n for n in result.notes)
     feed = dataset.feeds[0]
     ref, got = run(model, feed)[0], run(result.model, feed)[0]
     assert fk.worst_slice(ref, got)["cosine"] >= 0.95
@@ -153,12 +153,12 @@ def test_without_the_check_one_scale_zeroes_the_scores_and_only_the_worst_slice_
     model, dataset = tiny_detector(), detector_data()
     ctx = Context(data={"calibration": dataset, "evaluation": dataset}, providers=CPU, fidelity="whole")
     result = Quantize(latency_guard=False, max_range_ratio=1e9)(copy(model), ctx)
-    m = result.metrics
+    m = result.details
     assert m["shared_scale"] == [] and m["fidelity"]["cosine"] >= 0.98  # the old figure passes the broken model
     assert m["fidelity"]["worst_slice"]["cosine"] < 0.5
     # the default fidelity (worst slice) makes the budget send layers back to float instead
     ctx = Context(data={"calibration": dataset, "evaluation": dataset}, providers=CPU)
     result = Quantize(latency_guard=False, max_range_ratio=1e9)(copy(model), ctx)
-    assert result.metrics["fidelity"]["fidelity"] >= 0.98
-    assert result.metrics["fidelity"]["worst_slice"]["cosine"] >= 0.95
-    assert "cosine ≥ 0.98 and worst-slice cosine ≥ 0.95" in " ".join(result.metrics["notes"])
+    assert result.details["fidelity"]["fidelity"] >= 0.98
+    assert result.details["fidelity"]["worst_slice"]["cosine"] >= 0.95
+    assert "cosine ≥ 0.98 and worst-slice cosine ≥ 0.95" in " ".join(result.notes)

@@ -112,7 +112,7 @@ def test_onnxruntime_quantizer_zeroes_the_class_rows(yolo, tmp_path):
 def test_mcomp_quantize_keeps_the_scores_the_whole_cosine_would_lose(yolo):
     """mcomp's default static quantization: the head's Concat stays float (its inputs' ranges differ
     ×100s), and every class row with a score worth the name keeps its shape on held-out images."""
-    from mcomp import data
+    from mcomp import data, graph
     from mcomp import model as model_io
     from mcomp.kernels.fidelity import worst_slice
     from mcomp.pass_base import Context
@@ -121,9 +121,9 @@ def test_mcomp_quantize_keeps_the_scores_the_whole_cosine_would_lose(yolo):
     model = model_io.load(yolo).model
     calib = data.Dataset([{yolo_style.INPUT_NAME: x[None]} for x in yolo_style.images(16, SIZE, seed=100)],
                          None, False, "synthetic photos")
-    result = Quantize(latency_guard=False)(model_io.copy(model), Context(
+    result = Quantize(latency_guard=False)(graph.copy(model), Context(
         data={"calibration": calib, "evaluation": calib}, providers=["CPUExecutionProvider"]))
-    m = result.metrics
+    m = result.details
     assert result.modified and m["quantized_ops"].get("Conv", 0) > 10
     head = [w for w in m["shared_scale"] if w["tensor"] == yolo_style.OUTPUT_NAME]
     assert head and head[0]["op_type"] == "Concat" and head[0]["ratio"] > 100

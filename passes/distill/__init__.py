@@ -31,7 +31,7 @@ import onnx_ir as ir
 from pydantic import Field
 
 from mcomp.kernels.schedules import KINDS
-from mcomp.pass_base import Context, Pass, PassConfig, PassResult
+from mcomp.pass_base import Context, Need, Pass, PassConfig, PassResult
 
 
 class Distill(Pass):
@@ -84,6 +84,9 @@ class Distill(Pass):
                                                                            "provider allows it")
         seed: int | None = Field(None, description="[default: the pipeline's seed]")
 
+    def requires(self) -> tuple[Need, ...]:
+        return (Need(("training",), "distillation trains the student on it"),)
+
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
         from mcomp.passes.distill import prepare
 
@@ -92,7 +95,10 @@ class Distill(Pass):
             plan = prepare.plan(model, cfg, ctx)
             result = _run(plan.job, cfg, ctx)
             student = prepare.finish(plan, result.state, ctx)
-        return PassResult(student, True, prepare.metrics(plan, result, cfg))
+        summary, notes, details = prepare.record(plan, result, cfg)
+        # Epoch 0 is the student as given: when no trained epoch beat it, its weights are written back unchanged.
+        trained = result.best_epoch > 0 or plan.warmstart is not None
+        return PassResult(student, trained, summary, notes, details)
 
 
 def _run(job, cfg, ctx: Context):

@@ -4,7 +4,7 @@ Every check that can fail on bad input runs here, before anything is trained or 
 data that does not feed the models, a student whose outputs do not match the teacher's,
 labels of the wrong shape, unknown hint tensors, a graph the torch copy cannot run.
 The student's fidelity to the teacher is measured here too, before and after training
-(whole outputs and their worst slice: see ``mcomp.metrics.fidelity``).
+(whole outputs and their worst slice: see ``mcomp.evaluate.fidelity``).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mcomp import graph
 from mcomp import model as model_io
-from mcomp.errors import BadInput, one_line
+from mcomp.errors import BadInput, short
 from mcomp.pass_base import Context
 from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io
 from mcomp.passes.distill.objective import Hint, check_labels, output_kinds, output_scales
@@ -78,7 +79,7 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     dev, seed = device(cfg, ctx), (cfg.seed if cfg.seed is not None else ctx.seed)
     teacher, source = teacher_io.load(cfg.teacher, cfg.teacher_arch, ctx.reference, model, ctx.input_shapes)
     mapping = teacher_io.input_map(teacher, model)
-    student = model_io.copy(model)
+    student = graph.copy(model)
     qdq_before = qdq.count_qdq(student)
     warm = warmstart.copy_matching(student, teacher) if cfg.init_from_teacher else None
     shadows = qdq.expose(student)
@@ -151,7 +152,7 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     """The student's outputs (onnxruntime, as deployed) against the teacher's on the yardstick's
     examples: whole-output cosine, and the worst slice along channel-like axes (output, axis,
     index, cosine, SQNR), where a detector's class rows show what the whole cosine hides."""
-    from mcomp import metrics as metrics_io
+    from mcomp import evaluate
 
     runner = teacher_io.Teacher(model, teacher_io.input_map(model, model), yardstick.names, ctx.providers,
                                 ctx.threads, "cpu")
@@ -159,7 +160,7 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
         outs = runner.targets(yardstick.samples, 64)
     finally:
         runner.close()
-    summary = metrics_io.fidelity([[t] for t in yardstick.teacher], [[o] for o in outs], yardstick.names)["summary"]
+    summary = evaluate.fidelity([[t] for t in yardstick.teacher], [[o] for o in outs], yardstick.names)["summary"]
     return {k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice")}
 
 
@@ -257,8 +258,8 @@ def _probe_student(trained: ir.Model, batch: dict[str, np.ndarray]) -> list[np.n
     try:
         with torch.no_grad():
             outs = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()})
-    except Exception as exc:
-        raise BadInput(f"distill: the student fails on the data ({one_line(exc, 200)})") from None
+    except (RuntimeError, ValueError, IndexError) as exc:  # torch's errors on shapes and values; a bug surfaces
+        raise BadInput(f"distill: the student fails on the data ({short(exc, 200)})") from None
     return [o.numpy() for o in outs]
 
 
@@ -280,7 +281,7 @@ def _runs_any_batch(trained: ir.Model, train: samples_io.Samples, fixed: int) ->
             parts = [module(**tensors(index[:fixed])), module(**tensors(index[fixed:]))]
         return all(b.shape[0] == 2 * fixed and torch.allclose(b, torch.cat([p[k] for p in parts]), rtol=1e-4, atol=1e-5)
                    for k, b in enumerate(both))
-    except Exception:
+    except (RuntimeError, ValueError, IndexError):  # the graph does not run at the other batch size
         return False
 
 
@@ -318,7 +319,8 @@ def finish(plan: Plan, state: dict, ctx: Context) -> ir.Model:
     return plan.student
 
 
-def metrics(plan: Plan, result: FitResult, cfg) -> dict:
+def record(plan: Plan, result: FitResult, cfg) -> tuple[str, list[str], dict]:
+    """The step's one-line summary, its notes for people, and its details for the report."""
     history = result.history
     first, best = history[0], next((h for h in history if h["epoch"] == result.best_epoch), history[-1])
     ran = history[-1]["epoch"] - (result.resumed_from or 0)
@@ -357,7 +359,7 @@ def metrics(plan: Plan, result: FitResult, cfg) -> dict:
     labelled = job.train.labels is not None
     lr_source = "--lr" if cfg.lr is not None else "LR range test" if result.lr_test else "the checkpoint"
     out = {
-        "summary": summary, "notes": notes, "history": history, "best_epoch": result.best_epoch,
+        "history": history, "best_epoch": result.best_epoch,
         "stopped_early": result.stopped_early, "seconds_per_epoch": result.seconds_per_epoch,
         "teacher": {"source": plan.teacher_source, "backend": plan.teacher_run.backend,
                     "microseconds_per_example": plan.teacher_run.timings},
@@ -383,7 +385,7 @@ def metrics(plan: Plan, result: FitResult, cfg) -> dict:
         out["init_from_teacher"] = {k: v for k, v in plan.warmstart.items() if k != "pairs"}
         notes.append(f"init from teacher: {plan.warmstart['copied']} of {plan.warmstart['student_weights']} "
                      "weights copied")
-    return out
+    return summary, notes, out
 
 
 def _fidelity_text(yardstick: Yardstick) -> str:

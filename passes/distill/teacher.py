@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mcomp import evaluate, graph
 from mcomp import model as model_io
 from mcomp import session as session_io
-from mcomp.errors import BadInput, one_line
+from mcomp.errors import BadInput, McompError, short
 from mcomp.passes.distill.samples import Samples
 
 
@@ -35,7 +36,7 @@ def load(spec: str | None, arch: str | None, reference: ir.Model | None, student
         return model_io.load(spec, model_io.LoadOptions(arch=arch, input_shapes=shapes)).model, spec
     if reference is None:
         raise BadInput("distill: no teacher; give --teacher MODEL (in a pipeline the input model is the teacher)")
-    return model_io.copy(reference), "the pipeline's input model"
+    return graph.copy(reference), "the pipeline's input model"
 
 
 def _batch_one_shapes(student: ir.Model) -> dict[str, tuple[int, ...]] | None:
@@ -62,7 +63,7 @@ def with_outputs(model: ir.Model, names: list[str], which: str) -> ir.Model:
     """A copy of ``model`` that also outputs the tensors ``names`` (for hints)."""
     if not names:
         return model
-    model = model_io.copy(model)
+    model = graph.copy(model)
     values = {v.name: v for node in model.graph for v in node.outputs}
     values.update({v.name: v for v in model.graph.inputs})
     outputs = {v.name for v in model.graph.outputs}
@@ -86,7 +87,7 @@ class Teacher:
         self.device = device
         self._model = model
         # No spinning: the session's idle threads would otherwise compete with training for the cores.
-        self._session = session_io.make_session(model_io.to_bytes(model), providers, threads, spinning=False)
+        self._session = evaluate.session(model, providers, threads, spinning=False)
         self._module = None
         self._torch_error = None
         self.run = TeacherRun("onnxruntime")
@@ -131,10 +132,12 @@ class Teacher:
                 for _ in range(3):
                     fn(batch)
                 timings[name] = (time.perf_counter() - start) / (3 * n)
-            except Exception as exc:  # the torch copy may not support the graph; onnxruntime always runs
+            # The torch copy may not support the graph (or this device); onnxruntime always runs.
+            # A failure on the data is bad input; anything else is a bug and surfaces as one.
+            except (RuntimeError, ValueError, IndexError, McompError, *evaluate.ort_errors()) as exc:
                 if name == "onnxruntime":
-                    raise BadInput(f"distill: the teacher fails on the data ({one_line(exc, 200)})") from None
-                self.run.notes.append(f"teacher not run on torch: {one_line(exc, 160)}")
+                    raise BadInput(f"distill: the teacher fails on the data ({short(exc, 200)})") from None
+                self.run.notes.append(f"teacher not run on torch: {short(exc, 160)}")
         self.run = TeacherRun(min(timings, key=timings.get), {k: round(v * 1e6, 2) for k, v in timings.items()},
                               self.run.notes)
 

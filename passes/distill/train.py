@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mcomp.errors import BadInput, one_line
+from mcomp.errors import BadInput, short
 from mcomp.kernels import losses
 from mcomp.passes.distill import pace as pacing
 from mcomp.passes.distill.ddp import Comm
@@ -369,7 +369,7 @@ def _load(path: Path, fingerprint: dict, module, objective, optimizer, device: s
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise BadInput(f"{path}: cannot read the checkpoint ({one_line(exc, 160)})") from None
+        raise BadInput(f"{path}: cannot read the checkpoint ({short(exc, 160)})") from None
     if payload.get("format") != FORMAT:
         raise BadInput(f"{path}: not a checkpoint of this mcomp distill (format {payload.get('format')})")
     theirs = payload["fingerprint"]

@@ -16,12 +16,10 @@ from typing import ClassVar, Literal
 import onnx_ir as ir
 from pydantic import Field
 
-from mcomp import data as data_io
-from mcomp.errors import one_line
-from mcomp.model import copy
+from mcomp import evaluate
+from mcomp.errors import short
+from mcomp.graph import copy, node_count
 from mcomp.pass_base import Context, Pass, PassConfig, PassResult
-from mcomp.session import input_specs
-from mcomp.summary import node_count
 
 LEVELS = ("none", "basic", "extended", "all")
 
@@ -32,13 +30,16 @@ class Optimize(Pass):
     name: ClassVar[str] = "optimize"
     summary: ClassVar[str] = "graph optimization: folding, fusion, dead-node removal; every stage checked numerically"
     needs: ClassVar[frozenset[str]] = frozenset({"data?"})
+    in_place: ClassVar[bool] = False  # every stage runs on a copy; the input is returned when none is kept
+    checks_fidelity: ClassVar[bool] = True
 
     class Config(PassConfig):
         level: Literal["none", "basic", "extended", "all"] = Field(
             "basic", description="onnxruntime offline level after the portable rewrites: none, basic (portable "
                                  "ONNX), extended/all (onnxruntime-specific fused ops for the target provider)")
         tolerance: float = Field(1e-4, gt=0, le=1, description="max |Δ| allowed per output, relative to max(1, max |reference|)")
-        skip: list[str] = Field(default_factory=list, description="stage names not to run")
+        skip: list[str] = Field(default_factory=list, description="stage not to run: fold-constants, fold-shapes, "
+                                                                  "eliminate, fuse-batchnorm, fuse, onnxruntime")
         max_iterations: int = Field(3, ge=1, le=10, description="rounds of the portable stages, to a fixed point")
         check_feeds: int = Field(4, ge=1, le=1000, description="feeds of the data used for the numerical check")
 
@@ -48,7 +49,6 @@ class Optimize(Pass):
         return PORTABLE_STAGES
 
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
-        from mcomp.passes.optimize.ort_offline import optimize_offline
         from mcomp.passes.optimize.verify import OutputCheck
 
         cfg = self.config
@@ -58,8 +58,7 @@ class Optimize(Pass):
             from mcomp.errors import ConfigError
 
             raise ConfigError(f"optimize: unknown stage(s) in skip: {sorted(unknown)} (valid: {', '.join(sorted(known))})")
-        dataset = ctx.dataset("evaluation", "calibration") or data_io.synthetic(
-            input_specs(model), input_shapes=ctx.input_shapes, feeds=2, seed=ctx.seed)
+        dataset = evaluate.measurement_data(ctx, model, ctx.input_shapes, ctx.seed, feeds=2)
         check = OutputCheck(model, dataset.head(cfg.check_feeds), ctx.providers, cfg.tolerance, ctx.threads,
                             ctx.fidelity)
         nodes_before = node_count(model)
@@ -77,7 +76,7 @@ class Optimize(Pass):
         if cfg.level != "none" and "onnxruntime" not in cfg.skip:
             ctx.progress(f"optimize: onnxruntime {cfg.level}", 0, 1)
             current, _ = self._try("onnxruntime", f"onnxruntime offline optimizer, level {cfg.level}", current,
-                                   lambda m: optimize_offline(m, cfg.level, ctx.providers), check, records,
+                                   lambda m: evaluate.offline_optimized(m, cfg.level, ctx.providers), check, records,
                                    functional=True)
         notes = []
         if cfg.level in ("extended", "all"):
@@ -89,14 +88,18 @@ class Optimize(Pass):
         rejected = [r["name"] for r in records.values() if r["rejected"] and not r["applied"]]
         summary = (f"nodes {nodes_before} → {nodes_after}; stages applied: {', '.join(kept) or 'none'}"
                    + (f"; rejected: {', '.join(rejected)}" if rejected else "") + f"; checked on {dataset.source}")
-        metrics = {"summary": summary, "nodes_before": nodes_before, "nodes_after": nodes_after, "level": cfg.level,
+        details = {"nodes_before": nodes_before, "nodes_after": nodes_after, "level": cfg.level,
                    "checked_on": dataset.describe()["source"], "tolerance": cfg.tolerance,
-                   "stages": list(records.values()), "notes": notes}
-        return PassResult(current, current is not model, metrics)
+                   "stages": list(records.values())}
+        return PassResult(current, current is not model, summary, notes, details)
 
     @staticmethod
     def _try(name, description, current, apply, check, records, functional=False):
-        """Applies one stage to a copy; keeps it when the outputs still match."""
+        """Applies one stage to a copy; keeps it when the outputs still match.
+
+        A third-party library (onnxscript's optimizer and rules, onnxruntime) failing on an odd graph
+        rejects the stage and the run goes on; a failure in mcomp's own code (its rules, the stage
+        plumbing) is a bug and propagates as an internal error (see ``raised_by_mcomp``)."""
         record = records.setdefault(name, {"name": name, "description": description, "applied": 0,
                                            "rejected": 0, "nodes_removed": 0, "kept": True, "reason": None,
                                            "max_abs_error": 0.0})
@@ -107,9 +110,11 @@ class Optimize(Pass):
                 candidate = apply(candidate)
             elif not apply(candidate):
                 return current, False
-        except Exception as exc:  # a rewrite library failing on an odd graph must not end the run
+        except Exception as exc:  # noqa: BLE001 - re-raised unless a third-party library raised it
+            if raised_by_mcomp(exc):
+                raise
             record.update(rejected=record["rejected"] + 1, kept=record["applied"] > 0,
-                          reason=f"failed: {type(exc).__name__}: {one_line(exc, 160)}")
+                          reason=f"failed: {type(exc).__name__}: {short(exc, 160)}")
             return current, False
         verdict = check(candidate)
         if not verdict.ok:
@@ -119,3 +124,23 @@ class Optimize(Pass):
         record.update(applied=record["applied"] + 1, nodes_removed=record["nodes_removed"] + removed,
                       max_abs_error=max(record["max_abs_error"], verdict.max_abs_error))
         return candidate, True
+
+
+def raised_by_mcomp(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from mcomp's own code rather than from a library mcomp called.
+
+    Looks at the original error behind explicit re-raises (onnx-ir's PassManager raises a pass's
+    error again as ``PassError(...) from error``). Past the mcomp frames it was raised through (the
+    pass and the stage plumbing), it is mcomp's when it was raised right there, or when mcomp code
+    runs again further in (one of mcomp's rewrite rules, called back by onnxscript's rewriter).
+    """
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    modules = []
+    tb = exc.__traceback__
+    while tb is not None:
+        modules.append(tb.tb_frame.f_globals.get("__name__", ""))
+        tb = tb.tb_next
+    own = [m == "mcomp" or m.startswith("mcomp.") for m in modules]
+    first_foreign = next((i for i, o in enumerate(own) if not o), None)
+    return first_foreign is None or any(own[first_foreign:])

@@ -16,6 +16,7 @@ from onnxscript import optimizer
 from onnxscript.rewriter import RewritePass, pattern
 from onnxscript.rewriter.rules import common as common_rules
 
+from mcomp.graph import all_nodes
 from mcomp.passes.optimize import rules as mcomp_rules
 from mcomp.passes.optimize.identity import IdentityElimination
 
@@ -82,8 +83,6 @@ def eliminate(model: ir.Model) -> bool:
 
 def _fingerprint(model: ir.Model) -> tuple:
     """A cheap change detector: node count and op sequence over all graphs."""
-    from mcomp.summary import all_nodes
-
     ops = tuple(n.op_type for n in all_nodes(model))
     return len(ops), ops, len(model.graph.initializers)
 

@@ -7,11 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from mcomp import evaluate
 from mcomp.data import Dataset
-from mcomp.errors import BadInput, one_line
+from mcomp.errors import BadInput
 from mcomp.kernels.fidelity import channel_axes
-from mcomp.model import to_bytes
-from mcomp.session import make_session
 
 
 @dataclass(frozen=True)
@@ -32,25 +31,26 @@ class OutputCheck:
 
     def __init__(self, reference: ir.Model, dataset: Dataset, providers: list[str], tolerance: float,
                  threads: int | None = None, mode: str = "slice") -> None:
-        self.feeds = dataset.feeds
+        self.dataset = dataset
         self.mode = mode
         self.providers = providers
         self.threads = threads
         self.tolerance = tolerance
         try:
             self.expected = self._run(reference)
-        except Exception as exc:
-            raise BadInput(f"optimize: the input model does not run on the check data ({one_line(exc, 200)})") from None
+        except BadInput as exc:  # onnxruntime rejects the input itself: the user's model or data
+            raise BadInput(f"optimize: the input model does not run on the check data ({exc})") from None
 
     def _run(self, model: ir.Model) -> list[list[np.ndarray]]:
-        sess = make_session(to_bytes(model), self.providers, self.threads)
-        return [sess.run(None, feed) for feed in self.feeds]
+        """Every output of ``model`` per feed (``[feed][output]``); onnxruntime's refusal is BadInput."""
+        outputs = evaluate.run(evaluate.session(model, self.providers, self.threads), self.dataset)
+        return [list(per_feed) for per_feed in zip(*outputs)]
 
     def __call__(self, model: ir.Model) -> Verdict:
         try:
             actual = self._run(model)
-        except Exception as exc:
-            return Verdict(False, float("inf"), f"onnxruntime cannot run the result ({one_line(exc, 200)})")
+        except BadInput as exc:  # a rewrite onnxruntime cannot load or run: the stage is rejected
+            return Verdict(False, float("inf"), f"onnxruntime cannot run the result ({exc})")
         worst = 0.0
         for got_feed, want_feed in zip(actual, self.expected):
             if len(got_feed) != len(want_feed):

@@ -1,8 +1,16 @@
 """Pruning (``mcomp prune``): unstructured sparsity, or structured channel removal that shrinks tensors.
 
 Three separate ideas: what is coupled (``structured.groups``: channel groups cut together),
-what matters (``mcomp.kernels.importance``: magnitude, Taylor, norms, BN scale, random),
+what matters (``criteria``: importance criteria registered by name — magnitude, L1/L2 norms,
+BatchNorm scale, Taylor, random — whose numbers are in ``mcomp.kernels.importance``),
 and how much (the rate or a params/MACs target, per-layer caps, rounding of kept channels).
+
+``method`` and ``importance``: an unstructured method is the name of a criterion that scores
+weights (``method: magnitude`` zeroes the weights the ``magnitude`` criterion scores lowest;
+``random``, ``taylor`` likewise); ``method: structured`` removes channels ranked by the criterion
+named in ``importance`` (one that scores channels: ``l1``, ``l2``, ``bn``, ``taylor``, ``random``);
+``method: merge`` folds near-duplicate filters into their twins (``importance`` unused). Both
+choices are read from the registry, so a new criterion is a new choice (see ``criteria``).
 
 ```yaml
 steps:
@@ -21,10 +29,14 @@ import onnx_ir.passes.common as ir_passes
 from pydantic import Field, model_validator
 
 from mcomp.errors import ConfigError
-from mcomp.pass_base import Context, Pass, PassConfig, PassResult
+from mcomp.pass_base import ANY_DATA, Context, Need, Pass, PassConfig, PassResult
+from mcomp.passes.prune import criteria
 
-UNSTRUCTURED = ("magnitude", "random", "taylor")
+UNSTRUCTURED = criteria.names("weights")  # methods that zero weights: each names its criterion
 STRUCTURED = ("structured", "merge")
+IMPORTANCE = criteria.names("channels")  # the criteria ``method: structured`` ranks channels by
+Method = Literal[(*UNSTRUCTURED, *STRUCTURED)]
+Importance = Literal[IMPORTANCE]
 
 
 class Prune(Pass):
@@ -35,15 +47,17 @@ class Prune(Pass):
     needs: ClassVar[frozenset[str]] = frozenset({"data?"})
 
     class Config(PassConfig):
-        method: Literal["magnitude", "random", "taylor", "structured", "merge"] = Field(
-            "magnitude", description="magnitude/random/taylor zero weights; structured removes channels "
-                                     "ranked by --importance; merge folds near-duplicate filters into their twins")
+        method: Method = Field(
+            "magnitude", description=f"{'/'.join(UNSTRUCTURED)}: zero the weights the criterion of that name "
+                                     "scores lowest (unstructured); structured: remove channels ranked by "
+                                     "--importance; merge: fold near-duplicate filters into their twins")
         rate: float = Field(0.5, gt=0, lt=1, description="share removed: of prunable weights (unstructured), "
                                                           "of channels (structured), or of --target")
         target: Literal["weights", "channels", "params", "macs"] | None = Field(
             None, description="what --rate is a share of [default: weights, or channels for structured/merge]")
         scope: Literal["global", "layer"] = Field("global", description="unstructured: one threshold over all layers, or the rate in each")
-        importance: Literal["l1", "l2", "bn", "taylor", "random"] = Field("l1", description="structured: channel importance")
+        importance: Importance = Field("l1", description="structured: the channel criterion (unstructured methods "
+                                                         "name theirs in --method; merge uses none)")
         round_to: int = Field(8, ge=1, le=256, description="structured: kept channels rounded to a multiple of this")
         exclude: list[str] = Field(default_factory=list, description="node name globs or op types never pruned")
         protect_ends: bool = Field(True, description="leave the first and last prunable layers whole")
@@ -61,25 +75,39 @@ class Prune(Pass):
                 raise ValueError("target 'weights' is for unstructured methods; structured takes channels, params or macs")
             return self
 
+    def criterion(self) -> criteria.Criterion | None:
+        """The importance criterion this config ranks by (None for merge, which ranks by similarity)."""
+        method = self.config.method
+        if method in UNSTRUCTURED:
+            return criteria.get(method)
+        return criteria.get(self.config.importance) if method == "structured" else None
+
+    def requires(self) -> tuple[Need, ...]:
+        criterion = self.criterion()
+        if criterion is not None and criterion.gradients:
+            return (Need(ANY_DATA, f"{criterion.name} importance takes gradients on it"),)
+        return ()
+
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
         ir.passes.PassManager([ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)])(model)
         before = _sizes(model)
         if self.config.method in UNSTRUCTURED:
-            metrics = self._unstructured(model, ctx)
+            result = self._unstructured(model, ctx)
         else:
-            metrics = self._structured(model, ctx)
+            result = self._structured(model, ctx)
         after = _sizes(model)
-        metrics["compressed_bytes"] = {"before": before, "after": after}
+        result.details["compressed_bytes"] = {"before": before, "after": after}
         if "zstd" in after:
-            metrics["summary"] = (metrics.get("summary", "") + f"; zstd {before['zstd']:,} → {after['zstd']:,} bytes "
-                                  f"(×{after['zstd'] / before['zstd']:.3f})").lstrip("; ")
-        return PassResult(model, True, metrics)
+            result.summary = (result.summary + f"; zstd {before['zstd']:,} → {after['zstd']:,} bytes "
+                              f"(×{after['zstd'] / before['zstd']:.3f})").lstrip("; ")
+        return result
 
-    def _unstructured(self, model: ir.Model, ctx: Context) -> dict:
+    def _unstructured(self, model: ir.Model, ctx: Context) -> PassResult:
         from mcomp.passes.prune import unstructured as un
         from mcomp.summary import tensor_counts
 
         cfg = self.config
+        criterion = criteria.get(cfg.method)
         layers, skipped = un.find_layers(model, cfg.exclude, cfg.protect_ends)
         if not layers:
             raise ConfigError("prune: no prunable weights left after --exclude and the protected first/last layers")
@@ -90,13 +118,15 @@ class Prune(Pass):
             if rate >= cfg.max_layer_rate:
                 raise ConfigError(f"prune: removing {cfg.rate:.0%} of all parameters needs {rate:.0%} of the "
                                   f"prunable ones, above max_layer_rate {cfg.max_layer_rate}")
-        # Taylor scores are local: past a few percent the pruned weights interact, so the
+        nonzero = un.nonzero(layers)
+        # Gradient scores are local: past a few percent the pruned weights interact, so the
         # gradients are taken again on the partly pruned model between steps (zeros stay zero,
         # since their score is 0). Magnitude and random need one step.
-        steps = cfg.steps if cfg.method == "taylor" else 1
+        steps = cfg.steps if criterion.gradients else 1
         for step in range(1, steps + 1):
             ctx.progress(f"prune: {cfg.method} step {step}/{steps}", step - 1, steps)
-            scores = self._scores(model, layers, ctx)
+            grads = self._gradients(model, ctx, {layer.name for layer in layers}) if criterion.gradients else None
+            scores = un.weight_scores(layers, criterion, np.random.default_rng(ctx.seed), grads)
             counts = un.allocate(scores, rate * step / steps, cfg.scope, cfg.max_layer_rate)
             records = un.apply(layers, scores, counts)
         zeros = sum(round(r["sparsity"] * r["params"]) for r in records)
@@ -104,37 +134,20 @@ class Prune(Pass):
                  "onnxruntime's dense kernels multiply the zeros at full cost"]
         summary = (f"sparsity {zeros / prunable:.2%} of {prunable:,} prunable weights in {len(records)} layers "
                    f"(requested {cfg.rate:.0%} of {cfg.target or 'weights'}, {cfg.scope})")
-        return {"summary": summary,
-                "requested": {"method": cfg.method, "rate": cfg.rate, "target": cfg.target or "weights",
-                              "scope": cfg.scope},
-                "achieved": {"sparsity": round(zeros / prunable, 6), "prunable_params": prunable,
-                             "rate_over_prunable": round(rate, 6)},
-                "layers": records, "left_whole": skipped, "notes": notes}
-
-    def _scores(self, model, layers, ctx) -> list[np.ndarray]:
-        from mcomp.kernels import importance as imp
-
-        method = self.config.method
-        if method == "magnitude":
-            return [imp.magnitude(layer.value.const_value.numpy()) for layer in layers]
-        if method == "random":
-            rng = np.random.default_rng(ctx.seed)
-            return [imp.random_scores(layer.value.const_value.shape.numpy(), rng) for layer in layers]
-        grads = self._gradients(model, ctx, {layer.name for layer in layers})
-        # Taylor scores differ by orders of magnitude between layers (a converged model's gradients
-        # are tiny and uneven): normalised per layer they rank weights within and across layers.
-        return [imp.normalize(grads.taylor[layer.name]) for layer in layers]
+        details = {"requested": {"method": cfg.method, "rate": cfg.rate, "target": cfg.target or "weights",
+                                 "scope": cfg.scope},
+                   "achieved": {"sparsity": round(zeros / prunable, 6), "prunable_params": prunable,
+                                "rate_over_prunable": round(rate, 6)},
+                   "layers": records, "left_whole": skipped}
+        return PassResult(model, un.nonzero(layers) < nonzero, summary, notes, details)
 
     def _gradients(self, model, ctx, names):
         from mcomp.passes.prune.gradients import collect
 
-        dataset = ctx.dataset("training", "calibration", "evaluation")
-        if dataset is None:
-            raise ConfigError("prune: taylor importance needs data (--data PATH); "
-                              "'random' data gives gradients of noise")
-        return collect(model, dataset, names, self.config.batches)
+        # requires() made the base class check that one of these is present
+        return collect(model, ctx.dataset(*ANY_DATA), names, self.config.batches)
 
-    def _structured(self, model: ir.Model, ctx: Context) -> dict:
+    def _structured(self, model: ir.Model, ctx: Context) -> PassResult:
         from mcomp.passes.prune.structured import driver
         from mcomp.passes.prune.unstructured import excluded
 
@@ -148,7 +161,7 @@ class Prune(Pass):
                                    input_shapes=ctx.input_shapes)
         else:
             grads = None
-            if cfg.importance == "taylor":
+            if self.criterion().gradients:
                 from mcomp.passes.prune.structured.groups import find_groups
 
                 names = {m.tensor for g in find_groups(model) if g.prunable for m in g.members if m.tensor}
@@ -157,16 +170,16 @@ class Prune(Pass):
                 model, rate=cfg.rate if target == "channels" else 0.0, importance=cfg.importance,
                 round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed, target=target,
                 target_value=cfg.rate if target != "channels" else None, input_shapes=ctx.input_shapes)
-        metrics = report.to_dict() if hasattr(report, "to_dict") else dict(report.__dict__)
-        metrics["requested"] = {"method": cfg.method, "rate": cfg.rate, "target": target,
+        details = report.to_dict()
+        details["requested"] = {"method": cfg.method, "rate": cfg.rate, "target": target,
                                 "importance": cfg.importance, "round_to": cfg.round_to}
-        return metrics
+        return PassResult(model, bool(report.pruned), report.summary, list(report.notes), details)
 
 
 def _sizes(model: ir.Model) -> dict[str, int]:
     """Compressed size of the weights (the graph itself adds a few kilobytes), streamed tensor by tensor."""
     from mcomp.kernels.compression import compressed_sizes
-    from mcomp.summary import weight_tensors
+    from mcomp.graph import weight_tensors
 
     return compressed_sizes(tensor.tobytes() for tensor, _ in weight_tensors(model))
 

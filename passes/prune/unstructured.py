@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.kernels import importance as imp
+from mcomp.passes.prune import criteria
 
 # op type -> indices of the inputs that are prunable weights
 WEIGHT_INPUTS = {"Conv": (1,), "ConvTranspose": (1,), "Gemm": (1,), "MatMul": (0, 1), "LSTM": (1, 2), "GRU": (1, 2),
@@ -33,7 +34,7 @@ class Layer:
 
 def find_layers(model: ir.Model, exclude: list[str], protect_ends: bool) -> tuple[list[Layer], list[dict]]:
     """Prunable weight tensors in topological order, and those left out with the reason."""
-    from mcomp.summary import all_nodes
+    from mcomp.graph import all_nodes
 
     layers, skipped, seen = [], [], set()
     for node in all_nodes(model):  # topological order in each graph; subgraph (If/Loop) weights too
@@ -61,6 +62,25 @@ def find_layers(model: ir.Model, exclude: list[str], protect_ends: bool) -> tupl
 def excluded(node: ir.Node, patterns: list[str]) -> bool:
     """A node is excluded by its op type or by a glob on its name."""
     return any(node.op_type == p or fnmatch(node.name or "", p) for p in patterns)
+
+
+def weight_scores(layers: list[Layer], criterion: criteria.Criterion, rng: np.random.Generator,
+                  grads=None) -> list[np.ndarray]:
+    """Each layer's weights scored by ``criterion`` (higher = keep); ``grads``: a ``gradients.Gradients``
+    for a criterion that takes gradients."""
+    if not criterion.scores_weights:
+        raise ValueError(f"importance {criterion.name!r} does not score weights")
+    out = []
+    for layer in layers:
+        evidence = (criteria.Evidence(rng) if grads is None else
+                    criteria.Evidence(rng, grad=grads.summed[layer.name], taylor=grads.taylor[layer.name]))
+        out.append(criterion.weights(layer.value.const_value.numpy(), evidence))
+    return out
+
+
+def nonzero(layers: list[Layer]) -> int:
+    """Non-zero weights over the layers: unstructured pruning changed the model when this fell."""
+    return sum(int(np.count_nonzero(layer.value.const_value.numpy())) for layer in layers)
 
 
 def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> list[int]:

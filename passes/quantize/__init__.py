@@ -3,9 +3,11 @@
 Modes: ``static`` (QDQ, int8 weights, calibrated activations: uint8 on x86), ``dynamic``
 (int8 weights, activations quantized at run time; MatMul/attention/LSTM), ``weight-only``
 (int4/int8 block-wise MatMulNBits), ``fp16`` and ``kmeans`` (weight sharing with a Huffman-coded
-size). onnxruntime's quantizers build the candidates; mcomp prepares the graph for them
-(``prepare``), keeps the result within an accuracy budget (``budget``, ``sensitivity``) and
-sends back to float what does not pay on the target provider (``guard``).
+size). Each mode is a ``Scheme`` in ``schemes/`` (one module each, registered by name; its
+docstring says how to add one). onnxruntime's quantizers build the candidates; mcomp prepares
+the graph for them (``prepare``), and one flow for every scheme (``flow``) keeps the result
+within an accuracy budget (``budget``, ``sensitivity``) and sends back to float what does not
+pay on the target provider (``guard``).
 
 ```yaml
 steps:
@@ -22,9 +24,8 @@ import onnx_ir as ir
 from pydantic import Field, model_validator
 
 from mcomp.errors import BadInput
-from mcomp.pass_base import Context, Pass, PassConfig, PassResult
-
-MIN_CALIBRATION_SAMPLES = 4
+from mcomp.pass_base import Context, Need, Pass, PassConfig, PassResult
+from mcomp.passes.quantize import schemes
 
 
 class Quantize(Pass):
@@ -33,12 +34,10 @@ class Quantize(Pass):
     name: ClassVar[str] = "quantize"
     summary: ClassVar[str] = "int8/int4/fp16/k-means quantization, never slower than the input, within an accuracy budget"
     needs: ClassVar[frozenset[str]] = frozenset({"data?"})
+    checks_fidelity: ClassVar[bool] = True  # its accuracy budget compares outputs with the input
 
     class Config(PassConfig):
-        mode: Literal["static", "dynamic", "weight-only", "fp16", "kmeans"] = Field(
-            "static", description="static: QDQ int8 with calibrated activations (needs data); dynamic: int8 "
-                                  "weights, activations at run time (MatMul/attention/LSTM); weight-only: "
-                                  "int4/int8 block-wise MatMul/Gather; fp16; kmeans: shared weights")
+        mode: Literal[schemes.MODES] = Field(schemes.MODES[0], description=schemes.help_text())
         activations: Literal["auto", "uint8", "int8"] = Field(
             "auto", description="static: activation type; auto = uint8 on x86 CPU, int8 elsewhere")
         per_channel: bool = Field(True, description="static/dynamic: one weight scale per output channel "
@@ -69,26 +68,27 @@ class Quantize(Pass):
 
         @model_validator(mode="after")
         def _bits_fit_mode(self):
-            if self.bits is not None and self.mode == "weight-only" and self.bits not in (4, 8):
-                raise ValueError("weight-only bits must be 4 or 8")
-            if self.bits is not None and self.mode not in ("weight-only", "kmeans"):
-                raise ValueError(f"bits applies to weight-only and kmeans, not {self.mode} (int8 is fixed)")
+            takes = schemes.get(self.mode).bits
+            if self.bits is not None and takes and self.bits not in takes:
+                raise ValueError(f"{self.mode} bits must be {' or '.join(map(str, takes))}")
+            if self.bits is not None and not takes:
+                which = " and ".join(name for name, cls in schemes.REGISTRY.items() if cls.bits)
+                raise ValueError(f"bits applies to {which}, not {self.mode} (int8 is fixed)")
             if self.block_size & (self.block_size - 1):
                 raise ValueError("block_size must be a power of 2")
             return self
 
+    def requires(self) -> tuple[Need, ...]:
+        """A scheme that calibrates (static) cannot run without data; the others fall back to synthetic inputs."""
+        why = schemes.get(self.config.mode).calibrates
+        return (Need(("calibration", "evaluation"), why),) if why else ()
+
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
-        from mcomp.passes.quantize import prepare
+        from mcomp.passes.quantize import flow, prepare
 
         found = prepare.quantized_ops(model)
         if found and not self.config.force:
             ops = ", ".join(f"{op} ×{n}" for op, n in sorted(found.items()))
             raise BadInput(f"quantize: the model is already quantized ({ops}); quantizing it again compounds the "
                            "error. Give --force to quantize its remaining float ops anyway")
-        if self.config.mode == "kmeans":
-            from mcomp.passes.quantize.run import run_kmeans
-
-            return run_kmeans(self.config, model, ctx)
-        from mcomp.passes.quantize.run import run_quantize
-
-        return run_quantize(self.config, model, ctx)
+        return flow.run(self.config, model, ctx)

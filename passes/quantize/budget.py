@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mcomp import metrics
+from mcomp import evaluate
 from mcomp.data import Dataset
+from mcomp.errors import BadInput
 
 # When no budget is given: every whole output keeps cosine ≥ 0.98 against the input, and (with the
 # default per-slice fidelity) every slice along a channel-like axis ≥ 0.95 — a slice is a smaller,
@@ -48,25 +49,21 @@ class Evaluator:
 
     def __init__(self, reference: bytes, dataset: Dataset, providers: list[str], threads: int | None,
                  mode: str = "slice"):
-        from mcomp.session import make_session
-
         self.dataset = dataset
         self.providers, self.threads, self.mode = providers, threads, mode
-        session = make_session(reference, providers, threads)
+        session = evaluate.session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
-        self.reference = _run(session, dataset, "the input model")
-        self.axes = metrics.slice_axes(self.reference)  # the reference's: the same for every candidate
-        self.reference_accuracy = metrics.accuracy(self.reference, dataset)
+        self.reference = _run(session, dataset, "input")
+        self.axes = evaluate.slice_axes(self.reference)  # the reference's: the same for every candidate
+        self.reference_accuracy = evaluate.accuracy(self.reference, dataset)
         self.calls = 0
 
     def score(self, candidate: onnx.ModelProto | bytes) -> Score:
-        from mcomp.session import make_session
-
         self.calls += 1
         data = candidate if isinstance(candidate, bytes) else candidate.SerializeToString()
-        outputs = _run(make_session(data, self.providers, self.threads), self.dataset, "the candidate")
-        fid = metrics.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes)["summary"]
-        return Score(metrics.figure(fid, self.mode), fid["top1_agreement"], metrics.accuracy(outputs, self.dataset),
+        outputs = _run(evaluate.session(data, self.providers, self.threads), self.dataset, "candidate")
+        fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes)["summary"]
+        return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], evaluate.accuracy(outputs, self.dataset),
                      fid["cosine"], fid["worst_slice"], fid["slice_cosine"])
 
 
@@ -189,14 +186,12 @@ def predict(measured: Score, budget: Budget, damages: list[float], done: int = 0
 
 
 def _run(session, dataset: Dataset, which: str):
-    from mcomp.errors import BadInput, one_line
-
+    """The outputs on ``dataset``; where synthetic inputs are what fails, the error says what to give."""
     try:
-        return metrics.run_all(session, dataset)
-    except Exception as exc:
+        return evaluate.run(session, dataset, which)
+    except BadInput as exc:
         hint = " (synthetic inputs: give --data or --input-shape)" if dataset.synthetic else ""
-        raise BadInput(f"quantize: {which} fails on {dataset.source or 'the data'}{hint}: "
-                       f"{one_line(exc, 200)}") from None
+        raise BadInput(f"quantize: {exc}{hint}") from None
 
 
 def _r(value):

@@ -7,6 +7,9 @@ depthwise convs, the smallest layers, each compute op type) run interleaved
 with the input in one measurement (spinning off, design §7); groups whose return to float
 made the candidate faster are combined, and the best candidate is measured again against
 the input. If it is not faster than the input beyond the A/A noise, the guard says so.
+
+Every measurement goes through ``measure``, the one place that reads the clock: tests replace
+it (monkeypatch) with fixed ratios to check the guard's decisions on any machine load.
 """
 
 from __future__ import annotations
@@ -17,7 +20,32 @@ import numpy as np
 
 from mcomp.passes.quantize.target import INT8_FLOW_OPS
 
-GAIN = 0.02  # a variant must beat another by this share to count as faster
+GAIN = 0.02  # a variant must beat another (and the input, beyond the A/A noise) by this share to count as faster
+INPUT = "input"
+FULL = "all quantized"
+
+
+@dataclass
+class Timing:
+    """One interleaved measurement of candidates against the input."""
+
+    ratios: dict[str, float]  # candidate label → median per-round latency, as a share of the input's
+    p50_ms: dict[str, float]  # every label's median latency (the input's under ``INPUT``)
+    noise_floor: dict | None  # the input against a second session of itself (A/A): median, p10, p90
+
+
+def measure(models: list[tuple[str, bytes]], feeds, providers, threads, runs: int) -> Timing:
+    """Interleaved rounds over ``models`` (the input first), with the A/A noise floor."""
+    from mcomp.bench import interleaved
+
+    result = interleaved(models, feeds, providers=providers, threads=threads, warmup=3, runs=runs)
+    return Timing({m.label: m.ratio for m in result.models[1:]}, {m.label: m.p50_ms for m in result.models},
+                  result.noise_floor.to_dict() if result.noise_floor else None)
+
+
+def threshold(noise_floor: dict | None) -> float:
+    """The ratio a candidate must reach to count as faster: below 1 and below the A/A median, by ``GAIN``."""
+    return min(1.0, noise_floor["median"] if noise_floor else 1.0) - GAIN
 
 
 @dataclass
@@ -28,6 +56,13 @@ class Verdict:
     noise_floor: dict | None
     trials: list[dict] = field(default_factory=list)
     groups_reverted: list[str] = field(default_factory=list)
+    p50_ms: dict[str, float] = field(default_factory=dict)  # the input's and the best candidate's, last round
+
+    def to_dict(self) -> dict:
+        return {"ratio": round(self.ratio, 4), "faster": self.faster, "noise_floor": self.noise_floor,
+                "threshold": round(threshold(self.noise_floor), 4),
+                "p50_ms": {k: round(v, 4) for k, v in self.p50_ms.items()},
+                "groups_reverted": self.groups_reverted, "trials": self.trials}
 
 
 def groups(units, base: set[str]) -> dict[str, set[str]]:
@@ -53,18 +88,13 @@ def groups(units, base: set[str]) -> dict[str, set[str]]:
 def guard(build, units, base: set[str], reference: bytes, feeds, providers, threads, runs: int,
           try_groups: bool = True) -> Verdict:
     """Chooses the fastest candidate among the full one and its group variants; compares it to the input."""
-    from mcomp.bench import interleaved
-
     named = groups(units, base) if try_groups else {}
-    candidates = {"all quantized": set(base)} | {f"float: {k}": base | v for k, v in named.items()}
+    candidates = {FULL: set(base)} | {f"float: {k}": base | v for k, v in named.items()}
     built = {label: build(ex).SerializeToString() for label, ex in candidates.items()}
-    first = interleaved([("input", reference), *built.items()], feeds, providers=providers, threads=threads,
-                        warmup=3, runs=runs)
-    ratios = {m.label: m.ratio for m in first.models[1:]}
+    ratios = measure([(INPUT, reference), *built.items()], feeds, providers, threads, runs).ratios
     trials = [{"round": 1, "candidate": label, "ratio": round(r, 4), "float_nodes": len(candidates[label] - base)}
               for label, r in ratios.items()]
-    full = ratios["all quantized"]
-    helping = [k for k in named if ratios[f"float: {k}"] < full * (1 - GAIN)]
+    helping = [k for k in named if ratios[f"float: {k}"] < ratios[FULL] * (1 - GAIN)]
     best_label = min(ratios, key=ratios.get)
     final = {best_label: candidates[best_label]}
     if len(helping) > 1:
@@ -72,23 +102,12 @@ def guard(build, units, base: set[str], reference: bytes, feeds, providers, thre
         label = "float: " + " + ".join(helping)
         final[label] = combined
         built[label] = build(combined).SerializeToString()
-    second = interleaved([("input", reference), *((k, built[k]) for k in final)], feeds, providers=providers,
-                         threads=threads, warmup=3, runs=runs)
-    confirmed = {m.label: m.ratio for m in second.models[1:]}
+    second = measure([(INPUT, reference), *((k, built[k]) for k in final)], feeds, providers, threads, runs)
     trials += [{"round": 2, "candidate": label, "ratio": round(r, 4), "float_nodes": len(final[label] - base)}
-               for label, r in confirmed.items()]
-    winner = min(confirmed, key=confirmed.get)
-    ratio = confirmed[winner]
-    floor = second.noise_floor.to_dict() if second.noise_floor else None
-    faster = ratio <= min(1.0, floor["median"] if floor else 1.0) - GAIN
-    reverted = [] if winner == "all quantized" else winner[len("float: "):].split(" + ")
-    return Verdict(final[winner] - base, ratio, faster, floor, trials, reverted)
-
-
-def measure(reference: bytes, candidate: bytes, feeds, providers, threads, runs: int) -> tuple[float, dict | None]:
-    """One interleaved comparison: candidate / input, and the A/A noise floor."""
-    from mcomp.bench import interleaved
-
-    result = interleaved([("input", reference), ("candidate", candidate)], feeds, providers=providers,
-                         threads=threads, warmup=3, runs=runs)
-    return result.models[1].ratio, (result.noise_floor.to_dict() if result.noise_floor else None)
+               for label, r in second.ratios.items()]
+    winner = min(second.ratios, key=second.ratios.get)
+    ratio = second.ratios[winner]
+    reverted = [] if winner == FULL else winner[len("float: "):].split(" + ")
+    p50 = {"input": second.p50_ms[INPUT], "candidate": second.p50_ms[winner]}
+    return Verdict(final[winner] - base, ratio, ratio <= threshold(second.noise_floor), second.noise_floor, trials,
+                   reverted, p50)

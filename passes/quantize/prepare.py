@@ -24,8 +24,11 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from mcomp.errors import one_line
-from mcomp.model import copy, onnx_opset, to_proto
+from mcomp import evaluate
+from mcomp.errors import short
+from mcomp.graph import SHAPE_ERRORS, copy
+from mcomp.model import onnx_opset, to_proto
+from mcomp.opset import upgrade_opset
 from mcomp.passes.quantize.target import FLOAT_ONLY
 
 QUANTIZED_OPS = frozenset({
@@ -69,15 +72,16 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     work = _fuse_hardswish(work, notes)
     if optimize:
         try:
-            optimized = _ort_basic(work, ["MatMulAddFusion"] if keep_matmul else [])
+            optimized = evaluate.offline_optimized(work, "basic", ["CPUExecutionProvider"],
+                                                   disabled=["MatMulAddFusion"] if keep_matmul else [])
             before, after = _parameters(work), _parameters(optimized)
             if after > before * 1.02:  # folding inside subgraphs can copy weights into every branch
                 notes.append(f"onnxruntime's basic graph optimization grew the weights ({before:,} → {after:,} "
                              "parameters); quantized the graph without it")
             else:
                 work = optimized
-        except Exception as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
-            notes.append(f"onnxruntime's basic graph optimization failed before quantization ({one_line(exc, 160)}); "
+        except (*evaluate.ort_errors(), OSError) as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
+            notes.append(f"onnxruntime's basic graph optimization failed before quantization ({short(exc, 160)}); "
                          "quantized the graph as given")
     proto = to_proto(work)
     before = onnx_opset(proto)
@@ -113,7 +117,7 @@ def _fuse_hardswish(model: ir.Model, notes: list[str]) -> ir.Model:
     try:
         candidate = copy(model) if opset >= 14 else ir.serde.deserialize_model(upgrade_opset(to_proto(model), 14))
         candidate = rewrite(candidate, pattern_rewrite_rules=fuse_hardswish_rules())
-    except Exception:  # an odd graph the rewriter or the converter rejects: leave it as it is
+    except ValueError:  # a graph the opset converter (or onnx-ir, in the rewriter) rejects: leave it as it is
         return model
     count = sum(1 for n in candidate.graph if n.op_type == "HardSwish") - sum(1 for n in model.graph if n.op_type == "HardSwish")
     if fused(candidate) <= before or count <= 0:
@@ -129,18 +133,6 @@ def _parameters(model: ir.Model) -> int:
     return tensor_counts(model)[0].parameters
 
 
-def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
-    """onnx's version converter; raises ValueError with the reason when it cannot convert."""
-    from onnx import version_converter
-
-    try:
-        converted = version_converter.convert_version(proto, target)
-        onnx.checker.check_model(converted)
-    except Exception as exc:
-        raise ValueError(f"cannot upgrade opset to {target}: {one_line(exc, 160)}") from None
-    return converted
-
-
 def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Inferred types and shapes, and how: ``onnx`` when onnx's inference types every tensor (fast);
     else ``symbolic`` (onnxruntime's, dynamic dims merged; slow on large graphs); else what onnx's
@@ -152,15 +144,15 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
         partial = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
         if not _untyped(partial):
             return partial, "onnx"
-    except Exception:
+    except SHAPE_ERRORS:
         pass
-    try:
-        with _quiet():
+    with quiet():
+        try:
             inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)
-        if inferred is not None:
-            return inferred, "symbolic"
-    except Exception:
-        pass
+        except Exception:  # noqa: BLE001 - only onnxruntime's symbolic inference runs here; it raises bare Exception
+            inferred = None
+    if inferred is not None:
+        return inferred, "symbolic"
     return (partial, "onnx-partial") if partial is not None else (proto, "none")
 
 
@@ -214,38 +206,36 @@ def _count_nodes(graph: onnx.GraphProto) -> int:
     return total
 
 
-def _ort_basic(model: ir.Model, disabled: list[str]) -> ir.Model:
-    """onnxruntime's offline optimizer at level basic: standard ONNX ops only, any provider."""
-    import tempfile
-    from pathlib import Path
+@contextlib.contextmanager
+def quiet():
+    """onnxruntime's quantization tools log per node, and sessions made inside them log per initializer;
+    a pass never prints (design §3). Everything changed here is process-wide, so it is restored on exit:
+    onnxruntime's default logger severity, ``logging.disable`` and ``sys.stdout``."""
+    with ort_log_severity(3):
+        disabled = logging.root.manager.disable
+        logging.disable(logging.WARNING)
+        try:
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                yield
+        finally:
+            logging.disable(disabled)
 
-    import onnxruntime as ort
 
-    from mcomp.model import to_bytes
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    with tempfile.TemporaryDirectory(prefix="mcomp-quant-") as tmp:
-        out = Path(tmp) / "basic.onnx"
-        options.optimized_model_filepath = str(out)
-        ort.InferenceSession(to_bytes(model), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-        return ir.serde.deserialize_model(onnx.load(str(out)))
+_severity = [2]  # onnxruntime's default logger starts at 2 (warning); mcomp tracks what it sets
 
 
 @contextlib.contextmanager
-def _quiet():
-    """onnxruntime's quantization tools log warnings per node; a pass never prints (design §3)."""
+def ort_log_severity(level: int):
+    """onnxruntime's default logger at ``level`` for the block, then back to what it was. onnxruntime
+    has no getter (1.32), so the previous level is the one this function last set, or the default."""
     import onnxruntime as ort
 
-    ort.set_default_logger_severity(3)  # sessions made inside the quantizer log per initializer
-    disabled = logging.root.manager.disable
-    logging.disable(logging.WARNING)
+    getter = getattr(ort, "get_default_logger_severity", None)
+    previous = getter() if getter is not None else _severity[0]
+    ort.set_default_logger_severity(level)
+    _severity[0] = level
     try:
-        with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-            yield
+        yield
     finally:
-        logging.disable(disabled)
-
-
-quiet = _quiet
+        ort.set_default_logger_severity(previous)
+        _severity[0] = previous

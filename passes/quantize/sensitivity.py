@@ -71,28 +71,10 @@ def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, units, 
 
 def _run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers) -> dict[str, np.ndarray]:
     """Runs ``proto`` with ``tensors`` as extra outputs; arrays concatenated over feeds (flattened)."""
+    from mcomp.evaluate import run_exposed
+
     exposed = run_exposed(proto, tensors, feeds, providers)
     return {t: np.concatenate([v.ravel() for v in values]) for t, values in exposed.items()}
-
-
-def run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers) -> dict[str, list[np.ndarray]]:
-    """Runs ``proto`` with ``tensors`` (intermediate or graph outputs) as outputs: each one's value per feed."""
-    from mcomp.session import make_session
-
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    present = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=t))
-    session = make_session(model.SerializeToString(), providers, optimization="basic")
-    index = {o.name: i for i, o in enumerate(session.get_outputs())}
-    collected: dict[str, list[np.ndarray]] = {t: [] for t in tensors if t in index}
-    for feed in feeds:
-        values = session.run(None, feed)
-        for t in collected:
-            collected[t].append(np.asarray(values[index[t]]))
-    return {t: v for t, v in collected.items() if v}
 
 
 def _as_consumed(proto: onnx.ModelProto) -> dict[str, str]:

@@ -115,7 +115,7 @@ def _spread(widths: list[float]) -> float:
 
 def _run(proto: onnx.ModelProto, tensors: list[str], outputs: list[str], feeds, providers) -> dict[str, np.ndarray]:
     """The float model's values of ``tensors`` (flattened) and ``outputs`` (joined on the batch axis)."""
-    from mcomp.passes.quantize.sensitivity import run_exposed
+    from mcomp.evaluate import run_exposed
 
     out = {}
     for name, arrays in run_exposed(proto, sorted(set(tensors) | set(outputs)), feeds, providers).items():

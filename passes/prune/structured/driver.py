@@ -5,7 +5,7 @@
 channels per group (per Split piece, when a group is split). With ``target="params"`` or
 ``"macs"`` the rate is found by bisection: the smallest uniform rate whose pruned copy has lost
 ``target_value`` of the parameters (``mcomp.summary.tensor_counts``) or MACs
-(``mcomp.summary.macs``).
+(``mcomp.graph.macs``).
 
 ```yaml
 steps:
@@ -21,13 +21,14 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.kernels.importance import keep_channels, rounded_keep
+from mcomp.passes.prune import criteria
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
 from mcomp.passes.prune.structured.prepare import infer_shapes, prepare
 from mcomp.passes.prune.structured.report import GroupRecord, StructuredReport
 from mcomp.passes.prune.structured.scores import group_scores
 from mcomp.passes.prune.structured.surgery import remove_channels
 
-# Chosen by measurement (tests/test_prune_structured.py::test_round_to_latency): ResNet-18 at 224²
+# Chosen by measurement (benchmarks/prune.py; tests/test_prune_structured_real.py): ResNet-18 at 224²
 # with 30 % of its channels removed ran, interleaved on onnxruntime CPU, at 0.50× the input's time
 # with round_to=1 (45/90/179/358 channels), 0.39–0.41× with 8 and 0.38–0.41× with 16, although
 # 8 and 16 keep more MACs (0.52×, 0.54× vs 0.51×); 8 is as fast as 16 and closer to the rate asked.
@@ -44,8 +45,8 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
     """Removes channels in place and returns what was done (see the module docstring)."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
-    if importance == "taylor" and grads is None:
-        raise ValueError("taylor importance needs grads (∂L/∂w by tensor name)")
+    if criteria.get(importance).gradients and grads is None:
+        raise ValueError(f"{importance} importance needs grads (∂L/∂w by tensor name)")
     if round_to < 1:
         raise ValueError("round_to must be at least 1")
     prepare(model)
@@ -142,9 +143,10 @@ def copy_model(model: ir.Model) -> ir.Model:
 
 def measure(model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
     """(parameters, MACs) as ``mcomp inspect`` counts them."""
-    from mcomp.summary import macs, tensor_counts
+    from mcomp.graph import macs
+    from mcomp.summary import tensor_counts
 
-    return tensor_counts(model)[0].parameters, macs(model, shapes)[0]
+    return tensor_counts(model)[0].parameters, macs(model, shapes).total
 
 
 def default_input_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
@@ -167,4 +169,4 @@ def _fallback_notes(report: StructuredReport, importance: str) -> list[str]:
     if not fell:
         return []
     return [f"{len(fell)} groups scored with {report.groups[fell[0]].importance} instead of {importance} "
-            f"(no {'BatchNorm scale' if importance == 'bn' else 'gradient'}): groups {fell[:12]}"]
+            f"(no {criteria.get(importance).lacking}): groups {fell[:12]}"]

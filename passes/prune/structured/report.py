@@ -65,8 +65,10 @@ class StructuredReport:
                 f"{len(self.left_whole)} groups left whole")
 
     def to_dict(self) -> dict:
+        """The report's details: everything but ``summary`` and ``notes``, which the pass returns as
+        its typed fields."""
         data = asdict(self)
-        data["summary"] = self.summary
+        del data["notes"]
         data["achieved"] = {"parameters_ratio": round(self.ratio("parameters"), 6),
                             "macs_ratio": round(self.ratio("macs"), 6),
                             "channels_before": self.channels_before, "channels_after": self.channels_after}

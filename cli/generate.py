@@ -1,0 +1,171 @@
+"""Pass commands built from the pass's ``Config`` (design §5): the YAML and the CLI cannot drift.
+
+Every field of a registered pass's Config becomes an option of ``mcomp NAME``: ``--field-name``,
+its type, ``Literal`` choices shown as choices, its bounds as a range, its default and its
+description as help. The options every model-writing command shares (``-o``, ``--data``,
+``--provider`` …, ``-q``, ``--debug``) are added once, here. A built-in pass may add a
+``CommandSpec`` in its ``cli/cmd_NAME.py`` for what is about the command rather than the pass
+(other flag spellings, a gate, a second data set); a third-party pass found through the
+``mcomp.passes`` entry points gets its command with no code in ``cli/``.
+
+typer builds commands from function signatures, so a command here is a function whose
+``__signature__`` is assembled from the Config; typer reads it as it would a hand-written one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Callable, Literal, Optional
+
+import annotated_types
+import typer
+
+from mcomp.cli import console
+from mcomp.cli import options as shared
+from mcomp.cli.pass_command import Common, run_single_pass
+
+# The options every model-writing command takes, in the order help shows them.
+COMMON_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
+    ("output", shared.Output, None), ("data", shared.Data, None), ("provider", shared.Provider, "auto"),
+    ("threads", shared.Threads, None), ("json", shared.Json, False), ("report", shared.Report, None),
+    ("report_md", shared.ReportMd, None), ("input_shape", shared.InputShape, None), ("arch", shared.Arch, None),
+    ("trust_checkpoint", shared.Trust, False), ("runs", shared.Runs, 30),
+)
+FIDELITY_OPTION = ("fidelity", shared.FidelityMode, None)  # only where a check of the pass uses it
+OUTPUT_CONTROL = (("quiet", shared.Quiet, False), ("debug", shared.Debug, False))
+
+
+@dataclass
+class CommandSpec:
+    """What a pass's command adds to its Config's options; all optional."""
+
+    argument: str = "model"  # name of the model argument (distill: student)
+    argument_help: str | None = None
+    flags: dict[str, tuple[str, ...]] = field(default_factory=dict)  # field → its flag spellings
+    required: tuple[str, ...] = ()  # fields the command line must give (though the YAML may omit them)
+    # Options of the command that are not pass options: (name, Annotated type, default).
+    extra: tuple[tuple[str, Any, Any], ...] = ()
+    # Runs the step: (options, extra values, Common) → report; default: a one-step pipeline.
+    run: Callable[[dict, dict, Common], dict] | None = None
+    help: str | None = None  # the command's help [default: the pass class's docstring]
+
+
+def pass_command(cls, spec: CommandSpec | None = None) -> Callable[..., None]:
+    """A typer-ready command function for the pass class ``cls``."""
+    spec = spec or CommandSpec()
+    fields = cls.Config.model_fields
+    common = COMMON_OPTIONS + ((FIDELITY_OPTION,) if getattr(cls, "checks_fidelity", False) else ())
+    reserved = {spec.argument} | {name for name, _, _ in common + OUTPUT_CONTROL + spec.extra}
+    clash = reserved.intersection(fields)
+    if clash:
+        raise TypeError(f"pass {cls.name!r}: option(s) {sorted(clash)} clash with the command's own options")
+
+    argument_help = spec.argument_help or "ONNX model, PyTorch checkpoint, or - for stdin"
+    params = [_param(spec.argument, Annotated[str, typer.Argument(help=argument_help, show_default=False)],
+                     inspect.Parameter.empty, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    params += [_param(name, *option_for(name, info, spec)) for name, info in fields.items()]
+    params += [_param(name, kind, default) for name, kind, default in spec.extra + common + OUTPUT_CONTROL]
+
+    def command(**values: Any) -> None:
+        options = {name: _parsed(values[name], info) for name, info in fields.items()}
+        extra = {name: values[name] for name, _, _ in spec.extra}
+        run_common = Common(values[spec.argument], **{name: values[name] for name, _, _ in common})
+        if spec.run is not None:
+            spec.run(options, extra, run_common)
+        else:
+            run_single_pass(cls.name, options, run_common)
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__doc__ = spec.help or (cls.__doc__ or cls.summary or cls.name)
+    command.__name__ = cls.name.replace("-", "_")
+    return console.command(command)
+
+
+def option_names(cls, spec: CommandSpec | None = None) -> set[str]:
+    """The option parameters a pass command takes (for the test that Config and CLI agree)."""
+    spec = spec or CommandSpec()
+    common = COMMON_OPTIONS + ((FIDELITY_OPTION,) if getattr(cls, "checks_fidelity", False) else ())
+    return set(cls.Config.model_fields) | {name for name, _, _ in spec.extra + common + OUTPUT_CONTROL}
+
+
+def option_for(name: str, info, spec: CommandSpec) -> tuple[Any, Any]:
+    """(Annotated type, default) of the option for one Config field."""
+    kind, optional = _unwrap_optional(info.annotation)
+    flags = spec.flags.get(name) or (_flag(name, kind),)
+    required = name in spec.required or info.is_required()
+    help_text = info.description or ""
+    default = inspect.Parameter.empty if required else _default(info)
+    show_default = default not in (None, inspect.Parameter.empty) and not isinstance(default, list)
+    if typing.get_origin(kind) is list:
+        item = (typing.get_args(kind) or (str,))[0]
+        item = item if item in (str, int, float) or _choices(item) else str
+        return Annotated[Optional[list[item]], typer.Option(*flags, help=help_text + "; repeatable",
+                                                             show_default=False)], None
+    if kind is bool:
+        return Annotated[bool, typer.Option(*flags, help=help_text, show_default=True)], default
+    if kind in (int, float):  # bounds in the help; the Config checks them (one line, exit 2)
+        help_text += _range_text(info.metadata)
+    elif kind is not str and _choices(kind) is None:
+        # Anything else (a mapping, a nested model): YAML text on the command line, validated by the Config.
+        return Annotated[Optional[str], typer.Option(*flags, help=help_text + " (YAML)", show_default=False)], None
+    option = typer.Option(*flags, help=help_text, show_default=show_default)
+    return Annotated[Optional[kind] if optional or default is None else kind, option], default
+
+
+def _param(name: str, annotation, default, kind=inspect.Parameter.KEYWORD_ONLY) -> inspect.Parameter:
+    return inspect.Parameter(name, kind, default=default, annotation=annotation)
+
+
+def _flag(name: str, kind) -> str:
+    flag = "--" + name.replace("_", "-")
+    return f"{flag}/--no-{name.replace('_', '-')}" if kind is bool else flag
+
+
+def _unwrap_optional(annotation) -> tuple[Any, bool]:
+    """``X | None`` → (X, True); anything else → (annotation, False)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+def _choices(kind) -> tuple | None:
+    return typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+
+
+def _default(info):
+    if info.default_factory is not None:
+        value = info.default_factory()
+        return None if isinstance(value, (list, dict)) else value  # None: the Config's own default applies
+    return info.default
+
+
+def _range_text(metadata) -> str:
+    """Pydantic's bounds for the help: " [0 < x < 1]"."""
+    lo = hi = ""
+    for bound in metadata:
+        if isinstance(bound, annotated_types.Ge):
+            lo = f"{bound.ge} ≤ "
+        elif isinstance(bound, annotated_types.Gt):
+            lo = f"{bound.gt} < "
+        elif isinstance(bound, annotated_types.Le):
+            hi = f" ≤ {bound.le}"
+        elif isinstance(bound, annotated_types.Lt):
+            hi = f" < {bound.lt}"
+    return f" [{lo}x{hi}]" if lo or hi else ""
+
+
+def _parsed(value, info):
+    """A command-line value as the Config expects it (YAML text for structured fields)."""
+    kind, _ = _unwrap_optional(info.annotation)
+    if isinstance(value, str) and kind not in (str,) and _choices(kind) is None:
+        import yaml
+
+        return yaml.safe_load(value)
+    return value

@@ -1,0 +1,254 @@
+"""Running models and judging their outputs: the one home of onnxruntime sessions, of the data
+a measurement runs on, and of fidelity and accuracy against a reference (design §6, §7).
+
+Passes, the pipeline, the CLI and the benchmarks all measure the same way through here, so a
+figure in a pass's notes, in the report and in a benchmark table means the same thing.
+
+Errors: onnxruntime failing on a model or on the data is bad input (exit 2) and says which
+model; anything else raised here is a bug in mcomp and stays an internal error (exit 1).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from mcomp import data as data_io
+from mcomp.data import Dataset
+from mcomp.errors import BadInput, short
+from mcomp.kernels import fidelity as fk
+from mcomp.model import to_bytes
+from mcomp.session import input_specs
+
+FIDELITY_MODES = ("slice", "whole")
+
+
+def ort_errors() -> tuple[type[Exception], ...]:
+    """What onnxruntime raises on a model or a feed it rejects: its own exception types (Fail,
+    InvalidArgument, InvalidGraph, RuntimeException …, which pybind11 derives from Exception directly)
+    and the ValueError/RuntimeError of its Python layer (missing inputs, provider lists). Catch these
+    around onnxruntime calls only, never ``Exception``: a bug in mcomp must stay an internal error."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return (*own, ValueError, RuntimeError)
+
+
+def _options(threads: int | None = None, *, spinning: bool = True, optimization: str = "all"):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    return options
+
+
+def _source(model: ir.Model | bytes | str | Path) -> bytes | str:
+    if isinstance(model, ir.Model):
+        return to_bytes(model)
+    return str(model) if isinstance(model, Path) else model
+
+
+def session(model: ir.Model | bytes | str | Path, providers: list[str], threads: int | None = None, *,
+            spinning: bool = True, optimization: str = "all"):
+    """One inference session. ``spinning=False`` when several sessions share the cores (design §7);
+    a model onnxruntime refuses to load is bad input."""
+    import onnxruntime as ort
+
+    options, source = _options(threads, spinning=spinning, optimization=optimization), _source(model)
+    try:
+        return ort.InferenceSession(source, options, providers=providers)
+    except ort_errors() as exc:
+        raise BadInput(f"onnxruntime cannot load the model: {short(exc, 300)}") from None
+
+
+def offline_optimized(model: ir.Model | bytes | str | Path, level: str, providers: list[str], *,
+                      disabled: Iterable[str] = ()) -> ir.Model:
+    """onnxruntime's offline-optimized graph at ``level`` (basic: standard ONNX ops, any provider;
+    extended/all: onnxruntime's fused ops for ``providers``), with the optimizers named in ``disabled``
+    (e.g. ``MatMulAddFusion``) left out. onnxruntime's errors propagate as they are: a caller decides
+    whether a graph the optimizer rejects is bad input or a step to skip."""
+    import onnxruntime as ort
+
+    options, source = _options(optimization=level), _source(model)
+    with tempfile.TemporaryDirectory(prefix="mcomp-ort-") as tmp:
+        out = Path(tmp) / "optimized.onnx"
+        options.optimized_model_filepath = str(out)
+        ort.InferenceSession(source, options, providers=providers, disabled_optimizers=list(disabled))
+        return ir.serde.deserialize_model(onnx.load(str(out)))
+
+
+def run(sess, dataset: Dataset, which: str = "model") -> list[list[np.ndarray]]:
+    """Every output for every feed: ``outputs[k]`` is the list of per-feed arrays of output k.
+    onnxruntime failing on the data is bad input naming ``which`` model."""
+    try:
+        per_feed = [sess.run(None, feed) for feed in dataset.feeds]
+    except ort_errors() as exc:
+        raise BadInput(f"the {which} model fails on the data ({short(exc, 200)})") from None
+    return [list(col) for col in zip(*per_feed)]
+
+
+def feeds_for(dataset: Dataset, reference_names: list[str], candidate_names: list[str]) -> Dataset:
+    """The data for a candidate whose inputs are named differently (an exported checkpoint): the
+    reference's feeds re-keyed by position. As it is where the names match; bad input where the
+    number of inputs differs too."""
+    if candidate_names == reference_names:
+        return dataset
+    if len(candidate_names) != len(reference_names):
+        raise BadInput(f"the candidate's inputs {candidate_names} do not match the reference's {reference_names}")
+    feeds = [{c: feed[r] for c, r in zip(candidate_names, reference_names)} for feed in dataset.feeds]
+    return Dataset(feeds, dataset.labels, dataset.synthetic, dataset.source, dataset.notes)
+
+
+def measurement_data(datasets, model: ir.Model, input_shapes=None, seed: int = 0, feeds: int = 8) -> Dataset:
+    """What a measurement runs on (design §6): the evaluation data, else the calibration data, else
+    ``feeds`` seeded synthetic inputs from ``model``'s input spec. ``datasets`` is a role → Dataset
+    mapping or a pass's Context (its ``data``)."""
+    roles: Mapping = getattr(datasets, "data", datasets) or {}
+    for role in ("evaluation", "calibration"):
+        if roles.get(role):
+            return roles[role]
+    return data_io.synthetic(input_specs(model), input_shapes=input_shapes, feeds=feeds, seed=seed)
+
+
+def compare(reference: ir.Model | bytes, candidate: ir.Model | bytes, dataset: Dataset, providers: list[str],
+            threads: int | None, output_names: list[str]) -> dict:
+    """Fidelity of candidate vs reference and accuracy of both, on ``dataset`` (the report's
+    ``fidelity``, ``accuracy`` and ``data``). The candidate's extra outputs are ignored."""
+    ref_session = session(reference, providers, threads)
+    cand_session = session(candidate, providers, threads)
+    cand_outputs = [o.name for o in cand_session.get_outputs()]
+    if len(cand_outputs) < len(output_names):
+        raise BadInput(f"the candidate has {len(cand_outputs)} outputs {cand_outputs}; the reference has "
+                       f"{len(output_names)} {output_names}")
+    ref_out = run(ref_session, dataset, "reference")
+    cand_data = feeds_for(dataset, [i.name for i in ref_session.get_inputs()],
+                          [i.name for i in cand_session.get_inputs()])
+    cand_out = run(cand_session, cand_data, "candidate")
+    fid = fidelity(ref_out, cand_out[: len(output_names)], output_names)
+    acc_ref, acc_cand = accuracy(ref_out, dataset), accuracy(cand_out, dataset)
+    if acc_ref is None:
+        reason = "synthetic data" if dataset.synthetic else ("no labels in the data" if not dataset.has_labels
+                                                              else "no classifier-shaped output")
+        acc = {"known": False, "reason": reason}
+    else:
+        acc = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,
+               "examples": dataset.samples}
+    return {"fidelity": fid, "accuracy": acc, "data": dataset.describe()}
+
+
+def run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers: list[str]) -> dict[str, list[np.ndarray]]:
+    """Runs ``proto`` with ``tensors`` (intermediate or graph outputs) as outputs: each one's value per
+    feed. Optimization stays at basic, so that fusions keep the exposed tensors."""
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    present = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in present:
+            model.graph.output.append(onnx.ValueInfoProto(name=t))
+    sess = session(model.SerializeToString(), providers, optimization="basic")
+    index = {o.name: i for i, o in enumerate(sess.get_outputs())}
+    collected: dict[str, list[np.ndarray]] = {t: [] for t in tensors if t in index}
+    for feed in feeds:
+        values = sess.run(None, feed)
+        for t in collected:
+            collected[t].append(np.asarray(values[index[t]]))
+    return {t: v for t, v in collected.items() if v}
+
+
+def _joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """One array per output: concatenated along the batch axis where shapes allow, else flattened."""
+    if all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    return np.concatenate([a.ravel() for a in arrays])
+
+
+def slice_axes(ref: list[list[np.ndarray]]) -> list[list[int]]:
+    """The channel-like axes of each reference output: found once where many candidates are scored."""
+    return [fk.channel_axes(_joined(r_list)) if r_list else [] for r_list in ref]
+
+
+def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str],
+             axes: list[list[int]] | None = None) -> dict:
+    """Per-output cosine, relative L2, max abs error, the worst slice along channel-like axes (a
+    detector's class rows), and top-1 agreement where an output is class scores (per time step for
+    sequences); plus a summary with the worst of each. ``summary["slice_cosine"]`` is the lowest
+    worst-slice cosine (the whole-output cosine for outputs without channel-like axes): the figure
+    gates use unless asked for ``whole`` (see ``figure``)."""
+    outputs = {}
+    for k, (name, r_list, c_list) in enumerate(zip(names, ref, cand)):
+        r, c = _joined(r_list), _joined(c_list)
+        if r.shape != c.shape:
+            outputs[name] = {"error": f"shape {list(c.shape)} differs from the reference's {list(r.shape)}"}
+            continue
+        if r.dtype.kind not in "fc":
+            outputs[name] = {"exact_match": float(np.mean(r == c))}
+            continue
+        entry = {"cosine": fk.cosine(r, c), "relative_l2": fk.relative_l2(r, c), "max_abs_error": fk.max_abs(r, c),
+                 "sqnr_db": _finite(fk.sqnr_db(r, c))}
+        worst = fk.worst_slice(r, c, None if axes is None else axes[k])
+        if worst is not None:
+            entry["worst_slice"] = {**worst, "sqnr_db": _finite(worst["sqnr_db"])}
+        if fk.is_class_scores(r):
+            entry["top1_agreement"] = fk.top1_agreement(r, c)
+            step = fk.worst_step_top1(r, c)
+            if step is not None:
+                entry["worst_step_top1"] = step
+        outputs[name] = entry
+    floats = {n: o for n, o in outputs.items() if "cosine" in o}
+    slices = {n: o["worst_slice"] for n, o in floats.items() if "worst_slice" in o}
+    worst_name = min(slices, key=lambda n: slices[n]["cosine"], default=None)
+    summary = {
+        "cosine": min((o["cosine"] for o in floats.values()), default=None),
+        "slice_cosine": min((o.get("worst_slice", o)["cosine"] for o in floats.values()), default=None),
+        "worst_slice": None if worst_name is None else {"output": worst_name, **slices[worst_name]},
+        "relative_l2": max((o["relative_l2"] for o in floats.values()), default=None),
+        "max_abs_error": max((o["max_abs_error"] for o in floats.values()), default=None),
+        "top1_agreement": next((o["top1_agreement"] for o in floats.values() if "top1_agreement" in o), None),
+        "shape_mismatch": [n for n, o in outputs.items() if "error" in o],
+    }
+    return {"summary": summary, "outputs": outputs}
+
+
+def figure(summary: dict, mode: str = "slice") -> float | None:
+    """The fidelity figure a gate or a guard compares: the worst slice (default) or the whole-output cosine."""
+    if mode not in FIDELITY_MODES:
+        raise ValueError(f"fidelity mode {mode!r}: expected one of {FIDELITY_MODES}")
+    return summary.get("slice_cosine") if mode == "slice" else summary.get("cosine")
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: an exact match (SQNR +inf) is reported as null."""
+    return value if np.isfinite(value) else None
+
+
+def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
+    """Top-1 accuracy of the first class-score output, where the data has labels."""
+    if not dataset.has_labels:
+        return None
+    for per_feed in outputs:
+        if per_feed and fk.is_class_scores(per_feed[0]):
+            scores = np.concatenate(per_feed, axis=0)
+            labels = np.concatenate([np.atleast_1d(l) for l in dataset.labels])
+            if len(labels) != len(scores.reshape(-1, scores.shape[-1])):
+                return None
+            return fk.accuracy(scores, labels)
+    return None
+
+
+__all__ = ["FIDELITY_MODES", "session", "offline_optimized", "run", "feeds_for", "measurement_data", "compare",
+           "run_exposed", "fidelity", "figure", "accuracy", "slice_axes", "ort_errors"]

@@ -1,0 +1,195 @@
+"""Opset conversion, in one place: down from 18 (torch's exporter) and up (the quantizer).
+
+Why mcomp has its own conversions rather than only ``onnx.version_converter``:
+
+- torch 2.13's ``torch.export``-based ONNX exporter (``torch.onnx.export(..., dynamo=True)``, which
+  mcomp uses for nn.Modules and ``.pt2`` programs) has no implementations below opset 18: a model
+  comes out at 18 at least, whatever opset was asked for. Going down to 17 (mcomp's default) is
+  left to us.
+- onnx's version converter cannot do that 18 -> 17 step: its C converter has no 18 -> 17 adapter
+  for Split, and on ReduceMean & co. (whose ``axes`` became an input in 18) it leaves an invalid
+  attribute behind. :func:`downgrade_18_to_17` rewrites what changed between 17 and 18 itself;
+  lower targets then continue with onnx's converter (:func:`downgrade_opset`). Callers that
+  export (:mod:`mcomp.torch_io`) keep the model at 18, with a warning, when this fails.
+- Upwards, onnx's converter is good enough: the quantizer raises old models to opset 13 (the
+  per-channel QuantizeLinear/DequantizeLinear need an ``axis`` attribute) or 14 (HardSwish), and
+  :func:`upgrade_opset` only wraps it, with the checker and a one-line reason on failure.
+
+:func:`mcomp.model.onnx_opset` (re-exported here) reads a model's default-domain opset.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from mcomp.errors import short
+from mcomp.model import onnx_opset
+
+__all__ = ["downgrade_18_to_17", "downgrade_opset", "onnx_opset", "upgrade_opset"]
+
+
+def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """onnx's version converter; raises ValueError with the reason when it cannot convert."""
+    from onnx import version_converter
+
+    try:
+        converted = version_converter.convert_version(proto, target)
+        onnx.checker.check_model(converted)
+    except Exception as exc:
+        raise ValueError(f"cannot upgrade opset to {target}: {short(exc, 160)}") from None
+    return converted
+
+
+def downgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """Brings a model from opset 18 (where torch's exporter starts) down to ``target``, or raises.
+
+    The 18 -> 17 step is :func:`downgrade_18_to_17`; lower targets continue with onnx's converter.
+    The result passes onnx's full check. A model already at ``target`` or below (or without a
+    default-domain opset) is returned as it is; one at another opset than 18 raises ValueError.
+    """
+    from onnx import version_converter
+
+    current = onnx_opset(proto)
+    if current is None or current <= target:
+        return proto
+    if current != 18:
+        raise ValueError(f"unexpected opset {current}")
+    converted = downgrade_18_to_17(proto)
+    if target < 17:
+        converted = version_converter.convert_version(converted, target)
+    onnx.checker.check_model(converted, full_check=True)
+    return converted
+
+
+_REDUCE_AXES_INPUT_18 = frozenset(
+    {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean",
+     "ReduceMin", "ReduceProd", "ReduceSumSquare"}
+)  # axes became an input in opset 18 (ReduceSum did so in 13)
+
+
+def downgrade_18_to_17(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrites what changed between opsets 17 and 18 into its opset-17 form, or raises.
+
+    Reduce* take constant ``axes`` as an attribute again; Split trades ``num_outputs`` for
+    explicit sizes (the split axis must be statically known); Resize and Pad
+    are accepted only without their opset-18 extras. Anything else new in 18 fails the checker.
+    """
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    if len(model.functions):
+        raise ValueError("the model has local functions")
+    graph = model.graph
+    consts: dict[str, np.ndarray] = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and len(node.output) == 1:
+            for a in node.attribute:
+                if a.name == "value":
+                    consts[node.output[0]] = numpy_helper.to_array(a.t)
+                elif a.name == "value_ints":
+                    consts[node.output[0]] = np.array(list(a.ints), dtype=np.int64)
+    shapes: dict[str, list] = {}
+    for vi in [*graph.input, *graph.output, *graph.value_info]:
+        if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
+            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    for i in graph.initializer:
+        shapes[i.name] = list(i.dims)
+
+    def attr(node, name):
+        return next((a for a in node.attribute if a.name == name), None)
+
+    def drop_attr(node, name):
+        kept = [a for a in node.attribute if a.name != name]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+
+    def visit(g) -> None:
+        for node in g.node:
+            for a in node.attribute:  # subgraphs (If, Loop, Scan)
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                for sub in a.graphs:
+                    visit(sub)
+            if node.domain not in ("", "ai.onnx"):
+                continue
+            op = node.op_type
+            if op in _REDUCE_AXES_INPUT_18:
+                noop = attr(node, "noop_with_empty_axes")
+                axes_name = node.input[1] if len(node.input) > 1 else ""
+                if axes_name:
+                    if axes_name not in consts:
+                        raise ValueError(f"{op} {node.name!r}: axes are computed, not constant")
+                    axes = [int(v) for v in np.asarray(consts[axes_name]).reshape(-1)]
+                    del node.input[1:]
+                    if axes:
+                        node.attribute.append(helper.make_attribute("axes", axes))
+                    elif noop is not None and noop.i:
+                        raise ValueError(f"{op} {node.name!r}: noop_with_empty_axes")
+                elif noop is not None and noop.i:
+                    raise ValueError(f"{op} {node.name!r}: noop_with_empty_axes")
+                drop_attr(node, "noop_with_empty_axes")
+            elif op == "Split":
+                num = attr(node, "num_outputs")
+                if num is None:
+                    continue
+                drop_attr(node, "num_outputs")
+                n = int(num.i)
+                axis_attr = attr(node, "axis")
+                axis = int(axis_attr.i) if axis_attr is not None else 0
+                shape = shapes.get(node.input[0])
+                dim = None
+                if shape is not None and -len(shape) <= axis < len(shape):
+                    dim = shape[axis]
+                # Always explicit sizes, even for equal parts: onnxruntime (1.32) merges two
+                # size-less Splits of one tensor that differ only in their number of outputs.
+                if dim is None:
+                    raise ValueError(f"Split {node.name!r}: num_outputs on an axis of unknown size")
+                chunk = -(-dim // n)
+                sizes = [chunk] * (n - 1) + [dim - chunk * (n - 1)]
+                name = f"{node.output[0]}__split_sizes"
+                graph.initializer.append(numpy_helper.from_array(np.array(sizes, dtype=np.int64), name))
+                del node.input[1:]
+                node.input.append(name)
+            elif op == "Resize":
+                for name, default in (("antialias", 0), ("keep_aspect_ratio_policy", b"stretch")):
+                    a = attr(node, name)
+                    if a is not None and (a.i if name == "antialias" else a.s) != default:
+                        raise ValueError(f"Resize {node.name!r}: {name} is new in opset 18")
+                    drop_attr(node, name)
+                if attr(node, "axes") is not None:
+                    raise ValueError(f"Resize {node.name!r}: axes is new in opset 18")
+            elif op == "Pad" and len(node.input) > 3 and node.input[3]:
+                raise ValueError(f"Pad {node.name!r}: axes is new in opset 18")
+            elif op in ("ScatterElements", "ScatterND"):
+                r = attr(node, "reduction")
+                if r is not None and r.s in (b"max", b"min"):
+                    raise ValueError(f"{op} {node.name!r}: reduction {r.s.decode()} is new in opset 18")
+
+    visit(graph)
+    # drop the constants that only fed the axes inputs rewritten above
+    used = set(o.name for o in graph.output)
+
+    def collect(g) -> None:
+        for node in g.node:
+            used.update(node.input)
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    collect(a.g)
+                for sub in a.graphs:
+                    collect(sub)
+
+    collect(graph)
+    kept_init = [i for i in graph.initializer if i.name in used]
+    if len(kept_init) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(kept_init)
+    kept_nodes = [n for n in graph.node if not (n.op_type == "Constant" and n.output and n.output[0] not in used)]
+    if len(kept_nodes) != len(graph.node):
+        del graph.node[:]
+        graph.node.extend(kept_nodes)
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 17
+    return model

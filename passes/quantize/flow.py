@@ -1,0 +1,183 @@
+"""The quantize pass's flow, the same for every scheme: prepare → full candidate → accuracy budget →
+latency guard (schemes whose objective is latency) → result. Each step may keep the input instead
+(``Unchanged``), and says why in the summary and the notes."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from mcomp import evaluate
+from mcomp.errors import BadInput
+from mcomp.model import to_bytes
+from mcomp.pass_base import Context, PassError, PassResult
+from mcomp.passes.quantize import budget as bud
+from mcomp.passes.quantize import record, schemes
+from mcomp.passes.quantize.schemes import Unchanged
+from mcomp.passes.quantize.target import detect
+
+MIN_CALIBRATION_SAMPLES = 4
+EVAL_FEEDS = 32
+GUARD_FEEDS = 4
+SENSITIVITY_FEEDS = 2
+SYNTHETIC_FEEDS = 4  # without data: fidelity and the guard run on this many standard-normal feeds
+
+
+def run(cfg, model: ir.Model, ctx: Context) -> PassResult:
+    started = time.perf_counter()
+    flow = Flow(cfg, model, ctx)
+    with tempfile.TemporaryDirectory(prefix="mcomp-quantize-") as tmp:
+        try:
+            result = flow.run(Path(tmp))
+        except Unchanged as why:
+            if flow.scheme is not None:
+                flow.scheme.discard()
+            label = flow.scheme.label if flow.scheme is not None else cfg.mode
+            flow.details["unchanged"] = str(why)
+            if flow.errors:
+                flow.details["explain"] = [{**row, "status": "float (input returned)"}
+                                           for row in record.explain(flow.errors, set(), None, [], set())]
+            return PassResult(model, False, f"{label}: input returned unchanged ({why})", flow.notes, flow.details)
+    flow.details["quantize_seconds"] = round(time.perf_counter() - started, 3)
+    return PassResult(result, True, flow.summary, flow.notes, flow.details)
+
+
+class Flow:
+    """One run of one scheme; ``build`` memoizes candidates and checks that onnxruntime loads them."""
+
+    def __init__(self, cfg, model: ir.Model, ctx: Context):
+        self.cfg, self.model, self.ctx = cfg, model, ctx
+        self.kind = schemes.get(cfg.mode)
+        self.scheme: schemes.Scheme | None = None
+        self.notes: list[str] = []
+        self.details: dict = {}
+        self.target = detect(ctx.providers)
+        self.calibration = _calibration_data(cfg, ctx, self.notes) if self.kind.calibrates else None
+        self.evaluation = evaluate.measurement_data(ctx, model, ctx.input_shapes, ctx.seed, feeds=SYNTHETIC_FEEDS)
+        if self.evaluation.synthetic and not self.kind.calibrates:
+            used = "fidelity and the latency guard" if self.kind.objective == "latency" else "fidelity"
+            self.notes.append(f"no data: {used} used synthetic inputs (standard normal)")
+        self.reference = to_bytes(model)
+        self.errors = []  # per-layer error rows, with --explain
+        self._memo: dict[tuple, onnx.ModelProto] = {}
+
+    def build(self, exclude, only=None) -> onnx.ModelProto:
+        key = (frozenset(exclude), None if only is None else frozenset(only))
+        if key not in self._memo:
+            proto = self.scheme.build(*key)
+            try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
+                evaluate.session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
+            except BadInput as exc:
+                self.notes.append(f"{self.scheme.label}: {exc}")
+                raise Unchanged("onnxruntime cannot load the quantized model") from None
+            self._memo[key] = proto
+        return self._memo[key]
+
+    def run(self, workdir: Path) -> ir.Model:
+        cfg, ctx = self.cfg, self.ctx
+        scheme = self.scheme = self.kind(cfg, ctx, self.target, workdir, self.notes, self.details)
+        scheme.setup(self.model, self.calibration)
+        self.live = [u for u in scheme.units if u.name not in scheme.user]
+        if not self.live:
+            self.notes.append("nothing to quantize: no node of the scheme's op types is left outside subgraphs, "
+                              "recurrent ops and --exclude")
+            raise Unchanged("nothing to quantize")
+        self.evaluator = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, EVAL_FEEDS), ctx.providers,
+                                       ctx.threads, ctx.fidelity)
+        ctx.progress("quantize: full candidate", 0, 1)
+        excluded = set(scheme.user)
+        score, fit, ranked = self.evaluator.score(self.build(excluded)), None, []
+        errors = self._layer_errors() if cfg.explain else None
+        self.errors = errors or []
+        budget = self._budget()
+        if not budget.holds(score, self.evaluator.reference_accuracy):
+            fit, ranked = self._fit(budget, excluded)
+            excluded |= set(fit.exclude)
+            score = fit.score
+        verdict = self._guard(excluded) if cfg.latency_guard and scheme.objective == "latency" else None
+        if verdict is not None and verdict.exclude:
+            excluded |= verdict.exclude
+            score = self.evaluator.score(self.build(excluded))
+        if errors is not None:
+            self.details["explain"] = record.explain(errors, scheme.user, fit, ranked,
+                                                     verdict.exclude if verdict else set())
+        result = scheme.result(self.build(excluded), excluded)
+        self.summary = scheme.outcome(self.model, result, excluded, score, self.evaluator, verdict)
+        return result
+
+    def _budget(self) -> bud.Budget:
+        cfg = self.cfg
+        if cfg.max_drop is not None and self.evaluator.reference_accuracy is None:
+            raise BadInput("quantize: --max-drop needs labelled data with a classifier-shaped output "
+                           "(use --min-fidelity without labels)")
+        budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, self.ctx.fidelity)
+        if not budget.active:
+            budget = bud.Budget.default(self.ctx.fidelity)
+            self.notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input")
+        self.details["budget"] = {"budget": budget.describe(), "held": True, "float_nodes": [], "trials": []}
+        return budget
+
+    def _layer_errors(self):
+        self.ctx.progress("quantize: per-layer errors", 0, 1)
+        return self.scheme.layer_errors(self.build(self.scheme.user), self.live,
+                                        self.evaluation.head(SENSITIVITY_FEEDS).feeds)
+
+    def _fit(self, budget: bud.Budget, excluded: set[str]):
+        """Ranks unit groups by damage and sends the worst back to float until ``budget`` holds."""
+        from mcomp.passes.quantize.sensitivity import rank_groups
+
+        ctx = self.ctx
+        ctx.progress("quantize: per-layer sensitivity", 0, 1)
+        quick = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, SENSITIVITY_FEEDS), ctx.providers,
+                              ctx.threads, ctx.fidelity)
+        ranked = rank_groups(self.scheme.groups(self.live), self.build, quick, excluded, self.cfg.fidelity_metric)
+        ctx.progress("quantize: accuracy budget", 0, 1)
+        fit = bud.fit(self.build, self.evaluator, budget, [g.members for g in ranked], excluded,
+                      damages=[g.damage for g in ranked])
+        self.details["budget"] = {
+            "budget": budget.describe(), "held": fit.holds, "float_nodes": fit.exclude, "trials": fit.trials,
+            "sensitivity": [{"group": g.name, "nodes": len(g.members), "damage": round(g.damage, 6)} for g in ranked]}
+        if not fit.holds or not {u.name for u in self.live} - excluded - set(fit.exclude):
+            raise self.scheme.unmet(budget)
+        groups = min(t["float_groups"] for t in fit.trials if t["holds"])
+        self.notes.append(f"{groups} most sensitive layer group(s) ({len(fit.exclude)} nodes) kept in float "
+                          f"for {budget.describe()}")
+        return fit, ranked
+
+    def _guard(self, excluded: set[str]):
+        """Measures candidates against the input; the input is kept when none is faster."""
+        from mcomp.passes.quantize.guard import guard
+
+        ctx, provider = self.ctx, self.target.provider
+        ctx.progress("quantize: latency guard", 0, 1)
+        verdict = guard(self.build, self.scheme.units, excluded, self.reference, self.evaluation.feeds[:GUARD_FEEDS],
+                        ctx.providers, ctx.threads, self.cfg.guard_runs, try_groups=self.scheme.guard_groups)
+        self.details["latency_guard"] = verdict.to_dict()
+        if not verdict.faster:
+            aa = (verdict.noise_floor or {}).get("median", 1.0)
+            self.notes.append(f"no quantized variant was faster than the input on {provider} (best ×{verdict.ratio:.3f} "
+                              f"of the input's latency, A/A ×{aa:.3f}); the input is returned unchanged "
+                              "(--no-latency-guard writes the quantized model anyway)")
+            raise Unchanged(f"not faster (best ×{verdict.ratio:.3f})")
+        if verdict.groups_reverted:
+            self.notes.append(f"sent back to float because their quantization did not pay on {provider}: "
+                              f"{', '.join(verdict.groups_reverted)} ({len(verdict.exclude)} nodes)")
+        return verdict
+
+
+def _calibration_data(cfg, ctx: Context, notes: list[str]):
+    """The calibration feeds; the pass's ``requires`` has made sure some data is there."""
+    dataset = ctx.dataset("calibration", "evaluation")
+    if dataset is None:
+        raise PassError(f"quantize: {cfg.mode} calibrates, but the context holds no data (requires() was bypassed)")
+    if dataset.samples < MIN_CALIBRATION_SAMPLES:
+        raise BadInput(f"quantize: {dataset.samples} calibration example(s) in {dataset.source} are too few to "
+                       f"calibrate activation ranges; give at least {MIN_CALIBRATION_SAMPLES} (a few hundred is typical)")
+    if dataset.synthetic:
+        notes.append("WARNING: calibrated on random data: activation ranges come from noise, not real inputs; "
+                     "accuracy is unknown and may be poor")
+    return bud.as_feeds(dataset, cfg.calibration_feeds)

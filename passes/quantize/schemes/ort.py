@@ -1,0 +1,161 @@
+"""Schemes whose candidates onnxruntime's quantizers build from one prepared graph.
+
+The builders are onnxruntime's (``quantize_static``, ``quantize_dynamic``, ``MatMulNBitsQuantizer``,
+the float16 converter); what a subclass declares is what the graph needs first: the ``opset`` it
+needs (13 whenever weights get one scale per output channel), whether MatMul + Add must stay
+MatMul (``keep_matmul``: the dynamic and weight-only kernels take MatMul), whether it takes
+``per_channel`` weights, and then which nodes it quantizes (``find``) and how (``_build``).
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import ClassVar, Iterable
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from mcomp import graph
+from mcomp.errors import BadInput
+from mcomp.passes.quantize import prepare as prep
+from mcomp.passes.quantize import record
+from mcomp.passes.quantize.exclusions import excluded_nodes
+from mcomp.passes.quantize.schemes.base import Scheme, Unit
+
+PER_CHANNEL_OPSET = 13  # Q/DQ take an ``axis`` from opset 13
+
+
+class OrtScheme(Scheme):
+    """A scheme over a graph prepared for onnxruntime's quantizer; units are top-level node names."""
+
+    opset: ClassVar[int | None] = None  # the opset it needs with per-tensor weights
+    keep_matmul: ClassVar[bool] = False
+    takes_per_channel: ClassVar[bool] = False
+
+    def setup(self, model: ir.Model, calibration) -> None:
+        self.calibration = calibration
+        self.prepared, self.per_channel = self._prepare(model)
+        self.notes += self.prepared.notes
+        self.adjust()
+        self.units = self.find()
+        self.label = self.describe()
+        self.user = excluded_nodes(self.cfg.exclude, self.prepared.proto)
+        prepared = self.prepared
+        self.details.update({
+            "mode": self.name, "scheme": self.label, "target": self.target.describe(),
+            "opset": {"input": prepared.opset_before, "output": prepared.opset},
+            "shape_inference": prepared.shape_inference, "per_channel": self.per_channel,
+            "candidate_layers": len(self.units),
+            "float_reasons": [{"node": n, "reason": r} for n, r in prepared.float_only.items()]
+                             + [{"node": n, "reason": "--exclude"} for n in sorted(self.user)]})
+
+    def _prepare(self, model: ir.Model) -> tuple[prep.Prepared, bool]:
+        """The prepared graph; per-channel falls back to per-tensor when the opset cannot be upgraded."""
+        per_channel = self.cfg.per_channel and self.takes_per_channel
+        try:
+            return prep.prepare(model, opset=PER_CHANNEL_OPSET if per_channel else self.opset,
+                                keep_matmul=self.keep_matmul), per_channel
+        except ValueError as exc:
+            if not per_channel:
+                raise BadInput(f"quantize: {exc}") from None
+            self.notes.append(f"per-channel needs opset {PER_CHANNEL_OPSET} and {exc}; quantized per-tensor instead")
+            return prep.prepare(model, opset=self.opset, keep_matmul=self.keep_matmul), False
+
+    def adjust(self) -> None:
+        """Mode-specific changes to the prepared graph, before its units are listed."""
+
+    @abc.abstractmethod
+    def find(self) -> list[Unit]:
+        """The nodes this scheme would quantize."""
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """The scheme's label in the report."""
+
+    @abc.abstractmethod
+    def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
+        """Writes the candidate to ``out``, with ``exclude`` left in float (or only ``only`` quantized)."""
+
+    @property
+    def source(self) -> Path:
+        path = self.workdir / "prepared.onnx"
+        if not path.exists():
+            onnx.save_model(self.prepared.proto, str(path))
+        return path
+
+    def build(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
+        out = self.workdir / f"candidate{self.builds}.onnx"
+        self.builds += 1
+        exclude = set(exclude) | set(self.prepared.float_only)
+        with prep.quiet():
+            self._build(exclude, out, None if only is None else sorted(set(only) - exclude))
+        proto = onnx.load(str(out))
+        out.unlink()
+        return _tidy(proto)
+
+    def groups(self, live: list[Unit]) -> list:
+        from mcomp.passes.quantize.sensitivity import layer_groups
+
+        return layer_groups(self.prepared.proto, live)
+
+    def layer_errors(self, candidate: onnx.ModelProto, live: list[Unit], feeds) -> list:
+        from mcomp.passes.quantize.sensitivity import layer_errors
+
+        return layer_errors(self.prepared.proto, candidate, live, feeds, self.ctx.providers)
+
+    def result(self, proto: onnx.ModelProto, excluded: set[str]) -> ir.Model:
+        return ir.serde.deserialize_model(proto)
+
+    def outcome(self, model, result, excluded, score, evaluator, verdict) -> str:
+        summary, details = record.outcome(model, result, self, excluded, score, evaluator, verdict)
+        self.details.update(details)
+        return summary
+
+
+def find_units(prepared: prep.Prepared, op_types: tuple[str, ...], feed) -> list[Unit]:
+    """Top-level nodes of ``op_types`` not held in float, with their weight size, MACs and depthwise flag."""
+    proto = prepared.proto
+    inits = {t.name: t for t in proto.graph.initializer}
+    macs = graph.macs_by_node(proto, {k: np.shape(v) for k, v in feed.items()}) if feed is not None else {}
+    units = []
+    for node in proto.graph.node:
+        if node.op_type not in op_types or node.domain not in ("", "ai.onnx") or node.name in prepared.float_only:
+            continue
+        depthwise = False
+        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
+            group = next((a.i for a in node.attribute if a.name == "group"), 1)
+            depthwise = group > 1 and inits[node.input[1]].dims[1] == 1
+        units.append(Unit(node.name, node.op_type, params(proto, node, inits), macs.get(node.name), depthwise))
+    return units
+
+
+def params(proto: onnx.ModelProto, node: onnx.NodeProto, inits=None) -> int:
+    """Elements of ``node``'s float weight initializers."""
+    inits = inits if inits is not None else {t.name: t for t in proto.graph.initializer}
+    return sum(int(np.prod(inits[i].dims)) for i in node.input
+               if i in inits and inits[i].data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
+
+
+def _tidy(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """What onnxruntime's quantizers leave for others to fix: repeated node names (quantizing a partly
+    quantized graph), and nodes out of order where a subgraph reads an outer value (their sort ignores
+    subgraphs; onnxruntime loads it, the onnx checker and other runtimes do not)."""
+    _unique_names(proto)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in proto.graph.node for a in n.attribute):
+        model = ir.serde.deserialize_model(proto)
+        model.graph.sort()
+        proto = ir.serde.serialize_model(model)
+    return proto
+
+
+def _unique_names(proto: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for node in proto.graph.node:
+        if node.name and node.name in seen:
+            base, i = node.name, 1
+            while f"{base}_{i}" in seen:
+                i += 1
+            node.name = f"{base}_{i}"
+        seen.add(node.name)

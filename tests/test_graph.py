@@ -1,0 +1,84 @@
+"""mcomp.graph: walkers, MACs (one formula per op, for the report and for quantization's ranking),
+and the reason given when a MACs count misses nodes."""
+
+import numpy as np
+import onnx
+import pytest
+
+from helpers import conv_bn_relu, from_text
+from mcomp import evaluate, graph
+from mcomp.model import to_proto
+
+
+def gemm(trans_a: int, trans_b: int) -> onnx.ModelProto:
+    """Y[2,5] = A·B with A [M=2, K=3] and B [K=3, N=5], each stored transposed when asked."""
+    a = [3, 2] if trans_a else [2, 3]
+    b = np.zeros((5, 3) if trans_b else (3, 5), np.float32)
+    g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["x", "w"], ["y"], transA=trans_a, transB=trans_b, name="gemm")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, a)],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2, 5])],
+        [onnx.numpy_helper.from_array(b, "w")])
+    return onnx.helper.make_model(g, opset_imports=[onnx.helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_gemm_macs_are_m_k_n_under_any_transposition(trans_a, trans_b):
+    proto = gemm(trans_a, trans_b)
+    assert graph.macs_by_node(proto) == {"gemm": 2 * 3 * 5}
+
+
+def test_macs_by_node_agrees_with_the_total_and_scales_with_the_batch():
+    model = conv_bn_relu()
+    total = graph.macs(model, {"x": (4, 3, 8, 8)})
+    by_node = graph.macs_by_node(to_proto(model), {"x": (4, 3, 8, 8)})
+    assert total.unknown == [] and total.reason is None
+    assert sum(by_node.values()) == total.total == 4 * (4 * 8 * 8) * (3 * 3 * 3)
+
+
+def test_a_count_that_misses_nodes_says_why():
+    # the MatMul's input is reshaped to a shape fed at run time: no shape inference can know it
+    model = from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[2, 6] x, int64[2] s) => (float y) <float[3, 4] w = {0,0,0,0,0,0,0,0,0,0,0,0}> {
+            r = Reshape (x, s)
+            y = MatMul (r, w)
+        }""")
+    count = graph.macs(model)
+    assert count.total == 0 and count.unknown and count.reason
+    assert "not counted" in count.reason
+
+
+def test_proto_walker_enters_subgraphs():
+    model = from_text("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (bool c, float[2] x) => (float[2] y) {
+            y = If (c) <then_branch = t () => (float[2] a) { a = Neg (x) },
+                        else_branch = e () => (float[2] b) { b = Abs (x) }>
+        }""")
+    ops = sorted(n.op_type for n in graph.proto_nodes(to_proto(model).graph))
+    assert ops == ["Abs", "If", "Neg"] and graph.node_count(model) == 3
+
+
+def test_feeds_for_renames_by_position_and_rejects_a_different_count():
+    from mcomp.data import Dataset
+    from mcomp.errors import BadInput
+
+    ds = Dataset([{"a": np.zeros(1), "b": np.ones(1)}])
+    assert evaluate.feeds_for(ds, ["a", "b"], ["a", "b"]) is ds
+    renamed = evaluate.feeds_for(ds, ["a", "b"], ["x", "y"])
+    assert list(renamed.feeds[0]) == ["x", "y"] and renamed.feeds[0]["y"][0] == 1
+    with pytest.raises(BadInput, match="do not match"):
+        evaluate.feeds_for(ds, ["a", "b"], ["x"])
+
+
+def test_measurement_data_prefers_evaluation_then_calibration_then_synthetic():
+    from mcomp.data import Dataset
+
+    model = conv_bn_relu()
+    ev, cal = Dataset([{"x": np.zeros((1, 3, 8, 8), np.float32)}], source="ev"), Dataset(
+        [{"x": np.zeros((1, 3, 8, 8), np.float32)}], source="cal")
+    assert evaluate.measurement_data({"evaluation": ev, "calibration": cal}, model) is ev
+    assert evaluate.measurement_data({"calibration": cal}, model) is cal
+    synthetic = evaluate.measurement_data({}, model, feeds=3, seed=1)
+    assert synthetic.synthetic and len(synthetic) == 3
