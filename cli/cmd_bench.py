@@ -48,4 +48,4 @@ def bench(
     doc = result.to_dict() | {"data": dataset.describe(), "input_shapes": {n: list(a.shape) for n, a in dataset.feeds[0].items()}}
     if json:
         sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
-    print_bench(doc)
+    print_bench(doc, console.information(json))

@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from mcomp.cli import console
 from mcomp.cli.options import (Arch, Data, Debug, FidelityMode, InputShape, Json, Provider, Quiet, Runs, Threads,
@@ -49,33 +50,35 @@ def compare(
     doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency}
     if json:
         sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
-    _print(doc)
+    if not console.quiet():
+        _print(doc, console.information(json))
 
 
-def _print(doc: dict) -> None:
+def _print(doc: dict, to: Console) -> None:
+    """The comparison, a line per figure, on ``to`` (stdout: the command's result; stderr under --json)."""
     fid, acc, lat = doc["fidelity"]["summary"], doc["accuracy"], doc["latency"]
     if fid["cosine"] is not None:
         worst = fid.get("worst_slice")
         slice_text = ("no output has channel-like axes" if not worst else
                       f"worst slice {worst['output']} axis {worst['axis']} [{worst['index']} of {worst['slices']}]: "
                       f"cosine {worst['cosine']:.6f}, SQNR {_db(worst['sqnr_db'])}")
-        console.say(f"fidelity ({doc['fidelity']['figure']['mode']}): {doc['fidelity']['figure']['value']:.6f}; {slice_text}")
-        console.say(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
-                    f"max |Δ| {fid['max_abs_error']:.3g}")
+        to.print(f"fidelity ({doc['fidelity']['figure']['mode']}): {doc['fidelity']['figure']['value']:.6f}; {slice_text}")
+        to.print(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
+                 f"max |Δ| {fid['max_abs_error']:.3g}")
     for name, out in doc["fidelity"]["outputs"].items():
         if out.get("top1_agreement") is not None:
             step = out.get("worst_step_top1")
-            console.say(f"top-1 agreement ({name}): {out['top1_agreement']:.2%}"
-                        + (f", worst time step {step['step']}: {step['top1_agreement']:.2%}" if step else ""))
+            to.print(f"top-1 agreement ({name}): {out['top1_agreement']:.2%}"
+                     + (f", worst time step {step['step']}: {step['top1_agreement']:.2%}" if step else ""))
     if fid["shape_mismatch"]:
-        console.say(f"outputs of different shape: {fid['shape_mismatch']}")
+        to.print(f"outputs of different shape: {fid['shape_mismatch']}")
     if acc.get("known"):
-        console.say(f"accuracy: {acc['reference']:.2%} → {acc['candidate']:.2%} ({(acc['candidate'] - acc['reference']) * 100:+.2f} pts)")
+        to.print(f"accuracy: {acc['reference']:.2%} → {acc['candidate']:.2%} ({(acc['candidate'] - acc['reference']) * 100:+.2f} pts)")
     else:
-        console.say(f"accuracy: unknown ({acc['reason']})")
+        to.print(f"accuracy: unknown ({acc['reason']})")
     floor = lat["noise_floor"]
-    console.say(f"latency: p50 {lat['reference']['p50_ms']:.3f} → {lat['candidate']['p50_ms']:.3f} ms, "
-                f"ratio ×{lat['ratio']:.3f} (A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f})")
+    to.print(f"latency: p50 {lat['reference']['p50_ms']:.3f} → {lat['candidate']['p50_ms']:.3f} ms, "
+             f"ratio ×{lat['ratio']:.3f} (A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f})")
 
 
 def _db(value: float | None) -> str:

@@ -21,7 +21,7 @@ def _run(options: dict, extra: dict, common: Common) -> dict | None:
         if scratch is not None:
             console.configure(True, False)
             common.output, common.report, common.report_md = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None
-            common.json = False
+            common.json, common.report_html = False, None
         if not extra["no_checkpoint"] and options.get("checkpoint_dir") is None:
             options["checkpoint_dir"] = default_checkpoint_dir(common.model, common.output)
         elif extra["no_checkpoint"]:

@@ -1,4 +1,4 @@
-"""``mcomp passes``: the installed passes with their options."""
+"""``mcomp passes``: the installed passes with their options, on stdout (the command's result)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,6 @@ def passes(json: Json = False, quiet: Quiet = False, debug: Debug = False) -> No
         for key, o in d["options"].items():
             kind = o.get("type", "") + (f" {o['enum']}" if "enum" in o else "")
             table.add_row(key, kind, str(o.get("default", "")), o.get("description", ""))
-        console.err.print(table)
+        console.out.print(table)
     if not described:
-        console.say("no passes installed")
+        console.out.print("no passes installed")

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from mcomp.cli import console
-from mcomp.cli.options import Arch, FidelityMode, Debug, InputShape, Json, Output, Provider, Quiet, Report, ReportMd, Threads, Trust
+from mcomp.cli.options import (Arch, Debug, FidelityMode, InputShape, Json, Output, Provider, Quiet, Report, ReportHtml,
+                               ReportMd, Threads, Trust)
 from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
 
 
@@ -17,8 +18,8 @@ def run(
     pipeline_file: Annotated[Path, typer.Argument(help="pipeline YAML (design §4)", show_default=False)],
     model: Annotated[Optional[str], typer.Argument(help="model; overrides 'model:' in the file", show_default=False)] = None,
     output: Output = None, provider: Provider = "auto", threads: Threads = None, json: Json = False,
-    report: Report = None, report_md: ReportMd = None, input_shape: InputShape = None, arch: Arch = None,
-    trust_checkpoint: Trust = False, fidelity: FidelityMode = None,
+    report: Report = None, report_md: ReportMd = None, report_html: ReportHtml = None, input_shape: InputShape = None,
+    arch: Arch = None, trust_checkpoint: Trust = False, fidelity: FidelityMode = None,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Run the steps of a pipeline file, measure the result against the input, apply its gates, write model and report.
@@ -32,7 +33,9 @@ def run(
         pipeline = load_file(pipeline_file)
         if scratch is not None:
             console.configure(True, False)
-            output, report, report_md, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", None, False
+            output, report, json = str(Path(scratch) / "model.onnx"), Path(scratch) / "r.json", False
+            report_md = report_html = None
+            pipeline = pipeline.model_copy(update={"report_html": None})  # nor the file's report_html: page
         execute(pipeline, Common(model, output=output, provider=provider, threads=threads, json=json, report=report,
-                                 report_md=report_md, input_shape=input_shape, arch=arch,
+                                 report_md=report_md, report_html=report_html, input_shape=input_shape, arch=arch,
                                  trust_checkpoint=trust_checkpoint, fidelity=fidelity))

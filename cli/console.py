@@ -1,4 +1,16 @@
-"""One shared stderr console, error mapping and progress: everything for people goes to stderr."""
+"""The two consoles, error mapping and progress.
+
+``out`` (stdout) carries the result of the commands whose result is information (``inspect``,
+``bench``, ``compare``, ``passes``), so ``mcomp inspect m.onnx | grep MACs`` works; ``err``
+(stderr) carries everything else for people: a pass command's summary (its stdout may carry the
+model), progress, warnings, errors (design §5).
+
+Both print text as it is (``markup=False``): model, tensor and file names, and a pass's own
+words, may hold ``[...]`` that rich would read as markup (``net[fp32].onnx``, a shape
+``[batch, 3, height, width]``). Colour is given with styled ``Text``, never with markup. When
+their stream is not a terminal (a pipe, a file, a CI log) they render at full width, so a piped
+table keeps whole names instead of being cut to 80 columns.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +23,32 @@ import time
 import traceback
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.text import Text
 
 from mcomp.errors import GateFailed, McompError, short
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# The width of what is rendered for a pipe or a file: wide enough for any row, so nothing is cut.
+# A table is as wide as its content, not this; plain lines are not padded.
+PIPED_WIDTH = 100_000
+
+
+class Stream(Console):
+    """A console at the terminal's width on a terminal, and at full width elsewhere (rich would
+    otherwise use 80 columns, or the width of whichever standard stream is a terminal)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        return size if self.is_terminal else ConsoleDimensions(PIPED_WIDTH, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+err = Stream(stderr=True, markup=False, highlight=False, soft_wrap=True)
+out = Stream(markup=False, highlight=False, soft_wrap=True)
 _state = {"quiet": False}
 
 
@@ -46,6 +79,12 @@ def quiet() -> bool:
     return _state["quiet"]
 
 
+def information(json: bool) -> Console:
+    """Where an information command (inspect, bench, compare, passes) prints its table: stdout, which
+    is its result; stderr when ``--json`` gives stdout to the JSON document alone."""
+    return err if json else out
+
+
 def say(message: str) -> None:
     if not _state["quiet"]:
         err.print(message)
@@ -53,8 +92,10 @@ def say(message: str) -> None:
 
 def fail(message: str, code: int) -> typer.Exit:
     """One line on stderr, then the exit code (design §5)."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False) if err.is_terminal else print(
-        f"error: {message}", file=sys.stderr)
+    if err.is_terminal:
+        err.print(Text.assemble(("error:", "bold red"), f" {message}"))
+    else:
+        print(f"error: {message}", file=sys.stderr)
     return typer.Exit(code)
 
 

@@ -31,7 +31,8 @@ from mcomp.cli.pass_command import Common, run_single_pass
 COMMON_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("output", shared.Output, None), ("data", shared.Data, None), ("provider", shared.Provider, "auto"),
     ("threads", shared.Threads, None), ("json", shared.Json, False), ("report", shared.Report, None),
-    ("report_md", shared.ReportMd, None), ("input_shape", shared.InputShape, None), ("arch", shared.Arch, None),
+    ("report_md", shared.ReportMd, None), ("report_html", shared.ReportHtml, None),
+    ("input_shape", shared.InputShape, None), ("arch", shared.Arch, None),
     ("trust_checkpoint", shared.Trust, False), ("runs", shared.Runs, 30),
 )
 FIDELITY_OPTION = ("fidelity", shared.FidelityMode, None)  # only where a check of the pass uses it
@@ -97,23 +98,32 @@ def option_for(name: str, info, spec: CommandSpec) -> tuple[Any, Any]:
     kind, optional = _unwrap_optional(info.annotation)
     flags = spec.flags.get(name) or (_flag(name, kind),)
     required = name in spec.required or info.is_required()
-    help_text = info.description or ""
+    help_text = info.description or name.replace("_", " ")  # every option says something in --help
     default = inspect.Parameter.empty if required else _default(info)
     show_default = default not in (None, inspect.Parameter.empty) and not isinstance(default, list)
     if typing.get_origin(kind) is list:
         item = (typing.get_args(kind) or (str,))[0]
         item = item if item in (str, int, float) or _choices(item) else str
         return Annotated[Optional[list[item]], typer.Option(*flags, help=help_text + "; repeatable",
-                                                             show_default=False)], None
+                                                             show_default=False, metavar=_metavar(name, item))], None
     if kind is bool:
         return Annotated[bool, typer.Option(*flags, help=help_text, show_default=True)], default
     if kind in (int, float):  # bounds in the help; the Config checks them (one line, exit 2)
         help_text += _range_text(info.metadata)
     elif kind is not str and _choices(kind) is None:
         # Anything else (a mapping, a nested model): YAML text on the command line, validated by the Config.
-        return Annotated[Optional[str], typer.Option(*flags, help=help_text + " (YAML)", show_default=False)], None
-    option = typer.Option(*flags, help=help_text, show_default=show_default)
+        return Annotated[Optional[str], typer.Option(*flags, help=help_text + " (YAML)", show_default=False,
+                                                     metavar="YAML")], None
+    option = typer.Option(*flags, help=help_text, show_default=show_default, metavar=_metavar(name, kind))
     return Annotated[Optional[kind] if optional or default is None else kind, option], default
+
+
+def _metavar(name: str, kind) -> str | None:
+    """What the value looks like, in words a user reads (not a Python type); choices list themselves."""
+    choices = _choices(kind)
+    if choices:
+        return "|".join(str(c) for c in choices)
+    return {int: "N", float: "X"}.get(kind, "PATH" if name in ("teacher", "checkpoint_dir") else "TEXT")
 
 
 def _param(name: str, annotation, default, kind=inspect.Parameter.KEYWORD_ONLY) -> inspect.Parameter:

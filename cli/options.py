@@ -18,6 +18,7 @@ Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-
 Json = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
 Report = Annotated[Optional[Path], typer.Option("--report", help="report JSON path [default: beside the output]", show_default=False)]
 ReportMd = Annotated[Optional[Path], typer.Option("--report-md", help="also write the report as Markdown", show_default=False)]
+ReportHtml = Annotated[Optional[Path], typer.Option("--report-html", help="also write the report as one self-contained HTML page with plots (no network needed to open it)", show_default=False)]
 Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or tables on stderr")]
 Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")]
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="concrete input shape, NAME=1,3,224,224 (or 1,3,224,224 for a single input); repeatable", show_default=False)]

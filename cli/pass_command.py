@@ -32,6 +32,7 @@ class Common:
     json: bool = False
     report: Path | None = None
     report_md: Path | None = None
+    report_html: Path | None = None
     input_shape: list[str] | None = None
     arch: str | None = None
     trust_checkpoint: bool = False
@@ -78,16 +79,17 @@ def execute(pipeline, common: Common) -> dict:
     shapes = parse_input_shapes(common.input_shape)
     load = model_io.LoadOptions(common.arch, common.trust_checkpoint, shapes)
     report_path = common.report or (Path(pipeline.resolve(pipeline.report)) if pipeline.report else None)
+    html_path = common.report_html or (Path(pipeline.resolve(pipeline.report_html)) if pipeline.report_html else None)
     output = common.output or pipeline.resolve(pipeline.output)
     protect = inputs_of(pipeline, common.model or pipeline.resolve(pipeline.model)) + ((output,) if output else ())
-    for path in (report_path, common.report_md):
+    for path in (report_path, common.report_md, html_path):
         if path is not None:
             model_io.check_writable(Path(path), protect=protect)
-    sides = [str(p) for p in (output, report_path, common.report_md) if p not in (None, "-")]
+    sides = [str(p) for p in (output, report_path, common.report_md, html_path) if p not in (None, "-")]
     for i, a in enumerate(sides):
         for b in sides[i + 1:]:
             if Path(a).resolve() == Path(b).resolve():
-                raise BadInput(f"{b}: named twice among the output model, --report and --report-md")
+                raise BadInput(f"{b}: named twice among the output model, --report, --report-md and --report-html")
     try:
         with console.Progress(enabled=not common.json) as progress:
             outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
@@ -102,6 +104,10 @@ def execute(pipeline, common: Common) -> dict:
         model_io.write_bytes_atomic(Path(report_path), report_io.to_json(doc).encode())
     if common.report_md is not None:
         model_io.write_bytes_atomic(Path(common.report_md), report_io.to_markdown(doc).encode())
+    if html_path is not None:  # matplotlib is imported here, and only here
+        from mcomp import report_html
+
+        model_io.write_bytes_atomic(Path(html_path), report_html.to_html(doc).encode())
     if common.json:
         sys.stdout.write(report_io.to_json(doc))
     print_report(doc)

@@ -20,11 +20,11 @@ import numpy as np
 import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcomp import shapes
 from mcomp.errors import BadInput, short
 from mcomp.session import TensorSpec, input_specs
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-DEFAULT_DYNAMIC_DIM = 32  # a symbolic non-batch dim in synthetic data, unless --input-shape says otherwise
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Dataset:
     synthetic: bool = False
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    shapes: dict[str, shapes.InputShape] | None = None  # synthetic data: the shapes it was made at, and why
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -48,7 +49,8 @@ class Dataset:
         return self.labels is not None
 
     def head(self, n: int) -> "Dataset":
-        return Dataset(self.feeds[:n], None if self.labels is None else self.labels[:n], self.synthetic, self.source, self.notes)
+        return Dataset(self.feeds[:n], None if self.labels is None else self.labels[:n], self.synthetic, self.source,
+                       self.notes, self.shapes)
 
     def describe(self) -> dict:
         return {"source": self.source, "feeds": len(self.feeds), "samples": self.samples,
@@ -79,7 +81,7 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
     if isinstance(spec, ImageFolderSpec):
         return _load_images(spec, specs)
     if str(spec) == "random":
-        return synthetic(specs, input_shapes=input_shapes, feeds=synthetic_feeds, seed=seed)
+        return synthetic(specs, input_shapes=input_shapes, feeds=synthetic_feeds, seed=seed, model=model)
     path = Path(spec)
     if not path.exists():
         raise BadInput(f"{path}: no such data file or folder")
@@ -200,34 +202,44 @@ def _fmt(shape) -> str:
 
 
 def concrete_shape(spec: TensorSpec, input_shapes: dict[str, tuple[int, ...]] | None) -> tuple[int, ...]:
-    """The input's shape with its dynamic dims filled: from --input-shape, else batch 1 and 32."""
+    """The input's shape with its dynamic dims filled: from --input-shape, else as ``mcomp.shapes``
+    assumes (batch 1, image 224, others 32)."""
     if input_shapes and spec.name in input_shapes:
         shape = tuple(input_shapes[spec.name])
         check_shape(np.broadcast_to(np.uint8(0), shape), TensorSpec(spec.name, spec.dtype, spec.shape), "--input-shape")
         return shape
     if spec.shape is None:
         raise BadInput(f"input {spec.name!r} has no shape in the model; give it with --input-shape {spec.name}=...")
-    return tuple(d if isinstance(d, int) else (1 if i == 0 else DEFAULT_DYNAMIC_DIM) for i, d in enumerate(spec.shape))
+    return shapes.fill(spec).shape
 
 
-def synthetic(specs: list[TensorSpec], *, input_shapes=None, feeds: int = 8, seed: int = 0) -> Dataset:
-    """Seeded synthetic inputs: standard normal floats, zeros for integer and boolean inputs."""
+def synthetic(specs: list[TensorSpec], *, input_shapes=None, feeds: int = 8, seed: int = 0,
+              model: ir.Model | None = None) -> Dataset:
+    """Seeded synthetic inputs: standard normal floats, zeros for integer and boolean inputs. With
+    ``model``, dynamic dims are resolved by ``mcomp.shapes`` (metadata, shared dim names); the
+    Dataset keeps those shapes, so a failure at an assumed shape can say how to set one."""
     rng = np.random.default_rng(seed)
     unknown = set(input_shapes or {}) - {s.name for s in specs}
     if unknown:
         raise BadInput(f"--input-shape names unknown inputs {sorted(unknown)}; model inputs: {[s.name for s in specs]}")
-    shapes = {s.name: concrete_shape(s, input_shapes) for s in specs}
+    resolved = shapes.resolve(model, given=input_shapes) if model is not None else {}
+    for s in specs:
+        shape = concrete_shape(s, input_shapes)  # checks --input-shape against the static dims
+        if s.name not in resolved:
+            given = s.name in (input_shapes or {})
+            resolved[s.name] = shapes.InputShape(s.name, shape, "--input-shape") if given else shapes.fill(s)
     out = []
     for _ in range(feeds):
         feed = {}
         for s in specs:
+            shape = resolved[s.name].shape
             if s.dtype.kind == "f":
-                feed[s.name] = rng.standard_normal(shapes[s.name]).astype(s.dtype)
+                feed[s.name] = rng.standard_normal(shape).astype(s.dtype)
             else:
-                feed[s.name] = np.zeros(shapes[s.name], dtype=s.dtype)
+                feed[s.name] = np.zeros(shape, dtype=s.dtype)
         out.append(feed)
     notes = ["synthetic inputs (standard normal); accuracy unknown, fidelity on noise"]
-    return Dataset(out, None, True, "random", notes)
+    return Dataset(out, None, True, "random", notes, resolved)
 
 
 def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec]) -> Dataset:

@@ -12,12 +12,14 @@ from __future__ import annotations
 import abc
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict
 
 from mcomp.errors import BadInput, McompError
+
+if TYPE_CHECKING:  # the graph library is imported where a pass runs, not where its command's help is built
+    import onnx_ir as ir
 
 
 class PassConfig(BaseModel):
@@ -126,6 +128,8 @@ class Pass(abc.ABC):
         return [need for need in self.requires() if not present.intersection(need.roles)]
 
     def __call__(self, model: ir.Model, ctx: Context | None = None) -> PassResult:
+        import onnx_ir as ir
+
         ctx = ctx or Context()
         for need in self.missing(role for role, ds in ctx.data.items() if ds is not None):
             raise BadInput(f"{self.name}: needs data: {need.why} (--data PATH)")

@@ -9,7 +9,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from mcomp import bench, data, evaluate, graph, report, session
+from mcomp import bench, data, evaluate, graph, report, session, shapes
 from mcomp import model as model_io
 from mcomp.errors import BadInput, ConfigError, GateFailed
 from mcomp.pass_base import Context
@@ -54,12 +54,41 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
 
     request.progress("loading model", 0, 1)
     loaded = model_io.load(model_spec, load_options)
-    input_shapes = data.bind_input_shapes(input_shapes, loaded.model)
-    reference_bytes = model_io.to_bytes(loaded.model)
-    datasets = _load_data(pipeline, loaded.model, input_shapes)
+    given = data.bind_input_shapes(input_shapes, loaded.model)
+    datasets = _load_data(pipeline, loaded.model, given)
+    resolved = resolve_shapes(loaded.model, given, datasets)
+    input_shapes = shapes.concrete(resolved)  # what every pass, MAC count and synthetic feed uses
     ctx = Context(reference=loaded.model, data=datasets, provider=pipeline.provider,
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
                   fidelity=pipeline.measure.fidelity, progress=request.progress)
+    try:
+        return _run(pipeline, request, passes, loaded, ctx, resolved, given, output, protect, started)
+    except BadInput as exc:  # a model failing at a shape mcomp assumed: say so, and how to set one
+        hint = shapes.assumed_note(resolved) if _synthetic(datasets) else ""
+        if not hint or hint in str(exc):
+            raise
+        raise type(exc)(f"{exc}{hint}") from None
+
+
+def resolve_shapes(model: ir.Model, given, datasets: dict[str, data.Dataset]) -> dict[str, shapes.InputShape]:
+    """The shapes of the report's figures: one example of the measurement data (evaluation, else
+    calibration), else --input-shape, else the model's own, else assumed."""
+    source = next((datasets[r] for r in ("evaluation", "calibration") if r in datasets), None)
+    if source is not None and source.synthetic and source.shapes:
+        return source.shapes
+    feed = source.feeds[0] if source is not None and source.feeds and not source.synthetic else None
+    return shapes.resolve(model, given=given, feed=feed)
+
+
+def _synthetic(datasets: dict[str, data.Dataset]) -> bool:
+    return not any(r in datasets and not datasets[r].synthetic for r in ("evaluation", "calibration"))
+
+
+def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, resolved, given,
+         output: str, protect: tuple[str, ...], started: float) -> Outcome:
+    """The steps, the measurement against the input, the gates and the write."""
+    input_shapes, datasets, providers = ctx.input_shapes, ctx.data, ctx.providers
+    reference_bytes = model_io.to_bytes(loaded.model)
 
     current = loaded.model  # shared with the reference until an in-place pass needs its own copy
     steps = []
@@ -78,13 +107,15 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
                                output_names=[s.name for s in session.output_specs(loaded.model)])
     latency = None
     if pipeline.measure.latency:
-        latency = measure_latency(reference_bytes, candidate_bytes, evaluation, providers, pipeline)
+        latency = measure_latency(reference_bytes, candidate_bytes, evaluation, providers, pipeline,
+                                  specs=session.input_specs(loaded.model), given=given)
 
     doc = report.build(
         command=request.command, source=loaded.source, reference=loaded.model, candidate=current,
         steps=steps, datasets=datasets, evaluation=evaluation, quality=quality, latency=latency,
-        providers=providers, threads=pipeline.threads, input_shapes=input_shapes,
+        providers=providers, threads=pipeline.threads, input_shapes=resolved,
         seconds=time.perf_counter() - started)
+    doc["warnings"] = report.warnings(doc, output)  # a result much worse than its input, with what to do next
     failures = check_gates(pipeline, doc)
     doc["gates"] = failures["table"]
     if failures["failed"]:
@@ -149,15 +180,21 @@ def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, d
 
 
 def measure_latency(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],
-                    pipeline: Pipeline) -> dict:
-    result = bench.interleaved([("reference", reference), ("candidate", candidate)], dataset.feeds[:4],
+                    pipeline: Pipeline, *, specs=None, given=None) -> dict:
+    """Candidate vs reference, interleaved, on feeds the user would run: one example of the data
+    (its batch dims cut to 1, or to the batch of --input-shape), not a calibration file's batch of
+    16 timed as one run. The entry says the feed shapes timed."""
+    batch = shapes.given_batch(specs or [], given or {})
+    feeds = [shapes.example_feed(f, specs, batch) if specs else f for f in dataset.feeds[:4]]
+    result = bench.interleaved([("reference", reference), ("candidate", candidate)], feeds,
                                providers=providers, threads=pipeline.threads, warmup=pipeline.measure.warmup,
                                runs=pipeline.measure.runs, provider_label=session.provider_name(providers))
     ref, cand = result.models
     return {"ratio": cand.ratio, "speedup": (1 / cand.ratio) if cand.ratio else None,
             "reference": ref.to_dict(), "candidate": cand.to_dict(),
             "noise_floor": result.noise_floor.to_dict() if result.noise_floor else None,
-            "method": "interleaved A/B rounds, spinning off; ratio = median of per-round candidate/reference"}
+            "method": "interleaved A/B rounds, spinning off; ratio = median of per-round candidate/reference",
+            "feed_shapes": {name: list(array.shape) for name, array in feeds[0].items()} if feeds else {}}
 
 
 def check_gates(pipeline: Pipeline, doc: dict) -> dict:

@@ -69,6 +69,7 @@ class Pipeline(BaseModel):
     measure: Measure = Measure()
     output: str | None = None
     report: str | None = None
+    report_html: str | None = None  # also the report as an HTML page; relative to the file, like report
     base_dir: Path = Path(".")
 
     def resolve(self, path: str | None) -> str | None:

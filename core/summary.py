@@ -4,7 +4,9 @@ opsets, ops, parameters, non-zeros, bytes by dtype, MACs. Built on ``mcomp.graph
 Parameters are the element counts of the initializers (in every graph, subgraphs included)
 and of floating-point ``Constant`` nodes, where some exporters keep every weight; integer
 Constant nodes (shapes, axes) are counted apart as ``constant_elements``.
-MACs: see ``mcomp.graph.macs``; a count that misses nodes says which and why.
+MACs: see ``mcomp.graph.macs``; a count that misses nodes says which and why. They are counted at
+the shapes ``mcomp.shapes`` resolves (given dims, else the model's own, else assumed and said so),
+the same shapes synthetic data and latency use, so the MACs and the latency in one table agree.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from mcomp import shapes
 from mcomp.graph import macs, node_count, op_histogram, weight_tensors
 from mcomp.model import onnx_opset
 from mcomp.session import input_specs, output_specs
@@ -60,9 +63,11 @@ def nonzero_parameters(model: ir.Model) -> int:
 
 
 def describe(model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict:
-    """The ``mcomp inspect`` record (also the model entries of the report)."""
+    """The ``mcomp inspect`` record (also the model entries of the report). ``input_shapes`` may
+    name some inputs or dims only; the rest are resolved as ``mcomp.shapes`` says."""
     counts, by_dtype, constants = tensor_counts(model)
-    mac_count = macs(model, input_shapes)
+    resolved = shapes.resolve(model, given=input_shapes)
+    mac_count = macs(model, shapes.concrete(resolved))
     return {
         "inputs": [s.describe() | {"dynamic_dims": s.dynamic_dims} for s in input_specs(model)],
         "outputs": [s.describe() | {"dynamic_dims": s.dynamic_dims} for s in output_specs(model)],
@@ -81,5 +86,6 @@ def describe(model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None
         "macs": mac_count.total,
         "macs_unknown_nodes": mac_count.unknown,
         "macs_unknown_reason": mac_count.reason,
-        "macs_input_shapes": {k: list(v) for k, v in (input_shapes or {}).items()} or "dynamic dims = 1",
+        "macs_input_shapes": {k: list(v) for k, v in shapes.concrete(resolved).items()},
+        "input_shapes": shapes.describe(resolved),
     }

@@ -69,7 +69,10 @@ def keep_channels(scores: np.ndarray, keep: int) -> np.ndarray:
 
 def rounded_keep(channels: int, rate: float, round_to: int) -> int:
     """Channels kept when removing ``rate`` of ``channels``, rounded to a multiple of ``round_to``
-    (never below ``round_to`` or one, never above ``channels``)."""
+    (never below ``round_to`` or one, never above ``channels``). A rate of 0 keeps every channel:
+    rounding to the multiple alone would cut (20 → 16, since Python rounds halves to even)."""
+    if rate <= 0:
+        return channels
     keep = channels * (1.0 - rate)
     if round_to > 1 and channels >= round_to:
         keep = max(round_to, int(round(keep / round_to)) * round_to)

@@ -81,7 +81,7 @@ def test_the_guard_measures_both_models_and_decides_by_the_recorded_ratio(runs):
         said = re.search(r"latency ×([0-9.]+) of the input", step["summary"])
         assert said and abs(float(said.group(1)) - guard["ratio"]) <= 0.006, step["summary"]
     else:
-        said = re.fullmatch(r"not faster \(best ×([0-9.]+)\)", step["changes"]["unchanged"])
+        said = re.match(r"(?:not faster|latency too noisy to tell) \(.*best ×([0-9.]+)\)", step["changes"]["unchanged"])
         assert said and abs(float(said.group(1)) - guard["ratio"]) <= 0.0006, step["changes"]["unchanged"]
         assert any("returned unchanged" in n for n in step["notes"])
 

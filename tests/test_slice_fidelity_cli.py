@@ -74,10 +74,10 @@ def test_the_report_shows_the_worst_slice_beside_the_whole_cosine(runs):
 def test_compare_leads_with_the_worst_slice_and_whole_keeps_the_old_figure(runs):
     res, whole = runs["compare"], runs["compare-whole"]
     assert res.returncode == 0, res.explain()
-    lead = next(line for line in res.err_lines if line.startswith("fidelity"))
+    lead = next(line for line in res.out.splitlines() if line.startswith("fidelity"))
     assert lead.startswith("fidelity (slice): 0.") and float(lead.split()[2].rstrip(";")) < 0.5
     assert "worst slice y axis 1" in lead
-    lead = next(line for line in whole.err_lines if line.startswith("fidelity"))
+    lead = next(line for line in whole.out.splitlines() if line.startswith("fidelity"))
     assert lead.startswith("fidelity (whole):") and float(lead.split()[2].rstrip(";")) > 0.99
 
 

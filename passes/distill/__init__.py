@@ -25,13 +25,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import onnx_ir as ir
 from pydantic import Field
 
-from mcomp.kernels.schedules import KINDS
+from mcomp.kernels.schedules import KINDS  # pure Python: the choices of ``schedule``
 from mcomp.pass_base import Context, Need, Pass, PassConfig, PassResult
+
+if TYPE_CHECKING:  # imported where the pass runs, so `mcomp distill --help` stays fast
+    import onnx_ir as ir
 
 
 class Distill(Pass):

@@ -11,15 +11,15 @@ steps:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import onnx_ir as ir
 from pydantic import Field
 
-from mcomp import evaluate
 from mcomp.errors import short
-from mcomp.graph import copy, node_count
 from mcomp.pass_base import Context, Pass, PassConfig, PassResult
+
+if TYPE_CHECKING:  # the graph and runtime modules are imported where the pass runs (fast --help)
+    import onnx_ir as ir
 
 LEVELS = ("none", "basic", "extended", "all")
 
@@ -49,6 +49,9 @@ class Optimize(Pass):
         return PORTABLE_STAGES
 
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
+        from mcomp import evaluate
+        from mcomp.graph import node_count
+        from mcomp.passes.optimize import portable
         from mcomp.passes.optimize.verify import OutputCheck
 
         cfg = self.config
@@ -76,8 +79,9 @@ class Optimize(Pass):
         if cfg.level != "none" and "onnxruntime" not in cfg.skip:
             ctx.progress(f"optimize: onnxruntime {cfg.level}", 0, 1)
             current, _ = self._try("onnxruntime", f"onnxruntime offline optimizer, level {cfg.level}", current,
-                                   lambda m: evaluate.offline_optimized(m, cfg.level, ctx.providers), check, records,
-                                   functional=True)
+                                   lambda m: portable.after_onnxruntime(
+                                       evaluate.offline_optimized(m, cfg.level, ctx.providers), cfg.level, m),
+                                   check, records, functional=True)
         notes = []
         if cfg.level in ("extended", "all"):
             notes.append(f"level {cfg.level!r} writes onnxruntime-specific ops for {ctx.providers[0]}; "
@@ -100,6 +104,8 @@ class Optimize(Pass):
         A third-party library (onnxscript's optimizer and rules, onnxruntime) failing on an odd graph
         rejects the stage and the run goes on; a failure in mcomp's own code (its rules, the stage
         plumbing) is a bug and propagates as an internal error (see ``raised_by_mcomp``)."""
+        from mcomp.graph import copy, node_count
+
         record = records.setdefault(name, {"name": name, "description": description, "applied": 0,
                                            "rejected": 0, "nodes_removed": 0, "kept": True, "reason": None,
                                            "max_abs_error": 0.0})
@@ -111,10 +117,13 @@ class Optimize(Pass):
             elif not apply(candidate):
                 return current, False
         except Exception as exc:  # noqa: BLE001 - re-raised unless a third-party library raised it
-            if raised_by_mcomp(exc):
+            from mcomp.passes.optimize.portable import StageRejected
+
+            refused = isinstance(exc, StageRejected)  # a result mcomp refuses on purpose (not portable)
+            if not refused and raised_by_mcomp(exc):
                 raise
             record.update(rejected=record["rejected"] + 1, kept=record["applied"] > 0,
-                          reason=f"failed: {type(exc).__name__}: {short(exc, 160)}")
+                          reason=str(exc) if refused else f"failed: {type(exc).__name__}: {short(exc, 160)}")
             return current, False
         verdict = check(candidate)
         if not verdict.ok:

@@ -21,16 +21,16 @@ steps:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import numpy as np
-import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 from pydantic import Field, model_validator
 
 from mcomp.errors import ConfigError
 from mcomp.pass_base import ANY_DATA, Context, Need, Pass, PassConfig, PassResult
 from mcomp.passes.prune import criteria
+
+if TYPE_CHECKING:  # numpy and the graph library are imported where the pass runs (fast --help)
+    import onnx_ir as ir
 
 UNSTRUCTURED = criteria.names("weights")  # methods that zero weights: each names its criterion
 STRUCTURED = ("structured", "merge")
@@ -89,6 +89,9 @@ class Prune(Pass):
         return ()
 
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
+        import onnx_ir as ir
+        import onnx_ir.passes.common as ir_passes
+
         ir.passes.PassManager([ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)])(model)
         before = _sizes(model)
         if self.config.method in UNSTRUCTURED:
@@ -103,6 +106,8 @@ class Prune(Pass):
         return result
 
     def _unstructured(self, model: ir.Model, ctx: Context) -> PassResult:
+        import numpy as np
+
         from mcomp.passes.prune import unstructured as un
         from mcomp.summary import tensor_counts
 

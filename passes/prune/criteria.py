@@ -30,12 +30,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-import numpy as np
-
-from mcomp.kernels import importance as imp
-
 if TYPE_CHECKING:
+    import numpy as np
+
     from mcomp.passes.prune.structured.groups import Member
+
+
+class _Kernels:
+    """``mcomp.kernels.importance``, imported on the first score: the prune command's help reads the
+    criteria's names from here and should not pay for numpy."""
+
+    def __getattr__(self, name: str):
+        from mcomp.kernels import importance
+
+        return getattr(importance, name)
+
+
+imp = _Kernels()
 
 
 @dataclass(frozen=True)

@@ -18,14 +18,16 @@ steps:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import onnx_ir as ir
 from pydantic import Field, model_validator
 
 from mcomp.errors import BadInput
 from mcomp.pass_base import Context, Need, Pass, PassConfig, PassResult
 from mcomp.passes.quantize import schemes
+
+if TYPE_CHECKING:  # onnx and onnxruntime are imported where the pass runs (fast --help)
+    import onnx_ir as ir
 
 
 class Quantize(Pass):

@@ -150,13 +150,23 @@ class Flow:
 
     def _guard(self, excluded: set[str]):
         """Measures candidates against the input; the input is kept when none is faster."""
-        from mcomp.passes.quantize.guard import guard
+        from mcomp.passes.quantize.guard import guard, noisy
 
         ctx, provider = self.ctx, self.target.provider
         ctx.progress("quantize: latency guard", 0, 1)
         verdict = guard(self.build, self.scheme.units, excluded, self.reference, self.evaluation.feeds[:GUARD_FEEDS],
                         ctx.providers, ctx.threads, self.cfg.guard_runs, try_groups=self.scheme.guard_groups)
         self.details["latency_guard"] = verdict.to_dict()
+        if not verdict.faster and noisy(verdict.noise_floor):
+            floor = verdict.noise_floor
+            band = f"A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f}"
+            self.details["latency_guard"]["noisy"] = True
+            self.notes.append(f"the latency measurement on {provider} was too noisy to tell whether quantization pays: "
+                              f"the input against itself varied {band} (best candidate ×{verdict.ratio:.3f}); the "
+                              f"input is returned unchanged. Rerun with more --guard-runs (now {self.cfg.guard_runs}) "
+                              "or on a quieter machine (--no-latency-guard writes the quantized model anyway)")
+            raise Unchanged(f"latency too noisy to tell ({band}, best ×{verdict.ratio:.3f}); "
+                            "try more --guard-runs or a quieter machine")
         if not verdict.faster:
             aa = (verdict.noise_floor or {}).get("median", 1.0)
             self.notes.append(f"no quantized variant was faster than the input on {provider} (best ×{verdict.ratio:.3f} "

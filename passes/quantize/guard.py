@@ -43,6 +43,15 @@ def measure(models: list[tuple[str, bytes]], feeds, providers, threads, runs: in
                   result.noise_floor.to_dict() if result.noise_floor else None)
 
 
+NOISY_BAND = 1.5  # A/A p90/p10 above this: the machine was too busy for the guard to tell a gain from noise
+
+
+def noisy(noise_floor: dict | None) -> bool:
+    """Whether the input against itself varied so much (p90/p10 > ``NOISY_BAND``) that "not faster" would
+    say more about the machine than about the model: the message then says so, and what to do."""
+    return bool(noise_floor) and noise_floor["p90"] > NOISY_BAND * max(noise_floor["p10"], 1e-9)
+
+
 def threshold(noise_floor: dict | None) -> float:
     """The ratio a candidate must reach to count as faster: below 1 and below the A/A median, by ``GAIN``."""
     return min(1.0, noise_floor["median"] if noise_floor else 1.0) - GAIN

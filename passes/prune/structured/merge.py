@@ -27,7 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.kernels.importance import rounded_keep
-from mcomp.passes.prune.structured.driver import DEFAULT_ROUND_TO, default_input_shapes, measure, select
+from mcomp.passes.prune.structured.driver import DEFAULT_ROUND_TO, measure, select
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
 from mcomp.passes.prune.structured.paths import map_path
 from mcomp.passes.prune.structured.prepare import const, infer_shapes, prepare
@@ -44,10 +44,10 @@ def merge_similar(model: ir.Model, *, rate: float, round_to: int = DEFAULT_ROUND
     if not 0 <= rate < 1:
         raise ValueError("rate must be in [0, 1)")
     prepare(model)
-    shapes = input_shapes or default_input_shapes(model)
+    shapes = input_shapes or None  # the shapes the report counts MACs at (None: dynamic dims = 1)
     params0, macs0 = measure(model, shapes)
     report = StructuredReport("merge", rate, "similarity", round_to, parameters_before=params0, macs_before=macs0,
-                              macs_input_shapes={k: list(v) for k, v in shapes.items()})
+                              macs_input_shapes={k: list(v) for k, v in shapes.items()} if shapes else None)
     for group in find_groups(model, prepared=True):
         record = GroupRecord(group.id, group.chain, group.channels, group.channels, reason=group.reason)
         report.groups.append(record)

@@ -1,0 +1,54 @@
+"""What onnxruntime's offline optimizer writes, made honest about the opsets it needs.
+
+onnxruntime's ``optimized_model_filepath`` output declares an opset import for every domain the
+runtime knows (``com.microsoft``, ``com.microsoft.nchwc``, ``org.pytorch.aten`` …) whether or not
+a node uses it; a model written at level ``basic`` (portable ONNX) then looks as if it needed
+onnxruntime, and strict runtimes refuse the unknown domains. The imports no node uses are
+dropped at every level; at level ``basic`` a node of a non-standard domain that the optimizer
+added (one the input already held is the input's business) means the result is not portable,
+and the stage is rejected with the reason.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from mcomp.graph import all_nodes
+
+STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})  # the domains every ONNX runtime implements
+
+
+class StageRejected(Exception):
+    """A stage's result is not acceptable for a reason other than its outputs: the stage is dropped
+    with this message as its reason (the run goes on, unlike an error in mcomp's own code)."""
+
+
+def drop_unused_opsets(model: ir.Model) -> ir.Model:
+    """Removes the opset imports of domains that no node (in any graph or function) uses; in place."""
+    ir.passes.PassManager([ir_passes.RemoveUnusedOpsetsPass()])(model)
+    return model
+
+
+def foreign_ops(model: ir.Model) -> dict[str, int]:
+    """``domain::Op`` → count of the nodes outside the standard domains and the model's own functions."""
+    local = {f.domain for f in model.functions.values()}
+    found: dict[str, int] = {}
+    for node in all_nodes(model):
+        if node.domain not in STANDARD_DOMAINS and node.domain not in local:
+            key = f"{node.domain}::{node.op_type}"
+            found[key] = found.get(key, 0) + 1
+    return found
+
+
+def after_onnxruntime(model: ir.Model, level: str, before: ir.Model) -> ir.Model:
+    """The offline optimizer's result (``model``, from ``before``) with only the opsets it uses; at level
+    ``basic``, no more non-standard ops than ``before`` held."""
+    drop_unused_opsets(model)
+    held = foreign_ops(before)
+    added = {op: n - held.get(op, 0) for op, n in foreign_ops(model).items() if n > held.get(op, 0)}
+    if level == "basic" and added:
+        ops = ", ".join(f"{op} ×{n}" for op, n in sorted(added.items()))
+        raise StageRejected(f"level basic must write portable ONNX, but onnxruntime's result holds non-standard "
+                            f"ops ({ops})")
+    return model
