@@ -144,14 +144,14 @@ def command(function):
 class Progress:
     """Progress on stderr through one helper (design §5): a live status line on a terminal;
     elsewhere (CI, ``make`` logs) a plain line at most every ``MCOMP_PROGRESS_SECONDS`` seconds
-    (default 15), so a long step is never silent while a short one prints nothing. Silent with
+    (default 10), so a long step is never silent while a short one prints nothing. Silent with
     -q, or when the caller disables it (--json)."""
 
     def __init__(self, enabled: bool) -> None:
         on = enabled and not _state["quiet"]
         self.enabled = on and err.is_terminal
         self.plain = on and not err.is_terminal
-        self.every = _seconds(os.environ.get("MCOMP_PROGRESS_SECONDS"), 15.0)
+        self.every = _seconds(os.environ.get("MCOMP_PROGRESS_SECONDS"), 10.0)
         self._last = time.monotonic()
         self._status = None
 

@@ -112,7 +112,8 @@ def execute(pipeline, common: Common) -> dict:
         sys.stdout.write(report_io.to_json(doc))
     print_report(doc)
     if report_path is not None:
-        console.say(f"wrote {outcome.output} and {report_path}")
+        verb = "replaced" if outcome.replaced else "wrote"
+        console.say(f"{verb} {outcome.output} and {report_path}")
     return doc
 
 

@@ -77,6 +77,10 @@ DataSpec = str | Path | ImageFolderSpec
 def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None = None,
          batch_size: int = 16, synthetic_feeds: int = 8, seed: int = 0) -> Dataset:
     """Loads data for ``model`` and checks it against the model's inputs (names, ranks, static dims)."""
+    if isinstance(spec, str) and spec.startswith("builtin:"):  # the packaged data sets, as in pipeline files
+        from mcomp.embedded import builtin_path
+
+        spec = str(builtin_path(spec[len("builtin:"):]))
     specs = input_specs(model)
     if isinstance(spec, ImageFolderSpec):
         return _load_images(spec, specs)

@@ -54,8 +54,14 @@ class LoadOptions:
 
 
 def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
-    """Loads an ONNX model or a PyTorch checkpoint from a path, or ONNX from stdin (``-``)."""
+    """Loads an ONNX model or a PyTorch checkpoint from a path, ``builtin:NAME``, or ONNX from stdin (``-``)."""
+    if str(spec).startswith("builtin:"):
+        from mcomp.embedded import builtin_path
+
+        spec = builtin_path(str(spec)[len("builtin:"):])
     if str(spec) == "-":
+        if sys.stdin.isatty():
+            raise BadInput("-: stdin is a terminal; pipe a model in (mcomp … - < model.onnx) or give a path")
         data = sys.stdin.buffer.read()
         if not data:
             raise BadInput("stdin: empty input, expected an ONNX model")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class Outcome:
     report: dict
     model: ir.Model
     output: str | None  # where the model was written (None when a gate failed)
+    replaced: bool = False  # a file was already there (a rebuild overwrites, like a compiler's -o, and says so)
 
 
 def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
@@ -44,7 +46,11 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     output = request.output or pipeline.resolve(pipeline.output) or str(
         model_io.default_output(beside, pipeline.steps[-1].name))
     protect = inputs_of(pipeline, model_spec)
+    if output == "-" and sys.stdout.isatty():
+        raise BadInput("-o -: stdout is a terminal, not a file; redirect it (> model.onnx) or give -o PATH")
     if output != "-":
+        if not request.output and pipeline.output:  # a pipeline file's output folder is made when missing
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
         model_io.check_writable(Path(output), protect=protect)
     input_shapes = {k: tuple(v) for k, v in (pipeline.input_shape or {}).items()} or request.load.input_shapes
     load_options = model_io.LoadOptions(request.load.arch, request.load.trust_checkpoint, input_shapes)
@@ -120,10 +126,11 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     doc["gates"] = failures["table"]
     if failures["failed"]:
         raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
+    replaced = output != "-" and Path(output).exists()
     written = model_io.save(current, output, protect=protect)
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
-    return Outcome(doc, current, output)
+    return Outcome(doc, current, output, replaced)
 
 
 def check_needs(pipeline: Pipeline, passes: list) -> None:

@@ -188,7 +188,7 @@ def test_plain_progress_lines_are_throttled_and_quiet_silences_them(monkeypatch,
     monkeypatch.setattr(console.time, "monotonic", lambda: now[0])
     console.configure(quiet=False)
     with console.Progress(enabled=True) as progress:
-        for t, done in ((101, 1), (116, 2), (120, 3), (131, 4)):  # every 15 s by default
+        for t, done in ((101, 1), (116, 2), (120, 3), (131, 4)):  # every 10 s by default
             now[0] = t
             progress("distill: epoch 1/9 · batch", done, 9)
     assert capsys.readouterr().err.splitlines() == ["distill: epoch 1/9 · batch (2/9)", "distill: epoch 1/9 · batch (4/9)"]

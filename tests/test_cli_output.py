@@ -1,0 +1,55 @@
+"""Where output goes (design §5): a terminal never gets protobuf or waits on stdin, a rebuild that
+replaces a file says so, a pipeline's output folder is made, and builtin: assets work as MODEL."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+from clirun import DIGITS, run_mcomp
+
+
+def _with_terminal(args: list[str], cwd, *, stdin_tty: bool = False, stdout_tty: bool = False):
+    """Runs mcomp with stdin and/or stdout on a pseudo-terminal; stderr captured."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mcomp", *args], cwd=cwd, timeout=300,
+                              stdin=follower if stdin_tty else subprocess.DEVNULL,
+                              stdout=follower if stdout_tty else subprocess.PIPE, stderr=subprocess.PIPE)
+    finally:
+        os.close(follower)
+        os.close(leader)
+    return proc.returncode, proc.stderr.decode()
+
+
+def test_model_to_a_terminal_is_refused_in_one_line(tmp_path):
+    code, err = _with_terminal(["optimize", str(DIGITS), "-o", "-", "--runs", "3"], tmp_path, stdout_tty=True)
+    assert code == 2 and "stdout is a terminal" in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_from_a_terminal_is_refused_in_one_line(tmp_path):
+    code, err = _with_terminal(["inspect", "-"], tmp_path, stdin_tty=True)
+    assert code == 2 and "stdin is a terminal" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_rebuild_says_it_replaced_the_output(tmp_path):
+    first = run_mcomp("optimize", "builtin:digits", "--runs", "3", cwd=tmp_path)
+    second = run_mcomp("optimize", "builtin:digits", "--runs", "3", cwd=tmp_path)
+    assert first.returncode == 0 and second.returncode == 0, second.explain()
+    assert "wrote digits.optimize.onnx" in first.stderr and "replaced digits.optimize.onnx" in second.stderr
+    assert (tmp_path / "digits.optimize.onnx").exists()  # beside the caller, not inside the package
+
+
+def test_a_pipeline_output_folder_is_made_and_builtin_works_everywhere(tmp_path):
+    (tmp_path / "p.yaml").write_text("model: builtin:digits\nsteps:\n  - optimize: {}\nmeasure: {runs: 3}\n"
+                                     "output: build/deep/o.onnx\n")
+    ran = run_mcomp("run", "p.yaml", cwd=tmp_path)
+    assert ran.returncode == 0 and (tmp_path / "build/deep/o.onnx").exists(), ran.explain()
+    shown = run_mcomp("inspect", "builtin:digits", cwd=tmp_path)
+    assert shown.returncode == 0 and "MACs" in shown.out, shown.explain()
+    compared = run_mcomp("compare", "builtin:digits", "build/deep/o.onnx", "--data", "builtin:digits-eval",
+                         "--runs", "3", cwd=tmp_path)
+    assert compared.returncode == 0 and "fidelity" in compared.out, compared.explain()
