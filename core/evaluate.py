@@ -43,7 +43,9 @@ def _options(threads: int | None = None, *, spinning: bool = True, optimization:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # Fatal only: onnxruntime's error lines ("[E:onnxruntime:…]", coloured) would reach the user's stderr
+    # beside mcomp's own one-line error; the same failure arrives as the exception mcomp reports.
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
     if not spinning:
