@@ -175,6 +175,7 @@ def _torch_nets():
 
 
 @pytest.mark.realmodel
+@pytest.mark.slow  # ~11 s: make test-slow
 def test_real_yolo_c2f(tmp_path):
     nets = _torch_nets()
     path = nets.export(nets.YoloBlock(), (1, 3, 64, 64), tmp_path / "yolo.onnx", dynamic_batch=True)

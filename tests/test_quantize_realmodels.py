@@ -39,7 +39,12 @@ def quantized(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("name", realmodels.all_models())
+def _rec_slow(names):
+    """ppocr-rec takes about a minute to quantize: in make test-slow, the others in make test."""
+    return [pytest.param(n, marks=pytest.mark.slow) if n == "ppocr-rec" else n for n in names]
+
+
+@pytest.mark.parametrize("name", _rec_slow(realmodels.all_models()))
 def test_default_loads_and_keeps_the_outputs(quantized, name):
     rm, loaded, result = quantized(name)
     proto = model_io.to_proto(result.model)
@@ -61,7 +66,7 @@ def test_default_loads_and_keeps_the_outputs(quantized, name):
             assert worst is None or worst["cosine"] > 0.9, (name, worst)
 
 
-@pytest.mark.parametrize("name", ["ppocr-cls", "ppocr-det", "ppocr-rec"])
+@pytest.mark.parametrize("name", _rec_slow(["ppocr-cls", "ppocr-det", "ppocr-rec"]))
 def test_opset_11_and_12_inputs_are_upgraded_and_the_report_says_so(quantized, name):
     rm, loaded, result = quantized(name)
     before = model_io.onnx_opset(loaded.model)
