@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pty
 import subprocess
 import sys
 import time
@@ -65,13 +66,36 @@ def mcomp_argv(*args) -> list[str]:
     return [sys.executable, "-m", "mcomp", *(str(a) for a in args)]
 
 
-def run_mcomp(*args, cwd: Path, stdin: bytes | None = None, timeout: float = HANG_TIMEOUT) -> Result:
+def run_mcomp(*args, cwd: Path, stdin: bytes | None = None, timeout: float = HANG_TIMEOUT,
+              terminal: tuple[str, ...] = ()) -> Result:
+    """``mcomp *args`` in ``cwd``; stdin gets ``stdin`` (or nothing) through a pipe, stdout and stderr are captured.
+
+    ``terminal`` names streams ("stdin", "stdout") to put on a pseudo-terminal instead, as a person's shell
+    would: what the command writes there is not read back (``stdout`` is then b"")."""
+    unknown = set(terminal) - {"stdin", "stdout"}
+    if unknown:
+        raise ValueError(f"terminal takes 'stdin' and 'stdout', not {sorted(unknown)}")
+    if "stdin" in terminal and stdin is not None:
+        raise ValueError("stdin is either bytes through a pipe or a terminal, not both")
     argv = mcomp_argv(*args)
+    streams: dict = {"stderr": subprocess.PIPE}
+    leader = follower = None
+    if terminal:
+        leader, follower = pty.openpty()
+    if "stdin" in terminal:
+        streams["stdin"] = follower
+    else:
+        streams["input"] = stdin if stdin is not None else b""
+    streams["stdout"] = follower if "stdout" in terminal else subprocess.PIPE
     start = time.perf_counter()
-    proc = subprocess.run(argv, cwd=cwd, input=stdin if stdin is not None else b"", capture_output=True,
-                          timeout=timeout, env=_env())
-    return Result(["mcomp", *argv[3:]], proc.returncode, proc.stdout, proc.stderr.decode("utf-8", errors="replace"),
-                  time.perf_counter() - start, folder=Path(cwd))
+    try:
+        proc = subprocess.run(argv, cwd=cwd, timeout=timeout, env=_env(), **streams)
+    finally:
+        for fd in (follower, leader):
+            if fd is not None:
+                os.close(fd)
+    return Result(["mcomp", *argv[3:]], proc.returncode, proc.stdout or b"",
+                  proc.stderr.decode("utf-8", errors="replace"), time.perf_counter() - start, folder=Path(cwd))
 
 
 def run_shell(script: str, *, cwd: Path, timeout: float = HANG_TIMEOUT) -> Result:

@@ -3,25 +3,13 @@ replaces a file says so, a pipeline's output folder is made, and builtin: assets
 
 from __future__ import annotations
 
-import os
-import pty
-import subprocess
-import sys
-
 from clirun import DIGITS, run_mcomp
 
 
 def _with_terminal(args: list[str], cwd, *, stdin_tty: bool = False, stdout_tty: bool = False):
     """Runs mcomp with stdin and/or stdout on a pseudo-terminal; stderr captured."""
-    leader, follower = pty.openpty()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "mcomp", *args], cwd=cwd, timeout=300,
-                              stdin=follower if stdin_tty else subprocess.DEVNULL,
-                              stdout=follower if stdout_tty else subprocess.PIPE, stderr=subprocess.PIPE)
-    finally:
-        os.close(follower)
-        os.close(leader)
-    return proc.returncode, proc.stderr.decode()
+    res = run_mcomp(*args, cwd=cwd, terminal=("stdin",) * stdin_tty + ("stdout",) * stdout_tty)
+    return res.returncode, res.stderr
 
 
 def test_model_to_a_terminal_is_refused_in_one_line(tmp_path):

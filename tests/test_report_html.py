@@ -12,12 +12,12 @@ import copy
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
+from clirun import run_mcomp
 from mcomp import report, report_html
 
 ASSETS = Path(report.__file__).resolve().parent / "assets"
@@ -142,14 +142,14 @@ def test_markdown_has_notes_data_and_human_numbers():
 def test_cli_writes_the_page_and_never_over_the_input(tmp_path):
     model = ASSETS / "digits_cnn.onnx"
     page = tmp_path / "r.html"
-    argv = [sys.executable, "-m", "mcomp", "optimize", str(model), "-o", str(tmp_path / "o.onnx"), "--runs", "3", "-q"]
-    done = subprocess.run(argv + ["--report-html", str(page)], capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr
+    args = ["optimize", model, "-o", tmp_path / "o.onnx", "--runs", "3", "-q"]
+    done = run_mcomp(*args, "--report-html", page, cwd=tmp_path)
+    assert done.returncode == 0, done.explain()
     html = page.read_text()
     assert html.count("<svg") >= 3 and _external_refs(html) == []
     before = model.read_bytes()
-    refused = subprocess.run(argv + ["--report-html", str(model)], capture_output=True, text=True, timeout=900)
-    assert refused.returncode == 2 and "overwrite" in refused.stderr
+    refused = run_mcomp(*args, "--report-html", model, cwd=tmp_path)
+    assert refused.returncode == 2 and "overwrite" in refused.stderr, refused.explain()
     assert model.read_bytes() == before
 
 
