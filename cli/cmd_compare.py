@@ -28,7 +28,7 @@ def compare(
 
     Example: mcomp compare model.onnx model.optimize.onnx --data eval.npz
     """
-    from mcomp import data as data_io, evaluate, model as model_io, pipeline, session
+    from mcomp import bench, data as data_io, evaluate, model as model_io, pipeline, session, shapes as shapes_io
     from mcomp.errors import BadInput
 
     if fidelity not in evaluate.FIDELITY_MODES:
@@ -38,16 +38,23 @@ def compare(
     shapes = parse_input_shapes(input_shape)
     options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
     ref, cand = model_io.load(reference, options), model_io.load(candidate, options)
+    # unrelated models (outputs matched neither by name nor by count and shape) are refused before any run
+    evaluate.match_outputs(session.output_specs(ref.model), session.output_specs(cand.model), where=cand.source.path)
     shapes = data_io.bind_input_shapes(shapes, ref.model)
     dataset = data_io.load(data or "random", ref.model, input_shapes=shapes)
+    resolved = pipeline.resolve_shapes(ref.model, shapes, {"evaluation": dataset})
     providers = session.resolve_providers(provider)
     ref_bytes, cand_bytes = model_io.to_bytes(ref.model), model_io.to_bytes(cand.model)
-    quality = evaluate.compare(ref_bytes, cand_bytes, dataset, providers, threads,
-                               [s.name for s in session.output_specs(ref.model)])
     settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
-    latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings)
+    with bench.hint_assumed_shapes(resolved, dataset.synthetic):  # a failure at a guessed shape says so
+        quality = evaluate.compare(ref_bytes, cand_bytes, dataset, providers, threads,
+                                   [s.name for s in session.output_specs(ref.model)])
+        # one example per timed run, as the pass commands time it (not the data file's whole batch)
+        latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings,
+                                           specs=session.input_specs(ref.model), given=shapes)
     quality["fidelity"]["figure"] = {"mode": fidelity, "value": evaluate.figure(quality["fidelity"]["summary"], fidelity)}
-    doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency}
+    doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency,
+           "shapes": shapes_io.describe(resolved)}
     if json:
         sys.stdout.write(jsonlib.dumps(doc, indent=2) + "\n")
     if not console.quiet():
@@ -55,7 +62,11 @@ def compare(
 
 
 def _print(doc: dict, to: Console) -> None:
-    """The comparison, a line per figure, on ``to`` (stdout: the command's result; stderr under --json)."""
+    """The comparison, a line per figure, on ``to`` (stdout: the command's result; stderr under --json),
+    ending with the shapes every figure was measured at and where they came from."""
+    from mcomp.cli.cmd_bench import per_run
+    from mcomp.report import measured_at
+
     fid, acc, lat = doc["fidelity"]["summary"], doc["accuracy"], doc["latency"]
     if fid["cosine"] is not None:
         worst = fid.get("worst_slice")
@@ -77,8 +88,10 @@ def _print(doc: dict, to: Console) -> None:
     else:
         to.print(f"accuracy: unknown ({acc['reason']})")
     floor = lat["noise_floor"]
-    to.print(f"latency: p50 {lat['reference']['p50_ms']:.3f} → {lat['candidate']['p50_ms']:.3f} ms, "
+    fed = next(iter(lat.get("feed_shapes", {}).values()), [1])
+    to.print(f"latency {per_run(fed[0] if fed else 1)}: p50 {lat['reference']['p50_ms']:.3f} → {lat['candidate']['p50_ms']:.3f} ms, "
              f"ratio ×{lat['ratio']:.3f} (A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f})")
+    to.print(f"measured at {measured_at(doc.get('shapes') or {})}")
 
 
 def _db(value: float | None) -> str:

@@ -53,10 +53,17 @@ SPEC = CommandSpec(
     required=("teacher",),
     extra=(
         ("eval_data", Annotated[Optional[str], typer.Option(
-            "--eval-data", help="held-out data for the report's accuracy [default: --data]", show_default=False)], None),
-        ("no_checkpoint", Annotated[bool, typer.Option("--no-checkpoint", help="write no checkpoints")], False),
+            "--eval-data", help="held-out data for the report's accuracy [default: --data]", show_default=False,
+            metavar="PATH", rich_help_panel="Validation and checkpoints")], None),
+        ("no_checkpoint", Annotated[bool, typer.Option("--no-checkpoint", help="write no checkpoints",
+                                                              rich_help_panel="Validation and checkpoints")], False),
     ),
     run=_run,
+    panels={"Learning rate": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "lr_decay",
+                              "lr_step_epochs", "lr_power", "min_lr", "clip_grad"),
+            "Objective": ("temperature", "alpha", "hints", "hint_weight", "keep_sparsity", "init_from_teacher"),
+            "Validation and checkpoints": ("val_split", "monitor", "patience", "checkpoint_dir", "resume"),
+            "Processes and device": ("nproc", "device", "seed")},
     help="""Train STUDENT to match TEACHER (soft targets at a temperature, plus the labels where --data has some).
 
     Examples: mcomp distill model.prune.onnx --teacher model.onnx --data train.npz --eval-data eval.npz;

@@ -13,7 +13,7 @@ from mcomp.cli.options import Arch, Debug, InputShape, Quiet, Trust, parse_input
 @console.command
 def export(
     checkpoint: Annotated[str, typer.Argument(help="TorchScript archive, torch.export .pt2, state_dict (with --arch) or pickled module (with --trust-checkpoint)", show_default=False)],
-    output: Annotated[str, typer.Option("-o", "--output", help="ONNX path, or - for stdout", show_default=False)],
+    output: Annotated[str, typer.Option("-o", "--output", metavar="PATH", help="ONNX path, or - for stdout", show_default=False)],
     input_shape: InputShape = None, arch: Arch = None, trust_checkpoint: Trust = False,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:

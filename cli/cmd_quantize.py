@@ -28,8 +28,12 @@ SPEC = CommandSpec(
     flags={"per_channel": ("--per-channel/--per-tensor",), "keep_io_types": ("--keep-io-types/--fp16-io",)},
     extra=(("min_speedup", Annotated[Optional[float], typer.Option(
         "--min-speedup", help="gate: fail with exit 3 (nothing written) below this speed-up over the input",
-        show_default=False)], None),),
+        show_default=False, metavar="X", rich_help_panel="Accuracy and speed guards")], None),),
     run=_run,
+    panels={"Calibration (static)": ("calibration", "percentile", "calibration_feeds", "symmetric", "activations",
+                                     "max_range_ratio"),
+            "Accuracy and speed guards": ("max_drop", "min_fidelity", "fidelity_metric", "latency_guard", "guard_runs",
+                                          "explain")},
     help="""Quantize; the written model is never slower than the input on --provider, and stays within the accuracy budget.
 
     Examples: mcomp quantize model.onnx --data calib.npz (static int8, uint8 activations on x86);

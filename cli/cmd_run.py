@@ -15,7 +15,7 @@ from mcomp.cli.pass_command import Common, execute, rank_scratch, torchrun_rank
 
 @console.command
 def run(
-    pipeline_file: Annotated[Path, typer.Argument(help="pipeline YAML: model, data, steps, gate, output (see the README)", show_default=False)],
+    pipeline_file: Annotated[Path, typer.Argument(metavar="PIPELINE.yaml", help="pipeline YAML: model, data, steps, gate, output (see the README)", show_default=False)],
     model: Annotated[Optional[str], typer.Argument(help="model; overrides 'model:' in the file", show_default=False)] = None,
     output: Output = None, provider: Provider = "auto", threads: Threads = None, json: Json = False,
     report: Report = None, report_md: ReportMd = None, report_html: ReportHtml = None, input_shape: InputShape = None,

@@ -18,6 +18,7 @@ import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
 import time
 import traceback
@@ -91,7 +92,9 @@ def say(message: str) -> None:
 
 
 def fail(message: str, code: int) -> typer.Exit:
-    """One line on stderr, then the exit code (design §5)."""
+    """One line on stderr, then the exit code (design §5). Whitespace is collapsed here, once for every
+    message: a quoted library error or a YAML problem may hold newlines."""
+    message = " ".join(str(message).split())
     if err.is_terminal:
         err.print(Text.assemble(("error:", "bold red"), f" {message}"))
     else:
@@ -101,30 +104,47 @@ def fail(message: str, code: int) -> typer.Exit:
 
 @contextlib.contextmanager
 def guard(debug: bool = False):
-    """Maps mcomp's typed errors to one line and an exit code; the traceback only with --debug."""
+    """Maps mcomp's typed errors to one line and an exit code; the traceback only with --debug. Ctrl-C
+    raises KeyboardInterrupt while the command runs (so its temporary files are removed on the way
+    out), whatever the program does with it before and after (``cli.main`` exits at once)."""
+    with _interrupt_raises():
+        try:
+            yield
+        except typer.Exit:
+            raise
+        except GateFailed as exc:
+            if exc.report is not None and not quiet():
+                from mcomp.cli.render import print_report
+
+                print_report(exc.report)
+            if debug:
+                traceback.print_exc()
+            raise fail(str(exc), exc.exit_code) from None
+        except McompError as exc:
+            if debug:
+                traceback.print_exc()
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; nothing was written", 130) from None
+        except Exception as exc:  # an internal failure: say so, in one line, unless --debug
+            if debug:
+                traceback.print_exc()
+            text = short(exc, 300)
+            raise fail(f"internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1) from None
+
+
+@contextlib.contextmanager
+def _interrupt_raises():
+    """SIGINT raises KeyboardInterrupt inside, as Python's default; the handler before is restored after."""
+    try:
+        before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread, where no signal is delivered anyway
+        before = None
     try:
         yield
-    except typer.Exit:
-        raise
-    except GateFailed as exc:
-        if exc.report is not None and not quiet():
-            from mcomp.cli.render import print_report
-
-            print_report(exc.report)
-        if debug:
-            traceback.print_exc()
-        raise fail(str(exc), exc.exit_code) from None
-    except McompError as exc:
-        if debug:
-            traceback.print_exc()
-        raise fail(str(exc), exc.exit_code) from None
-    except KeyboardInterrupt:
-        raise fail("interrupted; nothing was written", 130) from None
-    except Exception as exc:  # an internal failure: say so, in one line, unless --debug
-        if debug:
-            traceback.print_exc()
-        text = short(exc, 300)
-        raise fail(f"internal error: {type(exc).__name__}: {text} (rerun with --debug for the traceback)", 1) from None
+    finally:
+        if before is not None:  # None also for a handler not set from Python, which cannot be put back
+            signal.signal(signal.SIGINT, before)
 
 
 def command(function):
@@ -145,7 +165,12 @@ class Progress:
     """Progress on stderr through one helper (design §5): a live status line on a terminal;
     elsewhere (CI, ``make`` logs) a plain line at most every ``MCOMP_PROGRESS_SECONDS`` seconds
     (default 10), so a long step is never silent while a short one prints nothing. Silent with
-    -q, or when the caller disables it (--json)."""
+    -q, or when the caller disables it (--json).
+
+    A step that reports counts (``total > 1``) shows them, and how long is left once one unit is
+    done (``quantize: latency guard  12/90  ~2:41 left``): a bare spinner for minutes does not say
+    whether to wait or to stop. The estimate is per description (``Eta``); on a terminal it counts
+    down between reports, since one unit of a long step may take many seconds."""
 
     def __init__(self, enabled: bool) -> None:
         on = enabled and not _state["quiet"]
@@ -154,24 +179,67 @@ class Progress:
         self.every = _seconds(os.environ.get("MCOMP_PROGRESS_SECONDS"), 10.0)
         self._last = time.monotonic()
         self._status = None
+        self.eta = Eta()
 
     def __enter__(self):
         if self.enabled:
-            self._status = err.status("starting")
+            self._status = err.status(self.eta)  # rendered on every refresh: the ETA counts down
             self._status.__enter__()
         return self
 
     def __call__(self, description: str, done: int, total: int) -> None:
-        text = f"{description} ({done}/{total})" if total > 1 else description
+        self.eta.update(description, done, total)
         if self._status is not None:
-            self._status.update(text)
+            self._status.update(self.eta)
         elif self.plain and time.monotonic() - self._last >= self.every:
             self._last = time.monotonic()
-            print(text, file=sys.stderr, flush=True)
+            print(self.eta.line(), file=sys.stderr, flush=True)
 
     def __exit__(self, *exc):
         if self._status is not None:
             self._status.__exit__(*exc)
+
+
+class Eta:
+    """The progress line: ``description  k/N  ~M:SS left``. The rate is measured from the first report
+    of this description (a new description, or counts that go back, start a new measurement), so an
+    estimate appears only once a unit has been done since then; before that, and for ``total <= 1``,
+    the line holds what is known."""
+
+    def __init__(self) -> None:
+        self.description, self.done, self.total = "starting", 0, 0
+        self._start = self._since = self._first = 0.0
+        self._rate: float | None = None  # seconds per unit
+
+    def update(self, description: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if description != self.description or done < self.done:  # a new step, or a new loop of it
+            self._start, self._first, self._rate = now, done, None
+        self.description, self.done, self.total, self._since = description, done, total, now
+        if done > self._first and now > self._start:
+            self._rate = (now - self._start) / (done - self._first)
+
+    def left(self) -> float | None:
+        """Seconds left, counted down since the last report; None while unknown."""
+        if self._rate is None or self.total <= 1:
+            return None
+        return max(0.0, self._rate * (self.total - self.done) - (time.monotonic() - self._since))
+
+    def line(self) -> str:
+        if self.total <= 1:
+            return self.description
+        left = self.left()
+        return f"{self.description}  {self.done}/{self.total}" + ("" if left is None else f"  ~{clock(left)} left")
+
+    def __rich__(self) -> Text:
+        return Text(self.line())
+
+
+def clock(seconds: float) -> str:
+    """``2:41``, ``1:02:03``: a duration as people read a countdown."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def _seconds(text: str | None, default: float) -> float:

@@ -6,7 +6,9 @@ description as help. The options every model-writing command shares (``-o``, ``-
 ``--provider`` …, ``-q``, ``--debug``) are added once, here. A built-in pass may add a
 ``CommandSpec`` in its ``cli/cmd_NAME.py`` for what is about the command rather than the pass
 (other flag spellings, a gate, a second data set); a third-party pass found through the
-``mcomp.passes`` entry points gets its command with no code in ``cli/``.
+``mcomp.passes`` entry points gets its command with no code in ``cli/``. In help the pass's own
+options come first, in a panel of their own ("Quantize options", or the panels its Config's
+fields name), then the shared panels (``cli/helpformat.py``).
 
 typer builds commands from function signatures, so a command here is a function whose
 ``__signature__`` is assembled from the Config; typer reads it as it would a hand-written one.
@@ -14,6 +16,7 @@ typer builds commands from function signatures, so a command here is a function 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 import typing
@@ -28,12 +31,13 @@ from mcomp.cli import options as shared
 from mcomp.cli.pass_command import Common, run_single_pass
 
 # The options every model-writing command takes, in the order help shows them.
+# Each names its help panel (options.py); the pass's own options come first, in a panel of their own.
 COMMON_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
-    ("output", shared.Output, None), ("data", shared.Data, None), ("provider", shared.Provider, "auto"),
-    ("threads", shared.Threads, None), ("json", shared.Json, False), ("report", shared.Report, None),
-    ("report_md", shared.ReportMd, None), ("report_html", shared.ReportHtml, None),
-    ("input_shape", shared.InputShape, None), ("arch", shared.Arch, None),
-    ("trust_checkpoint", shared.Trust, False), ("runs", shared.Runs, 30),
+    ("data", shared.Data, None), ("input_shape", shared.InputShape, None), ("runs", shared.Runs, 30),
+    ("provider", shared.Provider, "auto"), ("threads", shared.Threads, None),
+    ("output", shared.Output, None), ("report", shared.Report, None), ("report_md", shared.ReportMd, None),
+    ("report_html", shared.ReportHtml, None), ("json", shared.Json, False),
+    ("arch", shared.Arch, None), ("trust_checkpoint", shared.Trust, False),
 )
 FIDELITY_OPTION = ("fidelity", shared.FidelityMode, None)  # only where a check of the pass uses it
 OUTPUT_CONTROL = (("quiet", shared.Quiet, False), ("debug", shared.Debug, False))
@@ -52,6 +56,12 @@ class CommandSpec:
     # Runs the step: (options, extra values, Common) → report; default: a one-step pipeline.
     run: Callable[[dict, dict, Common], dict] | None = None
     help: str | None = None  # the command's help [default: the pass class's docstring]
+    panel: str | None = None  # the help panel of the pass's own options [default: "Quantize options"]
+    # Further panels for some of them, in help order: {"Calibration": ("calibration", "percentile")}.
+    panels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def panel_of(self, name: str) -> str | None:
+        return next((panel for panel, names in self.panels.items() if name in names), None)
 
 
 def pass_command(cls, spec: CommandSpec | None = None) -> Callable[..., None]:
@@ -83,7 +93,9 @@ def pass_command(cls, spec: CommandSpec | None = None) -> Callable[..., None]:
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = spec.help or (cls.__doc__ or cls.summary or cls.name)
     command.__name__ = cls.name.replace("-", "_")
-    return console.command(command)
+    command = console.command(command)
+    command.panel = spec.panel or f"{cls.name.replace('-', ' ').capitalize()} options"  # see helpformat.HelpCommand
+    return command
 
 
 def option_names(cls, spec: CommandSpec | None = None) -> set[str]:
@@ -99,23 +111,26 @@ def option_for(name: str, info, spec: CommandSpec) -> tuple[Any, Any]:
     flags = spec.flags.get(name) or (_flag(name, kind),)
     required = name in spec.required or info.is_required()
     help_text = info.description or name.replace("_", " ")  # every option says something in --help
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    # A Config may group its fields in help: Field(..., json_schema_extra={"panel": "Calibration"}).
+    option = functools.partial(typer.Option, *flags, rich_help_panel=extra.get("panel") or spec.panel_of(name))
     default = inspect.Parameter.empty if required else _default(info)
     show_default = default not in (None, inspect.Parameter.empty) and not isinstance(default, list)
     if typing.get_origin(kind) is list:
         item = (typing.get_args(kind) or (str,))[0]
         item = item if item in (str, int, float) or _choices(item) else str
-        return Annotated[Optional[list[item]], typer.Option(*flags, help=help_text + "; repeatable",
-                                                             show_default=False, metavar=_metavar(name, item))], None
+        return Annotated[Optional[list[item]], option(help=help_text + "; repeatable", show_default=False,
+                                                      metavar=_metavar(name, item))], None
     if kind is bool:
-        return Annotated[bool, typer.Option(*flags, help=help_text, show_default=True)], default
+        return Annotated[bool, option(help=help_text, show_default=True)], default
     if kind in (int, float):  # bounds in the help; the Config checks them (one line, exit 2)
         help_text += _range_text(info.metadata)
     elif kind is not str and _choices(kind) is None:
         # Anything else (a mapping, a nested model): YAML text on the command line, validated by the Config.
-        return Annotated[Optional[str], typer.Option(*flags, help=help_text + " (YAML)", show_default=False,
-                                                     metavar="YAML")], None
-    option = typer.Option(*flags, help=help_text, show_default=show_default, metavar=_metavar(name, kind))
-    return Annotated[Optional[kind] if optional or default is None else kind, option], default
+        return Annotated[Optional[str], option(help=help_text + " (YAML)", show_default=False, metavar="YAML")], None
+    help_text = _choice_paragraphs(help_text, _choices(kind) or ())
+    value = option(help=help_text, show_default=show_default, metavar=_metavar(name, kind))
+    return Annotated[Optional[kind] if optional or default is None else kind, value], default
 
 
 def _metavar(name: str, kind) -> str | None:
@@ -123,7 +138,19 @@ def _metavar(name: str, kind) -> str | None:
     choices = _choices(kind)
     if choices:
         return "|".join(str(c) for c in choices)
-    return {int: "N", float: "X"}.get(kind, "PATH" if name in ("teacher", "checkpoint_dir") else "TEXT")
+    words = {"teacher": "PATH", "checkpoint_dir": "PATH", "teacher_arch": "MODULE:FACTORY", "hints": "STUDENT=TEACHER",
+             "exclude": "NAME|OP"}
+    return {int: "N", float: "X"}.get(kind, words.get(name, "TEXT"))
+
+
+def _choice_paragraphs(text: str, choices: tuple) -> str:
+    """A description that says what each choice does ("static: …; dynamic: …; fp16") gets a
+    paragraph per choice in --help, so a user scans the modes instead of reading one long line."""
+    parts = [part.strip() for part in text.split("; ")]
+    if len(parts) < 2 or len(parts) != len(choices) or any(
+            part.partition(":")[0] != str(choice) for part, choice in zip(parts, choices)):
+        return text
+    return "\n\n".join(parts)
 
 
 def _param(name: str, annotation, default, kind=inspect.Parameter.KEYWORD_ONLY) -> inspect.Parameter:

@@ -1,4 +1,7 @@
-"""Shared option types, so that --provider or -o mean the same in every command (design §5)."""
+"""Shared option types, so that --provider or -o mean the same in every command (design §5).
+
+Each names the help panel it shows in (``cli/helpformat.py``) and the word for its value
+(``--threads N``, ``--data PATH|random``), so every command's help groups and words them alike."""
 
 from __future__ import annotations
 
@@ -8,25 +11,39 @@ from typing import Annotated, Optional
 
 import typer
 
+from mcomp.cli.helpformat import CHECKPOINTS, DATA, GENERAL, OUTPUT
 from mcomp.errors import BadInput
 
 ModelArg = Annotated[str, typer.Argument(help="ONNX model, PyTorch checkpoint, or - for stdin", show_default=False)]
-Output = Annotated[Optional[str], typer.Option("-o", "--output", help="output model path, or - for stdout [default: <stem>.<pass>.onnx beside the input]", show_default=False)]
-Data = Annotated[Optional[str], typer.Option("--data", help=".npz/.npy keyed by input name (optional 'labels'), an image folder, or 'random'", show_default=False)]
-Provider = Annotated[str, typer.Option("--provider", help="execution provider: cpu, cuda or auto (CUDA where available)")]
-Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-op threads [default: onnxruntime's]", show_default=False)]
-Json = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout")]
-Report = Annotated[Optional[Path], typer.Option("--report", help="report JSON path [default: beside the output]", show_default=False)]
-ReportMd = Annotated[Optional[Path], typer.Option("--report-md", help="also write the report as Markdown", show_default=False)]
-ReportHtml = Annotated[Optional[Path], typer.Option("--report-html", help="also write the report as one self-contained HTML page with plots (no network needed to open it)", show_default=False)]
-Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress or tables on stderr")]
-Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks on errors")]
-InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="concrete input shape, NAME=1,3,224,224 (or 1,3,224,224 for a single input); repeatable", show_default=False)]
-Arch = Annotated[Optional[str], typer.Option("--arch", help="module:factory (or file.py:factory) that builds the module for a state_dict checkpoint", show_default=False)]
-Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="allow unpickling a whole module (runs code from the file)")]
-FidelityMode = Annotated[Optional[str], typer.Option("--fidelity", help="what fidelity checks and gates compare: slice (the worst slice along each output's channel-like axes, e.g. a detector's class rows) or whole (one cosine per flattened output) [default: slice]", show_default=False)]
-Runs = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency")]
-Warmup = Annotated[int, typer.Option("--warmup", min=0, help="untimed rounds before timing")]
+Output = Annotated[Optional[str], typer.Option("-o", "--output", help="output model path, or - for stdout [default: <stem>.<pass>.onnx beside the input]", show_default=False, rich_help_panel=OUTPUT, metavar="PATH")]
+Data = Annotated[Optional[str], typer.Option("--data", help=".npz/.npy keyed by input name (optional 'labels'), an image folder, or 'random'", show_default=False, rich_help_panel=DATA, metavar="PATH|random")]
+def _provider(value: str) -> str:
+    """An unknown --provider is a usage error (one line, exit 2) before any work; see session.check_provider.
+    A known one returns at once: session imports onnxruntime, which help and completion must not pay for."""
+    if value in ("cpu", "cuda", "auto"):
+        return value
+    from mcomp.session import check_provider
+
+    try:
+        return check_provider(value)
+    except BadInput as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+Provider = Annotated[str, typer.Option("--provider", help="execution provider: cpu, cuda or auto (CUDA where available)", rich_help_panel=DATA, metavar="cpu|cuda|auto", callback=_provider)]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-op threads [default: onnxruntime's]", show_default=False, rich_help_panel=DATA, metavar="N")]
+Json = Annotated[bool, typer.Option("--json", help="print the report as JSON on stdout", rich_help_panel=OUTPUT)]
+Report = Annotated[Optional[Path], typer.Option("--report", help="report JSON path [default: beside the output]", show_default=False, rich_help_panel=OUTPUT, metavar="PATH")]
+ReportMd = Annotated[Optional[Path], typer.Option("--report-md", help="also write the report as Markdown", show_default=False, rich_help_panel=OUTPUT, metavar="PATH")]
+ReportHtml = Annotated[Optional[Path], typer.Option("--report-html", help="also write the report as one self-contained HTML page with plots (no network needed to open it)", show_default=False, rich_help_panel=OUTPUT, metavar="PATH")]
+Quiet = Annotated[bool, typer.Option("-q", "--quiet", help="no progress, tables or warnings; errors still print", rich_help_panel=GENERAL)]
+Debug = Annotated[bool, typer.Option("--debug", help="show tracebacks on errors", rich_help_panel=GENERAL)]
+InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="concrete input shape, NAME=1,3,224,224 (or 1,3,224,224 for a single input); repeatable", show_default=False, rich_help_panel=DATA, metavar="SHAPE")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="module:factory (or file.py:factory) that builds the module for a state_dict checkpoint", show_default=False, rich_help_panel=CHECKPOINTS, metavar="MODULE:FACTORY")]
+Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="allow unpickling a whole module (runs code from the file)", rich_help_panel=CHECKPOINTS)]
+FidelityMode = Annotated[Optional[str], typer.Option("--fidelity", help="what fidelity checks and gates compare: slice (the worst slice along each output's channel-like axes, e.g. a detector's class rows) or whole (one cosine per flattened output) [default: slice]", show_default=False, rich_help_panel=DATA, metavar="slice|whole")]
+Runs = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency", rich_help_panel=DATA, metavar="N")]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, help="untimed rounds before timing", rich_help_panel=DATA, metavar="N")]
 
 
 def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:

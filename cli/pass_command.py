@@ -61,6 +61,7 @@ def run_single_pass(name: str, options: dict[str, Any], common: Common, gate=Non
 
 def execute(pipeline, common: Common) -> dict:
     """Runs ``pipeline`` with the command line's overrides; writes the model, then the report."""
+    from mcomp import atomic
     from mcomp import model as model_io
     from mcomp import report as report_io
     from mcomp.pipeline import RunRequest, inputs_of
@@ -90,24 +91,23 @@ def execute(pipeline, common: Common) -> dict:
         for b in sides[i + 1:]:
             if Path(a).resolve() == Path(b).resolve():
                 raise BadInput(f"{b}: named twice among the output model, --report, --report-md and --report-html")
-    try:
-        with console.Progress(enabled=not common.json) as progress:
-            outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
-    except GateFailed as failed:  # nothing is written; scripts still get the measurements with --json
-        if common.json and failed.report is not None:
-            sys.stdout.write(report_io.to_json(failed.report))
-        raise
-    doc = outcome.report
-    if report_path is None and outcome.output not in (None, "-"):
-        report_path = Path(outcome.output).with_suffix(".report.json")
-    if report_path is not None:
-        model_io.write_bytes_atomic(Path(report_path), report_io.to_json(doc).encode())
-    if common.report_md is not None:
-        model_io.write_bytes_atomic(Path(common.report_md), report_io.to_markdown(doc).encode())
-    if html_path is not None:  # matplotlib is imported here, and only here
-        from mcomp import report_html
+    given = [report_path, common.report_md, html_path]
 
-        model_io.write_bytes_atomic(Path(html_path), report_html.to_html(doc).encode())
+    def reports_of(model: Path) -> list[Path]:  # what a new model at ``model`` makes stale
+        return [Path(p) for p in [given[0] or model.with_suffix(".report.json"), *given[1:]] if p is not None]
+
+    with atomic.writes_together(reports_of):  # the model's output stays locked until its reports are written
+        try:
+            with console.Progress(enabled=not common.json) as progress:
+                outcome = run_pipeline(pipeline, RunRequest(common.model, common.output, load, command_line(), progress))
+        except GateFailed as failed:  # nothing is written; scripts still get the measurements with --json
+            if common.json and failed.report is not None:
+                sys.stdout.write(report_io.to_json(failed.report))
+            raise
+        doc = outcome.report
+        if report_path is None and outcome.output not in (None, "-"):
+            report_path = Path(outcome.output).with_suffix(".report.json")
+        _write_reports(doc, report_path, common.report_md, html_path)
     if common.json:
         sys.stdout.write(report_io.to_json(doc))
     print_report(doc)
@@ -115,6 +115,20 @@ def execute(pipeline, common: Common) -> dict:
         verb = "replaced" if outcome.replaced else "wrote"
         console.say(f"{verb} {outcome.output} and {report_path}")
     return doc
+
+
+def _write_reports(doc: dict, report_path: Path | None, md_path: Path | None, html_path: Path | None) -> None:
+    from mcomp import model as model_io
+    from mcomp import report as report_io
+
+    if report_path is not None:
+        model_io.write_bytes_atomic(Path(report_path), report_io.to_json(doc).encode())
+    if md_path is not None:
+        model_io.write_bytes_atomic(Path(md_path), report_io.to_markdown(doc).encode())
+    if html_path is not None:  # matplotlib is imported here, and only here
+        from mcomp import report_html
+
+        model_io.write_bytes_atomic(Path(html_path), report_html.to_html(doc).encode())
 
 
 def torchrun_rank() -> int:

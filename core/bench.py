@@ -8,11 +8,16 @@ in the same rounds and gives the A/A noise floor that every figure should be rea
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mcomp import shapes
+from mcomp.errors import BadInput, short
 
 
 @dataclass
@@ -75,15 +80,39 @@ def _reset_peak() -> bool:
         return False
 
 
-def _batch_size(feed: dict[str, np.ndarray]) -> int:
+def batch_size(feed: dict[str, np.ndarray]) -> int:
+    """Examples in one feed: the first input's leading dim (throughput counts examples, not runs)."""
     first = next(iter(feed.values()))
     return int(first.shape[0]) if first.ndim else 1
 
 
+def example_feeds(feeds: list[dict[str, np.ndarray]], specs, given=None, n: int = 4) -> list[dict[str, np.ndarray]]:
+    """The first ``n`` feeds cut to what a user runs at once: one example (or the batch --input-shape
+    gives), as the pass commands time them; a data file's batch of 16 timed as one run would read
+    16× slower than the model is."""
+    batch = shapes.given_batch(specs, given or {})
+    return [shapes.example_feed(feed, specs, batch) for feed in feeds[:n]]
+
+
+@contextlib.contextmanager
+def hint_assumed_shapes(resolved: dict[str, shapes.InputShape], synthetic: bool):
+    """A model that fails on synthetic inputs at shapes mcomp assumed: the error says the shapes and the
+    --input-shape that sets them, as the pass commands say it (a 224×224 guess is often the cause)."""
+    try:
+        yield
+    except BadInput as exc:
+        hint = shapes.assumed_note(resolved) if synthetic else ""
+        if not hint or hint in str(exc):
+            raise
+        raise type(exc)(f"{exc}{hint}") from None
+
+
 def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *,
                 providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
-                noise_floor: bool = True, provider_label: str = "cpu") -> BenchResult:
-    """Measures every model on the same feeds, round-robin, and returns stats with ratios."""
+                noise_floor: bool = True, provider_label: str = "cpu",
+                progress: Callable[[int, int], None] | None = None) -> BenchResult:
+    """Measures every model on the same feeds, round-robin, and returns stats with ratios;
+    ``progress(rounds done, runs)`` after each round, for a caller whose measurement takes minutes."""
     from mcomp import evaluate
     from mcomp.data import Dataset
 
@@ -99,7 +128,10 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
         session = evaluate.session(source, providers, threads, spinning=False)
         own = evaluate.feeds_for(Dataset(feeds), list(feeds[0]), [i.name for i in session.get_inputs()]).feeds
         session_feeds.append(own)
-        session.run(None, own[0])
+        try:
+            session.run(None, own[0])
+        except evaluate.ort_errors() as exc:  # the model rejects the feeds: bad input, not a crash in mcomp
+            raise BadInput(f"{labels[len(sessions)]} fails on the data ({short(exc, 200)})") from None
         peak = _status_kb("VmHWM")
         peaks.append((peak - before) / 1024 if can_reset and peak and before else None)
         sessions.append(session)
@@ -114,7 +146,9 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
             start = time.perf_counter()
             sessions[j].run(None, feed)
             times[r, j] = time.perf_counter() - start
-    batch = _batch_size(feeds[0])
+        if progress is not None:
+            progress(r + 1, runs)
+    batch = batch_size(feeds[0])
     stats = []
     for j, label in enumerate(labels[: len(models)]):
         col = times[:, j] * 1000

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_ir as ir
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcomp import shapes
+from mcomp import data_checks, shapes
 from mcomp.errors import BadInput, short
 from mcomp.session import TensorSpec, input_specs
 
@@ -62,7 +62,7 @@ class ImageFolderSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     images: Path
-    size: tuple[int, int] | None = Field(None, description="height, width; default: the model's input dims")
+    size: tuple[int, int] | None = Field(None, description="height, width; default: the model's own (static dims, --input-shape, or imgsz-style metadata)")
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     scale: float = Field(1 / 255, description="multiplies pixel values before mean/std")
@@ -83,14 +83,14 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
         spec = str(builtin_path(spec[len("builtin:"):]))
     specs = input_specs(model)
     if isinstance(spec, ImageFolderSpec):
-        return _load_images(spec, specs)
+        return _load_images(spec, specs, model, input_shapes)
     if str(spec) == "random":
         return synthetic(specs, input_shapes=input_shapes, feeds=synthetic_feeds, seed=seed, model=model)
     path = Path(spec)
     if not path.exists():
         raise BadInput(f"{path}: no such data file or folder")
     if path.is_dir():
-        return _load_images(ImageFolderSpec(images=path), specs)
+        return _load_images(ImageFolderSpec(images=path), specs, model, input_shapes)
     if path.suffix not in (".npz", ".npy"):
         raise BadInput(f"{path}: unknown data format; use .npz/.npy, an image folder, or 'random'")
     try:
@@ -118,6 +118,8 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, sourc
     if missing or extra:
         raise BadInput(f"{source}: data names do not match the model's inputs "
                        f"(missing: {missing or 'none'}, unknown: {extra or 'none'}; model inputs: {names})")
+    for s in specs:  # in the file's own indexing, before it is split into feeds
+        data_checks.check_array(np.asarray(arrays[s.name]), s.name, source)
     per_input = {s.name: _split(arrays[s.name], s, source, batch_size) for s in specs}
     counts = {n: len(v) for n, v in per_input.items() if v is not None}
     if not counts:
@@ -182,14 +184,8 @@ def _split_labels(labels, feeds, first_input: str, source: str) -> list[np.ndarr
 
 
 def _cast(array: np.ndarray, spec: TensorSpec, source: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.dtype == spec.dtype:
-        return array
-    same_kind = (array.dtype.kind in "fiub" and spec.dtype.kind == "f") or (
-        array.dtype.kind in "iub" and spec.dtype.kind in "iub")
-    if not same_kind:
-        raise BadInput(f"{source}: array {spec.name!r} is {array.dtype}, input expects {spec.dtype}")
-    return array.astype(spec.dtype)
+    """The input's dtype where no value changes meaning; see ``mcomp.data_checks`` for which casts."""
+    return data_checks.cast(array, spec.name, spec.dtype, source)
 
 
 def check_shape(array: np.ndarray, spec: TensorSpec, source: str) -> None:
@@ -232,6 +228,8 @@ def synthetic(specs: list[TensorSpec], *, input_shapes=None, feeds: int = 8, see
         if s.name not in resolved:
             given = s.name in (input_shapes or {})
             resolved[s.name] = shapes.InputShape(s.name, shape, "--input-shape") if given else shapes.fill(s)
+    data_checks.check_synthetic_size({s.name: _origin(s, resolved[s.name]) for s in specs},
+                                     {s.name: s.dtype for s in specs}, feeds)
     out = []
     for _ in range(feeds):
         feed = {}
@@ -246,7 +244,37 @@ def synthetic(specs: list[TensorSpec], *, input_shapes=None, feeds: int = 8, see
     return Dataset(out, None, True, "random", notes, resolved)
 
 
-def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec]) -> Dataset:
+def _origin(spec: TensorSpec, shape: shapes.InputShape) -> shapes.InputShape:
+    """Where a shape came from, for a message: the pipeline hands on the shapes it resolved as if given
+    with --input-shape; one that is the model's own (static, or what mcomp assumes) is said to be that."""
+    if shape.source != "--input-shape" or spec.shape is None:
+        return shape
+    own = shapes.fill(spec)
+    return own if own.shape == shape.shape else shape
+
+
+def _image_size(spec: ImageFolderSpec, target: TensorSpec, model: ir.Model | None,
+                input_shapes) -> tuple[int, int, str]:
+    """(height, width, why) the images are resized to: ``size:``, else the model's static dims, else
+    the size ``mcomp.shapes`` resolves (--input-shape, or the model's own: ``imgsz`` and the like in its
+    metadata). A size mcomp would only assume (224) is refused: resizing real images to a guess would
+    measure a model at a size it was never meant for, so the error names the option that sets it."""
+    if spec.size:
+        return spec.size[0], spec.size[1], ""
+    axes = (2, 3) if spec.layout == "NCHW" else (1, 2)
+    if all(isinstance(target.shape[a], int) for a in axes):
+        return target.shape[axes[0]], target.shape[axes[1]], ""
+    resolved = shapes.resolve(model, given=input_shapes).get(target.name) if model is not None else None
+    if resolved is None or set(axes) & set(resolved.assumed_dims):
+        option = (resolved.describe().get("set_with") if resolved is not None else None) or f"--input-shape {target.name}=..."
+        raise BadInput(f"{spec.images}: the model's image size is dynamic and not in its metadata; set it with "
+                       f"{option} (or 'size: [height, width]' under the data entry of a pipeline file)")
+    why = "set by --input-shape" if resolved.source == "--input-shape" else "the size in the model's metadata"
+    return resolved.shape[axes[0]], resolved.shape[axes[1]], why
+
+
+def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec], model: ir.Model | None = None,
+                 input_shapes=None) -> Dataset:
     try:
         from PIL import Image
     except ImportError:  # pragma: no cover - pillow is a dependency
@@ -265,9 +293,7 @@ def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec]) -> Dataset:
         raise BadInput(f"{folder}: no images found ({', '.join(IMAGE_SUFFIXES)})")
     nchw = spec.layout == "NCHW"
     channels = target.shape[1] if nchw else target.shape[3]
-    height, width = spec.size or ((target.shape[2], target.shape[3]) if nchw else (target.shape[1], target.shape[2]))
-    if not isinstance(height, int) or not isinstance(width, int):
-        raise BadInput(f"{folder}: the model's image size is dynamic; declare 'size: [height, width]'")
+    height, width, why = _image_size(spec, target, model, input_shapes)
     mode = "L" if channels == 1 else "RGB"
     mean = np.asarray(spec.mean, dtype=np.float32)
     std = np.asarray(spec.std, dtype=np.float32)
@@ -285,7 +311,10 @@ def _load_images(spec: ImageFolderSpec, specs: list[TensorSpec]) -> Dataset:
     arrays = {target.name: batch}
     if classes:
         arrays["labels"] = np.asarray(labels, dtype=np.int64)
-    return from_arrays(arrays, specs, source=str(folder), batch_size=spec.batch_size)
+    loaded = from_arrays(arrays, specs, source=str(folder), batch_size=spec.batch_size)
+    if why:  # the model does not fix the size: say which one the images were resized to, and why
+        loaded.notes.append(f"images resized to {height}×{width} ({why})")
+    return loaded
 
 
 def bind_input_shapes(shapes: dict[str, tuple[int, ...]] | None, model: ir.Model) -> dict[str, tuple[int, ...]] | None:

@@ -128,21 +128,28 @@ def measurement_data(datasets, model: ir.Model, input_shapes=None, seed: int = 0
 
 
 def compare(reference: ir.Model | bytes, candidate: ir.Model | bytes, dataset: Dataset, providers: list[str],
-            threads: int | None, output_names: list[str]) -> dict:
+            threads: int | None, output_names: list[str], metric=None) -> dict:
     """Fidelity of candidate vs reference and accuracy of both, on ``dataset`` (the report's
-    ``fidelity``, ``accuracy`` and ``data``). The candidate's extra outputs are ignored."""
+    ``fidelity``, ``accuracy`` and ``data``). The candidate's extra outputs are ignored.
+    ``metric``: a user's task metric (``mcomp.metric.Metric``) in place of top-1 accuracy."""
     ref_session = session(reference, providers, threads)
     cand_session = session(candidate, providers, threads)
-    cand_outputs = [o.name for o in cand_session.get_outputs()]
-    if len(cand_outputs) < len(output_names):
-        raise BadInput(f"the candidate has {len(cand_outputs)} outputs {cand_outputs}; the reference has "
-                       f"{len(output_names)} {output_names}")
+    ref_specs = {o.name: o for o in ref_session.get_outputs()}
+    matched = match_outputs([ref_specs.get(n) or _Named(n) for n in output_names], cand_session.get_outputs())
     ref_out = run(ref_session, dataset, "reference")
     cand_data = feeds_for(dataset, [i.name for i in ref_session.get_inputs()],
                           [i.name for i in cand_session.get_inputs()])
     cand_out = run(cand_session, cand_data, "candidate")
-    fid = fidelity(ref_out, cand_out[: len(output_names)], output_names)
-    acc_ref, acc_cand = accuracy(ref_out, dataset), accuracy(cand_out, dataset)
+    ref_index = {o.name: i for i, o in enumerate(ref_session.get_outputs())}
+    check_finite([ref_out[ref_index[n]] for n in output_names if n in ref_index], output_names, "reference",
+                 dataset.synthetic)
+    cand_out = [cand_out[i] for i in matched]  # in the reference's order; the candidate's extra outputs dropped
+    check_finite(cand_out, output_names, "candidate", dataset.synthetic)
+    fid = fidelity(ref_out, cand_out, output_names)
+    if metric is not None and dataset.has_labels:
+        acc_ref, acc_cand = metric(ref_out, output_names, dataset), metric(cand_out, output_names, dataset)
+    else:
+        acc_ref, acc_cand = accuracy(ref_out, dataset), accuracy(cand_out, dataset)
     if acc_ref is None:
         reason = "synthetic data" if dataset.synthetic else ("no labels in the data" if not dataset.has_labels
                                                               else "no classifier-shaped output")
@@ -150,7 +157,73 @@ def compare(reference: ir.Model | bytes, candidate: ir.Model | bytes, dataset: D
     else:
         acc = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,
                "examples": dataset.samples}
+        if metric is not None and dataset.has_labels:
+            acc["metric"] = metric.name
     return {"fidelity": fid, "accuracy": acc, "data": dataset.describe()}
+
+
+class _Named:
+    """An output known by name only (its shape unknown to the session)."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.shape = name, None
+
+
+def _dims(shape) -> list[int | None] | None:
+    return None if shape is None else [d if isinstance(d, int) and d >= 0 else None for d in shape]
+
+
+def _fits(a, b) -> bool:
+    """Declared shapes that can be the same: equal rank, equal where both dims are static."""
+    a, b = _dims(a), _dims(b)
+    if a is None or b is None:
+        return True
+    return len(a) == len(b) and all(x is None or y is None or x == y for x, y in zip(a, b))
+
+
+def match_outputs(reference, candidate, where: str = "the candidate") -> list[int]:
+    """Which of the candidate's outputs stands for each of the reference's (objects with ``name`` and
+    ``shape``: TensorSpecs or onnxruntime's NodeArgs): by name where every reference name is there, else
+    by position where both have as many outputs and their declared shapes can agree. Anything else is
+    two models that cannot be compared: bad input, rather than a fidelity figure of unrelated tensors."""
+    ref_names, cand_names = [o.name for o in reference], [o.name for o in candidate]
+    if all(n in cand_names for n in ref_names):
+        return [cand_names.index(n) for n in ref_names]
+    if len(candidate) != len(reference):
+        why = f"{len(candidate)} output{'s' if len(candidate) != 1 else ''} against {len(reference)}"
+    else:
+        clash = next(((r, c) for r, c in zip(reference, candidate) if not _fits(r.shape, c.shape)), None)
+        if clash is None:
+            return list(range(len(reference)))
+        r, c = clash
+        why = f"{c.name!r} of shape {_shape_text(c.shape)} against {r.name!r} of shape {_shape_text(r.shape)}"
+    raise BadInput(f"{where}: its outputs {cand_names} cannot be matched to the reference's {ref_names} "
+                   f"(no shared names, and {why}); compare models with the same outputs")
+
+
+def _shape_text(shape) -> str:
+    if shape is None:
+        return "?"
+    return "[" + ", ".join(str(d) if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) and d else "?")
+                           for d in shape) + "]"
+
+
+def check_finite(outputs: list[list[np.ndarray]], names: list[str], which: str, synthetic: bool = False) -> None:
+    """Bad input naming the model, output and first index where a float output is NaN or ±inf: on finite
+    data (the loader refuses any other) such an output makes every fidelity figure nan, which must not
+    be reported as a measurement. Synthetic inputs (standard normal) can be outside what a model
+    accepts (a Log of an input), so that case says to give real data."""
+    on = "synthetic (standard normal) inputs; give --data with real ones" if synthetic else "finite data"
+    for name, per_feed in zip(names, outputs):
+        for k, array in enumerate(per_feed):
+            array = np.asarray(array)
+            if array.dtype.kind not in "fc" or np.isfinite(array).all():
+                continue
+            first = np.unravel_index(int(np.argmax(~np.isfinite(array))), array.shape) if array.ndim else ()
+            what = "NaN" if np.isnan(array[first]) else "inf"
+            index = ", ".join(str(int(i)) for i in first)
+            raise BadInput(f"the {which} model's output {name!r} is {what} at [{index}] of feed {k}, so fidelity "
+                           f"cannot be measured, on {on}")
 
 
 def run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers: list[str]) -> dict[str, list[np.ndarray]]:
@@ -253,4 +326,4 @@ def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
 
 
 __all__ = ["FIDELITY_MODES", "session", "offline_optimized", "run", "feeds_for", "measurement_data", "compare",
-           "run_exposed", "fidelity", "figure", "accuracy", "slice_axes", "ort_errors"]
+           "run_exposed", "fidelity", "figure", "accuracy", "slice_axes", "ort_errors", "match_outputs", "check_finite"]

@@ -6,17 +6,20 @@ bad file fails here, with one line, instead of deep inside a pass.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-
+import math
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 
+from mcomp import atomic
 from mcomp.errors import BadInput, short
 from mcomp.graph import copy, proto_nodes  # copy: re-exported for the callers of model.copy
 
@@ -120,6 +123,15 @@ def _parse_onnx_bytes(data: bytes, where: str) -> onnx.ModelProto:
 
 def _validate(proto: onnx.ModelProto, where: str, path: Path | None = None) -> None:
     """Rejects what protobuf happily parses but no runtime can use (random bytes often parse)."""
+    try:
+        _validate_parsed(proto, where, path)
+    except (TypeError, UnicodeDecodeError):
+        # python-protobuf hands back bytes for a name or key that is not UTF-8 (ONNX is proto2), and
+        # onnx's helpers then fail with TypeError/UnicodeDecodeError (found by tests/fuzz)
+        raise BadInput(f"{where}: not a valid ONNX model (a name, op type or key is not UTF-8 text)") from None
+
+
+def _validate_parsed(proto: onnx.ModelProto, where: str, path: Path | None) -> None:
     graph = proto.graph
     if proto.ir_version < 3 or not proto.opset_import or not graph.output:
         raise BadInput(f"{where}: not a valid ONNX model (no graph, outputs or opset)")
@@ -136,6 +148,7 @@ def _validate(proto: onnx.ModelProto, where: str, path: Path | None = None) -> N
             raise BadInput(f"{where}: domain {domain!r} of op {node.op_type!r} is not imported by the model")
         if domain in ("", "ai.onnx", "ai.onnx.ml") and not onnx.defs.has(node.op_type, domain if domain != "ai.onnx" else ""):
             raise BadInput(f"{where}: unknown op {node.op_type!r} in domain {domain or 'ai.onnx'!r}")
+    _check_values(proto, where)
     try:
         if path is not None and _uses_external_data(proto):
             onnx.checker.check_model(str(path))  # resolves the data files beside the model
@@ -151,12 +164,84 @@ def _uses_external_data(proto: onnx.ModelProto) -> bool:
 
 
 def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    try:
+        _check_external_files(proto, path)
+    except (TypeError, UnicodeDecodeError):  # a key or location that is not UTF-8 (see _validate)
+        raise BadInput(f"{path}: not a valid ONNX model (an external data key or location is not UTF-8 text)") from None
+
+
+def _check_external_files(proto: onnx.ModelProto, path: Path) -> None:
+    """Each external tensor's file exists beside the model and holds the bytes it points at: a
+    tensor whose offset or length runs past the end of its file would otherwise fail deep inside
+    the memory-mapping with an error that names neither the tensor nor the file."""
     for tensor in onnx.external_data_helper._get_all_tensors(proto):
         if onnx.external_data_helper.uses_external_data(tensor):
-            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            try:
+                with warnings.catch_warnings():  # unknown keys are ignored, not printed
+                    warnings.simplefilter("ignore")
+                    info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            except ValueError as exc:  # a negative or non-integer offset or length
+                raise BadInput(f"{path}: initializer {tensor.name!r}: bad external data entry ({short(exc, 120)})") from None
             data_path = path.parent / info.location
             if not data_path.is_file():
                 raise BadInput(f"{path}: external data file {info.location!r} not found beside the model")
+            needed = _tensor_bytes(tensor)
+            length = info.length if info.length is not None else needed
+            offset, size = info.offset or 0, data_path.stat().st_size
+            if needed is not None and length < needed:
+                raise BadInput(f"{path}: initializer {tensor.name!r} needs {needed:,} bytes but its external data "
+                               f"entry in {info.location!r} gives length {length:,}")
+            if length is not None and offset + length > size:
+                raise BadInput(f"{path}: initializer {tensor.name!r} reads bytes {offset:,}–{offset + length:,} of "
+                               f"{info.location!r}, which holds {size:,} bytes (offset past the end of the file)")
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes a tensor's dims and element type take; None where that is not fixed (strings)."""
+    try:
+        itemsize = ir.DataType(tensor.data_type).itemsize
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return math.ceil(count * itemsize) if itemsize else None
+
+
+# Attributes whose values are sizes or steps: a negative (or, but for pads, zero) one is invalid, though
+# onnx.checker passes it and only onnxruntime's session (never made by inspect) refuses it.
+_POSITIVE_ATTRIBUTES = ("kernel_shape", "strides", "dilations")
+_PADDED_OPS = frozenset({"Conv", "ConvTranspose", "ConvInteger", "QLinearConv", "MaxPool", "AveragePool", "LpPool"})
+
+
+def _check_values(proto: onnx.ModelProto, where: str) -> None:
+    """What onnx.checker lets through but no runtime accepts: a negative dim in the graph's
+    declared shapes (-1, written by some exporters for a dynamic dim, is kept) and negative
+    sizes, strides or pads in the attributes of convolutions and pools. Every command, inspect
+    included, refuses these the same way (exit 2), rather than inspect describing a model that
+    nothing can run."""
+    graph = proto.graph
+    for kind, values in (("input", graph.input), ("output", graph.output), ("value", graph.value_info)):
+        for value in values:
+            if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+                continue
+            for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+                if dim.HasField("dim_value") and dim.dim_value < -1:
+                    raise BadInput(f"{where}: {kind} {value.name!r} has dim {dim.dim_value} at axis {axis}; a dim is "
+                                   f"≥ 0, or a name (or -1) when dynamic")
+    for node in proto_nodes(graph):
+        if node.domain not in ("", "ai.onnx", "com.microsoft"):
+            continue
+        for attr in node.attribute:
+            positive = attr.name in _POSITIVE_ATTRIBUTES
+            padded = attr.name == "pads" and node.op_type in _PADDED_OPS
+            if (positive or padded) and any(v < (1 if positive else 0) for v in attr.ints):
+                need = "positive" if positive else "non-negative"
+                raise BadInput(f"{where}: node {node.name or node.op_type!r} ({node.op_type}) has {attr.name} "
+                               f"{list(attr.ints)}; its values must be {need}")
+            if attr.name == "group" and node.op_type in _PADDED_OPS and attr.i < 1:
+                raise BadInput(f"{where}: node {node.name or node.op_type!r} ({node.op_type}) has group {attr.i}; "
+                               f"it must be at least 1")
 
 
 def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Model:
@@ -211,7 +296,10 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
     """Writes atomically (temp file + rename) to a path, or to stdout for ``-``.
 
     ``protect`` lists input paths that must never be overwritten. Models whose serialized
-    size exceeds the protobuf limit are written with external data ``<name>.data``.
+    size exceeds the protobuf limit are written with external data ``<name>.data``. The output
+    is locked while written (see ``atomic.writes_together``), and the temp folder a killed
+    earlier run left is removed first. The sha256 is of the bytes renamed into place, not of
+    whatever the path holds afterwards.
     """
     if str(dest) == "-":
         data = to_bytes(model)
@@ -221,7 +309,11 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
     path = Path(dest)
     check_writable(path, protect)
     proto = None if _needs_external_data(model) else to_proto(model)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+    with contextlib.ExitStack() as own:
+        atomic.lock_for_write(path, own)
+        atomic.remove_leftovers(path)
+        tmp = own.enter_context(tempfile.TemporaryDirectory(dir=path.parent, prefix=atomic.temp_prefix(path),
+                                                            suffix=atomic.TEMP_SUFFIX))
         tmp_model = Path(tmp) / path.name
         if proto is not None:
             with open(tmp_model, "wb") as fh:
@@ -231,9 +323,13 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
         else:
             data_name = path.name + ".data"
             ir.save(model, tmp_model, external_data=data_name)
+        written = ModelSource(str(path), sha256_file(tmp_model), tmp_model.stat().st_size, "onnx")
+        atomic.pause_before_rename(path)
+        atomic.retire_companions(path)
+        if proto is None:
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
-    return ModelSource(str(path), sha256_file(path), path.stat().st_size, "onnx")
+    return written
 
 
 def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:
@@ -252,7 +348,7 @@ def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:
         raise BadInput(f"{path}: output folder {str(parent)!r} is not writable")
     # os.access says yes to root everywhere, and to anyone on /proc or a read-only mount: try it.
     try:
-        fd, probe = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".probe")
+        fd, probe = atomic.mkstemp_beside(path)
     except OSError as exc:
         raise BadInput(f"{path}: cannot write in output folder {str(parent)!r} ({exc.strerror or exc})") from None
     os.close(fd)
@@ -260,12 +356,17 @@ def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """For reports and other side files: the same temp-file-and-rename discipline as models."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """For reports and other side files: the same temp-file-and-rename discipline as models
+    (leftovers of killed runs removed first, the test pause before the rename)."""
+    atomic.remove_leftovers(path)
+    fd, tmp = atomic.mkstemp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.chmod(tmp, _new_file_mode())  # mkstemp makes 0600; give what open() would, like the model
+        atomic.pause_before_rename(path)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

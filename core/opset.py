@@ -14,6 +14,11 @@ Why mcomp has its own conversions rather than only ``onnx.version_converter``:
 - Upwards, onnx's converter is good enough: the quantizer raises old models to opset 13 (the
   per-channel QuantizeLinear/DequantizeLinear need an ``axis`` attribute) or 14 (HardSwish), and
   :func:`upgrade_opset` only wraps it, with the checker and a one-line reason on failure.
+- What onnxruntime writes (its offline optimizer, its quantizers, its float16 converter) declares an
+  opset import for every domain it knows (``com.microsoft``, ``ai.onnx.ml``, ``org.pytorch.aten`` …)
+  whether or not a node uses it: the model then looks as if it needed onnxruntime, and strict
+  runtimes refuse the unknown domains. Every pass that writes such a graph ends with
+  :func:`drop_unused_opsets`.
 
 :func:`mcomp.model.onnx_opset` (re-exported here) reads a model's default-domain opset.
 """
@@ -25,7 +30,17 @@ import onnx
 from mcomp.errors import short
 from mcomp.model import onnx_opset
 
-__all__ = ["downgrade_18_to_17", "downgrade_opset", "onnx_opset", "upgrade_opset"]
+__all__ = ["downgrade_18_to_17", "downgrade_opset", "drop_unused_opsets", "onnx_opset", "upgrade_opset"]
+
+
+def drop_unused_opsets(model):
+    """Removes the opset imports of domains that no node (in any graph or function) uses, from an
+    ``onnx_ir.Model``, in place; the default domain stays. Returns ``model``."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as ir_passes
+
+    ir.passes.PassManager([ir_passes.RemoveUnusedOpsetsPass()])(model)
+    return model
 
 
 def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:

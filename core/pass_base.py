@@ -73,6 +73,9 @@ class Context:
     input_shapes: dict[str, tuple[int, ...]] | None = None
     fidelity: str = "slice"  # what fidelity checks compare: the worst slice of each output, or whole outputs
     progress: Callable[[str, int, int], None] = lambda description, done, total: None
+    # Called by a training pass after each epoch with its history row (epoch, loss, val_loss, …).
+    # A search stops a trial that is clearly worse by raising from it; None outside a search.
+    on_epoch: Callable[[dict], None] | None = None
 
     def dataset(self, *roles: str):
         """The first data set present among ``roles`` (e.g. evaluation, then calibration)."""

@@ -15,6 +15,7 @@ from mcomp import model as model_io
 from mcomp.errors import BadInput, ConfigError, GateFailed
 from mcomp.pass_base import Context
 from mcomp.pipeline_spec import Pipeline, builtin
+from mcomp.step_cache import StepCache
 
 
 @dataclass
@@ -26,6 +27,8 @@ class RunRequest:
     load: model_io.LoadOptions = field(default_factory=model_io.LoadOptions)
     command: str = ""
     progress: Callable[[str, int, int], None] = lambda description, done, total: None
+    cache: StepCache | None = None  # stored prefixes of steps (a search's trials share them)
+    on_epoch: Callable[[dict], None] | None = None  # given to training passes (Context.on_epoch)
 
 
 @dataclass
@@ -57,6 +60,7 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     providers = session.resolve_providers(pipeline.provider)
     passes = [_pass_class(step.name)(step.config) for step in pipeline.steps]
     check_needs(pipeline, passes)
+    metric = _metric(pipeline)  # a bad --metric fails before the work
 
     request.progress("loading model", 0, 1)
     loaded = model_io.load(model_spec, load_options)
@@ -66,10 +70,12 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     input_shapes = shapes.concrete(resolved)  # what every pass, MAC count and synthetic feed uses
     ctx = Context(reference=loaded.model, data=datasets, provider=pipeline.provider,
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
-                  fidelity=pipeline.measure.fidelity, progress=request.progress)
+                  fidelity=pipeline.measure.fidelity, progress=request.progress, on_epoch=request.on_epoch)
     try:
-        return _run(pipeline, request, passes, loaded, ctx, resolved, given, output, protect, started)
+        return _run(pipeline, request, passes, loaded, ctx, resolved, given, output, protect, started, metric)
     except BadInput as exc:  # a model failing at a shape mcomp assumed: say so, and how to set one
+        if isinstance(exc, ConfigError):  # an option's own mistake: no shape is to blame
+            raise
         hint = shapes.assumed_note(resolved) if _synthetic(datasets) else ""
         if not hint or hint in str(exc):
             raise
@@ -91,26 +97,34 @@ def _synthetic(datasets: dict[str, data.Dataset]) -> bool:
 
 
 def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, resolved, given,
-         output: str, protect: tuple[str, ...], started: float) -> Outcome:
+         output: str, protect: tuple[str, ...], started: float, metric=None) -> Outcome:
     """The steps, the measurement against the input, the gates and the write."""
     input_shapes, datasets, providers = ctx.input_shapes, ctx.data, ctx.providers
     reference_bytes = model_io.to_bytes(loaded.model)
 
     current = loaded.model  # shared with the reference until an in-place pass needs its own copy
-    steps = []
+    cache, base, start, steps = request.cache, "", 0, []
+    if cache is not None:
+        base = cache.base(loaded.source.sha256, pipeline, input_shapes)
+        start, cached, steps = cache.longest(base, pipeline.steps)
+        current = cached if cached is not None else current
     for i, (step, pass_) in enumerate(zip(pipeline.steps, passes)):
+        if i < start:
+            continue
         request.progress(f"step {i + 1}/{len(pipeline.steps)}: {step.name}", i, len(pipeline.steps))
         if pass_.in_place and current is loaded.model:
             current = graph.copy(loaded.model)
         result = pass_(current, ctx)
         current = result.model
         steps.append(step_record(step, result))
+        if cache is not None:
+            cache.store(base, pipeline.steps, i + 1, current, steps)
 
     request.progress("measuring against the input", 0, 1)
     candidate_bytes = model_io.to_bytes(current)
     evaluation = evaluate.measurement_data(datasets, loaded.model, input_shapes, pipeline.seed)
     quality = evaluate.compare(reference_bytes, candidate_bytes, evaluation, providers, pipeline.threads,
-                               output_names=[s.name for s in session.output_specs(loaded.model)])
+                               output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric)
     latency = None
     if pipeline.measure.latency:
         latency = measure_latency(reference_bytes, candidate_bytes, evaluation, providers, pipeline,
@@ -131,6 +145,18 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
     return Outcome(doc, current, output, replaced)
+
+
+def _metric(pipeline: Pipeline):
+    spec = pipeline.measure.metric
+    if not spec:
+        return None
+    from mcomp.metric import Metric
+
+    where, sep, function = spec.rpartition(":")
+    if sep and (where.endswith(".py") or "/" in where):  # a file: relative to the pipeline file
+        spec = f"{pipeline.resolve(where)}:{function}"
+    return Metric(spec)
 
 
 def check_needs(pipeline: Pipeline, passes: list) -> None:

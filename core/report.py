@@ -137,6 +137,27 @@ def _zstd_row(doc: dict) -> list[tuple[str, str, str, str]]:
     return [("weights, zstd", _fmt_int(before), _fmt_int(after), _ratio(after, before))]
 
 
+def shape_dims(entry: dict) -> str:
+    """An input shape (a ``shapes.InputShape.describe()`` entry) as people write it: ``1×3×224×224``."""
+    return "×".join(map(str, entry["shape"])) or "scalar"
+
+
+def shape_origin(entry: dict) -> str:
+    """Where a shape came from: ``from data``, or the dims mcomp assumed and the option that sets them,
+    so whoever reads a figure measured at a guess knows how to measure at the real size (design §7)."""
+    assumed = entry.get("assumed_dims") or []
+    if not assumed:
+        return f"from {entry['source']}"
+    return (f"assumed: dim{'s' if len(assumed) > 1 else ''} {','.join(map(str, assumed))} — set "
+            f"{entry.get('set_with', '--input-shape')}")
+
+
+def measured_at(shapes: dict[str, dict]) -> str:
+    """Every input's shape and origin in one line: ``x 1×3×224×224 (assumed: dims 0,2,3 — set …)``;
+    what inspect, bench and compare print beside a figure."""
+    return "; ".join(f"{name} {shape_dims(e)} ({shape_origin(e)})" for name, e in shapes.items()) or "no inputs"
+
+
 def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     """(metric, input, output, change) rows shared by the Markdown and terminal renderings."""
     i, o = doc["input"], doc["output"]
@@ -150,11 +171,7 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     ]
     rows += _zstd_row(doc)
     for name, entry in (doc.get("shapes") or {}).items():  # what MACs and latency above were measured at
-        dims = "×".join(map(str, entry["shape"])) or "scalar"
-        assumed = entry.get("assumed_dims") or []
-        why = (f"assumed: dim{'s' if len(assumed) > 1 else ''} {','.join(map(str, assumed))} — set "
-               f"{entry.get('set_with', '--input-shape')}" if assumed else f"from {entry['source']}")
-        rows.append(("measured at", f"{name} {dims}", "", why))
+        rows.append(("measured at", f"{name} {shape_dims(entry)}", "", shape_origin(entry)))
     lat = doc.get("latency")
     if lat:
         rows.append(("latency p50 (ms)", f"{lat['reference']['p50_ms']:.3f}", f"{lat['candidate']['p50_ms']:.3f}",
@@ -273,6 +290,38 @@ def report_notes(doc: dict) -> list[str]:
     return [n for n in doc["notes"] if n not in shown]
 
 
+def warning_groups(doc: dict) -> list[tuple[list[dict], str]]:
+    """The report's warnings grouped under the advice they share, in order: one "next" under the
+    warnings it answers, as the terminal prints them (Markdown and HTML alike)."""
+    groups: list[tuple[list[dict], str]] = []
+    for w in doc.get("warnings") or []:
+        if groups and groups[-1][1] == w["advice"]:
+            groups[-1][0].append(w)
+        else:
+            groups.append(([w], w["advice"]))
+    return groups
+
+
+def data_notes(doc: dict) -> list[str]:
+    """The data sets' own notes (synthetic inputs, images resized …), each once, with the roles it is about."""
+    roles: dict[str, list[str]] = {}
+    sets = {role: ds for role, ds in (doc.get("data") or {}).items() if isinstance(ds, dict)}
+    for role, ds in sets.items():
+        for note in ds.get("notes") or []:
+            roles.setdefault(note, []).append(role.replace("_", " "))
+    return [note if len(r) == len(sets) else f"{', '.join(r)}: {note}" for note, r in roles.items()]
+
+
+def _markdown_warnings(doc: dict) -> list[str]:
+    """GitHub-style alert blocks (a plain quote elsewhere): CAUTION when one is severe."""
+    lines = []
+    for found, advice in warning_groups(doc):
+        kind = "CAUTION" if any(w["severity"] == "severe" for w in found) else "WARNING"
+        lines += [f"> [!{kind}]"] + [f"> - **{_cell(w['message'])}**" for w in found]
+        lines += [">", f"> **Next:** {_cell(advice)}", ""]
+    return lines
+
+
 def _table(header: tuple[str, ...], rows, align: str) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     return lines + ["| " + " | ".join(_cell(x) for x in row) + " |" for row in rows]
@@ -281,6 +330,7 @@ def _table(header: tuple[str, ...], rows, align: str) -> list[str]:
 def to_markdown(doc: dict) -> str:
     lines = ["# mcomp report", "", f"`{doc['command']}` — {doc['created']}", "",
              f"Input: `{doc['input']['path']}` → output: `{doc['output'].get('path')}`", ""]
+    lines += _markdown_warnings(doc)  # first, where the eye lands: a result much worse than its input
     lines += _table(("metric", "input", "output", "change"), headline(doc), ("---", "---:", "---:", "---:"))
     lines += ["", "## Steps", ""]
     lines += _table(("#", "pass", "options", "seconds", "changed"),
@@ -295,11 +345,14 @@ def to_markdown(doc: dict) -> str:
     if data:
         lines += ["", "## Data", ""]
         lines += _table(("role", "source", "samples", "labels", "synthetic"), data, ("---",) * 2 + ("---:",) + ("---",) * 2)
+        lines += [""] + [f"- {n}" for n in data_notes(doc)] if data_notes(doc) else []
     if doc.get("gates"):
         lines += ["", "## Gates", ""] + _table(("gate", "limit", "value", "passed"), gate_rows(doc),
                                                ("---", "---:", "---:", "---"))
     if report_notes(doc):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report_notes(doc)]
     env = doc["environment"]
-    lines += ["", f"onnxruntime {env['onnxruntime']} on {env['cpu']}, providers {', '.join(env['providers_used'])}", ""]
+    threads = f", {env['threads']} threads" if env.get("threads") else ""
+    lines += ["", f"onnxruntime {env['onnxruntime']} on {env['cpu']}, providers {', '.join(env['providers_used'])}"
+              f"{threads}", ""]
     return "\n".join(lines)

@@ -23,6 +23,9 @@ text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:ta
 th{background:#f7fafc}.pass{color:#276749}.fail{color:#c53030;font-weight:600}
 figure{margin:1em 0}figure svg{max-width:100%;height:auto}.muted{color:#718096}
 ul.notes li{margin:.2em 0}
+.warn{border-left:5px solid #d69e2e;background:#fffaf0;padding:.4em 1em;margin:.8em 0;border-radius:3px}
+.warn.severe{border-left-color:#c53030;background:#fff5f5}.warn p{margin:.3em 0}
+.warn .label{font-weight:700;color:#b7791f}.warn.severe .label{color:#c53030}.warn .next{font-weight:600}
 """
 
 
@@ -83,6 +86,27 @@ def _gates(doc: dict) -> str:
             f"<tbody>{body}</tbody></table>")
 
 
+def _code_spans(text: str) -> str:
+    """Escaped ``text`` with its `backticked` commands (advice to copy) set as <code>."""
+    parts = text.split("`")
+    if len(parts) % 2 == 0:  # an odd number of backticks: no pairs to trust
+        return escape(text)
+    return "".join(f"<code>{escape(p)}</code>" if i % 2 else escape(p) for i, p in enumerate(parts))
+
+
+def _warnings(doc: dict) -> str:
+    """The warnings with their next step, boxed in amber (red when severe), above the figures: a result
+    much worse than its input must not hide in one table cell (design §7)."""
+    boxes = []
+    for found, advice in report.warning_groups(doc):
+        severe = any(w["severity"] == "severe" for w in found)
+        lines = "".join(f'<p><span class="label">{"severe" if w["severity"] == "severe" else "warning"}:</span> '
+                        f"{escape(w['message'])}</p>" for w in found)
+        boxes.append(f'<div class="warn{" severe" if severe else ""}" role="alert">{lines}'
+                     f'<p class="next">next: {_code_spans(advice)}</p></div>')
+    return '<section class="warnings">' + "".join(boxes) + "</section>" if boxes else ""
+
+
 def _environment(env: dict) -> str:
     return "<h2>Environment</h2>" + _table(("", ""), [(k.replace("_", " "), report.human(v)) for k, v in env.items()])
 
@@ -99,6 +123,7 @@ def to_html(doc: dict) -> str:
         f"<p><code>{escape(doc['command'])}</code> <span class=\"muted\">{escape(doc['created'])}, "
         f"{escape(report.human(doc.get('seconds')))} s</span></p>",
         f"<p>Input <code>{escape(str(inp.get('path')))}</code> → output <code>{escape(str(out.get('path')))}</code></p>",
+        _warnings(doc),
         _table(("metric", "input", "output", "change"), report.headline(doc), numeric=(1, 2, 3)),
     ]
     # the input shapes every figure was measured at are rows of the headline table ("measured at")
@@ -106,7 +131,8 @@ def to_html(doc: dict) -> str:
     parts += [_step(n, step, per_step.get(n, "")) for n, step in enumerate(doc["steps"], 1)]
     data = report.data_rows(doc)
     if data:
-        parts += ["<h2>Data</h2>", _table(("role", "source", "samples", "labels", "synthetic"), data, numeric=(2,))]
+        parts += ["<h2>Data</h2>", _table(("role", "source", "samples", "labels", "synthetic"), data, numeric=(2,)),
+                  _notes(report.data_notes(doc))]
     parts.append(_gates(doc))
     if report.report_notes(doc):
         parts += ["<h2>Notes</h2>", _notes(report.report_notes(doc))]

@@ -34,6 +34,24 @@ class TensorSpec:
         }
 
 
+PROVIDER_CHOICES = (*PROVIDERS, "auto")
+
+
+def check_provider(provider: str) -> str:
+    """``provider`` when it is one mcomp knows (cpu, cuda, auto), else bad input naming the choices
+    and what this machine has. Every command's --provider and a pipeline's ``provider:`` come here
+    before any work, so a typo is one line and exit 2, as an unavailable ``cuda`` is."""
+    if provider not in PROVIDER_CHOICES:
+        raise BadInput(f"unknown provider {provider!r}; choose from {', '.join(PROVIDER_CHOICES)} "
+                       f"(available here: {', '.join(_available_names())})")
+    return provider
+
+
+def _available_names() -> list[str]:
+    available = available_providers()
+    return [k for k, v in PROVIDERS.items() if v in available]
+
+
 def available_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -42,14 +60,13 @@ def available_providers() -> list[str]:
 
 def resolve_providers(provider: str = "auto") -> list[str]:
     """Maps ``cpu|cuda|auto`` to onnxruntime's provider list; an unavailable explicit one is exit 2."""
+    check_provider(provider)
     available = available_providers()
     if provider == "auto":
         return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-    if provider not in PROVIDERS:
-        raise BadInput(f"unknown provider {provider!r}; choose from cpu, cuda, auto")
     wanted = PROVIDERS[provider]
     if wanted not in available:
-        names = ", ".join(k for k, v in PROVIDERS.items() if v in available)
+        names = ", ".join(_available_names())
         raise ProviderUnavailable(f"provider {provider!r} is not available here (available: {names})")
     return [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
 
@@ -87,5 +104,5 @@ def output_specs(model: ir.Model) -> list[TensorSpec]:
     return _specs(model.graph.outputs)
 
 
-__all__ = ["TensorSpec", "available_providers", "resolve_providers", "input_specs",
+__all__ = ["TensorSpec", "PROVIDER_CHOICES", "check_provider", "available_providers", "resolve_providers", "input_specs",
            "output_specs", "provider_name"]

@@ -191,7 +191,8 @@ def test_plain_progress_lines_are_throttled_and_quiet_silences_them(monkeypatch,
         for t, done in ((101, 1), (116, 2), (120, 3), (131, 4)):  # every 10 s by default
             now[0] = t
             progress("distill: epoch 1/9 · batch", done, 9)
-    assert capsys.readouterr().err.splitlines() == ["distill: epoch 1/9 · batch (2/9)", "distill: epoch 1/9 · batch (4/9)"]
+    assert capsys.readouterr().err.splitlines() == ["distill: epoch 1/9 · batch  2/9  ~1:45 left",
+                                                    "distill: epoch 1/9 · batch  4/9  ~0:50 left"]
     console.configure(quiet=True)
     try:
         with console.Progress(enabled=True) as progress:

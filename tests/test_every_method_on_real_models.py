@@ -51,7 +51,6 @@ UNQUANTIZED = {
     ("silero-vad", "weight-only"): "nothing to quantize",
     ("silero-vad-op15", "dynamic"): "nothing to quantize",
     ("silero-vad-op15", "weight-only"): "nothing to quantize",
-    ("silero-vad-op15", "fp16"): "onnxruntime cannot load the quantized model",  # a limitation to look into
     ("silero-vad-seq", "weight-only"): "nothing to quantize",
 }
 

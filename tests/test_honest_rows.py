@@ -207,7 +207,7 @@ def test_render_prints_warnings_plain_in_a_log_and_in_colour_on_a_terminal(monke
 
 def fixed_band(monkeypatch, ratio: float, p10: float, p90: float) -> None:
     """Every candidate measured at ``ratio`` of the input, with an A/A band of ``p10``–``p90``: no clock."""
-    def measure(models, feeds_, providers, threads, runs):
+    def measure(models, feeds_, providers, threads, runs, progress=None):
         got = {label: ratio for label, _ in models[1:]}
         return guard.Timing(got, {"input": 2.0, **{k: 2.0 * ratio for k in got}},
                             {"median": (p10 + p90) / 2, "p10": p10, "p90": p90})

@@ -136,7 +136,7 @@ def fixed_timing(monkeypatch, ratios: dict[str, float], aa: float = 1.0) -> list
 
     rounds = []
 
-    def measure(models, feeds, providers, threads, runs):
+    def measure(models, feeds, providers, threads, runs, progress=None):
         labels = [label for label, _ in models[1:]]
         rounds.append(labels)
         got = {label: ratios.get(label, ratios["*"]) for label in labels}

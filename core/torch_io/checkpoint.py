@@ -5,12 +5,7 @@ builds their module. :func:`load_checkpoint` loads one and hands it to :mod:`.ex
 
 from __future__ import annotations
 
-import contextlib
-import importlib
-import importlib.util
-import os
 import re
-import sys
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +15,7 @@ from mcomp.errors import BadInput, short
 from mcomp.torch_io.common import _quiet
 from mcomp.torch_io.export import _export_module, _export_program, _export_torchscript
 from mcomp.torch_io.inputs import _check_shapes
+from mcomp.torch_io.pickles import forbidden_global
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -147,11 +143,16 @@ def _load_pt2(path: Path) -> Any:
 
 
 def _load_pickle(path: Path, trust: bool) -> Any:
-    """torch.load with weights_only=True; a full pickle only with trust."""
+    """torch.load with weights_only=True; a full pickle only with trust, and never one that names a
+    global able to run code (``pickles.forbidden_global``), which is refused before torch reads it."""
     import pickle
 
     import torch
 
+    dangerous = forbidden_global(path)
+    if dangerous is not None:
+        raise BadInput(f"{path}: a pickle that would import {dangerous}, refused (it is never unpickled, "
+                       "with or without --trust-checkpoint)")
     try:
         with _quiet():
             return torch.load(str(path), map_location="cpu", weights_only=True)
@@ -203,21 +204,10 @@ def _build_from_arch(arch: str) -> Any:
     """``module:factory`` or ``path/to/file.py:factory`` -> the nn.Module the factory returns."""
     import torch
 
-    target, sep, attr = arch.rpartition(":")
-    if not sep or not target or not attr:
-        raise BadInput(f"--arch {arch}: expected module:factory or path/to/file.py:factory")
-    is_file = target.endswith(".py") or "/" in target or os.sep in target
-    if is_file:
-        module = _import_file(Path(target), arch)
-    else:
-        module = _import_module(target, arch)
-    factory = module
-    for part in attr.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise BadInput(f"--arch {arch}: {target} has no attribute {attr!r}")
-    if not callable(factory):
-        raise BadInput(f"--arch {arch}: {attr} is not callable")
+    from mcomp.user_code import load_callable
+
+    factory = load_callable(arch, f"--arch {arch}", "factory")
+    attr = arch.rpartition(":")[2]
     try:
         model = factory()
     except Exception as exc:
@@ -225,44 +215,6 @@ def _build_from_arch(arch: str) -> Any:
     if not isinstance(model, torch.nn.Module):
         raise BadInput(f"--arch {arch}: {attr}() returned a {type(model).__name__}, not a torch.nn.Module")
     return model
-
-
-def _import_file(file: Path, arch: str) -> Any:
-    if not file.is_file():
-        raise BadInput(f"--arch {arch}: {file}: no such file")
-    name = f"mcomp_arch_{abs(hash(str(file.resolve()))):x}_{file.stem}"
-    spec = importlib.util.spec_from_file_location(name, file)
-    if spec is None or spec.loader is None:
-        raise BadInput(f"--arch {arch}: cannot import {file}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses, pickling and typing look the module up here
-    folder = str(file.resolve().parent)
-    sys.path.insert(0, folder)  # so the file can import its neighbours
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        sys.modules.pop(name, None)
-        raise BadInput(f"--arch {arch}: importing {file} failed ({short(exc, first_line=True)})") from None
-    finally:
-        with contextlib.suppress(ValueError):
-            sys.path.remove(folder)
-    return module
-
-
-def _import_module(name: str, arch: str) -> Any:
-    added = False
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)  # `--arch mypkg.models:build` from the current folder
-        added = True
-    try:
-        return importlib.import_module(name)
-    except Exception as exc:
-        raise BadInput(f"--arch {arch}: cannot import {name} ({short(exc, first_line=True)})") from None
-    finally:
-        if added:
-            with contextlib.suppress(ValueError):
-                sys.path.remove(cwd)
 
 
 def _load_state_dict(module: Any, state_dict: Mapping[str, Any], path: Path, arch: str) -> None:

@@ -5,7 +5,8 @@ after training its weights are written back into the same graph, so names, dynam
 the pruned shapes and the Q/DQ nodes and scales of a quantized student stay as they were.
 The parts: the teacher and its outputs (``teacher``), the examples (``samples``), the loss
 (``objective`` over ``mcomp.kernels.losses``), the loop (``train``, with the schedules of
-``mcomp.kernels.schedules``), data parallelism (``ddp``), quantized weights (``qdq``),
+``mcomp.kernels.schedules``), data parallelism (``ddp``), quantized weights (``qdq``; ``qdq_check``: does
+onnxruntime compute the QDQ student as its torch copy does, before it is trained),
 weights taken from the teacher (``warmstart``) and the LR range test that picks the default
 learning rate (``lr_range`` over ``mcomp.kernels.lr_range``).
 
@@ -79,6 +80,9 @@ class Distill(Pass):
         keep_sparsity: bool = Field(True, description="pruned (zero) weights stay zero: masks of the tensors with "
                                                      "at least 5% zeros are re-applied after every step")
         init_from_teacher: bool = Field(False, description="copy the teacher's weights into same-shaped student weights first")
+        qdq_check: bool = Field(True, description="a QDQ student: before training, check that onnxruntime (at "
+                                                  "optimization all) computes it as its torch copy does; off: train "
+                                                  "against the Q/DQ arithmetic as written, with a note")
         checkpoint_dir: str | None = Field(None, description="write a checkpoint each epoch into this folder")
         resume: bool = Field(False, description="continue from the checkpoint in checkpoint_dir, if there is one")
         nproc: int = Field(1, ge=1, le=256, description="data-parallel worker processes to spawn (torch.distributed)")
@@ -117,7 +121,7 @@ def _run(job, cfg, ctx: Context):
     if cfg.nproc > 1:
         job.threads = ctx.threads or max(1, (os.cpu_count() or 1) // cfg.nproc)
         return ddp.spawn(cfg.nproc, job, ctx.progress)
-    return fit(job, ddp.Comm(), ctx.progress)
+    return fit(job, ddp.Comm(), ctx.progress, on_epoch=ctx.on_epoch)
 
 
 @contextlib.contextmanager

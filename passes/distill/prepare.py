@@ -18,7 +18,7 @@ from mcomp import graph
 from mcomp import model as model_io
 from mcomp.errors import BadInput, short
 from mcomp.pass_base import Context
-from mcomp.passes.distill import qdq, samples as samples_io, teacher as teacher_io
+from mcomp.passes.distill import qdq, qdq_check, samples as samples_io, teacher as teacher_io
 from mcomp.passes.distill.objective import Hint, check_labels, output_kinds, output_scales
 from mcomp.passes.distill import pace as pacing
 from mcomp.passes.distill.pace import duration, epochs_text
@@ -98,6 +98,9 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     n_out = len(teacher.graph.outputs)
     names = [v.name for v in student.graph.outputs]
     student_out = _probe_student(trained, train.batch(probe))
+    if shadows:  # before training: onnxruntime must compute the QDQ student as the torch copy does
+        note = qdq_check.check(model, train.batch(probe), ctx.providers, ctx.threads, cfg.qdq_check)
+        notes += [note] if note else []
     teacher_out = runner(train.batch(probe))
     _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, [v.name for v in teacher.graph.outputs])
     kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student))

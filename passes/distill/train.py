@@ -91,7 +91,8 @@ def make_optimizer(cfg, params: list[torch.nn.Parameter], lr: float) -> torch.op
     return cls(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device: str | None = None) -> FitResult:
+def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device: str | None = None,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     import onnx
     import onnx_ir as ir
 
@@ -169,6 +170,8 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
         if folder is not None and comm.rank == 0:
             _save(folder / CHECKPOINT, fingerprint, state, module, objective, optimizer)
         progress(_describe(row, pace.last_epoch) + pace.eta(state.step), epoch, pace.last_epoch)
+        if on_epoch is not None:  # a search may stop a clearly worse trial here (by raising)
+            on_epoch(dict(row))
         if len(timings) == 1:
             notes.append(pace.estimate(epoch, row["seconds"]))
             progress(f"distill: {notes[-1]}", epoch, pace.last_epoch)

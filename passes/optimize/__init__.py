@@ -68,10 +68,10 @@ class Optimize(Pass):
         records: dict[str, dict] = {}
         current = model
         stages = [s for s in self.stages() if s.name not in cfg.skip]
-        for _ in range(cfg.max_iterations):
+        for round_ in range(cfg.max_iterations):
             changed = False
-            for stage in stages:
-                ctx.progress(f"optimize: {stage.name}", 0, 1)
+            for k, stage in enumerate(stages):  # each stage ends in a numerical check: counted, for the ETA
+                ctx.progress(f"optimize: portable stages, round {round_ + 1}", k, len(stages))
                 current, kept = self._try(stage.name, stage.description, current, stage.apply, check, records)
                 changed |= kept
             if not changed:

@@ -6,15 +6,16 @@ a node uses it; a model written at level ``basic`` (portable ONNX) then looks as
 onnxruntime, and strict runtimes refuse the unknown domains. The imports no node uses are
 dropped at every level; at level ``basic`` a node of a non-standard domain that the optimizer
 added (one the input already held is the input's business) means the result is not portable,
-and the stage is rejected with the reason.
+and the stage is rejected with the reason. Dropping the unused imports is
+``mcomp.opset.drop_unused_opsets``, shared with the quantize pass, whose builders write the same imports.
 """
 
 from __future__ import annotations
 
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 
 from mcomp.graph import all_nodes
+from mcomp.opset import drop_unused_opsets
 
 STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})  # the domains every ONNX runtime implements
 
@@ -22,12 +23,6 @@ STANDARD_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml"})  # the domains every
 class StageRejected(Exception):
     """A stage's result is not acceptable for a reason other than its outputs: the stage is dropped
     with this message as its reason (the run goes on, unlike an error in mcomp's own code)."""
-
-
-def drop_unused_opsets(model: ir.Model) -> ir.Model:
-    """Removes the opset imports of domains that no node (in any graph or function) uses; in place."""
-    ir.passes.PassManager([ir_passes.RemoveUnusedOpsetsPass()])(model)
-    return model
 
 
 def foreign_ops(model: ir.Model) -> dict[str, int]:

@@ -17,11 +17,18 @@ steps:
   - prune: {method: structured, rate: 0.3, importance: l1, round_to: 8}
   - prune: {method: magnitude, rate: 0.8, scope: global}
 ```
+
+Per-group rates (structured): ``allocation: sensitivity`` measures what cutting each channel group
+alone costs in fidelity (or accuracy) on a few examples of the data and spends the rate where it
+hurts least per MAC (NetAdapt/AMC), removing as much as the uniform rate or the target would
+(``structured.sensitivity``). ``group_rates`` gives rates by group key (the group's first producer
+weight tensor, e.g. ``features.0.weight``; ``mcomp prune --json`` lists them in
+``changes.group_rates``), so a saved pipeline replays an allocation without measuring again.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -34,7 +41,10 @@ if TYPE_CHECKING:  # numpy and the graph library are imported where the pass run
 
 UNSTRUCTURED = criteria.names("weights")  # methods that zero weights: each names its criterion
 STRUCTURED = ("structured", "merge")
-IMPORTANCE = criteria.names("channels")  # the criteria ``method: structured`` ranks channels by
+IMPORTANCE = criteria.names("channels")
+# Sensitivity probes read calibration (or training) data first: the allocation is a choice fitted on
+# data, and fitting it on the evaluation set would flatter the accuracy the report then measures there.
+ANY_DATA_FIRST = ("calibration", "training", "evaluation")  # the criteria ``method: structured`` ranks channels by
 Method = Literal[(*UNSTRUCTURED, *STRUCTURED)]
 Importance = Literal[IMPORTANCE]
 
@@ -64,6 +74,13 @@ class Prune(Pass):
         max_layer_rate: float = Field(0.95, gt=0, le=1, description="no layer loses more than this share")
         batches: int = Field(8, ge=1, le=10000, description="taylor: batches of the data for the gradients")
         steps: int = Field(5, ge=1, le=100, description="taylor: prune in this many steps, with fresh gradients in each")
+        allocation: Literal["uniform", "sensitivity"] = Field(
+            "uniform", description="structured: one rate for every group, or rates per group from each group's "
+                                   "measured sensitivity per MAC, removing as much as the uniform rate (needs data)")
+        group_rates: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
+            default_factory=dict, description="structured: rates for some groups by key (the group's first "
+                                              "producer weight, e.g. conv1.weight), overriding --allocation; "
+                                              "a run's --json lists the rates it chose under changes.group_rates")
 
         @model_validator(mode="after")
         def _target_fits_method(self):
@@ -73,6 +90,11 @@ class Prune(Pass):
                                  "zeroed weights remove no MACs on dense kernels")
             if self.method in STRUCTURED and target == "weights":
                 raise ValueError("target 'weights' is for unstructured methods; structured takes channels, params or macs")
+            if self.method != "structured" and (self.allocation != "uniform" or self.group_rates):
+                raise ValueError("allocation and group_rates are for method structured")
+            over = [k for k, r in self.group_rates.items() if r > self.max_layer_rate]
+            if over:
+                raise ValueError(f"group_rates above max_layer_rate {self.max_layer_rate}: {', '.join(over[:10])}")
             return self
 
     def criterion(self) -> criteria.Criterion | None:
@@ -84,9 +106,12 @@ class Prune(Pass):
 
     def requires(self) -> tuple[Need, ...]:
         criterion = self.criterion()
+        needs = []
         if criterion is not None and criterion.gradients:
-            return (Need(ANY_DATA, f"{criterion.name} importance takes gradients on it"),)
-        return ()
+            needs.append(Need(ANY_DATA, f"{criterion.name} importance takes gradients on it"))
+        if self.config.method == "structured" and self.config.allocation == "sensitivity":
+            needs.append(Need(ANY_DATA, "sensitivity allocation runs each group's cut on a few examples of it"))
+        return tuple(needs)
 
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
         import onnx_ir as ir
@@ -164,6 +189,7 @@ class Prune(Pass):
 
             report = merge_similar(model, rate=cfg.rate, round_to=cfg.round_to, exclude=exclude,
                                    input_shapes=ctx.input_shapes)
+            allocated = None
         else:
             grads = None
             if self.criterion().gradients:
@@ -171,14 +197,50 @@ class Prune(Pass):
 
                 names = {m.tensor for g in find_groups(model) if g.prunable for m in g.members if m.tensor}
                 grads = self._gradients(model, ctx, names).summed
+            rates, allocated, notes = self._allocate(model, ctx, grads, exclude, target)
             report = driver.prune_structured(
                 model, rate=cfg.rate if target == "channels" else 0.0, importance=cfg.importance,
-                round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed, target=target,
-                target_value=cfg.rate if target != "channels" else None, input_shapes=ctx.input_shapes)
-        details = report.to_dict()
+                round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed,
+                target="channels" if allocated is not None else target,
+                target_value=cfg.rate if target != "channels" and allocated is None else None,
+                input_shapes=ctx.input_shapes, rates=rates)
+            report.notes = notes + report.notes
+            report.target, report.target_value = target, (cfg.rate if target != "channels" else None)
+        summary, details = report.summary, report.to_dict()
         details["requested"] = {"method": cfg.method, "rate": cfg.rate, "target": target,
-                                "importance": cfg.importance, "round_to": cfg.round_to}
-        return PassResult(model, bool(report.pruned), report.summary, list(report.notes), details)
+                                "importance": cfg.importance, "round_to": cfg.round_to,
+                                "allocation": cfg.allocation if cfg.method == "structured" else None}
+        if cfg.method == "structured":
+            details["group_rates"] = {g.key: g.rate for g in report.groups if g.rate is not None}
+        if cfg.method == "structured" and allocated is not None:
+            details["allocation"] = allocated
+            summary += "; " + report.notes[0].split(";")[0]
+        return PassResult(model, bool(report.pruned), summary, list(report.notes), details)
+
+    def _allocate(self, model, ctx, grads, exclude, target) -> tuple[dict[int, float], dict | None, list[str]]:
+        """Rates by group id: the explicit ``group_rates``, and with ``allocation: sensitivity`` the
+        measured allocation of the other groups (``structured.sensitivity``); None details when the
+        uniform rate (or the bisection) sets the rest."""
+        cfg = self.config
+        if not cfg.group_rates and cfg.allocation == "uniform":
+            return {}, None, []
+        from mcomp.passes.prune.structured import allocation, sensitivity
+        from mcomp.passes.prune.structured.driver import _excluded
+        from mcomp.passes.prune.structured.groups import find_groups
+
+        groups = find_groups(model)  # prepares the model in place, as the driver would
+        cuttable = [g for g in groups if g.prunable and _excluded(g, exclude) is None]
+        pinned = allocation.resolve_keys(cfg.group_rates, groups, cuttable)
+        free = [g for g in cuttable if g.id not in pinned]
+        if cfg.allocation == "uniform" or not free:
+            return pinned, None, []
+        rates, info, notes = sensitivity.allocate(
+            model, groups, free, pinned, rate=cfg.rate, target=target,
+            target_value=cfg.rate if target != "channels" else None, round_to=cfg.round_to,
+            max_rate=cfg.max_layer_rate, shapes=ctx.input_shapes or None, data=ctx.dataset(*ANY_DATA_FIRST),
+            ctx=ctx, options=dict(importance=cfg.importance, round_to=cfg.round_to, exclude=exclude, grads=grads,
+                                  seed=ctx.seed))
+        return {**rates, **pinned}, info, notes
 
 
 def _sizes(model: ir.Model) -> dict[str, int]:

@@ -124,10 +124,11 @@ class Fit:
 
 
 def fit(build, evaluator: Evaluator, budget: Budget, ranked: list[list[str]], base: set[str],
-        damages: list[float] | None = None) -> Fit:
+        damages: list[float] | None = None, progress=None) -> Fit:
     """The fewest of the ``ranked`` groups (most damaging first) to send back to float, on top of ``base``,
     for the budget to hold. With the groups' ``damages`` (1 − cosine when each alone is quantized), a
-    cosine budget starts from the count they predict; otherwise 1, 2, 4 … groups, then a bisection."""
+    cosine budget starts from the count they predict; otherwise 1, 2, 4 … groups, then a bisection.
+    How many trials that takes is not known ahead, so ``progress`` hears which trial runs, not a count."""
     trials: list[dict] = []
     cache: dict[int, Score] = {}
 
@@ -136,6 +137,9 @@ def fit(build, evaluator: Evaluator, budget: Budget, ranked: list[list[str]], ba
 
     def attempt(k: int) -> bool:
         if k not in cache:
+            if progress is not None:
+                progress(f"quantize: accuracy budget, trial {len(cache) + 1} ({k} of {len(ranked)} layer groups "
+                         "in float)", 0, 1)
             cache[k] = evaluator.score(build(excluded(k)))
             trials.append({"float_groups": k, "float_nodes": len(excluded(k) - base),
                            **cache[k].to_dict(evaluator.reference_accuracy),

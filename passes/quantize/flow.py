@@ -1,6 +1,8 @@
 """The quantize pass's flow, the same for every scheme: prepare → full candidate → accuracy budget →
 latency guard (schemes whose objective is latency) → result. Each step may keep the input instead
-(``Unchanged``), and says why in the summary and the notes."""
+(``Unchanged``), and says why in the summary and the notes. Every candidate is loaded in onnxruntime
+before it is scored (a pass never writes a model that cannot be loaded), and the result declares only
+the opset domains its nodes use (onnxruntime's builders declare every domain they know)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import onnx_ir as ir
 from mcomp import evaluate
 from mcomp.errors import BadInput
 from mcomp.model import to_bytes
+from mcomp.opset import drop_unused_opsets
 from mcomp.pass_base import Context, PassError, PassResult
 from mcomp.passes.quantize import budget as bud
 from mcomp.passes.quantize import record, schemes
@@ -105,7 +108,7 @@ class Flow:
         if errors is not None:
             self.details["explain"] = record.explain(errors, scheme.user, fit, ranked,
                                                      verdict.exclude if verdict else set())
-        result = scheme.result(self.build(excluded), excluded)
+        result = drop_unused_opsets(scheme.result(self.build(excluded), excluded))
         self.summary = scheme.outcome(self.model, result, excluded, score, self.evaluator, verdict)
         return result
 
@@ -122,7 +125,6 @@ class Flow:
         return budget
 
     def _layer_errors(self):
-        self.ctx.progress("quantize: per-layer errors", 0, 1)
         return self.scheme.layer_errors(self.build(self.scheme.user), self.live,
                                         self.evaluation.head(SENSITIVITY_FEEDS).feeds)
 
@@ -131,13 +133,12 @@ class Flow:
         from mcomp.passes.quantize.sensitivity import rank_groups
 
         ctx = self.ctx
-        ctx.progress("quantize: per-layer sensitivity", 0, 1)
         quick = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, SENSITIVITY_FEEDS), ctx.providers,
                               ctx.threads, ctx.fidelity)
-        ranked = rank_groups(self.scheme.groups(self.live), self.build, quick, excluded, self.cfg.fidelity_metric)
-        ctx.progress("quantize: accuracy budget", 0, 1)
+        ranked = rank_groups(self.scheme.groups(self.live), self.build, quick, excluded, self.cfg.fidelity_metric,
+                             progress=ctx.progress)
         fit = bud.fit(self.build, self.evaluator, budget, [g.members for g in ranked], excluded,
-                      damages=[g.damage for g in ranked])
+                      damages=[g.damage for g in ranked], progress=ctx.progress)
         self.details["budget"] = {
             "budget": budget.describe(), "held": fit.holds, "float_nodes": fit.exclude, "trials": fit.trials,
             "sensitivity": [{"group": g.name, "nodes": len(g.members), "damage": round(g.damage, 6)} for g in ranked]}
@@ -153,9 +154,9 @@ class Flow:
         from mcomp.passes.quantize.guard import guard, noisy
 
         ctx, provider = self.ctx, self.target.provider
-        ctx.progress("quantize: latency guard", 0, 1)
         verdict = guard(self.build, self.scheme.units, excluded, self.reference, self.evaluation.feeds[:GUARD_FEEDS],
-                        ctx.providers, ctx.threads, self.cfg.guard_runs, try_groups=self.scheme.guard_groups)
+                        ctx.providers, ctx.threads, self.cfg.guard_runs, try_groups=self.scheme.guard_groups,
+                        progress=ctx.progress)
         self.details["latency_guard"] = verdict.to_dict()
         if not verdict.faster and noisy(verdict.noise_floor):
             floor = verdict.noise_floor

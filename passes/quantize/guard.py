@@ -10,6 +10,9 @@ the input. If it is not faster than the input beyond the A/A noise, the guard sa
 
 Every measurement goes through ``measure``, the one place that reads the clock: tests replace
 it (monkeypatch) with fixed ratios to check the guard's decisions on any machine load.
+
+On a large model the guard takes minutes (every candidate built, then timed for ``runs`` rounds,
+twice), so it reports counts as it goes: candidates built, then candidates × rounds timed.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ class Timing:
     noise_floor: dict | None  # the input against a second session of itself (A/A): median, p10, p90
 
 
-def measure(models: list[tuple[str, bytes]], feeds, providers, threads, runs: int) -> Timing:
-    """Interleaved rounds over ``models`` (the input first), with the A/A noise floor."""
+def measure(models: list[tuple[str, bytes]], feeds, providers, threads, runs: int, progress=None) -> Timing:
+    """Interleaved rounds over ``models`` (the input first), with the A/A noise floor;
+    ``progress(rounds done, runs)`` after each round."""
     from mcomp.bench import interleaved
 
-    result = interleaved(models, feeds, providers=providers, threads=threads, warmup=3, runs=runs)
+    result = interleaved(models, feeds, providers=providers, threads=threads, warmup=3, runs=runs,
+                         progress=progress)
     return Timing({m.label: m.ratio for m in result.models[1:]}, {m.label: m.p50_ms for m in result.models},
                   result.noise_floor.to_dict() if result.noise_floor else None)
 
@@ -95,12 +100,20 @@ def groups(units, base: set[str]) -> dict[str, set[str]]:
 
 
 def guard(build, units, base: set[str], reference: bytes, feeds, providers, threads, runs: int,
-          try_groups: bool = True) -> Verdict:
-    """Chooses the fastest candidate among the full one and its group variants; compares it to the input."""
+          try_groups: bool = True, progress=None) -> Verdict:
+    """Chooses the fastest candidate among the full one and its group variants; compares it to the input.
+    ``progress(description, done, total)`` hears of each candidate built and each round timed."""
+    report = progress or (lambda description, done, total: None)
     named = groups(units, base) if try_groups else {}
     candidates = {FULL: set(base)} | {f"float: {k}": base | v for k, v in named.items()}
-    built = {label: build(ex).SerializeToString() for label, ex in candidates.items()}
-    ratios = measure([(INPUT, reference), *built.items()], feeds, providers, threads, runs).ratios
+    built = {}
+    for k, (label, ex) in enumerate(candidates.items()):
+        report("quantize: latency guard, building candidates", k, len(candidates))
+        built[label] = build(ex).SerializeToString()
+    second_size = 2 if len(named) > 1 else 1  # the best candidate, and the helping groups combined
+    timing = Timed(report, runs, len(built), second_size)
+    timing.round(0, runs)
+    ratios = measure([(INPUT, reference), *built.items()], feeds, providers, threads, runs, timing.round).ratios
     trials = [{"round": 1, "candidate": label, "ratio": round(r, 4), "float_nodes": len(candidates[label] - base)}
               for label, r in ratios.items()]
     helping = [k for k in named if ratios[f"float: {k}"] < ratios[FULL] * (1 - GAIN)]
@@ -111,7 +124,9 @@ def guard(build, units, base: set[str], reference: bytes, feeds, providers, thre
         label = "float: " + " + ".join(helping)
         final[label] = combined
         built[label] = build(combined).SerializeToString()
-    second = measure([(INPUT, reference), *((k, built[k]) for k in final)], feeds, providers, threads, runs)
+    timing.next(len(final))
+    second = measure([(INPUT, reference), *((k, built[k]) for k in final)], feeds, providers, threads, runs,
+                     timing.round)
     trials += [{"round": 2, "candidate": label, "ratio": round(r, 4), "float_nodes": len(final[label] - base)}
                for label, r in second.ratios.items()]
     winner = min(second.ratios, key=second.ratios.get)
@@ -120,3 +135,20 @@ def guard(build, units, base: set[str], reference: bytes, feeds, providers, thre
     p50 = {"input": second.p50_ms[INPUT], "candidate": second.p50_ms[winner]}
     return Verdict(final[winner] - base, ratio, ratio <= threshold(second.noise_floor), second.noise_floor, trials,
                    reverted, p50)
+
+
+class Timed:
+    """The guard's two measurements as one count, candidates × rounds: ``round`` is the callback one
+    measurement calls after each round; ``next`` moves on to the second, whose size is known only then."""
+
+    def __init__(self, report, runs: int, first: int, second: int):
+        self.report, self.runs, self.sizes, self.index = report, runs, [first, second], 0
+
+    def round(self, done: int, runs: int) -> None:
+        before = self.sizes[0] * self.runs if self.index else 0
+        self.report("quantize: latency guard, timing", before + done * self.sizes[self.index],
+                    sum(self.sizes) * self.runs)
+
+    def next(self, size: int) -> None:
+        self.index, self.sizes[1] = 1, size
+        self.round(0, self.runs)

@@ -7,6 +7,9 @@
   onnxruntime's offline optimizer at level basic (portable ONNX) folds BatchNorm into Conv and
   constants away, so that Q/DQ do not land between ops that would have been fused.
 - The opset is upgraded to 13 where per-channel QDQ needs it (an ``axis`` on Q/DQ).
+- A Gemm bias of shape [1, N] (MatMul + a row-vector Add, as tf2onnx writes it, fused by the
+  optimizer) becomes [N]: the same broadcast, and onnxruntime's int32-bias check (1.32) indexes
+  a per-channel bias by output channel and fails on a 2-D one.
 - Shape inference falls back: onnx's where it types every tensor, else symbolic (dynamic dims
   merged), else whatever onnx's found, else none.
 - Unnamed nodes get names (exclusions are by name); nodes the scheme must leave in float
@@ -26,7 +29,7 @@ import onnx_ir.passes.common as ir_passes
 
 from mcomp import evaluate
 from mcomp.errors import short
-from mcomp.graph import SHAPE_ERRORS, copy
+from mcomp.graph import SHAPE_ERRORS, copy, proto_graphs
 from mcomp.model import onnx_opset, to_proto
 from mcomp.opset import upgrade_opset
 from mcomp.passes.quantize.target import FLOAT_ONLY
@@ -84,6 +87,7 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
             notes.append(f"onnxruntime's basic graph optimization failed before quantization ({short(exc, 160)}); "
                          "quantized the graph as given")
     proto = to_proto(work)
+    flatten_gemm_bias(proto)
     before = onnx_opset(proto)
     if opset is not None and before is not None and before < opset:
         proto = upgrade_opset(proto, opset)
@@ -98,6 +102,33 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     prepared = Prepared(proto, notes, how, before, onnx_opset(proto))
     prepared.float_only = float_only_nodes(proto)
     return prepared
+
+
+def flatten_gemm_bias(proto: onnx.ModelProto) -> int:
+    """Every Gemm whose bias ``C`` is a [1, N] initializer reads it as [N] (a copy when others read it too);
+    returns how many. ``C`` broadcasts to [M, N] either way."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    graph_inputs = {v.name for v in proto.graph.input}
+    readers: dict[str, int] = {}
+    for g in proto_graphs(proto.graph):
+        for node in g.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
+    done = 0
+    for node in proto.graph.node:
+        bias = inits.get(node.input[2]) if node.op_type == "Gemm" and len(node.input) > 2 else None
+        if bias is None or bias.name in graph_inputs or len(bias.dims) != 2 or bias.dims[0] != 1:
+            continue
+        if readers[bias.name] > 1:
+            flat = onnx.TensorProto()
+            flat.CopyFrom(bias)
+            flat.name = f"{bias.name}_{node.name or done}_flat"
+            proto.graph.initializer.append(flat)
+            readers[bias.name] -= 1
+            node.input[2], bias = flat.name, flat
+        bias.dims[:] = [bias.dims[1]]
+        done += 1
+    return done
 
 
 def _fuse_hardswish(model: ir.Model, notes: list[str]) -> ir.Model:

@@ -32,8 +32,11 @@ class LayerError:
                 "sqnr_db": _db(self.noise), "added_noise_db": _db(self.added), "cosine": round(self.cosine, 6)}
 
 
-def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, units, feeds, providers) -> list[LayerError]:
-    """Errors of ``units`` (nodes of ``reference``), ranked by the noise each adds (largest first)."""
+def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, units, feeds, providers,
+                 progress=None) -> list[LayerError]:
+    """Errors of ``units`` (nodes of ``reference``), ranked by the noise each adds (largest first);
+    ``progress(description, done, total)`` hears of each of the two models run with its tensors exposed."""
+    report = progress or (lambda description, done, total: None)
     nodes = {n.name: n for n in reference.graph.node}
     skip = {t.name for t in reference.graph.initializer} | {i.name for i in reference.graph.input}
     wanted = {}
@@ -48,7 +51,9 @@ def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, units, 
         if node.op_type in ("Relu", "Clip") and node.input[0] not in seen and node.output[0] in seen:
             folded[node.input[0]] = node.output[0]
     tensors = sorted({folded.get(t, t) for out, ins in wanted.values() for t in [out, *ins]} & set(seen))
+    report("quantize: per-layer errors", 0, 2)
     ref_values = _run_exposed(reference, tensors, feeds, providers)
+    report("quantize: per-layer errors", 1, 2)
     cand_values = _run_exposed(candidate, sorted({seen[t] for t in tensors}), feeds, providers)
     stats = {}
     for t in tensors:
@@ -143,9 +148,13 @@ def merge(groups: list[Group], limit: int) -> list[Group]:
     return merged
 
 
-def rank_groups(groups: list[Group], build, evaluator, base: set[str], metric: str = "cosine") -> list[Group]:
-    """Each group's damage when it alone is quantized; the most damaging first."""
-    for group in groups:
+def rank_groups(groups: list[Group], build, evaluator, base: set[str], metric: str = "cosine",
+                progress=None) -> list[Group]:
+    """Each group's damage when it alone is quantized; the most damaging first. A candidate is built and
+    scored per group, minutes on a large model: ``progress(description, done, total)`` hears of each."""
+    for k, group in enumerate(groups):
+        if progress is not None:
+            progress("quantize: per-layer sensitivity", k, len(groups))
         score = evaluator.score(build(base, only=group.members))
         value = score.top1 if metric == "top1" and score.top1 is not None else score.fidelity
         group.damage = 1.0 - (value if value is not None else 1.0)

@@ -47,8 +47,11 @@ _CLOSE = 0.01  # a bracket this close to the target needs no per-group refinemen
 def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", round_to: int = DEFAULT_ROUND_TO,
                      exclude: Callable[[ir.Node], bool] | None = None, grads: dict[str, np.ndarray] | None = None,
                      seed: int = 0, target: str = "channels", target_value: float | None = None,
-                     input_shapes: dict[str, tuple[int, ...]] | None = None) -> StructuredReport:
-    """Removes channels in place and returns what was done (see the module docstring)."""
+                     input_shapes: dict[str, tuple[int, ...]] | None = None,
+                     rates: dict[int, float] | None = None) -> StructuredReport:
+    """Removes channels in place and returns what was done (see the module docstring). ``rates``
+    pins some groups' rates by id (chosen by ``allocation``, or given as ``group_rates``): the
+    uniform rate, or the bisection towards a target, moves only the other groups."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if criteria.get(importance).gradients and grads is None:
@@ -58,20 +61,21 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
     prepare(model)
     shapes = input_shapes or None  # not a default of our own: the report counts MACs at these shapes
     params0, macs0 = measure(model, shapes)
-    notes, rates = [], {}
+    notes, pinned, rates = [], dict(rates or {}), {}
+    options = dict(importance=importance, round_to=round_to, exclude=exclude, grads=grads, seed=seed)
     if target != "channels":
         if target_value is None or not 0 < target_value < 1:
             raise ValueError(f"target {target!r} needs target_value in (0, 1)")
-        rate, rates, note = _bisect(model, target, target_value, shapes, (params0, macs0),
-                                    dict(importance=importance, round_to=round_to, exclude=exclude, grads=grads,
-                                         seed=seed))
-        notes += note
+        if _free_groups(model, exclude, pinned):
+            rate, rates, note = _bisect(model, target, target_value, shapes, (params0, macs0), options, pinned)
+            notes += note
+        else:
+            notes.append(f"every group's rate was given: target {target} −{target_value:.0%} not sought again")
     elif not 0 <= rate < 1:
         raise ValueError("rate must be in [0, 1)")
     report = StructuredReport("structured", rate, importance, round_to, target, target_value,
                               parameters_before=params0, macs_before=macs0, macs_input_shapes=_listed(shapes))
-    report.groups = cut(model, rate, importance=importance, round_to=round_to, exclude=exclude, grads=grads,
-                        seed=seed, rates=rates)
+    report.groups = cut(model, rate, rates={**rates, **pinned}, **options)
     report.parameters_after, report.macs_after = measure(model, shapes)
     report.notes = notes + _fallback_notes(report, importance)
     return report
@@ -87,7 +91,8 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
     groups = find_groups(model, prepared=True) if groups is None else groups
     records, plan = [], []
     for group in groups:
-        record = GroupRecord(group.id, group.chain, group.channels, group.channels, reason=group.reason)
+        record = GroupRecord(group.id, group.chain, group.channels, group.channels, reason=group.reason,
+                             key=group.key)
         records.append(record)
         if not group.prunable:
             continue
@@ -97,7 +102,8 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
             continue
         scores, used = group_scores(group, importance, grads=grads, rng=rng)
         record.importance = used
-        keep = select(group, scores, (rates or {}).get(group.id, rate), round_to)
+        record.rate = (rates or {}).get(group.id, rate)
+        keep = select(group, scores, record.rate, round_to)
         plan.append((group, keep))
         record.channels_after = int(keep.size)
     for group, keep in plan:
@@ -125,14 +131,22 @@ def _excluded(group: ChannelGroup, exclude) -> str | None:
     return None
 
 
-def _bisect(model, target, target_value, shapes, base, options) -> tuple[float, dict[int, float], list[str]]:
+def _free_groups(model, exclude, pinned) -> list[ChannelGroup]:
+    """The prunable groups whose rate the uniform rate (or the bisection) sets."""
+    return [g for g in find_groups(model, prepared=True)
+            if g.prunable and _excluded(g, exclude) is None and g.id not in pinned]
+
+
+def _bisect(model, target, target_value, shapes, base, options,
+            pinned: dict[int, float]) -> tuple[float, dict[int, float], list[str]]:
     """The smallest uniform rate whose pruned copy removes ``target_value`` of params or MACs, then,
-    where rounding makes that rate overshoot, per-group rates that come closer (``_refine``)."""
+    where rounding makes that rate overshoot, per-group rates that come closer (``_refine``).
+    ``pinned`` groups keep their rates throughout."""
     index = 0 if target == "params" else 1
 
     def removed(rate: float, rates: dict[int, float] | None = None) -> float:
         trial = copy_model(model)
-        cut(trial, rate, rates=rates, **options)
+        cut(trial, rate, rates={**(rates or {}), **pinned}, **options)
         return 1 - measure(trial, shapes)[index] / base[index]
 
     lo, hi = 0.0, _MAX_RATE
@@ -149,7 +163,7 @@ def _bisect(model, target, target_value, shapes, base, options) -> tuple[float, 
             lo, got_lo = mid, got
     rate, rates, got = hi, {}, got_hi
     if got_hi - target_value > _CLOSE:
-        rate, rates, got = _refine(model, lo, hi, (got_lo, got_hi), target_value, removed, options)
+        rate, rates, got = _refine(model, lo, hi, (got_lo, got_hi), target_value, removed, options, pinned)
     note = f"rate {rate:.4f} found by bisection for {target} −{target_value:.0%}: removed −{got:.1%}"
     if rates:
         note += (f" ({len(rates)} groups at other rates: rounding to {options['round_to']} channels moves "
@@ -157,7 +171,7 @@ def _bisect(model, target, target_value, shapes, base, options) -> tuple[float, 
     return rate, rates, [note] + _shapes_note(target, shapes)
 
 
-def _refine(model, lo, hi, got, target_value, removed, options) -> tuple[float, dict[int, float], float]:
+def _refine(model, lo, hi, got, target_value, removed, options, pinned) -> tuple[float, dict[int, float], float]:
     """Closer to the target than uniform ``hi``, which overshoots because the groups in ``moved``
     (those keeping fewer channels at ``hi`` than at ``lo``) all drop a ``round_to`` step at once.
 
@@ -170,8 +184,7 @@ def _refine(model, lo, hi, got, target_value, removed, options) -> tuple[float, 
     def counts(group, rate):
         return [rounded_keep(b - a, rate, options["round_to"]) for a, b in group.segments]
 
-    moved = [g.id for g in find_groups(model, prepared=True)
-             if g.prunable and _excluded(g, options["exclude"]) is None and counts(g, lo) != counts(g, hi)]
+    moved = [g.id for g in _free_groups(model, options["exclude"], pinned) if counts(g, lo) != counts(g, hi)]
     seen = {0: got[0], len(moved): got[1]}
     k_lo, k_hi = 0, len(moved)
     while k_hi - k_lo > 1:
@@ -183,15 +196,15 @@ def _refine(model, lo, hi, got, target_value, removed, options) -> tuple[float, 
         return (hi, {}, seen[k]) if k == len(moved) else (lo, dict.fromkeys(moved[:k], hi), seen[k])
 
     candidates = [prefix(k_lo), prefix(k_hi)]
-    pinned = dict.fromkeys(moved[k_lo:], lo)
+    held = dict.fromkeys(moved[k_lo:], lo)
     r_lo, r_hi = hi, _MAX_RATE
-    got_r = removed(r_hi, pinned)
+    got_r = removed(r_hi, held)
     if got_r >= target_value:
         for _ in range(_BISECT_STEPS // 2):
             mid = (r_lo + r_hi) / 2
-            got_mid = removed(mid, pinned)
+            got_mid = removed(mid, held)
             r_lo, r_hi, got_r = (r_lo, mid, got_mid) if got_mid >= target_value else (mid, r_hi, got_r)
-        candidates.append((r_hi, pinned, got_r))
+        candidates.append((r_hi, held, got_r))
     return min(candidates, key=lambda c: (abs(c[2] - target_value), c[2] < target_value))
 
 

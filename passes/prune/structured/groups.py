@@ -56,6 +56,17 @@ class ChannelGroup:
         return " => ".join(labels)
 
     @property
+    def key(self) -> str:
+        """The group's stable name for ``group_rates``: its first producer's weight tensor (e.g.
+        ``conv1.weight``). Integer ids follow graph order, which a re-export may change; weight
+        names usually survive it, and a user can read them in any model viewer."""
+        for m in self.members:
+            if m.role == "producer" and m.tensor:
+                return m.tensor
+        producers = self.producers
+        return name_of(producers[0]) if producers else f"group{self.id}"
+
+    @property
     def segments(self) -> list[tuple[int, int]]:
         """Ranges of channels that Split/Slice hand to different tensors; each is cut by the same share."""
         bounds = {0, self.channels}

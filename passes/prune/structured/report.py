@@ -15,6 +15,8 @@ class GroupRecord:
     importance: str | None = None  # the score actually used (after fallbacks)
     merged: int = 0  # merge: channels folded into a twin rather than dropped
     note: str | None = None  # e.g. why merge fell back to magnitude for this group
+    key: str | None = None  # the group's stable name (``ChannelGroup.key``), as ``group_rates`` takes it
+    rate: float | None = None  # the rate it was cut at (None: left whole); ``group_rates`` replays it
 
     @property
     def kept(self) -> int:

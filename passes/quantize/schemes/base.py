@@ -57,7 +57,6 @@ class Scheme(abc.ABC):
     ``build`` for each candidate, then ``result`` and ``outcome`` for the one it keeps."""
 
     name: ClassVar[str] = ""  # set by @register
-    help: ClassVar[str] = ""  # the mode's entry in --mode's description
     calibrates: ClassVar[str] = ""  # why it needs calibration data ("" = it needs none): the pass's Need
     objective: ClassVar[str] = "latency"  # "latency": the guard measures what pays; "size": latency unchanged
     bits: ClassVar[tuple[int, ...]] = ()  # the --bits it accepts; () = its width is fixed

@@ -16,7 +16,6 @@ from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units
 
 @register("dynamic")
 class Dynamic(OrtScheme):
-    help: ClassVar[str] = "int8 weights, activations at run time (MatMul/attention/LSTM)"
     keep_matmul: ClassVar[bool] = True
     takes_per_channel: ClassVar[bool] = True
     op_types: ClassVar[tuple[str, ...]] = ("MatMul", "Attention", "LSTM", "Gather")

@@ -29,7 +29,6 @@ MAX_GROUPS = 24  # layers ranked for the budget, adjacent ones merged above this
 
 @register("kmeans")
 class KMeans(Scheme):
-    help: ClassVar[str] = "shared weights"
     objective: ClassVar[str] = "size"
     bits: ClassVar[tuple[int, ...]] = (2, 3, 4, 5, 6, 7, 8)
     default_bits: ClassVar[int | None] = 4
@@ -43,7 +42,8 @@ class KMeans(Scheme):
         lift_constants(model)
         self.total = tensor_counts(model)[0].parameters
         match = matcher(self.cfg.exclude)
-        self.layers = plan(model, self.width, lambda node: match(node.name, node.op_type), seed=self.ctx.seed)
+        self.layers = plan(model, self.width, lambda node: match(node.name, node.op_type), seed=self.ctx.seed,
+                           progress=self.ctx.progress)
         if not self.layers:
             raise ConfigError("quantize: kmeans found no float weights (Conv, MatMul, Gemm, Gather, LSTM/GRU/RNN) "
                               "to cluster")
@@ -126,11 +126,15 @@ class Layer:
     info: dict
 
 
-def plan(model: ir.Model, bits: int, excluded, init: str = "linear", seed: int = 0) -> list[Layer]:
-    """Each layer's codebook and shared weights, with its sizes; the model is not changed yet."""
+def plan(model: ir.Model, bits: int, excluded, init: str = "linear", seed: int = 0, progress=None) -> list[Layer]:
+    """Each layer's codebook and shared weights, with its sizes; the model is not changed yet. Clustering
+    a large layer takes seconds: ``progress(description, done, total)`` hears of each layer."""
     k = 1 << bits
     layers = []
-    for node, value in weight_inputs(model, excluded):
+    weights = weight_inputs(model, excluded)
+    for done, (node, value) in enumerate(weights):
+        if progress is not None:
+            progress("quantize: k-means clustering", done, len(weights))
         w = value.const_value.numpy()
         centroids, labels = clustering.kmeans_1d(w, k, init=init, seed=seed)
         shared = clustering.reconstruct(centroids, labels, w.shape).astype(w.dtype)

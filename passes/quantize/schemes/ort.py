@@ -18,11 +18,11 @@ import onnx
 import onnx_ir as ir
 
 from mcomp import graph
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, short
 from mcomp.passes.quantize import prepare as prep
-from mcomp.passes.quantize import record
+from mcomp.passes.quantize import fallback, record
 from mcomp.passes.quantize.exclusions import excluded_nodes
-from mcomp.passes.quantize.schemes.base import Scheme, Unit
+from mcomp.passes.quantize.schemes.base import Scheme, Unchanged, Unit
 
 PER_CHANNEL_OPSET = 13  # Q/DQ take an ``axis`` from opset 13
 
@@ -89,11 +89,46 @@ class OrtScheme(Scheme):
         out = self.workdir / f"candidate{self.builds}.onnx"
         self.builds += 1
         exclude = set(exclude) | set(self.prepared.float_only)
-        with prep.quiet():
-            self._build(exclude, out, None if only is None else sorted(set(only) - exclude))
+        for _ in range(len(self.units) + 1):
+            chosen = None if only is None else sorted(set(only) - exclude)
+            try:
+                with prep.quiet():
+                    self._build(exclude, out, chosen)
+                break
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's quantizer raises anything; others re-raise
+                exclude.add(self._failed_on(exc, exclude, chosen))
         proto = onnx.load(str(out))
         out.unlink()
         return _tidy(proto)
+
+    def _failed_on(self, exc: Exception, exclude: set[str], only: list[str] | None) -> str:
+        """The node onnxruntime's quantizer failed on, now held in float with the reason; re-raises what
+        is not the quantizer's failure on a node (the input is then returned unchanged)."""
+        if not fallback.inside_quantizer(exc):
+            raise exc
+        candidates = [u.name for u in self.units if u.name not in exclude and (only is None or u.name in only)]
+        node = fallback.named_node(exc, candidates) or fallback.bisect(
+            lambda more: self._fails(exclude | more, only), candidates)
+        why = f"{type(exc).__name__}: {short(exc, 120)}"
+        if node is None:
+            self.notes.append(f"onnxruntime's quantizer failed on this graph ({why}), not on one node of it")
+            raise Unchanged("onnxruntime's quantizer failed") from exc
+        op = next(u.op_type for u in self.units if u.name == node)
+        self.prepared.float_only[node] = f"onnxruntime's quantizer failed on it ({why})"
+        self.details.setdefault("float_reasons", []).append({"node": node, "reason": self.prepared.float_only[node]})
+        self.notes.append(f"node {node} ({op}) left float: onnxruntime's quantizer failed on it ({why})")
+        self.units = [u for u in self.units if u.name != node]  # no longer quantizable: counted with the float ops
+        self.details["candidate_layers"] = len(self.units)
+        return node
+
+    def _fails(self, exclude: set[str], only: list[str] | None) -> bool:
+        """Building with ``exclude`` in float still raises."""
+        try:
+            with prep.quiet():
+                self._build(exclude, self.workdir / "probe.onnx", None if only is None else sorted(set(only) - exclude))
+        except Exception:  # noqa: BLE001 - any failure counts while looking for the node
+            return True
+        return False
 
     def groups(self, live: list[Unit]) -> list:
         from mcomp.passes.quantize.sensitivity import layer_groups
@@ -103,7 +138,7 @@ class OrtScheme(Scheme):
     def layer_errors(self, candidate: onnx.ModelProto, live: list[Unit], feeds) -> list:
         from mcomp.passes.quantize.sensitivity import layer_errors
 
-        return layer_errors(self.prepared.proto, candidate, live, feeds, self.ctx.providers)
+        return layer_errors(self.prepared.proto, candidate, live, feeds, self.ctx.providers, self.ctx.progress)
 
     def result(self, proto: onnx.ModelProto, excluded: set[str]) -> ir.Model:
         return ir.serde.deserialize_model(proto)

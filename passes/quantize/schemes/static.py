@@ -20,7 +20,6 @@ from mcomp.passes.quantize.target import COMPUTE_OPS, INT8_FLOW_OPS, PASS_THROUG
 
 @register("static")
 class Static(OrtScheme):
-    help: ClassVar[str] = "QDQ int8 with calibrated activations (needs data)"
     calibrates: ClassVar[str] = "static quantization calibrates activation ranges on it"
     opset: ClassVar[int | None] = 10  # QuantizeLinear/DequantizeLinear
     takes_per_channel: ClassVar[bool] = True
@@ -73,12 +72,16 @@ class Static(OrtScheme):
         cache = self.workdir / "calibration.json"
         if cfg.calibration == "entropy" and not cache.exists():
             self._calibrate_entropy(cache)
-        quantize_static(str(self.source), str(out), FeedReader(self.feeds), quant_format=QuantFormat.QDQ,
+        quantize_static(str(self.source), str(out), self._reader(), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(self.op_types), per_channel=self.per_channel,
                         reduce_range=self.target.reduce_range,
                         activation_type=QuantType.QUInt8 if self.activations == "uint8" else QuantType.QInt8,
                         weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), nodes_to_quantize=only,
                         calibrate_method=self._method(), calibration_cache_path=cache, extra_options=extra)
+
+    def _reader(self) -> "FeedReader":
+        """The calibration feeds, reporting each one read: calibrating a large model takes minutes."""
+        return FeedReader(self.feeds, lambda done, total: self.ctx.progress("quantize: calibration", done, total))
 
     def _method(self):
         from onnxruntime.quantization import CalibrationMethod
@@ -96,25 +99,33 @@ class Static(OrtScheme):
                                        calibrate_method=self._method(),
                                        extra_options={"num_bins": 2048, "num_quantized_bins": 128,
                                                       "symmetric": self.cfg.symmetric})
-        calibrator.collect_data(FeedReader(self.feeds))
+        calibrator.collect_data(self._reader())
         save_tensors_data(calibrator.compute_data(), cache)
 
 
 class FeedReader:
-    """onnxruntime's CalibrationDataReader protocol over a list of feeds."""
+    """onnxruntime's CalibrationDataReader protocol over a list of feeds; ``progress(done, total)`` hears of
+    each feed handed out (onnxruntime runs the model on each as it reads it)."""
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]):
-        self.feeds = feeds
+    def __init__(self, feeds: list[dict[str, np.ndarray]], progress=None):
+        self.feeds, self.progress = feeds, progress
         self._it = iter(feeds)
+        self._read = 0
 
     def get_next(self):
-        return next(self._it, None)
+        feed = next(self._it, None)
+        if feed is not None and self.progress is not None:
+            self.progress(self._read, len(self.feeds))
+            self._read += 1
+        return feed
 
     def __len__(self) -> int:
         return len(self.feeds)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._it = iter(self.feeds[start_index:end_index])
+        self._read = start_index
 
     def rewind(self) -> None:
         self._it = iter(self.feeds)
+        self._read = 0

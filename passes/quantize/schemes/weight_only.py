@@ -24,7 +24,6 @@ ACCURACY_LEVEL = 4  # int8 activations in the kernel: the fast path on x86 and A
 
 @register("weight-only")
 class WeightOnly(OrtScheme):
-    help: ClassVar[str] = "int4/int8 block-wise MatMul/Gather"
     bits: ClassVar[tuple[int, ...]] = (4, 8)
     default_bits: ClassVar[int | None] = 4
     keep_matmul: ClassVar[bool] = True

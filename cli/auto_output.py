@@ -1,0 +1,136 @@
+"""What ``mcomp auto`` shows and writes: a line per trial (a live status on a terminal), the front
+and the chosen model at the end, then the model, the pipeline, the JSON and HTML reports, each
+written atomically."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from mcomp.cli import console
+
+
+class Printer:
+    """Progress of the search on stderr: trial k of N (or time left), the best so far, the front size."""
+
+    def __init__(self, settings, trials: int | None, seconds: float | None, enabled: bool) -> None:
+        self.settings, self.total, self.seconds = settings, trials, seconds
+        self.started = time.monotonic()
+        self.best: float | None = None
+        self.seen = 0
+        self.feasible = []  # (objective, loss) of trials within budget, for the front size
+        self.progress = console.Progress(enabled=enabled)
+        self.enabled = enabled and not console.quiet()
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def trial(self, event: dict) -> None:
+        self.seen += 1
+        if event["state"] == "complete" and event.get("feasible"):
+            m = event["measured"]
+            self.feasible.append((m["objective"], m["loss"]))
+            self.best = m["objective"] if self.best is None else min(self.best, m["objective"])
+        line = self._line(event)
+        if not console.err.is_terminal:  # a log gets one plain line per trial
+            if self.enabled:
+                print(line, file=sys.stderr, flush=True)
+        else:
+            self.progress(line, self.seen, self.total or 0)
+
+    def _line(self, event: dict) -> str:
+        of = f"/{self.total}" if self.total else ""
+        left = ""
+        if self.seconds:
+            left = f" · {max(0.0, self.seconds - (time.monotonic() - self.started)) / 60:.1f} min left"
+        head = f"trial {event['number']} ({self.seen}{of}{left})"
+        if event["state"] != "complete":
+            return f"{head}: {event['state']}: {event.get('reason', '')}"
+        m = event["measured"]
+        quality = (f"accuracy {m['accuracy']:.2%} ({-m['loss'] * 100:+.2f} pts)" if self.settings.max_drop is not None
+                   and m.get("accuracy") is not None else f"fidelity {m.get('fidelity')}")
+        verdict = "within budget" if event.get("feasible") else "over budget"
+        best = f"best ×{self.best:.3f}" if self.best is not None else "none within budget yet"
+        if event.get("repeat_of") is not None:
+            head += f" = trial {event['repeat_of']} (the same pipeline; not run again)"
+        return (f"{head}: {quality} · {self.settings.objective} ×{m['objective']:.3f} · {verdict} · {best} · "
+                f"front {len(_front(self.feasible))} · {event['seconds']:.0f} s")
+
+    def summary(self, doc: dict, output: Path, report: Path, pipeline: Path | None) -> None:
+        if console.quiet():
+            return
+        study, chosen = doc["study"], doc["chosen"]
+        console.err.print(f"study {study['name']} ({study['storage']}): {study['trials']} trials "
+                          f"({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} stopped, "
+                          f"{study['failed']} failed)")
+        table = Table(title="Pareto front (within budget marked *)", title_justify="left")
+        for col in ("trial", "steps", "loss", doc["objective"], "size", "MACs"):
+            table.add_column(col, justify="left" if col in ("trial", "steps") else "right")
+        by_number = {t["number"]: t for t in doc["trials"]}
+        for number in doc["front"]:
+            t = by_number[number]
+            m = t["measured"]
+            mark = "*" if t["feasible"] else ""
+            table.add_row(f"{number}{mark}", " → ".join(s[0] for s in t["steps"]), f"{m['loss']:.4f}",
+                          f"×{m['objective']:.3f}", _ratio(m.get("size_ratio")), _ratio(m.get("macs_ratio")))
+        console.err.print(table)
+        again = chosen.get("remeasured") or chosen["measured"]
+        console.err.print(f"chosen: trial {chosen['number']} ({' → '.join(s[0] for s in chosen['steps'])}); "
+                          f"re-measured: loss {again['loss']:.4f}, {doc['objective']} ×{again['objective']:.3f}, "
+                          f"size ×{again.get('size_ratio') or 0:.3f}")
+        wrote = [str(output), str(report)] + ([str(pipeline)] if pipeline else [])
+        console.say("wrote " + ", ".join(wrote))
+
+
+    def closest(self, doc: dict) -> None:
+        """When nothing met the budget: the trials nearest to it, each with its pipeline."""
+        if console.quiet():
+            return
+        for t in doc.get("closest", []):
+            m = t["measured"]
+            steps = " → ".join(f"{name} {options}" for name, options in t["steps"])
+            console.err.print(f"  closest: trial {t['number']}: loss {m['loss']:.4f}, {doc['objective']} "
+                              f"×{m['objective']:.3f}: {steps}")
+
+
+def _ratio(value) -> str:
+    return f"×{value:.3f}" if isinstance(value, (int, float)) else "-"
+
+
+def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return [p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)]
+
+
+def write_outputs(doc: dict, model_bytes: bytes | None, *, output: Path | None = None, pipeline_path: Path | None = None,
+                  pipeline_yaml: str | None = None, report_path: Path | None = None, html_path: Path | None = None,
+                  json_out: bool = False) -> None:
+    """Model first (when there is one), then the pipeline and the reports; each atomically, all
+    under the model's output lock, so two searches writing the same ``-o`` leave one's set."""
+    from mcomp import atomic
+    from mcomp import model as model_io
+    from mcomp import report as report_io
+
+    with atomic.locked(output if model_bytes is not None else None):
+        if model_bytes is not None and output is not None:
+            if str(output) == "-":
+                sys.stdout.buffer.write(model_bytes)
+            else:
+                model_io.write_bytes_atomic(Path(output), model_bytes)
+                doc["output"] = str(output)
+        if pipeline_path is not None and pipeline_yaml is not None:
+            model_io.write_bytes_atomic(Path(pipeline_path), pipeline_yaml.encode())
+        if report_path is not None:
+            model_io.write_bytes_atomic(Path(report_path), report_io.to_json(doc).encode())
+        if html_path is not None:
+            from mcomp.auto.page import to_html
+
+            model_io.write_bytes_atomic(Path(html_path), to_html(doc).encode())
+    if json_out:
+        sys.stdout.write(report_io.to_json(doc))

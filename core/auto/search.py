@@ -1,0 +1,260 @@
+"""``mcomp auto``, from request to result: check everything that can be checked before any trial,
+measure the input, run the study (here or in worker processes), then choose, re-measure and write.
+
+Nothing is written when a check fails (exit 2) or when no trial meets the budget (exit 3, with
+the closest trials in the error and the report).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from mcomp.auto import front as fronts
+from mcomp.auto import study as studies
+from mcomp.auto import trial as trials
+from mcomp.auto.space import Space, default_space, load_space
+from mcomp.errors import BadInput, GateFailed
+
+DEFAULT_TRIALS = 30
+# The input measured as a trial is: a pipeline that changes nothing (every optimize stage skipped).
+IDENTITY = [("optimize", {"level": "none", "skip": ["fold-constants", "fold-shapes", "eliminate", "fuse-batchnorm",
+                                                      "fuse", "onnxruntime"]})]
+
+
+@dataclass
+class Request:
+    settings: trials.Settings
+    output: Path
+    trials: int | None = None
+    time_budget: float | None = None  # seconds
+    space: str | None = None
+    storage: str | None = None
+    study: str | None = None
+    workers: int = 1
+    command: str = ""
+
+
+@dataclass
+class Result:
+    report: dict
+    chosen: dict | None
+    model_bytes: bytes | None = None
+    pipeline_yaml: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def search(request: Request, on_trial: Callable[[dict], None] = lambda event: None,
+           progress: Callable[[str, int, int], None] = lambda d, k, n: None) -> Result:
+    started = time.perf_counter()
+    settings = request.settings
+    space = load_space(request.space) if request.space else default_space()
+    url = studies.storage_url(request.storage, request.output)
+    studies.check_storage(url)  # unreachable: one line, exit 2, before the input is even measured
+    progress("measuring the input", 0, 1)
+    baseline, base_doc = _measure_input(settings)
+    budget_left = request.time_budget
+    if budget_left is not None and budget_left < 2 * baseline.seconds:
+        raise BadInput(f"--time-budget {budget_left:.0f}s is shorter than one trial: measuring the input alone "
+                       f"took {baseline.seconds:.0f}s, and a trial also runs its passes")
+    name = request.study or _study_name(settings, base_doc, space)
+    plan = studies.Plan(name, url, 0, None, total=request.trials or (None if request.time_budget else DEFAULT_TRIALS))
+    study = studies.load(plan, settings, create=True)
+    interrupted = studies.reap_interrupted(study)
+    resumed = len(studies.finished(study))
+    total = request.trials or (None if request.time_budget else DEFAULT_TRIALS)
+    remaining = max(0, total - resumed) if total is not None else 10 ** 6
+    if not study.trials:
+        for params in _anchors(space):
+            study.enqueue_trial(params, skip_if_exists=True)
+    deadline = time.time() + request.time_budget if request.time_budget else None
+    ran = _run_workers(plan, settings, space, remaining, deadline, request.workers, on_trial)
+    study = studies.load(plan, settings)
+    doc = _report(request, settings, space, study, base_doc, baseline, url, resumed, interrupted, ran)
+    chosen = doc["chosen"]
+    if chosen is None:
+        doc["seconds"] = round(time.perf_counter() - started, 2)
+        near = "; ".join(_describe(t) for t in doc["closest"]) or "no trial completed"
+        raise GateFailed(f"no trial met the budget ({_budget_text(settings)}); closest: {near}", report=doc)
+    progress("re-measuring the chosen model", 0, 1)
+    steps = [tuple(s) for s in chosen["steps"]]
+    scratch = Path(settings.folder) / "chosen.onnx"
+    again, run_doc = trials.run(settings, steps, str(scratch))
+    chosen["remeasured"] = again.to_dict()
+    chosen["run_report"] = run_doc
+    doc["seconds"] = round(time.perf_counter() - started, 2)
+    model_bytes = scratch.read_bytes()
+    scratch.unlink()
+    return Result(doc, chosen, model_bytes, pipeline_yaml(settings, steps, request.output))
+
+
+def _measure_input(settings: trials.Settings) -> tuple[trials.Measured, dict]:
+    """The input against itself: its accuracy, its A/A band, and what one measurement costs. A
+    budget that cannot be measured (no labels for --max-drop) is refused here."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="mcomp-auto-") as scratch:  # refused here: nothing left behind
+        measured, doc = trials.run(settings, IDENTITY, str(Path(scratch) / "input.onnx"), cache=False)
+    if settings.max_drop is not None and not (doc.get("accuracy") or {}).get("known"):
+        reason = (doc.get("accuracy") or {}).get("reason") or "the evaluation data has no labels"
+        raise BadInput(f"--max-drop needs labelled evaluation data ({reason}); give --eval with labels, "
+                       "or bound fidelity instead with --min-fidelity")
+    return measured, doc
+
+
+def _study_name(settings: trials.Settings, base_doc: dict, space: Space) -> str:
+    """The same input, data, space, objective and budget resume the same study; anything else starts anew."""
+    key = json.dumps([base_doc["input"]["sha256"], settings.train, settings.evaluation, settings.objective,
+                      settings.budget, space.describe(), settings.input_shape, settings.seed, settings.metric],
+                     sort_keys=True)
+    return f"mcomp-auto-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def _anchors(space: Space) -> list[dict]:
+    """Trials run first, before the sampler's own: each pass alone at its defaults, and the
+    quickstart's recipe (prune half the channels, distill, int8), where the space allows them, so
+    the search starts from what a user would try and the front is measured against it."""
+    from mcomp import registry
+
+    optional = [name for name, ps in space.steps if any(p.option == "enabled" and p.searched for p in ps)]
+    recipe = {"prune.method": "structured", "prune.rate": 0.5, "prune.importance": "l1", "prune.allocation": "uniform",
+              "distill.lr": 0.01, "quantize.mode": "static"}
+    anchors = []
+    for enabled in [*({only} for only in optional), set(optional)]:
+        overrides = recipe
+        params = {}
+        for name, ps in space.steps:
+            defaults, chosen = registry.get(name).Config(), {}
+            for p in ps:
+                value = (name in enabled) if p.option == "enabled" else overrides.get(p.name, getattr(defaults, p.option))
+                if not p.searched:
+                    chosen[p.option] = p.value
+                elif p.applies(chosen) and _fits(p, value):
+                    chosen[p.option] = value
+                    params[p.name] = json.dumps(value) if p.choices and any(isinstance(c, tuple) for c in p.choices) else value
+        anchors.append(params)
+    return anchors
+
+
+def _fits(p, value) -> bool:
+    if p.choices is not None:
+        return (tuple(value) if isinstance(value, list) else value) in p.choices
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high
+
+
+def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, workers: int, on_trial) -> int:
+    """Runs the trials here (one worker) or in ``workers`` processes sharing the storage."""
+    shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
+    if workers == 1:
+        return studies.work(replace(plan, trials=shares[0], deadline=deadline), settings, space, report=on_trial)
+    context = multiprocessing.get_context("spawn")  # torch and onnxruntime do not survive fork with threads
+    events = context.Queue()
+    processes = [context.Process(target=_worker_main, daemon=True,
+                                 args=(replace(plan, trials=share, deadline=deadline, worker=i), settings, space, events))
+                 for i, share in enumerate(shares) if share > 0]
+    for p in processes:
+        p.start()
+    ran, alive = 0, len(processes)
+    while alive:
+        event = events.get()
+        if event.get("done"):
+            alive -= 1
+            ran += event["ran"]
+            if event.get("error"):
+                raise BadInput(f"worker {event['worker']}: {event['error']}")
+        else:
+            on_trial(event)
+    for p in processes:
+        p.join()
+    return ran
+
+
+def _worker_main(plan: studies.Plan, settings, space, events) -> None:
+    from mcomp.cli.console import library_logs_quiet
+    from mcomp.errors import short
+
+    try:
+        with library_logs_quiet():
+            ran = studies.work(plan, settings, space, report=events.put)
+        events.put({"done": True, "ran": ran, "worker": plan.worker})
+    except BaseException as exc:  # the main process says it in one line
+        events.put({"done": True, "ran": 0, "worker": plan.worker, "error": short(exc, 300)})
+
+
+def _report(request: Request, settings, space, study, base_doc, baseline, url, resumed, interrupted, ran) -> dict:
+    rows = [_row(t) for t in study.trials if t.state.name != "WAITING"]  # queued first trials beyond --trials: not run
+    complete = [r for r in rows if r["state"] == "complete" and r.get("repeat_of") is None]  # a repeat: one point
+    band = fronts.band_of([r["measured"].get("latency_band") for r in complete], settings.objective)
+    points = [fronts.Point(r["number"], r["measured"]["loss"], r["measured"]["objective"], r["feasible"],
+                           r["measured"].get("size_ratio"), r["measured"].get("macs_ratio")) for r in complete]
+    on_front = fronts.front(points, band)
+    best = fronts.choose(points, band)
+    by_number = {r["number"]: r for r in rows}
+    counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("complete", "stopped", "failed", "running")}
+    return {
+        "schema": "mcomp-auto/1", "command": request.command,
+        "input": dict(base_doc["input"], accuracy=(base_doc.get("accuracy") or {}).get("reference"),
+                      measured=baseline.to_dict()),
+        "shapes": base_doc.get("shapes"), "data": base_doc.get("data"),
+        "budget": dict(zip(("kind", "value"), settings.budget)), "objective": settings.objective,
+        "study": {"name": study.study_name, "storage": studies.masked(url), "trials": len(rows), "resumed": resumed,
+                  "interrupted": interrupted, "ran_now": ran, "workers": request.workers, **counts,
+                  "time_budget_seconds": request.time_budget, "latency_tie_band": round(band, 4)},
+        "space": space.describe(),
+        "trials": rows,
+        "front": [p.number for p in on_front],
+        "chosen": dict(by_number[best.number]) if best is not None else None,
+        "closest": [by_number[p.number] for p in fronts.closest(points)] if best is None else [],
+    }
+
+
+def _row(t) -> dict:
+    state = {"COMPLETE": "complete", "PRUNED": "stopped", "FAIL": "failed"}.get(t.state.name, t.state.name.lower())
+    return {"number": t.number, "state": state, "steps": t.user_attrs.get("steps", []),
+            "measured": t.user_attrs.get("measured") or {}, "feasible": bool(t.user_attrs.get("feasible")),
+            "error": t.user_attrs.get("error"), "worker": t.user_attrs.get("worker"),
+            "repeat_of": t.user_attrs.get("repeat_of"),
+            "seconds": round(t.duration.total_seconds(), 2) if t.duration else None}
+
+
+def _describe(row: dict) -> str:
+    m = row["measured"]
+    steps = "+".join(s[0] for s in row["steps"]) or "?"
+    return f"trial {row['number']} ({steps}) loss {m.get('loss', float('nan')):.4f}, objective ×{m.get('objective', float('nan')):.3f}"
+
+
+def _budget_text(settings) -> str:
+    kind, value = settings.budget
+    return f"accuracy drop ≤ {value * 100:g} pts" if kind == "max_drop" else f"fidelity ≥ {value}"
+
+
+def pipeline_yaml(settings: trials.Settings, steps, output: Path) -> str:
+    """The winning pipeline as a pipeline file: ``mcomp run`` on it reproduces the model."""
+    import yaml
+
+    body = {"model": _absolute(settings.model),
+            "data": {"calibration": _absolute(settings.train), "training": _absolute(settings.train),
+                     "evaluation": _absolute(settings.evaluation or settings.train)},
+            "provider": settings.provider, "seed": settings.seed}
+    if settings.input_shape:
+        body["input_shape"] = {k: list(v) for k, v in settings.input_shape.items()}
+    body["steps"] = [{name: options} for name, options in steps]
+    kind, value = settings.budget
+    body["gate"] = {"max_accuracy_drop": value} if kind == "max_drop" else {"min_fidelity": value}
+    body["measure"] = {"runs": settings.runs, "fidelity": settings.fidelity}
+    if settings.metric:
+        where, _, function = settings.metric.rpartition(":")
+        body["measure"]["metric"] = f"{_absolute(where)}:{function}" if where.endswith(".py") else settings.metric
+    header = f"# Found by mcomp auto (objective: {settings.objective}, budget: {_budget_text(settings)}).\n"
+    return header + yaml.safe_dump(body, sort_keys=False)
+
+
+def _absolute(path: str | None) -> str | None:
+    if path is None or path.startswith("builtin:") or path in ("-", "random"):
+        return path
+    return str(Path(path).resolve())

@@ -1,0 +1,261 @@
+"""The study behind ``mcomp auto``: Optuna's storage, sampler and constraint, our trial loop.
+
+Optuna keeps the study (every trial's options, figures and state) in a storage: a SQLite file
+beside the output by default, or any SQLAlchemy URL (``postgresql://…``) that workers on several
+machines share. We use its multi-objective TPE sampler with the budget as a constraint rather
+than a search loop of our own; the loop around it is ours because a trial is a pipeline run that
+may fail (recorded with its reason), be stopped early (its distillation curve falls below every
+trial within budget), or be cut short by the time budget.
+
+Resuming: a study with the same name in the same storage carries on. A trial left RUNNING by a
+killed process on this machine (its pid gone) is marked failed ("interrupted") and not counted.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from mcomp.auto import trial as trials
+from mcomp.auto.space import Space
+from mcomp.errors import BadInput, short
+
+WARMUP_EPOCHS = 3  # distillation curves are compared from this epoch on
+MIN_PEERS = 3  # trials within budget needed before a curve is judged against them
+HOST = socket.gethostname()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a worker does: its share of the trials, until the deadline."""
+
+    study: str
+    storage: str
+    trials: int  # this worker's share
+    deadline: float | None  # time.time() after which no trial starts
+    worker: int = 0
+    total: int | None = None  # the study's --trials: no trial starts once the study holds that many
+
+
+def storage_url(url: str | None, output: Path) -> str:
+    """The storage: ``--storage`` as given (``postgresql://`` is read with psycopg 3), else a
+    SQLite file beside the output."""
+    if not url:
+        return f"sqlite:///{output.with_suffix('.study.db').resolve()}"
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def masked(url: str) -> str:
+    """A URL for messages and reports, as the user wrote it: no password, no driver name."""
+    url = url.replace("postgresql+psycopg://", "postgresql://", 1)
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        user, host = rest.rsplit("@", 1)
+        return f"{scheme}://{user.split(':', 1)[0]}:***@{host}" if ":" in user else url
+    return url
+
+
+def check_storage(url: str) -> None:
+    """Before any work: a SQLite file must be creatable (nothing is created yet: a run refused later
+    leaves no file); any other URL is connected to now (an unreachable server is one line, exit 2)."""
+    if url.startswith("sqlite:///"):
+        parent = Path(url[len("sqlite:///"):]).parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise BadInput(f"--storage {masked(url)}: cannot open the study storage: {parent} is not a writable folder")
+        return
+    open_storage(url).engine.dispose()
+
+
+def open_storage(url: str, attempts: int = 5):
+    """An RDB storage, connected now. Workers starting together on a new database race to create
+    Optuna's tables; the loser's unique-constraint error means the tables exist: try again."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:  # sqlalchemy's OperationalError, a missing driver, a malformed URL
+            raced = type(exc).__name__ in ("IntegrityError", "UniqueViolation") or "already exists" in str(exc)
+            if raced and attempt + 1 < attempts:
+                time.sleep(0.2 * (attempt + 1))
+                continue
+            raise BadInput(f"--storage {masked(url)}: cannot open the study storage: {short(exc, 160)}") from None
+
+
+def sampler_seed(seed: int, worker: int) -> int:
+    """Each worker process samples its own sequence: processes on other machines (or started
+    separately here) with the same --seed must not propose the same pipelines in lockstep."""
+    import random
+
+    return random.Random(f"{seed}:{worker}:{HOST}:{os.getpid()}").randrange(2 ** 31)
+
+
+def load(plan: Plan, settings: trials.Settings, create: bool = False):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(settings.seed, plan.worker), n_startup_trials=8)
+    storage = open_storage(plan.storage)
+    if create:
+        return optuna.create_study(study_name=plan.study, storage=storage, sampler=sampler, load_if_exists=True,
+                                   directions=["minimize", "minimize"])
+    return optuna.load_study(study_name=plan.study, storage=storage, sampler=sampler)
+
+
+def finished(study) -> list:
+    import optuna
+
+    done = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+    return study.get_trials(deepcopy=False, states=done)
+
+
+def reap_interrupted(study) -> int:
+    """Marks as failed the trials a killed process on this machine left RUNNING; returns how many."""
+    import optuna
+
+    count = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid")):
+            study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (its process ended); not resumed")
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            count += 1
+    return count
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def work(plan: Plan, settings: trials.Settings, space: Space,
+         report: Callable[[dict], None] = lambda event: None) -> int:
+    """Runs this worker's share of trials; returns how many it ran. ``report`` gets one event per trial.
+
+    Before each trial the study itself is counted (finished and running, by any process on any
+    machine): processes that started together, each with a share computed alone, stop at the
+    study's total instead of each running its own."""
+    study = load(plan, settings)
+    ran = 0
+    while ran < plan.trials and (plan.deadline is None or time.time() < plan.deadline):
+        if plan.total is not None and _counted(study) >= plan.total:
+            break
+        trial = study.ask()
+        trial.set_user_attr("host", HOST)
+        trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("worker", plan.worker)
+        event = _one(study, trial, settings, space)
+        ran += 1
+        report(dict(event, worker=plan.worker, ran=ran, share=plan.trials))
+    return ran
+
+
+def _counted(study) -> int:
+    import optuna
+
+    live = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
+    failed = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+              if not str(t.user_attrs.get("error", "")).startswith("interrupted")]
+    return len(study.get_trials(deepcopy=False, states=live)) + len(failed)
+
+
+def _one(study, trial, settings: trials.Settings, space: Space) -> dict:
+    """Samples, runs and tells one trial; never raises for a trial's own failure."""
+    import optuna
+
+    started = time.perf_counter()
+    try:
+        steps = space.sample(trial)
+        trial.set_user_attr("steps", [[name, options] for name, options in steps])
+        if not steps:
+            raise BadInput("every step of the space was left out")
+        earlier = _same_pipeline(study, steps)
+        if earlier is not None:  # a small space is drawn twice: the figures are known, the time is saved
+            return _repeat(study, trial, earlier, settings, started)
+        output = str(Path(settings.folder) / "trials" / f"{trial.number}.onnx")
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            measured, _ = trials.run(settings, steps, output, on_epoch=_stopper(study, trial, settings))
+        finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
+            Path(output).unlink(missing_ok=True)
+    except trials.Stopped as stop:
+        trial.set_user_attr("error", str(stop))
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        return {"number": trial.number, "state": "stopped", "reason": str(stop), "seconds": time.perf_counter() - started}
+    except Exception as exc:  # a pass error, a gate, a bad combination: recorded, not fatal
+        reason = f"{type(exc).__name__}: {short(exc, 300)}" if not isinstance(exc, BadInput) else short(exc, 300)
+        trial.set_user_attr("error", reason)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return {"number": trial.number, "state": "failed", "reason": reason, "seconds": time.perf_counter() - started}
+    feasible = trials.budget_met(settings, measured)
+    kind, value = settings.budget
+    trial.set_user_attr("measured", measured.to_dict())
+    trial.set_user_attr("feasible", feasible)
+    trial.set_constraint("budget", measured.loss - (value if kind == "max_drop" else 1 - value))  # ≤ 0: within
+    study.tell(trial, [_finite(measured.loss), _finite(measured.objective)])
+    return {"number": trial.number, "state": "complete", "measured": measured.to_dict(), "feasible": feasible,
+            "seconds": time.perf_counter() - started}
+
+
+def _same_pipeline(study, steps):
+    """A completed trial that ran exactly these steps, if any."""
+    import json
+
+    import optuna
+
+    key = json.dumps([[name, options] for name, options in steps], sort_keys=True)
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.user_attrs.get("measured") and json.dumps(t.user_attrs.get("steps"), sort_keys=True) == key:
+            return t
+    return None
+
+
+def _repeat(study, trial, earlier, settings: trials.Settings, started: float) -> dict:
+    measured = dict(earlier.user_attrs["measured"])
+    trial.set_user_attr("repeat_of", earlier.number)
+    trial.set_user_attr("measured", measured)
+    trial.set_user_attr("feasible", earlier.user_attrs.get("feasible", False))
+    kind, value = settings.budget
+    trial.set_constraint("budget", measured["loss"] - (value if kind == "max_drop" else 1 - value))
+    study.tell(trial, [_finite(measured["loss"]), _finite(measured["objective"])])
+    return {"number": trial.number, "state": "complete", "measured": measured, "repeat_of": earlier.number,
+            "feasible": earlier.user_attrs.get("feasible", False), "seconds": time.perf_counter() - started}
+
+
+def _finite(value: float) -> float:
+    return value if value == value and abs(value) != float("inf") else 1e9
+
+
+def _stopper(study, trial, settings: trials.Settings):
+    """The epoch hook that stops a distillation clearly worse than every trial within budget at the
+    same epoch (validation accuracy, so only with labels). Optuna's own pruners do not apply to
+    multi-objective studies; this is the rule the issue asks for, kept conservative."""
+    if settings.max_drop is None:
+        return None
+    peers = [t.user_attrs["curve"] for t in finished(study)
+             if t.user_attrs.get("feasible") and t.user_attrs.get("curve")]
+    curve: list[float] = []
+
+    def hook(row: dict) -> None:
+        if "val_accuracy" not in row:
+            return
+        curve.append(float(row["val_accuracy"]))
+        trial.set_user_attr("curve", curve)
+        epoch = len(curve)
+        at = [c[epoch - 1] for c in peers if len(c) >= epoch]
+        if epoch >= WARMUP_EPOCHS and len(at) >= MIN_PEERS and curve[-1] < min(at) - settings.max_drop:
+            raise trials.Stopped(f"stopped at epoch {epoch}: validation accuracy {curve[-1]:.2%} is below every "
+                                 f"trial within budget at that epoch (lowest {min(at):.2%}) by more than the budget")
+
+    return hook

@@ -1,0 +1,143 @@
+"""One trial of ``mcomp auto``: a pipeline drawn from the space, run and measured exactly as
+``mcomp run`` measures it (accuracy on the evaluation data with labels, else fidelity against
+the input; latency interleaved against the input with its A/A band; size and MACs).
+
+Steps come from the study folder's step cache when an earlier trial ran the same prefix.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+OBJECTIVES = ("latency", "size", "macs")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every worker needs to run trials; plain values, so it crosses to worker processes."""
+
+    model: str
+    train: str
+    evaluation: str | None
+    folder: str  # the study folder: step cache, trial models
+    objective: str = "latency"
+    max_drop: float | None = None  # accuracy budget (fraction: 0.01 = one point); needs labels
+    min_fidelity: float | None = None  # or a fidelity floor (worst-slice cosine)
+    fidelity: str = "slice"
+    provider: str = "auto"
+    threads: int | None = None
+    input_shape: dict | None = None
+    runs: int = 30
+    seed: int = 0
+    arch: str | None = None
+    trust_checkpoint: bool = False
+    metric: str | None = None  # file.py:function scoring outputs against labels, in place of top-1 accuracy
+
+    @property
+    def budget(self) -> tuple[str, float]:
+        if self.max_drop is not None:
+            return "max_drop", self.max_drop
+        return "min_fidelity", self.min_fidelity if self.min_fidelity is not None else 0.99
+
+
+@dataclass
+class Measured:
+    """A trial's figures. ``loss`` is what the budget bounds (accuracy points lost, or 1 − fidelity)."""
+
+    loss: float
+    objective: float  # the objective's ratio to the input (latency, size or MACs): lower is better
+    accuracy: float | None
+    accuracy_input: float | None
+    fidelity: float | None
+    latency_ratio: float | None
+    latency_band: float | None  # relative half-width of the A/A band: ratios closer than this are a tie
+    latency_ms: float | None
+    size_ratio: float | None
+    macs_ratio: float | None
+    parameters_ratio: float | None
+    seconds: float
+    cached_steps: int = 0
+
+    def to_dict(self) -> dict:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+class Stopped(Exception):
+    """Raised from a training pass's epoch hook to stop a trial that is clearly worse."""
+
+
+def pipeline_for(settings: Settings, steps: list[tuple[str, dict]], *, latency: bool = True):
+    """The trial's pipeline: what ``--save-pipeline`` writes and ``mcomp run`` reproduces."""
+    from mcomp.pipeline_spec import DataRoles, Measure, Pipeline, parse_step
+
+    roles = DataRoles(calibration=settings.train, training=settings.train,
+                      evaluation=settings.evaluation or settings.train)
+    return Pipeline(model=settings.model, data=roles, steps=[parse_step(n, o) for n, o in steps],
+                    provider=settings.provider, threads=settings.threads, seed=settings.seed,
+                    input_shape=settings.input_shape,
+                    measure=Measure(runs=settings.runs, latency=latency, fidelity=settings.fidelity,
+                                    metric=settings.metric))
+
+
+def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
+        on_epoch: Callable[[dict], None] | None = None, cache: bool = True) -> tuple[Measured, dict]:
+    """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report)."""
+    from mcomp import model as model_io
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.step_cache import StepCache
+
+    started = time.perf_counter()
+    pipeline = pipeline_for(settings, steps)
+    shapes = {k: tuple(v) for k, v in (settings.input_shape or {}).items()} or None
+    load = model_io.LoadOptions(settings.arch, settings.trust_checkpoint, shapes)
+    steps_cache = StepCache(Path(settings.folder) / "cache") if cache else None
+    outcome = execute(pipeline, RunRequest(settings.model, output, load, "mcomp auto (trial)", cache=steps_cache,
+                                           on_epoch=on_epoch))
+    measured = measure(settings, outcome.report, time.perf_counter() - started)
+    measured.cached_steps = sum(1 for s in outcome.report["steps"] if s.get("cached"))
+    return measured, outcome.report
+
+
+def measure(settings: Settings, doc: dict, seconds: float) -> Measured:
+    """The trial's figures from its run report."""
+    from mcomp import evaluate
+
+    accuracy = doc.get("accuracy") or {}
+    fidelity = evaluate.figure(doc["fidelity"]["summary"], settings.fidelity)
+    latency = doc.get("latency") or {}
+    band = tie_band(latency.get("noise_floor"), settings.runs)
+    before, after = doc["input"], doc["output"]
+    counted = before.get("macs") and not before.get("macs_unknown") and not after.get("macs_unknown")
+    macs = after["macs"] / before["macs"] if counted else None  # fused contrib ops are not counted: no ratio
+    if settings.max_drop is not None:
+        loss = accuracy["drop"] if accuracy.get("known") else float("inf")
+    else:
+        loss = 1 - fidelity if fidelity is not None else float("inf")
+    ratios = {"latency": latency.get("ratio"), "size": doc.get("size_ratio"), "macs": macs}
+    objective = ratios[settings.objective]
+    return Measured(
+        loss=float(loss), objective=float(objective) if objective is not None else float("inf"),
+        accuracy=accuracy.get("candidate"), accuracy_input=accuracy.get("reference"), fidelity=fidelity,
+        latency_ratio=latency.get("ratio"), latency_band=band,
+        latency_ms=(latency.get("candidate") or {}).get("p50_ms"), size_ratio=doc.get("size_ratio"),
+        macs_ratio=macs, parameters_ratio=after["parameters"] / before["parameters"] if before.get("parameters") else None,
+        seconds=round(seconds, 3))
+
+
+def tie_band(floor: dict | None, runs: int) -> float | None:
+    """How far apart two latency ratios of this trial must be to differ: the larger of how far the
+    input timed against itself reads from 1 at the median, and the spread of its per-round ratios
+    (p10..p90) shrunk by √runs, as the median of ``runs`` rounds varies far less than one round."""
+    if not floor:
+        return None
+    spread = (floor.get("p90", 1) - floor.get("p10", 1)) / 2
+    return max(abs(floor.get("median", 1) - 1), spread / max(1, runs) ** 0.5)
+
+
+def budget_met(settings: Settings, measured: Measured) -> bool:
+    kind, value = settings.budget
+    limit = value if kind == "max_drop" else 1 - value
+    return measured.loss <= limit + 1e-12

@@ -1,0 +1,318 @@
+"""``mcomp auto``: the space file, the noise-aware front, and the command end to end on the digits
+CNN with a small, fast space (structured prune rates + optimize): outputs, resume, a budget no
+trial meets, and bad input answered with one line and nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from clirun import mcomp_argv, run_mcomp, snapshot
+
+from mcomp.auto import front as fronts
+from mcomp.auto import space as spaces
+from mcomp.errors import BadInput, ConfigError
+
+FAST_SPACE = """\
+steps:
+  prune:
+    method: structured
+    rate: [0.25, 0.5]
+  optimize: {level: basic}
+"""
+METRIC = """\
+import numpy as np
+
+def top1(outputs, labels):
+    return float(np.mean(outputs["logits"].argmax(-1) == labels))
+"""
+DIGITS_ARGS = ("builtin:digits", "--data", "builtin:digits-train", "--eval", "builtin:digits-eval", "--runs", "5")
+
+
+def _space(tmp_path, text: str):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    return path
+
+
+# -- the space file ----------------------------------------------------------------------------------
+
+def test_default_space_loads_and_samples_pipelines():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = spaces.default_space()
+    assert [name for name, _ in space.steps] == ["prune", "distill", "quantize", "optimize"]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(20):
+        steps = space.sample(study.ask())
+        assert steps[-1][0] == "optimize"
+        for name, options in steps:
+            if name == "prune" and options["method"] == "merge":  # conditional options are not sampled for merge
+                assert "allocation" not in options and "importance" not in options
+            if name == "quantize" and options["mode"] == "dynamic":
+                assert "calibration" not in options
+
+
+@pytest.mark.parametrize("text, message", [
+    ("steps:\n  prnue: {rate: 0.5}\n", r"space.yaml:2: unknown pass 'prnue' \(valid: .*prune"),
+    ("steps:\n  prune:\n    rat: [0.1, 0.2]\n", r"space.yaml:3: steps.prune: unknown option 'rat' \(valid: enabled, method"),
+    ("steps:\n  prune:\n    rate: {low: 0.1, high: 1.5}\n", r"space.yaml:3: steps.prune.rate: 1.5: Input should be less than 1"),
+    ("steps:\n  quantize:\n    mode: [static, int3]\n", r"space.yaml:3: steps.quantize.mode: 'int3'"),
+    ("steps:\n  prune:\n    rate: {low: 0.1}\n", r"space.yaml:3: steps.prune.rate: a range is \{low: X, high: Y\}"),
+    ("steps:\n  prune:\n    importance: {choices: [l1], when: {method: structured}}\n",
+     r"when: 'method' is not an option listed before it"),
+    ("stepz: {}\n", r"space.yaml:1: a space file is a mapping with 'steps'"),
+])
+def test_space_file_errors_name_the_line(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        spaces.load_space(_space(tmp_path, text))
+
+
+# -- the front -------------------------------------------------------------------------------------
+
+def test_latency_inside_the_noise_band_is_a_tie_won_on_quality():
+    fast_worse = fronts.Point(1, loss=0.008, objective=0.60, feasible=True)
+    slower_better = fronts.Point(2, loss=0.002, objective=0.63, feasible=True)
+    clearly_slower = fronts.Point(3, loss=0.001, objective=0.90, feasible=True)
+    over = fronts.Point(4, loss=0.05, objective=0.30, feasible=False)
+    points = [fast_worse, slower_better, clearly_slower, over]
+    # with a 10 % band, 0.60 and 0.63 are the same speed: the better quality wins and dominates
+    assert fronts.choose(points, band=0.10) == slower_better
+    assert fast_worse not in fronts.front(points, band=0.10)
+    # with no band (sizes, MACs) the lower objective wins
+    assert fronts.choose(points, band=0.0) == fast_worse
+    assert {p.number for p in fronts.front(points, band=0.0)} == {1, 2, 3, 4}
+    assert fronts.choose([over], band=0.0) is None
+    assert fronts.closest([over, clearly_slower], n=1) == [clearly_slower]
+
+
+def test_latency_ties_go_to_fewer_macs_and_a_busy_machine_does_not_tie_everything():
+    unchanged = fronts.Point(1, loss=0.0, objective=0.97, feasible=True, macs=1.0)
+    pruned = fronts.Point(2, loss=0.003, objective=0.40, feasible=True, macs=0.26)
+    lighter = fronts.Point(3, loss=0.004, objective=0.42, feasible=True, macs=0.12)
+    # a busy machine measured ±90 %: capped, so the unchanged model does not win a "tie" on quality
+    band = fronts.band_of([0.9, 0.91, 0.88], "latency")
+    assert band == fronts.MAX_BAND
+    assert fronts.choose([unchanged, pruned, lighter], band) == lighter  # tied on latency: fewer MACs
+    assert fronts.band_of([0.9], "size") == 0.0
+
+
+def test_tie_band_is_the_uncertainty_of_a_median_ratio():
+    from mcomp.auto.trial import tie_band
+
+    floor = {"median": 1.01, "p10": 0.8, "p90": 1.4}
+    assert tie_band(floor, runs=36) == pytest.approx(max(0.01, 0.3 / 6))
+    assert tie_band({"median": 1.2, "p10": 1.0, "p90": 1.3}, runs=100) == pytest.approx(0.2)
+    assert tie_band(None, runs=30) is None
+
+
+def test_a_distillation_clearly_worse_than_every_trial_within_budget_is_stopped():
+    import optuna
+
+    from mcomp.auto import study as studies
+    from mcomp.auto.trial import Settings, Stopped
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+    for curve in ([0.80, 0.90, 0.95, 0.97], [0.70, 0.88, 0.94, 0.96], [0.75, 0.85, 0.93, 0.95]):
+        t = study.ask()
+        t.set_user_attr("feasible", True)
+        t.set_user_attr("curve", curve)
+        study.tell(t, [0.0, 0.5])
+    settings = Settings(model="m", train="t", evaluation=None, folder="f", max_drop=0.01)
+    keeps_up = studies._stopper(study, study.ask(), settings)
+    for value in (0.72, 0.86, 0.93, 0.95):  # within a point of the slowest in-budget curve: runs on
+        keeps_up({"epoch": 1, "val_accuracy": value})
+    lags = studies._stopper(study, study.ask(), settings)
+    lags({"val_accuracy": 0.5})
+    lags({"val_accuracy": 0.6})  # epochs 1-2 are never judged (warm-up)
+    with pytest.raises(Stopped, match="epoch 3: validation accuracy 70.00% is below every trial within budget"):
+        lags({"val_accuracy": 0.7})
+    # without an accuracy budget (fidelity), or without labels, nothing is judged
+    assert studies._stopper(study, study.ask(), Settings(model="m", train="t", evaluation=None, folder="f",
+                                                          min_fidelity=0.99)) is None
+    lags_no_labels = studies._stopper(study, study.ask(), settings)
+    lags_no_labels({"val_loss": 9.0})
+    lags_no_labels({"val_loss": 9.0})
+    lags_no_labels({"val_loss": 9.0})
+
+
+# -- the command ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """One search of three trials, then the same command again with --trials 4 (resumes)."""
+    folder = tmp_path_factory.mktemp("auto")
+    (folder / "space.yaml").write_text(FAST_SPACE)
+    (folder / "metric.py").write_text(METRIC)
+    args = (*DIGITS_ARGS, "--max-drop", "1", "--space", "space.yaml", "-o", "best.onnx", "--metric", "metric.py:top1",
+            "--save-pipeline", "best.yaml", "--report-html", "best.html")
+    first = run_mcomp("auto", *args, "--trials", "3", cwd=folder)
+    first_report = json.loads((folder / "best.report.json").read_text()) if first.returncode == 0 else None
+    again = run_mcomp("auto", *args, "--trials", "4", cwd=folder)
+    return folder, first, first_report, again
+
+
+def test_auto_writes_the_chosen_model_its_pipeline_and_reports(searched):
+    folder, first, doc, _ = searched
+    assert first.returncode == 0, first.explain()
+    assert doc["study"]["trials"] == 3 and doc["study"]["resumed"] == 0
+    assert {t["state"] for t in doc["trials"]} == {"complete"}
+    chosen = doc["chosen"]
+    assert chosen["number"] in doc["front"] and chosen["feasible"]
+    assert chosen["remeasured"]["macs_ratio"] == pytest.approx(chosen["measured"]["macs_ratio"])  # deterministic
+    for t in doc["trials"]:  # every trial: its pipeline, its figures
+        assert t["steps"][0][0] == "prune" and t["steps"][-1][0] == "optimize"
+        assert 0 < t["measured"]["macs_ratio"] < 1 and t["measured"]["latency_ratio"] > 0
+    page = (folder / "best.html").read_text()
+    assert 'data-plot="pareto"' in page and "<svg" in page and "http" not in page.split("<svg", 1)[0]
+    assert "trial" in first.stderr and "wrote best.onnx" in first.stderr
+    accuracy = chosen["run_report"]["accuracy"]  # the user's metric scored the outputs
+    assert accuracy["metric"].endswith("metric.py:top1") and 0.3 < accuracy["reference"] <= 1
+
+
+def test_a_metric_that_fails_is_one_line(tmp_path):
+    from mcomp.metric import Metric
+
+    (tmp_path / "m.py").write_text("def text(outputs, labels):\n    return 'high'\n"
+                                   "def boom(outputs, labels):\n    raise KeyError('softmax')\n")
+    import numpy as np
+
+    from mcomp.data import Dataset
+
+    data = Dataset([{"x": np.zeros((2, 3))}], [np.array([1, 0])])
+    outputs = [[np.zeros((2, 4))]]
+    with pytest.raises(BadInput, match=r"--metric .*m.py:text: returned str, expected a number"):
+        Metric(f"{tmp_path}/m.py:text")(outputs, ["y"], data)
+    with pytest.raises(BadInput, match=r"raised KeyError: 'softmax'"):
+        Metric(f"{tmp_path}/m.py:boom")(outputs, ["y"], data)
+    with pytest.raises(BadInput, match=r"has no attribute 'nope'"):
+        Metric(f"{tmp_path}/m.py:nope")
+
+
+def test_saved_pipeline_reproduces_the_chosen_model(searched):
+    folder, first, doc, _ = searched
+    assert first.returncode == 0, first.explain()
+    again = run_mcomp("run", "best.yaml", "-o", "again.onnx", "--json", cwd=folder)
+    assert again.returncode == 0, again.explain()
+    rerun = json.loads(again.out)
+    chosen = doc["chosen"]["run_report"]
+    assert rerun["output"]["macs"] == chosen["output"]["macs"]
+    assert rerun["output"]["parameters"] == chosen["output"]["parameters"]
+    assert rerun["accuracy"]["candidate"] == pytest.approx(chosen["accuracy"]["candidate"])
+
+
+def test_a_second_run_resumes_the_study_and_reuses_cached_steps(searched):
+    folder, first, _, again = searched
+    assert again.returncode == 0, again.explain()
+    doc = json.loads((folder / "best.report.json").read_text())
+    assert doc["study"]["resumed"] == 3 and doc["study"]["trials"] == 4 and doc["study"]["ran_now"] == 1
+    # two rates, four trials: a pipeline drawn again is answered from the first run of it, and the
+    # re-measure of the chosen one takes its steps from the step cache
+    repeats = [t for t in doc["trials"] if t["repeat_of"] is not None]
+    assert repeats and all(t["measured"] == doc["trials"][t["repeat_of"]]["measured"] for t in repeats)
+    assert doc["chosen"]["remeasured"]["cached_steps"] == 2
+
+
+def test_no_trial_within_budget_exits_3_and_writes_no_model(tmp_path):
+    _space(tmp_path, "steps:\n  prune: {method: structured, rate: 0.75}\n")
+    res = run_mcomp("auto", *DIGITS_ARGS, "--max-drop", "0.001", "--space", "space.yaml", "--trials", "1",
+                    "-o", "best.onnx", "--json", cwd=tmp_path)
+    assert res.returncode == 3, res.explain()
+    assert not (tmp_path / "best.onnx").exists() and not (tmp_path / "best.report.json").exists()
+    assert "no trial met the budget" in res.err_lines[-1] and "closest: trial 0" in res.err_lines[-1]
+    assert any(line.startswith("  closest: trial 0: loss") for line in res.err_lines)
+    doc = json.loads(res.out)  # --json: the study's report on stdout, as a failed gate's is
+    assert doc["chosen"] is None and doc["closest"][0]["number"] == 0
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--space", "bad.yaml"), "bad.yaml:2: unknown pass 'prnue'"),
+    (("--max-drop", "0.01", "--eval", "unlabelled.npz"), "--max-drop needs labelled evaluation data"),
+    (("--storage", "sqlite:////nonexistent-dir/x/y.db"), "--storage sqlite:////nonexistent-dir/x/y.db: cannot open"),
+    (("--time-budget", "0.01s"), "is shorter than one trial"),
+    ((), "give one budget"),
+    (("--max-drop", "0.01", "--min-fidelity", "0.9"), "give one budget"),
+    (("--time-budget", "soon"), "--time-budget 'soon'"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, extra, message):
+    import numpy as np
+
+    (tmp_path / "bad.yaml").write_text("steps:\n  prnue: {rate: 0.5}\n")
+    _space(tmp_path, FAST_SPACE)
+    with np.load(os.path.join(os.path.dirname(__import__("mcomp").__file__), "assets", "digits_eval.npz")) as z:
+        np.savez(tmp_path / "unlabelled.npz", image=z["image"][:32])
+    budget = () if any(a in extra for a in ("--max-drop", "--min-fidelity")) or not extra else ("--max-drop", "0.5")
+    if "--space" not in extra:
+        extra = (*extra, "--space", "space.yaml")
+    args = ["builtin:digits", "--data", "builtin:digits-train", *extra, *budget, "--trials", "1", "-o", "best.onnx"]
+    if "--eval" not in extra:
+        args += ["--eval", "builtin:digits-eval"]
+    before = snapshot(tmp_path)
+    res = run_mcomp("auto", *args, cwd=tmp_path)
+    assert res.returncode == 2, res.explain()
+    assert len(res.err_lines) == 1 and message in res.err_lines[0], res.explain()
+    created = set(snapshot(tmp_path)) - set(before)
+    assert not {p for p in created if not p.startswith("best.auto")}, created  # the study's scratch folder at most
+
+
+@pytest.mark.slow
+def test_kill_9_mid_trial_then_resume_counts_the_finished_trials(tmp_path):
+    """kill -9 while a trial runs: no model, no report; the next run resumes the finished trials and
+    marks the one that was cut as interrupted."""
+    import optuna
+
+    _space(tmp_path, "steps:\n  prune: {method: structured, rate: [0.25, 0.5]}\n  distill: {epochs: 5, lr: 0.01}\n")
+    args = (*DIGITS_ARGS, "--max-drop", "1", "--space", "space.yaml", "-o", "best.onnx")
+    proc = subprocess.Popen(mcomp_argv("auto", *args, "--trials", "6"), cwd=tmp_path, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    db = tmp_path / "best.study.db"
+    finished = 0
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:  # wait for one finished trial and a running one
+        line = proc.stderr.readline()
+        finished += line.startswith("trial ")
+        if finished >= 1 and db.exists():
+            time.sleep(2)
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert finished >= 1
+    assert not (tmp_path / "best.onnx").exists() and not (tmp_path / "best.report.json").exists()
+    res = run_mcomp("auto", *args, "--trials", "3", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    doc = json.loads((tmp_path / "best.report.json").read_text())
+    assert doc["study"]["interrupted"] == 1 and doc["study"]["resumed"] >= 1
+    states = [t.state for t in optuna.load_study(study_name=doc["study"]["name"], storage=f"sqlite:///{db}").trials]
+    assert optuna.trial.TrialState.RUNNING not in states
+
+
+@pytest.mark.browser
+def test_chromium_draws_the_pareto_chart(searched, tmp_path):
+    """The search's page in a real browser: the chart is drawn (many more inked pixels than the
+    same page without it), with no console errors."""
+    import re
+
+    from test_report_html import _chromium, _inked, _render
+
+    folder, first, _, _ = searched
+    assert first.returncode == 0, first.explain()
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium on PATH; run .ci/browser to install one")
+    page = (folder / "best.html").read_text()
+    bare = re.sub(r'<figure class="plot".*?</figure>', "", page, flags=re.S)
+    shots = {}
+    for name, html in (("full", page), ("bare", bare)):
+        (tmp_path / f"{name}.html").write_text(html, encoding="utf-8")
+        done = _render(browser, tmp_path / f"{name}.html", tmp_path / f"{name}.png")
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not [line for line in done.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
+        shots[name] = _inked(tmp_path / f"{name}.png")
+    # the chart (axes, labels, legend, a few markers) inks ~10,000 pixels at this size; blank draws none
+    assert shots["full"] > shots["bare"] + 4_000, shots
