@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from mcomp.auto import front as fronts
 from mcomp.cli import console
 
 
@@ -21,7 +22,7 @@ class Printer:
         self.started = time.monotonic()
         self.best: float | None = None
         self.seen = 0
-        self.feasible = []  # (objective, loss) of trials within budget, for the front size
+        self.feasible = []  # points of the trials within budget, for the front size
         self.progress = console.Progress(enabled=enabled)
         self.enabled = enabled and not console.quiet()
 
@@ -36,7 +37,7 @@ class Printer:
         self.seen += 1
         if event["state"] == "complete" and event.get("feasible"):
             m = event["measured"]
-            self.feasible.append((m["objective"], m["loss"]))
+            self.feasible.append(fronts.Point(event["number"], m["loss"], m["objective"], True))
             self.best = m["objective"] if self.best is None else min(self.best, m["objective"])
         line = self._line(event)
         if not console.err.is_terminal:  # a log gets one plain line per trial
@@ -61,7 +62,7 @@ class Printer:
         if event.get("repeat_of") is not None:
             head += f" = trial {event['repeat_of']} (the same pipeline; not run again)"
         return (f"{head}: {quality} · {self.settings.objective} ×{m['objective']:.3f} · {verdict} · {best} · "
-                f"front {len(_front(self.feasible))} · {event['seconds']:.0f} s")
+                f"front {len(fronts.front(self.feasible, 0.0))} · {event['seconds']:.0f} s")
 
     def summary(self, doc: dict, output: Path, report: Path, pipeline: Path | None) -> None:
         if console.quiet():
@@ -70,6 +71,9 @@ class Printer:
         console.err.print(f"study {study['name']} ({study['storage']}): {study['trials']} trials "
                           f"({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} stopped, "
                           f"{study['failed']} failed)")
+        from mcomp.auto.page import measured_on
+
+        console.err.print(f"measured at {measured_on(doc)}")
         table = Table(title="Pareto front (within budget marked *)", title_justify="left")
         for col in ("trial", "steps", "loss", doc["objective"], "size", "MACs"):
             table.add_column(col, justify="left" if col in ("trial", "steps") else "right")
@@ -102,10 +106,6 @@ class Printer:
 
 def _ratio(value) -> str:
     return f"×{value:.3f}" if isinstance(value, (int, float)) else "-"
-
-
-def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    return [p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)]
 
 
 def write_outputs(doc: dict, model_bytes: bytes | None, *, output: Path | None = None, pipeline_path: Path | None = None,

@@ -172,6 +172,9 @@ def test_auto_writes_the_chosen_model_its_pipeline_and_reports(searched):
     page = (folder / "best.html").read_text()
     assert 'data-plot="pareto"' in page and "<svg" in page and "http" not in page.split("<svg", 1)[0]
     assert "trial" in first.stderr and "wrote best.onnx" in first.stderr
+    # every figure names the shapes it was measured at, and what one timed run fed
+    assert "measured at image 1×1×8×8 (from data); latency timed per run of image 1×1×8×8" in first.stderr
+    assert "Measured at image 1×1×8×8" in page
     accuracy = chosen["run_report"]["accuracy"]  # the user's metric scored the outputs
     assert accuracy["metric"].endswith("metric.py:top1") and 0.3 < accuracy["reference"] <= 1
 

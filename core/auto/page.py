@@ -9,6 +9,7 @@ from __future__ import annotations
 from html import escape
 
 from mcomp import report_plots
+from mcomp.report import measured_at
 from mcomp.report_html import STYLE, _table
 
 
@@ -59,6 +60,14 @@ def pareto_figure(doc: dict):
     return "pareto", report_plots.to_svg(fig, "pareto")
 
 
+def measured_on(doc: dict) -> str:
+    """The shapes every trial's figures were measured at, and what one timed run fed: a latency ratio
+    at batch 1 and one at a compute-bound batch are different answers."""
+    feeds = doc.get("latency_feed_shapes") or {}
+    timed = "; ".join(f"{name} {'×'.join(map(str, shape)) or 'scalar'}" for name, shape in feeds.items())
+    return measured_at(doc.get("shapes") or {}) + (f"; latency timed per run of {timed}" if timed else "")
+
+
 def _steps(steps) -> str:
     return " → ".join(f"{name} {_options(options)}" for name, options in steps)
 
@@ -91,6 +100,7 @@ def to_html(doc: dict) -> str:
         f"stopped early, {study['failed']} failed). Latency ratios closer than ×{study['latency_tie_band']:.3f} "
         "(the A/A band) count as ties.</p>",
     ]
+    parts.append(f"<p>Measured at {escape(measured_on(doc))}.</p>")
     if figure:
         parts.append(f'<figure class="plot" data-plot="pareto">{figure[1]}</figure>')
     if chosen:

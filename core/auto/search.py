@@ -201,6 +201,7 @@ def _report(request: Request, settings, space, study, base_doc, baseline, url, r
         "input": dict(base_doc["input"], accuracy=(base_doc.get("accuracy") or {}).get("reference"),
                       measured=baseline.to_dict()),
         "shapes": base_doc.get("shapes"), "data": base_doc.get("data"),
+        "latency_feed_shapes": (base_doc.get("latency") or {}).get("feed_shapes"),  # what each timed run fed
         "budget": dict(zip(("kind", "value"), settings.budget)), "objective": settings.objective,
         "study": {"name": study.study_name, "storage": studies.masked(url), "trials": len(rows), "resumed": resumed,
                   "interrupted": interrupted, "ran_now": ran, "workers": request.workers, **counts,
