@@ -14,6 +14,7 @@ Array layouts accepted for an input of rank r:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -94,11 +95,16 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
     if path.suffix not in (".npz", ".npy"):
         raise BadInput(f"{path}: unknown data format; use .npz/.npy, an image folder, or 'random'")
     try:
-        if path.suffix == ".npy":
-            arrays = {"": np.load(path, allow_pickle=False)}
-        else:
-            with np.load(path, allow_pickle=False) as loaded:
-                arrays = {k: loaded[k] for k in loaded.files}
+        # Our own file handle, closed on every path (numpy leaves an invalid zip open until the garbage
+        # collector finds it), and numpy's warnings about old headers ("created on Python 2") kept off
+        # stderr: the array either loads and is checked below, or the error says why in one line.
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if path.suffix == ".npy":
+                arrays = {"": np.load(handle, allow_pickle=False)}
+            else:
+                with np.load(handle, allow_pickle=False) as loaded:
+                    arrays = {k: loaded[k] for k in loaded.files}
     except Exception as exc:
         raise BadInput(f"{path}: cannot read arrays ({short(exc, 120)})") from None
     return from_arrays(arrays, specs, source=str(path), batch_size=batch_size)

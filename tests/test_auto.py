@@ -142,6 +142,49 @@ def test_a_distillation_clearly_worse_than_every_trial_within_budget_is_stopped(
     lags_no_labels({"val_loss": 9.0})
 
 
+def test_a_failed_trial_is_told_to_the_sampler_as_infeasible(monkeypatch):
+    """TPE leaves FAIL trials out of its model; a failing region would be drawn again and again."""
+    import optuna
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    from mcomp.auto import search as searches
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=["minimize", "minimize"])
+
+    class OneStep:
+        def sample(self, trial):
+            trial.suggest_float("rate", 0.1, 0.9)
+            return [("prune", {"rate": 0.5})]
+
+    def broken(*args, **kwargs):
+        raise ValueError("a pass error")
+
+    monkeypatch.setattr(trials, "run", broken)
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder="f", max_drop=0.01)
+    event = studies._one(study, study.ask(), settings, OneStep())
+    assert event["state"] == "failed" and "a pass error" in event["reason"]
+    (t,) = study.get_trials(deepcopy=False)
+    assert t.state == optuna.trial.TrialState.PRUNED and t.constraints == {"budget": studies.FAILED_VIOLATION}
+    assert searches._row(t)["state"] == "failed" and studies._counted(study) == 1
+    below, above = _split_trials(study, study.get_trials(deepcopy=False), n_below=1)
+    assert [x.number for x in below + above] == [0]  # in the sampler's model (a FAIL trial is in neither)
+
+
+def test_a_trial_running_past_the_time_budget_stops_at_the_next_epoch():
+    from mcomp.auto import study as studies
+    from mcomp.auto.trial import Stopped
+
+    seen = []
+    studies._epoch_hook(seen.append, time.time() + 60)({"epoch": 1})
+    assert seen == [{"epoch": 1}]  # before the deadline the early stopper still judges
+    assert studies._epoch_hook(seen.append, None) is seen.append
+    with pytest.raises(Stopped, match="after epoch 4: the search's time budget ran out"):
+        studies._epoch_hook(None, time.time() - 1)({"epoch": 4})
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,30 @@ def test_stacked_feeds_and_single_npy(tmp_path, model):
     assert len(ds) == 3 and ds.feeds[0]["x"].shape == (2, 3, 8, 8) and ds.feeds[0]["x"].dtype == np.float32
 
 
+def test_an_old_npy_header_loads_without_numpy_warnings_and_a_bad_zip_leaks_no_file(tmp_path, model):
+    """numpy warns about a Python-2 header ("created on Python 2") and leaves an invalid zip open
+    until garbage collection (a ResourceWarning): neither may reach the user's stderr."""
+    import warnings
+
+    hdr = "{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 3L, 8L, 8L), }"
+    hdr += " " * ((64 - (10 + len(hdr) + 1) % 64) % 64) + "\n"
+    old = tmp_path / "old.npy"
+    old.write_bytes(b"\x93NUMPY\x01\x00" + len(hdr).to_bytes(2, "little") + hdr.encode()
+                    + np.ones((2, 3, 8, 8), np.float32).tobytes())
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04" + b"\x00" * 40)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = data.load(old, model)
+        with pytest.raises(BadInput, match="cannot read arrays"):
+            data.load(bad, model)
+        import gc
+
+        gc.collect()
+    assert ds.feeds[0]["x"].shape == (2, 3, 8, 8)
+    assert [str(w.message) for w in caught] == []
+
+
 @pytest.mark.parametrize("arrays, fragment", [
     ({"wrong": np.zeros((1, 3, 8, 8), np.float32)}, "do not match"),
     ({"x": np.zeros((1, 3, 9, 9), np.float32)}, "does not fit"),

@@ -216,6 +216,8 @@ def _report(request: Request, settings, space, study, base_doc, baseline, url, r
 
 def _row(t) -> dict:
     state = {"COMPLETE": "complete", "PRUNED": "stopped", "FAIL": "failed"}.get(t.state.name, t.state.name.lower())
+    if t.user_attrs.get("failed"):  # told to the sampler as pruned and infeasible (see study._one)
+        state = "failed"
     return {"number": t.number, "state": state, "steps": t.user_attrs.get("steps", []),
             "measured": t.user_attrs.get("measured") or {}, "feasible": bool(t.user_attrs.get("feasible")),
             "error": t.user_attrs.get("error"), "worker": t.user_attrs.get("worker"),

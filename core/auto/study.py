@@ -4,8 +4,9 @@ Optuna keeps the study (every trial's options, figures and state) in a storage: 
 beside the output by default, or any SQLAlchemy URL (``postgresql://…``) that workers on several
 machines share. We use its multi-objective TPE sampler with the budget as a constraint rather
 than a search loop of our own; the loop around it is ours because a trial is a pipeline run that
-may fail (recorded with its reason), be stopped early (its distillation curve falls below every
-trial within budget), or be cut short by the time budget.
+may fail (recorded with its reason and told to the sampler as infeasible), be stopped early (its
+distillation curve falls below every trial within budget), or be cut short by the time budget (its
+distillation stops at the first epoch past the deadline).
 
 Resuming: a study with the same name in the same storage carries on. A trial left RUNNING by a
 killed process on this machine (its pid gone) is marked failed ("interrupted") and not counted.
@@ -26,6 +27,7 @@ from mcomp.errors import BadInput, short
 
 WARMUP_EPOCHS = 3  # distillation curves are compared from this epoch on
 MIN_PEERS = 3  # trials within budget needed before a curve is judged against them
+FAILED_VIOLATION = 1e6  # a failed trial's constraint value: worse than any real budget overrun
 HOST = socket.gethostname()
 
 
@@ -155,7 +157,7 @@ def work(plan: Plan, settings: trials.Settings, space: Space,
         trial.set_user_attr("host", HOST)
         trial.set_user_attr("pid", os.getpid())
         trial.set_user_attr("worker", plan.worker)
-        event = _one(study, trial, settings, space)
+        event = _one(study, trial, settings, space, plan.deadline)
         ran += 1
         report(dict(event, worker=plan.worker, ran=ran, share=plan.trials))
     return ran
@@ -170,7 +172,7 @@ def _counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=live)) + len(failed)
 
 
-def _one(study, trial, settings: trials.Settings, space: Space) -> dict:
+def _one(study, trial, settings: trials.Settings, space: Space, deadline: float | None = None) -> dict:
     """Samples, runs and tells one trial; never raises for a trial's own failure."""
     import optuna
 
@@ -186,7 +188,8 @@ def _one(study, trial, settings: trials.Settings, space: Space) -> dict:
         output = str(Path(settings.folder) / "trials" / f"{trial.number}.onnx")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         try:
-            measured, _ = trials.run(settings, steps, output, on_epoch=_stopper(study, trial, settings))
+            hook = _epoch_hook(_stopper(study, trial, settings), deadline)
+            measured, _ = trials.run(settings, steps, output, on_epoch=hook)
         finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
             Path(output).unlink(missing_ok=True)
     except trials.Stopped as stop:
@@ -196,7 +199,11 @@ def _one(study, trial, settings: trials.Settings, space: Space) -> dict:
     except Exception as exc:  # a pass error, a gate, a bad combination: recorded, not fatal
         reason = f"{type(exc).__name__}: {short(exc, 300)}" if not isinstance(exc, BadInput) else short(exc, 300)
         trial.set_user_attr("error", reason)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        trial.set_user_attr("failed", True)
+        # Told to the sampler as the worst infeasible point: TPE leaves FAIL trials out entirely and would
+        # keep drawing a region that fails; a PRUNED trial with a violated constraint counts against it.
+        trial.set_constraint("budget", FAILED_VIOLATION)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return {"number": trial.number, "state": "failed", "reason": reason, "seconds": time.perf_counter() - started}
     feasible = trials.budget_met(settings, measured)
     kind, value = settings.budget
@@ -235,6 +242,21 @@ def _repeat(study, trial, earlier, settings: trials.Settings, started: float) ->
 
 def _finite(value: float) -> float:
     return value if value == value and abs(value) != float("inf") else 1e9
+
+
+def _epoch_hook(stopper, deadline: float | None):
+    """The hook a trial's distillation calls after each epoch: the time budget first (a trial started
+    just before the deadline must not run for its full length past it), then the early stopper."""
+    if deadline is None:
+        return stopper
+
+    def hook(row: dict) -> None:
+        if time.time() >= deadline:
+            raise trials.Stopped(f"stopped after epoch {row.get('epoch', '?')}: the search's time budget ran out")
+        if stopper is not None:
+            stopper(row)
+
+    return hook
 
 
 def _stopper(study, trial, settings: trials.Settings):
