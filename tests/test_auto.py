@@ -185,6 +185,23 @@ def test_a_trial_running_past_the_time_budget_stops_at_the_next_epoch():
         studies._epoch_hook(None, time.time() - 1)({"epoch": 4})
 
 
+def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measuring_again():
+    from mcomp.auto.search import _replayable
+    from mcomp.passes.prune import Prune
+
+    steps = [("prune", {"method": "structured", "rate": 0.5, "allocation": "sensitivity", "allocation_cost": "latency"}),
+             ("optimize", {"level": "basic"})]
+    run_doc = {"steps": [{"pass": "prune", "changes": {"group_rates": {"conv1.weight": 0.25, "conv2.weight": 0.0}}},
+                         {"pass": "optimize", "changes": {}}]}
+    replay = _replayable(steps, run_doc)
+    assert replay == [("prune", {"method": "structured", "rate": 0.5,
+                                 "group_rates": {"conv1.weight": 0.25, "conv2.weight": 0.0}}),
+                      ("optimize", {"level": "basic"})]
+    Prune.Config(**replay[0][1])  # a valid prune step
+    assert _replayable([("prune", {"method": "structured", "rate": 0.5})], run_doc)[0][1] == {
+        "method": "structured", "rate": 0.5}  # a uniform cut is replayed as it is
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -208,3 +208,49 @@ def test_taylor_importance_with_sensitivity_allocation_cuts(digits):
     result = Prune(method="structured", rate=0.5, importance="taylor", allocation="sensitivity")(graph.copy(model), ctx)
     assert result.modified and result.details["allocation"]["chosen"] == "one stage"
     assert accuracy(result.model, held_out) > 0.1
+
+
+# -- latency as the cost: per-node times from onnxruntime's profiler ----------------------------------
+
+def test_profiled_times_are_per_run_medians_without_the_warm_up():
+    from mcomp.passes.prune.structured import node_times
+
+    runs = 4
+    events = [{"cat": "Session", "name": "model_run", "dur": 999}]
+    for run in range(node_times.WARMUP + runs):
+        slow_start = 500.0 if run < node_times.WARMUP else 10.0 + run  # warm-up runs are slow: left out
+        events.append({"cat": "Node", "name": "conv_kernel_time", "dur": slow_start})
+        for _ in range(3):  # a node inside a loop: three kernels per run
+            events.append({"cat": "Node", "name": "body_kernel_time", "dur": 2.0})
+        events.append({"cat": "Node", "name": "conv_fence_before", "dur": 1.0})
+    timed = node_times._per_node(events, runs, "CPUExecutionProvider")
+    assert timed.per_node == {"conv": pytest.approx(10.0 + 4.5), "body": pytest.approx(6.0)}
+
+
+def test_latency_cost_maps_every_node_time_to_its_groups(digits):
+    model, ctx, _ = digits
+    working = graph.copy(model)
+    groups = find_groups(working)
+    feed = next(iter(data.load("builtin:digits-eval", model).feeds))
+    cost, timing = al.latency_model(working, groups, feed, ["CPUExecutionProvider"], 1)
+    assert timing["provider"] == "CPUExecutionProvider" and timing["feed_shapes"] == {"image": list(feed["image"].shape)}
+    assert timing["unmapped_ms"] == 0 and timing["timed_ms"] > 0
+    cut_groups = {g for _, ids in cost.terms for g in ids}
+    assert {g.id for g in groups if g.prunable} <= cut_groups  # every prunable group's convs were timed
+    # cutting every group entirely would save at least the time of the nodes they scale
+    assert 0 < cost.removed(dict.fromkeys(cut_groups, 0.0)) <= cost.total
+
+
+def test_latency_allocation_cuts_and_says_where_it_timed(digits):
+    model, ctx, held_out = digits
+    result = Prune(method="structured", rate=0.5, allocation="sensitivity", allocation_cost="latency")(
+        graph.copy(model), ctx)
+    info = result.details["allocation"]
+    assert result.modified and info["cost"] == "latency" and info["timing"]["runs"] > 0
+    assert 0.3 < info["removed"] < 0.9  # the profiled share the uniform 0.5 would remove, within rounding
+    assert any("latency profiled per node on CPUExecutionProvider at image" in n for n in result.notes)
+    assert set(result.details["group_rates"]) <= set(KEYS)
+    with pytest.raises(ValueError, match="allocation_cost latency needs allocation sensitivity"):
+        Prune.Config(method="structured", allocation_cost="latency")
+    with pytest.raises(ValueError, match="allocation_cost latency"):
+        Prune.Config(method="structured", allocation="sensitivity", allocation_cost="latency", target="macs")

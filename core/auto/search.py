@@ -90,7 +90,21 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
     doc["seconds"] = round(time.perf_counter() - started, 2)
     model_bytes = scratch.read_bytes()
     scratch.unlink()
-    return Result(doc, chosen, model_bytes, pipeline_yaml(settings, steps, request.output))
+    return Result(doc, chosen, model_bytes, pipeline_yaml(settings, _replayable(steps, run_doc), request.output))
+
+
+def _replayable(steps, run_doc: dict) -> list:
+    """The steps with each measured allocation replaced by the per-group rates it chose: ``mcomp run``
+    of the saved pipeline then cuts the same channels without probing again (a latency-profiled
+    allocation re-measured on another machine, or under another load, could choose other rates)."""
+    out = []
+    for (name, options), record in zip(steps, run_doc.get("steps", [])):
+        rates = (record.get("changes") or {}).get("group_rates")
+        if name == "prune" and options.get("allocation") == "sensitivity" and rates:
+            options = {k: v for k, v in options.items() if k not in ("allocation", "allocation_cost")}
+            options["group_rates"] = dict(rates)
+        out.append((name, options))
+    return out
 
 
 def _measure_input(settings: trials.Settings) -> tuple[trials.Measured, dict]:

@@ -77,6 +77,10 @@ class Prune(Pass):
         allocation: Literal["uniform", "sensitivity"] = Field(
             "uniform", description="structured: one rate for every group, or rates per group from each group's "
                                    "measured sensitivity per MAC, removing as much as the uniform rate (needs data)")
+        allocation_cost: Literal["macs", "latency"] = Field(
+            "macs", description="sensitivity allocation: what a step of channels saves: the MACs it removes, or "
+                                "the time of the nodes it shrinks, profiled per node on the target provider "
+                                "(NetAdapt's measured latency; removes what the uniform rate removes of that time)")
         group_rates: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
             default_factory=dict, description="structured: rates for some groups by key (the group's first "
                                               "producer weight, e.g. conv1.weight), overriding --allocation; "
@@ -92,6 +96,9 @@ class Prune(Pass):
                 raise ValueError("target 'weights' is for unstructured methods; structured takes channels, params or macs")
             if self.method != "structured" and (self.allocation != "uniform" or self.group_rates):
                 raise ValueError("allocation and group_rates are for method structured")
+            if self.allocation_cost == "latency" and (self.allocation != "sensitivity" or self.target in ("params", "macs")):
+                raise ValueError("allocation_cost latency needs allocation sensitivity, with the rate a share of "
+                                 "channels (a params or MACs target already says what to remove)")
             over = [k for k, r in self.group_rates.items() if r > self.max_layer_rate]
             if over:
                 raise ValueError(f"group_rates above max_layer_rate {self.max_layer_rate}: {', '.join(over[:10])}")
@@ -239,7 +246,7 @@ class Prune(Pass):
             target_value=cfg.rate if target != "channels" else None, round_to=cfg.round_to,
             max_rate=cfg.max_layer_rate, shapes=ctx.input_shapes or None, data=ctx.dataset(*ANY_DATA_FIRST),
             ctx=ctx, options=dict(importance=cfg.importance, round_to=cfg.round_to, exclude=exclude, grads=grads,
-                                  seed=ctx.seed))
+                                  seed=ctx.seed), cost_kind=cfg.allocation_cost)
         return {**rates, **pinned}, info, notes
 
 

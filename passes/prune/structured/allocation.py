@@ -4,9 +4,10 @@ NetAdapt and AMC showed that layers differ in what a cut costs in accuracy and s
 a uniform rate over-cuts the sensitive groups and under-cuts the cheap ones. Here each prunable
 group's sensitivity is measured (``sensitivity.probe``: the fidelity or accuracy lost when that
 group alone is cut, at a few rates), its cost contribution is counted exactly (``CostModel``:
-MACs or parameters as a function of every group's kept share), and a greedy allocation
-repeatedly takes one ``round_to`` step of channels from the group whose next step loses the least
-per MAC removed, until the cut removes what the uniform rate (or the ``--target``) would.
+MACs or parameters as a function of every group's kept share) or measured (the per-node kernel
+times of ``node_times``, with ``allocation_cost: latency``), and a greedy allocation repeatedly
+takes one ``round_to`` step of channels from the group whose next step loses the least per unit
+of cost removed, until the cut removes what the uniform rate (or the ``--target``) would.
 
 Groups are named by ``ChannelGroup.key`` (the first producer's weight tensor), so the rates a
 run chose (its ``changes.group_rates``) can be written back and replayed without measuring again::
@@ -95,6 +96,32 @@ class CostModel:
         return self.total - float(self.base @ vec[self.index].prod(axis=1))
 
 
+def _named(model: ir.Model) -> tuple[list, ir.Model]:
+    """The model's nodes and a copy whose nodes are named ``mcomp_alloc_<index>``: unique names, so
+    that a per-node count or time maps back to its node."""
+    named = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    for i, node in enumerate(named.graph):
+        node.name = f"mcomp_alloc_{i}"
+    return list(model.graph), named
+
+
+def _terms(nodes: list, groups: list[ChannelGroup], per_node: dict[str, float | None]) -> list:
+    """(cost, ids of the groups that cut that node's input or output channels) per named node."""
+    touching: dict[int, set[int]] = {}
+    for g in groups:
+        for m in g.members:
+            if m.role in ("producer", "consumer", "depthwise"):
+                touching.setdefault(id(m.node), set()).add(g.id)
+    terms = []
+    for name, count in per_node.items():
+        if not count:
+            continue
+        index = int(name.rsplit("_", 1)[1]) if name.startswith("mcomp_alloc_") else None
+        node = nodes[index] if index is not None and index < len(nodes) else None
+        terms.append((float(count), tuple(sorted(touching.get(id(node), ())))))
+    return terms
+
+
 def mac_model(model: ir.Model, groups: list[ChannelGroup], shapes) -> CostModel:
     """Per-node MACs (``mcomp.graph.macs_by_node`` at ``shapes``, as the report counts them), each
     scaled by the groups that cut that node's input or output channels. Where shapes computed at run
@@ -102,10 +129,7 @@ def mac_model(model: ir.Model, groups: list[ChannelGroup], shapes) -> CostModel:
     copy, as ``mcomp.graph.macs`` does."""
     from mcomp.graph import macs_by_node
 
-    nodes = list(model.graph)
-    named = ir.serde.deserialize_model(ir.serde.serialize_model(model))
-    for i, node in enumerate(named.graph):  # unique names, so that each count maps back to its node
-        node.name = f"mcomp_alloc_{i}"
+    nodes, named = _named(model)
     counts = macs_by_node(ir.serde.serialize_model(named), shapes)
     if any(c is None for c in counts.values()):
         from onnxscript import optimizer
@@ -116,19 +140,24 @@ def mac_model(model: ir.Model, groups: list[ChannelGroup], shapes) -> CostModel:
             counts = {name: folded.get(name) if count is None else count for name, count in counts.items()}
         except Exception:  # noqa: BLE001 - the third-party folder on an odd graph: keep the first count
             pass
-    touching: dict[int, set[int]] = {}
-    for g in groups:
-        for m in g.members:
-            if m.role in ("producer", "consumer", "depthwise"):
-                touching.setdefault(id(m.node), set()).add(g.id)
-    terms = []
-    for name, count in counts.items():
-        if not count:
-            continue
-        index = int(name.rsplit("_", 1)[1]) if name.startswith("mcomp_alloc_") else None
-        node = nodes[index] if index is not None and index < len(nodes) else None
-        terms.append((float(count), tuple(sorted(touching.get(id(node), ())))))
-    return CostModel(terms)
+    return CostModel(_terms(nodes, groups, counts))
+
+
+def latency_model(model: ir.Model, groups: list[ChannelGroup], feed: dict, providers: list[str],
+                  threads: int | None) -> tuple[CostModel, dict]:
+    """Per-node kernel times on the target provider (``node_times.profile``, one session), each
+    scaled by the groups that cut that node's channels, and what was timed: the time that maps to
+    no node of the graph (fused away, copies) is left out of the model and reported."""
+    from mcomp.passes.prune.structured import node_times
+
+    nodes, named = _named(model)
+    timed = node_times.profile(ir.serde.serialize_model(named).SerializeToString(), feed, providers, threads)
+    mapped = {n: t for n, t in timed.per_node.items() if n.startswith("mcomp_alloc_")}
+    unmapped = sum(t for n, t in timed.per_node.items() if n not in mapped)
+    info = {"provider": timed.provider, "runs": timed.runs,
+            "feed_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
+            "timed_ms": round(sum(mapped.values()) / 1e3, 4), "unmapped_ms": round(unmapped / 1e3, 4)}
+    return CostModel(_terms(nodes, groups, mapped)), info
 
 
 def param_model(model: ir.Model, groups: list[ChannelGroup]) -> CostModel:

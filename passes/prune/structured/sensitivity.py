@@ -96,18 +96,34 @@ def probe(current, judge: Judge, free, tables, state, center, options) -> dict[i
 
 def allocate(model, groups, free, pinned: dict[int, float], *, rate: float, target: str,
              target_value: float | None, round_to: int, max_rate: float, shapes, data, ctx,
-             options: dict) -> tuple[dict[int, float], dict, list[str]]:
+             options: dict, cost_kind: str = "macs") -> tuple[dict[int, float], dict, list[str]]:
     """Rates by group id for the ``free`` groups (``pinned`` ones keep theirs), the details and notes.
 
     The amount removed is measured, not assumed: in channels mode it is what the uniform ``rate``
-    removes (in MACs) on a real cut; with a params/MACs target it is ``target_value`` of them."""
+    removes (in MACs) on a real cut; with a params/MACs target it is ``target_value`` of them.
+    With ``cost_kind`` latency (channels mode only) the cost is the per-node time profiled on the
+    target provider, and the amount is what the uniform rate removes of that time in its model."""
     start = time.perf_counter()
-    kind = "params" if target == "params" else "macs"
+    kind = "params" if target == "params" else ("latency" if cost_kind == "latency" else "macs")
     index = 0 if kind == "params" else 1
     base = measure(model, shapes)[index]
-    cost = al.param_model(model, groups) if kind == "params" else al.mac_model(model, groups, shapes)
+    sample = subset(data)
+    timing = None
+    if kind == "latency":
+        cost, timing = al.latency_model(model, groups, sample.feeds[0], ctx.providers, ctx.threads)
+    else:
+        cost = al.param_model(model, groups) if kind == "params" else al.mac_model(model, groups, shapes)
     tables = {g.id: al.levels(g, round_to, max_rate) for g in free}
-    if target == "channels":
+    by_id = {g.id: g for g in groups}
+
+    def kept(g: int, r: float) -> float:
+        return sum(rounded_keep(b - a, r, round_to) for a, b in by_id[g].segments) / by_id[g].channels
+
+    fixed = {g: kept(g, r) for g, r in pinned.items()}
+    if kind == "latency":  # the uniform cut's share of the profiled time, in the same model the greedy uses
+        wanted = cost.removed({**{g.id: kept(g.id, rate) for g in free}, **fixed}) / max(cost.total, 1e-12)
+        center = rate
+    elif target == "channels":
         uniform = copy_model(model)
         cut(uniform, rate, rates=pinned, **options)
         wanted = 1 - measure(uniform, shapes)[index] / base
@@ -115,19 +131,19 @@ def allocate(model, groups, free, pinned: dict[int, float], *, rate: float, targ
     else:
         wanted = float(target_value)
         center = 1 - math.sqrt(1 - wanted)  # a conv's MACs fall with both its in and out channels
-    sample = subset(data)
-    by_id = {g.id: g for g in groups}
-    fixed = {g: sum(rounded_keep(b - a, r, round_to) for a, b in by_id[g].segments) / by_id[g].channels
-             for g, r in pinned.items()}
     channels = {g.id: g.channels for g in free}
 
     def fit(curves, start_levels, share):
-        """Levels that remove ``share`` (checked on a real cut), the cut model and what it removed."""
+        """Levels that remove ``share`` (checked on a real cut, or for latency in the profiled
+        model, where a re-timing would measure noise), the cut model and what it removed."""
         goal, got = share * cost.total, 0.0
         for _ in range(_FIX_ROUNDS + 1):
             levels = al.Greedy(cost, tables, channels, curves, fixed, start=start_levels).run(goal)
             cut_model = copy_model(model)
             cut(cut_model, 0.0, rates={**{g: tables[g][v][0] for g, v in levels.items()}, **pinned}, **options)
+            if kind == "latency":
+                shares = {**{g: tables[g][v][1] / channels[g] for g, v in levels.items()}, **fixed}
+                return levels, cut_model, cost.removed(shares) / max(cost.total, 1e-12)
             got = 1 - measure(cut_model, shapes)[index] / base
             if got >= share - 0.002 or goal >= cost.total:
                 break
@@ -158,12 +174,18 @@ def allocate(model, groups, free, pinned: dict[int, float], *, rate: float, targ
         "method": "sensitivity", "cost": kind, "measure": judge.figure, "data": sample.describe(),
         "probes": probes, "seconds": round(seconds, 3), "removed_target": round(wanted, 6), "removed": round(got, 6),
         "candidates": {name: round(loss, 6) for name, loss in losses.items()}, "chosen": chosen,
+        **({"timing": timing} if timing else {}),
         "groups": [{"key": g.key, "channels": g.channels, "rate": rates[g.id], "kept": tables[g.id][state[g.id]][1],
                     "sensitivity": [[[r, round(v, 6)] for r, v in c.points] for c in stacked[g.id].curves]}
                    for g in free],
     }
     lo, hi = (min(rates.values()), max(rates.values())) if rates else (0.0, 0.0)
     asked = f"uniform {rate:g}" if target == "channels" else f"target {target} −{target_value:.0%}"
+    if timing:
+        shapes_text = ", ".join(f"{k} {'×'.join(map(str, v))}" for k, v in timing["feed_shapes"].items())
+        asked += (f"; latency profiled per node on {timing['provider']} at {shapes_text}, median of "
+                  f"{timing['runs']} runs: {timing['timed_ms']:.3f} ms mapped to nodes, "
+                  f"{timing['unmapped_ms']:.3f} ms not")
     notes = [f"sensitivity allocation: {len(free)} groups, rates {lo:.2f}–{hi:.2f} ({asked}); "
              f"{kind} −{got:.1%} (wanted −{wanted:.1%}); {chosen} chosen (loss on the probe examples "
              + ", ".join(f"{n} {v:.4f}" for n, v in losses.items()) + f"); {probes} probes on {sample.samples} "
