@@ -202,6 +202,19 @@ def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measurin
         "method": "structured", "rate": 0.5}  # a uniform cut is replayed as it is
 
 
+def test_a_distillation_with_nothing_to_win_back_is_left_out_of_a_trial():
+    from mcomp.auto import search as searches
+    from mcomp.auto.trial import without_idle_distill
+
+    d, p, q, o = ("distill", {"epochs": 10}), ("prune", {"rate": 0.5}), ("quantize", {"mode": "static"}), ("optimize", {})
+    assert without_idle_distill([d, q, o]) == [q, o]  # the student would be the input itself
+    assert without_idle_distill([p, d, q, o]) == [p, d, q, o]
+    assert without_idle_distill([q, d, o]) == [q, d, o]  # a quantized student has rounding to win back
+    anchors = searches._anchors(spaces.default_space())
+    assert not any(a.get("distill.enabled") and not a.get("prune.enabled") and not a.get("quantize.enabled")
+                   for a in anchors)
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,23 @@ class Stopped(Exception):
     """Raised from a training pass's epoch hook to stop a trial that is clearly worse."""
 
 
+# Steps that change what the model computes, so that a distillation after them has something to win back.
+CHANGES_THE_STUDENT = ("prune", "quantize")
+
+
+def without_idle_distill(steps: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The steps less a distillation that nothing before it changed: its student would be the input
+    itself, which it can fit no better than it already does, while it costs the longest step of the
+    trial (benchmarks/auto.py on MNIST: 1–3 minutes each, three of the first eight trials)."""
+    out, changed = [], False
+    for name, options in steps:
+        if name == "distill" and not changed:
+            continue
+        changed = changed or name in CHANGES_THE_STUDENT
+        out.append((name, options))
+    return out
+
+
 def pipeline_for(settings: Settings, steps: list[tuple[str, dict]], *, latency: bool = True):
     """The trial's pipeline: what ``--save-pipeline`` writes and ``mcomp run`` reproduces."""
     from mcomp.pipeline_spec import DataRoles, Measure, Pipeline, parse_step
