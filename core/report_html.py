@@ -29,7 +29,7 @@ ul.notes li{margin:.2em 0}
 """
 
 
-def _table(header: tuple[str, ...], rows, numeric: tuple[int, ...] = ()) -> str:
+def html_table(header: tuple[str, ...], rows, numeric: tuple[int, ...] = ()) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f'<td class="n">{escape(str(c))}</td>' if i in numeric
                                     else f"<td>{escape(str(c))}</td>" for i, c in enumerate(row)) + "</tr>"
@@ -41,7 +41,7 @@ def _notes(notes) -> str:
     return '<ul class="notes">' + "".join(f"<li>{escape(str(n))}</li>" for n in notes) + "</ul>" if notes else ""
 
 
-def _figure(fig) -> str:
+def figure_html(fig) -> str:
     if fig is None:
         return ""
     name, svg = fig
@@ -61,8 +61,8 @@ def figures(doc: dict) -> tuple[str, dict[int, str]]:
         drawn = [plots.prune_figure(changes, salt + "prune") if step["pass"] == "prune" else None,
                  plots.explain_figure(changes.get("explain"), salt + "explain"),
                  plots.history_figure(changes.get("history"), salt + "history")]
-        per_step[n] = "".join(_figure(f) for f in drawn)
-    return "".join(_figure(f) for f in whole), per_step
+        per_step[n] = "".join(figure_html(f) for f in drawn)
+    return "".join(figure_html(f) for f in whole), per_step
 
 
 def _step(n: int, step: dict, figs: str) -> str:
@@ -108,7 +108,7 @@ def _warnings(doc: dict) -> str:
 
 
 def _environment(env: dict) -> str:
-    return "<h2>Environment</h2>" + _table(("", ""), [(k.replace("_", " "), report.human(v)) for k, v in env.items()])
+    return "<h2>Environment</h2>" + html_table(("", ""), [(k.replace("_", " "), report.human(v)) for k, v in env.items()])
 
 
 def to_html(doc: dict) -> str:
@@ -124,14 +124,14 @@ def to_html(doc: dict) -> str:
         f"{escape(report.human(doc.get('seconds')))} s</span></p>",
         f"<p>Input <code>{escape(str(inp.get('path')))}</code> → output <code>{escape(str(out.get('path')))}</code></p>",
         _warnings(doc),
-        _table(("metric", "input", "output", "change"), report.headline(doc), numeric=(1, 2, 3)),
+        html_table(("metric", "input", "output", "change"), report.headline(doc), numeric=(1, 2, 3)),
     ]
     # the input shapes every figure was measured at are rows of the headline table ("measured at")
     parts += ["<h2>Figures</h2>", whole, "<h2>Steps</h2>"]
     parts += [_step(n, step, per_step.get(n, "")) for n, step in enumerate(doc["steps"], 1)]
     data = report.data_rows(doc)
     if data:
-        parts += ["<h2>Data</h2>", _table(("role", "source", "samples", "labels", "synthetic"), data, numeric=(2,)),
+        parts += ["<h2>Data</h2>", html_table(("role", "source", "samples", "labels", "synthetic"), data, numeric=(2,)),
                   _notes(report.data_notes(doc))]
     parts.append(_gates(doc))
     if report.report_notes(doc):

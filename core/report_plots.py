@@ -50,7 +50,7 @@ def to_svg(fig, salt: str) -> str:
     return _IDS.sub(lambda m: f"{m.group(1)}{salt}-", svg)
 
 
-def _drawn(draw):
+def drawn(draw):
     """Runs a figure function with the report's style: text taken literally (a ``$`` in a node name is
     not TeX), small type. Text objects read these settings when they are made, so the whole drawing
     runs inside the context."""
@@ -67,7 +67,7 @@ def _drawn(draw):
     return wrapper
 
 
-def _figure(width: float, height: float, ncols: int = 1):
+def new_figure(width: float, height: float, ncols: int = 1):
     fig, axes = _plt().subplots(1, ncols, figsize=(width, height), squeeze=False)
     for ax in axes[0]:
         ax.spines[["top", "right"]].set_visible(False)
@@ -79,12 +79,12 @@ def _short(name, width: int = 28) -> str:
     return name if len(name) <= width else "…" + name[-(width - 1):]
 
 
-@_drawn
+@drawn
 def latency_figure(latency: dict | None):
     """p50 (bar) and p90 (whisker) of input and output, and the ratio against the A/A noise band."""
     if not latency or not latency.get("reference") or not latency.get("candidate"):
         return None
-    fig, (ax, rx) = _figure(9, 2.4, 2)
+    fig, (ax, rx) = new_figure(9, 2.4, 2)
     ref, cand = latency["reference"], latency["candidate"]
     p50 = [ref["p50_ms"], cand["p50_ms"]]
     p90 = [ref.get("p90_ms") or p50[0], cand.get("p90_ms") or p50[1]]
@@ -110,7 +110,7 @@ def latency_figure(latency: dict | None):
     return "latency", to_svg(fig, "latency")
 
 
-@_drawn
+@drawn
 def size_figure(before: dict, after: dict):
     """File bytes, parameters, non-zeros and MACs of the output as a share of the input's."""
     keys = [("bytes", "file bytes"), ("parameters", "parameters"), ("nonzero_parameters", "non-zero parameters"),
@@ -118,7 +118,7 @@ def size_figure(before: dict, after: dict):
     rows = [(label, before.get(k), after.get(k)) for k, label in keys if before.get(k) and after.get(k) is not None]
     if not rows:
         return None
-    fig, (ax,) = _figure(7, 0.45 * len(rows) + 0.9)
+    fig, (ax,) = new_figure(7, 0.45 * len(rows) + 0.9)
     labels = [r[0] for r in rows]
     shares = [r[2] / r[1] for r in rows]
     ax.barh(labels, [1.0] * len(rows), color=BEFORE, height=0.8, label="input (= 1)")
@@ -134,14 +134,14 @@ def size_figure(before: dict, after: dict):
     return "size", to_svg(fig, "size")
 
 
-@_drawn
+@drawn
 def ops_figure(before: dict | None, after: dict | None):
     """Nodes by op type, input beside output."""
     if not before and not after:
         return None
     before, after = before or {}, after or {}
     names = sorted(set(before) | set(after), key=lambda n: -max(before.get(n, 0), after.get(n, 0)))[:25]
-    fig, (ax,) = _figure(7, 0.28 * len(names) + 1.0)
+    fig, (ax,) = new_figure(7, 0.28 * len(names) + 1.0)
     ys = range(len(names))
     ax.barh([y - 0.2 for y in ys], [before.get(n, 0) for n in names], height=0.4, color=BEFORE, label="input")
     ax.barh([y + 0.2 for y in ys], [after.get(n, 0) for n in names], height=0.4, color=AFTER, label="output")
@@ -153,13 +153,13 @@ def ops_figure(before: dict | None, after: dict | None):
     return "ops", to_svg(fig, "ops")
 
 
-@_drawn
+@drawn
 def prune_figure(changes: dict, salt: str):
     """Structured: channels kept of each group. Unstructured: the sparsity of each layer."""
     groups = changes.get("groups")
     if groups and isinstance(groups[0], dict) and "channels_before" in groups[0]:
         shown = groups[:MAX_BARS]
-        fig, (ax,) = _figure(8, 0.22 * len(shown) + 1.0)
+        fig, (ax,) = new_figure(8, 0.22 * len(shown) + 1.0)
         labels = [_short(g.get("chain") or g.get("id")) for g in shown]
         ys = list(range(len(shown)))
         ax.barh(ys, [g["channels_before"] for g in shown], color=BEFORE, height=0.8, label="before")
@@ -175,7 +175,7 @@ def prune_figure(changes: dict, salt: str):
     layers = changes.get("layers")
     if isinstance(layers, list) and layers and isinstance(layers[0], dict) and "sparsity" in layers[0]:
         shown = layers[:MAX_BARS]
-        fig, (ax,) = _figure(8, 0.22 * len(shown) + 1.0)
+        fig, (ax,) = new_figure(8, 0.22 * len(shown) + 1.0)
         ys = list(range(len(shown)))
         ax.barh(ys, [r["sparsity"] for r in shown], color=AFTER)
         ax.set_yticks(ys, [_short(r.get("node") or r.get("tensor")) for r in shown], fontsize=7)
@@ -188,7 +188,7 @@ def prune_figure(changes: dict, salt: str):
     return None
 
 
-@_drawn
+@drawn
 def explain_figure(rows: list[dict] | None, salt: str):
     """``quantize --explain``: the SQNR each layer keeps when quantized; float fallbacks in red."""
     rows = [r for r in rows or [] if isinstance(r, dict) and r.get("node") is not None]
@@ -197,7 +197,7 @@ def explain_figure(rows: list[dict] | None, salt: str):
     shown = rows[:MAX_BARS]
     finite = [r["sqnr_db"] for r in shown if r.get("sqnr_db") is not None]
     top = max(max(finite, default=60.0), 1.0) * 1.1
-    fig, (ax,) = _figure(8, 0.24 * len(shown) + 1.0)
+    fig, (ax,) = new_figure(8, 0.24 * len(shown) + 1.0)
     ys = list(range(len(shown)))
     is_float = [str(r.get("status", "")).startswith("float") for r in shown]
     ax.barh(ys, [top if r.get("sqnr_db") is None else r["sqnr_db"] for r in shown],
@@ -215,7 +215,7 @@ def explain_figure(rows: list[dict] | None, salt: str):
     return "explain", to_svg(fig, salt)
 
 
-@_drawn
+@drawn
 def history_figure(history: list[dict] | None, salt: str):
     """Distillation: training and validation loss, and accuracy (training and validation), by epoch."""
     rows = [r for r in history or [] if isinstance(r, dict) and "epoch" in r]
@@ -227,7 +227,7 @@ def history_figure(history: list[dict] | None, salt: str):
     if not losses and not scores:
         return None
     panels = [(keys, title) for keys, title in ((losses, "loss"), (scores, "accuracy and agreement")) if keys]
-    fig, axes = _figure(9, 2.6, len(panels))
+    fig, axes = new_figure(9, 2.6, len(panels))
     for ax, (keys, title) in zip(axes, panels):
         for key in keys:
             pts = [(r["epoch"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]

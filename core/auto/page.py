@@ -10,16 +10,16 @@ from html import escape
 
 from mcomp import report_plots
 from mcomp.report import measured_at
-from mcomp.report_html import STYLE, _table
+from mcomp.report_html import STYLE, html_table
 
 
-@report_plots._drawn
+@report_plots.drawn
 def pareto_figure(doc: dict):
     """Quality (accuracy, or fidelity) against the objective ratio for every completed trial."""
     trials = [t for t in doc["trials"] if t["state"] == "complete" and t["measured"]]
     if not trials:
         return None
-    fig, (ax,) = report_plots._figure(7.5, 4.6)
+    fig, (ax,) = report_plots.new_figure(7.5, 4.6)
     accuracy = doc["budget"]["kind"] == "max_drop"
     base = doc["input"].get("accuracy")
 
@@ -106,7 +106,7 @@ def to_html(doc: dict) -> str:
     if chosen:
         again = chosen.get("remeasured") or chosen["measured"]
         parts += ["<h2>Chosen</h2>", f"<p>Trial {chosen['number']}: <code>{escape(_steps(chosen['steps']))}</code></p>",
-                  _table(("", "search", "re-measured"), [
+                  html_table(("", "search", "re-measured"), [
                       ("loss (what the budget bounds)", _fmt(chosen["measured"]["loss"]), _fmt(again["loss"])),
                       (f"{doc['objective']} ratio", _ratio(chosen["measured"]["objective"]), _ratio(again["objective"])),
                       ("size ratio", _ratio(chosen["measured"].get("size_ratio")), _ratio(again.get("size_ratio"))),
@@ -114,7 +114,7 @@ def to_html(doc: dict) -> str:
                       numeric=(1, 2))]
     else:
         parts += ["<h2>No trial met the budget</h2>", "<p>Closest trials:</p>",
-                  _table(("trial", "steps", "loss", "objective"),
+                  html_table(("trial", "steps", "loss", "objective"),
                          [(t["number"], _steps(t["steps"]), _fmt(t["measured"].get("loss")),
                            _ratio(t["measured"].get("objective"))) for t in doc.get("closest", [])])]
     rows = []
@@ -124,6 +124,6 @@ def to_html(doc: dict) -> str:
                      _fmt(m.get("loss")) if m else "", _ratio(m.get("objective")) if m else "",
                      _ratio(m.get("size_ratio")) if m else "", t.get("error") or ""))
     parts += ["<h2>Trials</h2>", "<p class=\"muted\">* within budget</p>",
-              _table(("trial", "state", "pipeline", "loss", doc["objective"], "size", "reason"), rows, numeric=(3, 4, 5)),
+              html_table(("trial", "state", "pipeline", "loss", doc["objective"], "size", "reason"), rows, numeric=(3, 4, 5)),
               "</body></html>", ""]
     return "\n".join(p for p in parts if p)
