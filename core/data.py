@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import onnx_ir as ir
-from pydantic import BaseModel, ConfigDict, Field
 
 from mcomp import data_checks, shapes
+from mcomp.data_spec import DataSpec, ImageFolderSpec
 from mcomp.errors import BadInput, short
 from mcomp.session import TensorSpec, input_specs
 
@@ -58,21 +58,6 @@ class Dataset:
                 "labels": self.has_labels, "synthetic": self.synthetic, "notes": list(self.notes)}
 
 
-class ImageFolderSpec(BaseModel):
-    """A folder of images: one class per subfolder (sorted names → label 0..n-1), or flat (no labels)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    images: Path
-    size: tuple[int, int] | None = Field(None, description="height, width; default: the model's own (static dims, --input-shape, or imgsz-style metadata)")
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
-    scale: float = Field(1 / 255, description="multiplies pixel values before mean/std")
-    layout: str = Field("NCHW", pattern="^(NCHW|NHWC)$")
-    input: str | None = None
-    batch_size: int = Field(16, ge=1)
-
-
-DataSpec = str | Path | ImageFolderSpec
 
 
 def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None = None,

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcomp import registry
-from mcomp.data import ImageFolderSpec
+from mcomp.data_spec import ImageFolderSpec
 from mcomp.errors import ConfigError
 from mcomp.pass_base import PassConfig
 

@@ -88,6 +88,19 @@ def test_help_imports_no_graph_or_runtime_library():
     assert found["heavy"] == [], f"--help imported {found['heavy']}"
 
 
+def test_a_pipeline_file_typo_is_answered_without_the_graph_libraries(tmp_path):
+    """A YAML typo is answered before anything heavy is imported (it took ~1.7 s of onnx_ir on a quiet
+    machine, 11 s on a loaded one, to say that a pass name is misspelled)."""
+    (tmp_path / "bad.yaml").write_text("model: x.onnx\nsteps:\n  - prnue: {}\n")
+    probe = (f"HEAVY = {HEAVY!r}\n" "import json, sys\nfrom mcomp.cli.main import app\n"
+             "try:\n    app(['run', 'bad.yaml'], prog_name='mcomp')\nexcept SystemExit as e:\n    code = e.code\n"
+             "print(json.dumps({'code': code, 'heavy': sorted(m for m in HEAVY if m in sys.modules)}))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["code"] == 2 and "unknown pass 'prnue'" in proc.stderr, proc.stderr[-2000:]
+    assert found["heavy"] == [], f"reading a pipeline file imported {found['heavy']}"
+
+
 def test_declared_quantize_modes_are_the_registered_schemes():
     """The modes and their help are declared apart from the scheme classes (so help needs no onnxruntime):
     each declared mode's module registers that very mode, and nothing else registers."""
