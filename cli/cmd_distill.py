@@ -61,7 +61,8 @@ SPEC = CommandSpec(
     run=_run,
     panels={"Learning rate": ("optimizer", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs", "lr_decay",
                               "lr_step_epochs", "lr_power", "min_lr", "clip_grad"),
-            "Objective": ("temperature", "alpha", "hints", "hint_weight", "keep_sparsity", "init_from_teacher"),
+            "Objective": ("temperature", "alpha", "hints", "hint_weight", "hidden_loss", "hidden_weight",
+                          "attention_loss", "attention_weight", "keep_sparsity", "init_from_teacher"),
             "Validation and checkpoints": ("val_split", "monitor", "patience", "checkpoint_dir", "resume"),
             "Processes and device": ("nproc", "device", "seed")},
     help="""Train STUDENT to match TEACHER (soft targets at a temperature, plus the labels where --data has some).

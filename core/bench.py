@@ -122,7 +122,13 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
         labels.append(labels[0] + " (A/A)")
         sources.append(sources[0])
     sessions, peaks, session_feeds = [], [], []
-    for source in sources:
+    for k, source in enumerate(sources):
+        if k == len(models) and evaluate.weight_bytes(source) >= evaluate.BIG_WEIGHTS:
+            # the A/A of a big model runs its one session twice: another would map every weight again
+            sessions.append(sessions[0])
+            session_feeds.append(session_feeds[0])
+            peaks.append(None)
+            continue
         before = _status_kb("VmRSS")
         can_reset = _reset_peak()
         session = evaluate.session(source, providers, threads, spinning=False)

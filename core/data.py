@@ -58,8 +58,6 @@ class Dataset:
                 "labels": self.has_labels, "synthetic": self.synthetic, "notes": list(self.notes)}
 
 
-
-
 def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None = None,
          batch_size: int = 16, synthetic_feeds: int = 8, seed: int = 0) -> Dataset:
     """Loads data for ``model`` and checks it against the model's inputs (names, ranks, static dims)."""

@@ -10,6 +10,8 @@ model; anything else raised here is a bug in mcomp and stays an internal error (
 
 from __future__ import annotations
 
+import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -20,12 +22,22 @@ import onnx_ir as ir
 
 from mcomp import data as data_io
 from mcomp.data import Dataset
+from mcomp.graph import all_graphs
 from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
+from mcomp.external_data import external_tensors, release_pages
 from mcomp.model import to_bytes
 from mcomp.session import input_specs
 
 FIDELITY_MODES = ("slice", "whole")
+# Reference outputs held for one comparison; the feeds past it are left out, with a note (the
+# candidate's outputs and the float64 sums of the fidelity kernels come on top of this).
+COMPARED_OUTPUT_BYTES = 1 << 30
+# From this many bytes of weights a model is run from a file (mapped by onnxruntime, not copied into a
+# serialized protobuf and again into the session) and without prepacked weights, which would be one
+# more full copy per session (MLAS's packed MatMul operands): measured on one 8192×8192 MatMul (256 MiB),
+# a session held 2.2× the weights with prepacking, 1.2× without.
+BIG_WEIGHTS = 256 << 20
 
 
 def ort_errors() -> tuple[type[Exception], ...]:
@@ -39,10 +51,12 @@ def ort_errors() -> tuple[type[Exception], ...]:
     return (*own, ValueError, RuntimeError)
 
 
-def _options(threads: int | None = None, *, spinning: bool = True, optimization: str = "all"):
+def _options(threads: int | None = None, *, spinning: bool = True, optimization: str = "all", big: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if big:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     # Fatal only: onnxruntime's error lines ("[E:onnxruntime:…]", coloured) would reach the user's stderr
     # beside mcomp's own one-line error; the same failure arrives as the exception mcomp reports.
     options.log_severity_level = 4
@@ -59,23 +73,72 @@ def _options(threads: int | None = None, *, spinning: bool = True, optimization:
     return options
 
 
-def _source(model: ir.Model | bytes | str | Path) -> bytes | str:
+def weight_bytes(model: ir.Model | bytes | str | Path) -> int:
+    """Bytes of the stored tensors: of the initializers (``ir.Model``), of the serialized model
+    (bytes), of a file and the external data it names (a path; the graph is read without the data)."""
     if isinstance(model, ir.Model):
-        return to_bytes(model)
-    return str(model) if isinstance(model, Path) else model
+        return sum(v.const_value.nbytes for g in all_graphs(model.graph) for v in g.initializers.values()
+                   if v.const_value is not None)
+    if isinstance(model, bytes):
+        return len(model)
+    proto = onnx.load_model(str(model), load_external_data=False)
+    external = sum(int(e.value) for t in onnx.external_data_helper._get_all_tensors(proto)
+                   for e in t.external_data if e.key == "length")
+    return os.path.getsize(model) + external
+
+
+@contextlib.contextmanager
+def runnable(model: ir.Model | bytes | str | Path, *, spill: bool = False):
+    """What onnxruntime is given for ``model``: a path or bytes as they are; an ``ir.Model`` as bytes
+    when it is small and self-contained, else as a file in a temp folder with its data beside it,
+    written once (memory-mapped tensors streamed from their file) for every session made of it
+    inside the block. onnxruntime maps such a file rather than copying it, so a big model's weights
+    are held once, in the page cache, not once per serialization and once per session.
+
+    ``spill``: the model's big in-memory tensors (a pass's results) are then swapped for mappings of
+    the file just written, the same bytes, so the arrays are freed rather than held beside the
+    sessions' mappings. Only for a model no pass will change in place again (mapped arrays are
+    read-only): the pipeline's final measurement."""
+    if not isinstance(model, ir.Model):
+        yield str(model) if isinstance(model, Path) else model
+        return
+    if not external_tensors(model) and weight_bytes(model) < BIG_WEIGHTS:
+        yield to_bytes(model)
+        return
+    with tempfile.TemporaryDirectory(prefix="mcomp-run-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        ir.save(model, path, external_data="model.onnx.data")
+        if spill:
+            _spill(model, path)
+        release_pages(model)
+        yield str(path)
+
+
+def _spill(model: ir.Model, path: Path) -> None:
+    """Swaps ``model``'s in-memory initializers of 1 MiB or more for the mapped tensors of ``path``
+    (written from it just before). Mapped here, their pages outlive the temp folder's removal."""
+    written = {v.name: v.const_value for v in external_tensors(ir.load(path))}
+    for value in model.graph.initializers.values():
+        tensor, mapped = value.const_value, written.get(value.name)
+        if isinstance(tensor, ir.Tensor) and tensor.nbytes >= (1 << 20) and mapped is not None:
+            value.const_value = ir.Tensor(mapped.numpy(), dtype=tensor.dtype, name=tensor.name,
+                                          doc_string=tensor.doc_string)
 
 
 def session(model: ir.Model | bytes | str | Path, providers: list[str], threads: int | None = None, *,
             spinning: bool = True, optimization: str = "all"):
     """One inference session. ``spinning=False`` when several sessions share the cores (design §7);
-    a model onnxruntime refuses to load is bad input."""
+    a model onnxruntime refuses to load is bad input. Weights of ``BIG_WEIGHTS`` or more are not
+    prepacked (one copy fewer; reference and candidate of a run are alike in this)."""
     import onnxruntime as ort
 
-    options, source = _options(threads, spinning=spinning, optimization=optimization), _source(model)
-    try:
-        return ort.InferenceSession(source, options, providers=providers)
-    except ort_errors() as exc:
-        raise BadInput(f"onnxruntime cannot load the model: {short(exc, 300)}") from None
+    big = weight_bytes(model) >= BIG_WEIGHTS
+    options = _options(threads, spinning=spinning, optimization=optimization, big=big)
+    with runnable(model) as source:  # a temp file may go once made into a session: onnxruntime maps it
+        try:
+            return ort.InferenceSession(source, options, providers=providers)
+        except ort_errors() as exc:
+            raise BadInput(f"onnxruntime cannot load the model: {short(exc, 300)}") from None
 
 
 def offline_optimized(model: ir.Model | bytes | str | Path, level: str, providers: list[str], *,
@@ -86,12 +149,39 @@ def offline_optimized(model: ir.Model | bytes | str | Path, level: str, provider
     whether a graph the optimizer rejects is bad input or a step to skip."""
     import onnxruntime as ort
 
-    options, source = _options(optimization=level), _source(model)
-    with tempfile.TemporaryDirectory(prefix="mcomp-ort-") as tmp:
+    big = weight_bytes(model) >= BIG_WEIGHTS
+    options = _options(optimization=level, big=big)
+    with runnable(model) as source, tempfile.TemporaryDirectory(prefix="mcomp-ort-") as tmp:
         out = Path(tmp) / "optimized.onnx"
         options.optimized_model_filepath = str(out)
+        if big:  # the optimized weights go to a file beside it, mapped below: no protobuf of them
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                             "optimized.onnx.data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                             "1024")
         ort.InferenceSession(source, options, providers=providers, disabled_optimizers=list(disabled))
-        return ir.serde.deserialize_model(onnx.load(str(out)))
+        optimized = ir.load(out)
+        for value in external_tensors(optimized):  # mapped now, so the pages outlive the temp folder
+            tensor = value.const_value
+            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+        if isinstance(model, ir.Model) and big:
+            _share_unchanged(optimized, model)
+        return optimized
+
+
+def _share_unchanged(optimized: ir.Model, model: ir.Model) -> None:
+    """Gives ``optimized`` the input's own tensor objects where onnxruntime wrote the same bytes under
+    the same name (most weights of a big model pass through unchanged): the result then holds one copy
+    of them, the input's mapped one, rather than a second one from onnxruntime's file."""
+    own = {name: value.const_value for g in all_graphs(model.graph) for name, value in g.initializers.items()}
+    for value in optimized.graph.initializers.values():
+        before, after = own.get(value.name), value.const_value
+        if (before is None or after is None or before.dtype != after.dtype or before.shape != after.shape
+                or before.nbytes < (1 << 20)):
+            continue
+        if np.array_equal(np.asarray(before.numpy()), np.asarray(after.numpy())):
+            value.const_value = before  # the other's mapping goes with its last reference
+    release_pages(model)
 
 
 def run(sess, dataset: Dataset, which: str = "model") -> list[list[np.ndarray]]:
@@ -102,6 +192,23 @@ def run(sess, dataset: Dataset, which: str = "model") -> list[list[np.ndarray]]:
     except ort_errors() as exc:
         raise BadInput(f"the {which} model fails on the data ({short(exc, 200)})") from None
     return [list(col) for col in zip(*per_feed)]
+
+
+def run_within(sess, dataset: Dataset, which: str, budget: int) -> tuple[list[list[np.ndarray]], int]:
+    """``run`` over the first feeds whose outputs fit in ``budget`` bytes (at least one feed), and how
+    many that was: a language model's logits (16×128×50,257 floats, 0.4 GB a feed) over a whole
+    evaluation set, held for both models and compared in float64, ran out of memory on 24 GB."""
+    per_feed, held = [], 0
+    try:
+        for feed in dataset.feeds:
+            if per_feed and held >= budget:
+                break
+            outputs = sess.run(None, feed)
+            held += sum(np.asarray(o).nbytes for o in outputs)
+            per_feed.append(outputs)
+    except ort_errors() as exc:
+        raise BadInput(f"the {which} model fails on the data ({short(exc, 200)})") from None
+    return [list(col) for col in zip(*per_feed)], len(per_feed)
 
 
 def feeds_for(dataset: Dataset, reference_names: list[str], candidate_names: list[str]) -> Dataset:
@@ -127,7 +234,7 @@ def measurement_data(datasets, model: ir.Model, input_shapes=None, seed: int = 0
     return data_io.synthetic(input_specs(model), input_shapes=input_shapes, feeds=feeds, seed=seed)
 
 
-def compare(reference: ir.Model | bytes, candidate: ir.Model | bytes, dataset: Dataset, providers: list[str],
+def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str, dataset: Dataset, providers: list[str],
             threads: int | None, output_names: list[str], metric=None) -> dict:
     """Fidelity of candidate vs reference and accuracy of both, on ``dataset`` (the report's
     ``fidelity``, ``accuracy`` and ``data``). The candidate's extra outputs are ignored.
@@ -136,7 +243,12 @@ def compare(reference: ir.Model | bytes, candidate: ir.Model | bytes, dataset: D
     cand_session = session(candidate, providers, threads)
     ref_specs = {o.name: o for o in ref_session.get_outputs()}
     matched = match_outputs([ref_specs.get(n) or _Named(n) for n in output_names], cand_session.get_outputs())
-    ref_out = run(ref_session, dataset, "reference")
+    ref_out, kept = run_within(ref_session, dataset, "reference", COMPARED_OUTPUT_BYTES)
+    if kept < len(dataset.feeds):
+        held, total = sum(a.nbytes for out in ref_out for a in out), len(dataset.feeds)
+        dataset = dataset.head(kept)
+        dataset.notes = [*dataset.notes, f"fidelity and accuracy on the first {kept} of {total} feeds: their "
+                         f"reference outputs alone take {held / 2**30:.2f} GiB (both models' outputs are held)"]
     cand_data = feeds_for(dataset, [i.name for i in ref_session.get_inputs()],
                           [i.name for i in cand_session.get_inputs()])
     cand_out = run(cand_session, cand_data, "candidate")

@@ -5,9 +5,11 @@ Walkers come in two kinds, one of each: ``all_graphs``/``all_nodes`` for ``onnx_
 in-memory form, design §2) and ``proto_graphs``/``proto_nodes`` for ``onnx.ModelProto`` (what
 validation and shape inference see). Both enter If/Loop/Scan bodies.
 
-MACs count Conv, ConvTranspose, Gemm and MatMul (and their quantized and onnxruntime-fused forms)
-with shapes from onnx shape inference on concrete input shapes (given, else every dynamic dim 1).
-A node whose shapes stay unknown is not counted, and the count says which and why.
+MACs count Conv, ConvTranspose, Gemm and MatMul (and their quantized and onnxruntime-fused forms,
+MatMuls of two computed tensors such as attention's Q·Kᵀ included) and the fused attention ops,
+with shapes inferred at concrete input shapes (given, else every dynamic dim 1) by
+``mcomp.value_shapes``. A node whose shapes stay unknown is not counted, and the count says which
+and why.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mcomp.errors import short
+from mcomp import value_shapes
+from mcomp.value_shapes import SHAPE_ERRORS, with_concrete_inputs
 
 # op -> index of its weight input; quantized and onnxruntime-fused forms count like their float op
 CONV_LIKE = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1}
@@ -27,8 +30,8 @@ GEMM_LIKE = {"Gemm": 1, "FusedGemm": 1, "QGemm": 3}
 MATMUL_LIKE = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "FusedMatMul": 1}
 MAC_OPS = (*CONV_LIKE, "ConvTranspose", *GEMM_LIKE, *MATMUL_LIKE, "MatMulNBits")
 MAC_DOMAINS = ("", "ai.onnx", "com.microsoft")
-# What onnx shape inference raises on a graph it cannot type (its C++ errors arrive as these).
-SHAPE_ERRORS = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError)
+# attention ops (onnxruntime's fusions, opset 23) -> the domains they come from
+ATTENTION_OPS = {"Attention": ("", "ai.onnx", "com.microsoft"), "MultiHeadAttention": ("com.microsoft",)}
 
 
 def all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
@@ -96,8 +99,32 @@ def weight_tensors(model: ir.Model):
 
 
 def copy(model: ir.Model) -> ir.Model:
-    """A deep copy, so that a pass that fails part-way leaves the caller's model alone."""
-    return ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    """A copy to change without touching ``model``, so that a pass that fails part-way leaves the
+    caller's model alone. Nodes and values are new; tensors that cannot be written in place
+    (memory-mapped external data, tensors read from a protobuf) are shared, so copying a big model
+    costs no copy of its weights (it used to cost two: a protobuf and its parse); in-memory arrays,
+    which a pass could change in place, are copied."""
+    clone = model.clone()
+    for graph in all_graphs(clone.graph):
+        for value in graph.initializers.values():
+            if _writable(value.const_value):
+                value.const_value = _copied(value.const_value)
+        for node in graph:
+            attr = node.attributes.get("value") if node.op_type == "Constant" else None
+            if attr is not None and attr.type == ir.AttributeType.TENSOR and _writable(attr.value):
+                node.attributes["value"] = ir.AttrTensor("value", _copied(attr.value))
+    return clone
+
+
+def _writable(tensor) -> bool:
+    if not isinstance(tensor, ir.Tensor):  # ExternalTensor, TensorProtoTensor, lazy tensors: read-only
+        return False
+    raw = tensor.raw
+    return not isinstance(raw, np.ndarray) or raw.flags.writeable
+
+
+def _copied(tensor: ir.Tensor) -> ir.Tensor:
+    return ir.Tensor(np.array(tensor.numpy()), dtype=tensor.dtype, name=tensor.name, doc_string=tensor.doc_string)
 
 
 class MacCount(NamedTuple):
@@ -112,7 +139,8 @@ class MacCount(NamedTuple):
 def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
     """Multiply-accumulates of one compute node from its tensors' shapes; None when a shape it needs
     is unknown (or the op is not a compute op). Gemm: ``Y[M,N] = A[M,K]·B[K,N]`` (A stored [K,M]
-    under transA, B stored [N,K] under transB) costs M·K·N."""
+    under transA, B stored [N,K] under transB) costs M·K·N; MatMul broadcasts its batch dims as
+    numpy does; attention ops count their products (see :func:`_attention_macs`)."""
     ins = [shapes.get(name) for name in node.input]
     out = shapes.get(node.output[0]) if node.output else None
     op = node.op_type
@@ -132,119 +160,119 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
         n = b[0] if attrs.get("transB", 0) else b[1]
         return m * k * n
     if op in MATMUL_LIKE:
-        a, b = ins[0], ins[MATMUL_LIKE[op]] if len(ins) > MATMUL_LIKE[op] else None
-        if a is None:
-            return None
-        if out is not None:
-            return int(np.prod(out)) * a[-1]
-        return None if b is None else int(np.prod(a[:-1])) * a[-1] * b[-1]
+        b = ins[MATMUL_LIKE[op]] if len(ins) > MATMUL_LIKE[op] else None
+        return _matmul_macs(ins[0], b, out, attrs.get("transA", 0), attrs.get("transB", 0))
     if op == "MatMulNBits" and ins and ins[0] is not None:
         return int(np.prod(ins[0][:-1])) * int(attrs["K"]) * int(attrs["N"])
+    if op in ATTENTION_OPS:
+        return _attention_macs(node, ins, out, attrs)
     return None
 
 
+def _matmul_macs(a, b, out, trans_a: int = 0, trans_b: int = 0) -> int | None:
+    """``A·B`` with numpy's rules: 1-D operands promoted, batch dims broadcast (``[1,s,k]·[B,k,n]``
+    costs B·s·k·n), each output element K MACs. FusedMatMul's transA/transB swap the last two dims."""
+    if a is None:
+        return None
+    k = a[-2] if trans_a and len(a) > 1 else a[-1]
+    if out is not None:
+        return int(np.prod(out)) * k
+    if b is None:
+        return None
+    m = [] if len(a) == 1 else [a[-1] if trans_a else a[-2]]
+    n = [] if len(b) == 1 else [b[-2] if trans_b else b[-1]]
+    try:
+        batch = np.broadcast_shapes(tuple(a[:-2]), tuple(b[:-2]))
+    except ValueError:  # shapes that cannot broadcast: the graph is invalid there, count nothing
+        return None
+    return int(np.prod(batch)) * int(np.prod(m)) * k * int(np.prod(n))
+
+
+def _attention_macs(node: onnx.NodeProto, ins: list, out, attrs: dict) -> int | None:
+    """The two products of attention (Q·Kᵀ and scores·V) over every head, ``(|Q| + |Y|)·L`` for key
+    length L (past keys included), plus com.microsoft Attention's packed QKV projection
+    ``|X|·W_cols``. The forms onnxruntime's transformer fusions and opset 23 write:
+
+    - com.microsoft Attention: X [B,S,in], W [in, q+k+v], past [2,B,N,P,H] (input 4);
+    - com.microsoft MultiHeadAttention: Q [B,S,D] or packed [B,S,N,3,H]; K [B,L,D], [B,N,L,H] or
+      packed [B,L,N,2,H]; past_key [B,N,P,H] (input 6);
+    - ai.onnx Attention: Q [B,S,D] or [B,N,S,H]; K [B,L,D] or [B,N,L,H]; past_key [B,N,P,H] (input 4).
+    """
+    def given(i):  # None when absent; False when named but of unknown shape
+        return None if len(node.input) <= i or not node.input[i] else (ins[i] or False)
+
+    if node.domain == "com.microsoft" and node.op_type == "Attention":
+        x, w, past = given(0), given(1), given(4)
+        if not x or not w or past is False or len(x) != 3:
+            return None
+        q, _, v = attrs.get("qkv_hidden_sizes") or [w[-1] // 3] * 3
+        kv_len = x[1] + (past[3] if past else 0)
+        return int(np.prod(x)) * w[-1] + x[0] * x[1] * kv_len * (q + v)
+    q, k, past = given(0), given(1), given(6 if node.domain == "com.microsoft" else 4)
+    if not q or out is None or k is False or past is False:
+        return None
+    q_elems = int(np.prod(q)) // (3 if len(q) == 5 else 1)  # packed Q, K, V: one third is Q
+    key = k or q  # packed QKV: keys as long as the queries
+    kv_len = (key[1] if len(key) in (3, 5) else key[2]) + (past[2] if past else 0)
+    return (q_elems + int(np.prod(out))) * kv_len
+
+
 def _is_mac_node(node: onnx.NodeProto) -> bool:
+    if node.op_type in ATTENTION_OPS:
+        return node.domain in ATTENTION_OPS[node.op_type]
     return node.op_type in MAC_OPS and node.domain in MAC_DOMAINS
 
 
 def macs(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> MacCount:
     """Multiply-accumulates of the compute-heavy ops, the nodes whose shapes stayed unknown, and why.
 
-    onnx shape inference first; where shapes computed at run time (Shape → Concat → Reshape)
-    leave nodes unknown, the count is taken again on a constant-folded copy.
+    Shapes come from the inferences of ``mcomp.value_shapes`` in turn (onnx, onnxruntime's symbolic
+    inference, constant folding), each tried only while compute nodes are left unknown; the count
+    with the fewest unknown nodes is kept.
     """
-    proto, reason = _shape_inferred(model, input_shapes)
-    first = _count(proto, reason)
-    if not first.unknown:
-        return first
-    from onnxscript import optimizer
-
-    try:  # the third-party folder on an odd graph: keep the first count, and say so
-        folded = ir.serde.deserialize_model(proto)
-        optimizer.optimize(folded, num_iterations=2)
-    except Exception as exc:  # noqa: BLE001 - only onnx-ir/onnxscript code runs in this block
-        return first._replace(reason=_joined(first.reason, f"constant folding failed ({short(exc, 160)})"))
-    second = _count(ir.serde.serialize_model(folded), None)
-    return second if len(second.unknown) < len(first.unknown) else first
+    return _c_api_utils().call_onnx_api(lambda proto: _best_count(with_concrete_inputs(proto, input_shapes)), model)
 
 
 def macs_by_node(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int | None]:
     """Each compute node's MACs at ``input_shapes`` (e.g. a feed's shapes), by node name, subgraphs
     included; None for a node whose shapes stayed unknown. Shapes are inferred afresh (the proto's
-    own value_info, possibly from other input shapes, is dropped)."""
+    own value_info, possibly from other input shapes, is dropped), by the inferences ``macs`` uses.
+    The nodes are ``proto``'s: the folded graph (whose folder may fuse and rename nodes) only fills
+    in, by name, the counts the others left unknown."""
     work = onnx.ModelProto()
     work.CopyFrom(proto)
     del work.graph.value_info[:]
-    work, _ = _inferred(_with_concrete_inputs(work, input_shapes))
-    shapes = _shapes(work.graph)
-    return {node.name: node_macs(node, shapes) for node in proto_nodes(work.graph) if _is_mac_node(node)}
+    counts: dict[str, int | None] | None = None
+    for stage in value_shapes.stages(with_concrete_inputs(work, input_shapes)):
+        found = {node.name: node_macs(node, stage.shapes) for node in proto_nodes(stage.proto.graph) if _is_mac_node(node)}
+        counts = found if counts is None else {n: found.get(n) if c is None else c for n, c in counts.items()}
+        if all(c is not None for c in counts.values()):
+            break
+    return counts or {}
 
 
-def _shape_inferred(model: ir.Model, input_shapes) -> tuple[onnx.ModelProto, str | None]:
-    """The graph with inferred shapes at concrete input shapes, without the weights' data, and
-    why inference failed (None when it ran).
-
-    onnx-ir's C-API helper serializes the model with every initializer above 1 KB turned into
+def _c_api_utils():
+    """onnx-ir's C-API helper: it serializes the model with every initializer above 1 KB turned into
     a typed graph input, so MACs of a 100 MB model cost a few MB, not copies of the weights.
-    (A private helper, pinned with onnx-ir in constraints.txt; the public ShapeInferencePass
-    uses it the same way.)
-    """
+    (A private helper, pinned with onnx-ir in constraints.txt; the public ShapeInferencePass uses
+    it the same way.)"""
     from onnx_ir.passes.common import _c_api_utils
 
-    reasons: list[str | None] = []
-
-    def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
-        proto, reason = _inferred(_with_concrete_inputs(proto, input_shapes))
-        reasons.append(reason)
-        return proto
-
-    proto = _c_api_utils.call_onnx_api(infer, model)
-    return proto, reasons[0] if reasons else None
+    return _c_api_utils
 
 
-def _inferred(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
-    """onnx shape inference, or the proto as it was and why inference failed."""
-    try:
-        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True), None
-    except SHAPE_ERRORS as exc:
-        return proto, f"onnx shape inference failed ({short(exc, 160)})"
-
-
-def _with_concrete_inputs(proto: onnx.ModelProto, input_shapes) -> onnx.ModelProto:
-    for inp in proto.graph.input:
-        dims = inp.type.tensor_type.shape.dim
-        wanted = (input_shapes or {}).get(inp.name)
-        for i, dim in enumerate(dims):
-            if wanted is not None and i < len(wanted):
-                dim.ClearField("dim_param")
-                dim.dim_value = int(wanted[i])
-            elif not dim.HasField("dim_value") or dim.dim_value < 0:
-                dim.ClearField("dim_param")
-                dim.dim_value = 1
-    return proto
-
-
-def _count(proto: onnx.ModelProto, reason: str | None) -> MacCount:
-    proto, again = _inferred(proto)
-    unknown: list[str] = []
-    total = _graph_macs(proto.graph, _shapes(proto.graph), unknown)
-    if not unknown:
-        return MacCount(total, unknown)
-    why = reason or again or "their shapes are computed at run time (onnx shape inference left them unknown)"
-    return MacCount(total, unknown, f"{len(unknown)} compute node(s) not counted: {why}")
-
-
-def _shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
-    """Fully known shapes of the tensors of ``graph`` and its subgraphs."""
-    shapes: dict[str, list[int]] = {}
-    for g in proto_graphs(graph):
-        for vi in [*g.input, *g.value_info, *g.output]:
-            t = vi.type.tensor_type
-            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
-                shapes[vi.name] = [d.dim_value for d in t.shape.dim]
-        for init in g.initializer:
-            shapes[init.name] = list(init.dims)
-    return shapes
+def _best_count(proto: onnx.ModelProto) -> MacCount:
+    best, failures = None, []
+    for stage in value_shapes.stages(proto):
+        failures.append(stage.failure)
+        unknown: list[str] = []
+        total = _graph_macs(stage.proto.graph, stage.shapes, unknown)
+        if best is None or len(unknown) < len(best.unknown):
+            best = MacCount(total, unknown)
+        if not best.unknown:
+            return best
+    why = _joined(*failures) or "their shapes are computed at run time (no shape inference could resolve them)"
+    return best._replace(reason=f"{len(best.unknown)} compute node(s) not counted: {why}")
 
 
 def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: list[str]) -> int:
@@ -269,4 +297,4 @@ def _joined(*reasons: str | None) -> str | None:
 
 
 __all__ = ["all_graphs", "all_nodes", "proto_graphs", "proto_nodes", "node_count", "op_histogram", "weight_tensors",
-           "copy", "MacCount", "node_macs", "macs", "macs_by_node", "MAC_OPS"]
+           "copy", "MacCount", "node_macs", "macs", "macs_by_node", "MAC_OPS", "ATTENTION_OPS", "SHAPE_ERRORS"]

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import sys
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from mcomp import atomic
+from mcomp import external_data as ext
 from mcomp.errors import BadInput, short
 from mcomp.graph import copy, proto_nodes  # copy: re-exported for the callers of model.copy
 
@@ -36,9 +35,10 @@ class ModelSource:
     """Where a model came from, for the report."""
 
     path: str  # "-" for stdin
-    sha256: str
-    bytes: int
+    sha256: str  # of the .onnx file (or the bytes read); its external data is counted in ``bytes``
+    bytes: int  # the .onnx plus its external data files: the model's size on disk
     kind: str  # "onnx" or "torch"
+    external_data: bool = False  # the model came with external data, so its outputs keep theirs
 
 
 @dataclass
@@ -87,11 +87,12 @@ def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
         proto = onnx.load_model(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning, ValueError ...
         raise BadInput(f"{path}: not a valid ONNX model ({short(exc, 160)})") from None
-    _check_external_data(proto, path)
+    data_files = ext.check_files(proto, path)
     _validate(proto, str(path), path)
+    stored = path.stat().st_size + sum(f.stat().st_size for f in data_files)
     return LoadedModel(
         _to_ir(proto, str(path), base_dir=path.parent),
-        ModelSource(str(path), sha256_file(path), path.stat().st_size, "onnx"),
+        ModelSource(str(path), sha256_file(path), stored, "onnx", external_data=bool(data_files)),
     )
 
 
@@ -163,51 +164,6 @@ def _uses_external_data(proto: onnx.ModelProto) -> bool:
                for t in onnx.external_data_helper._get_all_tensors(proto))
 
 
-def _check_external_data(proto: onnx.ModelProto, path: Path) -> None:
-    try:
-        _check_external_files(proto, path)
-    except (TypeError, UnicodeDecodeError):  # a key or location that is not UTF-8 (see _validate)
-        raise BadInput(f"{path}: not a valid ONNX model (an external data key or location is not UTF-8 text)") from None
-
-
-def _check_external_files(proto: onnx.ModelProto, path: Path) -> None:
-    """Each external tensor's file exists beside the model and holds the bytes it points at: a
-    tensor whose offset or length runs past the end of its file would otherwise fail deep inside
-    the memory-mapping with an error that names neither the tensor nor the file."""
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if onnx.external_data_helper.uses_external_data(tensor):
-            try:
-                with warnings.catch_warnings():  # unknown keys are ignored, not printed
-                    warnings.simplefilter("ignore")
-                    info = onnx.external_data_helper.ExternalDataInfo(tensor)
-            except ValueError as exc:  # a negative or non-integer offset or length
-                raise BadInput(f"{path}: initializer {tensor.name!r}: bad external data entry ({short(exc, 120)})") from None
-            data_path = path.parent / info.location
-            if not data_path.is_file():
-                raise BadInput(f"{path}: external data file {info.location!r} not found beside the model")
-            needed = _tensor_bytes(tensor)
-            length = info.length if info.length is not None else needed
-            offset, size = info.offset or 0, data_path.stat().st_size
-            if needed is not None and length < needed:
-                raise BadInput(f"{path}: initializer {tensor.name!r} needs {needed:,} bytes but its external data "
-                               f"entry in {info.location!r} gives length {length:,}")
-            if length is not None and offset + length > size:
-                raise BadInput(f"{path}: initializer {tensor.name!r} reads bytes {offset:,}–{offset + length:,} of "
-                               f"{info.location!r}, which holds {size:,} bytes (offset past the end of the file)")
-
-
-def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
-    """The bytes a tensor's dims and element type take; None where that is not fixed (strings)."""
-    try:
-        itemsize = ir.DataType(tensor.data_type).itemsize
-    except (ValueError, TypeError, NotImplementedError):
-        return None
-    count = 1
-    for dim in tensor.dims:
-        count *= dim
-    return math.ceil(count * itemsize) if itemsize else None
-
-
 # Attributes whose values are sizes or steps: a negative (or, but for pads, zero) one is invalid, though
 # onnx.checker passes it and only onnxruntime's session (never made by inspect) refuses it.
 _POSITIVE_ATTRIBUTES = ("kernel_shape", "strides", "dilations")
@@ -250,19 +206,8 @@ def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Mode
     except Exception as exc:
         raise BadInput(f"{where}: cannot read the graph ({short(exc, 160)})") from None
     if base_dir is not None:
-        _set_base_dir(model, base_dir)
+        ext.map_or_read(model, base_dir)
     return model
-
-
-def _set_base_dir(model: ir.Model, base_dir: Path) -> None:
-    """External-data tensors resolve their files relative to the model's folder. Below the
-    protobuf limit they are read into memory, so that sessions and copies need no files;
-    above it they stay memory-mapped and are streamed when saved (design §8)."""
-    ir.external_data.set_base_dir(model.graph, str(base_dir))
-    external = sum(v.const_value.nbytes for v in model.graph.initializers.values()
-                   if isinstance(v.const_value, ir.ExternalTensor))
-    if 0 < external <= EXTERNAL_DATA_THRESHOLD:
-        ir.external_data.load_to_model(model)
 
 
 def onnx_opset(model: onnx.ModelProto | ir.Model) -> int | None:
@@ -276,11 +221,15 @@ def onnx_opset(model: onnx.ModelProto | ir.Model) -> int | None:
 
 
 def to_proto(model: ir.Model) -> onnx.ModelProto:
-    return ir.serde.serialize_model(model)
+    """The model as a self-contained protobuf: memory-mapped external data is written inline (a
+    copy; for models under 2 GB — ``mcomp.evaluate`` makes sessions of big ones from files, and
+    ``save`` streams them)."""
+    with ext.inlined(model):
+        return ir.serde.serialize_model(model)
 
 
 def to_bytes(model: ir.Model) -> bytes:
-    """The serialized model, for onnxruntime sessions (in-memory models under 2 GB)."""
+    """The serialized model, self-contained (see ``to_proto``)."""
     return to_proto(model).SerializeToString()
 
 
@@ -292,14 +241,17 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] = ()) -> ModelSource:
+def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] = (),
+         external_data: bool = False) -> ModelSource:
     """Writes atomically (temp file + rename) to a path, or to stdout for ``-``.
 
-    ``protect`` lists input paths that must never be overwritten. Models whose serialized
-    size exceeds the protobuf limit are written with external data ``<name>.data``. The output
-    is locked while written (see ``atomic.writes_together``), and the temp folder a killed
-    earlier run left is removed first. The sha256 is of the bytes renamed into place, not of
-    whatever the path holds afterwards.
+    ``protect`` lists input paths that must never be overwritten. A model is written with its
+    tensors in ``<name>.data`` beside it when asked (``external_data``: the input came that way,
+    and a model that came with external data leaves with it) or when it must be (its tensors
+    exceed the protobuf limit); memory-mapped tensors are streamed from their file, not copied
+    into a protobuf first. The output is locked while written (see ``atomic.writes_together``),
+    and the temp folder a killed earlier run left is removed first. The sha256 is of the .onnx
+    renamed into place; ``bytes`` counts the .onnx and its data file.
     """
     if str(dest) == "-":
         data = to_bytes(model)
@@ -308,7 +260,7 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
         return ModelSource("-", hashlib.sha256(data).hexdigest(), len(data), "onnx")
     path = Path(dest)
     check_writable(path, protect)
-    proto = None if _needs_external_data(model) else to_proto(model)
+    proto = None if external_data or _needs_external_data(model) else to_proto(model)
     with contextlib.ExitStack() as own:
         atomic.lock_for_write(path, own)
         atomic.remove_leftovers(path)
@@ -323,13 +275,27 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
         else:
             data_name = path.name + ".data"
             ir.save(model, tmp_model, external_data=data_name)
-        written = ModelSource(str(path), sha256_file(tmp_model), tmp_model.stat().st_size, "onnx")
+            ext.release_pages(model)
+            _fsync(tmp_model, Path(tmp) / data_name)
+        stored = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        written = ModelSource(str(path), sha256_file(tmp_model), stored, "onnx", external_data=proto is None)
         atomic.pause_before_rename(path)
         atomic.retire_companions(path)
-        if proto is None:
+        if proto is None and (Path(tmp) / data_name).exists():  # no data file when every tensor is tiny
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
     return written
+
+
+def _fsync(*paths: Path) -> None:
+    """Flushes written files to disk before their rename, as the inline write does."""
+    for path in paths:
+        if path.exists():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def check_writable(path: Path, protect: tuple[str | Path, ...] = ()) -> None:

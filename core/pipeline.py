@@ -13,6 +13,7 @@ import onnx_ir as ir
 from mcomp import bench, data, evaluate, graph, report, session, shapes
 from mcomp import model as model_io
 from mcomp.errors import BadInput, ConfigError, GateFailed
+from mcomp.external_data import release_pages
 from mcomp.pass_base import Context
 from mcomp.pipeline_spec import Pipeline, builtin
 from mcomp.step_cache import StepCache
@@ -100,7 +101,6 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
          output: str, protect: tuple[str, ...], started: float, metric=None) -> Outcome:
     """The steps, the measurement against the input, the gates and the write."""
     input_shapes, datasets, providers = ctx.input_shapes, ctx.data, ctx.providers
-    reference_bytes = model_io.to_bytes(loaded.model)
 
     current = loaded.model  # shared with the reference until an in-place pass needs its own copy
     cache, base, start, steps = request.cache, "", 0, []
@@ -121,14 +121,18 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
             cache.store(base, pipeline.steps, i + 1, current, steps)
 
     request.progress("measuring against the input", 0, 1)
-    candidate_bytes = model_io.to_bytes(current)
+    release_pages(loaded.model)  # the passes' reads of mapped weights: not held on top of the sessions
     evaluation = evaluate.measurement_data(datasets, loaded.model, input_shapes, pipeline.seed)
-    quality = evaluate.compare(reference_bytes, candidate_bytes, evaluation, providers, pipeline.threads,
-                               output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric)
-    latency = None
-    if pipeline.measure.latency:
-        latency = measure_latency(reference_bytes, candidate_bytes, evaluation, providers, pipeline,
-                                  specs=session.input_specs(loaded.model), given=given)
+    # a file with external data is run from itself (mapped); every session of a model shares one source
+    reference = Path(loaded.source.path) if loaded.source.external_data else loaded.model
+    with evaluate.runnable(reference) as reference_source, \
+            evaluate.runnable(current, spill=True) as candidate_source:
+        quality = evaluate.compare(reference_source, candidate_source, evaluation, providers, pipeline.threads,
+                                   output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric)
+        latency = None
+        if pipeline.measure.latency:
+            latency = measure_latency(reference_source, candidate_source, evaluation, providers, pipeline,
+                                      specs=session.input_specs(loaded.model), given=given)
 
     doc = report.build(
         command=request.command, source=loaded.source, reference=loaded.model, candidate=current,
@@ -141,7 +145,7 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     if failures["failed"]:
         raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
     replaced = output != "-" and Path(output).exists()
-    written = model_io.save(current, output, protect=protect)
+    written = model_io.save(current, output, protect=protect, external_data=loaded.source.external_data)
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
     return Outcome(doc, current, output, replaced)
@@ -212,7 +216,7 @@ def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, d
     return out
 
 
-def measure_latency(reference: bytes, candidate: bytes, dataset: data.Dataset, providers: list[str],
+def measure_latency(reference: bytes | str, candidate: bytes | str, dataset: data.Dataset, providers: list[str],
                     pipeline: Pipeline, *, specs=None, given=None) -> dict:
     """Candidate vs reference, interleaved, on feeds the user would run: one example of the data
     (its batch dims cut to 1, or to the batch of --input-shape), not a calibration file's batch of

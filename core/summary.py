@@ -58,6 +58,22 @@ def _nonzero(tensor) -> int:
         return int(np.prod(tensor.shape.numpy()))
 
 
+def tensor_buffers(model: ir.Model) -> list:
+    """The stored bytes of every weight tensor, as uint8 views of their arrays where they can be
+    (memory-mapped external data is then read, never copied whole); packed sub-byte and string
+    tensors as bytes."""
+    buffers = []
+    for tensor, _ in weight_tensors(model):
+        try:
+            if tensor.dtype.itemsize >= 1 and tensor.nbytes > (1 << 20):
+                buffers.append(np.ascontiguousarray(tensor.numpy()).reshape(-1).view(np.uint8))
+                continue
+        except (TypeError, ValueError, NotImplementedError):  # no numpy form: its bytes, below
+            pass
+        buffers.append(tensor.tobytes())
+    return buffers
+
+
 def nonzero_parameters(model: ir.Model) -> int:
     return tensor_counts(model)[0].nonzero
 

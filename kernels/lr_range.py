@@ -60,7 +60,8 @@ def choose_lr(lrs: Sequence[float], losses: Sequence[float], *, beta: float = 0.
     finite = np.isfinite(losses)
     n = len(losses) if finite.all() else int(np.argmin(finite))
     at_min = steepest = lr = lrs[0]
-    rule = "the loss was not finite beyond the first rates: the lowest rate tried"
+    rule = ("the loss was not finite beyond the first rates: the lowest rate tried" if not finite.all() else
+            f"the loss rose from the first rates on (the test stopped after {n}): the lowest rate tried")
     if n >= 3:
         s = smooth(losses[:n], beta)
         i_min = int(np.argmin(s))

@@ -237,3 +237,19 @@ def test_a_narrow_band_still_says_not_faster(monkeypatch):
 def test_noisy_band(band, noisy):
     floor = {"median": 1.0, "p10": band[0], "p90": band[1]} if band else None
     assert guard.noisy(floor) is noisy
+
+
+def test_macs_row_gives_no_ratio_when_a_side_has_nodes_it_could_not_count():
+    """A fused graph whose contrib ops' shapes no inference resolves counted 75 M of BERT's 436 M:
+    ×0.173 would read as a saving that never happened."""
+    from mcomp import report
+
+    row = lambda doc: next(r for r in report.headline(doc) if r[0] == "MACs")  # noqa: E731
+    side = {"bytes": 1, "parameters": 1, "nonzero_parameters": 1, "nodes": 1, "macs": 436_207_616, "macs_unknown": None}
+    doc = {"input": dict(side), "output": dict(side, macs=75_497_472,
+                                               macs_unknown={"nodes": 21, "reason": "computed at run time"}),
+           "accuracy": {"known": False, "reason": "synthetic data"},
+           "fidelity": {"summary": {"cosine": None}, "outputs": {}}}
+    assert row(doc)[3] == "no ratio: 21 output nodes not counted"
+    doc["output"]["macs_unknown"] = None
+    assert row(doc)[3] == "×0.173"

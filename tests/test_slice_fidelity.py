@@ -162,3 +162,24 @@ def test_without_the_check_one_scale_zeroes_the_scores_and_only_the_worst_slice_
     assert result.details["fidelity"]["fidelity"] >= 0.98
     assert result.details["fidelity"]["worst_slice"]["cosine"] >= 0.95
     assert "cosine ≥ 0.98 and worst-slice cosine ≥ 0.95" in " ".join(result.notes)
+
+
+def test_compare_holds_outputs_within_a_budget_and_says_which_feeds_it_kept(monkeypatch):
+    """A language model's logits over a whole evaluation set, held for both models, ran out of
+    memory: past the budget the feeds are left out, with a note in the data record."""
+    import onnx_ir as ir
+
+    from mcomp import data, evaluate
+    from mcomp.embedded import builtin_path
+
+    model = ir.load(str(builtin_path("digits")))
+    dataset = data.load("builtin:digits-eval", model, batch_size=16)
+    assert len(dataset.feeds) > 3
+    one_feed = 16 * 10 * 4  # logits [16, 10] float32
+    monkeypatch.setattr(evaluate, "COMPARED_OUTPUT_BYTES", 2 * one_feed)
+    result = evaluate.compare(model, model, dataset, ["CPUExecutionProvider"], 1, ["logits"])
+    assert result["data"]["feeds"] == 2 and result["accuracy"]["examples"] == 32
+    assert any(n.startswith(f"fidelity and accuracy on the first 2 of {len(dataset.feeds)} feeds") for n in result["data"]["notes"])
+    assert dataset.notes == [] or not any("first 2" in n for n in dataset.notes)  # the caller's data is untouched
+    monkeypatch.setattr(evaluate, "COMPARED_OUTPUT_BYTES", 1)
+    assert evaluate.compare(model, model, dataset, ["CPUExecutionProvider"], 1, ["logits"])["data"]["feeds"] == 1

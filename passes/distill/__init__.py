@@ -8,7 +8,11 @@ The parts: the teacher and its outputs (``teacher``), the examples (``samples``)
 ``mcomp.kernels.schedules``), data parallelism (``ddp``), quantized weights (``qdq``; ``qdq_check``: does
 onnxruntime compute the QDQ student as its torch copy does, before it is trained),
 weights taken from the teacher (``warmstart``) and the LR range test that picks the default
-learning rate (``lr_range`` over ``mcomp.kernels.lr_range``).
+learning rate (``lr_range`` over ``mcomp.kernels.lr_range``). Feature losses: hints, and for
+transformers hidden states and attention maps of matched layers (``hints``, ``layers``).
+Every epoch is scored against the input student (epoch 0) on the validation examples, or
+without them on training examples (``candidates``): a run that makes the student worse returns it
+unchanged, and so does one that leaves the written student further from the teacher.
 
 Regression outputs are compared standardized per slice with the teacher's statistics, and the
 report gives the student's fidelity to the teacher before and after, down to the worst slice
@@ -19,6 +23,7 @@ steps:
   - prune: {method: structured, rate: 0.5}
   - distill: {epochs: 20, temperature: 4.0, alpha: 0.3}   # teacher: the pipeline's input model
   - distill: {teacher: big.onnx, hints: ["relu_2=relu_5"], schedule: polynomial, lr_power: 2}
+  - distill: {teacher: bert.onnx, hints: [], hidden_loss: true, attention_loss: kl}   # TinyBERT/MiniLM-style
 ```
 """
 
@@ -68,9 +73,22 @@ class Distill(Pass):
         temperature: float = Field(4.0, gt=0, le=100, description="softmax temperature of the soft targets")
         alpha: float = Field(0.3, ge=0, le=1, description="weight of the task loss with labels (soft targets: 1 − alpha)")
         hints: list[str] = Field(default_factory=lambda: ["auto"], description="feature losses: STUDENT_TENSOR="
-                                 "TEACHER_TENSOR (or one name in both); [auto]: the inputs of the last two layers named "
-                                 "alike in both (a pruned student's); []: none")
+                                 "TEACHER_TENSOR (or one name in both), mapped by a learned projection along the axis the graph "
+                                 "computes over (channels of [N, C, H, W], hidden of [N, seq, hidden]); [auto]: the "
+                                 "inputs of the last two layers named alike in both (a pruned student's), those that "
+                                 "keep the batch on axis 0 and differ at most in that axis; []: none")
         hint_weight: float = Field(1.0, ge=0, description="weight of each hint loss")
+        hidden_loss: bool = Field(False, description="transformers (TinyBERT): MSE between the hidden states "
+                                  "([N, seq, hidden], read at each layer's LayerNormalization) of matched layers, "
+                                  "the embeddings' included; the student's are projected to the teacher's hidden "
+                                  "size; layers matched uniformly when the student has fewer (m → m·Lt/Ls)")
+        hidden_weight: float = Field(1.0, ge=0, description="weight of each hidden-state loss")
+        attention_loss: Literal["none", "kl", "mse"] = Field(
+            "none", description="transformers: a loss between the attention probabilities (Softmax outputs "
+                                "[N, heads, seq, seq]) of matched layers, matched as for hidden_loss; heads averaged "
+                                "where the student has fewer. none; kl: KL(teacher ‖ student) per query row (MiniLM); "
+                                "mse: MSE over the teacher's variance (TinyBERT)")
+        attention_weight: float = Field(1.0, ge=0, description="weight of each attention-map loss")
         val_split: float = Field(0.1, ge=0, lt=1, description="share of the training data held out for validation "
                                                               "(0: the evaluation data, when it is another set)")
         monitor: Literal["loss", "accuracy"] = Field("loss", description="what picks the best epoch and stops early: "
@@ -94,16 +112,18 @@ class Distill(Pass):
         return (Need(("training",), "distillation trains the student on it"),)
 
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
-        from mcomp.passes.distill import prepare
+        from mcomp.passes.distill import candidates, prepare
 
         cfg = self.config
         with _torch_threads(ctx.threads):
             plan = prepare.plan(model, cfg, ctx)
             result = _run(plan.job, cfg, ctx)
             student = prepare.finish(plan, result.state, ctx)
-        summary, notes, details = prepare.record(plan, result, cfg)
         # Epoch 0 is the student as given: when no trained epoch beat it, its weights are written back unchanged.
         trained = result.best_epoch > 0 or plan.warmstart is not None
+        if trained and candidates.further_from_teacher(plan):
+            student, trained = candidates.unchanged(model, plan, result), False
+        summary, notes, details = prepare.record(plan, result, cfg)
         return PassResult(student, trained, summary, notes, details)
 
 

@@ -6,8 +6,9 @@ the others, and ``task`` is cross-entropy (classifier) or MSE (regression) again
 The MSE of a regression output is taken on the output standardized with the teacher's
 statistics (:class:`Scale`): per slice along its channel-like axes, so a detector's class rows
 (0–1) count as much as its box rows (pixels).
-Without labels the soft targets weigh 1. Hints compare a student tensor, projected to the
-teacher's width by a learned 1×1 map (FitNets), with a teacher tensor.
+Without labels the soft targets weigh 1. Hints and hidden states compare a student tensor,
+projected to the teacher's width along its feature axis by a learned linear map (FitNets,
+TinyBERT), with a teacher tensor; attention maps are compared by KL or MSE (TinyBERT, MiniLM).
 """
 
 from __future__ import annotations
@@ -71,22 +72,31 @@ def output_scales(kinds: list[OutputKind], teacher_outputs: list[np.ndarray]) ->
 
 @dataclass(frozen=True)
 class Hint:
+    """A feature loss between a student tensor and a teacher tensor (see ``hints``)."""
+
     student: str
     teacher: str
-    student_channels: int
+    student_channels: int  # size of the feature axis (attention maps: the heads)
     teacher_channels: int
     scale: float  # the teacher tensor's variance over the training data
+    axis: int = 1  # the feature axis of [N, ...]: 1 for [N, C, H, W], the last for [N, seq, hidden]
+    kind: str = "hint"  # "hint" (FitNets), "hidden" (a matched layer's output), "attention" (its Softmax maps)
+    student_index: int = -1  # where the tensor is in the student's outputs and in the teacher's targets
+    teacher_index: int = -1
 
 
 def output_kinds(names: list[str], teacher_outputs: list[np.ndarray], softmax: set[str] = frozenset()) -> list[OutputKind]:
-    """Classifier outputs are ``[N, classes]`` scores, or any output a Softmax/LogSoftmax makes
-    (``softmax``: their names); other float outputs (boxes, feature maps, [N, C, H, W] maps
-    whose classes are not the last axis) are regression outputs and get MSE."""
+    """Classifier outputs are ``[N, classes]`` scores, any output a Softmax/LogSoftmax makes
+    (``softmax``: their names), and outputs named logits (a language model's ``[N, seq, vocab]``,
+    a token classifier's: KL per position, as in DistilBERT, where standardized MSE would fit
+    the scale of each vocabulary slice instead of the distribution); other float outputs (boxes,
+    feature maps, [N, C, H, W] maps whose classes are not the last axis) are regression outputs
+    and get MSE."""
     kinds = []
     for name, out in zip(names, teacher_outputs):
         if out.dtype.kind != "f":
             kinds.append(OutputKind(name, "ignored"))
-        elif is_classifier_shaped(out) and (out.ndim == 2 or name in softmax):
+        elif is_classifier_shaped(out) and (out.ndim == 2 or name in softmax or "logit" in name.lower()):
             probs = bool(out.min() >= 0) and bool(np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
             kinds.append(OutputKind(name, "classifier", probs))
         else:
@@ -140,7 +150,8 @@ class Objective(torch.nn.Module):
     """Per-example loss of a batch; holds the hint projections (trained with the student)."""
 
     def __init__(self, kinds: list[OutputKind], *, temperature: float, alpha: float, labelled: bool,
-                 hints: list[Hint], hint_weight: float, scales: list[Scale | None] | None = None) -> None:
+                 hints: list[Hint], hint_weight: float, scales: list[Scale | None] | None = None,
+                 hidden_weight: float = 1.0, attention_weight: float = 1.0, attention_loss: str = "kl") -> None:
         super().__init__()
         self.kinds = kinds
         self.scaled = [s is not None for s in scales] if scales else [False] * len(kinds)
@@ -153,8 +164,10 @@ class Objective(torch.nn.Module):
         self.labelled = labelled
         self.task = task_output(kinds) if labelled else None
         self.hints = hints
-        self.hint_weight = hint_weight
-        self.projections = torch.nn.ModuleList(
+        self.weights = {"hint": hint_weight, "hidden": hidden_weight, "attention": attention_weight}
+        self.attention_loss = attention_loss
+        self.projections = torch.nn.ModuleList(  # attention maps are compared as they are
+            torch.nn.Identity() if h.kind == "attention" else
             torch.nn.Linear(h.student_channels, h.teacher_channels, bias=True) for h in hints)
 
     def regression(self, i: int, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -164,14 +177,25 @@ class Objective(torch.nn.Module):
         return losses.mse(out, target)
 
     def project(self, i: int, feature: torch.Tensor) -> torch.Tensor:
-        """The student tensor mapped to the teacher's channels (axis 1; the last axis for rank 2)."""
-        moved = feature.movedim(1, -1) if feature.dim() > 2 else feature
-        out = self.projections[i](moved)
-        return out.movedim(-1, 1) if feature.dim() > 2 else out
+        """The student tensor mapped to the teacher's size along the hint's feature axis."""
+        axis = self.hints[i].axis
+        return self.projections[i](feature.movedim(axis, -1)).movedim(-1, axis)
+
+    def feature_term(self, i: int, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Per-example loss of feature ``i``: MSE over the teacher's variance after the projection;
+        attention maps: KL(teacher ‖ student) per query row (TinyBERT uses MSE, MiniLM KL), or
+        that MSE, averaged over the heads first where the student has fewer."""
+        hint = self.hints[i]
+        if hint.kind != "attention":
+            return losses.hint_mse(self.project(i, student), teacher, hint.scale)
+        if student.shape[1] != teacher.shape[1]:
+            student, teacher = student.mean(1, keepdim=True), teacher.mean(1, keepdim=True)
+        if self.attention_loss == "mse":
+            return losses.hint_mse(student, teacher, hint.scale)
+        return attention_kl(student, teacher)
 
     def forward(self, student: tuple[torch.Tensor, ...], teacher: list[torch.Tensor],
                 labels: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        n = len(self.kinds)
         parts: dict[str, torch.Tensor] = {}
         soft = None
         for i, kind in enumerate(self.kinds):
@@ -192,20 +216,27 @@ class Objective(torch.nn.Module):
             parts["task"] = task
             total = total + self.alpha * task
         for j, hint in enumerate(self.hints):
-            term = losses.hint_mse(self.project(j, student[n + j]), teacher[n + j], hint.scale)
-            parts[f"hint:{hint.student}"] = term
-            total = total + self.hint_weight * term
+            term = self.feature_term(j, student[hint.student_index], teacher[hint.teacher_index])
+            parts[f"{hint.kind}:{hint.student}"] = term
+            total = total + self.weights[hint.kind] * term
         return total, parts
+
+    def output_loss(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss of the outputs alone (soft targets and task, weighted as in the total), without
+        the feature terms: what says whether the student got better."""
+        out = parts["soft"] * (1.0 - self.alpha) if "soft" in parts else 0.0
+        return out + self.alpha * parts["task"] if "task" in parts else out
 
     @torch.no_grad()
     def init_projections(self, student: tuple[torch.Tensor, ...], teacher: list[torch.Tensor]) -> None:
         """Least-squares start for each projection, on one batch: the student's features already
         predict the teacher's as well as a linear map can (a pruned student's surviving
         channels map onto the teacher's at once)."""
-        n = len(self.kinds)
-        for j in range(len(self.hints)):
-            s = _channels_last(student[n + j]).double()
-            t = _channels_last(teacher[n + j]).double()
+        for j, hint in enumerate(self.hints):
+            if hint.kind == "attention":
+                continue
+            s = _channels_last(student[hint.student_index], hint.axis).double()
+            t = _channels_last(teacher[hint.teacher_index], hint.axis).double()
             ones = torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
             design = torch.cat([s, ones], dim=1)
             ridge = 1e-3 * torch.eye(design.shape[1], dtype=s.dtype, device=s.device)
@@ -214,8 +245,15 @@ class Objective(torch.nn.Module):
             self.projections[j].bias.copy_(coef[-1].float())
 
 
-def _channels_last(x: torch.Tensor) -> torch.Tensor:
-    """[N, C, ...] → [N·…, C] rows of channel vectors."""
-    if x.dim() > 2:
-        x = x.movedim(1, -1)
+def _channels_last(x: torch.Tensor, axis: int) -> torch.Tensor:
+    """[N, …] → [N·…, C] rows of feature vectors along ``axis``."""
+    x = x.movedim(axis, -1)
     return x.reshape(-1, x.shape[-1]).float()
+
+
+def attention_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Per-example KL(teacher ‖ student) of attention probabilities [N, heads, seq, seq] over the
+    keys, averaged over heads and queries. Masked keys (probability 0 in the teacher) add
+    nothing; the student's probabilities are floored at 1e-12 before the log."""
+    kl = torch.xlogy(teacher, teacher) - teacher * torch.log(student.clamp_min(1e-12))
+    return kl.sum(-1).reshape(kl.shape[0], -1).mean(1)

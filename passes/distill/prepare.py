@@ -18,8 +18,8 @@ from mcomp import graph
 from mcomp import model as model_io
 from mcomp.errors import BadInput, short
 from mcomp.pass_base import Context
-from mcomp.passes.distill import qdq, qdq_check, samples as samples_io, teacher as teacher_io
-from mcomp.passes.distill.objective import Hint, check_labels, output_kinds, output_scales
+from mcomp.passes.distill import hints as hints_io, qdq, qdq_check, samples as samples_io, teacher as teacher_io
+from mcomp.passes.distill.objective import check_labels, output_kinds, output_scales
 from mcomp.passes.distill import pace as pacing
 from mcomp.passes.distill.pace import duration, epochs_text
 from mcomp.passes.distill.train import FitResult, Job
@@ -83,10 +83,14 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     qdq_before = qdq.count_qdq(student)
     warm = warmstart.copy_matching(student, teacher) if cfg.init_from_teacher else None
     shadows = qdq.expose(student)
-    s_hints, t_hints = _hint_pairs(cfg.hints, student, teacher, notes)
-    trained = teacher_io.with_outputs(student, s_hints, "student")
-    runner = teacher_io.Teacher(teacher_io.with_outputs(teacher, t_hints, "teacher"), mapping,
-                                [v.name for v in teacher.graph.outputs] + t_hints, ctx.providers, ctx.threads, dev)
+    chosen = hints_io.specs(cfg, student, teacher, notes)
+    names = [v.name for v in student.graph.outputs]
+    t_names = [v.name for v in teacher.graph.outputs]
+    s_extra = hints_io.extra_outputs([h.student for h in chosen], names)
+    t_extra = hints_io.extra_outputs([h.teacher for h in chosen], t_names)
+    trained = teacher_io.with_outputs(student, s_extra, "student")
+    runner = teacher_io.Teacher(teacher_io.with_outputs(teacher, t_extra, "teacher"), mapping, t_names + t_extra,
+                                ctx.providers, ctx.threads, dev)
     examples = samples_io.from_dataset(data, "training")
     train, val, validation = _validation(cfg, ctx, data, examples, seed)
     fixed = _fixed_batch(model, trained, train, cfg.batch_size, notes)
@@ -96,13 +100,13 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     probe = np.arange(min(len(train), fixed or 8))
     runner.choose_backend(train.batch(probe))
     n_out = len(teacher.graph.outputs)
-    names = [v.name for v in student.graph.outputs]
     student_out = _probe_student(trained, train.batch(probe))
     if shadows:  # before training: onnxruntime must compute the QDQ student as the torch copy does
         note = qdq_check.check(model, train.batch(probe), ctx.providers, ctx.threads, cfg.qdq_check)
         notes += [note] if note else []
     teacher_out = runner(train.batch(probe))
-    _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, [v.name for v in teacher.graph.outputs])
+    _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, t_names)
+    hints_io.check_memory(t_extra, teacher_out[n_out:], len(probe), len(train) + (len(val) if val is not None else 0))
     kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student))
     if all(k.kind == "ignored" for k in kinds):
         raise BadInput("distill: the model has no floating-point output to distill")
@@ -115,7 +119,8 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     yardstick = _yardstick(ctx, data, validation, train, train_targets[:n_out], val,
                            val_targets[:n_out] if val is not None else None, runner, max(batch, 64), names)
     runner.close()
-    hints = _hints(s_hints, t_hints, student_out[len(names):], train_targets[n_out:])
+    hints = hints_io.build(chosen, student, names + s_extra, student_out, t_names + t_extra, teacher_out,
+                           train_targets, notes)
     measuring = pacing.clock()
     yardstick.before = fidelity(model, yardstick, ctx)
     reserve = pacing.clock() - measuring  # measuring the result again takes about as long
@@ -187,13 +192,6 @@ def _validation(cfg, ctx: Context, data, examples: samples_io.Samples, seed: int
                                       evaluation.source, len(val))
 
 
-def _hint_pairs(hints: list[str], student: ir.Model, teacher: ir.Model, notes: list[str]) -> tuple[list[str], list[str]]:
-    if hints == ["auto"]:
-        names = auto_hints(student, teacher)
-        notes.append(f"hints (auto): {', '.join(names)}" if names else
-                     "hints (auto): no layer input named alike in student and teacher; soft targets only")
-        return names, names
-    return _hint_names([h for h in hints if h != "none"])
 
 
 def _fixed_batch(model: ir.Model, trained: ir.Model, train: samples_io.Samples, batch_size: int,
@@ -226,29 +224,8 @@ def _task_target(kinds, targets: list[np.ndarray]) -> np.ndarray:
     return targets[task_output(kinds)]
 
 
-def auto_hints(student: ir.Model, teacher: ir.Model, count: int = 2) -> list[str]:
-    """The inputs of the last ``count`` weight layers (Conv, Gemm, MatMul with a stored weight)
-    that both graphs name alike: the deepest features, where a pruned student has fewer channels."""
-    def layer_inputs(model: ir.Model) -> list[str]:
-        graph_inputs = {v.name for v in model.graph.inputs}
-        names = []
-        for node in model.graph:
-            if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.inputs) > 1 and node.inputs[1] is not None \
-                    and node.inputs[1].const_value is not None and node.inputs[0] is not None \
-                    and node.inputs[0].name not in graph_inputs and node.inputs[0].name not in names:
-                names.append(node.inputs[0].name)
-        return names
-
-    theirs = set(layer_inputs(teacher))
-    return [n for n in layer_inputs(student) if n in theirs][-count:]
 
 
-def _hint_names(hints: list[str]) -> tuple[list[str], list[str]]:
-    pairs = [h.split("=", 1) if "=" in h else [h, h] for h in hints]
-    for s, t in pairs:
-        if not s.strip() or not t.strip():
-            raise BadInput(f"distill: hint {'='.join((s, t))!r}: expected STUDENT_TENSOR=TEACHER_TENSOR")
-    return [s.strip() for s, _ in pairs], [t.strip() for _, t in pairs]
 
 
 def _probe_student(trained: ir.Model, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -299,14 +276,6 @@ def _check_outputs(student: list[np.ndarray], teacher: list[np.ndarray], s_names
                        f"({fmt(t_names, teacher)})")
 
 
-def _hints(s_names, t_names, student: list[np.ndarray], teacher: list[np.ndarray]) -> list[Hint]:
-    hints = []
-    for s_name, t_name, s, t in zip(s_names, t_names, student, teacher):
-        if s.ndim != t.ndim or s.shape[2:] != t.shape[2:] or s.ndim < 2:
-            raise BadInput(f"distill: hint {s_name}={t_name}: shapes {list(s.shape[1:])} and {list(t.shape[1:])} "
-                           "differ in more than the channel axis (1)")
-        hints.append(Hint(s_name, t_name, int(s.shape[1]), int(t.shape[1]), float(np.var(t))))
-    return hints
 
 
 def finish(plan: Plan, state: dict, ctx: Context) -> ir.Model:
@@ -330,7 +299,12 @@ def record(plan: Plan, result: FitResult, cfg) -> tuple[str, list[str], dict]:
     if "val_accuracy" in first:
         score = f"val accuracy {first['val_accuracy']:.2%} → {best['val_accuracy']:.2%}"
     elif "val_loss" in first:
-        score = f"val loss {first['val_loss']:.4f} → {best['val_loss']:.4f}"
+        key = "val_output_loss" if "val_output_loss" in first else "val_loss"
+        score = f"val {key[4:].replace('_', ' ')} {first[key]:.4f} → {best[key]:.4f}"
+    elif len(history) > 1 and "check_loss" in history[-1]:
+        key = "check_output_loss" if "check_output_loss" in first else "check_loss"
+        score = (f"{key[6:].replace('_', ' ')} on training examples {first[key]:.4f} → {history[-1][key]:.4f} "
+                 f"(last epoch)")
     else:
         score = f"train loss {history[1]['loss']:.4f} → {history[-1]['loss']:.4f}" if len(history) > 1 else "no epochs run"
     seconds = f"{result.seconds_per_epoch:.2f} s/epoch" if result.seconds_per_epoch is not None else "no epochs run"
@@ -371,7 +345,8 @@ def record(plan: Plan, result: FitResult, cfg) -> tuple[str, list[str], dict]:
                              for k, scale in zip(job.kinds, job.scales or [None] * len(job.kinds))},
                  "temperature": cfg.temperature, "alpha": cfg.alpha if labelled else 0.0,
                  "task": "labels" if labelled else "none (no labels: soft targets only)",
-                 "hints": [f"{h.student}={h.teacher}" for h in job.hints]},
+                 "hints": [f"{h.student}={h.teacher}" for h in job.hints if h.kind == "hint"],
+                 **_feature_losses(job.hints, cfg)},
         "data": {"training_examples": len(job.train), "validation": plan.validation},
         "training": {"device": job.device, "processes": result.world, "batch_size": job.batch_size,
                      "optimizer": cfg.optimizer, "lr": result.lr, "lr_source": lr_source, "schedule": cfg.schedule,
@@ -389,6 +364,23 @@ def record(plan: Plan, result: FitResult, cfg) -> tuple[str, list[str], dict]:
         notes.append(f"init from teacher: {plan.warmstart['copied']} of {plan.warmstart['student_weights']} "
                      "weights copied")
     return summary, notes, out
+
+
+def _feature_losses(hints, cfg) -> dict:
+    """The hidden-state and attention-map losses in the report: matched pairs, loss and weight."""
+    out = {}
+    hidden = [f"{h.student}={h.teacher}" for h in hints if h.kind == "hidden"]
+    if hidden:
+        out["hidden"] = {"pairs": hidden, "loss": "MSE over the teacher's variance, projected along the hidden axis",
+                         "weight": cfg.hidden_weight}
+    attention = [h for h in hints if h.kind == "attention"]
+    if attention:
+        heads = " (averaged over heads)" if any(h.student_channels != h.teacher_channels for h in attention) else ""
+        out["attention"] = {"pairs": [f"{h.student}={h.teacher}" for h in attention],
+                            "loss": ("KL(teacher ‖ student) per query row" if cfg.attention_loss == "kl"
+                                     else "MSE over the teacher's variance") + heads,
+                            "weight": cfg.attention_weight}
+    return out
 
 
 def _fidelity_text(yardstick: Yardstick) -> str:

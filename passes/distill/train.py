@@ -25,7 +25,7 @@ import torch
 
 from mcomp.errors import BadInput, short
 from mcomp.kernels import losses
-from mcomp.passes.distill import pace as pacing
+from mcomp.passes.distill import candidates, pace as pacing
 from mcomp.passes.distill.ddp import Comm
 from mcomp.passes.distill.objective import Hint, Objective, OutputKind, Scale
 from mcomp.passes.distill.samples import Samples, batches, epoch_order
@@ -104,7 +104,9 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     module = to_torch(ir.serde.deserialize_model(onnx.load_model_from_string(job.model))).to(device)
     objective = Objective(job.kinds, temperature=cfg.temperature, alpha=cfg.alpha,
                           labelled=job.train.labels is not None, hints=job.hints,
-                          hint_weight=cfg.hint_weight, scales=job.scales).to(device)
+                          hint_weight=cfg.hint_weight, scales=job.scales, hidden_weight=cfg.hidden_weight,
+                          attention_weight=cfg.attention_weight,
+                          attention_loss="mse" if cfg.attention_loss == "mse" else "kl").to(device)
     if job.hints:
         first = np.arange(min(len(job.train), 512))
         with torch.no_grad():
@@ -121,6 +123,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     folder = Path(job.checkpoint) if job.checkpoint else None
     fingerprint = _fingerprint(job, module)
     state, resumed, notes, lr_test, overhead = _State(), None, [], None, 0.0
+    check = candidates.Check.of(job)
     if job.resume and folder is not None and (folder / CHECKPOINT).exists():
         state = _load(folder / CHECKPOINT, fingerprint, module, objective, optimizer, device)
         state.lr, resumed = state.lr or cfg.lr, state.epoch  # an auto rate comes back from the checkpoint
@@ -133,11 +136,11 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
         else:
             state.lr = cfg.lr
         first = {"epoch": 0, "lr": None, "seconds": 0.0}
-        if job.val is not None:
-            start = pacing.clock()
-            first.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
-            overhead = pacing.clock() - start
-            state.best, state.best_score = _snapshot(module), _score(first, cfg.monitor)
+        start = pacing.clock()  # the input student is a candidate too: measured as every epoch will be
+        first.update(_prefixed(check.prefix, evaluate(module, objective, check.samples, check.targets, job, comm,
+                                                      device)))
+        overhead = pacing.clock() - start if job.val is not None else 0.0
+        state.best, state.best_score = _snapshot(module), candidates.score(first, cfg.monitor, check.prefix)
         state.history.append(first)
     pace = pacing.Pace(cfg, state.lr, steps_per_epoch, state.step, job.started, job.reserve, overhead, comm)
     timings = []
@@ -150,7 +153,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
                                 epoch, global_batch, progress))
         if job.val is not None:
             row.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
-            score = _score(row, cfg.monitor)
+            score = candidates.score(row, cfg.monitor, check.prefix)
             if score > state.best_score:
                 state.best, state.best_score, state.best_epoch, state.stale = _snapshot(module), score, epoch, 0
             else:
@@ -165,8 +168,8 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
             state.stopped = True
         if not math.isfinite(row["loss"]):
             state.stopped = True
-            notes.append(f"training diverged (loss {row['loss']} in epoch {epoch}): stopped; kept the weights of "
-                         f"epoch {state.best_epoch if job.val is not None else epoch}; try a lower --lr")
+            notes.append(f"training diverged (loss {row['loss']} in epoch {epoch}): stopped; the best scored epoch "
+                         "is kept (epoch 0: the input student); try a lower --lr")
         if folder is not None and comm.rank == 0:
             _save(folder / CHECKPOINT, fingerprint, state, module, objective, optimizer)
         progress(_describe(row, pace.last_epoch) + pace.eta(state.step), epoch, pace.last_epoch)
@@ -175,9 +178,18 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
         if len(timings) == 1:
             notes.append(pace.estimate(epoch, row["seconds"]))
             progress(f"distill: {notes[-1]}", epoch, pace.last_epoch)
-    final = state.best if job.val is not None and state.best is not None else _snapshot(module)
-    if job.val is None:
-        state.best_epoch = state.epoch
+    if job.val is None and state.history[-1]["epoch"] > 0 and state.best is not None:
+        # No validation data: the last epoch against the input student, on the same training examples.
+        last = state.history[-1]
+        last.update(_prefixed(check.prefix, evaluate(module, objective, check.samples, check.targets, job, comm,
+                                                     device)))
+        score = candidates.score(last, cfg.monitor, check.prefix)
+        if score > state.best_score:
+            state.best, state.best_score, state.best_epoch = _snapshot(module), score, state.epoch
+    if state.best_epoch == 0 and state.history[-1]["epoch"] > 0:
+        notes.append(f"no trained epoch did better than the input student (epoch 0) on {check.text} "
+                     f"({candidates.score_text(state.history, cfg.monitor, check.prefix)}): it is returned unchanged")
+    final = state.best if state.best is not None else _snapshot(module)
     return FitResult(final, state.history, state.best_epoch, state.stopped, resumed,
                      round(float(np.mean(timings)), 4) if timings else None, comm.world, notes, state.lr,
                      lr_test.report() if lr_test is not None else None, pace.report(state, resumed))
@@ -269,6 +281,7 @@ def evaluate(module, objective, samples: Samples, targets: list[np.ndarray], job
     task = objective.task if objective.task is not None else _first_classifier(objective.kinds)
     classifier = task is not None and objective.kinds[task].kind == "classifier"
     sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, agree, examples
+    terms = torch.zeros(len(candidates.TERMS) + 1, dtype=torch.float64)  # outputs' loss, then each feature kind
     mine = np.arange(len(samples))[comm.rank::comm.world]
     size = job.fixed_batch or max(job.batch_size, 256)
     for start in range(0, len(mine), size):
@@ -280,18 +293,24 @@ def evaluate(module, objective, samples: Samples, targets: list[np.ndarray], job
         index = index[:real]
         tgt = [torch.from_numpy(t[index]).to(device) for t in targets]
         y = torch.from_numpy(samples.labels[index]).to(device) if samples.labels is not None else None
-        per, _ = objective(outs, tgt, y)
+        per, parts = objective(outs, tgt, y)
         sums[0] += float(per.sum())
         sums[3] += real
+        terms += candidates.term_sums(objective, parts)
         if classifier:
             if y is not None:
                 sums[1] += float(losses.top1_correct(outs[task], y).sum())
             teacher_top1 = tgt[task].reshape(real, -1, tgt[task].shape[-1]).argmax(-1)
             sums[2] += float(losses.top1_correct(outs[task], teacher_top1).sum())
     comm.allreduce_(sums)
+    comm.allreduce_(terms)
     module.train()
     n = max(float(sums[3]), 1.0)
     out = {"loss": round(float(sums[0]) / n, 6)}
+    if objective.hints:
+        out["output_loss"] = round(float(terms[0]) / n, 6)
+        out.update({f"loss_{kind}": round(float(terms[k + 1]) / n, 6) for k, kind in enumerate(candidates.TERMS)
+                    if any(h.kind == kind for h in objective.hints)})
     if classifier:
         if samples.labels is not None:
             out["accuracy"] = round(float(sums[1]) / n, 6)
@@ -313,14 +332,6 @@ def _sparsity_masks(module: torch.nn.Module, share: float = 0.05) -> dict[torch.
 
 def _first_classifier(kinds: list[OutputKind]) -> int | None:
     return next((i for i, k in enumerate(kinds) if k.kind == "classifier"), None)
-
-
-def _score(row: dict, monitor: str) -> tuple:
-    """What early stopping and the best epoch look at: the validation loss (the objective itself,
-    smooth even on a small split), or top-1 accuracy with ties broken by the loss."""
-    if monitor == "accuracy" and "val_accuracy" in row:
-        return (row["val_accuracy"], -row["val_loss"])
-    return (-row["val_loss"],)
 
 
 def _prefixed(prefix: str, stats: dict) -> dict:

@@ -1,4 +1,5 @@
-"""Graph optimization (``mcomp optimize``): portable rewrites, then onnxruntime's offline optimizer.
+"""Graph optimization (``mcomp optimize``): portable rewrites, then onnxruntime's offline optimizer;
+at levels extended/all a transformer first gets onnxruntime's transformer fusions (``transformer.py``).
 
 Stages run to a fixed point; each result is checked against the input's outputs and a
 stage whose result differs beyond the tolerance is dropped, with the reason in the report.
@@ -38,10 +39,16 @@ class Optimize(Pass):
             "basic", description="onnxruntime offline level after the portable rewrites: none, basic (portable "
                                  "ONNX), extended/all (onnxruntime-specific fused ops for the target provider)")
         tolerance: float = Field(1e-4, gt=0, le=1, description="max |Δ| allowed per output, relative to max(1, max |reference|)")
-        skip: list[str] = Field(default_factory=list, description="stage not to run: fold-constants, fold-shapes, "
-                                                                  "eliminate, fuse-batchnorm, fuse, onnxruntime")
+        skip: list[str] = Field(default_factory=list, description="stage not to run: transformer, fold-constants, "
+                                                                  "fold-shapes, eliminate, fuse-batchnorm, fuse, onnxruntime")
         max_iterations: int = Field(3, ge=1, le=10, description="rounds of the portable stages, to a fixed point")
         check_feeds: int = Field(4, ge=1, le=1000, description="feeds of the data used for the numerical check")
+        model_type: Literal["auto", "bert", "gpt2", "vit"] = Field(
+            "auto", description="transformer family for onnxruntime's transformer fusions at level extended/all "
+                                "(auto: read from the graph)")
+        num_heads: int = Field(0, ge=0, le=4096, description="attention heads for the transformer fusions "
+                                                              "(0: read from the head-split Reshape)")
+        hidden_size: int = Field(0, ge=0, description="hidden size for the transformer fusions (0: read from the graph)")
 
     def stages(self):
         from mcomp.passes.optimize.stages import PORTABLE_STAGES
@@ -51,22 +58,27 @@ class Optimize(Pass):
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
         from mcomp import evaluate
         from mcomp.graph import node_count
-        from mcomp.passes.optimize import portable
+        from mcomp.passes.optimize import portable, transformer
         from mcomp.passes.optimize.verify import OutputCheck
 
         cfg = self.config
-        known = {s.name for s in self.stages()} | {"onnxruntime"}
+        known = {s.name for s in self.stages()} | {"transformer", "onnxruntime"}
         unknown = set(cfg.skip) - known
         if unknown:
             from mcomp.errors import ConfigError
 
             raise ConfigError(f"optimize: unknown stage(s) in skip: {sorted(unknown)} (valid: {', '.join(sorted(known))})")
+        fusions = cfg.level in ("extended", "all") and "transformer" not in cfg.skip
+        arch = transformer.detect(model, cfg.model_type, cfg.num_heads, cfg.hidden_size) if fusions else None
         dataset = evaluate.measurement_data(ctx, model, ctx.input_shapes, ctx.seed, feeds=2)
         check = OutputCheck(model, dataset.head(cfg.check_feeds), ctx.providers, cfg.tolerance, ctx.threads,
                             ctx.fidelity)
         nodes_before = node_count(model)
         records: dict[str, dict] = {}
         current = model
+        if arch is not None:  # first: onnxruntime's patterns are those of exported graphs, before mcomp's rewrites
+            ctx.progress("optimize: transformer fusions", 0, 1)
+            current = transformer.run_stage(self._try, arch, current, check, records)
         stages = [s for s in self.stages() if s.name not in cfg.skip]
         for round_ in range(cfg.max_iterations):
             changed = False
@@ -87,13 +99,15 @@ class Optimize(Pass):
             notes.append(f"level {cfg.level!r} writes onnxruntime-specific ops for {ctx.providers[0]}; "
                          "the model then needs onnxruntime (use level basic for a portable model)")
         notes += [f"stage {r['name']} not kept: {r['reason']}" for r in records.values() if r["rejected"]]
+        notes += transformer.notes(arch, records) + ([check.note] if check.note else [])
         nodes_after = node_count(current)
         kept = [r["name"] for r in records.values() if r["applied"]]
         rejected = [r["name"] for r in records.values() if r["rejected"] and not r["applied"]]
         summary = (f"nodes {nodes_before} → {nodes_after}; stages applied: {', '.join(kept) or 'none'}"
                    + (f"; rejected: {', '.join(rejected)}" if rejected else "") + f"; checked on {dataset.source}")
         details = {"nodes_before": nodes_before, "nodes_after": nodes_after, "level": cfg.level,
-                   "checked_on": dataset.describe()["source"], "tolerance": cfg.tolerance,
+                   "checked_on": dataset.describe()["source"], "checked_feeds": len(check.dataset.feeds),
+                   "tolerance": cfg.tolerance,
                    "stages": list(records.values())}
         return PassResult(current, current is not model, summary, notes, details)
 
@@ -114,6 +128,8 @@ class Optimize(Pass):
         try:
             if functional:
                 candidate = apply(candidate)
+                if candidate is None:  # nothing to change
+                    return current, False
             elif not apply(candidate):
                 return current, False
         except Exception as exc:  # noqa: BLE001 - re-raised unless a third-party library raised it

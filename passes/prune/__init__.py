@@ -251,9 +251,10 @@ class Prune(Pass):
 
 
 def _sizes(model: ir.Model) -> dict[str, int]:
-    """Compressed size of the weights (the graph itself adds a few kilobytes), streamed tensor by tensor."""
-    from mcomp.kernels.compression import compressed_sizes
-    from mcomp.graph import weight_tensors
+    """Compressed size of the weights (the graph itself adds a few kilobytes), streamed tensor by tensor
+    (estimated from evenly spaced chunks above 64 MiB: see ``estimated_sizes``)."""
+    from mcomp.kernels.compression import estimated_sizes
+    from mcomp.summary import tensor_buffers
 
-    return compressed_sizes(tensor.tobytes() for tensor, _ in weight_tensors(model))
+    return estimated_sizes(tensor_buffers(model))
 

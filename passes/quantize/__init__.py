@@ -13,7 +13,12 @@ pay on the target provider (``guard``).
 steps:
   - quantize: {mode: static, calibration: percentile, min_fidelity: 0.995, explain: true}
   - quantize: {mode: weight-only, bits: 4, block_size: 32}
+  - quantize: {mode: weight-only, max_slowdown: 1.3}   # block size and accuracy level chosen by measurement
 ```
+
+``weight-only`` is a size mode: its int4 kernels (MatMulNBits) may be slower than float MatMul on
+a CPU at batch 1, and the guard then bounds the slowdown the user accepts (``max_slowdown``,
+default ``guard.DEFAULT_MAX_SLOWDOWN``) instead of requiring a gain.
 """
 
 from __future__ import annotations
@@ -48,7 +53,17 @@ class Quantize(Pass):
         calibration: Literal["minmax", "percentile", "entropy"] = Field("minmax", description="static: activation ranges")
         percentile: float = Field(99.999, gt=90, le=100, description="calibration percentile: share of values kept in range")
         bits: int | None = Field(None, ge=2, le=8, description="weight-only: 4 or 8 [4]; kmeans: 2-8 [4]")
-        block_size: int = Field(32, ge=16, le=4096, description="weight-only: weights per scale (power of 2)")
+        block_size: int | None = Field(None, ge=16, le=4096, description="weight-only: weights per scale (power of "
+                                                                        "2); none = the largest of 128/64/32 within "
+                                                                        "the fidelity budget")
+        accuracy_level: int | None = Field(None, ge=0, le=4, description="weight-only: MatMulNBits compute type "
+                                                                         "(0/1 float32, 2 fp16, 3 bf16, 4 int8 "
+                                                                         "activations); none = the faster of 1 and 4 "
+                                                                         "within the fidelity budget")
+        max_slowdown: float | None = Field(None, ge=1.0, description="weight-only (a size mode): the slowdown "
+                                                                     "accepted for the smaller model, as a latency "
+                                                                     "ratio to the input [1.5]; speed modes must be "
+                                                                     "faster than the input")
         keep_io_types: bool = Field(True, description="fp16: keep float32 model inputs and outputs")
         exclude: list[str] = Field(default_factory=list, description="node names/globs, op types, or a previous "
                                                                      "report (.json) whose exclusions to reuse")
@@ -76,8 +91,11 @@ class Quantize(Pass):
             if self.bits is not None and not takes:
                 which = " and ".join(name for name, cls in schemes.REGISTRY.items() if cls.bits)
                 raise ValueError(f"bits applies to {which}, not {self.mode} (int8 is fixed)")
-            if self.block_size & (self.block_size - 1):
+            if self.block_size is not None and self.block_size & (self.block_size - 1):
                 raise ValueError("block_size must be a power of 2")
+            if self.max_slowdown is not None and not schemes.get(self.mode).slowdown_bounded:
+                raise ValueError(f"max_slowdown applies to the size modes whose kernels differ from the input's "
+                                 f"(weight-only); {self.mode} must be faster than the input or is not timed")
             return self
 
     def requires(self) -> tuple[Need, ...]:

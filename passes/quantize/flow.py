@@ -62,23 +62,32 @@ class Flow:
         self.calibration = _calibration_data(cfg, ctx, self.notes) if self.kind.calibrates else None
         self.evaluation = evaluate.measurement_data(ctx, model, ctx.input_shapes, ctx.seed, feeds=SYNTHETIC_FEEDS)
         if self.evaluation.synthetic and not self.kind.calibrates:
-            used = "fidelity and the latency guard" if self.kind.objective == "latency" else "fidelity"
+            timed = self.kind.objective == "latency" or self.kind.slowdown_bounded
+            used = "fidelity and the latency guard" if timed else "fidelity"
             self.notes.append(f"no data: {used} used synthetic inputs (standard normal)")
         self.reference = to_bytes(model)
         self.errors = []  # per-layer error rows, with --explain
         self._memo: dict[tuple, onnx.ModelProto] = {}
+        self._loaded: set[tuple] = set()  # settings whose candidate onnxruntime has loaded
 
     def build(self, exclude, only=None) -> onnx.ModelProto:
         key = (frozenset(exclude), None if only is None else frozenset(only))
-        if key not in self._memo:
+        if (self.scheme.setting, *key) not in self._memo:
             proto = self.scheme.build(*key)
-            try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
-                evaluate.session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
-            except BadInput as exc:
-                self.notes.append(f"{self.scheme.label}: {exc}")
-                raise Unchanged("onnxruntime cannot load the quantized model") from None
-            self._memo[key] = proto
-        return self._memo[key]
+            # weight-only candidates are the float graph with layers of one checked candidate swapped in
+            # (``nbits_compose``): checking the first per setting is enough, and each check of a large
+            # model costs a session
+            if not self.scheme.slowdown_bounded or self.scheme.setting not in self._loaded:
+                self._loaded.add(self.scheme.setting)
+                try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
+                    evaluate.session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
+                except BadInput as exc:
+                    self.notes.append(f"{self.scheme.label}: {exc}")
+                    raise Unchanged("onnxruntime cannot load the quantized model") from None
+            if self.scheme.slowdown_bounded:  # composed in a protobuf copy: cheaper again than held in memory
+                return proto
+            self._memo[self.scheme.setting, *key] = proto
+        return self._memo[self.scheme.setting, *key]
 
     def run(self, workdir: Path) -> ir.Model:
         cfg, ctx = self.cfg, self.ctx
@@ -93,15 +102,28 @@ class Flow:
                                        ctx.threads, ctx.fidelity)
         ctx.progress("quantize: full candidate", 0, 1)
         excluded = set(scheme.user)
-        score, fit, ranked = self.evaluator.score(self.build(excluded)), None, []
+        budget = self._budget()
+        choice = None
+        if scheme.slowdown_bounded:  # a size mode: the smallest setting within the budget
+            from mcomp.passes.quantize.size_mode import settle
+
+            choice = settle(scheme, self.build, self.evaluator, budget, excluded, ctx.progress)
+            self.details["setting"] = choice.to_dict()
+            score = choice.score
+        else:
+            score = self.evaluator.score(self.build(excluded))
+        fit, ranked = None, []
         errors = self._layer_errors() if cfg.explain else None
         self.errors = errors or []
-        budget = self._budget()
         if not budget.holds(score, self.evaluator.reference_accuracy):
             fit, ranked = self._fit(budget, excluded)
             excluded |= set(fit.exclude)
             score = fit.score
-        verdict = self._guard(excluded) if cfg.latency_guard and scheme.objective == "latency" else None
+        verdict = None
+        if cfg.latency_guard and scheme.objective == "latency":
+            verdict = self._guard(excluded)
+        elif cfg.latency_guard and scheme.slowdown_bounded:
+            verdict, score = self._bound(excluded, choice, score, fit is not None)
         if verdict is not None and verdict.exclude:
             excluded |= verdict.exclude
             score = self.evaluator.score(self.build(excluded))
@@ -110,7 +132,52 @@ class Flow:
                                                      verdict.exclude if verdict else set())
         result = drop_unused_opsets(scheme.result(self.build(excluded), excluded))
         self.summary = scheme.outcome(self.model, result, excluded, score, self.evaluator, verdict)
+        if scheme.objective == "size" and scheme.slowdown_bounded:
+            self._memory(result, workdir)
         return result
+
+    def _bound(self, excluded: set[str], choice, score, fitted: bool):
+        """Size modes: the fastest setting that holds the budget, timed against the input; the input is
+        kept when even that one is slower than --max-slowdown allows."""
+        from mcomp.passes.quantize.guard import DEFAULT_MAX_SLOWDOWN, bound, noisy
+        from mcomp.passes.quantize.size_mode import label
+
+        scheme, ctx = self.scheme, self.ctx
+        limit = self.cfg.max_slowdown or DEFAULT_MAX_SLOWDOWN
+        settings = [scheme.setting] if fitted or not choice.holding else list(choice.holding)
+        variants = {}
+        for setting in settings:
+            scheme.setting = setting
+            variants[label(setting)] = self.build(excluded).SerializeToString()
+        verdict = bound(variants, self.reference, self.evaluation.feeds[:GUARD_FEEDS], ctx.providers, ctx.threads,
+                        self.cfg.guard_runs, limit, progress=ctx.progress)
+        scheme.setting = settings[list(variants).index(verdict.chosen)]
+        if not fitted and choice.holding:
+            score = choice.holding[scheme.setting]
+            self.details["setting"].update(block_size=scheme.setting[0], accuracy_level=scheme.setting[1])
+        self.details["latency_guard"] = verdict.to_dict()
+        floor = verdict.noise_floor or {"median": 1.0, "p10": 1.0, "p90": 1.0}
+        measured = (f"×{verdict.ratio:.3f} of the input's latency on {self.target.provider} ({verdict.chosen}; "
+                    f"A/A ×{floor['p10']:.2f}–×{floor['p90']:.2f}, median ×{floor['median']:.3f})")
+        if not verdict.within:
+            why = " (the machine was noisy: rerun with more --guard-runs)" if noisy(verdict.noise_floor) else ""
+            self.notes.append(f"the smallest model within the budget runs at {measured}, beyond --max-slowdown "
+                              f"×{limit:g}; the input is returned unchanged{why} (raise --max-slowdown, or "
+                              "--no-latency-guard writes it anyway)")
+            raise Unchanged(f"slower than --max-slowdown ×{limit:g} allows (×{verdict.ratio:.3f})")
+        self.notes.append(f"kept for size: runs at {measured}, within --max-slowdown ×{limit:g}"
+                          + ("" if self.cfg.max_slowdown else " (the default)"))
+        return verdict, score
+
+    def _memory(self, result: ir.Model, workdir: Path) -> None:
+        """Memory at load of the input and the result (``footprint``), in the details and the summary."""
+        from mcomp.passes.quantize.footprint import compare
+
+        found = compare(self.reference, to_bytes(result), workdir)
+        self.details["memory_at_load"] = found
+        if found:
+            self.summary += (f"; memory at load {found['input']['peak_mb']:.1f} → {found['output']['peak_mb']:.1f} MB "
+                             f"peak RSS (×{found['ratio']:.2f} net of an empty session's {found['session_mb']:.1f} MB)")
 
     def _budget(self) -> bud.Budget:
         cfg = self.cfg

@@ -168,8 +168,6 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Inferred types and shapes, and how: ``onnx`` when onnx's inference types every tensor (fast);
     else ``symbolic`` (onnxruntime's, dynamic dims merged; slow on large graphs); else what onnx's
     inference found (``onnx-partial``), or ``none``."""
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
     partial = None
     try:
         partial = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
@@ -177,6 +175,8 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
             return partial, "onnx"
     except SHAPE_ERRORS:
         pass
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # seconds to import (sympy): only here
+
     with quiet():
         try:
             inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=True)

@@ -3,7 +3,8 @@
 Three separate ideas (design §3):
 
 - what is coupled: ``groups.find_groups`` follows each producer's channels through the graph
-  (``ops`` holds the per-op rules, ``paths`` the Concat/Split/Flatten index maps);
+  (``ops`` holds the per-op rules, ``paths`` the Concat/Split/Flatten/head index maps,
+  ``attention`` the transformer layouts: last-axis features and whole attention heads);
 - what matters: ``scores.group_scores``, by a criterion of ``mcomp.passes.prune.criteria`` (L1/L2
   norms, BatchNorm scale, Taylor, random);
 - how much: ``driver.prune_structured`` (a uniform rate, or a params/MACs target), and

@@ -24,7 +24,6 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.errors import ConfigError
-from mcomp.kernels.importance import rounded_keep
 from mcomp.passes.prune.structured.groups import ChannelGroup
 
 _LISTED = 10  # valid keys named in the error for an unknown one
@@ -58,7 +57,7 @@ def levels(group: ChannelGroup, round_to: int, max_rate: float) -> list[tuple[fl
         rate = round(1 - k / group.channels, 6)
         if rate > max_rate + 1e-9:
             break
-        kept = sum(rounded_keep(hi - lo, rate, round_to) for lo, hi in group.segments)
+        kept = group.kept(rate, round_to)
         if kept < out[-1][1] and 1 - kept / group.channels <= max_rate + 1e-9:
             out.append((rate, kept))
     return out

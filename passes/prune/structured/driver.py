@@ -28,7 +28,7 @@ import onnx_ir as ir
 from mcomp.kernels.importance import keep_channels, rounded_keep
 from mcomp.passes.prune import criteria
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
-from mcomp.passes.prune.structured.prepare import infer_shapes, prepare
+from mcomp.passes.prune.structured.prepare import infer_shapes, prepare, reshare_shapes
 from mcomp.passes.prune.structured.report import GroupRecord, StructuredReport
 from mcomp.passes.prune.structured.scores import group_scores
 from mcomp.passes.prune.structured.surgery import remove_channels
@@ -106,15 +106,26 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
         keep = select(group, scores, record.rate, round_to)
         plan.append((group, keep))
         record.channels_after = int(keep.size)
+        if group.head_size:
+            heads = len(group.units or ())
+            record.note = f"{group.label}: {heads} heads → {heads * keep.size // group.channels}"
     for group, keep in plan:
         if keep.size < group.channels:
             remove_channels(model, group, keep, infer=False)
+    reshare_shapes(model)
     infer_shapes(model)
     return records
 
 
 def select(group: ChannelGroup, scores: np.ndarray, rate: float, round_to: int) -> np.ndarray:
-    """The channels to keep: the best-scored ``1 - rate`` of each segment, rounded to ``round_to``."""
+    """The channels to keep: the best-scored ``1 - rate`` of each segment, rounded to ``round_to``.
+    A group of tied units (attention heads) keeps the best ``1 - rate`` of its units, scored by
+    the sum of their channels' scores (``ChannelGroup.units_kept``)."""
+    units = group.units
+    if units is not None:
+        unit_scores = np.array([scores[u].sum() for u in units])
+        kept = keep_channels(unit_scores, group.units_kept(rate, round_to))
+        return np.sort(np.concatenate([units[i] for i in kept]))
     keep = []
     for lo, hi in group.segments:
         count = rounded_keep(hi - lo, rate, round_to)
@@ -179,10 +190,8 @@ def _refine(model, lo, hi, got, target_value, removed, options, pinned) -> tuple
     from the largest k still short of the target, the rest of ``moved`` stay at ``lo`` while every
     other group's rate rises from ``hi`` until the target is met. The candidate closest to the
     target wins (ties: the one that meets it). Returns (rate, per-group rates, share removed)."""
-    from mcomp.kernels.importance import rounded_keep
-
     def counts(group, rate):
-        return [rounded_keep(b - a, rate, options["round_to"]) for a, b in group.segments]
+        return group.kept(rate, options["round_to"])
 
     moved = [g.id for g in _free_groups(model, options["exclude"], pinned) if counts(g, lo) != counts(g, hi)]
     seen = {0: got[0], len(moved): got[1]}

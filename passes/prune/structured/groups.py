@@ -11,6 +11,11 @@ Conv of a squeeze-and-excitation block). All of it is cut together, or not at al
 
 A group that reaches a graph input or output, an op without a rule, a Reshape it cannot map or
 a node inside a subgraph is kept whole, and says why.
+
+Channels that one tensor carries at the same position are tied (``ChannelGroup.units``) and cut
+together: the channels of an attention head after its head-split Reshape, and GPT-2's Q, K and V
+columns of one fused projection, met again through ``Q·Kᵀ`` (``attention``). Such a group is one
+layer's attention (``label``), cut in whole heads.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mcomp.kernels.importance import rounded_keep
 from mcomp.passes.prune.structured.ops import Member, ProducerSpec, Space, name_of, producer_spec, relate
-from mcomp.passes.prune.structured.paths import WindowStep, covered, map_path, offset_of, path_key
+from mcomp.passes.prune.structured.paths import HeadStep, WindowStep, covered, map_path, offset_of, path_key
 from mcomp.passes.prune.structured.prepare import prepare
 
 __all__ = ["ChannelGroup", "Member", "find_groups"]
@@ -36,6 +42,32 @@ class ChannelGroup:
     spaces: list[Space] = field(default_factory=list)
     prunable: bool = True
     reason: str | None = None  # why the group is kept whole (the first obstacle met)
+    head_size: int | None = None  # channels per attention head, when the group crosses a head split
+    label: str | None = None  # e.g. "layer 0 attention", printed before the chain
+    parent: np.ndarray | None = field(default=None, repr=False)  # ties between channels (union-find)
+
+    def tie(self, a: int, b: int) -> None:
+        """Channels ``a`` and ``b`` land on the same position of some tensor: cut both or neither."""
+        if self.parent is None:
+            self.parent = np.arange(self.channels)
+        ra, rb = self._root(a), self._root(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def _root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = int(self.parent[i])
+        return i
+
+    @property
+    def units(self) -> list[np.ndarray] | None:
+        """The channel sets that are cut whole (an attention head of Q, K and V together), in order
+        of their first channel; None when every channel stands alone."""
+        if self.parent is None:
+            return None
+        roots = np.array([self._root(i) for i in range(self.channels)])
+        return [np.flatnonzero(roots == r) for r in np.unique(roots)]
 
     @property
     def producers(self) -> list[ir.Node]:
@@ -53,7 +85,8 @@ class ChannelGroup:
             label = _label(m)
             if label not in labels:
                 labels.append(label)
-        return " => ".join(labels)
+        chain = " => ".join(labels)
+        return f"{self.label}: {chain}" if self.label else chain
 
     @property
     def key(self) -> str:
@@ -65,6 +98,21 @@ class ChannelGroup:
                 return m.tensor
         producers = self.producers
         return name_of(producers[0]) if producers else f"group{self.id}"
+
+    def units_kept(self, rate: float, round_to: int) -> int:
+        """How many of ``units`` are kept at ``rate``: attention heads are not rounded (a head is
+        already coarse); other tied units are rounded so that the channels stay near ``round_to``."""
+        units = self.units or []
+        step = 1 if self.head_size else max(1, round_to // max(1, self.channels // max(1, len(units))))
+        return rounded_keep(len(units), rate, step)
+
+    def kept(self, rate: float, round_to: int) -> int:
+        """Channels ``driver.select`` keeps at ``rate``: whole units, or each segment's share rounded
+        to ``round_to``."""
+        units = self.units
+        if units is not None:
+            return sum(len(u) for u in units[:self.units_kept(rate, round_to)])
+        return sum(rounded_keep(hi - lo, rate, round_to) for lo, hi in self.segments)
 
     @property
     def segments(self) -> list[tuple[int, int]]:
@@ -134,6 +182,8 @@ def find_groups(model: ir.Model, *, prepared: bool = False) -> list[ChannelGroup
             group = _explore(model, node, spec, len(groups), claimed)
         claimed[id(node)] = group
         groups.append(group)
+    for layer, group in enumerate(g for g in groups if g.head_size):
+        group.label = f"layer {layer} attention"
     return groups
 
 
@@ -159,18 +209,35 @@ class _Search:
         if any(path_key(s.path) == key and s.axis == space.axis for s, _ in known):
             return
         try:
-            positions = set(map_path(space.path, np.arange(self.group.channels))[1].tolist())
+            g, p = map_path(space.path, np.arange(self.group.channels))
         except ValueError as exc:
             self.group.block(str(exc))
             return
-        if any(s.axis != space.axis or positions & taken for s, taken in known):
-            self.group.block(f"{space.value.name} carries the same channels twice")
+        positions = set(p.tolist())
+        if any(s.axis != space.axis for s, _ in known):
+            self.group.block(f"{space.value.name} carries the channels on two axes")
             return
+        heads = [step for step in space.path if isinstance(step, HeadStep)]
+        if heads:
+            self.group.head_size = heads[-1].size
+        taken = set().union(*(t for _, t in known))
+        if positions & taken or len(positions) < len(p):
+            self._tie([s for s, _ in known], g, p)
         if space.width is None:
             space.width = _width(space)
         known.append((space, positions))
         self.group.spaces.append(space)
-        self.queue.append(space)
+        if not positions <= taken:  # a tensor met again on another path adds ties, nothing to explore
+            self.queue.append(space)
+
+    def _tie(self, known: list[Space], g: np.ndarray, p: np.ndarray) -> None:
+        """Channels that one tensor carries at the same position (the channels of one head, or
+        GPT-2's Q, K and V columns of a fused projection met again through Q·Kᵀ) are tied."""
+        first: dict[int, int] = {}
+        pairs = [map_path(s.path, np.arange(self.group.channels)) for s in known] + [(g, p)]
+        for gs, ps in pairs:
+            for gi, pi in zip(gs.tolist(), ps.tolist()):
+                self.group.tie(gi, first.setdefault(pi, gi))
 
     def add_member(self, member: Member) -> None:
         key = (id(member.node), member.role, member.input_index, path_key(member.path))

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
-from mcomp.passes.prune.structured.paths import ConcatStep, FlattenStep, WindowStep, slice_params, split_sizes
+from mcomp.passes.prune.structured import attention
+from mcomp.passes.prune.structured.paths import (ConcatStep, FlattenStep, HeadStep, WindowStep, slice_params,
+                                                  split_sizes)
 from mcomp.passes.prune.structured.prepare import attr, const, dim, ints_input, rank
 from mcomp.passes.prune.structured.spaces import Member, Relation, Space, blocked, pass_through, tensor_member
 
@@ -211,10 +213,13 @@ def reshape_rule(node, space, port):
     allowzero = attr(node, "allowzero", 0)
     entries = [("copy", i, None) if (e[0] == "const" and e[1] == 0 and not allowzero) else e for i, e in enumerate(entries)]
     if kind == "out":
-        return _reshape_backward(node, space, entries)
+        rel = _reshape_backward(node, space, entries)
+        return (attention.reshape_backward(node, space, entries) or rel) if rel.block else rel
+    if space.path and isinstance(space.path[-1], HeadStep):
+        return attention.reshape_forward(node, space, entries)
     width = space.width
     if width is None or a >= len(entries):
-        return blocked("Reshape of channels of unknown width")
+        return attention.reshape_forward(node, space, entries) or blocked("Reshape of channels of unknown width")
     prefix_kept = all(_keeps(e, i, data) for i, e in enumerate(entries[:a]))
     entry = entries[a]
     # identity on the channels: leading dims and the channel dim are kept
@@ -232,7 +237,7 @@ def reshape_rule(node, space, port):
             return _flattened(node, space, a, trailing, entry=entry[2])
         if entry[0] == "const" and entry[1] == -1 and prefix_kept:
             return _flattened(node, space, a, trailing)
-    return blocked("Reshape that moves the channels (cannot map)")
+    return attention.reshape_forward(node, space, entries) or blocked("Reshape that moves the channels (cannot map)")
 
 
 def _reshape_backward(node, space, entries):

@@ -30,7 +30,7 @@ from mcomp.kernels.importance import rounded_keep
 from mcomp.passes.prune.structured.driver import DEFAULT_ROUND_TO, measure, select
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
 from mcomp.passes.prune.structured.paths import map_path
-from mcomp.passes.prune.structured.prepare import const, infer_shapes, prepare
+from mcomp.passes.prune.structured.prepare import const, infer_shapes, prepare, reshare_shapes
 from mcomp.passes.prune.structured.report import GroupRecord, StructuredReport
 from mcomp.passes.prune.structured.scores import group_scores
 from mcomp.passes.prune.structured.similarity import channel_means, consumer_columns, effective_vectors, foldability
@@ -58,6 +58,7 @@ def merge_similar(model: ir.Model, *, rate: float, round_to: int = DEFAULT_ROUND
             record.reason = f"excluded ({hit})"
             continue
         _merge_group(model, group, rate, round_to, record)
+    reshare_shapes(model)
     infer_shapes(model)
     report.parameters_after, report.macs_after = measure(model, shapes)
     fallback = [g.id for g in report.groups if g.importance == "l1"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from mcomp.passes.prune.structured import layout
+from mcomp.passes.prune.structured import attention, layout
 from mcomp.passes.prune.structured.layout import norm_axis
 from mcomp.passes.prune.structured.paths import ConcatStep, Path
-from mcomp.passes.prune.structured.prepare import attr, const, dim, ints_input, rank
+from mcomp.passes.prune.structured.prepare import attr, const, dim, ints_input, rank, same_dim
 from mcomp.passes.prune.structured.spaces import (Member, Relation, Space, blocked, name_of, pass_through,
                                                    tensor_member, unary)
 
@@ -64,8 +64,10 @@ def producer_spec(node: ir.Node) -> ProducerSpec | str | None:
         trans_b = attr(node, "transB", 0)
         return ProducerSpec(1, w.shape[0] if trans_b else w.shape[1], 0 if trans_b else 1, None)
     # MatMul: activations @ constant [K, N]
-    if w is None or w.ndim != 2:
-        return "MatMul of two computed tensors" if w is None else "MatMul with a batched weight"
+    if w is None:
+        return None  # attention's Q·Kᵀ and P·V: no weights, channels pass (attention.batched_matmul)
+    if w.ndim != 2:
+        return "MatMul with a batched weight"
     r = rank(node.inputs[0])
     if r is None or r < 2:
         return "MatMul with an input of unknown rank"
@@ -230,6 +232,8 @@ def _gemm(node, space, port):
 def _matmul(node, space, port):
     kind, index = port
     spec = producer_spec(node)
+    if spec is None:
+        return attention.batched_matmul(node, space, port)
     if isinstance(spec, str):
         return blocked(spec)
     if kind == "in" and index != 0:
@@ -276,6 +280,8 @@ def _elementwise(node, space, port):
                 return blocked(f"{node.op_type} with a constant of width {du} on the channel axis")
             rel.members.append(tensor_member(node, "param", j, au, space.path))
             continue
+        if du is None and same_dim(u, au, v, space.axis):  # one symbolic size: attention scores + mask
+            du = space.width
         if du is None or space.width is None:
             return blocked(f"{node.op_type}: width of {u.name} on the channel axis is unknown")
         if du != space.width:

@@ -86,7 +86,24 @@ class FlattenStep:
         return ("flatten", id(self.node), self.factor)
 
 
-Step = ConcatStep | WindowStep | FlattenStep
+@dataclass(frozen=True, eq=False)
+class HeadStep:
+    """A head-split Reshape (``[b, s, H·d] → [b, s, H, d]``): channel ``c`` lands in head ``c // d``.
+
+    Many channels share one position, so a group that crosses it can only cut whole heads: the
+    group ties every channel of a head together (``ChannelGroup.units``)."""
+
+    node: ir.Node
+    size: int
+
+    def map(self, g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return g, p // self.size
+
+    def key(self):
+        return ("head", id(self.node), self.size)
+
+
+Step = ConcatStep | WindowStep | FlattenStep | HeadStep
 Path = tuple[Step, ...]
 
 

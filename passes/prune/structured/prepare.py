@@ -25,6 +25,7 @@ def prepare(model: ir.Model) -> ir.Model:
     """Folds, lifts and infers shapes, in place (idempotent); returns the model."""
     fold(model)
     lift(model)
+    unshare_shapes(model)
     infer_shapes(model)
     return model
 
@@ -61,6 +62,60 @@ def lift(model: ir.Model) -> int:
         graph.remove(node, safe=True)
         graph.register_initializer(value)
         count += 1
+    return count
+
+
+_ORIGIN = "mcomp.prune.unshared_from"
+_SHAPE_OPS = frozenset({"Concat", "Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Slice", "Gather"})
+
+
+def unshare_shapes(model: ir.Model) -> int:
+    """Every Reshape gets its own shape-computing nodes; returns how many were copied.
+
+    Exporters compute a target shape once (``Concat(Shape(x)[0], Shape(x)[1], [768])``) and feed
+    every layer's Reshape from it. A cut rewrites one entry of it for one layer only, so the
+    shared node would be rewritten once per layer: each Reshape is given a private copy first."""
+    count = 0
+    for node in list(model.graph):
+        if node.op_type == "Reshape" and node.domain in ("", "ai.onnx") and len(node.inputs) > 1:
+            count += _own(model.graph, node, 1, 0)
+    return count
+
+
+def reshare_shapes(model: ir.Model) -> int:
+    """Undoes ``unshare_shapes`` where a cut left the copy as it was (same inputs, same attributes):
+    the pruned graph has no more nodes than it needs. Returns how many copies went."""
+    graph, count = model.graph, 0
+    for node in list(graph):  # graph order: a copied input is merged back before the node that reads it
+        origin = node.meta.get(_ORIGIN)
+        if origin is None or origin.graph is not graph or list(node.inputs) != list(origin.inputs) \
+                or {k: a.value for k, a in node.attributes.items()} != {k: a.value for k, a in origin.attributes.items()}:
+            continue
+        ir.convenience.replace_all_uses_with(node.outputs[0], origin.outputs[0])
+        graph.remove(node, safe=True)
+        count += 1
+    return count
+
+
+def _own(graph: ir.Graph, user: ir.Node, index: int, depth: int) -> int:
+    value = user.inputs[index]
+    producer = value.producer() if value is not None else None
+    if producer is None or depth > 6 or producer.op_type not in _SHAPE_OPS or len(producer.outputs) != 1 \
+            or producer.graph is not graph:
+        return 0
+    count = 0
+    if len(value.uses()) > 1 or value.is_graph_output():
+        copy = ir.Node(producer.domain, producer.op_type, list(producer.inputs),
+                       [ir.Attr(a.name, a.type, a.value) for a in producer.attributes.values()],
+                       name=f"{producer.name or producer.op_type}_{user.name or 'reshape'}", version=producer.version)
+        out = copy.outputs[0]
+        out.name, out.shape, out.type = f"{value.name}_{user.name or id(user)}", value.shape, value.type
+        copy.meta[_ORIGIN] = producer
+        graph.insert_after(producer, copy)
+        user.replace_input_with(index, out)
+        producer, count = copy, 1
+    for j in range(len(producer.inputs)):
+        count += _own(graph, producer, j, depth + 1)
     return count
 
 
@@ -152,6 +207,16 @@ def rank(value: ir.Value | None) -> int | None:
     if value.const_value is not None:
         return len(value.const_value.shape)
     return None if value.shape is None else len(value.shape)
+
+
+def same_dim(a: ir.Value, axis_a: int, b: ir.Value, axis_b: int) -> bool:
+    """Whether two tensors have the same symbolic size on these axes (shape inference gave both
+    the same name), so they are equal at run time although neither is known."""
+    shapes = [v.shape for v in (a, b)]
+    if any(s is None for s in shapes) or not (axis_a < len(shapes[0]) and axis_b < len(shapes[1])):
+        return False
+    da, db = shapes[0][axis_a], shapes[1][axis_b]
+    return isinstance(da, ir.SymbolicDim) and da.value is not None and da == db
 
 
 def dim(value: ir.Value | None, axis: int) -> int | None:

@@ -27,7 +27,6 @@ import math
 import time
 
 from mcomp import evaluate
-from mcomp.kernels.importance import rounded_keep
 from mcomp.passes.prune.structured import allocation as al
 from mcomp.passes.prune.structured.driver import copy_model, cut, measure
 
@@ -117,7 +116,7 @@ def allocate(model, groups, free, pinned: dict[int, float], *, rate: float, targ
     by_id = {g.id: g for g in groups}
 
     def kept(g: int, r: float) -> float:
-        return sum(rounded_keep(b - a, r, round_to) for a, b in by_id[g].segments) / by_id[g].channels
+        return by_id[g].kept(r, round_to) / by_id[g].channels
 
     fixed = {g: kept(g, r) for g, r in pinned.items()}
     if kind == "latency":  # the uniform cut's share of the profiled time, in the same model the greedy uses

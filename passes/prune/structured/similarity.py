@@ -34,6 +34,8 @@ _AFFINE = frozenset({"BatchNormalization", "Add", "Sub", "Mul", "Div"})
 
 def foldability(group: ChannelGroup) -> tuple[str | None, bool]:
     """(why folding is not exact here, or None; whether a negative scale may fold too)."""
+    if group.units is not None:
+        return "tied channels (attention heads) are cut whole, not merged", False
     nodes = {id(m.node): m.node for m in group.members if m.role not in ("producer", "consumer")}
     if any(m.role == "depthwise" for m in group.members):
         return "a depthwise Conv gives each channel its own filter", False

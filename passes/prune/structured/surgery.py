@@ -37,10 +37,13 @@ def remove_channels(model: ir.Model, group: ChannelGroup, keep: np.ndarray, *, i
     plan = _Plan(model)
     for member in group.members:
         plan.add(member, map_path(member.path, removed)[1])
-    widths = [(s.value, s.axis, len(map_path(s.path, removed)[1])) for s in group.spaces]
+    widths: dict[tuple[int, int], tuple[ir.Value, int, set[int]]] = {}
+    for s in group.spaces:  # a tensor met on two paths (tied channels) shrinks once
+        widths.setdefault((id(s.value), s.axis), (s.value, s.axis, set()))[2].update(
+            map_path(s.path, removed)[1].tolist())
     plan.apply()
-    for value, axis, gone in widths:
-        _shrink_dim(value, axis, gone)
+    for value, axis, gone in widths.values():
+        _shrink_dim(value, axis, len(gone))
     group.channels = int(keep.size)
     if infer:
         infer_shapes(model)
@@ -56,6 +59,8 @@ class _Plan:
         self.names = {v.name for n in graph for v in n.outputs} | set(graph.initializers) | {v.name for v in graph.inputs}
         self.cuts: dict[tuple[int, int, int], tuple[ir.Node, int, int, set[int]]] = {}
         self.entries: dict[tuple[int, int], tuple[ir.Node, int, dict[int, int]]] = {}
+        self.entry_cuts: dict[tuple[int, int, int], tuple[ir.Node, int, int, int, set[int]]] = {}
+        self.splits: dict[int, tuple[ir.Node, int, set[int]]] = {}
         self.edits: list = []
 
     def add(self, member, positions: np.ndarray) -> None:
@@ -67,15 +72,21 @@ class _Plan:
             if role == "depthwise" and member.input_index == 1:
                 groups = attr(node, "group", 1) - len(positions)
                 self.edits.append(lambda n=node, g=groups: n.attributes.__setitem__("group", ir.AttrInt64("group", g)))
-        elif role == "split":
-            self._split(node, member.extra["axis"], positions)
+        elif role == "split":  # one Split met on several paths: its sizes are set once, from all of them
+            self.splits.setdefault(id(node), (node, member.extra["axis"], set()))[2].update(positions.tolist())
         elif role == "slice":
             self._slice(node, member.extra["axis"], positions)
         elif role == "reshape" and member.extra.get("entry") is not None:
             user, index, element = member.extra["entry"]
-            self._entry(user, index, element, -len(positions) * member.extra.get("factor", 1))
+            self._entry_cut(user, index, element, member.extra.get("factor", 1), positions)
         elif role == "resize":
-            self._entry(node, member.input_index, member.extra["position"], -len(positions))
+            self._entry_cut(node, member.input_index, member.extra["position"], 1, positions)
+
+    def _entry_cut(self, node: ir.Node, index: int, element: int, factor: int, positions: np.ndarray) -> None:
+        """A shape entry loses ``factor`` per removed position; positions met on several paths (the
+        heads of a Reshape that K reaches from Q·Kᵀ and from its projection) count once."""
+        key = (id(node), index, element)
+        self.entry_cuts.setdefault(key, (node, index, element, factor, set()))[4].update(positions.tolist())
 
     def _entry(self, node: ir.Node, index: int, element: int, delta: int) -> None:
         _, _, deltas = self.entries.setdefault((id(node), index), (node, index, defaultdict(int)))
@@ -100,6 +111,10 @@ class _Plan:
         self._entry(node, index, element, value - old)
 
     def apply(self) -> None:
+        for node, index, element, factor, positions in self.entry_cuts.values():
+            self._entry(node, index, element, -len(positions) * factor)
+        for node, axis, positions in self.splits.values():
+            self._split(node, axis, np.array(sorted(positions), dtype=np.int64))
         for node, index, axis, positions in self.cuts.values():
             array = const(node.inputs[index])
             set_input(self.model, node, index, np.delete(array, sorted(positions), axis=axis), self.names)
@@ -125,6 +140,11 @@ def set_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray, nam
         old.shape = ir.Shape(array.shape)
         return
     base = old.name if old is not None and old.name else f"{node.name or node.op_type}_{index}"
+    twin = _pruned_twin(graph, base, array)
+    if twin is not None:
+        node.replace_input_with(index, twin)
+        _drop_if_unused(graph, old)
+        return
     if names is None:
         names = {v.name for n in graph for v in n.outputs} | set(graph.initializers) | {v.name for v in graph.inputs}
     name = _fresh(names, f"{base}_pruned")
@@ -132,6 +152,21 @@ def set_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray, nam
                      const_value=ir.tensor(array, name=name))
     graph.register_initializer(value)
     node.replace_input_with(index, value)
+    _drop_if_unused(graph, old)
+
+
+def _pruned_twin(graph: ir.Graph, base: str, array: np.ndarray) -> ir.Value | None:
+    """An earlier cut of the same shared constant to the same values (exporters share one all-zero
+    bias among many layers; each would otherwise get its own pruned copy)."""
+    for name, value in graph.initializers.items():
+        if name.startswith(f"{base}_pruned") and value.const_value is not None \
+                and tuple(value.const_value.shape) == array.shape and value.const_value.dtype == ir.DataType.from_numpy(array.dtype) \
+                and np.array_equal(value.const_value.numpy(), array):
+            return value
+    return None
+
+
+def _drop_if_unused(graph: ir.Graph, old: ir.Value | None) -> None:
     if old is not None and old.is_initializer() and not old.uses() and not old.is_graph_output() \
             and not old.is_graph_input():
         graph.initializers.pop(old.name)

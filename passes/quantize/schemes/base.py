@@ -62,6 +62,8 @@ class Scheme(abc.ABC):
     bits: ClassVar[tuple[int, ...]] = ()  # the --bits it accepts; () = its width is fixed
     default_bits: ClassVar[int | None] = None
     guard_groups: ClassVar[bool] = True  # the latency guard tries node groups, or only the whole candidate
+    slowdown_bounded: ClassVar[bool] = False  # objective size, other kernels: the guard bounds the slowdown
+    setting: tuple = ()  # what a candidate depends on besides its float nodes (weight-only: block, accuracy level)
 
     def __init__(self, cfg, ctx, target, workdir: Path, notes: list[str], details: dict[str, Any]):
         self.cfg, self.ctx, self.target, self.workdir = cfg, ctx, target, workdir

@@ -1,9 +1,16 @@
 """``--mode weight-only``: int4/int8 block-wise weights (MatMulNBits; GatherBlockQuantized for tables).
 
 Activations stay float, so nothing is calibrated. MatMul + Add stays MatMul (MatMulNBits replaces
-a MatMul with a 2-D constant B). Block-quantized Gather needs opset 21; onnxruntime's quantizer
-only relabels the opset (leaving ops whose signature changed since, such as ReduceMean's axes,
-invalid), so the graph is converted here — or Gather is left in float.
+a MatMul with a 2-D constant B; ``matmul_form`` rewrites Gemms and transposed tables into that
+form). Block-quantized Gather needs opset 21; onnxruntime's quantizer only relabels the opset
+(leaving ops whose signature changed since, such as ReduceMean's axes, invalid), so the graph is
+converted here — or Gather is left in float.
+
+A size mode (``objective = "size"``): its kernels differ from float MatMul's and may be slower on
+a CPU at batch 1, so the flow bounds the slowdown (``--max-slowdown``) instead of requiring a gain.
+Block size and accuracy level form the candidate grid ``settings`` (``size_mode`` picks one): a
+larger block stores fewer scales (smaller), the accuracy level changes only the kernel's compute
+type, so the level variants of one block share one quantizer run (``build`` sets the attribute).
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units
 
 GATHER_OPSET = 21
 SYMMETRIC = True
-ACCURACY_LEVEL = 4  # int8 activations in the kernel: the fast path on x86 and ARM
+BLOCKS = (128, 64, 32)  # largest first: the smallest model first
+# MatMulNBits' compute type, most accurate first: 1 = float32 (0, unset, is float32 too on CPU), 4 = int8
+# activations (the fast path on x86 and ARM). Untimed (--no-latency-guard), the last that holds is kept.
+LEVELS = (1, 4)
 
 
 @register("weight-only")
@@ -27,9 +37,39 @@ class WeightOnly(OrtScheme):
     bits: ClassVar[tuple[int, ...]] = (4, 8)
     default_bits: ClassVar[int | None] = 4
     keep_matmul: ClassVar[bool] = True
+    objective: ClassVar[str] = "size"
+    slowdown_bounded: ClassVar[bool] = True
+    guard_groups: ClassVar[bool] = False
+
+    @property
+    def setting(self) -> tuple[int, int]:
+        """(block size, accuracy level) of the candidates ``build`` returns; the label follows it."""
+        return self._setting
+
+    @setting.setter
+    def setting(self, value: tuple[int, int]) -> None:
+        self._setting = value
+        self.label = self.describe()
+
+    def settings(self) -> list[tuple[int, int]]:
+        """(block size, accuracy level) candidates, smallest model first; a given option fixes its axis."""
+        blocks = (self.cfg.block_size,) if self.cfg.block_size else BLOCKS
+        levels = (self.cfg.accuracy_level,) if self.cfg.accuracy_level is not None else LEVELS
+        return [(b, level) for b in blocks for level in levels]
 
     def adjust(self) -> None:
+        from mcomp.passes.quantize.matmul_form import rewrite
+
+        self.setting = self.settings()[0]
+        self._raw: dict[int, onnx.ModelProto] = {}  # block size → every layer quantized
         prepared = self.prepared
+        self.rewritten = rewrite(prepared.proto)
+        counts = self.details["matmul_form"] = self.rewritten.counts()
+        if counts["gemm"]:
+            self.notes.append(f"{counts['gemm']} Gemm rewritten as MatMul + Add (MatMulNBits takes MatMul)")
+        if counts["transposed"]:
+            self.notes.append(f"{counts['transposed']} MatMul(s) reading a transposed table (a tied LM head) read "
+                              "a transposed copy when quantized: the table is then stored once per consumer")
         if not gather_tables(prepared.proto) or (prepared.opset or 0) >= GATHER_OPSET:
             return
         try:
@@ -52,18 +92,42 @@ class WeightOnly(OrtScheme):
                 if u.params > 0 and _fits(proto, u.name, inits)]
 
     def describe(self) -> str:
-        return (f"weight-only int{self.cfg.bits or self.default_bits}, blocks of {self.cfg.block_size} "
-                f"({'symmetric' if SYMMETRIC else 'asymmetric'}), MatMulNBits")
+        block, level = self.setting
+        return (f"weight-only int{self.cfg.bits or self.default_bits}, blocks of {block} "
+                f"({'symmetric' if SYMMETRIC else 'asymmetric'}), MatMulNBits accuracy level {level}")
+
+    def build(self, exclude=(), only=None) -> onnx.ModelProto:
+        """The candidate at the current ``setting``: one quantizer run per block size (every layer), the
+        candidate composed from it (``nbits_compose``), the accuracy level written onto it (it changes
+        the kernel, not the weights)."""
+        from mcomp.passes.quantize.nbits_compose import compose
+
+        block, level = self.setting
+        if block not in self._raw:
+            self._raw[block] = super().build()
+        skip = set(exclude) | set(self.prepared.float_only)
+        quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
+        proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
+                        self.rewritten.transposed)
+        for node in proto.graph.node:
+            if node.op_type == "MatMulNBits":
+                kept = [a for a in node.attribute if a.name != "accuracy_level"]
+                del node.attribute[:]
+                node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
+        return proto
+
+    def discard(self) -> None:
+        self._raw.clear()
 
     def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-        bits, block = self.cfg.bits or self.default_bits, self.cfg.block_size
+        bits, block = self.cfg.bits or self.default_bits, self.setting[0]
         include = [u.name for u in self.units if u.name not in exclude and (only is None or u.name in only)]
-        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=SYMMETRIC, accuracy_level=ACCURACY_LEVEL,
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=SYMMETRIC, accuracy_level=0,
                                               bits=bits, op_types_to_quantize=self.op_types)
         quantizer = MatMulNBitsQuantizer(onnx.load(str(self.source)), bits=bits, block_size=block,
-                                         is_symmetric=SYMMETRIC, accuracy_level=ACCURACY_LEVEL,
+                                         is_symmetric=SYMMETRIC, accuracy_level=0,
                                          nodes_to_exclude=sorted(exclude), nodes_to_include=include or ["-"],
                                          op_types_to_quantize=self.op_types, algo_config=config)
         quantizer.process()

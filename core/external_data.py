@@ -1,0 +1,129 @@
+"""External data (tensors stored in files beside the .onnx): checking what a model points at,
+keeping big weights memory-mapped rather than read, and inlining them where a self-contained
+protobuf is needed (design §2, §8). ``mcomp.model`` loads and saves through here."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import warnings
+from pathlib import Path
+
+import onnx
+import onnx_ir as ir
+
+from mcomp.errors import BadInput, short
+from mcomp.graph import all_graphs
+
+# From this many bytes of external data a loaded model's tensors stay memory-mapped (see map_or_read).
+MAPPED_FROM = 256 << 20
+
+
+def check_files(proto: onnx.ModelProto, path: Path) -> set[Path]:
+    """The external data files the model reads (checked), none when its tensors are all inline."""
+    try:
+        return _check_external_files(proto, path)
+    except (TypeError, UnicodeDecodeError):  # a key or location that is not UTF-8 (see _validate)
+        raise BadInput(f"{path}: not a valid ONNX model (an external data key or location is not UTF-8 text)") from None
+
+
+def _check_external_files(proto: onnx.ModelProto, path: Path) -> set[Path]:
+    """Each external tensor's file exists beside the model and holds the bytes it points at: a
+    tensor whose offset or length runs past the end of its file would otherwise fail deep inside
+    the memory-mapping with an error that names neither the tensor nor the file."""
+    files: set[Path] = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(proto):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            try:
+                with warnings.catch_warnings():  # unknown keys are ignored, not printed
+                    warnings.simplefilter("ignore")
+                    info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            except ValueError as exc:  # a negative or non-integer offset or length
+                raise BadInput(f"{path}: initializer {tensor.name!r}: bad external data entry ({short(exc, 120)})") from None
+            data_path = path.parent / info.location
+            if not data_path.is_file():
+                raise BadInput(f"{path}: external data file {info.location!r} not found beside the model")
+            files.add(data_path.resolve())
+            needed = _tensor_bytes(tensor)
+            length = info.length if info.length is not None else needed
+            offset, size = info.offset or 0, data_path.stat().st_size
+            if needed is not None and length < needed:
+                raise BadInput(f"{path}: initializer {tensor.name!r} needs {needed:,} bytes but its external data "
+                               f"entry in {info.location!r} gives length {length:,}")
+            if length is not None and offset + length > size:
+                raise BadInput(f"{path}: initializer {tensor.name!r} reads bytes {offset:,}–{offset + length:,} of "
+                               f"{info.location!r}, which holds {size:,} bytes (offset past the end of the file)")
+    return files
+
+
+def _tensor_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The bytes a tensor's dims and element type take; None where that is not fixed (strings)."""
+    try:
+        itemsize = ir.DataType(tensor.data_type).itemsize
+    except (ValueError, TypeError, NotImplementedError):
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return math.ceil(count * itemsize) if itemsize else None
+
+
+
+def map_or_read(model: ir.Model, base_dir: Path) -> None:
+    """External-data tensors resolve their files relative to the model's folder. Below
+    ``MAPPED_FROM`` bytes they are read into memory, so that any serialization of the model is
+    self-contained. From it up they stay memory-mapped (read-only pages of the file, shared with
+    the page cache): reading them in would hold a second copy of every weight for the whole run
+    (design §8). Their locations are then made absolute (``check_files`` found them beside
+    the model), so that a copy through protobuf still finds them; sessions are made from
+    a file written beside its data (``mcomp.evaluate.runnable``), and ``to_proto`` inlines them."""
+    ir.external_data.set_base_dir(model.graph, str(base_dir))
+    external = sum(v.const_value.nbytes for v in external_tensors(model))
+    if 0 < external < MAPPED_FROM:
+        ir.external_data.load_to_model(model)
+        return
+    folder = base_dir.resolve()
+    for value in external_tensors(model):
+        tensor = value.const_value
+        value.const_value = ir.ExternalTensor(
+            str(folder / tensor.location), tensor.offset, tensor.length, tensor.dtype, shape=tensor.shape,
+            name=tensor.name, doc_string=tensor.doc_string, metadata_props=dict(tensor.metadata_props))
+
+
+def external_tensors(model: ir.Model) -> list[ir.Value]:
+    """The initializers whose data is still in an external file (memory-mapped, not copied)."""
+    return [v for g in all_graphs(model.graph) for v in g.initializers.values()
+            if isinstance(v.const_value, ir.ExternalTensor)]
+
+
+def release_pages(model: ir.Model) -> None:
+    """Unmaps from this process the pages of memory-mapped tensors read so far (``MADV_DONTNEED``;
+    external tensors, and in-memory ones that view a mapping).
+    They stay in the page cache, so reading them again costs no disk; but a pass over every
+    weight (a write, a count) no longer leaves the whole model resident in this process on top of
+    the sessions that map it."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    for graph in all_graphs(model.graph):
+        for value in graph.initializers.values():
+            mapping = getattr(value.const_value, "raw", None)  # an mmap, or an array that may view one
+            while mapping is not None and not isinstance(mapping, mmap.mmap):
+                mapping = getattr(mapping, "base", None)
+            if mapping is not None:
+                mapping.madvise(mmap.MADV_DONTNEED)
+
+
+@contextlib.contextmanager
+def inlined(model: ir.Model):
+    """Inside the block the external tensors read as in-memory ones (views of their mapped pages,
+    no copy), so that a serialization writes their bytes instead of a reference to a file."""
+    swapped = [(v, v.const_value) for v in external_tensors(model)]
+    try:
+        for value, tensor in swapped:
+            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name,
+                                          doc_string=tensor.doc_string)
+        yield model
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor

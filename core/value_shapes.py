@@ -1,0 +1,165 @@
+"""Concrete shapes of every tensor of a graph at given input shapes: what MACs are counted from.
+
+One inference is not enough for the graphs exporters write. onnx shape inference (with data
+propagation) types every standard op but loses the thread in the shape arithmetic of a TorchScript
+transformer export (Shape → Gather → Unsqueeze → Concat → Reshape around the head split, the
+mask's ConstantOfShape → Where → Expand): BERT's 32 MatMuls all came out unknown. So the shapes
+come from up to three inferences, each run only when the ones before left a node unknown:
+
+1. ``onnx``: onnx shape inference, strict mode off, data propagation on;
+2. ``symbolic``: onnxruntime's symbolic shape inference (``onnxruntime.tools.symbolic_shape_infer``,
+   written for transformer exports: it evaluates that shape arithmetic, and types the
+   com.microsoft ops of onnxruntime's fusions, such as Attention). Its shapes fill the gaps the
+   first left; where both know a shape, onnx's stands;
+3. ``folded``: the graph constant-folded (onnxscript's optimizer), then onnx inference again; the
+   count is then taken on the folded graph (its node set differs).
+
+Each stage yields the graph to count on, the fully known shapes so far, and why the stage failed
+(None when it ran): a failure is reported with the count, never raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import onnx
+
+from mcomp.errors import short
+
+# What onnx shape inference raises on a graph it cannot type (its C++ errors arrive as these).
+SHAPE_ERRORS = (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError, ValueError)
+
+
+class Stage(NamedTuple):
+    """One inference's result: the graph to count on, its known shapes, and why it failed (or None)."""
+
+    name: str
+    proto: onnx.ModelProto
+    shapes: dict[str, list[int]]
+    failure: str | None
+
+
+def stages(proto: onnx.ModelProto) -> Iterator[Stage]:
+    """The inferences of the module docstring in order, lazily: stop iterating once every node
+    you need has its shapes, and the costlier ones never run. ``proto``'s inputs should be
+    concrete (:func:`with_concrete_inputs`); it is not modified."""
+    inferred, failure = onnx_inferred(proto)
+    shapes = known_shapes(inferred.graph)
+    yield Stage("onnx", inferred, shapes, failure)
+    symbolic, failure = _symbolic(proto)  # from the bare graph: onnx's partial value_info could mislead it
+    if symbolic is not None:
+        shapes = known_shapes(symbolic.graph) | shapes
+    yield Stage("symbolic", inferred, shapes, failure)
+    folded, failure = _folded(inferred)
+    if folded is not None:
+        folded, again = onnx_inferred(folded)
+        yield Stage("folded", folded, known_shapes(folded.graph), again)
+    else:
+        yield Stage("folded", inferred, shapes, failure)
+
+
+def onnx_inferred(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """onnx shape inference, or the proto as it was and why inference failed."""
+    try:
+        return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True), None
+    except SHAPE_ERRORS as exc:
+        return proto, f"onnx shape inference failed ({short(exc, 160)})"
+
+
+def with_concrete_inputs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None) -> onnx.ModelProto:
+    """``proto`` (changed in place) with every graph input's dims set: from ``input_shapes`` where
+    given, else its static dims, else 1."""
+    for inp in proto.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        wanted = (input_shapes or {}).get(inp.name)
+        for i, dim in enumerate(dims):
+            if wanted is not None and i < len(wanted):
+                dim.ClearField("dim_param")
+                dim.dim_value = int(wanted[i])
+            elif not dim.HasField("dim_value") or dim.dim_value < 0:
+                dim.ClearField("dim_param")
+                dim.dim_value = 1
+    return proto
+
+
+def known_shapes(graph: onnx.GraphProto) -> dict[str, list[int]]:
+    """Fully known shapes of the tensors of ``graph`` and its subgraphs."""
+    from mcomp.graph import proto_graphs
+
+    shapes: dict[str, list[int]] = {}
+    for g in proto_graphs(graph):
+        for vi in [*g.input, *g.value_info, *g.output]:
+            t = vi.type.tensor_type
+            if t.HasField("shape") and all(d.HasField("dim_value") for d in t.shape.dim):
+                shapes[vi.name] = [d.dim_value for d in t.shape.dim]
+        for init in g.initializer:
+            shapes[init.name] = list(init.dims)
+    return shapes
+
+
+def _symbolic(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
+    """onnxruntime's symbolic shape inference, keeping what it found when it could not finish.
+
+    Its public ``infer_shapes`` raises on an incomplete result and first saves the model as
+    ``sym_shape_infer_temp.onnx`` in the working directory, so its three steps are called here as
+    that function calls them (onnxruntime is pinned in constraints.txt). Its warnings ("Only
+    support models of opset 7 and above" …) are kept off the terminal: the count says what failed.
+    """
+    try:
+        module = _symbolic_module()
+    except (ImportError, OSError) as exc:  # sympy missing: it comes with torch, a dependency, but say so
+        return None, f"symbolic shape inference unavailable ({short(exc, 120)})"
+    SymbolicShapeInference = module.SymbolicShapeInference
+    if (module.get_opset(proto) or 0) < 7:
+        return None, "symbolic shape inference needs opset 7 or newer"
+    log = logging.getLogger(SymbolicShapeInference.__module__)
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        inference = SymbolicShapeInference(2**31 - 1, True, False, 0)
+        inference._preprocess(proto)
+        while inference.run_:
+            inference._infer_impl()
+        inference._update_output_from_vi()
+        return inference.out_mp_, None
+    except Exception as exc:  # noqa: BLE001 - third-party inference on an odd graph: keep the other stages
+        return None, f"symbolic shape inference failed ({short(exc, 160)})"
+    finally:
+        log.setLevel(level)
+
+
+@functools.cache
+def _symbolic_module():
+    """``onnxruntime/tools/symbolic_shape_infer.py`` loaded from its file: importing it by name runs
+    ``onnxruntime.tools.__init__``, which imports torch (seconds, for every ``mcomp inspect``)."""
+    spec = importlib.util.find_spec("onnxruntime")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("onnxruntime is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "tools" / "symbolic_shape_infer.py"
+    loader = importlib.util.spec_from_file_location("mcomp._ort_symbolic_shape_infer", path)
+    if loader is None or loader.loader is None:
+        raise ImportError(f"no symbolic shape inference in {path.parent}")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+def _folded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]:
+    """``proto`` constant-folded by onnxscript's optimizer (shapes computed from constants become
+    constants), or None and why the folder failed."""
+    import onnx_ir as ir
+    from onnxscript import optimizer
+
+    try:
+        model = ir.serde.deserialize_model(proto)
+        optimizer.optimize(model, num_iterations=2)
+        return ir.serde.serialize_model(model), None
+    except Exception as exc:  # noqa: BLE001 - only onnx-ir/onnxscript code runs in this block
+        return None, f"constant folding failed ({short(exc, 160)})"
+
+
+__all__ = ["SHAPE_ERRORS", "Stage", "stages", "onnx_inferred", "with_concrete_inputs", "known_shapes"]

@@ -1,0 +1,159 @@
+"""Models with external data (issue 12, "Models over 2 GB"): a model that came with external data
+leaves with it, loads and runs, its size counts the data file, the input is untouched, and one copy
+of the weights is kept (memory-mapped), not one per serialization, copy and session.
+
+The models are small MatMul chains built like ``benchmarks/big_models.py`` builds its big one; the
+size from which loaded weights stay memory-mapped (``MAPPED_FROM``, 256 MiB) is lowered to test that
+path on them, and each external-data test runs both ways.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import big_models  # noqa: E402
+
+from mcomp import external_data, model as model_io  # noqa: E402
+from mcomp.kernels import compression, importance  # noqa: E402
+from mcomp.pipeline import RunRequest, execute  # noqa: E402
+from mcomp.pipeline_spec import Measure, Pipeline, single_step  # noqa: E402
+
+DIM = 512
+STEPS = {
+    "optimize": ("optimize", {}),
+    "prune-magnitude": ("prune", {"rate": 0.5}),
+    "prune-structured": ("prune", {"rate": 0.5, "method": "structured"}),
+    "quantize-weight-only": ("quantize", {"mode": "weight-only"}),
+}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def _run(model: Path, output: Path, step: str, options: dict, dim: int = DIM, latency: bool = True):
+    pipeline = Pipeline(steps=[single_step(step, options)], measure=Measure(runs=3, warmup=1, latency=latency))
+    request = RunRequest(model=str(model), output=str(output),
+                         load=model_io.LoadOptions(input_shapes={"x": (1, dim)}))
+    return execute(pipeline, request)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("ext")
+    big_models.build(folder / "m.onnx", layers=3, dim=DIM)
+    return folder / "m.onnx"
+
+
+@pytest.fixture(params=["mapped", "in-memory"])
+def mapping(request, monkeypatch) -> str:
+    if request.param == "mapped":
+        monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    return request.param
+
+
+@pytest.mark.parametrize("name", list(STEPS))
+def test_output_keeps_external_data_and_runs(small, tmp_path, name, mapping):
+    before = _digest(small.parent)
+    step, options = STEPS[name]
+    out = tmp_path / "out.onnx"
+    outcome = _run(small, out, step, options)
+    data = tmp_path / "out.onnx.data"
+    assert data.is_file(), "a model that came with external data leaves with it"
+    proto = onnx.load_model(str(out), load_external_data=False)
+    assert any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
+    assert out.stat().st_size < 64 << 10  # the weights are not inline as well
+    doc = outcome.report
+    assert doc["input"]["bytes"] == small.stat().st_size + (small.parent / "m.onnx.data").stat().st_size
+    assert doc["output"]["bytes"] == out.stat().st_size + data.stat().st_size
+    assert doc["output"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    y = session.run(None, {session.get_inputs()[0].name: np.ones((2, DIM), np.float32)})[0]
+    assert y.shape == (2, DIM) and np.isfinite(y).all()
+    assert _digest(small.parent) == before, "the input model and its data are untouched"
+
+
+def test_inline_model_stays_inline(tmp_path):
+    """A model without external data is written as one file, as before."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build(folder / "m.onnx", layers=2, dim=64)
+    inline = tmp_path / "inline.onnx"
+    onnx.save_model(onnx.load(str(folder / "m.onnx")), str(inline))
+    out = tmp_path / "out.onnx"
+    outcome = _run(inline, out, "optimize", {}, dim=64, latency=False)
+    assert not (tmp_path / "out.onnx.data").exists()
+    assert outcome.report["output"]["bytes"] == out.stat().st_size
+
+
+def test_loaded_weights_stay_mapped(small, monkeypatch):
+    """Loading maps the data file rather than reading it: the tensors are the file's pages."""
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    loaded = model_io.load(small)
+    assert loaded.source.external_data
+    assert len(external_data.external_tensors(loaded.model)) == 3
+    copy = model_io.copy(loaded.model)  # a copy shares the mapped tensors
+    assert copy.graph.initializers["w0"].const_value is loaded.model.graph.initializers["w0"].const_value
+    inline = onnx.load_model_from_string(model_io.to_bytes(loaded.model))  # bytes are self-contained
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in inline.graph.initializer)
+    import onnx_ir as ir
+
+    again = ir.serde.deserialize_model(ir.serde.serialize_model(loaded.model))  # a copy through protobuf
+    np.testing.assert_array_equal(again.graph.initializers["w1"].const_value.numpy(),
+                                  loaded.model.graph.initializers["w1"].const_value.numpy())
+
+
+def test_optimize_keeps_one_copy_of_the_weights(tmp_path, monkeypatch):
+    """Python-side allocations (numpy arrays, bytes: what tracemalloc sees) during ``optimize`` of a
+    ~100 MB external-data model stay under 0.5× the model. The old code held the weights read into
+    memory, plus a serialized copy of the reference and one of the candidate: over 3×."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dim = 2880  # three layers of 31.6 MiB
+    size = big_models.build(folder / "m.onnx", layers=3, dim=dim)
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 64 << 20)  # as for a 256 MiB+ model
+    tracemalloc.start()
+    try:
+        _run(folder / "m.onnx", tmp_path / "out.onnx", "optimize", {}, dim=dim, latency=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 0.5 * size, f"peak traced allocations {peak / size:.2f}× the model"
+
+
+def test_prune_mask_matches_a_stable_sort():
+    """The linear-time mask zeroes exactly the elements a stable argsort would (ties by position)."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        scores = rng.integers(0, 4, size=(rng.integers(1, 12), rng.integers(1, 7))).astype(np.float32)
+        for count in range(scores.size + 2):
+            keep = np.ones(scores.size, dtype=bool)
+            keep[np.argsort(scores.ravel(), kind="stable")[:count]] = False
+            assert np.array_equal(importance.prune_mask(scores, count), keep.reshape(scores.shape))
+
+
+def test_estimated_sizes_sample_big_buffers(monkeypatch):
+    """Above the whole-compression limit the sizes come from spaced chunks: ``raw`` exact, the
+    compressed sizes close to the whole's on uniform data."""
+    rng = np.random.default_rng(1)
+    weights = rng.standard_normal(1 << 20).astype(np.float32)
+    weights[rng.random(weights.size) < 0.5] = 0
+    buffers = [weights[: 1 << 19].view(np.uint8), weights[1 << 19:].view(np.uint8)]
+    whole = compression.compressed_sizes(bytes(b) for b in buffers)
+    assert compression.estimated_sizes(buffers) == whole  # 4 MiB: under the limit, compressed whole
+    monkeypatch.setattr(compression, "WHOLE", 1 << 20)
+    monkeypatch.setattr(compression, "SAMPLE", 1 << 20)
+    monkeypatch.setattr(compression, "CHUNK", 64 << 10)
+    sampled = compression.estimated_sizes(buffers)
+    assert sampled["raw"] == whole["raw"]
+    for kind in ("zip", "zstd"):
+        assert abs(sampled[kind] / whole[kind] - 1) < 0.05, (kind, sampled, whole)
