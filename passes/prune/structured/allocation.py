@@ -149,8 +149,11 @@ def latency_model(model: ir.Model, groups: list[ChannelGroup], feed: dict, provi
     no node of the graph (fused away, copies) is left out of the model and reported."""
     from mcomp.passes.prune.structured import node_times
 
+    from mcomp.evaluate import runnable
+
     nodes, named = _named(model)
-    timed = node_times.profile(ir.serde.serialize_model(named).SerializeToString(), feed, providers, threads)
+    with runnable(named) as source:  # bytes, or a file beside its data for a big or memory-mapped model
+        timed = node_times.profile(source, feed, providers, threads)
     mapped = {n: t for n, t in timed.per_node.items() if n.startswith("mcomp_alloc_")}
     unmapped = sum(t for n, t in timed.per_node.items() if n not in mapped)
     info = {"provider": timed.provider, "runs": timed.runs,

@@ -39,9 +39,9 @@ class NodeTimes:
     provider: str
 
 
-def profile(model_bytes: bytes, feed: dict[str, np.ndarray], providers: list[str], threads: int | None = None,
+def profile(model: bytes | str, feed: dict[str, np.ndarray], providers: list[str], threads: int | None = None,
             runs: int = RUNS) -> NodeTimes:
-    """Per-node kernel times of ``model_bytes`` (node names must be unique) on ``feed``."""
+    """Per-node kernel times of ``model`` (serialized, or a path; node names must be unique) on ``feed``."""
     import onnxruntime as ort
 
     from mcomp.evaluate import ort_errors
@@ -55,7 +55,7 @@ def profile(model_bytes: bytes, feed: dict[str, np.ndarray], providers: list[str
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
         try:
-            session = ort.InferenceSession(model_bytes, options, providers=providers)
+            session = ort.InferenceSession(model, options, providers=providers)
             for _ in range(WARMUP + runs):
                 session.run(None, feed)
             path = session.end_profiling()
