@@ -114,6 +114,7 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
     """Measures every model on the same feeds, round-robin, and returns stats with ratios;
     ``progress(rounds done, runs)`` after each round, for a caller whose measurement takes minutes."""
     from mcomp import evaluate
+    from mcomp.sources import BIG_WEIGHTS, weight_bytes
     from mcomp.data import Dataset
 
     labels = [label for label, _ in models]
@@ -123,7 +124,7 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
         sources.append(sources[0])
     sessions, peaks, session_feeds = [], [], []
     for k, source in enumerate(sources):
-        if k == len(models) and evaluate.weight_bytes(source) >= evaluate.BIG_WEIGHTS:
+        if k == len(models) and weight_bytes(source) >= BIG_WEIGHTS:
             # the A/A of a big model runs its one session twice: another would map every weight again
             sessions.append(sessions[0])
             session_feeds.append(session_feeds[0])

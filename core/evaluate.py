@@ -10,8 +10,6 @@ model; anything else raised here is a bug in mcomp and stays an internal error (
 
 from __future__ import annotations
 
-import contextlib
-import os
 import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -26,18 +24,13 @@ from mcomp.graph import all_graphs
 from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
 from mcomp.external_data import external_tensors, release_pages
-from mcomp.model import to_bytes
 from mcomp.session import input_specs
+from mcomp.sources import BIG_WEIGHTS, runnable, weight_bytes
 
 FIDELITY_MODES = ("slice", "whole")
 # Reference outputs held for one comparison; the feeds past it are left out, with a note (the
 # candidate's outputs and the float64 sums of the fidelity kernels come on top of this).
 COMPARED_OUTPUT_BYTES = 1 << 30
-# From this many bytes of weights a model is run from a file (mapped by onnxruntime, not copied into a
-# serialized protobuf and again into the session) and without prepacked weights, which would be one
-# more full copy per session (MLAS's packed MatMul operands): measured on one 8192×8192 MatMul (256 MiB),
-# a session held 2.2× the weights with prepacking, 1.2× without.
-BIG_WEIGHTS = 256 << 20
 
 
 def ort_errors() -> tuple[type[Exception], ...]:
@@ -71,58 +64,6 @@ def _options(threads: int | None = None, *, spinning: bool = True, optimization:
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization]
     return options
-
-
-def weight_bytes(model: ir.Model | bytes | str | Path) -> int:
-    """Bytes of the stored tensors: of the initializers (``ir.Model``), of the serialized model
-    (bytes), of a file and the external data it names (a path; the graph is read without the data)."""
-    if isinstance(model, ir.Model):
-        return sum(v.const_value.nbytes for g in all_graphs(model.graph) for v in g.initializers.values()
-                   if v.const_value is not None)
-    if isinstance(model, bytes):
-        return len(model)
-    proto = onnx.load_model(str(model), load_external_data=False)
-    external = sum(int(e.value) for t in onnx.external_data_helper._get_all_tensors(proto)
-                   for e in t.external_data if e.key == "length")
-    return os.path.getsize(model) + external
-
-
-@contextlib.contextmanager
-def runnable(model: ir.Model | bytes | str | Path, *, spill: bool = False):
-    """What onnxruntime is given for ``model``: a path or bytes as they are; an ``ir.Model`` as bytes
-    when it is small and self-contained, else as a file in a temp folder with its data beside it,
-    written once (memory-mapped tensors streamed from their file) for every session made of it
-    inside the block. onnxruntime maps such a file rather than copying it, so a big model's weights
-    are held once, in the page cache, not once per serialization and once per session.
-
-    ``spill``: the model's big in-memory tensors (a pass's results) are then swapped for mappings of
-    the file just written, the same bytes, so the arrays are freed rather than held beside the
-    sessions' mappings. Only for a model no pass will change in place again (mapped arrays are
-    read-only): the pipeline's final measurement."""
-    if not isinstance(model, ir.Model):
-        yield str(model) if isinstance(model, Path) else model
-        return
-    if not external_tensors(model) and weight_bytes(model) < BIG_WEIGHTS:
-        yield to_bytes(model)
-        return
-    with tempfile.TemporaryDirectory(prefix="mcomp-run-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        ir.save(model, path, external_data="model.onnx.data")
-        if spill:
-            _spill(model, path)
-        release_pages(model)
-        yield str(path)
-
-
-def _spill(model: ir.Model, path: Path) -> None:
-    """Swaps ``model``'s in-memory initializers of 1 MiB or more for the mapped tensors of ``path``
-    (written from it just before). Mapped here, their pages outlive the temp folder's removal."""
-    written = {v.name: v.const_value for v in external_tensors(ir.load(path))}
-    for value in model.graph.initializers.values():
-        tensor, mapped = value.const_value, written.get(value.name)
-        if isinstance(tensor, ir.Tensor) and tensor.nbytes >= (1 << 20) and mapped is not None:
-            value.const_value = ir.Tensor(mapped.numpy(), dtype=tensor.dtype, name=tensor.name,
-                                          doc_string=tensor.doc_string)
 
 
 def session(model: ir.Model | bytes | str | Path, providers: list[str], threads: int | None = None, *,

@@ -77,7 +77,7 @@ def map_or_read(model: ir.Model, base_dir: Path) -> None:
     the page cache): reading them in would hold a second copy of every weight for the whole run
     (design §8). Their locations are then made absolute (``check_files`` found them beside
     the model), so that a copy through protobuf still finds them; sessions are made from
-    a file written beside its data (``mcomp.evaluate.runnable``), and ``to_proto`` inlines them."""
+    a file written beside its data (``mcomp.sources.runnable``), and ``to_proto`` inlines them."""
     ir.external_data.set_base_dir(model.graph, str(base_dir))
     external = sum(v.const_value.nbytes for v in external_tensors(model))
     if 0 < external < MAPPED_FROM:

@@ -10,7 +10,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from mcomp import bench, data, evaluate, graph, report, session, shapes
+from mcomp import bench, data, evaluate, graph, report, session, shapes, sources
 from mcomp import model as model_io
 from mcomp.errors import BadInput, ConfigError, GateFailed
 from mcomp.external_data import release_pages
@@ -125,8 +125,8 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     evaluation = evaluate.measurement_data(datasets, loaded.model, input_shapes, pipeline.seed)
     # a file with external data is run from itself (mapped); every session of a model shares one source
     reference = Path(loaded.source.path) if loaded.source.external_data else loaded.model
-    with evaluate.runnable(reference) as reference_source, \
-            evaluate.runnable(current, spill=True) as candidate_source:
+    with sources.runnable(reference) as reference_source, \
+            sources.runnable(current, spill=True) as candidate_source:
         quality = evaluate.compare(reference_source, candidate_source, evaluation, providers, pipeline.threads,
                                    output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric)
         latency = None

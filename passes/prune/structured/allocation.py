@@ -149,7 +149,7 @@ def latency_model(model: ir.Model, groups: list[ChannelGroup], feed: dict, provi
     no node of the graph (fused away, copies) is left out of the model and reported."""
     from mcomp.passes.prune.structured import node_times
 
-    from mcomp.evaluate import runnable
+    from mcomp.sources import runnable
 
     nodes, named = _named(model)
     with runnable(named) as source:  # bytes, or a file beside its data for a big or memory-mapped model
