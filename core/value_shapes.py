@@ -48,6 +48,8 @@ def stages(proto: onnx.ModelProto) -> Iterator[Stage]:
     you need has its shapes, and the costlier ones never run. ``proto``'s inputs should be
     concrete (:func:`with_concrete_inputs`); it is not modified."""
     inferred, failure = onnx_inferred(proto)
+    if failure is None:
+        inferred = through_contrib_ops(inferred)
     shapes = known_shapes(inferred.graph)
     yield Stage("onnx", inferred, shapes, failure)
     symbolic, failure = _symbolic(proto)  # from the bare graph: onnx's partial value_info could mislead it
@@ -68,6 +70,57 @@ def onnx_inferred(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
         return onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True), None
     except SHAPE_ERRORS as exc:
         return proto, f"onnx shape inference failed ({short(exc, 160)})"
+
+
+# com.microsoft ops of onnxruntime's fusions whose first output has their first input's shape: onnx
+# shape inference does not know them, so after a fused SkipLayerNormalization nothing downstream had a
+# shape (a fused, int4 BERT: 28 MatMuls uncounted).
+SAME_SHAPE_CONTRIB = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "BiasGelu",
+                                "FastGelu", "QuickGelu", "BiasAdd", "SimplifiedLayerNormalization"})
+_CONTRIB_ROUNDS = 8  # each round types the contrib ops whose inputs the previous one reached
+
+
+def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
+    """``inferred`` with the outputs of the element-wise contrib ops above and of MatMulNBits (A's
+    leading dims and N) typed as value_info, and onnx inference run again from them, until nothing
+    more is learnt. A graph without such ops is returned as it is."""
+    graph = inferred.graph
+    if not any(n.domain == "com.microsoft" for n in graph.node):
+        return inferred
+    for _ in range(_CONTRIB_ROUNDS):
+        types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
+        types.update({t.name: t.data_type for t in graph.initializer})
+        shapes = known_shapes(graph)
+        added = []
+        for node in graph.node:
+            if node.domain != "com.microsoft" or not node.input or not node.output or node.output[0] in shapes:
+                continue
+            typed = _contrib_output(node, shapes, types)
+            if typed is not None:
+                added.append(onnx.helper.make_tensor_value_info(node.output[0], typed[0], typed[1]))
+        if not added:
+            return inferred
+        graph.value_info.extend(added)
+        again, failure = onnx_inferred(inferred)
+        if failure is not None:
+            return inferred
+        inferred, graph = again, again.graph
+    return inferred
+
+
+def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict) -> tuple[int, list[int]] | None:
+    """(element type, shape) of the first output of a contrib op we know the rule of, once its inputs are known."""
+    ins = [shapes.get(name) for name in node.input]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in SAME_SHAPE_CONTRIB and ins[0] is not None and node.input[0] in types:
+        return types[node.input[0]], ins[0]
+    if node.op_type == "MatMulNBits" and ins[0] is not None and attrs.get("N") and node.input[0] in types:
+        return types[node.input[0]], ins[0][:-1] + [int(attrs["N"])]
+    if node.op_type == "GatherBlockQuantized" and len(ins) > 2 and ins[0] is not None and ins[1] is not None \
+            and node.input[2] in types:  # the scales' type is the output's (the data is int4)
+        axis = int(attrs.get("gather_axis", 0)) % len(ins[0])
+        return types[node.input[2]], ins[0][:axis] + ins[1] + ins[0][axis + 1:]
+    return None
 
 
 def with_concrete_inputs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None) -> onnx.ModelProto:
@@ -162,4 +215,5 @@ def _folded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | None]
         return None, f"constant folding failed ({short(exc, 160)})"
 
 
-__all__ = ["SHAPE_ERRORS", "Stage", "stages", "onnx_inferred", "with_concrete_inputs", "known_shapes"]
+__all__ = ["SHAPE_ERRORS", "SAME_SHAPE_CONTRIB", "Stage", "stages", "onnx_inferred", "through_contrib_ops",
+           "with_concrete_inputs", "known_shapes"]

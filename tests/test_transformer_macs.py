@@ -124,6 +124,34 @@ def test_fused_matmul_transposes_count_the_inner_dim():
     assert graph.node_macs(node, shapes) == 2 * 5 * 8 * 6
 
 
+def test_matmuls_after_fused_contrib_ops_are_counted():
+    """onnx shape inference does not type com.microsoft ops: after onnxruntime fused a LayerNorm into
+    SkipLayerNormalization and quantized a MatMul to MatMulNBits, nothing downstream had a shape."""
+    x = h.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 64])
+    y = h.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    inits = [nh.from_array(np.ones(64, np.float32), "gamma"), nh.from_array(np.zeros(64, np.float32), "beta"),
+             nh.from_array(np.ones((64, 32), np.float32), "w"),
+             nh.from_array(np.zeros((16, 2, 16), np.uint8), "wq"), nh.from_array(np.ones((16, 2), np.float32), "sc")]
+    nodes = [h.make_node("SkipLayerNormalization", ["x", "x", "gamma", "beta"], ["ln"], domain="com.microsoft"),
+             h.make_node("Gelu", ["ln"], ["act"], domain="com.microsoft"),
+             h.make_node("MatMulNBits", ["act", "wq", "sc"], ["q"], domain="com.microsoft", K=64, N=16, bits=4,
+                         block_size=32),
+             h.make_node("MatMul", ["ln", "w"], ["y"])]
+    model = h.make_model(h.make_graph(nodes, "g", [x], [y, h.make_tensor_value_info("q", TensorProto.FLOAT, None)],
+                                      inits), opset_imports=[h.make_opsetid("", 17), h.make_opsetid("com.microsoft", 1)])
+    count = graph.macs(ir.serde.deserialize_model(model), {"x": (2, 8, 64)})
+    assert count.unknown == [] and count.total == 2 * 8 * 64 * 32 + 2 * 8 * 64 * 16
+    # onnx inference alone stops at the contrib ops; typing them carries it on (without symbolic inference,
+    # which stops at the dynamo exports' attention-mask pattern)
+    from mcomp import value_shapes
+
+    concrete = value_shapes.with_concrete_inputs(model, {"x": (2, 8, 64)})
+    alone, _ = value_shapes.onnx_inferred(concrete)
+    assert "y" not in value_shapes.known_shapes(alone.graph)
+    shapes = value_shapes.known_shapes(value_shapes.through_contrib_ops(alone).graph)
+    assert shapes["y"] == [2, 8, 32] and shapes["q"] == [2, 8, 16] and shapes["act"] == [2, 8, 64]
+
+
 def test_fused_attention_ops_count_projections_and_both_products():
     b, s, hidden, heads = 2, 16, 64, 4
     products = 2 * b * s * s * hidden  # Q·Kᵀ and scores·V over all heads
