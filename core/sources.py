@@ -36,10 +36,13 @@ def weight_bytes(model: ir.Model | bytes | str | Path) -> int:
                    if v.const_value is not None)
     if isinstance(model, bytes):
         return len(model)
+    size = os.path.getsize(model)
+    if size >= BIG_WEIGHTS:  # big already: parsing a file of inline weights again per session costs a load
+        return size
     proto = onnx.load_model(str(model), load_external_data=False)
     external = sum(int(e.value) for t in onnx.external_data_helper._get_all_tensors(proto)
                    for e in t.external_data if e.key == "length")
-    return os.path.getsize(model) + external
+    return size + external
 
 
 @contextlib.contextmanager
