@@ -392,3 +392,14 @@ def test_chromium_draws_the_pareto_chart(searched, tmp_path):
         shots[name] = _inked(tmp_path / f"{name}.png")
     # the chart (axes, labels, legend, a few markers) inks ~10,000 pixels at this size; blank draws none
     assert shots["full"] > shots["bare"] + 4_000, shots
+
+
+def test_the_chosen_point_is_on_the_front_when_a_latency_tie_goes_to_fewer_macs():
+    """Found by a run at load: trial 0 won the tie on MACs, trial 2 beat it on quality inside the band,
+    and the front (blind to MACs) left the chosen point out of it."""
+    fewer_macs = fronts.Point(0, loss=0.01, objective=0.55, feasible=True, size=0.3, macs=0.2)
+    better_loss = fronts.Point(2, loss=0.0, objective=0.5, feasible=True, size=0.5, macs=0.5)
+    band = 0.15
+    chosen = fronts.choose([fewer_macs, better_loss], band)
+    assert chosen is fewer_macs and chosen in fronts.front([fewer_macs, better_loss], band)
+    assert better_loss in fronts.front([fewer_macs, better_loss], band)

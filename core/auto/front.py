@@ -35,6 +35,9 @@ def dominates(a: Point, b: Point, band: float) -> bool:
     """a is no worse than b on both, and better on one, where 'better on the objective' means beyond the band."""
     tie_or_better = a.objective <= b.objective * (1 + band)
     better = a.objective < b.objective * (1 - band)
+    if tie_or_better and not better and band and a.macs is not None and b.macs is not None \
+            and round(a.macs, 3) > round(b.macs, 3):
+        return False  # tied on latency, b has fewer MACs: the tie-break ``choose`` applies, so b stays on the front
     return a.loss <= b.loss and tie_or_better and (a.loss < b.loss or better)
 
 
