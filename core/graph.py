@@ -29,7 +29,7 @@ CONV_LIKE = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "FusedConv": 1}
 GEMM_LIKE = {"Gemm": 1, "FusedGemm": 1, "QGemm": 3}
 MATMUL_LIKE = {"MatMul": 1, "MatMulInteger": 1, "QLinearMatMul": 3, "FusedMatMul": 1}
 MAC_OPS = (*CONV_LIKE, "ConvTranspose", *GEMM_LIKE, *MATMUL_LIKE, "MatMulNBits")
-MAC_DOMAINS = ("", "ai.onnx", "com.microsoft")
+MAC_DOMAINS = ("", "ai.onnx", "com.microsoft", "com.microsoft.nchwc")  # nchwc: onnxruntime's blocked-layout Conv
 # attention ops (onnxruntime's fusions, opset 23) -> the domains they come from
 ATTENTION_OPS = {"Attention": ("", "ai.onnx", "com.microsoft"), "MultiHeadAttention": ("com.microsoft",)}
 
@@ -230,7 +230,15 @@ def macs(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None
     inference, constant folding), each tried only while compute nodes are left unknown; the count
     with the fewest unknown nodes is kept.
     """
-    return _c_api_utils().call_onnx_api(lambda proto: _best_count(with_concrete_inputs(proto, input_shapes)), model)
+    return _c_api_utils().call_onnx_api(lambda proto: _best_count(with_concrete_inputs(_bare(proto), input_shapes)), model)
+
+
+def _bare(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto`` (a copy made for the count) without its stored value_info: shapes an exporter or
+    onnxruntime wrote there for other input shapes (``['batch', 256]``) would override the ones
+    inferred at the shapes counted, and leave the nodes after them uncounted."""
+    del proto.graph.value_info[:]
+    return proto
 
 
 def macs_by_node(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, int | None]:

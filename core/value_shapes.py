@@ -59,6 +59,8 @@ def stages(proto: onnx.ModelProto) -> Iterator[Stage]:
     folded, failure = _folded(inferred)
     if folded is not None:
         folded, again = onnx_inferred(folded)
+        if again is None:
+            folded = through_contrib_ops(folded)
         yield Stage("folded", folded, known_shapes(folded.graph), again)
     else:
         yield Stage("folded", inferred, shapes, failure)
@@ -77,6 +79,14 @@ def onnx_inferred(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
 # shape (a fused, int4 BERT: 28 MatMuls uncounted).
 SAME_SHAPE_CONTRIB = frozenset({"SkipLayerNormalization", "SkipSimplifiedLayerNormalization", "Gelu", "BiasGelu",
                                 "FastGelu", "QuickGelu", "BiasAdd", "SimplifiedLayerNormalization"})
+# onnxruntime's fusions of a standard op with its activation (the CPU provider's extended level writes
+# them for every Conv+Relu and Gemm+Relu of a CNN), and the blocked-layout (NCHWc) ops of its `all`
+# level, whose tensors keep 4-D shapes with the channels padded to the block: the output is the
+# standard op's, from its first inputs.
+FUSED_STANDARD = {"FusedConv": ("Conv", 3), "FusedGemm": ("Gemm", 3), "Conv": ("Conv", 3), "MaxPool": ("MaxPool", 1),
+                  "AveragePool": ("AveragePool", 1), "GlobalAveragePool": ("GlobalAveragePool", 1),
+                  "GlobalMaxPool": ("GlobalMaxPool", 1)}
+CONTRIB_DOMAINS = ("com.microsoft", "com.microsoft.nchwc")
 _CONTRIB_ROUNDS = 8  # each round types the contrib ops whose inputs the previous one reached
 
 
@@ -85,7 +95,7 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
     leading dims and N) typed as value_info, and onnx inference run again from them, until nothing
     more is learnt. A graph without such ops is returned as it is."""
     graph = inferred.graph
-    if not any(n.domain == "com.microsoft" for n in graph.node):
+    if not any(n.domain in CONTRIB_DOMAINS for n in graph.node):
         return inferred
     for _ in range(_CONTRIB_ROUNDS):
         types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
@@ -93,7 +103,7 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
         shapes = known_shapes(graph)
         added = []
         for node in graph.node:
-            if node.domain != "com.microsoft" or not node.input or not node.output or node.output[0] in shapes:
+            if node.domain not in CONTRIB_DOMAINS or not node.input or not node.output or node.output[0] in shapes:
                 continue
             typed = _contrib_output(node, shapes, types)
             if typed is not None:
@@ -116,11 +126,39 @@ def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict) -> tuple[in
         return types[node.input[0]], ins[0]
     if node.op_type == "MatMulNBits" and ins[0] is not None and attrs.get("N") and node.input[0] in types:
         return types[node.input[0]], ins[0][:-1] + [int(attrs["N"])]
+    if node.op_type in FUSED_STANDARD:
+        return _as_standard_op(node, shapes, types)
+    if node.op_type == "ReorderOutput" and ins[0] is not None and node.input[0] in types:  # NCHWc back to NCHW/NHWC
+        n, spatial, channels = ins[0][0], ins[0][2:], int(attrs.get("channels", ins[0][1]))
+        return types[node.input[0]], [n, *spatial, channels] if attrs.get("channels_last") else [n, channels, *spatial]
     if node.op_type == "GatherBlockQuantized" and len(ins) > 2 and ins[0] is not None and ins[1] is not None \
             and node.input[2] in types:  # the scales' type is the output's (the data is int4)
         axis = int(attrs.get("gather_axis", 0)) % len(ins[0])
         return types[node.input[2]], ins[0][:axis] + ins[1] + ins[0][axis + 1:]
     return None
+
+
+def _as_standard_op(node: onnx.NodeProto, shapes: dict, types: dict) -> tuple[int, list[int]] | None:
+    """A fused op's output typed by onnx's own rule for the op it fuses (a one-node model of that op,
+    inferred): padding, strides, dilations, auto_pad and transposes are then read exactly as onnx does."""
+    op, arity = FUSED_STANDARD[node.op_type]
+    inputs = list(node.input[:arity])
+    present = [name for name in inputs if name]
+    if any(shapes.get(name) is None or name not in types for name in present):
+        return None
+    attrs = [a for a in node.attribute if not a.name.startswith("activation")]
+    alone = onnx.helper.make_node(op, inputs, ["out"])
+    alone.attribute.extend(attrs)
+    graph = onnx.helper.make_graph(
+        [alone], "fused", [onnx.helper.make_tensor_value_info(n, types[n], shapes[n]) for n in dict.fromkeys(present)],
+        [onnx.helper.make_empty_tensor_value_info("out")])
+    try:
+        typed = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]),
+                                                  strict_mode=True)
+    except SHAPE_ERRORS:
+        return None
+    shape = known_shapes(typed.graph).get("out")
+    return (types[node.input[0]], shape) if shape is not None else None
 
 
 def with_concrete_inputs(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None) -> onnx.ModelProto:

@@ -36,6 +36,31 @@ def test_macs_by_node_agrees_with_the_total_and_scales_with_the_batch():
     assert sum(by_node.values()) == total.total == 4 * (4 * 8 * 8) * (3 * 3 * 3)
 
 
+@pytest.mark.parametrize("level", ["extended", "all"])
+def test_onnxruntimes_fused_conv_and_gemm_count_like_the_ops_they_fuse(tmp_path, level):
+    """At the extended level the CPU provider writes every Conv+Relu as FusedConv and Gemm+Relu as
+    FusedGemm, at `all` blocked-layout (NCHWc) Convs, none of which onnx inference can type: a
+    CNN's MACs read 0 after ``optimize``. (The digits CNN's channels are multiples of the block, so
+    the count is unchanged; elsewhere NCHWc counts the padded channels it computes.)"""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from mcomp.embedded import builtin_path
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    options.optimized_model_filepath = str(tmp_path / "fused.onnx")
+    ort.InferenceSession(str(builtin_path("digits")), options, providers=["CPUExecutionProvider"])
+    fused = onnx.load(tmp_path / "fused.onnx")
+    written = {(n.domain, n.op_type) for n in fused.graph.node}
+    conv = ("com.microsoft", "FusedConv") if level == "extended" else ("com.microsoft.nchwc", "Conv")  # `all`: NCHWc
+    assert {conv, ("com.microsoft", "FusedGemm")} <= written
+    before = graph.macs(ir.load(builtin_path("digits")), {"image": (8, 1, 8, 8)})
+    after = graph.macs(ir.from_proto(fused), {"image": (8, 1, 8, 8)})
+    assert after.unknown == [] and after.total == before.total > 0
+
+
 def test_a_count_that_misses_nodes_says_why():
     # the MatMul's input is reshaped to a shape fed at run time: no shape inference can know it
     model = from_text("""
