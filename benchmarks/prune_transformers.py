@@ -2,7 +2,10 @@
 
 The three small transformers of ``tests/transformer_models.py`` (4 layers, hidden 256, 4 heads, FFN
 1024; random weights from a fixed seed): half the attention heads and half the FFN width of every
-layer removed, the hidden (residual) size kept.
+layer removed, the hidden (residual) size kept. Then mcomp alone cuts the hidden size instead (heads
+and FFN kept), 256 → 192 and → 128 in every layer together (``hidden_rate``; the embeddings,
+LayerNorms, projections and GPT-2's tied LM head sliced), where the model's output is not the hidden
+state (GPT-2's logits, ViT's pooler; BERT's bare encoder returns it, so it has no such rows).
 
 - mcomp: ``prune --method structured --rate 0.5`` (importance l1) on the exported ONNX file;
 - Torch-Pruning (a benchmark-only dependency): ``BasePruner`` with L1 magnitude, ``num_heads`` for
@@ -58,9 +61,25 @@ def mcomp_prune(m, out: Path, shapes) -> dict:
     seconds = time.perf_counter() - start
     model_io.save(result.model, out)
     groups = result.details["groups"]
-    heads = [int(g["note"].split("→")[1]) for g in groups if g.get("note")]
+    heads = [int(g["note"].split("→")[1]) for g in groups if "heads" in (g.get("note") or "")]
     ffn = [g["channels_after"] for g in groups if g["channels_before"] == m.config["ffn"]]
     return {"path": str(out), "seconds": round(seconds, 2), "heads": heads, "ffn": ffn}
+
+
+def mcomp_hidden(m, out: Path, shapes, width: int) -> dict | None:
+    """The hidden size alone cut to ``width`` (None where it stays whole: the output is the hidden state)."""
+    from mcomp.passes.prune.structured import prune_structured
+
+    model = graph.copy(model_io.load(m.path).model)
+    start = time.perf_counter()
+    report = prune_structured(model, rate=0.0, hidden_rate=1 - width / m.config["hidden"], input_shapes=shapes)
+    seconds = time.perf_counter() - start
+    hidden = [g for g in report.groups if g.chain.startswith("hidden:") and g.channels_after < g.channels_before]
+    if not hidden:
+        return None
+    model_io.save(model, out)
+    return {"path": str(out), "seconds": round(seconds, 2), "heads": [m.config["heads"]] * m.config["layers"],
+            "ffn": [m.config["ffn"]] * m.config["layers"], "hidden": hidden[0].channels_after}
 
 
 def _projections(attention):
@@ -144,6 +163,10 @@ def run_model(name: str, seq: int, runs: int, tmp: Path) -> dict:
     rows["mcomp"] = mcomp_prune(m, tmp / f"{name}.mcomp.onnx", shapes)
     if name != "gpt2":
         rows["torch-pruning"] = torch_pruning_prune(m, tmp / f"{name}.tp.onnx")
+    for width in (192, 128):
+        row = mcomp_hidden(m, tmp / f"{name}.hidden{width}.onnx", shapes, width)
+        if row is not None:
+            rows[f"mcomp hidden {width}"] = row
     reference = [ort.InferenceSession(str(m.path), providers=CPU).run(None, f)[0] for f in feeds]
     for label, row in rows.items():
         row.update(counts(row["path"], shapes))

@@ -10,6 +10,11 @@ Reshape→Gemm→Reshape layers are exactly what the exporter writes.  ``transfo
     import transformer_models as tm
     m = tm.build("bert")            # TransformerModel(name, path, config, feeds, analytic_macs)
     sess.run(None, m.feeds(batch=2, seq=32))
+    c = tm.build("bert", head="classifier")  # BERT/ViT with a classification head: logits out
+
+``head="classifier"`` (BERT and ViT) exports the ``…ForSequenceClassification`` /
+``…ForImageClassification`` model with :data:`LABELS` classes, whose output is the logits, not the
+hidden state (what pruning the hidden width needs); ``analytic_macs`` does not count the head.
 
 Exports are cached (they take seconds) as ``<cache>/transformers-<version>-torch-<version>/<name>.onnx``
 under ``$MCOMP_MODEL_CACHE`` or ``~/.cache/mcomp/models``, written atomically like ``realmodels``.
@@ -34,6 +39,7 @@ __all__ = ["NAMES", "SIZES", "TransformerModel", "build", "analytic_macs"]
 # The three shapes of the issue: 4 layers, hidden 256, 4 heads, FFN 1024.
 SIZES = {"layers": 4, "hidden": 256, "heads": 4, "ffn": 1024, "vocab": 1000, "image": 64, "patch": 8}
 NAMES = ("bert", "gpt2", "vit")
+LABELS = 10  # classes of the ``head="classifier"`` variants
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,19 @@ def _module(name: str, cfg: dict):
 
     torch.manual_seed(0)
     common = dict(attn_implementation="eager")
-    if name == "bert":
+    head = cfg.get("head")
+    if head is not None and (head != "classifier" or name == "gpt2"):
+        raise ValueError(f"head {head!r}: only bert and vit take head='classifier'")
+    if head and name == "bert":
+        inner = tf.BertForSequenceClassification(tf.BertConfig(
+            vocab_size=cfg["vocab"], hidden_size=cfg["hidden"], num_hidden_layers=cfg["layers"],
+            num_attention_heads=cfg["heads"], intermediate_size=cfg["ffn"], num_labels=LABELS, **common))
+    elif head and name == "vit":
+        inner = tf.ViTForImageClassification(tf.ViTConfig(
+            hidden_size=cfg["hidden"], num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"],
+            intermediate_size=cfg["ffn"], image_size=cfg["image"], patch_size=cfg["patch"], num_labels=LABELS,
+            **common))
+    elif name == "bert":
         inner = tf.BertModel(tf.BertConfig(vocab_size=cfg["vocab"], hidden_size=cfg["hidden"],
                                            num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"],
                                            intermediate_size=cfg["ffn"], add_pooling_layer=False, **common),
@@ -95,6 +113,10 @@ def _module(name: str, cfg: dict):
             self.inner = inner
 
         def forward(self, *args):
+            if head and name == "bert":
+                return self.inner(input_ids=args[0], attention_mask=args[1]).logits
+            if head:
+                return self.inner(pixel_values=args[0]).logits
             if name == "bert":
                 return self.inner(input_ids=args[0], attention_mask=args[1], use_cache=False).last_hidden_state
             if name == "gpt2":
@@ -124,7 +146,7 @@ def _export(name: str, cfg: dict, path: Path) -> None:
     else:
         dims = {0: torch.export.Dim("batch", min=1, max=1024), 1: torch.export.Dim("seq", min=2, max=512)}
         shapes = {"args": tuple(dims for _ in example)}
-    output = "logits" if name == "gpt2" else ("pooler_output" if name == "vit" else "last_hidden_state")
+    output = "logits" if name == "gpt2" or cfg.get("head") else ("pooler_output" if name == "vit" else "last_hidden_state")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):

@@ -21,7 +21,8 @@ steps:
 Per-group rates (structured): ``allocation: sensitivity`` measures what cutting each channel group
 alone costs in fidelity (or accuracy) on a few examples of the data and spends the rate where it
 hurts least per MAC (NetAdapt/AMC), removing as much as the uniform rate or the target would
-(``structured.sensitivity``). ``group_rates`` gives rates by group key (the group's first producer
+(``structured.sensitivity``). ``hidden_rate`` also cuts a transformer's residual width, one group
+through every layer (``structured.hidden``; LayerNorm statistics change). ``group_rates`` gives rates by group key (the group's first producer
 weight tensor, e.g. ``features.0.weight``; ``mcomp prune --json`` lists them in
 ``changes.group_rates``), so a saved pipeline replays an allocation without measuring again.
 """
@@ -81,6 +82,12 @@ class Prune(Pass):
             "macs", description="sensitivity allocation: what a step of channels saves: the MACs it removes, or "
                                 "the time of the nodes it shrinks, profiled per node on the target provider "
                                 "(NetAdapt's measured latency; removes what the uniform rate removes of that time)")
+        hidden_rate: float | None = Field(
+            None, ge=0, lt=1, description="structured: also cut this share of a transformer's hidden (residual) "
+                                          "width, in every layer together: embeddings, LayerNorm scale and bias, "
+                                          "projections, tied LM head (LayerNorm statistics then change, so outputs "
+                                          "change even for kept channels); left whole where the hidden state is a "
+                                          "model output")
         group_rates: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
             default_factory=dict, description="structured: rates for some groups by key (the group's first "
                                               "producer weight, e.g. conv1.weight), overriding --allocation; "
@@ -96,6 +103,8 @@ class Prune(Pass):
                 raise ValueError("target 'weights' is for unstructured methods; structured takes channels, params or macs")
             if self.method != "structured" and (self.allocation != "uniform" or self.group_rates):
                 raise ValueError("allocation and group_rates are for method structured")
+            if self.hidden_rate is not None and (self.method != "structured" or self.allocation != "uniform"):
+                raise ValueError("hidden_rate is for method structured with the uniform allocation")
             if self.allocation_cost == "latency" and (self.allocation != "sensitivity" or self.target in ("params", "macs")):
                 raise ValueError("allocation_cost latency needs allocation sensitivity, with the rate a share of "
                                  "channels (a params or MACs target already says what to remove)")
@@ -202,7 +211,8 @@ class Prune(Pass):
             if self.criterion().gradients:
                 from mcomp.passes.prune.structured.groups import find_groups
 
-                names = {m.tensor for g in find_groups(model) if g.prunable for m in g.members if m.tensor}
+                names = {m.tensor for g in find_groups(model, hidden=cfg.hidden_rate is not None) if g.prunable
+                         for m in g.members if m.tensor}
                 grads = self._gradients(model, ctx, names).summed
             rates, allocated, notes = self._allocate(model, ctx, grads, exclude, target)
             report = driver.prune_structured(
@@ -210,13 +220,14 @@ class Prune(Pass):
                 round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed,
                 target="channels" if allocated is not None else target,
                 target_value=cfg.rate if target != "channels" and allocated is None else None,
-                input_shapes=ctx.input_shapes, rates=rates)
+                input_shapes=ctx.input_shapes, rates=rates, hidden_rate=cfg.hidden_rate)
             report.notes = notes + report.notes
             report.target, report.target_value = target, (cfg.rate if target != "channels" else None)
         summary, details = report.summary, report.to_dict()
         details["requested"] = {"method": cfg.method, "rate": cfg.rate, "target": target,
                                 "importance": cfg.importance, "round_to": cfg.round_to,
-                                "allocation": cfg.allocation if cfg.method == "structured" else None}
+                                "allocation": cfg.allocation if cfg.method == "structured" else None,
+                                "hidden_rate": cfg.hidden_rate}
         if cfg.method == "structured":
             details["group_rates"] = {g.key: g.rate for g in report.groups if g.rate is not None}
         if cfg.method == "structured" and allocated is not None:
@@ -235,7 +246,7 @@ class Prune(Pass):
         from mcomp.passes.prune.structured.driver import _excluded
         from mcomp.passes.prune.structured.groups import find_groups
 
-        groups = find_groups(model)  # prepares the model in place, as the driver would
+        groups = find_groups(model, hidden=cfg.hidden_rate is not None)  # prepares the model, as the driver would
         cuttable = [g for g in groups if g.prunable and _excluded(g, exclude) is None]
         pinned = allocation.resolve_keys(cfg.group_rates, groups, cuttable)
         free = [g for g in cuttable if g.id not in pinned]

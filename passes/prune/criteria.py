@@ -59,8 +59,9 @@ class Evidence:
 
 
 def filters(member: Member) -> bool:
-    """The weight tensors that carry a group's channels: producer and depthwise filters, consumer slices."""
-    return member.role in ("producer", "consumer", "depthwise") and member.input_index == 1
+    """The weight tensors that carry a group's channels: producer and depthwise filters, consumer slices,
+    embedding tables (``table``: the hidden width's, ``structured.hidden``)."""
+    return member.role == "table" or (member.role in ("producer", "consumer", "depthwise") and member.input_index == 1)
 
 
 def norm_scales(member: Member) -> bool:

@@ -28,6 +28,7 @@ import onnx_ir as ir
 from mcomp.kernels.importance import keep_channels, rounded_keep
 from mcomp.passes.prune import criteria
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
+from mcomp.passes.prune.structured.hidden import NOTE
 from mcomp.passes.prune.structured.prepare import infer_shapes, prepare, reshare_shapes
 from mcomp.passes.prune.structured.report import GroupRecord, StructuredReport
 from mcomp.passes.prune.structured.scores import group_scores
@@ -48,25 +49,30 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
                      exclude: Callable[[ir.Node], bool] | None = None, grads: dict[str, np.ndarray] | None = None,
                      seed: int = 0, target: str = "channels", target_value: float | None = None,
                      input_shapes: dict[str, tuple[int, ...]] | None = None,
-                     rates: dict[int, float] | None = None) -> StructuredReport:
+                     rates: dict[int, float] | None = None, hidden_rate: float | None = None) -> StructuredReport:
     """Removes channels in place and returns what was done (see the module docstring). ``rates``
     pins some groups' rates by id (chosen by ``allocation``, or given as ``group_rates``): the
-    uniform rate, or the bisection towards a target, moves only the other groups."""
+    uniform rate, or the bisection towards a target, moves only the other groups. ``hidden_rate``
+    also cuts a transformer's residual width (``hidden``), at that rate and every layer alike;
+    the bisection leaves it there."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if criteria.get(importance).gradients and grads is None:
         raise ValueError(f"{importance} importance needs grads (∂L/∂w by tensor name)")
     if round_to < 1:
         raise ValueError("round_to must be at least 1")
+    if hidden_rate is not None and not 0 <= hidden_rate < 1:
+        raise ValueError("hidden_rate must be in [0, 1)")
     prepare(model)
     shapes = input_shapes or None  # not a default of our own: the report counts MACs at these shapes
     params0, macs0 = measure(model, shapes)
     notes, pinned, rates = [], dict(rates or {}), {}
-    options = dict(importance=importance, round_to=round_to, exclude=exclude, grads=grads, seed=seed)
+    options = dict(importance=importance, round_to=round_to, exclude=exclude, grads=grads, seed=seed,
+                   hidden_rate=hidden_rate)
     if target != "channels":
         if target_value is None or not 0 < target_value < 1:
             raise ValueError(f"target {target!r} needs target_value in (0, 1)")
-        if _free_groups(model, exclude, pinned):
+        if _free_groups(model, exclude, pinned, hidden_rate):
             rate, rates, note = _bisect(model, target, target_value, shapes, (params0, macs0), options, pinned)
             notes += note
         else:
@@ -77,18 +83,20 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
                               parameters_before=params0, macs_before=macs0, macs_input_shapes=_listed(shapes))
     report.groups = cut(model, rate, rates={**rates, **pinned}, **options)
     report.parameters_after, report.macs_after = measure(model, shapes)
-    report.notes = notes + _fallback_notes(report, importance)
+    report.notes = notes + _fallback_notes(report, importance) + _hidden_notes(report, hidden_rate)
     return report
 
 
 def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude=None, grads=None,
         seed: int = 0, groups: list[ChannelGroup] | None = None,
-        rates: dict[int, float] | None = None) -> list[GroupRecord]:
-    """One pass at a uniform ``rate`` (``rates`` overrides it by group id): every group is scored and
-    chosen on the unpruned tensors first (a weight is a producer in one group and a consumer in
-    another), then the channels are removed."""
+        rates: dict[int, float] | None = None, hidden_rate: float | None = None) -> list[GroupRecord]:
+    """One pass at a uniform ``rate`` (``rates`` overrides it by group id; ``hidden_rate``, where
+    given, sets the hidden group's): every group is scored and chosen on the unpruned tensors first
+    (a weight is a producer in one group and a consumer in another), then the channels are removed."""
     rng = np.random.default_rng(seed)
-    groups = find_groups(model, prepared=True) if groups is None else groups
+    if groups is None:
+        groups = find_groups(model, prepared=True, hidden=hidden_rate is not None)
+    rates = {**{g.id: hidden_rate for g in groups if g.label == "hidden"}, **(rates or {})}
     records, plan = [], []
     for group in groups:
         record = GroupRecord(group.id, group.chain, group.channels, group.channels, reason=group.reason,
@@ -109,6 +117,8 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
         if group.head_size:
             heads = len(group.units or ())
             record.note = f"{group.label}: {heads} heads → {heads * keep.size // group.channels}"
+        elif group.label == "hidden":
+            record.note = f"hidden width {group.channels} → {keep.size} in every layer"
     for group, keep in plan:
         if keep.size < group.channels:
             remove_channels(model, group, keep, infer=False)
@@ -142,10 +152,11 @@ def _excluded(group: ChannelGroup, exclude) -> str | None:
     return None
 
 
-def _free_groups(model, exclude, pinned) -> list[ChannelGroup]:
-    """The prunable groups whose rate the uniform rate (or the bisection) sets."""
-    return [g for g in find_groups(model, prepared=True)
-            if g.prunable and _excluded(g, exclude) is None and g.id not in pinned]
+def _free_groups(model, exclude, pinned, hidden_rate=None) -> list[ChannelGroup]:
+    """The prunable groups whose rate the uniform rate (or the bisection) sets (not the hidden group,
+    whose rate ``hidden_rate`` sets)."""
+    return [g for g in find_groups(model, prepared=True, hidden=hidden_rate is not None)
+            if g.prunable and _excluded(g, exclude) is None and g.id not in pinned and g.label != "hidden"]
 
 
 def _bisect(model, target, target_value, shapes, base, options,
@@ -193,7 +204,8 @@ def _refine(model, lo, hi, got, target_value, removed, options, pinned) -> tuple
     def counts(group, rate):
         return group.kept(rate, options["round_to"])
 
-    moved = [g.id for g in _free_groups(model, options["exclude"], pinned) if counts(g, lo) != counts(g, hi)]
+    moved = [g.id for g in _free_groups(model, options["exclude"], pinned, options.get("hidden_rate"))
+             if counts(g, lo) != counts(g, hi)]
     seen = {0: got[0], len(moved): got[1]}
     k_lo, k_hi = 0, len(moved)
     while k_hi - k_lo > 1:
@@ -249,6 +261,20 @@ def default_input_shapes(model: ir.Model) -> dict[str, tuple[int, ...]]:
 
 def _listed(shapes):
     return {k: list(v) for k, v in shapes.items()} if shapes else None
+
+
+def _hidden_notes(report: StructuredReport, hidden_rate: float | None) -> list[str]:
+    """What cutting the hidden width does to LayerNorm, or why it could not be cut."""
+    if hidden_rate is None:
+        return []
+    cut_groups = [g for g in report.groups if g.chain.startswith("hidden:") and g.channels_after < g.channels_before]
+    if cut_groups:
+        return [NOTE]
+    whole = [g for g in report.groups if g.chain.startswith("hidden:") and g.reason]
+    if whole:
+        return [f"hidden width left whole: {whole[0].reason}"]
+    return ["hidden width: no group crosses a LayerNormalization over its channels (not a transformer's "
+            "residual stream)"]
 
 
 def _fallback_notes(report: StructuredReport, importance: str) -> list[str]:

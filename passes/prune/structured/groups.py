@@ -27,6 +27,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.kernels.importance import rounded_keep
+from mcomp.passes.prune.structured.hidden import is_hidden, relate_hidden
 from mcomp.passes.prune.structured.ops import Member, ProducerSpec, Space, name_of, producer_spec, relate
 from mcomp.passes.prune.structured.paths import HeadStep, WindowStep, covered, map_path, offset_of, path_key
 from mcomp.passes.prune.structured.prepare import prepare
@@ -161,11 +162,13 @@ def _label(m: Member) -> str:
     return name
 
 
-def find_groups(model: ir.Model, *, prepared: bool = False) -> list[ChannelGroup]:
+def find_groups(model: ir.Model, *, prepared: bool = False, hidden: bool = False) -> list[ChannelGroup]:
     """Every channel group of the main graph, in graph order.
 
     Prepares the model in place first (``prepare``: constant weights become initializers,
-    constant subgraphs are folded, shapes inferred) unless ``prepared``.
+    constant subgraphs are folded, shapes inferred) unless ``prepared``. With ``hidden`` the
+    residual width of a transformer is one group too (``hidden``: through LayerNorm, embeddings,
+    a tied LM head), labelled ``hidden``.
     """
     if not prepared:
         prepare(model)
@@ -179,11 +182,14 @@ def find_groups(model: ir.Model, *, prepared: bool = False) -> list[ChannelGroup
             group = ChannelGroup(len(groups), _out_channels(node), [Member(node, "producer")])
             group.block(f"{name_of(node)}: {spec}")
         else:
-            group = _explore(model, node, spec, len(groups), claimed)
+            group = _explore(model, node, spec, len(groups), claimed, hidden)
         claimed[id(node)] = group
         groups.append(group)
     for layer, group in enumerate(g for g in groups if g.head_size):
         group.label = f"layer {layer} attention"
+    for group in groups:
+        if hidden and is_hidden(group):
+            group.label = "hidden"
     return groups
 
 
@@ -194,8 +200,8 @@ def _out_channels(node: ir.Node) -> int:
 
 
 class _Search:
-    def __init__(self, model: ir.Model, group: ChannelGroup, claimed: dict[int, ChannelGroup]):
-        self.model, self.group, self.claimed = model, group, claimed
+    def __init__(self, model: ir.Model, group: ChannelGroup, claimed: dict[int, ChannelGroup], hidden: bool = False):
+        self.model, self.group, self.claimed, self.hidden = model, group, claimed, hidden
         self.spaces: dict[int, list[tuple[Space, set[int]]]] = {}
         self.ports: set = set()
         self.member_keys: set = set()
@@ -272,7 +278,7 @@ class _Search:
             if node.graph is not self.model.graph:
                 self.group.block(f"{value.name} is used inside a subgraph ({name_of(node)})")
                 continue
-            relation = relate(node, space, port)
+            relation = (relate_hidden(node, space, port) if self.hidden else None) or relate(node, space, port)
             if relation.block:
                 self.group.block(f"{name_of(node)}: {relation.block}")
                 continue
@@ -302,9 +308,9 @@ def _width(space: Space) -> int | None:
 
 
 def _explore(model: ir.Model, root: ir.Node, spec: ProducerSpec, gid: int,
-             claimed: dict[int, ChannelGroup]) -> ChannelGroup:
+             claimed: dict[int, ChannelGroup], hidden: bool = False) -> ChannelGroup:
     group = ChannelGroup(gid, spec.channels)
-    search = _Search(model, group, claimed)
+    search = _Search(model, group, claimed, hidden)
     search.add_space(Space(root.outputs[0], spec.out_axis, (), spec.channels))
     while search.queue:
         search.visit(search.queue.popleft())

@@ -26,7 +26,9 @@ class Member:
 
     role: ``producer`` (weight axis 0 of a Conv: output channels), ``consumer`` (weight axis
     1: input channels), ``depthwise`` (a depthwise Conv, channels in = out), ``param`` (a
-    per-channel constant: BatchNorm parameters, a bias added with ``Add``), ``through`` (an
+    per-channel constant: BatchNorm parameters, a bias added with ``Add``), ``table`` (a constant
+    read on its columns by ``Gather`` or through ``Transpose``: an embedding, a tied LM head, in
+    ``hidden``), ``through`` (an
     op the channels pass unchanged), ``concat``/``split``/``slice``/``reshape``/``resize`` (an op
     whose sizes or offsets are rewritten).
     """

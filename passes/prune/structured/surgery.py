@@ -21,7 +21,7 @@ from mcomp.passes.prune.structured.paths import (map_path, slice_axis_index, sli
                                                   split_sizes)
 from mcomp.passes.prune.structured.prepare import attr, const, dim, infer_shapes
 
-TENSOR_ROLES = frozenset({"producer", "consumer", "depthwise", "param"})
+TENSOR_ROLES = frozenset({"producer", "consumer", "depthwise", "param", "table"})
 
 
 def remove_channels(model: ir.Model, group: ChannelGroup, keep: np.ndarray, *, infer: bool = True) -> int:
@@ -135,12 +135,14 @@ def set_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray, nam
         node.resize_inputs(index + 1)
     old = node.inputs[index]
     array = np.ascontiguousarray(array)
-    if old is not None and old.is_initializer() and len(old.uses()) == 1 and not old.is_graph_output():
+    base = old.name if old is not None and old.name else f"{node.name or node.op_type}_{index}"
+    # a table cut alike for each of its readers (GPT-2's embedding and tied LM head) stays one tensor
+    twin = _pruned_twin(graph, base, array)
+    if twin is None and old is not None and old.is_initializer() and len(old.uses()) == 1 \
+            and not old.is_graph_output():
         old.const_value = ir.tensor(array, name=old.name)
         old.shape = ir.Shape(array.shape)
         return
-    base = old.name if old is not None and old.name else f"{node.name or node.op_type}_{index}"
-    twin = _pruned_twin(graph, base, array)
     if twin is not None:
         node.replace_input_with(index, twin)
         _drop_if_unused(graph, old)
