@@ -48,6 +48,8 @@ def test_level_all_fuses_layernorm_and_gelu_and_keeps_outputs(name):
     assert stage["applied"] == 1 and not stage["rejected"], stage
     assert ops.get("SkipLayerNormalization") == 2 * m.config["layers"], ops
     assert any(ops.get(g) == m.config["layers"] for g in ("Gelu", "BiasGelu", "FastGelu")), ops
+    # the dynamo mask matches none of onnxruntime's Attention patterns: the attention stage fuses it
+    assert ops.get("Attention", 0) + ops.get("MultiHeadAttention", 0) == m.config["layers"], ops
     assert stage["fused_ops"]["SkipLayerNormalization"] == 2 * m.config["layers"]
     assert any("transformer fusions" in n and "SkipLayerNormalization ×8" in n for n in result.notes), result.notes
     assert result.details["nodes_after"] < result.details["nodes_before"]
@@ -95,7 +97,7 @@ def torchscript_bert(tmp_path_factory):
     """BERT as the TorchScript exporter (``dynamo=False``, opset 17) writes it, with trained-like
     (non-zero) biases: the graph onnxruntime's Attention and EmbedLayerNormalization patterns are
     written for. The dynamo export of ``transformer_models`` builds its mask with GatherND/And/Where,
-    which those patterns do not cover."""
+    which those patterns do not cover (onnxscript's attention stage fuses those: test_attention_fusion.py)."""
     import torch
 
     cfg = dict(tm.SIZES)

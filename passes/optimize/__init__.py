@@ -39,7 +39,7 @@ class Optimize(Pass):
             "basic", description="onnxruntime offline level after the portable rewrites: none, basic (portable "
                                  "ONNX), extended/all (onnxruntime-specific fused ops for the target provider)")
         tolerance: float = Field(1e-4, gt=0, le=1, description="max |Δ| allowed per output, relative to max(1, max |reference|)")
-        skip: list[str] = Field(default_factory=list, description="stage not to run: transformer, fold-constants, "
+        skip: list[str] = Field(default_factory=list, description="stage not to run: transformer, attention, fold-constants, "
                                                                   "fold-shapes, eliminate, fuse-batchnorm, fuse, onnxruntime")
         max_iterations: int = Field(3, ge=1, le=10, description="rounds of the portable stages, to a fixed point")
         check_feeds: int = Field(4, ge=1, le=1000, description="feeds of the data used for the numerical check")
@@ -62,7 +62,7 @@ class Optimize(Pass):
         from mcomp.passes.optimize.verify import OutputCheck
 
         cfg = self.config
-        known = {s.name for s in self.stages()} | {"transformer", "onnxruntime"}
+        known = {s.name for s in self.stages()} | {"transformer", "attention", "onnxruntime"}
         unknown = set(cfg.skip) - known
         if unknown:
             from mcomp.errors import ConfigError
@@ -78,7 +78,8 @@ class Optimize(Pass):
         current = model
         if arch is not None:  # first: onnxruntime's patterns are those of exported graphs, before mcomp's rewrites
             ctx.progress("optimize: transformer fusions", 0, 1)
-            current = transformer.run_stage(self._try, arch, current, check, records)
+            current = transformer.run_stage(self._try, arch, current, check, records,
+                                            attention_fusions="attention" not in cfg.skip)
         stages = [s for s in self.stages() if s.name not in cfg.skip]
         for round_ in range(cfg.max_iterations):
             changed = False

@@ -6,7 +6,9 @@ EmbedLayerNormalization, BiasGelu, FastGelu …) but must be told the architectu
 head count. This module finds those from the graph — so a user need not know them — and runs
 onnxruntime's fusions rather than mcomp's own: they are written and tested against the kernels
 that execute them. A graph with no attention (no Softmax over a product of two computed tensors)
-is not a transformer: the stage returns at once and leaves it as it is.
+is not a transformer: the stage returns at once and leaves it as it is. Attention that onnxruntime's
+patterns leave unfused (the dynamo exporter's mask matches none of them) goes on to onnxscript's
+attention fusions, a stage of its own (``attention.py``).
 """
 
 from __future__ import annotations
@@ -190,7 +192,8 @@ def fused_summary(counts: dict[str, int]) -> str:
     return ", ".join(f"{op} ×{n}" for op, n in sorted(counts.items()))
 
 
-def run_stage(try_stage, arch: Architecture, current: ir.Model, check, records: dict) -> ir.Model:
+def run_stage(try_stage, arch: Architecture, current: ir.Model, check, records: dict,
+              attention_fusions: bool = True) -> ir.Model:
     """Runs the fusions as a checked stage through ``try_stage`` (``Optimize._try``) and records the
     fused ops of a kept result in the stage's report record (``fused_ops``)."""
     fused: dict[str, int] = {}
@@ -208,14 +211,20 @@ def run_stage(try_stage, arch: Architecture, current: ir.Model, check, records: 
         record["reason"] += f" (fusions tried: {fused_summary(fused)})"
     record["architecture"] = {"model_type": arch.model_type, "num_heads": arch.num_heads,
                               "hidden_size": arch.hidden_size}
+    if attention_fusions and has_attention(current):  # onnxruntime's patterns missed it (a dynamo export's mask): onnxscript's
+        from mcomp.passes.optimize import attention
+
+        current = attention.run_stage(try_stage, current, check, records)
     return current
 
 
 def notes(arch: Architecture | None, records: dict) -> list[str]:
-    """What the transformer stage did, for people: the fused ops, or that no pattern matched."""
-    record = records.get("transformer")
+    """What the transformer and attention stages did, for people: the fused ops, or that no pattern matched."""
+    record, attention = records.get("transformer"), records.get("attention")
+    said = [f"attention fusions (onnxscript): {fused_summary(attention['fused_ops'])}"] \
+        if attention is not None and attention.get("fused_ops") else []
     if arch is None or record is None or record["rejected"]:
-        return []  # not a transformer, or the rejection is already a note with its reason
+        return said  # not a transformer, or the rejection is already a note with its reason
     if record["fused_ops"]:
-        return [f"transformer fusions ({arch.describe()}): {fused_summary(record['fused_ops'])}"]
-    return [f"transformer fusions ({arch.describe()}): none of onnxruntime's patterns matched this graph"]
+        return [f"transformer fusions ({arch.describe()}): {fused_summary(record['fused_ops'])}"] + said
+    return [f"transformer fusions ({arch.describe()}): none of onnxruntime's patterns matched this graph"] + said
