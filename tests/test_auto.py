@@ -118,12 +118,12 @@ def test_a_distillation_clearly_worse_than_every_trial_within_budget_is_stopped(
     from mcomp.auto.trial import Settings, Stopped
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["minimize", "minimize"])
+    study = optuna.create_study(direction="minimize")
     for curve in ([0.80, 0.90, 0.95, 0.97], [0.70, 0.88, 0.94, 0.96], [0.75, 0.85, 0.93, 0.95]):
         t = study.ask()
         t.set_user_attr("feasible", True)
         t.set_user_attr("curve", curve)
-        study.tell(t, [0.0, 0.5])
+        study.tell(t, 0.5)
     settings = Settings(model="m", train="t", evaluation=None, folder="f", max_drop=0.01)
     keeps_up = studies._stopper(study, study.ask(), settings)
     for value in (0.72, 0.86, 0.93, 0.95):  # within a point of the slowest in-budget curve: runs on
@@ -152,7 +152,7 @@ def test_a_failed_trial_is_told_to_the_sampler_as_infeasible(monkeypatch):
     from mcomp.auto import trial as trials
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(directions=["minimize", "minimize"])
+    study = optuna.create_study(direction="minimize")
 
     class OneStep:
         def sample(self, trial):
@@ -403,3 +403,40 @@ def test_the_chosen_point_is_on_the_front_when_a_latency_tie_goes_to_fewer_macs(
     chosen = fronts.choose([fewer_macs, better_loss], band)
     assert chosen is fewer_macs and chosen in fronts.front([fewer_macs, better_loss], band)
     assert better_loss in fronts.front([fewer_macs, better_loss], band)
+
+
+def test_the_sampler_ranks_trials_within_budget_by_the_objective_and_learns_nothing_from_repeats(monkeypatch, tmp_path):
+    """The question is the fastest model within budget: a faster trial that loses more, still within
+    budget, is in TPE's good set ahead of a lossless slow one; one over budget is not; a repeat is
+    told as pruned (it brings nothing new), and still reported as the complete trial it repeats."""
+    import optuna
+    from optuna.samplers._tpe.sampler import _split_trials
+
+    from mcomp.auto import search as searches
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
+    plan = studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 4, None)
+    study = studies.load(plan, settings, create=True)
+    outcomes = {0.3: (0.0, 0.97), 0.5: (0.008, 0.6), 0.7: (0.03, 0.4)}  # rate -> (loss, latency ratio)
+
+    class OneStep:
+        def sample(self, trial):
+            return [("prune", {"rate": trial.suggest_categorical("rate", [0.3, 0.5, 0.7])})]
+
+    def run(settings, steps, output, **kwargs):
+        loss, ratio = outcomes[steps[0][1]["rate"]]
+        return trials.Measured(loss=loss, objective=ratio, accuracy=None, accuracy_input=None, fidelity=None,
+                               latency_ratio=ratio, latency_band=None, latency_ms=None, size_ratio=None,
+                               macs_ratio=None, parameters_ratio=None, seconds=0.1), {}
+
+    monkeypatch.setattr(trials, "run", run)
+    for rate in (0.3, 0.5, 0.7, 0.5):
+        study.enqueue_trial({"rate": rate})
+        studies._one(study, study.ask(), settings, OneStep())
+    rows = [searches._row(t) for t in study.get_trials(deepcopy=False)]
+    assert [r["state"] for r in rows] == ["complete"] * 4 and rows[3]["repeat_of"] == 1
+    assert study.trials[3].state == optuna.trial.TrialState.PRUNED
+    below, _ = _split_trials(study, study.get_trials(deepcopy=False), n_below=1)
+    assert [t.number for t in below] == [1]  # within budget and fastest; the lossless trial 0 is not preferred

@@ -123,7 +123,7 @@ def _measure_input(settings: trials.Settings) -> tuple[trials.Measured, dict]:
 
 def _study_name(settings: trials.Settings, base_doc: dict, space: Space) -> str:
     """The same input, data, space, objective and budget resume the same study; anything else starts anew."""
-    key = json.dumps([base_doc["input"]["sha256"], settings.train, settings.evaluation, settings.objective,
+    key = json.dumps(["objective-only sampler", base_doc["input"]["sha256"], settings.train, settings.evaluation, settings.objective,
                       settings.budget, space.describe(), settings.input_shape, settings.seed, settings.metric],
                      sort_keys=True)
     return f"mcomp-auto-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -237,6 +237,8 @@ def _row(t) -> dict:
     state = {"COMPLETE": "complete", "PRUNED": "stopped", "FAIL": "failed"}.get(t.state.name, t.state.name.lower())
     if t.user_attrs.get("failed"):  # told to the sampler as pruned and infeasible (see study._one)
         state = "failed"
+    elif t.user_attrs.get("repeat_of") is not None:  # told as pruned: nothing new (see study._repeat)
+        state = "complete"
     return {"number": t.number, "state": state, "steps": t.user_attrs.get("steps", []),
             "measured": t.user_attrs.get("measured") or {}, "feasible": bool(t.user_attrs.get("feasible")),
             "error": t.user_attrs.get("error"), "worker": t.user_attrs.get("worker"),
