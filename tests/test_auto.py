@@ -200,6 +200,9 @@ def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measurin
     Prune.Config(**replay[0][1])  # a valid prune step
     assert _replayable([("prune", {"method": "structured", "rate": 0.5})], run_doc)[0][1] == {
         "method": "structured", "rate": 0.5}  # a uniform cut is replayed as it is
+    declined = {"steps": [{"pass": "quantize", "modified": False}, {"pass": "optimize", "modified": True}]}
+    assert _replayable([("quantize", {"mode": "dynamic"}), ("optimize", {"level": "basic"})], declined) == [
+        ("optimize", {"level": "basic"})]  # a step that left the model unchanged here is not replayed
 
 
 def test_a_distillation_with_nothing_to_win_back_is_left_out_of_a_trial():

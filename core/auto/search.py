@@ -90,21 +90,29 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
     doc["seconds"] = round(time.perf_counter() - started, 2)
     model_bytes = scratch.read_bytes()
     scratch.unlink()
-    return Result(doc, chosen, model_bytes, pipeline_yaml(settings, _replayable(steps, run_doc), request.output))
+    left_out = [f"{r['pass']}: {r.get('summary') or 'no change'}" for r in run_doc.get("steps", [])
+                if r.get("modified") is False]
+    return Result(doc, chosen, model_bytes,
+                  pipeline_yaml(settings, _replayable(steps, run_doc), request.output, left_out))
 
 
 def _replayable(steps, run_doc: dict) -> list:
     """The steps with each measured allocation replaced by the per-group rates it chose: ``mcomp run``
     of the saved pipeline then cuts the same channels without probing again (a latency-profiled
-    allocation re-measured on another machine, or under another load, could choose other rates)."""
+    allocation re-measured on another machine, or under another load, could choose other rates).
+    A step that left the model unchanged (a quantization its latency guard declined, one with
+    nothing to quantize) is left out: on another machine it could change the model, and the file
+    is to reproduce this one."""
     out = []
     for (name, options), record in zip(steps, run_doc.get("steps", [])):
+        if record.get("modified") is False:
+            continue
         rates = (record.get("changes") or {}).get("group_rates")
         if name == "prune" and options.get("allocation") == "sensitivity" and rates:
             options = {k: v for k, v in options.items() if k not in ("allocation", "allocation_cost")}
             options["group_rates"] = dict(rates)
         out.append((name, options))
-    return out
+    return out or [tuple(step) for step in steps[-1:]]  # nothing changed the model: a pipeline needs a step
 
 
 def _measure_input(settings: trials.Settings) -> tuple[trials.Measured, dict]:
@@ -257,7 +265,7 @@ def _budget_text(settings) -> str:
     return f"accuracy drop ≤ {value * 100:g} pts" if kind == "max_drop" else f"fidelity ≥ {value}"
 
 
-def pipeline_yaml(settings: trials.Settings, steps, output: Path) -> str:
+def pipeline_yaml(settings: trials.Settings, steps, output: Path, left_out: list[str] = ()) -> str:
     """The winning pipeline as a pipeline file: ``mcomp run`` on it reproduces the model."""
     import yaml
 
@@ -275,6 +283,7 @@ def pipeline_yaml(settings: trials.Settings, steps, output: Path) -> str:
         where, _, function = settings.metric.rpartition(":")
         body["measure"]["metric"] = f"{_absolute(where)}:{function}" if where.endswith(".py") else settings.metric
     header = f"# Found by mcomp auto (objective: {settings.objective}, budget: {_budget_text(settings)}).\n"
+    header += "".join(f"# Left out, it did not change the model here: {' '.join(text.split())}\n" for text in left_out)
     return header + yaml.safe_dump(body, sort_keys=False)
 
 
