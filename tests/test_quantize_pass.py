@@ -293,10 +293,18 @@ def test_fidelity_budget_sends_the_most_sensitive_layers_back(digits):
 
 
 def test_accuracy_budget_holds_and_needs_labels(digits):
+    """Per-tensor weights, so that full int8 loses accuracy on the digits CNN: with 8-bit weights on a
+    VNNI CPU (7-bit elsewhere) and per-channel scales it lost nothing, and no search ran. Whether it
+    does is read from the full int8 model, not assumed from the CPU."""
     model, train, evaluation = digits
-    result = Quantize(latency_guard=False, max_drop=0.0)(copy(model), ctx_with(train, evaluation))
+    full = Quantize(latency_guard=False, per_channel=False)(copy(model), ctx_with(train, evaluation))
+    result = Quantize(latency_guard=False, per_channel=False, max_drop=0.0)(copy(model), ctx_with(train, evaluation))
     assert result.modified and result.details["fidelity"]["accuracy_drop"] <= 0.0
-    assert result.details["budget"]["held"] and result.details["float_nodes_from_search"]
+    assert result.details["budget"]["held"]
+    if full.details["fidelity"]["accuracy_drop"] > 0:  # 0.2 pts on a VNNI CPU: layers must go back to float
+        assert result.details["float_nodes_from_search"] and result.details["budget"]["trials"]
+    else:
+        assert not result.details["budget"]["trials"]
     unlabelled = data.Dataset(evaluation.feeds, None, False, "no labels")
     with pytest.raises(BadInput, match="--max-drop needs labelled data"):
         Quantize(latency_guard=False, max_drop=0.01)(copy(model), ctx_with(train, unlabelled))
