@@ -57,6 +57,7 @@ def _assert_shared_fairly(doc: dict, study) -> None:
     assert sorted(t["worker"] for t in doc["trials"]) == [0, 0, 1, 1]
 
 
+@pytest.mark.slow  # ~17 s: worker processes, each importing torch
 def test_two_workers_on_sqlite_share_the_study(tmp_path):
     doc, _ = _two_workers(tmp_path)
     db = (tmp_path / "best.study.db").resolve()
@@ -64,6 +65,7 @@ def test_two_workers_on_sqlite_share_the_study(tmp_path):
     _assert_shared_fairly(doc, _load(doc["study"]["name"], f"sqlite:///{db}"))
 
 
+@pytest.mark.slow  # ~17 s: worker processes, each importing torch
 @pytest.mark.postgres
 def test_two_workers_on_postgresql_share_the_study(tmp_path, postgres_url):  # noqa: F811
     doc, _ = _two_workers(tmp_path, ("--storage", postgres_url, "--study", "two-workers"))
@@ -72,6 +74,7 @@ def test_two_workers_on_postgresql_share_the_study(tmp_path, postgres_url):  # n
     _assert_shared_fairly(doc, _load("two-workers", _optuna_url(postgres_url)))
 
 
+@pytest.mark.slow  # ~17 s: worker processes, each importing torch
 @pytest.mark.postgres
 def test_two_processes_on_one_postgresql_study_add_up(tmp_path, postgres_url):  # noqa: F811
     """``--trials`` is the study's total: each process counts the study's trials (finished and running, by

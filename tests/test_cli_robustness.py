@@ -188,8 +188,8 @@ class Shell:
         return os.system, ("echo pwned > marker",)
 
 
-@pytest.mark.parametrize("form", ["plain", "torch-zip"])
-@pytest.mark.parametrize("trust", [False, True])
+@pytest.mark.parametrize("form", ["plain", pytest.param("torch-zip", marks=pytest.mark.slow)])  # ~10 s each
+@pytest.mark.parametrize("trust", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_a_pickle_that_runs_a_command_is_named_and_never_run(tmp_path: Path, form: str, trust: bool) -> None:
     path = tmp_path / "evil.pt"
     if form == "plain":
