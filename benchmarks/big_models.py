@@ -8,8 +8,8 @@ plus one onnxruntime session from the file and one run, in a subprocess, measure
 and the peak memory over the model's size, twice: the kernel's ``maxrss`` (what ``/usr/bin/time -v``
 prints) and the peak of ``Rss`` in ``/proc/PID/smaps_rollup`` sampled every 0.1 s, which counts each
 resident page once. Then each output is checked: it has its external data beside it, loads in
-onnxruntime from its path and runs, and the report's size row counts the data file. The input's files
-must be unchanged. Writes ``big_models.json`` and ``.md`` to ``--out``. Times are measured, never asserted.
+onnxruntime from its path and runs, and the report's size row counts the data file; the report's
+latency entry (its method, ratio and runs) is copied into the row. The input's files must be unchanged. Writes ``big_models.json`` and ``.md`` to ``--out``. Times are measured, never asserted.
 
     python benchmarks/big_models.py [--gib 0.75] [--commands optimize,prune] [--out benchmarks/results]
     python benchmarks/big_models.py --gib 2.4        # the over-2 GB case (protobuf's limit)
@@ -168,6 +168,9 @@ def bench(args) -> dict:
             row["output"] = check_output(output, args.dim)
             report = json.loads(output.with_name(output.stem + ".report.json").read_text())
             row["size_row"] = {"input": report["input"]["bytes"], "output": report["output"]["bytes"]}
+            latency = report.get("latency") or {}
+            row["latency"] = {"method": latency.get("method"), "ratio": latency.get("ratio"),
+                              "runs": [(latency.get(k) or {}).get("runs") for k in ("reference", "candidate")]}
         rows.append(row)
         print(f"{row['command']}: {row['seconds']} s (×{row['x_baseline']}), peak RSS ×{row['peak_rss_x_model']} "
               f"(maxrss ×{row['maxrss_x_model']}), rc {row['rc']}", flush=True)
@@ -206,9 +209,16 @@ def markdown(doc: dict) -> str:
             f"{r['maxrss_x_model']}× | {mib} | {out.get('external_data', '—')} | "
             f"{out.get('loads_and_runs', '—')} | "
             + (f"{size['input']:,} → {size['output']:,} |" if size else "— |"))
+    timed = [r for r in doc["commands"] if (r.get("latency") or {}).get("method") and r["latency"]["ratio"]]
+    if timed:
+        lines += ["", "The reports' latency entries (each report states its method in full):", ""]
+        lines += [f"- `{r['command']}`: ×{r['latency']['ratio']:.3f}, runs (reference, candidate) "
+                  f"{r['latency']['runs']}, {r['latency']['method'].split(';')[0]}" for r in timed]
     lines += ["", f"Input files unchanged: {doc['input_unchanged']}.",
               "Peak RSS (smaps) counts each resident page once, sampled every 0.1 s; maxrss is the kernel's counter "
-              "that `/usr/bin/time -v` prints. Memory-mapped weights are clean page-cache pages, counted in both.", ""]
+              "that `/usr/bin/time -v` prints. Memory-mapped weights are clean page-cache pages, counted in both. "
+              "mcomp's latency measurement resets the kernel's high-water mark to read each session's peak, so "
+              "maxrss misses any peak before it: read the smaps column.", ""]
     return "\n".join(lines)
 
 

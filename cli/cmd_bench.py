@@ -69,8 +69,10 @@ def print_bench(result: dict, to: Console) -> None:
     """The latency table, the shapes it was measured at, and the A/A noise floor to read it against."""
     from mcomp.report import measured_at
 
-    table = Table(title=f"latency on {result['provider']} (interleaved, {result['models'][0]['runs']} rounds)",
-                  title_justify="left")
+    runs = result["models"][0]["runs"]
+    how = f"sequential blocks, {runs} runs a block" if str(result.get("method", "")).startswith("sequential") \
+        else f"interleaved, {runs} rounds"  # big models are timed one session at a time (mcomp.bench_blocks)
+    table = Table(title=f"latency on {result['provider']} ({how})", title_justify="left")
     for col in ("model", "p50 ms", "p90 ms", "p99 ms", "throughput/s", "peak MB", "ratio"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for m in result["models"]:

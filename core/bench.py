@@ -4,6 +4,7 @@ Sessions alternate A, B, A, B … in one process after a warm-up, with intra-op 
 off so that they do not fight over the cores; each model's ratio is the median of the
 per-round ratios against the first model. A second session of the first model (A′) runs
 in the same rounds and gives the A/A noise floor that every figure should be read against.
+Models too big to hold side by side are timed in sequential blocks instead (``mcomp.bench_blocks``).
 """
 
 from __future__ import annotations
@@ -48,15 +49,19 @@ class NoiseFloor:
         return {k: round(v, 4) for k, v in asdict(self).items()}
 
 
+INTERLEAVED = "interleaved A/B rounds, spinning off; ratio = median of per-round candidate/reference"
+
+
 @dataclass
 class BenchResult:
     models: list[LatencyStats]
     noise_floor: NoiseFloor | None
     provider: str
     threads: int | None
+    method: str = INTERLEAVED  # how the figures were measured, as a report states it
 
     def to_dict(self) -> dict:
-        return {"provider": self.provider, "threads": self.threads,
+        return {"provider": self.provider, "threads": self.threads, "method": self.method,
                 "noise_floor": self.noise_floor.to_dict() if self.noise_floor else None,
                 "models": [m.to_dict() for m in self.models]}
 
@@ -107,41 +112,52 @@ def hint_assumed_shapes(resolved: dict[str, shapes.InputShape], synthetic: bool)
         raise type(exc)(f"{exc}{hint}") from None
 
 
+def open_measured(label: str, source: bytes | str, feeds: list[dict[str, np.ndarray]], providers: list[str],
+                  threads: int | None):
+    """A session of ``source`` (spinning off), the feeds as its inputs name them, run once: a model that
+    rejects the feeds is bad input. Returns the session, its feeds and the peak RSS growth in MB while
+    it was made and first run (None where the high-water mark cannot be reset)."""
+    from mcomp import evaluate
+    from mcomp.data import Dataset
+
+    before = _status_kb("VmRSS")
+    can_reset = _reset_peak()
+    session = evaluate.session(source, providers, threads, spinning=False)
+    own = evaluate.feeds_for(Dataset(feeds), list(feeds[0]), [i.name for i in session.get_inputs()]).feeds
+    try:
+        session.run(None, own[0])
+    except evaluate.ort_errors() as exc:  # the model rejects the feeds: bad input, not a crash in mcomp
+        raise BadInput(f"{label} fails on the data ({short(exc, 200)})") from None
+    peak = _status_kb("VmHWM")
+    return session, own, (peak - before) / 1024 if can_reset and peak and before else None
+
+
 def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *,
                 providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
                 noise_floor: bool = True, provider_label: str = "cpu",
                 progress: Callable[[int, int], None] | None = None) -> BenchResult:
     """Measures every model on the same feeds, round-robin, and returns stats with ratios;
-    ``progress(rounds done, runs)`` after each round, for a caller whose measurement takes minutes."""
-    from mcomp import evaluate
-    from mcomp.sources import BIG_WEIGHTS, weight_bytes
-    from mcomp.data import Dataset
+    ``progress(rounds done, runs)`` after each round, for a caller whose measurement takes minutes.
+    Models whose weights are not to be held at once (``bench_blocks.apart_reason``) are timed in
+    sequential blocks instead, one session alive at a time; the result's method says which and why."""
+    from mcomp import bench_blocks
 
+    reason = bench_blocks.apart_reason([src for _, src in models])
+    if reason is not None:
+        return bench_blocks.sequential(models, feeds, reason=reason, providers=providers, threads=threads,
+                                       warmup=warmup, runs=runs, noise_floor=noise_floor,
+                                       provider_label=provider_label, progress=progress)
     labels = [label for label, _ in models]
     sources = [src for _, src in models]
     if noise_floor:
         labels.append(labels[0] + " (A/A)")
         sources.append(sources[0])
     sessions, peaks, session_feeds = [], [], []
-    for k, source in enumerate(sources):
-        if k == len(models) and weight_bytes(source) >= BIG_WEIGHTS:
-            # the A/A of a big model runs its one session twice: another would map every weight again
-            sessions.append(sessions[0])
-            session_feeds.append(session_feeds[0])
-            peaks.append(None)
-            continue
-        before = _status_kb("VmRSS")
-        can_reset = _reset_peak()
-        session = evaluate.session(source, providers, threads, spinning=False)
-        own = evaluate.feeds_for(Dataset(feeds), list(feeds[0]), [i.name for i in session.get_inputs()]).feeds
-        session_feeds.append(own)
-        try:
-            session.run(None, own[0])
-        except evaluate.ort_errors() as exc:  # the model rejects the feeds: bad input, not a crash in mcomp
-            raise BadInput(f"{labels[len(sessions)]} fails on the data ({short(exc, 200)})") from None
-        peak = _status_kb("VmHWM")
-        peaks.append((peak - before) / 1024 if can_reset and peak and before else None)
+    for label, source in zip(labels, sources):
+        session, own, peak = open_measured(label, source, feeds, providers, threads)
         sessions.append(session)
+        session_feeds.append(own)
+        peaks.append(peak)
     for i in range(warmup):
         for session, own in zip(sessions, session_feeds):
             session.run(None, own[i % len(own)])

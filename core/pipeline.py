@@ -218,9 +218,10 @@ def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, d
 
 def measure_latency(reference: bytes | str, candidate: bytes | str, dataset: data.Dataset, providers: list[str],
                     pipeline: Pipeline, *, specs=None, given=None) -> dict:
-    """Candidate vs reference, interleaved, on feeds the user would run: one example of the data
-    (its batch dims cut to 1, or to the batch of --input-shape), not a calibration file's batch of
-    16 timed as one run. The entry says the feed shapes timed."""
+    """Candidate vs reference, interleaved (in sequential blocks when the two models are too big to
+    hold at once), on feeds the user would run: one example of the data (its batch dims cut to 1, or
+    to the batch of --input-shape), not a calibration file's batch of 16 timed as one run. The entry
+    says the feed shapes timed and the method, which the measurement reports."""
     batch = shapes.given_batch(specs or [], given or {})
     feeds = [shapes.example_feed(f, specs, batch) if specs else f for f in dataset.feeds[:4]]
     result = bench.interleaved([("reference", reference), ("candidate", candidate)], feeds,
@@ -230,7 +231,7 @@ def measure_latency(reference: bytes | str, candidate: bytes | str, dataset: dat
     return {"ratio": cand.ratio, "speedup": (1 / cand.ratio) if cand.ratio else None,
             "reference": ref.to_dict(), "candidate": cand.to_dict(),
             "noise_floor": result.noise_floor.to_dict() if result.noise_floor else None,
-            "method": "interleaved A/B rounds, spinning off; ratio = median of per-round candidate/reference",
+            "method": result.method,
             "feed_shapes": {name: list(array.shape) for name, array in feeds[0].items()} if feeds else {}}
 
 

@@ -1,0 +1,117 @@
+"""Latency in sequential blocks, for models too big to hold side by side (design §7).
+
+Interleaved rounds (``mcomp.bench.interleaved``) keep every model's session alive while they
+alternate, which is the right method while they fit: both see the same state of the machine. For
+models of big weights that holds every model's weights at once: the reference and the candidate of a
+pass on a 4 GiB model would need 8 GiB. Here each model is timed in a block of its own (A, B, …, A):
+one session is made, run once, warmed up, timed for its runs and released before the next is made,
+so one model's weights are resident at a time. The first model runs again last and every ratio is
+against both reference blocks; the A/A band reads each reference block as a candidate against the
+other (its runs over the other's median, both ways), so a drift of the machine between blocks widens
+the band that every ratio is read against. A big model's single run is long: runs per
+block are capped so that the timed runs take about ``BUDGET_S`` in all, with one warm-up run a block
+after the run that pages its weights in, and the method string says so.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from mcomp.bench import BenchResult, LatencyStats, NoiseFloor, batch_size, open_measured
+from mcomp.sources import BIG_WEIGHTS
+
+# One model of this many bytes of weights or more is timed in blocks: its sessions are made without
+# prepacked weights (mcomp.sources) and hold about its size each, two of them twice the model.
+SEQUENTIAL_FROM = BIG_WEIGHTS
+# All the models' weights above this share of the memory still available: blocks too, whatever their size.
+MEMORY_SHARE = 0.25
+BUDGET_S = 4.0  # timed seconds of all blocks together, when the runs are long
+MIN_RUNS = 10  # timed runs a block however long a run is: a median of fewer says little
+GIB = 1 << 30
+
+
+def apart_reason(sources: list[bytes | str]) -> str | None:
+    """Why ``sources`` are timed one at a time rather than side by side, or None when they fit."""
+    from mcomp.data_checks import available_memory
+    from mcomp.sources import weight_bytes
+
+    sizes = [weight_bytes(s) for s in sources]
+    total = sum(sizes)
+    count = "two" if len(sizes) == 2 else str(len(sizes))
+    held = f"the {count} models' weights, {total / GIB:.2f} GiB, are not held at once"
+    if max(sizes) >= SEQUENTIAL_FROM:
+        return f"{held} (a model of {SEQUENTIAL_FROM / (1 << 20):.0f} MiB of weights or more is big)"
+    available = available_memory()
+    if available is not None and total > MEMORY_SHARE * available:
+        return f"{held} (over {MEMORY_SHARE:.0%} of the {available / GIB:.1f} GiB of memory available)"
+    return None
+
+
+def runs_per_block(seconds_per_run: float, runs: int, blocks: int) -> int:
+    """``runs``, or fewer when that many runs of every block would take over ``BUDGET_S``; at least
+    ``MIN_RUNS`` (or ``runs`` when fewer were asked)."""
+    affordable = int(BUDGET_S / max(seconds_per_run * blocks, 1e-9))
+    return min(runs, max(MIN_RUNS, affordable))
+
+
+def sequential(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *, reason: str,
+               providers: list[str], threads: int | None, warmup: int, runs: int, noise_floor: bool,
+               provider_label: str, progress: Callable[[int, int], None] | None = None) -> BenchResult:
+    """Every model timed in its own block, the first model's block again last when ``noise_floor``;
+    ``progress(runs done, runs planned)`` after each timed run. ``reason`` (from :func:`apart_reason`)
+    goes into the result's method."""
+    order = list(range(len(models))) + ([0] if noise_floor else [])
+    planned, timed, peaks = runs, {j: [] for j in range(len(models))}, {}
+    for b, j in enumerate(order):
+        label, source = models[j]
+        session, own, peak = open_measured(label, source, feeds, providers, threads)
+        peaks.setdefault(j, peak)
+        if b == 0:  # planned from a warm run of the first model (the run that paged its weights in came before)
+            start = time.perf_counter()
+            session.run(None, own[0])
+            planned = runs_per_block(time.perf_counter() - start, runs, len(order))
+        # a capped block's runs are long: one warm-up after the first run is past onnxruntime's start-up
+        for i in range(int(b == 0), warmup if planned == runs else 1):
+            session.run(None, own[i % len(own)])
+        block = np.zeros(planned)
+        for r in range(planned):
+            feed = own[r % len(own)]
+            start = time.perf_counter()
+            session.run(None, feed)
+            block[r] = time.perf_counter() - start
+            if progress is not None:
+                progress(b * planned + r + 1, planned * len(order))
+        timed[j].append(block)
+        del session, own  # released before the next block's session maps its weights
+        gc.collect()
+    batch = batch_size(feeds[0])
+    reference = np.concatenate(timed[0])
+    stats = []
+    for j, (label, _) in enumerate(models):
+        seconds = np.concatenate(timed[j])
+        col = seconds * 1000
+        p50 = float(np.percentile(col, 50))
+        ratio = None if j == 0 else float(np.median(seconds) / np.median(reference))
+        stats.append(LatencyStats(label, p50, float(np.percentile(col, 90)), float(np.percentile(col, 99)),
+                                  float(col.mean()), batch / (p50 / 1000) if p50 else 0.0, len(col), ratio, peaks[j]))
+    floor = None
+    if noise_floor:
+        first, again = timed[0]  # each reference block read as a candidate against the other: both orders
+        aa = np.concatenate([first / np.median(again), again / np.median(first)])
+        floor = NoiseFloor(float(np.median(aa)), float(np.percentile(aa, 10)), float(np.percentile(aa, 90)))
+    return BenchResult(stats, floor, provider_label, threads, method=describe(models, order, planned, runs, reason))
+
+
+def describe(models, order: list[int], planned: int, runs: int, reason: str) -> str:
+    """The method as a report states it: why blocks, in what order, how many runs, how the ratio is made."""
+    blocks = ", ".join(models[j][0] for j in order)
+    capped = f" (of {runs} asked: capped to about {BUDGET_S:.0f} s of timed runs in all)" if planned < runs else ""
+    floor = ("; A/A noise floor = each reference block's runs over the other's median, both ways (a drift "
+             "between blocks widens it)") if len(order) > len(models) else ""
+    return (f"sequential blocks: {reason}. One session alive at a time, spinning off, blocks {blocks}, "
+            f"{planned} timed runs each{capped}; ratio = median of a model's runs / median of the "
+            f"{models[0][0]}'s{floor}")
