@@ -103,27 +103,55 @@ def release_pages(model: ir.Model) -> None:
     They stay in the page cache, so reading them again costs no disk; but a pass over every
     weight (a write, a count) no longer leaves the whole model resident in this process on top of
     the sessions that map it."""
-    if not hasattr(mmap, "MADV_DONTNEED"):
-        return
     for graph in all_graphs(model.graph):
         for value in graph.initializers.values():
-            mapping = getattr(value.const_value, "raw", None)  # an mmap, or an array that may view one
-            while mapping is not None and not isinstance(mapping, mmap.mmap):
-                mapping = getattr(mapping, "base", None)
-            if mapping is not None:
-                mapping.madvise(mmap.MADV_DONTNEED)
+            release_tensor(value.const_value)
+
+
+def release_tensor(tensor) -> None:
+    """``release_pages`` for one tensor (an ``ir`` tensor whose data is or views a mapping; others are left)."""
+    _release(getattr(tensor, "raw", None))
+
+
+def _release(data) -> None:
+    """``MADV_DONTNEED`` on the mapping ``data`` is (an mmap) or views (an array), if any."""
+    if not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    while data is not None and not isinstance(data, mmap.mmap):
+        data = getattr(data, "base", None)
+    if data is not None:
+        data.madvise(mmap.MADV_DONTNEED)
+
+
+class _ReadOnce(ir.Tensor):
+    """A view of a mapped tensor's pages that releases them once its bytes are taken: a serialization
+    of a model then holds one weight's pages at a time beside the protobuf it builds, not all of them."""
+
+    __slots__ = ()
+
+    def tobytes(self) -> bytes:
+        data = super().tobytes()
+        _release(self.raw)
+        return data
 
 
 @contextlib.contextmanager
 def inlined(model: ir.Model):
     """Inside the block the external tensors read as in-memory ones (views of their mapped pages,
-    no copy), so that a serialization writes their bytes instead of a reference to a file."""
+    no copy), so that a serialization writes their bytes instead of a reference to a file. The
+    mapped pages are released on entry (``release_pages``), each tensor's once its bytes are taken
+    (``_ReadOnce``), and all at exit: the serialization holds the bytes, and the mapped ones stayed
+    resident beside it for as long as the model lived."""
     swapped = [(v, v.const_value) for v in external_tensors(model)]
+    if swapped:
+        release_pages(model)  # what earlier reads left resident (a count over every weight)
     try:
         for value, tensor in swapped:
-            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name,
+            value.const_value = _ReadOnce(tensor.numpy(), dtype=tensor.dtype, name=tensor.name,
                                           doc_string=tensor.doc_string)
         yield model
     finally:
         for value, tensor in swapped:
             value.const_value = tensor
+        if swapped:
+            release_pages(model)

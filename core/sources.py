@@ -72,6 +72,19 @@ def runnable(model: ir.Model | bytes | str | Path, *, spill: bool = False):
         yield str(path)
 
 
+def kept_source(model: ir.Model, folder: Path) -> bytes | str:
+    """``runnable``'s choice for a model run many times over a longer span (a pass's reference): the
+    bytes of a small self-contained one, else the path of a file written once in ``folder`` (which
+    the caller keeps) with its data beside it. A big model's serialization held a second copy of
+    every weight for the whole span, and each session of it a third."""
+    if not external_tensors(model) and weight_bytes(model) < BIG_WEIGHTS:
+        return to_bytes(model)
+    path = Path(folder) / "reference.onnx"
+    ir.save(model, path, external_data=path.name + ".data")
+    release_pages(model)
+    return str(path)
+
+
 def _spill(model: ir.Model, path: Path) -> None:
     """Swaps ``model``'s in-memory initializers of 1 MiB or more for the mapped tensors of ``path``
     (written from it just before). Mapped here, their pages outlive the temp folder's removal."""
@@ -83,4 +96,4 @@ def _spill(model: ir.Model, path: Path) -> None:
                                           doc_string=tensor.doc_string)
 
 
-__all__ = ["BIG_WEIGHTS", "runnable", "weight_bytes"]
+__all__ = ["BIG_WEIGHTS", "kept_source", "runnable", "weight_bytes"]

@@ -18,6 +18,7 @@ from mcomp.errors import BadInput
 from mcomp.model import to_bytes
 from mcomp.opset import drop_unused_opsets
 from mcomp.pass_base import Context, PassError, PassResult
+from mcomp.sources import kept_source
 from mcomp.passes.quantize import budget as bud
 from mcomp.passes.quantize import record, schemes
 from mcomp.passes.quantize.schemes import Unchanged
@@ -65,7 +66,7 @@ class Flow:
             timed = self.kind.objective == "latency" or self.kind.slowdown_bounded
             used = "fidelity and the latency guard" if timed else "fidelity"
             self.notes.append(f"no data: {used} used synthetic inputs (standard normal)")
-        self.reference = to_bytes(model)
+        self.reference: bytes | str | None = None  # the input as sessions take it: set by ``run``
         self.errors = []  # per-layer error rows, with --explain
         self._memo: dict[tuple, onnx.ModelProto] = {}
         self._loaded: set[tuple] = set()  # settings whose candidate onnxruntime has loaded
@@ -91,6 +92,7 @@ class Flow:
 
     def run(self, workdir: Path) -> ir.Model:
         cfg, ctx = self.cfg, self.ctx
+        self.reference = kept_source(self.model, workdir)  # a big input: a file with its data, not bytes
         scheme = self.scheme = self.kind(cfg, ctx, self.target, workdir, self.notes, self.details)
         scheme.setup(self.model, self.calibration)
         self.live = [u for u in scheme.units if u.name not in scheme.user]
@@ -149,7 +151,7 @@ class Flow:
         for setting in settings:
             scheme.setting = setting
             variants[label(setting)] = self.build(excluded).SerializeToString()
-        verdict = bound(variants, self.reference, self.evaluation.feeds[:GUARD_FEEDS], ctx.providers, ctx.threads,
+        verdict = bound(variants, self.reference, self._timing_feeds(), ctx.providers, ctx.threads,
                         self.cfg.guard_runs, limit, progress=ctx.progress)
         scheme.setting = settings[list(variants).index(verdict.chosen)]
         if not fitted and choice.holding:
@@ -168,6 +170,21 @@ class Flow:
         self.notes.append(f"kept for size: runs at {measured}, within --max-slowdown ×{limit:g}"
                           + ("" if self.cfg.max_slowdown else " (the default)"))
         return verdict, score
+
+    def _timing_feeds(self) -> list[dict]:
+        """What the guard times: the feeds the report's latency row times, one example of the data each
+        (``bench.example_feeds``), not a data file's batch: GPT-2 at 16×128 tokens ran 16× longer a round
+        (0.4 GB of logits), and a verdict at a batch the latency row does not use could contradict it.
+        Synthetic feeds are already at the resolved input shapes and are timed as they are."""
+        from mcomp.bench import example_feeds
+        from mcomp.session import input_specs
+
+        feeds = self.evaluation.feeds[:GUARD_FEEDS]
+        if self.evaluation.synthetic:
+            return feeds
+        timed = example_feeds(feeds, input_specs(self.model), n=GUARD_FEEDS)
+        self.details["guard_feed_shapes"] = {name: list(array.shape) for name, array in timed[0].items()}
+        return timed
 
     def _memory(self, result: ir.Model, workdir: Path) -> None:
         """Memory at load of the input and the result (``footprint``), in the details and the summary."""
@@ -221,7 +238,7 @@ class Flow:
         from mcomp.passes.quantize.guard import guard, noisy
 
         ctx, provider = self.ctx, self.target.provider
-        verdict = guard(self.build, self.scheme.units, excluded, self.reference, self.evaluation.feeds[:GUARD_FEEDS],
+        verdict = guard(self.build, self.scheme.units, excluded, self.reference, self._timing_feeds(),
                         ctx.providers, ctx.threads, self.cfg.guard_runs, try_groups=self.scheme.guard_groups,
                         progress=ctx.progress)
         self.details["latency_guard"] = verdict.to_dict()

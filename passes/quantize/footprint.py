@@ -71,14 +71,19 @@ def empty_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
-def compare(reference: bytes, candidate: bytes, workdir: Path) -> dict | None:
+def compare(reference: bytes | str | Path, candidate: bytes, workdir: Path) -> dict | None:
     """Memory at load of the input and of the candidate, with what was measured; None off Linux.
-    ``ratio`` compares the peaks net of an empty session's (``session_mb``), which both include."""
-    paths = [workdir / f"footprint-{name}.onnx" for name in ("empty", "input", "output")]
-    for path, data in zip(paths, (empty_model(), reference, candidate)):
-        path.write_bytes(data)
-    found = at_load(paths)
-    for path in paths:
+    ``ratio`` compares the peaks net of an empty session's (``session_mb``), which both include.
+    ``reference``: its bytes, or the path of a file (a big input with its data beside it, loaded as
+    it is rather than written again inline)."""
+    written = {"empty": empty_model(), "output": candidate}
+    if isinstance(reference, bytes):
+        written["input"] = reference
+    paths = {name: workdir / f"footprint-{name}.onnx" for name in written}
+    for name, data in written.items():
+        paths[name].write_bytes(data)
+    found = at_load([paths["empty"], paths.get("input") or Path(reference), paths["output"]])
+    for path in paths.values():
         path.unlink()
     if found is None:
         return None

@@ -167,12 +167,15 @@ def _parameters(model: ir.Model) -> int:
 def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """Inferred types and shapes, and how: ``onnx`` when onnx's inference types every tensor (fast);
     else ``symbolic`` (onnxruntime's, dynamic dims merged; slow on large graphs); else what onnx's
-    inference found (``onnx-partial``), or ``none``."""
+    inference found (``onnx-partial``), or ``none``. The model returned may be ``proto`` itself, given
+    what onnx's inference found (which runs without the weights: ``weights_aside``)."""
+    from mcomp.passes.quantize.weights_aside import inferred_into, without_weights
+
     partial = None
-    try:
-        partial = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    try:  # onnx's copies of the model hold no weights: they are put back (``weights_aside``)
+        partial = onnx.shape_inference.infer_shapes(without_weights(proto), strict_mode=False, data_prop=True)
         if not _untyped(partial):
-            return partial, "onnx"
+            return inferred_into(proto, partial), "onnx"
     except SHAPE_ERRORS:
         pass
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # seconds to import (sympy): only here
@@ -184,7 +187,7 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
             inferred = None
     if inferred is not None:
         return inferred, "symbolic"
-    return (partial, "onnx-partial") if partial is not None else (proto, "none")
+    return (inferred_into(proto, partial), "onnx-partial") if partial is not None else (proto, "none")
 
 
 def _untyped(proto: onnx.ModelProto) -> list[str]:

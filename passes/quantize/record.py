@@ -111,6 +111,8 @@ def _layer_weight_bytes(prepared: onnx.ModelProto, result: onnx.ModelProto, quan
     them (``W_quantized``, ``W_scale``, ``W_zero_point``; ``W_Q4``, ``W_scales`` …)."""
     from onnx import numpy_helper
 
+    from mcomp.passes.quantize.weights_aside import data_bytes
+
     nodes = {n.name: n for n in prepared.graph.node}
     inits = {t.name: t for t in prepared.graph.initializer}
     weights = set()
@@ -119,7 +121,7 @@ def _layer_weight_bytes(prepared: onnx.ModelProto, result: onnx.ModelProto, quan
         index = 0 if u.op_type == "Gather" else 1
         if node is not None and len(node.input) > index and node.input[index] in inits:
             weights.add(node.input[index])
-    before = sum(numpy_helper.to_array(inits[w]).nbytes for w in weights)
+    before = sum(data_bytes(inits[w]) for w in weights)  # from dims and type: reading them copied every weight
     after = sum(numpy_helper.to_array(t).nbytes for t in result.graph.initializer
                 if t.name not in inits and any(t.name.startswith(w + "_") for w in weights))
     return {"layers": len(weights), "before": before, "after": after,

@@ -21,6 +21,7 @@ from typing import ClassVar
 import onnx
 
 from mcomp.opset import upgrade_opset
+from mcomp.passes.quantize import mapped_source
 from mcomp.passes.quantize.schemes.base import register
 from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units
 
@@ -56,6 +57,10 @@ class WeightOnly(OrtScheme):
         blocks = (self.cfg.block_size,) if self.cfg.block_size else BLOCKS
         levels = (self.cfg.accuracy_level,) if self.cfg.accuracy_level is not None else LEVELS
         return [(b, level) for b in blocks for level in levels]
+
+    def setup(self, model, calibration) -> None:
+        super().setup(model, calibration)
+        self.write_source()  # now: the prepared graph then holds no weights while the pass's reference runs
 
     def adjust(self) -> None:
         from mcomp.passes.quantize.matmul_form import rewrite
@@ -109,6 +114,7 @@ class WeightOnly(OrtScheme):
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
                         self.rewritten.transposed)
+        mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
         for node in proto.graph.node:
             if node.op_type == "MatMulNBits":
                 kept = [a for a in node.attribute if a.name != "accuracy_level"]
@@ -119,6 +125,29 @@ class WeightOnly(OrtScheme):
     def discard(self) -> None:
         self._raw.clear()
 
+    @property
+    def source(self) -> Path:
+        return self.write_source()
+
+    def write_source(self) -> Path:
+        """The prepared graph for the quantizer, its MatMul weights in a data file it maps
+        (``mapped_source``): not saved and parsed again whole per quantizer run. Once written, the
+        prepared graph refers to that file too rather than holding a second copy of the weights for
+        the rest of the pass; what runs it (``build``, ``layer_errors``) reads them back."""
+        path = self.workdir / "prepared.onnx"
+        if not path.exists():
+            mapped_source.write(self.prepared.proto, path)
+            self.prepared.proto = mapped_source.load(path)
+        return path
+
+    def layer_errors(self, candidate: onnx.ModelProto, live, feeds) -> list:
+        from mcomp.passes.quantize.sensitivity import layer_errors
+
+        reference = onnx.ModelProto()
+        reference.CopyFrom(self.prepared.proto)
+        mapped_source.inline_rest(reference)
+        return layer_errors(reference, candidate, live, feeds, self.ctx.providers, self.ctx.progress)
+
     def _build(self, exclude: set[str], out: Path, only: list[str] | None) -> None:
         from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -126,11 +155,12 @@ class WeightOnly(OrtScheme):
         include = [u.name for u in self.units if u.name not in exclude and (only is None or u.name in only)]
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=SYMMETRIC, accuracy_level=0,
                                               bits=bits, op_types_to_quantize=self.op_types)
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(self.source)), bits=bits, block_size=block,
+        quantizer = MatMulNBitsQuantizer(mapped_source.load(self.source), bits=bits, block_size=block,
                                          is_symmetric=SYMMETRIC, accuracy_level=0,
                                          nodes_to_exclude=sorted(exclude), nodes_to_include=include or ["-"],
                                          op_types_to_quantize=self.op_types, algo_config=config)
         quantizer.process()
+        mapped_source.inline_rest(quantizer.model.model)
         quantizer.model.save_model_to_file(str(out), False)
 
 

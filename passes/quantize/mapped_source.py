@@ -1,0 +1,94 @@
+"""The weight-only quantizer's source: the prepared graph with its MatMul weights in a file beside it.
+
+onnxruntime's ``MatMulNBitsQuantizer`` reads a MatMul's B through ``onnx_ir`` (``ir.from_proto(b).numpy()``),
+which memory-maps an external tensor's file instead of reading it. Given the prepared graph with every
+weight inline, each quantizer run saved and parsed the whole model: on three 8192×8192 float layers
+(0.75 GiB) one run held four copies of the weights (4 GB) and took ~15 s. Given the graph with those
+weights in a file, the protobuf it parses holds the graph only, and one weight at a time is mapped.
+
+Only the B of MatMul nodes goes to the file, and only where nothing else reads it: the quantizer's
+other paths (Gather tables) read tensors through ``numpy_helper``, which refuses the absolute
+locations ``load`` writes. What the quantizer leaves float keeps its reference; ``inline_rest``
+reads those bytes back, so the quantizer's output is the same protobuf as from an inline source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+
+from mcomp.passes.quantize.weights_aside import copy_fields, data_bytes
+
+# Weights from this size go to the data file; smaller ones stay inline (cheap either way).
+MIN_BYTES = 1 << 20
+_EXTERNAL_KEYS = ("location", "offset", "length")
+
+
+def write(proto: onnx.ModelProto, path: Path) -> None:
+    """``path`` (the graph) and ``path.data`` (the MatMul weights of ``MIN_BYTES`` or more), ``proto``
+    unchanged: the weights are written one at a time, never copied into a second protobuf."""
+    moved = _matmul_weights(proto)
+    light = onnx.ModelProto()
+    copy_fields(proto, light, skip={"graph"})
+    copy_fields(proto.graph, light.graph, skip={"initializer"})
+    data_name = path.name + ".data"
+    with open(path.parent / data_name, "wb") as fh:
+        for tensor in proto.graph.initializer:
+            if tensor.name not in moved or not tensor.HasField("raw_data") or data_bytes(tensor) < MIN_BYTES:
+                light.graph.initializer.add().CopyFrom(tensor)
+                continue
+            offset = fh.tell()
+            fh.write(tensor.raw_data)
+            external = light.graph.initializer.add()
+            copy_fields(tensor, external, skip={"raw_data"})
+            external.data_location = onnx.TensorProto.EXTERNAL
+            for key, value in zip(_EXTERNAL_KEYS, (data_name, offset, fh.tell() - offset)):
+                external.external_data.add(key=key, value=str(value))
+    path.write_bytes(light.SerializeToString())
+
+
+def load(path: Path) -> onnx.ModelProto:
+    """The graph ``write`` wrote, its external locations made absolute (``onnx_ir`` then maps them
+    wherever the quantizer runs)."""
+    proto = onnx.load_model(str(path), load_external_data=False)
+    folder = path.parent.resolve()
+    for tensor in proto.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str(folder / entry.value)
+    return proto
+
+
+def inline_rest(proto: onnx.ModelProto) -> None:
+    """Tensors still referencing the data file (layers the quantizer left float) read back inline."""
+    for tensor in proto.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        with open(info["location"], "rb") as fh:
+            fh.seek(int(info["offset"]))
+            tensor.raw_data = fh.read(int(info["length"]))
+        tensor.ClearField("external_data")
+        tensor.ClearField("data_location")
+
+
+def _matmul_weights(proto: onnx.ModelProto) -> set[str]:
+    """Top-level initializers read only as a MatMul's B (by no other input, in no subgraph, not an output)."""
+    as_b, other = set(), {o.name for o in proto.graph.output}
+    for node in proto.graph.node:
+        for i, name in enumerate(node.input):
+            (as_b if node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and i == 1 else other).add(name)
+        other.update(_subgraph_reads(node))
+    return as_b - other
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    found: set[str] = set()
+    for attr in node.attribute:
+        graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+        for graph in graphs:
+            for inner in graph.node:
+                found.update(inner.input)
+                found.update(_subgraph_reads(inner))
+    return found

@@ -1,0 +1,187 @@
+"""Where a big model's copies went (issue 12): one session at a time in a comparison, the weight-only
+quantizer reading its weights mapped from a file, shape inference without the weights, a quantize
+pass's reference as a file, and mapped pages released once serialized. Small models; the sizes from
+which each path is taken are lowered to reach it."""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import big_models  # noqa: E402
+
+from mcomp import evaluate, external_data, sources  # noqa: E402
+from mcomp import model as model_io  # noqa: E402
+from mcomp.data import Dataset  # noqa: E402
+from mcomp.passes.quantize import footprint, mapped_source, prepare, weights_aside  # noqa: E402
+
+
+def _chain(dim: int = 64, gather: bool = True) -> onnx.ModelProto:
+    """ids → Gather(table) → three MatMuls; float weights of ``dim``×``dim``."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((100, dim)).astype(np.float32), "table")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["h"], name="gather")] if gather else []
+    prev = "h" if gather else "x"
+    for i in range(3):
+        inits.append(numpy_helper.from_array(rng.standard_normal((dim, dim)).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [prev, f"w{i}"], [f"m{i}"], name=f"mm{i}"))
+        prev = f"m{i}"
+    inputs = ([helper.make_tensor_value_info("ids", TensorProto.INT64, [4])] if gather
+              else [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, dim])])
+    graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(prev, TensorProto.FLOAT, None)],
+                              inits if gather else inits[1:])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_compare_releases_the_reference_session_before_the_candidates(monkeypatch):
+    """The reference runs and its session is gone before the candidate's is made: two sessions of
+    a big model, alive together, were twice its weights resident."""
+    made = []
+    real = evaluate.session
+
+    def tracked(*args, **kwargs):
+        if made:
+            assert made[-1]() is None, "the reference session is still alive when the candidate's is made"
+        sess = real(*args, **kwargs)
+        made.append(weakref.ref(sess))
+        return sess
+
+    monkeypatch.setattr(evaluate, "session", tracked)
+    model = _chain(gather=False).SerializeToString()
+    feeds = [{"x": np.random.default_rng(k).standard_normal((1, 64)).astype(np.float32)} for k in range(3)]
+    result = evaluate.compare(model, model, Dataset(feeds), ["CPUExecutionProvider"], 1, ["m2"])
+    assert len(made) == 2 and made[1]() is None
+    assert result["fidelity"]["summary"]["cosine"] == pytest.approx(1.0)
+
+
+def test_weight_only_source_maps_matmul_weights_and_builds_the_same(tmp_path, monkeypatch):
+    """The quantizer's source keeps MatMul weights in its data file (mapped through onnx_ir, not
+    parsed inline), and the quantizer's output is the same protobuf as from an inline source."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+    proto = _chain()
+    before = proto.SerializeToString()
+    mapped_source.write(proto, tmp_path / "prepared.onnx")
+    assert proto.SerializeToString() == before, "the prepared graph is not changed"
+    loaded = mapped_source.load(tmp_path / "prepared.onnx")
+    external = {t.name for t in loaded.graph.initializer if t.data_location == TensorProto.EXTERNAL}
+    assert external == {"w0", "w1", "w2"}, "MatMul weights only: the Gather table stays inline"
+    assert isinstance(ir.from_proto(loaded.graph.initializer[1]), ir.ExternalTensor)
+    outputs = []
+    for source in (onnx.load_model_from_string(before), loaded):
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=0, bits=4,
+                                              op_types_to_quantize=("MatMul", "Gather"))
+        quantizer = MatMulNBitsQuantizer(source, bits=4, block_size=32, is_symmetric=True, accuracy_level=0,
+                                         nodes_to_exclude=["mm1"], nodes_to_include=["mm0", "mm2", "gather"],
+                                         op_types_to_quantize=("MatMul", "Gather"), algo_config=config)
+        quantizer.process()
+        mapped_source.inline_rest(quantizer.model.model)
+        outputs.append(quantizer.model.model.SerializeToString())
+    assert outputs[0] == outputs[1]
+    assert b"w1" in outputs[1] and not any(t.data_location == TensorProto.EXTERNAL
+                                           for t in onnx.load_model_from_string(outputs[1]).graph.initializer)
+
+
+def test_shape_inference_sees_no_weights_and_infers_the_same(monkeypatch):
+    """onnx's shape inference runs on the graph without its big float weights; the result, weights
+    moved back in, is what inference of the whole model gives."""
+    proto = _chain()
+    expected = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True).SerializeToString()
+    monkeypatch.setattr(weights_aside, "MIN_BYTES", 0)
+    seen = []
+    real = onnx.shape_inference.infer_shapes
+
+    def spy(model, *args, **kwargs):
+        seen.append([t.HasField("raw_data") for t in model.graph.initializer if t.data_type == TensorProto.FLOAT])
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", spy)
+    inferred, how = prepare.infer_shapes(proto)
+    assert how == "onnx" and seen == [[False] * 4]
+    assert inferred.SerializeToString() == expected
+
+
+def test_quantize_reference_of_a_big_model_is_a_file(tmp_path, monkeypatch):
+    """A pass's reference: bytes for a small model (as before), a file with its data beside it for a
+    big one; memory at load measures that file as it is."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build(folder / "m.onnx", layers=2, dim=64)
+    small = model_io.load(folder / "m.onnx").model
+    assert sources.kept_source(small, tmp_path) == model_io.to_bytes(small)
+    monkeypatch.setattr(sources, "BIG_WEIGHTS", 1)
+    kept = sources.kept_source(small, tmp_path)
+    assert isinstance(kept, str) and Path(kept + ".data").is_file()
+    found = footprint.compare(kept, model_io.to_bytes(small), tmp_path)
+    if found is not None:  # Linux
+        assert found["input"]["peak_mb"] >= 0 and found["output"]["peak_mb"] >= 0
+    assert Path(kept).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["in", "reference.onnx",
+                                                                                 "reference.onnx.data"]
+
+
+def test_serializing_a_mapped_model_releases_its_pages(tmp_path, monkeypatch):
+    """The pages a serialization reads are released, each weight's once its bytes are taken: the
+    protobuf holds the bytes, and the mapped ones stayed resident beside it."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build(folder / "m.onnx", layers=2, dim=64)
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    model = model_io.load(folder / "m.onnx").model
+    released, per_tensor = [], []
+    monkeypatch.setattr(external_data, "release_pages", lambda m: released.append(m))
+    monkeypatch.setattr(external_data, "_release", lambda data: per_tensor.append(np.asarray(data).nbytes))
+    proto = model_io.to_proto(model)
+    assert released == [model, model]  # on entry (earlier reads) and at exit
+    assert per_tensor == [64 * 64 * 4] * 2, "each weight's pages, once its bytes were taken"
+    assert not any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
+
+
+def test_weight_only_quantizer_reads_its_weights_from_a_file(tmp_path, monkeypatch):
+    """In the quantize pass, onnxruntime's quantizer is given the graph with its MatMul weights in a
+    data file (no float weight inline), and the pass's output is the one an inline source gives."""
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.pipeline_spec import Measure, Pipeline, single_step
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build(folder / "m.onnx", layers=3, dim=128)
+    given = []
+    real = mapped_source.load
+
+    def spy(path):
+        proto = real(path)
+        given.append(sorted(t.name for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL))
+        return proto
+
+    def quantize(out: Path, **options) -> tuple[bytes, dict]:
+        pipeline = Pipeline(steps=[single_step("quantize", {"mode": "weight-only", **options})],
+                            measure=Measure(runs=3, warmup=1, latency=False))
+        outcome = execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
+                                               load=model_io.LoadOptions(input_shapes={"x": (1, 128)})))
+        changes = outcome.report["steps"][0]["changes"]
+        return (out.parent / (out.name + ".data")).read_bytes(), {k: changes.get(k) for k in ("explain", "budget")}
+
+    # 64 KiB weights: under MIN_BYTES, inline as before; a fidelity floor sends layers back to float
+    # (candidates then read float weights back from the file), and --explain runs the prepared graph
+    runs = [({}, quantize(tmp_path / "inline0.onnx")),
+            ({"explain": True, "min_fidelity": 0.997},
+             quantize(tmp_path / "inline1.onnx", explain=True, min_fidelity=0.997))]
+    assert given == [] and runs[1][1][1]["budget"]["float_nodes"], "the floor left layers float"
+    assert runs[1][1][1]["explain"], "--explain gave its table"
+    monkeypatch.setattr(mapped_source, "load", spy)
+    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+    for k, (options, expected) in enumerate(runs):
+        data, changes = quantize(tmp_path / f"mapped{k}.onnx", **options)
+        assert data == expected[0]
+        assert changes["explain"] == expected[1]["explain"]
+        assert changes["budget"]["float_nodes"] == expected[1]["budget"]["float_nodes"]
+    assert given and all(names == ["w0", "w1", "w2"] for names in given)
