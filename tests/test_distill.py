@@ -349,6 +349,16 @@ def test_without_lr_a_range_test_picks_it(magnitude_pruned):
     assert accuracy(result.model) > accuracy(magnitude_pruned) + 0.3
 
 
+def test_the_range_test_costs_no_more_than_a_short_training(magnitude_pruned):
+    """One epoch of two batches: at most 12 test steps (the floor), not 36; a long training keeps up to
+    36 (the test stops early where the loss blows up)."""
+    from mcomp.passes.distill.train import RANGE_TEST_MIN_STEPS
+
+    short = _record(distill(magnitude_pruned, lr=None, epochs=1, batch_size=512))  # 1257 digits: 2 full batches
+    assert short["lr_range_test"]["steps"] <= RANGE_TEST_MIN_STEPS
+    assert _record(distill(magnitude_pruned, lr=None, epochs=3))["lr_range_test"]["steps"] > RANGE_TEST_MIN_STEPS
+
+
 @pytest.mark.slow
 def test_two_processes_reach_the_accuracy_of_one(magnitude_pruned):
     one = distill(magnitude_pruned, epochs=3)

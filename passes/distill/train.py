@@ -206,7 +206,10 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
     size = job.fixed_batch or min(job.batch_size, len(job.train))
     groups = [g for g in batches(epoch_order(len(job.train), job.seed, 0), size) if len(g) == size] or \
         [np.arange(len(job.train))]
-    groups = groups[:RANGE_TEST_BATCHES]  # each seen several times: its loss is read against its first
+    # The test costs no more than the training it is for (within a floor): GPT-2's 50,257-wide output
+    # trained one step after 36 test steps, most of a 3-minute run. Each batch is still seen 4 times.
+    steps = min(RANGE_TEST_STEPS, max(RANGE_TEST_MIN_STEPS, job.config.epochs * len(groups)))
+    groups = groups[:min(RANGE_TEST_BATCHES, max(1, steps // 4))]  # each seen 4 times, read against its first
     labels = job.train.labels
 
     def loss(trial: torch.nn.Module, k: int) -> torch.Tensor:
@@ -220,11 +223,12 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
         torch.manual_seed(job.seed)
         return range_test(torch.nn.ModuleDict({"student": module, "objective": objective}), loss,
                           lambda ps, lr: make_optimizer(job.config, ps, lr),
-                          family="sgd" if job.config.optimizer == "sgd" else "adaptive", cycle=len(groups),
+                          family="sgd" if job.config.optimizer == "sgd" else "adaptive", steps=steps, cycle=len(groups),
                           progress=lambda text, done, total: progress(f"distill: {text}", done, total))
 
 
 RANGE_TEST_BATCHES = 9  # distinct mini-batches the LR range test cycles through (36 steps: each seen 4 times)
+RANGE_TEST_STEPS, RANGE_TEST_MIN_STEPS = 36, 12  # the test's steps: at most, and at least (a training shorter than that)
 
 
 def _train_epoch(module, objective, optimizer, params, masks, pace: pacing.Pace, state, job, comm, device, epoch,
