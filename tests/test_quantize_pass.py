@@ -477,3 +477,13 @@ def test_quiet_restores_the_process_state_it_changes(monkeypatch):
         print("not shown")
     assert logging.root.manager.disable == before_disable and sys.stdout is before_stdout
     assert levels == [3, 3, 3, 2]  # quiet, nested quiet and back to quiet, then onnxruntime's default again
+
+
+@pytest.mark.parametrize("given, batch", [(None, 1), ({"image": (4, 1, 8, 8)}, 4)])
+def test_the_latency_guard_times_what_the_latency_row_times(digits, given, batch):
+    """One example of the data, or the batch --input-shape gives: not the data file's batch."""
+    model, train, evaluation = digits
+    ctx = ctx_with(train, evaluation)
+    ctx.input_shapes = given
+    result = Quantize(guard_runs=5)(copy(model), ctx)
+    assert result.details["guard_feed_shapes"] == {"image": [batch, 1, 8, 8]}

@@ -173,7 +173,7 @@ class Flow:
 
     def _timing_feeds(self) -> list[dict]:
         """What the guard times: the feeds the report's latency row times, one example of the data each
-        (``bench.example_feeds``), not a data file's batch: GPT-2 at 16×128 tokens ran 16× longer a round
+        (or the batch --input-shape gives; ``bench.example_feeds``), not a data file's batch: GPT-2 at 16×128 tokens ran 16× longer a round
         (0.4 GB of logits), and a verdict at a batch the latency row does not use could contradict it.
         Synthetic feeds are already at the resolved input shapes and are timed as they are."""
         from mcomp.bench import example_feeds
@@ -182,7 +182,7 @@ class Flow:
         feeds = self.evaluation.feeds[:GUARD_FEEDS]
         if self.evaluation.synthetic:
             return feeds
-        timed = example_feeds(feeds, input_specs(self.model), n=GUARD_FEEDS)
+        timed = example_feeds(feeds, input_specs(self.model), given=self.ctx.input_shapes, n=GUARD_FEEDS)
         self.details["guard_feed_shapes"] = {name: list(array.shape) for name, array in timed[0].items()}
         return timed
 
