@@ -346,7 +346,10 @@ def test_kill_9_mid_trial_then_resume_counts_the_finished_trials(tmp_path):
     marks the one that was cut as interrupted."""
     import optuna
 
-    _space(tmp_path, "steps:\n  prune: {method: structured, rate: [0.25, 0.5]}\n  distill: {epochs: 5, lr: 0.01}\n")
+    # a range, not two choices: a repeated pipeline is answered at once, and six trials of two choices
+    # could all finish in the two seconds before the kill
+    _space(tmp_path, "steps:\n  prune: {method: structured, rate: {low: 0.25, high: 0.5}}\n"
+                     "  distill: {epochs: 5, lr: 0.01}\n")
     args = (*DIGITS_ARGS, "--max-drop", "1", "--space", "space.yaml", "-o", "best.onnx")
     proc = subprocess.Popen(mcomp_argv("auto", *args, "--trials", "6"), cwd=tmp_path, stderr=subprocess.PIPE,
                             stdout=subprocess.DEVNULL, text=True)
