@@ -154,8 +154,15 @@ def latency_model(model: ir.Model, groups: list[ChannelGroup], feed: dict, provi
     nodes, named = _named(model)
     with runnable(named) as source:  # bytes, or a file beside its data for a big or memory-mapped model
         timed = node_times.profile(source, feed, providers, threads)
-    mapped = {n: t for n, t in timed.per_node.items() if n.startswith("mcomp_alloc_")}
-    unmapped = sum(t for n, t in timed.per_node.items() if n not in mapped)
+    producers = {out.name: node for node in named.graph for out in node.outputs}
+    mapped: dict[str, float] = {}
+    unmapped = 0.0
+    for kernel, t in timed.per_node.items():
+        node = node_times.graph_node(kernel, producers)
+        if node is not None and node.startswith("mcomp_alloc_"):
+            mapped[node] = mapped.get(node, 0.0) + t
+        else:
+            unmapped += t
     info = {"provider": timed.provider, "runs": timed.runs,
             "feed_shapes": {k: list(np.shape(v)) for k, v in feed.items()},
             "timed_ms": round(sum(mapped.values()) / 1e3, 4), "unmapped_ms": round(unmapped / 1e3, 4)}
