@@ -13,6 +13,7 @@ from fnmatch import fnmatch
 import numpy as np
 import onnx_ir as ir
 
+from mcomp.external_data import release_tensor
 from mcomp.kernels import importance as imp
 from mcomp.passes.prune import criteria
 
@@ -75,12 +76,18 @@ def weight_scores(layers: list[Layer], criterion: criteria.Criterion, rng: np.ra
         evidence = (criteria.Evidence(rng) if grads is None else
                     criteria.Evidence(rng, grad=grads.summed[layer.name], taylor=grads.taylor[layer.name]))
         out.append(criterion.weights(layer.value.const_value.numpy(), evidence))
+        release_tensor(layer.value.const_value)  # a mapped weight's pages: not resident beside every score
     return out
 
 
 def nonzero(layers: list[Layer]) -> int:
-    """Non-zero weights over the layers: unstructured pruning changed the model when this fell."""
-    return sum(int(np.count_nonzero(layer.value.const_value.numpy())) for layer in layers)
+    """Non-zero weights over the layers: unstructured pruning changed the model when this fell.
+    A mapped weight's pages are released once counted, so the count leaves no weight resident."""
+    total = 0
+    for layer in layers:
+        total += int(np.count_nonzero(layer.value.const_value.numpy()))
+        release_tensor(layer.value.const_value)
+    return total
 
 
 def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> list[int]:
@@ -114,13 +121,22 @@ def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> l
 
 
 def apply(layers: list[Layer], scores: list[np.ndarray], counts: list[int]) -> list[dict]:
-    """Zeros the chosen weights in place; returns per-layer figures for the report."""
+    """Zeros the chosen weights in place; returns per-layer figures for the report.
+
+    Consumes ``scores``: each layer's entry is set to None once its mask is made, and the replaced
+    weight's mapped pages are released, so a layer's score, its old pages and its pruned copy are
+    not all held beside every other layer's (on a big model that was one more copy of the weights)."""
     records = []
-    for layer, score, count in zip(layers, scores, counts):
-        weights = layer.value.const_value.numpy()
-        keep = imp.prune_mask(score, count)
-        pruned = np.where(keep, weights, np.zeros((), weights.dtype)).astype(weights.dtype)
+    for i, (layer, count) in enumerate(zip(layers, counts)):
+        keep = imp.prune_mask(scores[i], count)
+        scores[i] = None
+        old = layer.value.const_value
+        weights = old.numpy()
+        # np.where of two arrays of one dtype is of that dtype already: no second copy to convert
+        pruned = np.where(keep, weights, np.zeros((), weights.dtype)).astype(weights.dtype, copy=False)
+        del keep
         layer.value.const_value = ir.tensor(pruned, name=layer.name)
+        release_tensor(old)
         records.append({"tensor": layer.name, "node": layer.node, "op": layer.op, "params": int(weights.size),
                         "sparsity": round(1 - np.count_nonzero(pruned) / pruned.size, 6)})
     return records

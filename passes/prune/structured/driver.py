@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 import onnx_ir as ir
 
+from mcomp.external_data import release_pages, release_tensor
 from mcomp.kernels.importance import keep_channels, rounded_keep
 from mcomp.passes.prune import criteria
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
@@ -66,6 +67,7 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
     prepare(model)
     shapes = input_shapes or None  # not a default of our own: the report counts MACs at these shapes
     params0, macs0 = measure(model, shapes)
+    release_pages(model)  # the count read every weight: not resident on top of the scoring and the cut
     notes, pinned, rates = [], dict(rates or {}), {}
     options = dict(importance=importance, round_to=round_to, exclude=exclude, grads=grads, seed=seed,
                    hidden_rate=hidden_rate)
@@ -83,6 +85,7 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
                               parameters_before=params0, macs_before=macs0, macs_input_shapes=_listed(shapes))
     report.groups = cut(model, rate, rates={**rates, **pinned}, **options)
     report.parameters_after, report.macs_after = measure(model, shapes)
+    release_pages(model)
     report.notes = notes + _fallback_notes(report, importance) + _hidden_notes(report, hidden_rate)
     return report
 
@@ -119,9 +122,14 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
             record.note = f"{group.label}: {heads} heads → {heads * keep.size // group.channels}"
         elif group.label == "hidden":
             record.note = f"hidden width {group.channels} → {keep.size} in every layer"
+    release_pages(model)  # the scores read every weight; the cut reads the kept slices again
     for group, keep in plan:
         if keep.size < group.channels:
+            cut_from = [model.graph.initializers[m.tensor].const_value for m in group.members
+                        if m.tensor in model.graph.initializers]
             remove_channels(model, group, keep, infer=False)
+            for tensor in cut_from:  # a replaced mapped weight's pages: read once, not held to the end
+                release_tensor(tensor)
     reshare_shapes(model)
     infer_shapes(model)
     return records
