@@ -206,8 +206,7 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
     size = job.fixed_batch or min(job.batch_size, len(job.train))
     groups = [g for g in batches(epoch_order(len(job.train), job.seed, 0), size) if len(g) == size] or \
         [np.arange(len(job.train))]
-    # The test costs no more than the training it is for (within a floor): GPT-2's 50,257-wide output
-    # trained one step after 36 test steps, most of a 3-minute run. Each batch is still seen 4 times.
+    # no more steps than the training (within a floor): GPT-2 (vocab 50,257) trained 1 step after 36
     steps = min(RANGE_TEST_STEPS, max(RANGE_TEST_MIN_STEPS, job.config.epochs * len(groups)))
     groups = groups[:min(RANGE_TEST_BATCHES, max(1, steps // 4))]  # each seen 4 times, read against its first
     labels = job.train.labels
@@ -228,7 +227,7 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
 
 
 RANGE_TEST_BATCHES = 9  # distinct mini-batches the LR range test cycles through (36 steps: each seen 4 times)
-RANGE_TEST_STEPS, RANGE_TEST_MIN_STEPS = 36, 12  # the test's steps: at most, and at least (a training shorter than that)
+RANGE_TEST_STEPS, RANGE_TEST_MIN_STEPS = 36, 12  # its steps: at most, and at least (for a shorter training)
 
 
 def _train_epoch(module, objective, optimizer, params, masks, pace: pacing.Pace, state, job, comm, device, epoch,

@@ -57,8 +57,9 @@ def _merge_heads_in_two_steps(model: ir.Model) -> int:
     """Splits every Reshape that merges the heads of an attention's context *and* its batch and
     sequence axes (GPT-2's ``[B, S, H, Dh] → [B·S, H·Dh]`` before its Gemm) into ``[B, S, H·Dh]`` then
     the original target. onnxscript's MultiHeadAttention rule takes that Reshape for the head merge
-    and writes its ``[B, S, D]`` output in its place whatever its target (a TODO in its ``check``):
-    the Gemm after it would get rank 3. The two-step form is the same row-major flattening."""
+    and writes its ``[B, S, D]`` output in its place whatever its target (its ``check`` does not
+    verify it): the Gemm after it would get rank 3. The two-step form is the same row-major
+    flattening."""
     split = 0
     for reshape in list(model.graph):
         if reshape.op_type != "Reshape" or len(reshape.inputs) < 2 or reshape.inputs[1] is None:
