@@ -14,11 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mcomp import shapes
 from mcomp.errors import BadInput, short
+
+if TYPE_CHECKING:  # imported where used: footprint's forked children import this module for status_kb alone
+    from mcomp import shapes
 
 
 @dataclass
@@ -66,7 +69,9 @@ class BenchResult:
                 "models": [m.to_dict() for m in self.models]}
 
 
-def _status_kb(field: str) -> float | None:
+def status_kb(field: str) -> float | None:
+    """A ``/proc/self/status`` field in kB (VmRSS, VmHWM …), or None off Linux. Also run in the
+    children that ``passes.quantize.footprint`` forks: keep this module cheap to import."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -76,13 +81,24 @@ def _status_kb(field: str) -> float | None:
     return None
 
 
-def _reset_peak() -> bool:
+def reset_peak() -> bool:
     """Linux resets the VmHWM high-water mark when '5' is written to clear_refs."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
     except OSError:
         return False
+
+
+def latency_stats(label: str, seconds: np.ndarray, batch: int, ratio: float | None,
+                  peak_mb: float | None) -> LatencyStats:
+    """One model's stats from its timed runs (``seconds``, one a run) and ``batch`` examples a run. Both
+    methods (interleaved rounds here, sequential blocks in ``bench_blocks``) share it; each makes its
+    own ``ratio``, which is where they differ."""
+    col = seconds * 1000
+    p50 = float(np.percentile(col, 50))
+    return LatencyStats(label, p50, float(np.percentile(col, 90)), float(np.percentile(col, 99)), float(col.mean()),
+                        batch / (p50 / 1000) if p50 else 0.0, len(col), ratio, peak_mb)
 
 
 def batch_size(feed: dict[str, np.ndarray]) -> int:
@@ -95,6 +111,8 @@ def example_feeds(feeds: list[dict[str, np.ndarray]], specs, given=None, n: int 
     """The first ``n`` feeds cut to what a user runs at once: one example (or the batch --input-shape
     gives), as the pass commands time them; a data file's batch of 16 timed as one run would read
     16× slower than the model is."""
+    from mcomp import shapes
+
     batch = shapes.given_batch(specs, given or {})
     return [shapes.example_feed(feed, specs, batch) for feed in feeds[:n]]
 
@@ -103,6 +121,8 @@ def example_feeds(feeds: list[dict[str, np.ndarray]], specs, given=None, n: int 
 def hint_assumed_shapes(resolved: dict[str, shapes.InputShape], synthetic: bool):
     """A model that fails on synthetic inputs at shapes mcomp assumed: the error says the shapes and the
     --input-shape that sets them, as the pass commands say it (a 224×224 guess is often the cause)."""
+    from mcomp import shapes
+
     try:
         yield
     except BadInput as exc:
@@ -120,15 +140,15 @@ def open_measured(label: str, source: bytes | str, feeds: list[dict[str, np.ndar
     from mcomp import evaluate
     from mcomp.data import Dataset
 
-    before = _status_kb("VmRSS")
-    can_reset = _reset_peak()
+    before = status_kb("VmRSS")
+    can_reset = reset_peak()
     session = evaluate.session(source, providers, threads, spinning=False)
     own = evaluate.feeds_for(Dataset(feeds), list(feeds[0]), [i.name for i in session.get_inputs()]).feeds
     try:
         session.run(None, own[0])
     except evaluate.ort_errors() as exc:  # the model rejects the feeds: bad input, not a crash in mcomp
         raise BadInput(f"{label} fails on the data ({short(exc, 200)})") from None
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     return session, own, (peak - before) / 1024 if can_reset and peak and before else None
 
 
@@ -174,11 +194,8 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
     batch = batch_size(feeds[0])
     stats = []
     for j, label in enumerate(labels[: len(models)]):
-        col = times[:, j] * 1000
-        p50 = float(np.percentile(col, 50))
         ratio = None if j == 0 else float(np.median(times[:, j] / times[:, 0]))
-        stats.append(LatencyStats(label, p50, float(np.percentile(col, 90)), float(np.percentile(col, 99)),
-                                  float(col.mean()), batch / (p50 / 1000) if p50 else 0.0, runs, ratio, peaks[j]))
+        stats.append(latency_stats(label, times[:, j], batch, ratio, peaks[j]))
     floor = None
     if noise_floor:
         aa = times[:, -1] / times[:, 0]

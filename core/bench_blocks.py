@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mcomp.bench import BenchResult, LatencyStats, NoiseFloor, batch_size, open_measured
+from mcomp.bench import BenchResult, NoiseFloor, batch_size, latency_stats, open_measured
 from mcomp.sources import BIG_WEIGHTS
 
 # One model of this many bytes of weights or more is timed in blocks: its sessions are made without
@@ -93,11 +93,8 @@ def sequential(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.n
     stats = []
     for j, (label, _) in enumerate(models):
         seconds = np.concatenate(timed[j])
-        col = seconds * 1000
-        p50 = float(np.percentile(col, 50))
         ratio = None if j == 0 else float(np.median(seconds) / np.median(reference))
-        stats.append(LatencyStats(label, p50, float(np.percentile(col, 90)), float(np.percentile(col, 99)),
-                                  float(col.mean()), batch / (p50 / 1000) if p50 else 0.0, len(col), ratio, peaks[j]))
+        stats.append(latency_stats(label, seconds, batch, ratio, peaks[j]))
     floor = None
     if noise_floor:
         first, again = timed[0]  # each reference block read as a candidate against the other: both orders

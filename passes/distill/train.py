@@ -1,4 +1,5 @@
-"""The training loop: epochs of shuffled batches, validation, early stopping, checkpoints.
+"""The training loop: epochs of shuffled batches, validation, early stopping, checkpoints
+(what they hold, written and checked in ``checkpoints``).
 
 Everything ``fit`` needs travels in a picklable :class:`Job`, so the same function runs in
 the calling process, under torchrun, or in the workers that ``--nproc`` spawns. The loop is
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,15 +23,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mcomp.errors import BadInput, short
+from mcomp.errors import BadInput
 from mcomp.kernels import losses
-from mcomp.passes.distill import candidates, pace as pacing
+from mcomp.passes.distill import candidates, checkpoints, pace as pacing
 from mcomp.passes.distill.ddp import Comm
 from mcomp.passes.distill.objective import Hint, Objective, OutputKind, Scale
 from mcomp.passes.distill.samples import Samples, batches, epoch_order
 
-CHECKPOINT = "last.pt"
-FORMAT = 1
 
 @dataclass
 class Job:
@@ -68,19 +66,6 @@ class FitResult:
     lr: float | None = None  # the base learning rate trained with (given, or from the range test)
     lr_test: dict | None = None  # the LR range test, where it ran
     timing: dict = field(default_factory=dict)  # epochs planned and run, and why
-
-
-@dataclass
-class _State:
-    epoch: int = 0
-    step: int = 0
-    best: dict | None = None
-    best_score: tuple | None = None
-    best_epoch: int = 0
-    stale: int = 0
-    stopped: bool = False
-    history: list[dict] = field(default_factory=list)
-    lr: float | None = None
 
 
 def make_optimizer(cfg, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -121,11 +106,11 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     global_batch = per_worker * comm.world if per_worker else job.batch_size
     steps_per_epoch = max(1, len(job.train) // global_batch if per_worker else math.ceil(len(job.train) / global_batch))
     folder = Path(job.checkpoint) if job.checkpoint else None
-    fingerprint = _fingerprint(job, module)
-    state, resumed, notes, lr_test, overhead = _State(), None, [], None, 0.0
+    fingerprint = checkpoints.fingerprint(job, module)
+    state, resumed, notes, lr_test, overhead = checkpoints.State(), None, [], None, 0.0
     check = candidates.Check.of(job)
-    if job.resume and folder is not None and (folder / CHECKPOINT).exists():
-        state = _load(folder / CHECKPOINT, fingerprint, module, objective, optimizer, device)
+    if job.resume and folder is not None and (folder / checkpoints.CHECKPOINT).exists():
+        state = checkpoints.load(folder / checkpoints.CHECKPOINT, fingerprint, module, objective, optimizer, device)
         state.lr, resumed = state.lr or cfg.lr, state.epoch  # an auto rate comes back from the checkpoint
     else:
         if job.resume:
@@ -140,7 +125,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
         first.update(_prefixed(check.prefix, evaluate(module, objective, check.samples, check.targets, job, comm,
                                                       device)))
         overhead = pacing.clock() - start if job.val is not None else 0.0
-        state.best, state.best_score = _snapshot(module), candidates.score(first, cfg.monitor, check.prefix)
+        state.best, state.best_score = checkpoints.snapshot(module), candidates.score(first, cfg.monitor, check.prefix)
         state.history.append(first)
     pace = pacing.Pace(cfg, state.lr, steps_per_epoch, state.step, job.started, job.reserve, overhead, comm)
     timings = []
@@ -155,7 +140,8 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
             row.update(_prefixed("val_", evaluate(module, objective, job.val, job.val_targets, job, comm, device)))
             score = candidates.score(row, cfg.monitor, check.prefix)
             if score > state.best_score:
-                state.best, state.best_score, state.best_epoch, state.stale = _snapshot(module), score, epoch, 0
+                state.best, state.best_score = checkpoints.snapshot(module), score
+                state.best_epoch, state.stale = epoch, 0
             else:
                 state.stale += 1
         row["seconds"] = round(pacing.clock() - start, 4)
@@ -171,7 +157,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
             notes.append(f"training diverged (loss {row['loss']} in epoch {epoch}): stopped; the best scored epoch "
                          "is kept (epoch 0: the input student); try a lower --lr")
         if folder is not None and comm.rank == 0:
-            _save(folder / CHECKPOINT, fingerprint, state, module, objective, optimizer)
+            checkpoints.save(folder / checkpoints.CHECKPOINT, fingerprint, state, module, objective, optimizer)
         progress(_describe(row, pace.last_epoch) + pace.eta(state.step), epoch, pace.last_epoch)
         if on_epoch is not None:  # a search may stop a clearly worse trial here (by raising)
             on_epoch(dict(row))
@@ -185,11 +171,11 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
                                                      device)))
         score = candidates.score(last, cfg.monitor, check.prefix)
         if score > state.best_score:
-            state.best, state.best_score, state.best_epoch = _snapshot(module), score, state.epoch
+            state.best, state.best_score, state.best_epoch = checkpoints.snapshot(module), score, state.epoch
     if state.best_epoch == 0 and state.history[-1]["epoch"] > 0:
         notes.append(f"no trained epoch did better than the input student (epoch 0) on {check.text} "
                      f"({candidates.score_text(state.history, cfg.monitor, check.prefix)}): it is returned unchanged")
-    final = state.best if state.best is not None else _snapshot(module)
+    final = state.best if state.best is not None else checkpoints.snapshot(module)
     return FitResult(final, state.history, state.best_epoch, state.stopped, resumed,
                      round(float(np.mean(timings)), 4) if timings else None, comm.world, notes, state.lr,
                      lr_test.report() if lr_test is not None else None, pace.report(state, resumed))
@@ -354,50 +340,3 @@ def _describe(row: dict, epochs: int) -> str:
 
 def _tensors(batch: dict[str, np.ndarray], device: str) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in batch.items()}
-
-
-def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
-
-
-# -- checkpoints -------------------------------------------------------------
-
-
-def _fingerprint(job: Job, module: torch.nn.Module) -> dict:
-    skip = {"resume", "checkpoint_dir", "nproc", "epochs", "patience", "time_budget"}
-    options = {k: v for k, v in job.config.model_dump(mode="json").items() if k not in skip}
-    return {"parameters": {k: list(v.shape) for k, v in module.state_dict().items()}, "options": options,
-            "examples": len(job.train), "seed": job.seed, "batch": job.batch_size}
-
-
-def _save(path: Path, fingerprint: dict, state: _State, module, objective, optimizer) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "fingerprint": fingerprint, "epoch": state.epoch, "step": state.step,
-               "student": _snapshot(module), "objective": objective.state_dict(),
-               "optimizer": optimizer.state_dict(), "best": state.best, "best_score": list(state.best_score or ()),
-               "best_epoch": state.best_epoch, "stale": state.stale, "stopped": state.stopped,
-               "history": state.history, "lr": state.lr}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def _load(path: Path, fingerprint: dict, module, objective, optimizer, device: str) -> _State:
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:
-        raise BadInput(f"{path}: cannot read the checkpoint ({short(exc, 160)})") from None
-    if payload.get("format") != FORMAT:
-        raise BadInput(f"{path}: not a checkpoint of this mcomp distill (format {payload.get('format')})")
-    theirs = payload["fingerprint"]
-    for key in ("parameters", "options", "examples", "seed", "batch"):
-        if theirs.get(key) != fingerprint[key]:
-            what = {"parameters": "another student", "options": "other training options",
-                    "examples": "other data", "seed": "another seed", "batch": "another batch size"}[key]
-            raise BadInput(f"{path}: the checkpoint was written for {what}; remove it, or run without --resume")
-    module.load_state_dict(payload["student"], strict=False)
-    objective.load_state_dict(payload["objective"])
-    optimizer.load_state_dict(payload["optimizer"])
-    best = payload["best"]
-    return _State(payload["epoch"], payload["step"], best, tuple(payload["best_score"]) if best is not None else None,
-                  payload["best_epoch"], payload["stale"], payload["stopped"], payload["history"], payload.get("lr"))

@@ -123,22 +123,13 @@ def _terms(nodes: list, groups: list[ChannelGroup], per_node: dict[str, float | 
 
 def mac_model(model: ir.Model, groups: list[ChannelGroup], shapes) -> CostModel:
     """Per-node MACs (``mcomp.graph.macs_by_node`` at ``shapes``, as the report counts them), each
-    scaled by the groups that cut that node's input or output channels. Where shapes computed at run
-    time (Shape → Concat → Reshape) hide some nodes' MACs, they are counted on a constant-folded
-    copy, as ``mcomp.graph.macs`` does."""
+    scaled by the groups that cut that node's input or output channels. Shapes computed at run time
+    (Shape → Concat → Reshape) need no fallback here: ``macs_by_node`` already fills the counts its
+    first inferences left unknown from a constant-folded copy, by node name."""
     from mcomp.graph import macs_by_node
 
     nodes, named = _named(model)
     counts = macs_by_node(ir.serde.serialize_model(named), shapes)
-    if any(c is None for c in counts.values()):
-        from onnxscript import optimizer
-
-        try:  # the folder also fuses (Conv+BN gets a new name): take from it only what was missing
-            optimizer.optimize(named, num_iterations=2)
-            folded = macs_by_node(ir.serde.serialize_model(named), shapes)
-            counts = {name: folded.get(name) if count is None else count for name, count in counts.items()}
-        except Exception:  # noqa: BLE001 - the third-party folder on an odd graph: keep the first count
-            pass
     return CostModel(_terms(nodes, groups, counts))
 
 

@@ -28,9 +28,10 @@ import onnx_ir as ir
 
 from mcomp.kernels.importance import rounded_keep
 from mcomp.passes.prune.structured.hidden import is_hidden, relate_hidden
-from mcomp.passes.prune.structured.ops import Member, ProducerSpec, Space, name_of, producer_spec, relate
+from mcomp.passes.prune.structured.ops import Member, Space, name_of, relate
 from mcomp.passes.prune.structured.paths import HeadStep, WindowStep, covered, map_path, offset_of, path_key
 from mcomp.passes.prune.structured.prepare import prepare
+from mcomp.passes.prune.structured.producers import ProducerSpec, producer_spec
 
 __all__ = ["ChannelGroup", "Member", "find_groups"]
 

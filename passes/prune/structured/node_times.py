@@ -47,13 +47,11 @@ def profile(model: bytes | str, feed: dict[str, np.ndarray], providers: list[str
     """Per-node kernel times of ``model`` (serialized, or a path; node names must be unique) on ``feed``."""
     import onnxruntime as ort
 
-    from mcomp.evaluate import ort_errors
+    # evaluate's session options (its ``all`` level, quiet logs, the threads), which mcomp's sessions run
+    # with; the profiler needs its own session, so there is no public way in but the private builder.
+    from mcomp.evaluate import _options, ort_errors
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
+    options = _options(threads)
     with tempfile.TemporaryDirectory(prefix="mcomp-profile-") as folder:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")

@@ -5,12 +5,10 @@
 the node carry the same channels (and on which axis), which of the node's tensors must be
 sliced with them (members), or why the channels cannot be followed (``block``). Producers and
 consumers end a search: a Conv's output channels are its weight's axis 0, its input channels
-its weight's axis 1, and nothing crosses the Conv.
+its weight's axis 1, and nothing crosses the Conv (which nodes produce channels: ``producers``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import onnx_ir as ir
 
@@ -18,76 +16,11 @@ from mcomp.passes.prune.structured import attention, layout
 from mcomp.passes.prune.structured.layout import norm_axis
 from mcomp.passes.prune.structured.paths import ConcatStep, Path
 from mcomp.passes.prune.structured.prepare import attr, const, dim, ints_input, rank, same_dim
+from mcomp.passes.prune.structured.producers import ProducerSpec, is_depthwise, producer_spec
 from mcomp.passes.prune.structured.spaces import (Member, Relation, Space, blocked, name_of, pass_through,
                                                    tensor_member, unary)
 
-__all__ = ["Member", "ProducerSpec", "Relation", "Space", "name_of", "producer_spec", "relate"]
-
-
-# --------------------------------------------------------------------------- producers
-
-
-@dataclass
-class ProducerSpec:
-    out_axis: int  # channel axis of the output activation
-    channels: int
-    weight_axis: int
-    bias_index: int | None = None
-
-
-def producer_spec(node: ir.Node) -> ProducerSpec | str | None:
-    """How ``node`` creates channels (a spec), why it cannot be cut (a reason), or None: not a producer."""
-    op = node.op_type
-    if node.domain not in ("", "ai.onnx") or op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-        return None
-    if len(node.inputs) < 2 or node.inputs[0] is None:
-        return None
-    w = const(node.inputs[1])
-    if op == "Conv":
-        if w is None:
-            return "Conv with computed weights"
-        group = attr(node, "group", 1)
-        if group != 1:
-            return None if _is_depthwise(node) else f"grouped Conv (group={group})"
-        return _with_bias(node, ProducerSpec(1, w.shape[0], 0, 2))
-    if op == "ConvTranspose":
-        if w is None:
-            return "ConvTranspose with computed weights"
-        if attr(node, "group", 1) != 1:
-            return f"grouped ConvTranspose (group={attr(node, 'group', 1)})"
-        return _with_bias(node, ProducerSpec(1, w.shape[1], 1, 2))
-    if op == "Gemm":
-        if w is None or w.ndim != 2:
-            return "Gemm with computed weights"
-        if attr(node, "transA", 0):
-            return "Gemm with transA"
-        trans_b = attr(node, "transB", 0)
-        return ProducerSpec(1, w.shape[0] if trans_b else w.shape[1], 0 if trans_b else 1, None)
-    # MatMul: activations @ constant [K, N]
-    if w is None:
-        return None  # attention's Q·Kᵀ and P·V: no weights, channels pass (attention.batched_matmul)
-    if w.ndim != 2:
-        return "MatMul with a batched weight"
-    r = rank(node.inputs[0])
-    if r is None or r < 2:
-        return "MatMul with an input of unknown rank"
-    return ProducerSpec(r - 1, w.shape[1], 1, None)
-
-
-def _with_bias(node: ir.Node, spec: ProducerSpec) -> ProducerSpec | str:
-    index = spec.bias_index
-    if index is not None and index < len(node.inputs) and node.inputs[index] is not None:
-        if const(node.inputs[index]) is None:
-            return f"{node.op_type} with a computed bias"
-        return spec
-    spec.bias_index = None
-    return spec
-
-
-def _is_depthwise(node: ir.Node) -> bool:
-    w = const(node.inputs[1])
-    group = attr(node, "group", 1)
-    return w is not None and group > 1 and w.shape[1] == 1 and w.shape[0] == group
+__all__ = ["Member", "Relation", "Space", "name_of", "relate"]
 
 
 # --------------------------------------------------------------------------- the rules
@@ -168,7 +101,7 @@ def _conv(node, space, port):
         return blocked("channel tensor used as Conv weights")
     if space.axis != 1:
         return blocked(f"Conv reads axis {space.axis} as channels")
-    if _is_depthwise(node):
+    if is_depthwise(node):
         members = [tensor_member(node, "depthwise", 1, 0, space.path)]
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             if const(node.inputs[2]) is None:
