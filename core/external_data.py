@@ -136,13 +136,13 @@ class _ReadOnce(ir.Tensor):
 
 
 @contextlib.contextmanager
-def inlined(model: ir.Model):
+def inlined(model: ir.Model, keep: frozenset[str] = frozenset()):
     """Inside the block the external tensors read as in-memory ones (views of their mapped pages,
     no copy), so that a serialization writes their bytes instead of a reference to a file. The
     mapped pages are released on entry (``release_pages``), each tensor's once its bytes are taken
     (``_ReadOnce``), and all at exit: the serialization holds the bytes, and the mapped ones stayed
-    resident beside it for as long as the model lived."""
-    swapped = [(v, v.const_value) for v in external_tensors(model)]
+    resident beside it for as long as the model lived. Initializers named in ``keep`` stay references."""
+    swapped = [(v, v.const_value) for v in external_tensors(model) if v.name not in keep]
     if swapped:
         release_pages(model)  # what earlier reads left resident (a count over every weight)
     try:

@@ -185,3 +185,51 @@ def test_weight_only_quantizer_reads_its_weights_from_a_file(tmp_path, monkeypat
         assert changes["explain"] == expected[1]["explain"]
         assert changes["budget"]["float_nodes"] == expected[1]["budget"]["float_nodes"]
     assert given and all(names == ["w0", "w1", "w2"] for names in given)
+
+
+@pytest.mark.parametrize("external", [True, False], ids=["external-input", "inline-input"])
+def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_path, monkeypatch, external):
+    """A big model's prepared graph never holds its MatMul weights inline: the quantizer maps each
+    from the input's own data file (external input) or from the pass's file (inline input), and
+    the pass's output is byte for byte the one a small model's inline path gives."""
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.pipeline_spec import Measure, Pipeline, single_step
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dim = 512  # 1 MiB weights: what onnxruntime's offline optimizer passes through is shared from 1 MiB
+    big_models.build(folder / "m.onnx", layers=3, dim=dim)
+    if not external:  # the same model, its weights inline
+        inline = onnx.load_model(str(folder / "m.onnx"))
+        (folder / "m.onnx.data").unlink()
+        onnx.save_model(inline, str(folder / "m.onnx"))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    given, real = [], mapped_source.load
+
+    def spy(path):
+        proto = real(path)
+        given.append({t.name: dict((e.key, e.value) for e in t.external_data)["location"]
+                      for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL})
+        return proto
+
+    def quantize(out: Path) -> bytes:
+        pipeline = Pipeline(steps=[single_step("quantize", {"mode": "weight-only", "block_size": 32,
+                                                                 "latency_guard": False})],
+                            measure=Measure(runs=3, warmup=1, latency=False))
+        execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
+                                     load=model_io.LoadOptions(input_shapes={"x": (1, dim)})))
+        data = out.parent / (out.name + ".data")
+        model = onnx.load_model(str(out))
+        return {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer}
+
+    expected = quantize(tmp_path / "inline.onnx")
+    monkeypatch.setattr(mapped_source, "load", spy)
+    for module in (prepare, evaluate):  # big: the prepared graph's weights go aside, the optimizer's are shared
+        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)  # the input's weights stay mapped from its file
+    assert quantize(tmp_path / "spilled.onnx") == expected
+    assert given and set(given[0]) == {"w0", "w1", "w2"}
+    places = {Path(location).name for location in given[0].values()}
+    assert places == ({"m.onnx.data"} if external else {"prepared.weights"})
+    assert all(Path(location).is_absolute() for location in given[0].values())
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the input is not touched"

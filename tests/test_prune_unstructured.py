@@ -92,7 +92,7 @@ def test_target_params_counts_all_parameters():
     result = Prune(rate=0.3, target="params")(model, Context())
     from mcomp.summary import tensor_counts
 
-    counts = tensor_counts(result.model)[0]
+    counts = tensor_counts(result.model, nonzero=True)[0]
     assert abs((1 - counts.nonzero / counts.parameters) - 0.3) <= 0.005
 
 

@@ -67,31 +67,30 @@ class Flow:
             used = "fidelity and the latency guard" if timed else "fidelity"
             self.notes.append(f"no data: {used} used synthetic inputs (standard normal)")
         self.reference: bytes | str | None = None  # the input as sessions take it: set by ``run``
+        self.workdir: Path | None = None  # the pass's temp folder: set by ``run``
         self.errors = []  # per-layer error rows, with --explain
         self._memo: dict[tuple, onnx.ModelProto] = {}
-        self._loaded: set[tuple] = set()  # settings whose candidate onnxruntime has loaded
 
     def build(self, exclude, only=None) -> onnx.ModelProto:
         key = (frozenset(exclude), None if only is None else frozenset(only))
         if (self.scheme.setting, *key) not in self._memo:
             proto = self.scheme.build(*key)
-            # weight-only candidates are the float graph with layers of one checked candidate swapped in
-            # (``nbits_compose``): checking the first per setting is enough, and each check of a large
-            # model costs a session
-            if not self.scheme.slowdown_bounded or self.scheme.setting not in self._loaded:
-                self._loaded.add(self.scheme.setting)
-                try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
-                    evaluate.session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
-                except BadInput as exc:
-                    self.notes.append(f"{self.scheme.label}: {exc}")
-                    raise Unchanged("onnxruntime cannot load the quantized model") from None
-            if self.scheme.slowdown_bounded:  # composed in a protobuf copy: cheaper again than held in memory
+            if self.scheme.slowdown_bounded:
+                # weight-only candidates are the float graph with layers of one candidate per setting swapped
+                # in (``nbits_compose``), composed per call (cheaper again than held in memory); that first
+                # candidate is scored at once (``size_mode.settle``), and its session is the load check
+                # (``_settle``): another session per setting cost a big model ~2 s
                 return proto
+            try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
+                evaluate.session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
+            except BadInput as exc:
+                self._refused(exc)
             self._memo[self.scheme.setting, *key] = proto
         return self._memo[self.scheme.setting, *key]
 
     def run(self, workdir: Path) -> ir.Model:
         cfg, ctx = self.cfg, self.ctx
+        self.workdir = workdir
         self.reference = kept_source(self.model, workdir)  # a big input: a file with its data, not bytes
         scheme = self.scheme = self.kind(cfg, ctx, self.target, workdir, self.notes, self.details)
         scheme.setup(self.model, self.calibration)
@@ -107,9 +106,7 @@ class Flow:
         budget = self._budget()
         choice = None
         if scheme.slowdown_bounded:  # a size mode: the smallest setting within the budget
-            from mcomp.passes.quantize.size_mode import settle
-
-            choice = settle(scheme, self.build, self.evaluator, budget, excluded, ctx.progress)
+            choice = self._settle(budget, excluded)
             self.details["setting"] = choice.to_dict()
             score = choice.score
         else:
@@ -138,6 +135,20 @@ class Flow:
             self._memory(result, workdir)
         return result
 
+    def _settle(self, budget: bud.Budget, excluded: set[str]):
+        """``size_mode.settle``: each setting's first candidate is built and scored, so a candidate
+        onnxruntime refuses is found by the scoring's session (the only load check a setting gets)."""
+        from mcomp.passes.quantize.size_mode import settle
+
+        try:
+            return settle(self.scheme, self.build, self.evaluator, budget, excluded, self.ctx.progress)
+        except BadInput as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: BadInput):
+        self.notes.append(f"{self.scheme.label}: {exc}")
+        raise Unchanged("onnxruntime cannot load the quantized model") from None
+
     def _bound(self, excluded: set[str], choice, score, fitted: bool):
         """Size modes: the fastest setting that holds the budget, timed against the input; the input is
         kept when even that one is slower than --max-slowdown allows."""
@@ -148,9 +159,9 @@ class Flow:
         limit = self.cfg.max_slowdown or DEFAULT_MAX_SLOWDOWN
         settings = [scheme.setting] if fitted or not choice.holding else list(choice.holding)
         variants = {}
-        for setting in settings:
+        for i, setting in enumerate(settings):
             scheme.setting = setting
-            variants[label(setting)] = self.build(excluded).SerializeToString()
+            variants[label(setting)] = self._timed_source(self.build(excluded), f"variant{i}")
         verdict = bound(variants, self.reference, self._timing_feeds(), ctx.providers, ctx.threads,
                         self.cfg.guard_runs, limit, progress=ctx.progress)
         scheme.setting = settings[list(variants).index(verdict.chosen)]
@@ -170,6 +181,16 @@ class Flow:
         self.notes.append(f"kept for size: runs at {measured}, within --max-slowdown ×{limit:g}"
                           + ("" if self.cfg.max_slowdown else " (the default)"))
         return verdict, score
+
+    def _timed_source(self, proto: onnx.ModelProto, name: str) -> bytes | str:
+        """A candidate as the timing takes it: its bytes, or for a big input (whose reference is a file) a
+        file in the pass's folder: the variants are timed one at a time then, and held as bytes meanwhile
+        they were 0.2 GiB of the 0.75 GiB model's peak."""
+        if not isinstance(self.reference, str):
+            return proto.SerializeToString()
+        path = self.workdir / f"{name}.onnx"
+        onnx.save_model(proto, str(path))
+        return str(path)
 
     def _timing_feeds(self) -> list[dict]:
         """What the guard times: the feeds the report's latency row times, one example of the data each

@@ -10,14 +10,22 @@ Only the B of MatMul nodes goes to the file, and only where nothing else reads i
 other paths (Gather tables) read tensors through ``numpy_helper``, which refuses the absolute
 locations ``load`` writes. What the quantizer leaves float keeps its reference; ``inline_rest``
 reads those bytes back, so the quantizer's output is the same protobuf as from an inline source.
+
+A big model's prepared graph never holds those weights inline (``serialize``): a weight the input
+file holds unchanged is referred to in that file, any other is written to a file of the pass's own.
+Serialized inline and then written out again, the 0.75 GiB model's weights were a protobuf copy on
+top of the mapped ones (the pass's peak memory, 2.5× the model) and two more passes over its bytes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx_ir as ir
 
+from mcomp.external_data import inlined, release_tensor
 from mcomp.passes.quantize.weights_aside import copy_fields, data_bytes
 
 # Weights from this size go to the data file; smaller ones stay inline (cheap either way).
@@ -46,6 +54,54 @@ def write(proto: onnx.ModelProto, path: Path) -> None:
             for key, value in zip(_EXTERNAL_KEYS, (data_name, offset, fh.tell() - offset)):
                 external.external_data.add(key=key, value=str(value))
     path.write_bytes(light.SerializeToString())
+
+
+def serialize(model: ir.Model, data: Path) -> onnx.ModelProto:
+    """``model`` as a protobuf in which each MatMul B of ``MIN_BYTES`` or more (read by nothing else)
+    is a reference by absolute path: to the input's own file where the model maps it from there, else
+    to ``data``, written here one weight at a time. Everything else is inline; ``model`` is unchanged."""
+    refs: dict[str, ir.ExternalTensor] = {}
+    with open(data, "wb") as fh:
+        for value in _ir_matmul_weights(model):
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                refs[value.name] = _reference(tensor, Path(tensor.path).resolve(), tensor.offset or 0)
+                continue
+            offset = fh.tell()
+            fh.write(memoryview(np.ascontiguousarray(tensor.numpy())).cast("B"))
+            release_tensor(tensor)
+            refs[value.name] = _reference(tensor, data.resolve(), offset)
+    held = {name: model.graph.initializers[name].const_value for name in refs}
+    try:
+        for name, reference in refs.items():
+            model.graph.initializers[name].const_value = reference
+        with inlined(model, keep=frozenset(refs)):
+            return ir.serde.serialize_model(model)
+    finally:
+        for name, tensor in held.items():
+            model.graph.initializers[name].const_value = tensor
+
+
+def _reference(tensor, path: Path, offset: int) -> ir.ExternalTensor:
+    return ir.ExternalTensor(str(path), offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name,
+                             doc_string=tensor.doc_string)
+
+
+def _ir_matmul_weights(model: ir.Model) -> list[ir.Value]:
+    """Top-level float initializers of ``MIN_BYTES`` or more read only as a top-level MatMul's B (what
+    ``_matmul_weights`` finds in a protobuf; a read inside a subgraph is a use too)."""
+    outputs = {id(v) for v in model.graph.outputs}
+    found = []
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        if (tensor is None or tensor.nbytes < MIN_BYTES or id(value) in outputs
+                or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)):
+            continue
+        uses = list(value.uses())
+        if uses and all(node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and index == 1
+                        and node.graph is model.graph for node, index in uses):
+            found.append(value)
+    return found
 
 
 def load(path: Path) -> onnx.ModelProto:

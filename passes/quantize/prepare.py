@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import onnx
 import onnx_ir as ir
@@ -32,6 +33,7 @@ from mcomp.errors import short
 from mcomp.graph import SHAPE_ERRORS, copy, proto_graphs
 from mcomp.model import onnx_opset, to_proto
 from mcomp.opset import upgrade_opset
+from mcomp.sources import BIG_WEIGHTS, weight_bytes
 from mcomp.passes.quantize.target import FLOAT_ONLY
 
 QUANTIZED_OPS = frozenset({
@@ -65,10 +67,13 @@ def lift_constants(model: ir.Model) -> None:
     ir.passes.PassManager([ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=0)])(model)
 
 
-def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True, keep_matmul: bool = False) -> Prepared:
+def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True, keep_matmul: bool = False,
+            spill: Path | None = None) -> Prepared:
     """A prepared copy (``model`` is not changed): constants lifted, optimized, opset ≥ ``opset``, shapes inferred.
 
-    ``keep_matmul`` stops MatMul + Add becoming Gemm (the dynamic and weight-only kernels take MatMul)."""
+    ``keep_matmul`` stops MatMul + Add becoming Gemm (the dynamic and weight-only kernels take MatMul).
+    ``spill``: a big model's MatMul weights stay out of the protobuf, referred to in files
+    (``mapped_source.serialize``; written to ``spill`` where the input's file does not hold them)."""
     work = copy(model)
     notes: list[str] = []
     lift_constants(work)
@@ -86,7 +91,12 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
         except (*evaluate.ort_errors(), OSError) as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
             notes.append(f"onnxruntime's basic graph optimization failed before quantization ({short(exc, 160)}); "
                          "quantized the graph as given")
-    proto = to_proto(work)
+    if spill is not None and weight_bytes(work) >= BIG_WEIGHTS:
+        from mcomp.passes.quantize.mapped_source import serialize
+
+        proto = serialize(work, spill)
+    else:
+        proto = to_proto(work)
     flatten_gemm_bias(proto)
     before = onnx_opset(proto)
     if opset is not None and before is not None and before < opset:

@@ -38,6 +38,7 @@ class WeightOnly(OrtScheme):
     bits: ClassVar[tuple[int, ...]] = (4, 8)
     default_bits: ClassVar[int | None] = 4
     keep_matmul: ClassVar[bool] = True
+    spills: ClassVar[bool] = True
     objective: ClassVar[str] = "size"
     slowdown_bounded: ClassVar[bool] = True
     guard_groups: ClassVar[bool] = False
