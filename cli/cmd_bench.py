@@ -6,6 +6,7 @@ not pass for one at the model's real size."""
 
 from __future__ import annotations
 
+import contextlib
 import json as jsonlib
 import sys
 from typing import Annotated
@@ -35,6 +36,7 @@ def bench(
     """
     from mcomp import bench as bench_core, data as data_io, model as model_io, pipeline, session
     from mcomp import shapes as shapes_io
+    from mcomp.sources import runnable
 
     shapes = parse_input_shapes(input_shape)
     options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
@@ -52,8 +54,11 @@ def bench(
     resolved = pipeline.resolve_shapes(loaded[0].model, shapes, {"evaluation": dataset})
     feeds = bench_core.example_feeds(dataset.feeds, specs, shapes)
     providers = session.resolve_providers(provider)
-    with bench_core.hint_assumed_shapes(resolved, dataset.synthetic):
-        result = bench_core.interleaved([(lm.source.path, model_io.to_bytes(lm.model)) for lm in loaded], feeds,
+    with bench_core.hint_assumed_shapes(resolved, dataset.synthetic), contextlib.ExitStack() as stack:
+        # small models as bytes; a big one as a file with its data beside it, written once and mapped by
+        # its sessions (``sources.runnable``), not serialized whole into a protobuf first
+        sources = [stack.enter_context(runnable(lm.model)) for lm in loaded]
+        result = bench_core.interleaved([(lm.source.path, src) for lm, src in zip(loaded, sources)], feeds,
                                         providers=providers, threads=threads, warmup=warmup, runs=runs,
                                         noise_floor=noise_floor, provider_label=session.provider_name(providers))
     doc = result.to_dict() | {"data": dataset.describe(), "shapes": shapes_io.describe(resolved),

@@ -141,6 +141,30 @@ def test_prune_mask_matches_a_stable_sort():
             assert np.array_equal(importance.prune_mask(scores, count), keep.reshape(scores.shape))
 
 
+def test_global_threshold_bracketed_is_the_joined_kth_smallest(monkeypatch):
+    """Above ``JOIN_BELOW`` scores the global threshold joins only those near it; the value is the one
+    joining them all gives, with ties, negative and signed-zero scores, NaN, and rates at both ends."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for case in range(40):
+        scores = [rng.standard_normal(int(rng.integers(1, 3000))).astype(np.float32) for _ in range(rng.integers(1, 5))]
+        if case % 2:
+            scores = [np.abs(s) for s in scores]
+        if case % 5 == 0:
+            scores = [np.round(s, 1) for s in scores]  # many ties
+        if case % 7 == 0:
+            scores[0][:5], scores[-1][:3] = 0.0, -0.0
+        if case % 11 == 0:
+            scores[0][:2] = np.nan
+        cases.append(scores)
+    rates = (0.0, 1e-4, 0.01, 0.3, 0.5, 0.97, 0.9999, 1.0)
+    joined = [[importance.global_threshold(s, r) for r in rates] for s in cases]
+    monkeypatch.setattr(importance, "JOIN_BELOW", 0)
+    monkeypatch.setattr(importance, "SAMPLE", 64)  # a small sample: brackets that miss get widened
+    bracketed = [[importance.global_threshold(s, r) for r in rates] for s in cases]
+    np.testing.assert_array_equal(np.array(bracketed), np.array(joined))
+
+
 def test_estimated_sizes_sample_big_buffers(monkeypatch):
     """Above the whole-compression limit the sizes come from spaced chunks: ``raw`` exact, the
     compressed sizes close to the whole's on uniform data."""
