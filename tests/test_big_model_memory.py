@@ -233,3 +233,30 @@ def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_pa
     assert places == ({"m.onnx.data"} if external else {"prepared.weights"})
     assert all(Path(location).is_absolute() for location in given[0].values())
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the input is not touched"
+
+
+def test_weight_only_candidate_past_protobufs_limit_returns_the_input(tmp_path, monkeypatch):
+    """A model whose candidates with float layers would pass protobuf's 2 GB (here a lowered limit)
+    is returned unchanged with the reason, not an internal error; every layer quantized still works."""
+    from mcomp import model as model_module
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.pipeline_spec import Measure, Pipeline, single_step
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build(folder / "m.onnx", layers=3, dim=128)
+    names = [n.name for n in onnx.load_model(str(folder / "m.onnx"), load_external_data=False).graph.node]
+    monkeypatch.setattr(model_module, "PROTOBUF_LIMIT", 50_000)  # one float layer is 64 KiB; int4 ones ~10 KiB
+
+    def quantize(out: Path, **options) -> dict:
+        pipeline = Pipeline(steps=[single_step("quantize", {"mode": "weight-only", "latency_guard": False,
+                                                            **options})],
+                            measure=Measure(runs=3, warmup=1, latency=False))
+        outcome = execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
+                                               load=model_io.LoadOptions(input_shapes={"x": (1, 128)})))
+        return outcome.report["steps"][0]
+
+    step = quantize(tmp_path / "float_layer.onnx", exclude=[names[1]])
+    assert "input returned unchanged" in step["summary"] and "protobuf's 2 GB" in step["summary"]
+    step = quantize(tmp_path / "all.onnx", min_fidelity=0.5)
+    assert "unchanged" not in step["summary"]

@@ -22,7 +22,7 @@ import onnx
 
 from mcomp.opset import upgrade_opset
 from mcomp.passes.quantize import mapped_source
-from mcomp.passes.quantize.schemes.base import register
+from mcomp.passes.quantize.schemes.base import Unchanged, register
 from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units
 
 GATHER_OPSET = 21
@@ -115,6 +115,7 @@ class WeightOnly(OrtScheme):
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
                         self.rewritten.transposed)
+        _within_protobuf(proto)
         mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
         for node in proto.graph.node:
             if node.op_type == "MatMulNBits":
@@ -163,6 +164,21 @@ class WeightOnly(OrtScheme):
         quantizer.process()
         mapped_source.inline_rest(quantizer.model.model)
         quantizer.model.save_model_to_file(str(out), False)
+
+
+def _within_protobuf(proto: onnx.ModelProto) -> None:
+    """Raises ``Unchanged`` when ``proto`` with its float layers read back inline would pass protobuf's
+    2 GB limit: a candidate is scored, timed and returned as one protobuf, and the 2.5 GiB model's
+    first candidate with layers left float ended in an internal error (``EncodeError``). Every layer
+    quantized (int4 is an eighth of float32) stays far below it."""
+    from mcomp.model import PROTOBUF_LIMIT
+
+    size = proto.ByteSize() + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
+                                  if e.key == "length")
+    if size >= PROTOBUF_LIMIT:
+        raise Unchanged(f"with layers left float a candidate is {size / (1 << 30):.1f} GiB, past protobuf's 2 GB "
+                        "for one model, which this pass scores and returns whole; it quantizes such a model only "
+                        "with every layer quantized (a lower --min-fidelity, or no --exclude)")
 
 
 def gather_tables(proto: onnx.ModelProto) -> list[str]:
