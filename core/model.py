@@ -282,6 +282,11 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
         atomic.pause_before_rename(path)
         atomic.retire_companions(path)
         if proto is None and (Path(tmp) / data_name).exists():  # no data file when every tensor is tiny
+            # Two renames, so the model they replace goes first: a run killed between them leaves the
+            # new data with no model beside it, never the old .onnx reading the new data at its old offsets
+            # (as its reports go before it: ``atomic.writes_together``)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
     return written

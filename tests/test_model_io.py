@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -53,6 +54,51 @@ def test_external_data_in_and_out(tmp_path, monkeypatch):
     stored = onnx.load(str(tmp_path / "big.onnx"), load_external_data=False)
     assert any(onnx.external_data_helper.uses_external_data(t) for t in stored.graph.initializer)
     np.testing.assert_allclose(run(model_io.load(tmp_path / "big.onnx").model, FEEDS)[0], expected, atol=1e-6)
+
+
+def test_a_kill_between_the_data_and_model_renames_leaves_no_mismatched_pair(tmp_path, monkeypatch):
+    """An output with external data is two renames (data, then .onnx). A run stopped between them
+    (here: the second rename fails) leaves no model at the path rather than the previous run's .onnx
+    reading the new data at its offsets; the next write puts a consistent pair back."""
+    import onnx_ir as ir
+
+    from mcomp import model as model_module
+
+    dest = tmp_path / "out.onnx"
+    model = model_io.load(_with_data(tmp_path)).model
+    model_io.save(model, dest, external_data=True)
+    old_data = (tmp_path / "out.onnx.data").read_bytes()
+    changed = ir.serde.deserialize_model(ir.serde.serialize_model(model))
+    for value in changed.graph.initializers.values():  # other bytes at other offsets
+        array = value.const_value.numpy()
+        value.const_value = ir.tensor(np.ascontiguousarray(array.ravel()[::-1].reshape(array.shape)), name=value.name)
+    real = os.replace
+    calls = []
+
+    def stop_at_the_model(src, dst):
+        calls.append(Path(dst).name)
+        if Path(dst) == dest:
+            raise KeyboardInterrupt  # stands in for a kill between the two renames
+        return real(src, dst)
+
+    monkeypatch.setattr(model_module.os, "replace", stop_at_the_model)
+    with pytest.raises(KeyboardInterrupt):
+        model_io.save(changed, dest, external_data=True)
+    monkeypatch.undo()
+    assert calls[-2:] == ["out.onnx.data", "out.onnx"]  # (onnx_ir renames its own temp data file before)
+    assert (tmp_path / "out.onnx.data").read_bytes() != old_data, "the new data is in place"
+    assert not dest.exists(), "no .onnx is left to read the new data at the old one's offsets"
+    model_io.save(changed, dest, external_data=True)
+    np.testing.assert_allclose(run(model_io.load(dest).model, FEEDS)[0], run(changed, FEEDS)[0], atol=1e-6)
+
+
+def _with_data(folder: Path) -> Path:
+    import onnx_ir as ir
+
+    src = folder / "ext.onnx"
+    onnx.save(ir.serde.serialize_model(conv_bn_relu()), str(src), save_as_external_data=True,
+              all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    return src
 
 
 def test_missing_external_data_is_bad_input(tmp_path):
