@@ -187,11 +187,13 @@ def test_weight_only_quantizer_reads_its_weights_from_a_file(tmp_path, monkeypat
     assert given and all(names == ["w0", "w1", "w2"] for names in given)
 
 
-@pytest.mark.parametrize("external", [True, False], ids=["external-input", "inline-input"])
-def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_path, monkeypatch, external):
+@pytest.mark.parametrize("external,floor", [(True, None), (False, None), (True, 0.99999)],
+                         ids=["external-input", "inline-input", "layers-left-float"])
+def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_path, monkeypatch, external, floor):
     """A big model's prepared graph never holds its MatMul weights inline: the quantizer maps each
     from the input's own data file (external input) or from the pass's file (inline input), and
-    the pass's output is byte for byte the one a small model's inline path gives."""
+    the pass's output is byte for byte the one a small model's inline path gives, also where a
+    fidelity floor leaves layers float (their weights read back from the input's file)."""
     from mcomp.pipeline import RunRequest, execute
     from mcomp.pipeline_spec import Measure, Pipeline, single_step
 
@@ -213,8 +215,10 @@ def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_pa
         return proto
 
     def quantize(out: Path) -> bytes:
-        pipeline = Pipeline(steps=[single_step("quantize", {"mode": "weight-only", "block_size": 32,
-                                                                 "latency_guard": False})],
+        options = {"mode": "weight-only", "block_size": 32, "latency_guard": False}
+        if floor is not None:
+            options["min_fidelity"] = floor
+        pipeline = Pipeline(steps=[single_step("quantize", options)],
                             measure=Measure(runs=3, warmup=1, latency=False))
         execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
                                      load=model_io.LoadOptions(input_shapes={"x": (1, dim)})))
@@ -223,6 +227,8 @@ def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_pa
         return {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer}
 
     expected = quantize(tmp_path / "inline.onnx")
+    if floor is not None:
+        assert {"w0", "w1", "w2"} & set(expected), "some layer stayed float"
     monkeypatch.setattr(mapped_source, "load", spy)
     for module in (prepare, evaluate):  # big: the prepared graph's weights go aside, the optimizer's are shared
         monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
