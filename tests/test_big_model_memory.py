@@ -222,7 +222,6 @@ def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_pa
                             measure=Measure(runs=3, warmup=1, latency=False))
         execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
                                      load=model_io.LoadOptions(input_shapes={"x": (1, dim)})))
-        data = out.parent / (out.name + ".data")
         model = onnx.load_model(str(out))
         return {i.name: numpy_helper.to_array(i).tobytes() for i in model.graph.initializer}
 
