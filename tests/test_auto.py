@@ -424,7 +424,7 @@ def test_the_sampler_ranks_trials_within_budget_by_the_objective_and_learns_noth
 
     settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
     plan = studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 4, None)
-    study = studies.load(plan, settings, create=True)
+    study, _ = studies.load_or_create(plan, settings)
     outcomes = {0.3: (0.0, 0.97), 0.5: (0.008, 0.6), 0.7: (0.03, 0.4)}  # rate -> (loss, latency ratio)
 
     class OneStep:
@@ -446,3 +446,17 @@ def test_the_sampler_ranks_trials_within_budget_by_the_objective_and_learns_noth
     assert study.trials[3].state == optuna.trial.TrialState.PRUNED
     below, _ = _split_trials(study, study.get_trials(deepcopy=False), n_below=1)
     assert [t.number for t in below] == [1]  # within budget and fastest; the lossless trial 0 is not preferred
+
+
+def test_of_two_processes_opening_a_new_study_exactly_one_created_it(tmp_path):
+    """Only the creator queues the first trials: two processes that both found the study empty
+    queued them twice, and the second copy was left waiting once the study's total was reached."""
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
+    plan = studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 4, None)
+    first, created_first = studies.load_or_create(plan, settings)
+    second, created_second = studies.load_or_create(plan, settings)
+    assert (created_first, created_second) == (True, False)
+    assert first._study_id == second._study_id

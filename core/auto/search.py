@@ -64,12 +64,12 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
                        f"took {baseline.seconds:.0f}s, and a trial also runs its passes")
     name = request.study or _study_name(settings, base_doc, space)
     plan = studies.Plan(name, url, 0, None, total=request.trials or (None if request.time_budget else DEFAULT_TRIALS))
-    study = studies.load(plan, settings, create=True)
+    study, created = studies.load_or_create(plan, settings)
     interrupted = studies.reap_interrupted(study)
     resumed = len(studies.finished(study))
     total = request.trials or (None if request.time_budget else DEFAULT_TRIALS)
     remaining = max(0, total - resumed) if total is not None else 10 ** 6
-    if not study.trials:
+    if created:  # one process queues the anchors: two that both found the study empty queued them twice
         for params in _anchors(space):
             study.enqueue_trial(params, skip_if_exists=True)
     deadline = time.time() + request.time_budget if request.time_budget else None

@@ -106,17 +106,36 @@ def sampler_seed(seed: int, worker: int) -> int:
     return random.Random(f"{seed}:{worker}:{HOST}:{os.getpid()}").randrange(2 ** 31)
 
 
-def load(plan: Plan, settings: trials.Settings, create: bool = False):
+def load(plan: Plan, settings: trials.Settings):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed(settings.seed, plan.worker), n_startup_trials=8)
-    storage = open_storage(plan.storage)
-    if create:
-        study = optuna.create_study(study_name=plan.study, storage=storage, sampler=sampler, load_if_exists=True,
-                                    direction="minimize")
-    else:
-        study = optuna.load_study(study_name=plan.study, storage=storage, sampler=sampler)
+    study = optuna.load_study(study_name=plan.study, storage=open_storage(plan.storage), sampler=_sampler(plan, settings))
+    return _single_objective(study, plan)
+
+
+def load_or_create(plan: Plan, settings: trials.Settings) -> tuple[object, bool]:
+    """The study, and whether this process created it. Processes started together on one storage
+    race to create it; the storage's unique study name decides the one winner, so work done once
+    per study (queueing the first trials) is done by exactly one of them."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, sampler = open_storage(plan.storage), _sampler(plan, settings)
+    try:
+        study = optuna.create_study(study_name=plan.study, storage=storage, sampler=sampler, direction="minimize")
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return _single_objective(optuna.load_study(study_name=plan.study, storage=storage, sampler=sampler), plan), False
+
+
+def _sampler(plan: Plan, settings: trials.Settings):
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=sampler_seed(settings.seed, plan.worker), n_startup_trials=8)
+
+
+def _single_objective(study, plan: Plan):
     if len(study.directions) != 1:
         raise BadInput(f"--study {plan.study}: made by an earlier mcomp that told the sampler two objectives; "
                        "start a new study (another --study name or storage)")
