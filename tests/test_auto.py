@@ -460,3 +460,25 @@ def test_of_two_processes_opening_a_new_study_exactly_one_created_it(tmp_path):
     second, created_second = studies.load_or_create(plan, settings)
     assert (created_first, created_second) == (True, False)
     assert first._study_id == second._study_id
+
+
+def test_a_running_trial_is_reaped_only_once_its_process_is_known_dead(tmp_path):
+    """A trial between another process's ``ask`` and its pid attribute is not failed under it (it was,
+    and that process's ``tell`` then raised); one whose process has ended is marked interrupted."""
+    import subprocess
+    import sys
+
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
+    study, _ = studies.load_or_create(studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 4, None), settings)
+    being_started = study.ask()
+    being_started.set_user_attr("host", studies.HOST)
+    ended = study.ask()
+    ended.set_user_attr("host", studies.HOST)
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ended.set_user_attr("pid", int(done.stdout))
+    assert studies.reap_interrupted(study) == 1
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states == {being_started.number: "RUNNING", ended.number: "FAIL"}

@@ -150,12 +150,16 @@ def finished(study) -> list:
 
 
 def reap_interrupted(study) -> int:
-    """Marks as failed the trials a killed process on this machine left RUNNING; returns how many."""
+    """Marks as failed the trials a killed process on this machine left RUNNING; returns how many.
+
+    A trial without its pid yet is another process's, between its ``ask`` and its attributes: read
+    as dead (no pid), it was failed under the running process, whose ``tell`` then raised."""
     import optuna
 
     count = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("host") == HOST and not _alive(t.user_attrs.get("pid")):
+        pid = t.user_attrs.get("pid")
+        if t.user_attrs.get("host") == HOST and pid is not None and not _alive(pid):
             study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (its process ended); not resumed")
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             count += 1
@@ -185,8 +189,8 @@ def work(plan: Plan, settings: trials.Settings, space: Space,
         if plan.total is not None and _counted(study) >= plan.total:
             break
         trial = study.ask()
-        trial.set_user_attr("host", HOST)
         trial.set_user_attr("pid", os.getpid())
+        trial.set_user_attr("host", HOST)
         trial.set_user_attr("worker", plan.worker)
         event = _one(study, trial, settings, space, plan.deadline)
         ran += 1
