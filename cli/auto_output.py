@@ -13,6 +13,9 @@ from rich.table import Table
 from mcomp.auto import front as fronts
 from mcomp.cli import console
 
+# Each objective's column title and its field in a trial's measurements.
+RATIOS = {"latency": ("latency", "latency_ratio"), "size": ("size", "size_ratio"), "macs": ("MACs", "macs_ratio")}
+
 
 class Printer:
     """Progress of the search on stderr: trial k of N (or time left), the best so far, the front size."""
@@ -75,7 +78,8 @@ class Printer:
 
         console.err.print(f"measured at {measured_on(doc)}")
         table = Table(title="Pareto front (within budget marked *)", title_justify="left")
-        for col in ("trial", "steps", "loss", doc["objective"], "size", "MACs"):
+        others = [o for o in RATIOS if o != doc["objective"]]  # alongside the objective, not repeating it
+        for col in ("trial", "steps", "loss", doc["objective"], *(RATIOS[o][0] for o in others)):
             table.add_column(col, justify="left" if col in ("trial", "steps") else "right")
         by_number = {t["number"]: t for t in doc["trials"]}
         for number in doc["front"]:
@@ -83,12 +87,12 @@ class Printer:
             m = t["measured"]
             mark = "*" if t["feasible"] else ""
             table.add_row(f"{number}{mark}", " → ".join(s[0] for s in t["steps"]), f"{m['loss']:.4f}",
-                          f"×{m['objective']:.3f}", _ratio(m.get("size_ratio")), _ratio(m.get("macs_ratio")))
+                          f"×{m['objective']:.3f}", *(_ratio(m.get(RATIOS[o][1])) for o in others))
         console.err.print(table)
         again = chosen.get("remeasured") or chosen["measured"]
         console.err.print(f"chosen: trial {chosen['number']} ({' → '.join(s[0] for s in chosen['steps'])}); "
                           f"re-measured: loss {again['loss']:.4f}, {doc['objective']} ×{again['objective']:.3f}, "
-                          f"size ×{again.get('size_ratio') or 0:.3f}")
+                          + ", ".join(f"{RATIOS[o][0]} {_ratio(again.get(RATIOS[o][1]))}" for o in others))
         wrote = [str(output), str(report)] + ([str(pipeline)] if pipeline else [])
         console.say("wrote " + ", ".join(wrote))
 

@@ -205,6 +205,22 @@ def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measurin
         ("optimize", {"level": "basic"})]  # a step that left the model unchanged here is not replayed
 
 
+def test_a_size_search_quantizes_to_int8_without_the_latency_guard():
+    """Asked for the smallest model, int8 is not declined for running no faster; a guard the space
+    sets is kept, and weight-only keeps its slowdown bound; other objectives keep the guard."""
+    from mcomp.auto.trial import for_objective
+
+    p, o = ("prune", {"rate": 0.5}), ("optimize", {"level": "basic"})
+    static, default_mode = ("quantize", {"mode": "static"}), ("quantize", {})
+    assert for_objective([p, static, o], "size") == [p, ("quantize", {"mode": "static", "latency_guard": False}), o]
+    assert for_objective([default_mode], "size") == [("quantize", {"latency_guard": False})]  # static by default
+    assert for_objective([("quantize", {"mode": "dynamic", "latency_guard": True})], "size") == [
+        ("quantize", {"mode": "dynamic", "latency_guard": True})]
+    assert for_objective([("quantize", {"mode": "weight-only"})], "size") == [("quantize", {"mode": "weight-only"})]
+    for objective in ("latency", "macs"):
+        assert for_objective([p, static, o], objective) == [p, static, o]
+
+
 def test_a_distillation_with_nothing_to_win_back_is_left_out_of_a_trial():
     from mcomp.auto import search as searches
     from mcomp.auto.trial import without_idle_distill

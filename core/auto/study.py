@@ -213,7 +213,7 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
 
     started = time.perf_counter()
     try:
-        steps = trials.without_idle_distill(space.sample(trial))
+        steps = trials.for_objective(trials.without_idle_distill(space.sample(trial)), settings.objective)
         trial.set_user_attr("steps", [[name, options] for name, options in steps])
         if not steps:
             raise BadInput("every step of the space was left out")
