@@ -60,8 +60,10 @@ def auto(
     trials: Annotated[Optional[int], typer.Option("--trials", min=1, help="trials in the study, resumed ones included "
                                                   "[default: 30, or as many as --time-budget allows]", show_default=False,
                                                   rich_help_panel=SEARCH, metavar="N")] = None,
-    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="no trial starts after this long (600, 90s, "
-                                                       "10m, 1h)", show_default=False, rich_help_panel=SEARCH,
+    time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="the search's wall time (600, 90s, 10m, "
+                                                       "1h): no trial starts once what is left is needed to "
+                                                       "re-measure the chosen model; a running distillation "
+                                                       "stops after its epoch", show_default=False, rich_help_panel=SEARCH,
                                                        metavar="DURATION")] = None,
     space: Annotated[Optional[Path], typer.Option("--space", help="search space YAML (passes, option ranges and choices) "
                                                   "[default: prune, distill, quantize, optimize]", show_default=False,

@@ -498,3 +498,40 @@ def test_a_running_trial_is_reaped_only_once_its_process_is_known_dead(tmp_path)
     assert studies.reap_interrupted(study) == 1
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states == {being_started.number: "RUNNING", ended.number: "FAIL"}
+
+
+def test_the_time_budget_counts_from_the_start_and_keeps_back_the_final_measurement(monkeypatch, tmp_path):
+    """``--time-budget`` is the command's wall time: the input's measurement is in it, and the chosen
+    model's re-measurement (about as long) is kept back; a budget without room for one trial between
+    them is refused before any trial runs."""
+    import time
+
+    from mcomp.auto import search as searches
+    from mcomp.auto import trial as trials
+    from mcomp.errors import BadInput
+
+    measure_seconds = 10.0
+    baseline = trials.Measured(loss=0.0, objective=1.0, accuracy=None, accuracy_input=None, fidelity=1.0,
+                               latency_ratio=1.0, latency_band=None, latency_ms=None, size_ratio=1.0,
+                               macs_ratio=1.0, parameters_ratio=1.0, seconds=measure_seconds)
+    monkeypatch.setattr(searches, "_measure_input", lambda settings: (baseline, {"input": {"sha256": "0"}}))
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def workers(plan, settings, space, remaining, deadline, workers, on_trial):
+        seen["deadline"] = deadline
+        raise Stop
+
+    monkeypatch.setattr(searches, "_run_workers", workers)
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), min_fidelity=0.9)
+    request = searches.Request(settings, tmp_path / "best.onnx", time_budget=100.0)
+    before = time.time()
+    with pytest.raises(Stop):
+        searches.search(request)
+    after = time.time()
+    # not 100 s after the input's measurement: 100 s after the call, less the final measurement
+    assert before + 100 - measure_seconds <= seen["deadline"] <= after + 100 - measure_seconds
+    with pytest.raises(BadInput, match="shorter than one trial"):
+        searches.search(searches.Request(settings, tmp_path / "best.onnx", time_budget=25.0))
