@@ -77,7 +77,9 @@ def example_feed(feed: dict[str, np.ndarray], specs: list[TensorSpec],
     out = {}
     for name, array in feed.items():
         index = tuple(slice(0, want) if a in axes.get(name, ()) else slice(None) for a in range(array.ndim))
-        out[name] = array[index]
+        # a 0-d input (silero-vad's sample rate) stays an array: indexed by (), numpy gives a scalar,
+        # which onnxruntime refuses ("Unable to handle object of type numpy.int64")
+        out[name] = array[index] if array.ndim else array
     return out
 
 

@@ -155,3 +155,31 @@ def test_a_failure_at_an_assumed_shape_says_how_to_set_one(tmp_path):
         _execute(tmp_path, _conv(DYNAMIC, reshape=True))
     doc = _execute(tmp_path, _conv(DYNAMIC, reshape=True), "input_shape: {images: [1, 3, 8, 8]}\n")
     assert doc["shapes"]["images"]["source"] == "--input-shape"
+
+
+def test_a_0d_input_stays_an_array_when_the_batch_is_cut():
+    """Indexed by (), numpy gives a 0-d array back as a scalar, which onnxruntime refuses."""
+    feed = {"x": np.zeros((8, 576), np.float32), "state": np.zeros((2, 8, 128), np.float32),
+            "sr": np.array(16000, np.int64)}
+    got = shapes.example_feed(feed, input_specs(_two_inputs(["batch", 576], [2, "batch", 128])))
+    assert got["x"].shape == (1, 576) and got["state"].shape == (2, 1, 128)
+    assert isinstance(got["sr"], np.ndarray) and got["sr"].shape == () and got["sr"] == 16000
+
+
+@pytest.mark.realmodel
+def test_silero_vad_with_a_data_file_of_one_batch_and_its_scalar_sample_rate(real_model, tmp_path):
+    """A user's data file for silero-vad: eight 576-sample windows as one batch, their states, and the
+    sample rate once, as a 0-d array. Every command timed it as one example and failed (exit 2,
+    "reference fails on the data (Unable to handle object of type numpy.int64)")."""
+    import json
+
+    from clirun import run_mcomp
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "vad.npz", input=(0.1 * rng.standard_normal((8, 576))).astype(np.float32),
+             state=np.zeros((2, 8, 128), np.float32), sr=np.array(16000, np.int64))
+    res = run_mcomp("optimize", real_model("silero-vad-op15").path, "--data", "vad.npz", "--runs", "5",
+                    "-o", "out.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    latency = json.loads((tmp_path / "out.report.json").read_text())["latency"]
+    assert latency["feed_shapes"] == {"input": [1, 576], "state": [2, 1, 128], "sr": []}
