@@ -7,7 +7,8 @@ optional ``labels`` array), a folder of images with declared preprocessing, or `
 
 Array layouts accepted for an input of rank r:
 - rank r: one batch; split along axis 0 into feeds of ``batch_size`` (or of the model's
-  fixed leading dim);
+  fixed leading dim), or along an inner axis named as the batch when dim 0 is fixed (an RNN
+  state ``[layers, batch, hidden]``);
 - rank r+1: stacked feeds, one per index of axis 0;
 - rank 0 for a scalar input: the same value in every feed.
 """
@@ -138,6 +139,13 @@ def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) ->
         return None
     lead = spec.shape[0] if spec.shape else None
     if isinstance(lead, int):
+        inner = next((a for a in range(1, rank) if shapes.is_batch_dim(spec, a)), None)
+        if array.shape[0] == lead and inner is not None:
+            # the batch is an inner axis (an RNN state [layers, batch, hidden], silero-vad's [2, batch, 128]):
+            # split there, as the inputs batched on axis 0 are; kept whole, one feed paired the first 16
+            # windows with the states of all 64, and onnxruntime's LSTM refused the feed
+            n = array.shape[inner]
+            return [array[(slice(None),) * inner + (slice(i, i + batch_size),)] for i in range(0, n, batch_size)]
         if array.shape[0] == lead and rank > 1 and not _batch_like(spec):
             return None  # a fixed-size tensor such as an RNN state: the same in every feed
         if array.shape[0] % lead:

@@ -127,13 +127,18 @@ def _share_unchanged(optimized: ir.Model, model: ir.Model) -> None:
     release_pages(model)
 
 
+def _the(which: str) -> str:
+    """"the input model", "the candidate model"; "the model" when unnamed (not "the model model")."""
+    return "the model" if which == "model" else f"the {which} model"
+
+
 def run(sess, dataset: Dataset, which: str = "model") -> list[list[np.ndarray]]:
     """Every output for every feed: ``outputs[k]`` is the list of per-feed arrays of output k.
     onnxruntime failing on the data is bad input naming ``which`` model."""
     try:
         per_feed = [sess.run(None, feed) for feed in dataset.feeds]
     except ort_errors() as exc:
-        raise BadInput(f"the {which} model fails on the data ({short(exc, 200)})") from None
+        raise BadInput(f"{_the(which)} fails on the data ({short(exc, 200)})") from None
     return [list(col) for col in zip(*per_feed)]
 
 
@@ -150,7 +155,7 @@ def run_within(sess, dataset: Dataset, which: str, budget: int) -> tuple[list[li
             held += sum(np.asarray(o).nbytes for o in outputs)
             per_feed.append(outputs)
     except ort_errors() as exc:
-        raise BadInput(f"the {which} model fails on the data ({short(exc, 200)})") from None
+        raise BadInput(f"{_the(which)} fails on the data ({short(exc, 200)})") from None
     return [list(col) for col in zip(*per_feed)], len(per_feed)
 
 

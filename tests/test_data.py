@@ -82,6 +82,20 @@ def test_fixed_state_input_is_shared_across_feeds():
     assert len(ds) == 3 and ds.feeds[2]["state"].shape == (2, 1, 128) and int(ds.feeds[1]["sr"]) == 16000
 
 
+def test_a_state_batched_on_an_inner_axis_is_split_with_the_inputs():
+    """silero-vad op15: input [batch, sequence], state [2, batch, 128]. A file of 40 windows and their 40
+    states gives feeds of 16, 16 and 8 windows, each with its own states (kept whole, the states of all
+    40 went with every feed, and onnxruntime's LSTM refused it)."""
+    specs = [TensorSpec("input", np.dtype("float32"), ("batch", "sequence")),
+             TensorSpec("state", np.dtype("float32"), (2, "batch", 128)), TensorSpec("sr", np.dtype("int64"), ())]
+    state = np.arange(2 * 40 * 128, dtype=np.float32).reshape(2, 40, 128)
+    ds = data.from_arrays({"input": np.zeros((40, 576), np.float32), "state": state, "sr": np.array(16000)},
+                          specs, source="t")
+    assert [f["input"].shape[0] for f in ds.feeds] == [16, 16, 8]
+    assert [f["state"].shape for f in ds.feeds] == [(2, 16, 128), (2, 16, 128), (2, 8, 128)]
+    np.testing.assert_array_equal(ds.feeds[1]["state"], state[:, 16:32])
+
+
 def test_image_folder_with_classes(tmp_path, model):
     from PIL import Image
 

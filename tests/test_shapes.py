@@ -168,16 +168,17 @@ def test_a_0d_input_stays_an_array_when_the_batch_is_cut():
 
 @pytest.mark.realmodel
 def test_silero_vad_with_a_data_file_of_one_batch_and_its_scalar_sample_rate(real_model, tmp_path):
-    """A user's data file for silero-vad: eight 576-sample windows as one batch, their states, and the
-    sample rate once, as a 0-d array. Every command timed it as one example and failed (exit 2,
-    "reference fails on the data (Unable to handle object of type numpy.int64)")."""
+    """A user's data file for silero-vad: forty 576-sample windows as one batch, their states (batched
+    on axis 1), and the sample rate once, as a 0-d array. Every command timed it as one example and
+    failed (exit 2, "reference fails on the data (Unable to handle object of type numpy.int64)"); the
+    states of all forty went with each feed of 16 windows (``data._split``)."""
     import json
 
     from clirun import run_mcomp
 
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "vad.npz", input=(0.1 * rng.standard_normal((8, 576))).astype(np.float32),
-             state=np.zeros((2, 8, 128), np.float32), sr=np.array(16000, np.int64))
+    np.savez(tmp_path / "vad.npz", input=(0.1 * rng.standard_normal((40, 576))).astype(np.float32),
+             state=np.zeros((2, 40, 128), np.float32), sr=np.array(16000, np.int64))
     res = run_mcomp("optimize", real_model("silero-vad-op15").path, "--data", "vad.npz", "--runs", "5",
                     "-o", "out.onnx", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
