@@ -59,6 +59,11 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
         arrays = [f[name] for f in feeds]
         same = all(a is arrays[0] for a in arrays) and len(arrays) > 1
         if same or arrays[0].ndim == 0 or any(a.shape[0] != c for a, c in zip(arrays, counts)):
+            inner = _inner_example_axis(arrays, counts)
+            if inner is not None and not same:
+                raise BadInput(f"{role} data: input {name!r} holds its examples on axis {inner} (shape "
+                               f"{list(arrays[0].shape)} for {counts[0]} examples), and distillation batches "
+                               "examples on axis 0 only (an RNN state [layers, batch, hidden] is such an input)")
             constants[name] = arrays[0]
         else:
             inputs[name] = np.concatenate(arrays, axis=0)
@@ -68,6 +73,16 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
         if labels.shape[0] != sum(counts):
             raise BadInput(f"{role} data ({dataset.source}): {labels.shape[0]} labels for {sum(counts)} examples")
     return Samples(inputs, labels, constants)
+
+
+def _inner_example_axis(arrays: list[np.ndarray], counts: list[int]) -> int | None:
+    """The axis past 0 that is as long as each feed's examples (more than one), if any: fed as a
+    constant, the first feed's values went with batches of another size, and the model refused
+    them with an error that did not say why (silero-vad's LSTM: "initial_h must have shape …")."""
+    for axis in range(1, arrays[0].ndim):
+        if all(a.ndim > axis and a.shape[axis] == c > 1 for a, c in zip(arrays, counts)):
+            return axis
+    return None
 
 
 def split(samples: Samples, share: float, seed: int) -> tuple[Samples, Samples | None]:
