@@ -128,7 +128,7 @@ def _share_unchanged(optimized: ir.Model, model: ir.Model) -> None:
 
 
 def _the(which: str) -> str:
-    """"the input model", "the candidate model"; "the model" when unnamed (not "the model model")."""
+    """'the input model', 'the candidate model'; 'the model' when unnamed (not 'the model model')."""
     return "the model" if which == "model" else f"the {which} model"
 
 
