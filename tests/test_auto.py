@@ -535,3 +535,23 @@ def test_the_time_budget_counts_from_the_start_and_keeps_back_the_final_measurem
     assert before + 100 - measure_seconds <= seen["deadline"] <= after + 100 - measure_seconds
     with pytest.raises(BadInput, match="shorter than one trial"):
         searches.search(searches.Request(settings, tmp_path / "best.onnx", time_budget=25.0))
+
+
+def test_workers_on_a_sqlite_study_ask_for_trials_one_at_a_time(tmp_path):
+    """SQLite ignores SELECT … FOR UPDATE, so two workers could claim the same queued trial; while one
+    counts the study and asks, another process cannot take the lock on the study's file."""
+    import subprocess
+    import sys
+
+    from mcomp.auto import study as studies
+
+    db = tmp_path / "study.db"
+    db.write_bytes(b"")
+    probe = ("import fcntl, sys\nwith open(sys.argv[1], 'rb') as fh:\n    try:\n"
+             "        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    except BlockingIOError:\n"
+             "        sys.exit(3)\n")
+    with studies._one_asker(f"sqlite:///{db}"):
+        assert subprocess.run([sys.executable, "-c", probe, str(db)]).returncode == 3  # held: the other waits
+    assert subprocess.run([sys.executable, "-c", probe, str(db)]).returncode == 0  # released
+    with studies._one_asker("postgresql+psycopg://u@h/db"):  # a server locks the row itself: no file
+        pass

@@ -21,6 +21,7 @@ killed process on this machine (its pid gone) is marked failed ("interrupted") a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -186,16 +187,37 @@ def work(plan: Plan, settings: trials.Settings, space: Space,
     study = load(plan, settings)
     ran = 0
     while ran < plan.trials and (plan.deadline is None or time.time() < plan.deadline):
-        if plan.total is not None and _counted(study) >= plan.total:
-            break
-        trial = study.ask()
-        trial.set_user_attr("pid", os.getpid())
-        trial.set_user_attr("host", HOST)
-        trial.set_user_attr("worker", plan.worker)
+        with _one_asker(plan.storage):
+            if plan.total is not None and _counted(study) >= plan.total:
+                break
+            trial = study.ask()
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("host", HOST)
+            trial.set_user_attr("worker", plan.worker)
         event = _one(study, trial, settings, space, plan.deadline)
         ran += 1
         report(dict(event, worker=plan.worker, ran=ran, share=plan.trials))
     return ran
+
+
+@contextlib.contextmanager
+def _one_asker(url: str):
+    """On a SQLite study, one worker at a time counts the study and asks for a trial. Optuna claims a
+    queued trial with SELECT … FOR UPDATE, which SQLite ignores: two workers started together both
+    claimed the first queued trial and ran it twice (digits, --workers 2: "trial 0" twice, the
+    study one trial short). Workers on SQLite share its file, so a lock on that file (flock, which
+    SQLite's own byte-range locks do not touch) serializes them; a server storage locks the row."""
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(url[len("sqlite:///"):], "rb") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _counted(study) -> int:
