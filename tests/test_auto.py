@@ -330,6 +330,7 @@ def test_no_trial_within_budget_exits_3_and_writes_no_model(tmp_path):
     (("--space", "bad.yaml"), "bad.yaml:2: unknown pass 'prnue'"),
     (("--max-drop", "0.01", "--eval", "unlabelled.npz"), "--max-drop needs labelled evaluation data"),
     (("--storage", "sqlite:////nonexistent-dir/x/y.db"), "--storage sqlite:////nonexistent-dir/x/y.db: cannot open"),
+    (("--storage", "sqlite:///:memory:"), "an in-memory SQLite study is empty again in every connection"),
     (("--time-budget", "0.01s"), "is shorter than one trial"),
     ((), "give one budget"),
     (("--max-drop", "0.01", "--min-fidelity", "0.9"), "give one budget"),

@@ -74,6 +74,10 @@ def masked(url: str) -> str:
 def check_storage(url: str) -> None:
     """Before any work: a SQLite file must be creatable (nothing is created yet: a run refused later
     leaves no file); any other URL is connected to now (an unreachable server is one line, exit 2)."""
+    if url.startswith("sqlite") and (":memory:" in url or url.rstrip("/") == "sqlite:"):
+        # each connection (the search's, each worker's) would open a new, empty database
+        raise BadInput(f"--storage {masked(url)}: an in-memory SQLite study is empty again in every connection; "
+                       "give a file (sqlite:///study.db), or leave --storage out for one beside -o")
     if url.startswith("sqlite:///"):
         parent = Path(url[len("sqlite:///"):]).parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
