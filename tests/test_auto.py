@@ -321,7 +321,10 @@ def test_no_trial_within_budget_exits_3_and_writes_no_model(tmp_path):
     assert res.returncode == 3, res.explain()
     assert not (tmp_path / "best.onnx").exists() and not (tmp_path / "best.report.json").exists()
     assert "no trial met the budget" in res.err_lines[-1] and "closest: trial 0" in res.err_lines[-1]
-    assert any(line.startswith("  closest: trial 0: loss") for line in res.err_lines)
+    drop = json.loads(res.out)["closest"][0]["measured"]["loss"] * 100
+    # in the budget's units, as the progress lines give it: points dropped, not a bare fraction
+    assert f"(prune) drop {drop:.2f} pts, latency ×" in res.err_lines[-1], res.explain()
+    assert any(line.startswith(f"  closest: trial 0: drop {drop:.2f} pts, latency ×") for line in res.err_lines)
     doc = json.loads(res.out)  # --json: the study's report on stdout, as a failed gate's is
     assert doc["chosen"] is None and doc["closest"][0]["number"] == 0
 

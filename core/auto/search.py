@@ -83,7 +83,7 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
     chosen = doc["chosen"]
     if chosen is None:
         doc["seconds"] = round(time.perf_counter() - started, 2)
-        near = "; ".join(_describe(t) for t in doc["closest"]) or "no trial completed"
+        near = "; ".join(_describe(t, settings) for t in doc["closest"]) or "no trial completed"
         raise GateFailed(f"no trial met the budget ({_budget_text(settings)}); closest: {near}", report=doc)
     progress("re-measuring the chosen model", 0, 1)
     steps = [tuple(s) for s in chosen["steps"]]
@@ -258,10 +258,16 @@ def _row(t) -> dict:
             "seconds": round(t.duration.total_seconds(), 2) if t.duration else None}
 
 
-def _describe(row: dict) -> str:
+def loss_phrase(kind: str | None, loss: float) -> str:
+    """A trial's loss in the budget's own units: accuracy points dropped, or 1 − fidelity."""
+    return f"drop {loss * 100:.2f} pts" if kind == "max_drop" else f"1 − fidelity {loss:.4f}"
+
+
+def _describe(row: dict, settings) -> str:
     m = row["measured"]
     steps = "+".join(s[0] for s in row["steps"]) or "?"
-    return f"trial {row['number']} ({steps}) loss {m.get('loss', float('nan')):.4f}, objective ×{m.get('objective', float('nan')):.3f}"
+    return (f"trial {row['number']} ({steps}) {loss_phrase(settings.budget[0], m.get('loss', float('nan')))}, "
+            f"{settings.objective} ×{m.get('objective', float('nan')):.3f}")
 
 
 def _budget_text(settings) -> str:
