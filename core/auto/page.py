@@ -84,6 +84,13 @@ def _ratio(value) -> str:
     return f"×{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
+def _loss_column(doc: dict):
+    """The loss's title and cell in the budget's units, as the terminal gives them."""
+    if (doc.get("budget") or {}).get("kind") == "max_drop":
+        return "drop (pts)", lambda v: f"{v * 100:.2f}" if isinstance(v, (int, float)) else ""
+    return "1 − fidelity", lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""
+
+
 def to_html(doc: dict) -> str:
     figure = pareto_figure(doc)
     study, chosen = doc["study"], doc.get("chosen")
@@ -103,27 +110,30 @@ def to_html(doc: dict) -> str:
     parts.append(f"<p>Measured at {escape(measured_on(doc))}.</p>")
     if figure:
         parts.append(f'<figure class="plot" data-plot="pareto">{figure[1]}</figure>')
+    loss_title, loss = _loss_column(doc)
+    beside = "latency" if doc["objective"] == "size" else "size"  # the objective's column is not repeated
     if chosen:
         again = chosen.get("remeasured") or chosen["measured"]
         parts += ["<h2>Chosen</h2>", f"<p>Trial {chosen['number']}: <code>{escape(_steps(chosen['steps']))}</code></p>",
                   html_table(("", "search", "re-measured"), [
-                      ("loss (what the budget bounds)", _fmt(chosen["measured"]["loss"]), _fmt(again["loss"])),
+                      (f"{loss_title} (what the budget bounds)", loss(chosen["measured"]["loss"]), loss(again["loss"])),
                       (f"{doc['objective']} ratio", _ratio(chosen["measured"]["objective"]), _ratio(again["objective"])),
                       ("size ratio", _ratio(chosen["measured"].get("size_ratio")), _ratio(again.get("size_ratio"))),
                       ("MACs ratio", _ratio(chosen["measured"].get("macs_ratio")), _ratio(again.get("macs_ratio")))],
                       numeric=(1, 2))]
     else:
         parts += ["<h2>No trial met the budget</h2>", "<p>Closest trials:</p>",
-                  html_table(("trial", "steps", "loss", "objective"),
-                         [(t["number"], _steps(t["steps"]), _fmt(t["measured"].get("loss")),
+                  html_table(("trial", "steps", loss_title, doc["objective"]),
+                         [(t["number"], _steps(t["steps"]), loss(t["measured"].get("loss")),
                            _ratio(t["measured"].get("objective"))) for t in doc.get("closest", [])])]
     rows = []
     for t in doc["trials"]:
         m = t["measured"]
         rows.append((t["number"], t["state"] + (" *" if t["feasible"] else ""), _steps(t["steps"]),
-                     _fmt(m.get("loss")) if m else "", _ratio(m.get("objective")) if m else "",
-                     _ratio(m.get("size_ratio")) if m else "", t.get("error") or ""))
+                     loss(m.get("loss")) if m else "", _ratio(m.get("objective")) if m else "",
+                     _ratio(m.get(f"{beside}_ratio")) if m else "", t.get("error") or ""))
     parts += ["<h2>Trials</h2>", "<p class=\"muted\">* within budget</p>",
-              html_table(("trial", "state", "pipeline", "loss", doc["objective"], "size", "reason"), rows, numeric=(3, 4, 5)),
+              html_table(("trial", "state", "pipeline", loss_title, doc["objective"], beside, "reason"), rows,
+                         numeric=(3, 4, 5)),
               "</body></html>", ""]
     return "\n".join(p for p in parts if p)
