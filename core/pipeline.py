@@ -30,6 +30,7 @@ class RunRequest:
     progress: Callable[[str, int, int], None] = lambda description, done, total: None
     cache: StepCache | None = None  # stored prefixes of steps (a search's trials share them)
     on_epoch: Callable[[dict], None] | None = None  # given to training passes (Context.on_epoch)
+    before_step: Callable[[str], None] | None = None  # told each step's name before it runs; may raise to stop
 
 
 @dataclass
@@ -112,6 +113,8 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
         if i < start:
             continue
         request.progress(f"step {i + 1}/{len(pipeline.steps)}: {step.name}", i, len(pipeline.steps))
+        if request.before_step is not None:
+            request.before_step(step.name)
         if pass_.in_place and current is loaded.model:
             current = graph.copy(loaded.model)
         result = pass_(current, ctx)

@@ -185,6 +185,27 @@ def test_a_trial_running_past_the_time_budget_stops_at_the_next_epoch():
         studies._epoch_hook(None, time.time() - 1)({"epoch": 4})
 
 
+def test_a_trial_past_the_deadline_stops_before_its_next_step(tmp_path):
+    """Not only distillation's epochs: a trial whose prune ends after the deadline does not go on to
+    its next pass."""
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="builtin:digits", train="builtin:digits-train",
+                               evaluation="builtin:digits-eval", folder=str(tmp_path), max_drop=0.01, runs=5)
+    seen = []
+
+    def before(step: str) -> None:
+        seen.append(step)
+        studies._step_hook(time.time() + (-1 if step == "optimize" else 60))(step)  # the deadline passes mid-trial
+
+    steps = [("prune", {"method": "structured", "rate": 0.5}), ("optimize", {"level": "basic"})]
+    with pytest.raises(trials.Stopped, match="stopped before optimize: the search's time budget ran out"):
+        trials.run(settings, steps, str(tmp_path / "trial.onnx"), cache=False, before_step=before)
+    assert seen == ["prune", "optimize"] and not (tmp_path / "trial.onnx").exists()
+    assert studies._step_hook(None) is None
+
+
 def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measuring_again():
     from mcomp.auto.search import _replayable
     from mcomp.passes.prune import Prune

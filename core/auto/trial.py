@@ -121,8 +121,10 @@ def pipeline_for(settings: Settings, steps: list[tuple[str, dict]], *, latency: 
 
 
 def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
-        on_epoch: Callable[[dict], None] | None = None, cache: bool = True) -> tuple[Measured, dict]:
-    """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report)."""
+        on_epoch: Callable[[dict], None] | None = None, cache: bool = True,
+        before_step: Callable[[str], None] | None = None) -> tuple[Measured, dict]:
+    """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report).
+    ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial."""
     from mcomp import model as model_io
     from mcomp.pipeline import RunRequest, execute
     from mcomp.step_cache import StepCache
@@ -133,7 +135,7 @@ def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
     load = model_io.LoadOptions(settings.arch, settings.trust_checkpoint, shapes)
     steps_cache = StepCache(Path(settings.folder) / "cache") if cache else None
     outcome = execute(pipeline, RunRequest(settings.model, output, load, "mcomp auto (trial)", cache=steps_cache,
-                                           on_epoch=on_epoch))
+                                           on_epoch=on_epoch, before_step=before_step))
     measured = measure(settings, outcome.report, time.perf_counter() - started)
     measured.cached_steps = sum(1 for s in outcome.report["steps"] if s.get("cached"))
     return measured, outcome.report
