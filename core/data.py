@@ -37,6 +37,7 @@ class Dataset:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     shapes: dict[str, shapes.InputShape] | None = None  # synthetic data: the shapes it was made at, and why
+    inner_batch: dict[str, int] = field(default_factory=dict)  # inputs split along an inner axis: name → axis
 
     def __len__(self) -> int:
         return len(self.feeds)
@@ -52,7 +53,7 @@ class Dataset:
 
     def head(self, n: int) -> "Dataset":
         return Dataset(self.feeds[:n], None if self.labels is None else self.labels[:n], self.synthetic, self.source,
-                       self.notes, self.shapes)
+                       self.notes, self.shapes, self.inner_batch)
 
     def describe(self) -> dict:
         return {"source": self.source, "feeds": len(self.feeds), "samples": self.samples,
@@ -123,7 +124,8 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, sourc
     for feed in feeds:
         for s in specs:
             check_shape(feed[s.name], s, source)
-    return Dataset(feeds, _split_labels(labels, feeds, specs[0].name, source), False, source)
+    inner = {s.name: axis for s in specs if (axis := _inner_batch_axis(np.asarray(arrays[s.name]), s)) is not None}
+    return Dataset(feeds, _split_labels(labels, feeds, specs[0].name, source), False, source, inner_batch=inner)
 
 
 def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) -> list[np.ndarray] | None:
@@ -138,14 +140,14 @@ def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) ->
     if rank == 0:
         return None
     lead = spec.shape[0] if spec.shape else None
+    inner = _inner_batch_axis(array, spec)
+    if inner is not None:
+        # the batch is an inner axis (an RNN state [layers, batch, hidden], silero-vad's [2, batch, 128]):
+        # split there, as the inputs batched on axis 0 are; kept whole, one feed paired the first 16
+        # windows with the states of all 64, and onnxruntime's LSTM refused the feed
+        n = array.shape[inner]
+        return [array[(slice(None),) * inner + (slice(i, i + batch_size),)] for i in range(0, n, batch_size)]
     if isinstance(lead, int):
-        inner = next((a for a in range(1, rank) if shapes.is_batch_dim(spec, a)), None)
-        if array.shape[0] == lead and inner is not None:
-            # the batch is an inner axis (an RNN state [layers, batch, hidden], silero-vad's [2, batch, 128]):
-            # split there, as the inputs batched on axis 0 are; kept whole, one feed paired the first 16
-            # windows with the states of all 64, and onnxruntime's LSTM refused the feed
-            n = array.shape[inner]
-            return [array[(slice(None),) * inner + (slice(i, i + batch_size),)] for i in range(0, n, batch_size)]
         if array.shape[0] == lead and rank > 1 and not _batch_like(spec):
             return None  # a fixed-size tensor such as an RNN state: the same in every feed
         if array.shape[0] % lead:
@@ -155,6 +157,15 @@ def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) ->
     else:
         step = batch_size  # the last batch may be smaller: the batch dim is dynamic
     return [array[i:i + step] for i in range(0, array.shape[0], step)]
+
+
+def _inner_batch_axis(array: np.ndarray, spec: TensorSpec) -> int | None:
+    """The axis past 0 named as the batch, for an array of the input's rank whose dim 0 is the
+    input's fixed dim 0; None otherwise."""
+    if not spec.shape or array.ndim != len(spec.shape) or not isinstance(spec.shape[0], int) \
+            or array.shape[0] != spec.shape[0]:
+        return None
+    return next((a for a in range(1, array.ndim) if shapes.is_batch_dim(spec, a)), None)
 
 
 def _batch_like(spec: TensorSpec) -> bool:

@@ -279,7 +279,15 @@ def test_an_input_with_its_examples_on_an_inner_axis_is_refused_with_the_reason(
              for n in (16, 16, 8)]
     with pytest.raises(BadInput, match=r"input 'state' holds its examples on axis 1 .*axis 0 only"):
         from_dataset(Dataset(feeds, None, False, "t"), "training")
+    zeros = [dict(f, state=np.zeros((2, 16, 128), np.float32)) for f in feeds[:2]]  # the same in each feed
+    with pytest.raises(BadInput, match=r"input 'state' holds its examples on axis 1"):  # as the loader said
+        from_dataset(Dataset(zeros, None, False, "t", inner_batch={"state": 1}), "training")
     shared = np.zeros((2, 1, 128), np.float32)  # one state for every feed (silero-vad v6): a constant
     samples = from_dataset(Dataset([{"input": np.zeros((4, 576), np.float32), "state": shared, "sr": sr}
                                     for _ in range(2)], None, False, "t"), "training")
     assert len(samples) == 8 and set(samples.constants) == {"state", "sr"}
+    # a constant the loader copied into each feed (a cast) whose inner axis happens to match the batch
+    table = np.ones((1, 4, 8), np.float32)
+    copied = from_dataset(Dataset([{"input": np.zeros((4, 576), np.float32), "table": table.copy()}
+                                   for _ in range(2)], None, False, "t"), "training")
+    assert set(copied.constants) == {"table"}

@@ -49,6 +49,9 @@ def from_arrays(arrays) -> Samples:
 def from_dataset(dataset: Dataset, role: str) -> Samples:
     """Joins the feeds of ``dataset`` along axis 0; labels must give one entry per example."""
     feeds = dataset.feeds
+    if dataset.inner_batch:  # inputs the loader split along an inner axis (``data._split``)
+        name, axis = next(iter(dataset.inner_batch.items()))
+        raise _inner_refused(role, name, axis, feeds[0][name].shape)
     names = list(feeds[0])
     first = feeds[0][names[0]]
     if first.ndim == 0:
@@ -59,11 +62,11 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
         arrays = [f[name] for f in feeds]
         same = all(a is arrays[0] for a in arrays) and len(arrays) > 1
         if same or arrays[0].ndim == 0 or any(a.shape[0] != c for a, c in zip(arrays, counts)):
-            inner = _inner_example_axis(arrays, counts)
-            if inner is not None and not same:
-                raise BadInput(f"{role} data: input {name!r} holds its examples on axis {inner} (shape "
-                               f"{list(arrays[0].shape)} for {counts[0]} examples), and distillation batches "
-                               "examples on axis 0 only (an RNN state [layers, batch, hidden] is such an input)")
+            # a constant copied into each feed is the same values each time; per-example values differ
+            shared = same or all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays[1:])
+            inner = None if shared else _inner_example_axis(arrays, counts)
+            if inner is not None:
+                raise _inner_refused(role, name, inner, arrays[0].shape)
             constants[name] = arrays[0]
         else:
             inputs[name] = np.concatenate(arrays, axis=0)
@@ -73,6 +76,12 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
         if labels.shape[0] != sum(counts):
             raise BadInput(f"{role} data ({dataset.source}): {labels.shape[0]} labels for {sum(counts)} examples")
     return Samples(inputs, labels, constants)
+
+
+def _inner_refused(role: str, name: str, axis: int, shape) -> BadInput:
+    return BadInput(f"{role} data: input {name!r} holds its examples on axis {axis} (a feed's shape {list(shape)}), "
+                    "and distillation batches examples on axis 0 only (an RNN state [layers, batch, hidden] is "
+                    "such an input)")
 
 
 def _inner_example_axis(arrays: list[np.ndarray], counts: list[int]) -> int | None:
