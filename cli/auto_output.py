@@ -79,20 +79,20 @@ class Printer:
         console.err.print(f"measured at {measured_on(doc)}")
         table = Table(title="Pareto front (within budget marked *)", title_justify="left")
         others = [o for o in RATIOS if o != doc["objective"]]  # alongside the objective, not repeating it
-        loss_title, loss_text, loss_words = _loss_format(doc)
-        for col in ("trial", "steps", loss_title, doc["objective"], *(RATIOS[o][0] for o in others)):
+        units = _loss_units(doc)
+        for col in ("trial", "steps", units.title, doc["objective"], *(RATIOS[o][0] for o in others)):
             table.add_column(col, justify="left" if col in ("trial", "steps") else "right")
         by_number = {t["number"]: t for t in doc["trials"]}
         for number in doc["front"]:
             t = by_number[number]
             m = t["measured"]
             mark = "*" if t["feasible"] else ""
-            table.add_row(f"{number}{mark}", " → ".join(s[0] for s in t["steps"]), loss_text(m["loss"]),
+            table.add_row(f"{number}{mark}", " → ".join(s[0] for s in t["steps"]), units.cell(m["loss"]),
                           f"×{m['objective']:.3f}", *(_ratio(m.get(RATIOS[o][1])) for o in others))
         console.err.print(table)
         again = chosen.get("remeasured") or chosen["measured"]
         console.err.print(f"chosen: trial {chosen['number']} ({' → '.join(s[0] for s in chosen['steps'])}); "
-                          f"re-measured: {loss_words(again['loss'])}, {doc['objective']} ×{again['objective']:.3f}, "
+                          f"re-measured: {units.phrase(again['loss'])}, {doc['objective']} ×{again['objective']:.3f}, "
                           + ", ".join(f"{RATIOS[o][0]} {_ratio(again.get(RATIOS[o][1]))}" for o in others))
         wrote = [str(output), str(report)] + ([str(pipeline)] if pipeline else [])
         console.say("wrote " + ", ".join(wrote))
@@ -105,19 +105,14 @@ class Printer:
         for t in doc.get("closest", []):
             m = t["measured"]
             steps = " → ".join(f"{name} {options}" for name, options in t["steps"])
-            console.err.print(f"  closest: trial {t['number']}: {_loss_format(doc)[2](m['loss'])}, {doc['objective']} "
+            console.err.print(f"  closest: trial {t['number']}: {_loss_units(doc).phrase(m['loss'])}, {doc['objective']} "
                               f"×{m['objective']:.3f}: {steps}")
 
 
-def _loss_format(doc: dict):
-    """What the budget bounds, in the units the progress lines use: a column title and a cell, and
-    a phrase for sentences (the table printed a bare "loss 0.0037" under lines reading "-0.37 pts")."""
-    from mcomp.auto.search import loss_phrase
+def _loss_units(doc: dict):
+    from mcomp.auto.trial import loss_units
 
-    kind = (doc.get("budget") or {}).get("kind")
-    if kind == "max_drop":
-        return "drop (pts)", lambda loss: f"{loss * 100:.2f}", lambda loss: loss_phrase(kind, loss)
-    return "1 − fidelity", lambda loss: f"{loss:.4f}", lambda loss: loss_phrase(kind, loss)
+    return loss_units((doc.get("budget") or {}).get("kind"))
 
 
 def _ratio(value) -> str:

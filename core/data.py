@@ -111,7 +111,8 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, sourc
                        f"(missing: {missing or 'none'}, unknown: {extra or 'none'}; model inputs: {names})")
     for s in specs:  # in the file's own indexing, before it is split into feeds
         data_checks.check_array(np.asarray(arrays[s.name]), s.name, source)
-    per_input = {s.name: _split(arrays[s.name], s, source, batch_size) for s in specs}
+    inner = {s.name: axis for s in specs if (axis := _inner_batch_axis(np.asarray(arrays[s.name]), s)) is not None}
+    per_input = {s.name: _split(arrays[s.name], s, source, batch_size, inner.get(s.name)) for s in specs}
     counts = {n: len(v) for n, v in per_input.items() if v is not None}
     if not counts:
         feeds = [{n: arrays[n] for n in names}]
@@ -124,12 +125,13 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, sourc
     for feed in feeds:
         for s in specs:
             check_shape(feed[s.name], s, source)
-    inner = {s.name: axis for s in specs if (axis := _inner_batch_axis(np.asarray(arrays[s.name]), s)) is not None}
     return Dataset(feeds, _split_labels(labels, feeds, specs[0].name, source), False, source, inner_batch=inner)
 
 
-def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) -> list[np.ndarray] | None:
-    """Feeds for one input, or None for a constant (the same value in every feed)."""
+def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int,
+           inner: int | None = None) -> list[np.ndarray] | None:
+    """Feeds for one input, or None for a constant (the same value in every feed). ``inner``: the
+    axis past 0 its examples lie along (``_inner_batch_axis``)."""
     array = _cast(array, spec, source)
     rank = len(spec.shape) if spec.shape is not None else array.ndim
     if array.ndim == rank + 1:
@@ -140,7 +142,6 @@ def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int) ->
     if rank == 0:
         return None
     lead = spec.shape[0] if spec.shape else None
-    inner = _inner_batch_axis(array, spec)
     if inner is not None:
         # the batch is an inner axis (an RNN state [layers, batch, hidden], silero-vad's [2, batch, 128]):
         # split there, as the inputs batched on axis 0 are; kept whole, one feed paired the first 16

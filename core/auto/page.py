@@ -84,13 +84,6 @@ def _ratio(value) -> str:
     return f"×{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
-def _loss_column(doc: dict):
-    """The loss's title and cell in the budget's units, as the terminal gives them."""
-    if (doc.get("budget") or {}).get("kind") == "max_drop":
-        return "drop (pts)", lambda v: f"{v * 100:.2f}" if isinstance(v, (int, float)) else ""
-    return "1 − fidelity", lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else ""
-
-
 def to_html(doc: dict) -> str:
     figure = pareto_figure(doc)
     study, chosen = doc["study"], doc.get("chosen")
@@ -110,7 +103,10 @@ def to_html(doc: dict) -> str:
     parts.append(f"<p>Measured at {escape(measured_on(doc))}.</p>")
     if figure:
         parts.append(f'<figure class="plot" data-plot="pareto">{figure[1]}</figure>')
-    loss_title, loss = _loss_column(doc)
+    from mcomp.auto.trial import loss_units
+
+    units = loss_units((doc.get("budget") or {}).get("kind"))
+    loss_title, loss = units.title, units.cell
     beside = "latency" if doc["objective"] == "size" else "size"  # the objective's column is not repeated
     if chosen:
         again = chosen.get("remeasured") or chosen["measured"]

@@ -258,15 +258,10 @@ def _row(t) -> dict:
             "seconds": round(t.duration.total_seconds(), 2) if t.duration else None}
 
 
-def loss_phrase(kind: str | None, loss: float) -> str:
-    """A trial's loss in the budget's own units: accuracy points dropped, or 1 − fidelity."""
-    return f"drop {loss * 100:.2f} pts" if kind == "max_drop" else f"1 − fidelity {loss:.4f}"
-
-
 def _describe(row: dict, settings) -> str:
     m = row["measured"]
     steps = "+".join(s[0] for s in row["steps"]) or "?"
-    return (f"trial {row['number']} ({steps}) {loss_phrase(settings.budget[0], m.get('loss', float('nan')))}, "
+    return (f"trial {row['number']} ({steps}) {trials.loss_units(settings.budget[0]).phrase(m.get('loss', float('nan')))}, "
             f"{settings.objective} ×{m.get('objective', float('nan')):.3f}")
 
 

@@ -86,6 +86,29 @@ def without_idle_distill(steps: list[tuple[str, dict]]) -> list[tuple[str, dict]
     return out
 
 
+@dataclass(frozen=True)
+class LossUnits:
+    """A trial's loss as people read the budget: accuracy points dropped (``max_drop``), or
+    1 − fidelity. The table once printed a bare "loss 0.0037" under lines reading "-0.37 pts"."""
+
+    title: str  # a column's heading
+    scale: float
+    digits: int
+    suffix: str = ""
+
+    def cell(self, loss) -> str:
+        return f"{loss * self.scale:.{self.digits}f}" if isinstance(loss, (int, float)) else ""
+
+    def phrase(self, loss) -> str:
+        return f"{self.title.split(' (')[0]} {self.cell(loss)}{self.suffix}"
+
+
+def loss_units(budget_kind: str | None) -> LossUnits:
+    if budget_kind == "max_drop":
+        return LossUnits("drop (pts)", 100.0, 2, " pts")
+    return LossUnits("1 − fidelity", 1.0, 4)
+
+
 def for_objective(steps: list[tuple[str, dict]], objective: str) -> list[tuple[str, dict]]:
     """The steps as the objective needs them. Asked for the smallest model, an int8 quantization
     (static, dynamic) runs without its latency guard, unless the space sets ``latency_guard``: the
