@@ -25,7 +25,7 @@ from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
 from mcomp.external_data import external_tensors, release_pages, release_tensor
 from mcomp.session import input_specs
-from mcomp.sources import BIG_WEIGHTS, runnable, weight_bytes
+from mcomp.sources import BIG_WEIGHTS, reads_data, runnable, weight_bytes
 
 FIDELITY_MODES = ("slice", "whole")
 # Reference outputs held for one comparison; the feeds past it are left out, with a note (the
@@ -76,6 +76,7 @@ def session(model: ir.Model | bytes | str | Path, providers: list[str], threads:
     big = weight_bytes(model) >= BIG_WEIGHTS
     options = _options(threads, spinning=spinning, optimization=optimization, big=big)
     with runnable(model) as source:  # a temp file may go once made into a session: onnxruntime maps it
+        reads_data(options, source)
         try:
             return ort.InferenceSession(source, options, providers=providers)
         except ort_errors() as exc:
@@ -94,6 +95,7 @@ def offline_optimized(model: ir.Model | bytes | str | Path, level: str, provider
     options = _options(optimization=level, big=big)
     with runnable(model) as source, tempfile.TemporaryDirectory(prefix="mcomp-ort-") as tmp:
         out = Path(tmp) / "optimized.onnx"
+        reads_data(options, source)
         options.optimized_model_filepath = str(out)
         if big:  # the optimized weights go to a file beside it, mapped below: no protobuf of them
             options.add_session_config_entry("session.optimized_model_external_initializers_file_name",

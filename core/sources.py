@@ -21,6 +21,12 @@ from mcomp.external_data import external_tensors, release_pages
 from mcomp.graph import all_graphs
 from mcomp.model import to_bytes
 
+# onnxruntime's session option for where a serialized model's external data files are (a model given as
+# bytes has no folder of its own).
+DATA_FOLDER_OPTION = "session.model_external_initializers_file_folder_path"
+# The most bytes of in-memory tensors a model run from its input's data folder may carry inline.
+INLINE_LIMIT = 64 << 20
+
 # From this many bytes of weights a model is run from a file (mapped by onnxruntime, not copied into a
 # serialized protobuf and again into the session) and without prepacked weights, which would be one
 # more full copy per session (MLAS's packed MatMul operands): measured on one 8192×8192 MatMul (256 MiB),
@@ -28,9 +34,27 @@ from mcomp.model import to_bytes
 BIG_WEIGHTS = 256 << 20
 
 
+class ModelBytes(bytes):
+    """A serialized model whose external tensors are read by onnxruntime from their own files in
+    ``folder`` (``DATA_FOLDER_OPTION``; see :func:`reads_data`), and the bytes of all its weights."""
+
+    def __new__(cls, data: bytes, folder: str, weights: int):
+        self = super().__new__(cls, data)
+        self.folder, self.weights = folder, weights
+        return self
+
+
+def reads_data(options, source) -> None:
+    """Points the session ``options`` at the data folder of a ``ModelBytes`` source (others need nothing)."""
+    if isinstance(source, ModelBytes):
+        options.add_session_config_entry(DATA_FOLDER_OPTION, source.folder)
+
+
 def weight_bytes(model: ir.Model | bytes | str | Path) -> int:
     """Bytes of the stored tensors: of the initializers (``ir.Model``), of the serialized model
     (bytes), of a file and the external data it names (a path; the graph is read without the data)."""
+    if isinstance(model, ModelBytes):
+        return model.weights
     if isinstance(model, ir.Model):
         return sum(v.const_value.nbytes for g in all_graphs(model.graph) for v in g.initializers.values()
                    if v.const_value is not None)
@@ -63,6 +87,10 @@ def runnable(model: ir.Model | bytes | str | Path, *, spill: bool = False):
     if not external_tensors(model) and weight_bytes(model) < BIG_WEIGHTS:
         yield to_bytes(model)
         return
+    in_place = in_their_folder(model)
+    if in_place is not None:
+        yield in_place
+        return
     with tempfile.TemporaryDirectory(prefix="mcomp-run-") as tmp:
         path = Path(tmp) / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data")
@@ -85,6 +113,41 @@ def kept_source(model: ir.Model, folder: Path) -> bytes | str:
     return str(path)
 
 
+def in_their_folder(model: ir.Model) -> ModelBytes | None:
+    """``model`` serialized with its external tensors left in their files, when those are all in one
+    folder and what it holds in memory is small (``INLINE_LIMIT``): onnxruntime then maps the weights
+    from where they are (a pass that changed only the graph, as ``optimize`` does, shares the input's
+    tensors), where written beside it each session's file was one more copy of every weight (0.4 s for
+    0.75 GiB, 1.2 s for 2.5 GiB, four times in an ``optimize``). None when that does not hold.
+    A symbolic or hard link to the input's data would do the same, but onnxruntime refuses a link
+    that leaves the model's folder, and onnx's loader refuses a data file with two links."""
+    external = external_tensors(model)
+    folders = {os.path.dirname(_file_of(v.const_value)) for v in external}
+    if len(folders) != 1:
+        return None
+    held = sum(v.const_value.nbytes for g in all_graphs(model.graph) for v in g.initializers.values()
+               if v.const_value is not None and not isinstance(v.const_value, ir.ExternalTensor))
+    if held > INLINE_LIMIT:
+        return None
+    folder = folders.pop()
+    swapped = [(v, v.const_value) for v in external]
+    try:
+        for value, tensor in swapped:
+            value.const_value = ir.ExternalTensor(
+                os.path.basename(_file_of(tensor)), tensor.offset, tensor.length, tensor.dtype,
+                shape=tensor.shape, name=tensor.name, doc_string=tensor.doc_string,
+                metadata_props=dict(tensor.metadata_props), base_dir=folder)
+        data = ir.serde.serialize_model(model).SerializeToString()
+    finally:
+        for value, tensor in swapped:
+            value.const_value = tensor
+    return ModelBytes(data, folder, held + sum(t.nbytes for _, t in swapped))
+
+
+def _file_of(tensor: ir.ExternalTensor) -> str:
+    return os.path.join(tensor.base_dir or "", tensor.location)
+
+
 def _spill(model: ir.Model, path: Path) -> None:
     """Swaps ``model``'s in-memory initializers of 1 MiB or more for the mapped tensors of ``path``
     (written from it just before). Mapped here, their pages outlive the temp folder's removal."""
@@ -96,4 +159,5 @@ def _spill(model: ir.Model, path: Path) -> None:
                                           doc_string=tensor.doc_string)
 
 
-__all__ = ["BIG_WEIGHTS", "kept_source", "runnable", "weight_bytes"]
+__all__ = ["BIG_WEIGHTS", "ModelBytes", "in_their_folder", "kept_source", "reads_data", "runnable",
+           "weight_bytes"]

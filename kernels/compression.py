@@ -37,8 +37,12 @@ def compressed_sizes(chunks: Iterable[bytes], deflate: bool = True) -> dict[str,
 
 
 WHOLE = 64 << 20  # buffers totalling up to this many bytes are compressed whole
-SAMPLE = 16 << 20  # above it, this many bytes of evenly spaced chunks stand for them
-CHUNK = 1 << 20
+# Above it, this many bytes of evenly spaced chunks stand for them. Measured on a 50 % pruned 0.75 GiB
+# model against 192 MiB compressed whole: 16 MiB in 1 MiB chunks (the earlier sample) and 4 MiB in
+# 64 KiB chunks both came within 0.04 % of it, in 1.25 s and 0.28 s. More, smaller chunks cover
+# more of a model whose layers differ; DEFLATE's 32 KiB window fits in each.
+SAMPLE = 4 << 20
+CHUNK = 64 << 10
 
 
 def estimated_sizes(buffers: list, deflate: bool = True) -> dict[str, int]:

@@ -265,3 +265,34 @@ def test_weight_only_candidate_past_protobufs_limit_returns_the_input(tmp_path, 
     assert "input returned unchanged" in step["summary"] and "protobuf's 2 GB" in step["summary"]
     step = quantize(tmp_path / "all.onnx", min_fidelity=0.5)
     assert "unchanged" not in step["summary"]
+
+
+def test_a_model_sharing_its_inputs_weights_runs_from_their_folder_without_a_copy(tmp_path, monkeypatch):
+    """A big model whose weights are still its input's (``optimize`` changes only the graph) is given
+    to onnxruntime as bytes reading the input's data file where it is: no temp file, no copy of the
+    weights, and the same outputs as the file itself. Weights in memory past ``INLINE_LIMIT``, or
+    data files in two folders, take the written-file path as before."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build(folder / "m.onnx", layers=2, dim=64)
+    before = sorted(p.name for p in folder.iterdir())
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)  # the weights stay mapped from the input's file
+    monkeypatch.setattr(sources, "BIG_WEIGHTS", 1)
+    model = model_io.load(folder / "m.onnx").model
+    feed = {"x": np.random.default_rng(1).standard_normal((1, 64)).astype(np.float32)}
+    expected = evaluate.session(str(folder / "m.onnx"), ["CPUExecutionProvider"]).run(None, feed)[0]
+    with sources.runnable(model) as source:
+        assert isinstance(source, sources.ModelBytes) and Path(source.folder) == folder.resolve()
+        assert len(source) < 4096 and sources.weight_bytes(source) == 2 * 64 * 64 * 4
+    got = evaluate.session(model, ["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(got, expected)
+    assert all(isinstance(v.const_value, ir.ExternalTensor) and Path(v.const_value.location).is_absolute()
+               for v in external_data.external_tensors(model)), "the model's own references are left as they were"
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+    monkeypatch.setattr(sources, "INLINE_LIMIT", 0)  # a pass's new weights in memory: written beside them
+    changed = model.graph.initializers["w0"]
+    changed.const_value = ir.Tensor(np.zeros((64, 64), np.float32), name="w0")
+    assert sources.in_their_folder(model) is None
+    with sources.runnable(model) as source:
+        assert isinstance(source, str) and Path(source + ".data").is_file()

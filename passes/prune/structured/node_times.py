@@ -50,11 +50,13 @@ def profile(model: bytes | str, feed: dict[str, np.ndarray], providers: list[str
     # evaluate's session options (its ``all`` level, quiet logs, the threads), which mcomp's sessions run
     # with; the profiler needs its own session, so there is no public way in but the private builder.
     from mcomp.evaluate import _options, ort_errors
+    from mcomp.sources import reads_data
 
     options = _options(threads)
     with tempfile.TemporaryDirectory(prefix="mcomp-profile-") as folder:
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(folder, "profile")
+        reads_data(options, model)
         try:
             session = ort.InferenceSession(model, options, providers=providers)
             for _ in range(WARMUP + runs):
