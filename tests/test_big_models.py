@@ -139,6 +139,8 @@ def test_prune_mask_matches_a_stable_sort():
             keep = np.ones(scores.size, dtype=bool)
             keep[np.argsort(scores.ravel(), kind="stable")[:count]] = False
             assert np.array_equal(importance.prune_mask(scores, count), keep.reshape(scores.shape))
+            for near in (0.0, 1.0, 2.0, 3.0, np.nan):  # a hint, right or wrong, gives the same mask
+                assert np.array_equal(importance.prune_mask(scores, count, near), keep.reshape(scores.shape))
 
 
 def test_global_threshold_bracketed_is_the_joined_kth_smallest(monkeypatch):

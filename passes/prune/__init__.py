@@ -175,7 +175,7 @@ class Prune(Pass):
             scores = un.weight_scores(layers, criterion, np.random.default_rng(ctx.seed), grads)
             counts = un.allocate(scores, rate * step / steps, cfg.scope, cfg.max_layer_rate)
             records = un.apply(layers, scores, counts)
-        zeros = sum(round(r["sparsity"] * r["params"]) for r in records)
+        zeros = sum(r["params"] - r["nonzero"] for r in records)
         notes = ["unstructured sparsity makes the file smaller once compressed (zip/zstd), not faster: "
                  "onnxruntime's dense kernels multiply the zeros at full cost"]
         summary = (f"sparsity {zeros / prunable:.2%} of {prunable:,} prunable weights in {len(records)} layers "
@@ -185,7 +185,8 @@ class Prune(Pass):
                    "achieved": {"sparsity": round(zeros / prunable, 6), "prunable_params": prunable,
                                 "rate_over_prunable": round(rate, 6)},
                    "layers": records, "left_whole": skipped}
-        return PassResult(model, un.nonzero(layers) < nonzero, summary, notes, details)
+        # the last step's counts, made as it zeroed (a second count over every weight took 0.6 s at 2.5 GiB)
+        return PassResult(model, prunable - zeros < nonzero, summary, notes, details)
 
     def _gradients(self, model, ctx, names):
         from mcomp.passes.prune.gradients import collect

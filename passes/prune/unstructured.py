@@ -90,13 +90,22 @@ def nonzero(layers: list[Layer]) -> int:
     return total
 
 
-def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> list[int]:
+class Counts(list):
+    """How many weights to zero per tensor, with the global threshold each count was read at (None
+    where it was not): ``apply`` then checks that value rather than partitioning the layer again."""
+
+    def __init__(self, counts, thresholds=None):
+        super().__init__(counts)
+        self.thresholds = list(thresholds) if thresholds is not None else [None] * len(counts)
+
+
+def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> Counts:
     """How many weights to zero in each tensor: ``rate`` of all of them, none above ``cap`` of its own."""
     sizes = [s.size for s in scores]
     if scope == "layer":
-        return [min(int(round(rate * n)), int(cap * n)) for n in sizes]
+        return Counts([min(int(round(rate * n)), int(cap * n)) for n in sizes])
     total = int(round(rate * sum(sizes)))
-    counts = [0] * len(scores)
+    counts, thresholds = [0] * len(scores), [None] * len(scores)
     free = list(range(len(scores)))
     remaining = total
     # Global threshold, then clip layers above the cap and share their excess among the rest.
@@ -111,24 +120,25 @@ def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> l
                 wanted[i] -= take
                 excess -= take
             for i in free:
-                counts[i] = wanted[i]
+                counts[i], thresholds[i] = wanted[i], threshold
             break
         for i in over:
             counts[i] = int(cap * sizes[i])
             remaining -= counts[i]
             free.remove(i)
-    return counts
+    return Counts(counts, thresholds)
 
 
-def apply(layers: list[Layer], scores: list[np.ndarray], counts: list[int]) -> list[dict]:
+def apply(layers: list[Layer], scores: list[np.ndarray], counts: Counts | list[int]) -> list[dict]:
     """Zeros the chosen weights in place; returns per-layer figures for the report.
 
     Consumes ``scores``: each layer's entry is set to None once its mask is made, and the replaced
     weight's mapped pages are released, so a layer's score, its old pages and its pruned copy are
     not all held beside every other layer's (on a big model that was one more copy of the weights)."""
     records = []
+    near = getattr(counts, "thresholds", [None] * len(counts))
     for i, (layer, count) in enumerate(zip(layers, counts)):
-        keep = imp.prune_mask(scores[i], count)
+        keep = imp.prune_mask(scores[i], count, near[i])
         scores[i] = None
         old = layer.value.const_value
         weights = old.numpy()
@@ -137,6 +147,7 @@ def apply(layers: list[Layer], scores: list[np.ndarray], counts: list[int]) -> l
         del keep
         layer.value.const_value = ir.tensor(pruned, name=layer.name)
         release_tensor(old)
+        left = int(np.count_nonzero(pruned))
         records.append({"tensor": layer.name, "node": layer.node, "op": layer.op, "params": int(weights.size),
-                        "sparsity": round(1 - np.count_nonzero(pruned) / pruned.size, 6)})
+                        "nonzero": left, "sparsity": round(1 - left / pruned.size, 6)})
     return records
