@@ -12,6 +12,7 @@ from rich.table import Table
 
 from mcomp.auto import front as fronts
 from mcomp.cli import console
+from mcomp.cli.render import print_warnings
 
 # Each objective's column title and its field in a trial's measurements.
 RATIOS = {"latency": ("latency", "latency_ratio"), "size": ("size", "size_ratio"), "macs": ("MACs", "macs_ratio")}
@@ -96,6 +97,7 @@ class Printer:
                           + ", ".join(f"{RATIOS[o][0]} {_ratio(again.get(RATIOS[o][1]))}" for o in others))
         wrote = [str(output), str(report)] + ([str(pipeline)] if pipeline else [])
         console.say("wrote " + ", ".join(wrote))
+        print_warnings(doc)
 
 
     def closest(self, doc: dict) -> None:

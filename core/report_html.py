@@ -94,7 +94,7 @@ def _code_spans(text: str) -> str:
     return "".join(f"<code>{escape(p)}</code>" if i % 2 else escape(p) for i, p in enumerate(parts))
 
 
-def _warnings(doc: dict) -> str:
+def warnings_html(doc: dict) -> str:
     """The warnings with their next step, boxed in amber (red when severe), above the figures: a result
     much worse than its input must not hide in one table cell (design §7)."""
     boxes = []
@@ -123,7 +123,7 @@ def to_html(doc: dict) -> str:
         f"<p><code>{escape(doc['command'])}</code> <span class=\"muted\">{escape(doc['created'])}, "
         f"{escape(report.human(doc.get('seconds')))} s</span></p>",
         f"<p>Input <code>{escape(str(inp.get('path')))}</code> → output <code>{escape(str(out.get('path')))}</code></p>",
-        _warnings(doc),
+        warnings_html(doc),
         html_table(("metric", "input", "output", "change"), report.headline(doc), numeric=(1, 2, 3)),
     ]
     # the input shapes every figure was measured at are rows of the headline table ("measured at")

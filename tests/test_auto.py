@@ -285,6 +285,9 @@ def test_auto_writes_the_chosen_model_its_pipeline_and_reports(searched):
     page = (folder / "best.html").read_text()
     assert 'data-plot="pareto"' in page and "<svg" in page and "http" not in page.split("<svg", 1)[0]
     assert "trial" in first.stderr and "wrote best.onnx" in first.stderr
+    # a chosen model no faster than the input beyond its noise is said to be, wherever the result is shown
+    said = bool(doc["warnings"])
+    assert said == ("not better than the input" in first.stderr) == ("not better than the input" in page)
     # every figure names the shapes it was measured at, and what one timed run fed
     assert "measured at image 1×1×8×8 (from data); latency timed per run of image 1×1×8×8" in first.stderr
     assert "Measured at image 1×1×8×8" in page
@@ -580,3 +583,22 @@ def test_workers_on_a_sqlite_study_ask_for_trials_one_at_a_time(tmp_path):
     assert subprocess.run([sys.executable, "-c", probe, str(db)]).returncode == 0  # released
     with studies._one_asker("postgresql+psycopg://u@h/db"):  # a server locks the row itself: no file
         pass
+
+
+def test_a_chosen_model_no_better_than_the_input_is_said_to_be():
+    """The input is a point of the search too: a chosen model re-measured inside the input's A/A band
+    (PP-OCR rec, 10 minutes: ×0.985) is warned about, in the terminal, the JSON and the HTML page;
+    one faster beyond the band is not. Size and MACs are exact: anything under ×1 is a gain."""
+    from mcomp.auto import search as searches
+    from mcomp.auto import trial as trials
+
+    def measured(objective, band):
+        return trials.Measured(loss=0.0, objective=objective, accuracy=None, accuracy_input=None, fidelity=1.0,
+                               latency_ratio=objective, latency_band=band, latency_ms=1.0, size_ratio=1.0,
+                               macs_ratio=1.0, parameters_ratio=1.0, seconds=1.0)
+
+    tie = searches.no_gain("latency", measured(0.985, 0.04))
+    assert len(tie) == 1 and "×0.985" in tie[0]["message"] and "±0.040" in tie[0]["message"]
+    assert searches.no_gain("latency", measured(0.90, 0.04)) == []
+    assert searches.no_gain("size", measured(0.999, 0.04)) == []
+    assert "on size" in searches.no_gain("size", measured(1.0, None))[0]["message"]

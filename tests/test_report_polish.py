@@ -111,8 +111,8 @@ def test_warnings_sharing_advice_show_it_once_and_a_clean_report_has_none():
                         {"kind": "latency", "severity": "warning", "message": "c", "advice": "do `y`"}]}
     assert [([w["message"] for w in ws], advice) for ws, advice in report.warning_groups(doc)] == [
         (["a", "b"], "do x"), (["c"], "do `y`")]
-    assert report.warning_groups({}) == [] and report_html._warnings({"warnings": []}) == ""
-    assert "<code>y</code>" in report_html._warnings(doc) and "severe" not in report_html._warnings(doc)
+    assert report.warning_groups({}) == [] and report_html.warnings_html({"warnings": []}) == ""
+    assert "<code>y</code>" in report_html.warnings_html(doc) and "severe" not in report_html.warnings_html(doc)
 
 
 # 2. the Markdown report: steps, notes, shapes with what was assumed, data, human formatting

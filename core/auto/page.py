@@ -10,7 +10,7 @@ from html import escape
 
 from mcomp import report_plots
 from mcomp.report import measured_at
-from mcomp.report_html import STYLE, html_table
+from mcomp.report_html import STYLE, html_table, warnings_html
 
 
 @report_plots.drawn
@@ -117,6 +117,7 @@ def to_html(doc: dict) -> str:
                       ("size ratio", _ratio(chosen["measured"].get("size_ratio")), _ratio(again.get("size_ratio"))),
                       ("MACs ratio", _ratio(chosen["measured"].get("macs_ratio")), _ratio(again.get("macs_ratio")))],
                       numeric=(1, 2))]
+        parts.append(warnings_html(doc))
     else:
         parts += ["<h2>No trial met the budget</h2>", "<p>Closest trials:</p>",
                   html_table(("trial", "steps", loss_title, doc["objective"]),
