@@ -31,6 +31,7 @@ class RunRequest:
     cache: StepCache | None = None  # stored prefixes of steps (a search's trials share them)
     on_epoch: Callable[[dict], None] | None = None  # given to training passes (Context.on_epoch)
     before_step: Callable[[str], None] | None = None  # told each step's name before it runs; may raise to stop
+    during_step: Callable[[str], None] | None = None  # told each progress report of a pass; may raise to stop it
 
 
 @dataclass
@@ -72,7 +73,7 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     input_shapes = shapes.concrete(resolved)  # what every pass, MAC count and synthetic feed uses
     ctx = Context(reference=loaded.model, data=datasets, provider=pipeline.provider,
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
-                  fidelity=pipeline.measure.fidelity, progress=request.progress, on_epoch=request.on_epoch)
+                  fidelity=pipeline.measure.fidelity, progress=_pass_progress(request), on_epoch=request.on_epoch)
     try:
         return _run(pipeline, request, passes, loaded, ctx, resolved, given, output, protect, started, metric)
     except BadInput as exc:  # a model failing at a shape mcomp assumed: say so, and how to set one
@@ -92,6 +93,18 @@ def resolve_shapes(model: ir.Model, given, datasets: dict[str, data.Dataset]) ->
         return source.shapes
     feed = source.feeds[0] if source is not None and source.feeds and not source.synthetic else None
     return shapes.resolve(model, given=given, feed=feed)
+
+
+def _pass_progress(request: RunRequest) -> Callable[[str, int, int], None]:
+    """The progress the passes report to: the request's, after ``during_step`` (a search's clock)."""
+    if request.during_step is None:
+        return request.progress
+
+    def report(description: str, done: int, total: int) -> None:
+        request.during_step(description)
+        request.progress(description, done, total)
+
+    return report
 
 
 def _synthetic(datasets: dict[str, data.Dataset]) -> bool:

@@ -206,6 +206,31 @@ def test_a_trial_past_the_deadline_stops_before_its_next_step(tmp_path):
     assert studies._step_hook(None) is None
 
 
+def test_a_pass_past_the_deadline_stops_where_it_is_even_inside_onnxruntimes_quantizer(tmp_path):
+    """A pass that runs minutes is stopped at its next progress report once the budget is spent, not
+    after it: here in the middle of static calibration, which onnxruntime's quantizer drives, and
+    whose failures the quantize pass catches (any ``Exception``) to retry nodes in float. The clock
+    is not taken for such a failure: the trial stops, nothing is written."""
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="builtin:digits", train="builtin:digits-train",
+                               evaluation="builtin:digits-eval", folder=str(tmp_path), max_drop=0.01, runs=5)
+    seen = []
+
+    def during(description: str) -> None:
+        seen.append(description)
+        late = description.startswith("quantize: calibration") and len(seen) > 1
+        studies._pass_hook(time.time() + (-1 if late else 60))(description)
+
+    steps = [("quantize", {"mode": "static", "latency_guard": False}), ("optimize", {"level": "basic"})]
+    with pytest.raises(trials.OutOfTime, match="stopped in quantize: the search's time budget ran out"):
+        trials.run(settings, steps, str(tmp_path / "trial.onnx"), cache=False, during_step=during)
+    assert any(d.startswith("quantize: calibration") for d in seen) and not any("optimize" in d for d in seen)
+    assert not (tmp_path / "trial.onnx").exists()
+    assert studies._pass_hook(None) is None
+
+
 def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measuring_again():
     from mcomp.auto.search import _replayable
     from mcomp.passes.prune import Prune

@@ -250,10 +250,11 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         try:
             hook = _epoch_hook(_stopper(study, trial, settings), deadline)
-            measured, _ = trials.run(settings, steps, output, on_epoch=hook, before_step=_step_hook(deadline))
+            measured, _ = trials.run(settings, steps, output, on_epoch=hook, before_step=_step_hook(deadline),
+                                     during_step=_pass_hook(deadline))
         finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
             Path(output).unlink(missing_ok=True)
-    except trials.Stopped as stop:
+    except (trials.Stopped, trials.OutOfTime) as stop:
         trial.set_user_attr("error", str(stop))
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         return {"number": trial.number, "state": "stopped", "reason": str(stop), "seconds": time.perf_counter() - started}
@@ -332,6 +333,21 @@ def _step_hook(deadline: float | None):
     def hook(step: str) -> None:
         if time.time() >= deadline:
             raise trials.Stopped(f"stopped before {step}: the search's time budget ran out")
+
+    return hook
+
+
+def _pass_hook(deadline: float | None):
+    """Called at each progress report of a pass: past the deadline, the pass stops where it is. A pass
+    can run minutes (PP-OCR rec: a quantization's float-group search, 347 s, started with 3 minutes
+    left), and between steps is too late to hold the budget."""
+    if deadline is None:
+        return None
+
+    def hook(description: str) -> None:
+        if time.time() >= deadline:
+            where = description.split(":")[0].split(" · ")[0]  # "quantize: calibration", "LR range test · lr …"
+            raise trials.OutOfTime(f"stopped in {where}: the search's time budget ran out")
 
     return hook
 

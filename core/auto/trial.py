@@ -69,6 +69,12 @@ class Stopped(Exception):
     """Raised from a training pass's epoch hook to stop a trial that is clearly worse."""
 
 
+class OutOfTime(BaseException):
+    """Raised from a pass's progress report once the search's time budget has run out. Not an
+    ``Exception``: a pass that catches any failure of a library it calls (the quantizer's fallback
+    retries the nodes onnxruntime's quantizer fails on) must not take the clock for one."""
+
+
 # Steps that change what the model computes, so that a distillation after them has something to win back.
 CHANGES_THE_STUDENT = ("prune", "quantize")
 
@@ -145,9 +151,10 @@ def pipeline_for(settings: Settings, steps: list[tuple[str, dict]], *, latency: 
 
 def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
         on_epoch: Callable[[dict], None] | None = None, cache: bool = True,
-        before_step: Callable[[str], None] | None = None) -> tuple[Measured, dict]:
+        before_step: Callable[[str], None] | None = None,
+        during_step: Callable[[str], None] | None = None) -> tuple[Measured, dict]:
     """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report).
-    ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial."""
+    ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial, ``during_step`` ``OutOfTime``."""
     from mcomp import model as model_io
     from mcomp.pipeline import RunRequest, execute
     from mcomp.step_cache import StepCache
@@ -158,7 +165,8 @@ def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
     load = model_io.LoadOptions(settings.arch, settings.trust_checkpoint, shapes)
     steps_cache = StepCache(Path(settings.folder) / "cache") if cache else None
     outcome = execute(pipeline, RunRequest(settings.model, output, load, "mcomp auto (trial)", cache=steps_cache,
-                                           on_epoch=on_epoch, before_step=before_step))
+                                           on_epoch=on_epoch, before_step=before_step,
+                                           during_step=during_step))
     measured = measure(settings, outcome.report, time.perf_counter() - started)
     measured.cached_steps = sum(1 for s in outcome.report["steps"] if s.get("cached"))
     return measured, outcome.report
