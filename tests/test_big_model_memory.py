@@ -296,3 +296,15 @@ def test_a_model_sharing_its_inputs_weights_runs_from_their_folder_without_a_cop
     assert sources.in_their_folder(model) is None
     with sources.runnable(model) as source:
         assert isinstance(source, str) and Path(source + ".data").is_file()
+
+
+def test_a_candidates_size_is_counted_without_serializing_its_weights():
+    """The 2 GB check on weight-only candidates counts raw weights by their length (``ByteSize`` walks
+    every byte): never below the serialized size, and over it by at most a few bytes a tensor."""
+    from mcomp.passes.quantize.schemes.weight_only import serialized_size
+
+    proto = _chain(dim=96)
+    proto.graph.initializer.add().CopyFrom(helper.make_tensor("small", TensorProto.FLOAT, [3], [1.0, 2.0, 3.0]))
+    proto.graph.initializer[1].doc_string = "a weight with a long description " * 20
+    exact, counted = proto.ByteSize(), serialized_size(proto)
+    assert exact <= counted <= exact + 100 * len(proto.graph.initializer)
