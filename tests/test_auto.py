@@ -551,6 +551,13 @@ def test_a_running_trial_is_reaped_only_once_its_process_is_known_dead(tmp_path)
     assert studies.reap_interrupted(study) == 1
     states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
     assert states == {being_started.number: "RUNNING", ended.number: "FAIL"}
+    # killed between its ask and its pid: no process will tell it, and it counted against --trials for good
+    orphan = study.ask()
+    started = next(t.datetime_start for t in study.get_trials(deepcopy=False) if t.number == orphan.number)
+    assert studies.reap_interrupted(study, now=started + studies.ORPHANED_AFTER / 2) == 0
+    assert studies.reap_interrupted(study, now=started + 2 * studies.ORPHANED_AFTER) == 2  # being_started too
+    states = {t.number: t.state.name for t in study.get_trials(deepcopy=False)}
+    assert states == {being_started.number: "FAIL", ended.number: "FAIL", orphan.number: "FAIL"}
 
 
 def test_the_time_budget_counts_from_the_start_and_keeps_back_the_final_measurement(monkeypatch, tmp_path):

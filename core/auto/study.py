@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -154,17 +155,29 @@ def finished(study) -> list:
     return study.get_trials(deepcopy=False, states=done)
 
 
-def reap_interrupted(study) -> int:
-    """Marks as failed the trials a killed process on this machine left RUNNING; returns how many.
+# A RUNNING trial still without a pid this long after it started was left by a process killed between
+# its ``ask`` and its first attribute (milliseconds apart): no process will ever tell it. Far longer than
+# that gap, and than the clock skew of machines sharing a study.
+ORPHANED_AFTER = timedelta(minutes=10)
 
-    A trial without its pid yet is another process's, between its ``ask`` and its attributes: read
-    as dead (no pid), it was failed under the running process, whose ``tell`` then raised."""
+
+def reap_interrupted(study, now: datetime | None = None) -> int:
+    """Marks as failed the trials a killed process left RUNNING; returns how many: those of this
+    machine whose process has ended, and those of any machine that never got a pid (``ORPHANED_AFTER``).
+    Left RUNNING, such a trial counted against ``--trials`` for good.
+
+    A trial without its pid yet is otherwise another process's, between its ``ask`` and its
+    attributes: read as dead (no pid), it was failed under the running process, whose ``tell`` then
+    raised."""
     import optuna
 
+    now = now or datetime.now()
     count = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        if t.user_attrs.get("host") == HOST and pid is not None and not _alive(pid):
+        ended = t.user_attrs.get("host") == HOST and pid is not None and not _alive(pid)
+        orphaned = pid is None and t.datetime_start is not None and now - t.datetime_start > ORPHANED_AFTER
+        if ended or orphaned:
             study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (its process ended); not resumed")
             study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
             count += 1
