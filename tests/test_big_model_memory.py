@@ -240,31 +240,53 @@ def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_pa
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "the input is not touched"
 
 
-def test_weight_only_candidate_past_protobufs_limit_returns_the_input(tmp_path, monkeypatch):
-    """A model whose candidates with float layers would pass protobuf's 2 GB (here a lowered limit)
-    is returned unchanged with the reason, not an internal error; every layer quantized still works."""
+@pytest.mark.parametrize("mapped", [False, True])
+def test_weight_only_candidate_past_protobufs_limit(tmp_path, monkeypatch, mapped):
+    """A candidate whose float layers would pass protobuf's 2 GB inline (here a lowered limit) keeps
+    them in the input's data file and is run, timed and written from there: the pass returns a model
+    of int4 and float layers that loads and runs with its data. Where the float weights are not in
+    the input's file (an input held in memory), the input comes back unchanged with the reason, not
+    an internal error. Every layer quantized works either way."""
     from mcomp import model as model_module
     from mcomp.pipeline import RunRequest, execute
     from mcomp.pipeline_spec import Measure, Pipeline, single_step
 
     folder = tmp_path / "in"
     folder.mkdir()
-    big_models.build(folder / "m.onnx", layers=3, dim=128)
+    dim = 512  # 1 MiB weights: what onnxruntime's offline optimizer passes through is shared from 1 MiB
+    big_models.build(folder / "m.onnx", layers=3, dim=dim)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     names = [n.name for n in onnx.load_model(str(folder / "m.onnx"), load_external_data=False).graph.node]
-    monkeypatch.setattr(model_module, "PROTOBUF_LIMIT", 50_000)  # one float layer is 64 KiB; int4 ones ~10 KiB
+    monkeypatch.setattr(model_module, "PROTOBUF_LIMIT", 600_000)  # a float layer is 1 MiB; int4 ones ~150 KiB
+    if mapped:  # as for a big model: weights mapped from the input's file, the pass's graph referring to them
+        monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+        monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+        for module in (prepare, evaluate, sources):
+            monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
 
     def quantize(out: Path, **options) -> dict:
-        pipeline = Pipeline(steps=[single_step("quantize", {"mode": "weight-only", "latency_guard": False,
-                                                            **options})],
+        pipeline = Pipeline(steps=[single_step("quantize", {"mode": "weight-only", **options})],
                             measure=Measure(runs=3, warmup=1, latency=False))
         outcome = execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
-                                               load=model_io.LoadOptions(input_shapes={"x": (1, 128)})))
+                                               load=model_io.LoadOptions(input_shapes={"x": (1, dim)})))
         return outcome.report["steps"][0]
 
-    step = quantize(tmp_path / "float_layer.onnx", exclude=[names[1]])
-    assert "input returned unchanged" in step["summary"] and "protobuf's 2 GB" in step["summary"]
-    step = quantize(tmp_path / "all.onnx", min_fidelity=0.5)
+    step = quantize(tmp_path / "float_layer.onnx", exclude=[names[1]], max_slowdown=100.0, guard_runs=5)
+    if not mapped:
+        assert "input returned unchanged" in step["summary"] and "protobuf's 2 GB" in step["summary"]
+    else:
+        assert "unchanged" not in step["summary"], step["summary"]
+        written = onnx.load_model(str(tmp_path / "float_layer.onnx"), load_external_data=False)
+        assert sorted(n.op_type for n in written.graph.node) == ["MatMul", "MatMulNBits", "MatMulNBits"]
+        assert (tmp_path / "float_layer.onnx.data").is_file()
+        x = {"x": np.random.default_rng(2).standard_normal((1, dim)).astype(np.float32)}
+        want = evaluate.session(str(folder / "m.onnx"), ["CPUExecutionProvider"]).run(None, x)[0]
+        got = evaluate.session(str(tmp_path / "float_layer.onnx"), ["CPUExecutionProvider"]).run(None, x)[0]
+        assert np.dot(want.ravel(), got.ravel()) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.95
+        assert step["changes"]["memory_at_load"] is None or step["changes"]["memory_at_load"]["output"]["peak_mb"] > 0
+    step = quantize(tmp_path / "all.onnx", min_fidelity=0.5, latency_guard=False)
     assert "unchanged" not in step["summary"]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
 def test_a_model_sharing_its_inputs_weights_runs_from_their_folder_without_a_copy(tmp_path, monkeypatch):

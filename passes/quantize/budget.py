@@ -17,6 +17,7 @@ import onnx
 from mcomp import evaluate
 from mcomp.data import Dataset
 from mcomp.errors import BadInput
+from mcomp.passes.quantize import mapped_source
 
 # When no budget is given: every whole output keeps cosine ≥ 0.98 against the input, and (with the
 # default per-slice fidelity) every slice along a channel-like axis ≥ 0.95 — a slice is a smaller,
@@ -60,7 +61,7 @@ class Evaluator:
 
     def score(self, candidate: onnx.ModelProto | bytes) -> Score:
         self.calls += 1
-        data = candidate if isinstance(candidate, bytes) else candidate.SerializeToString()
+        data = candidate if isinstance(candidate, bytes) else mapped_source.as_source(candidate)
         outputs = _run(evaluate.session(data, self.providers, self.threads), self.dataset, "candidate")
         fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes)["summary"]
         return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], evaluate.accuracy(outputs, self.dataset),

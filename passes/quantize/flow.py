@@ -15,12 +15,11 @@ import onnx_ir as ir
 
 from mcomp import evaluate
 from mcomp.errors import BadInput
-from mcomp.model import to_bytes
 from mcomp.opset import drop_unused_opsets
 from mcomp.pass_base import Context, PassError, PassResult
 from mcomp.sources import kept_source
 from mcomp.passes.quantize import budget as bud
-from mcomp.passes.quantize import record, schemes
+from mcomp.passes.quantize import mapped_source, record, schemes
 from mcomp.passes.quantize.schemes import Unchanged
 from mcomp.passes.quantize.target import detect
 
@@ -186,8 +185,8 @@ class Flow:
         """A candidate as the timing takes it: its bytes, or for a big input (whose reference is a file) a
         file in the pass's folder: the variants are timed one at a time then, and held as bytes meanwhile
         they were 0.2 GiB of the 0.75 GiB model's peak."""
-        if not isinstance(self.reference, str):
-            return proto.SerializeToString()
+        if not isinstance(self.reference, str) or mapped_source.reference_folders(proto):
+            return mapped_source.as_source(proto)  # past 2 GB its float layers are read where they are
         path = self.workdir / f"{name}.onnx"
         onnx.save_model(proto, str(path))
         return str(path)
@@ -211,7 +210,9 @@ class Flow:
         """Memory at load of the input and the result (``footprint``), in the details and the summary."""
         from mcomp.passes.quantize.footprint import compare
 
-        found = compare(self.reference, to_bytes(result), workdir)
+        folder = workdir / "result"  # a big result as a file with its data, the reference's way (2 GB and up:
+        folder.mkdir(exist_ok=True)  # layers left float, which no protobuf holds inline)
+        found = compare(self.reference, kept_source(result, folder), workdir)
         self.details["memory_at_load"] = found
         if found:
             self.summary += (f"; memory at load {found['input']['peak_mb']:.1f} → {found['output']['peak_mb']:.1f} MB "

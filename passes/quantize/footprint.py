@@ -68,18 +68,19 @@ def empty_model() -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
 
 
-def compare(reference: bytes | str | Path, candidate: bytes, workdir: Path) -> dict | None:
+def compare(reference: bytes | str | Path, candidate: bytes | str | Path, workdir: Path) -> dict | None:
     """Memory at load of the input and of the candidate, with what was measured; None off Linux.
     ``ratio`` compares the peaks net of an empty session's (``session_mb``), which both include.
-    ``reference``: its bytes, or the path of a file (a big input with its data beside it, loaded as
-    it is rather than written again inline)."""
-    written = {"empty": empty_model(), "output": candidate}
-    if isinstance(reference, bytes):
-        written["input"] = reference
+    Each model: its bytes, or the path of a file (a big one with its data beside it, loaded as it
+    is rather than written again inline)."""
+    written = {"empty": empty_model()}
+    for name, model in (("input", reference), ("output", candidate)):
+        if isinstance(model, bytes):
+            written[name] = model
     paths = {name: workdir / f"footprint-{name}.onnx" for name in written}
     for name, data in written.items():
         paths[name].write_bytes(data)
-    found = at_load([paths["empty"], paths.get("input") or Path(reference), paths["output"]])
+    found = at_load([paths["empty"], paths.get("input") or Path(reference), paths.get("output") or Path(candidate)])
     for path in paths.values():
         path.unlink()
     if found is None:

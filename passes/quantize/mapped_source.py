@@ -116,6 +116,34 @@ def load(path: Path) -> onnx.ModelProto:
     return proto
 
 
+def reference_folders(proto: onnx.ModelProto) -> set[str]:
+    """The folders of the files ``proto``'s external tensors refer to (absolute locations)."""
+    return {str(Path(e.value).parent) for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+def as_source(proto: onnx.ModelProto) -> bytes:
+    """``proto`` as onnxruntime takes it: its bytes, or where it still refers to weights in a file
+    (a candidate past protobuf's 2 GB with layers left float) its bytes with those references made
+    relative to their one folder, read from there (``sources.ModelBytes``): no copy of them."""
+    from mcomp.sources import ModelBytes
+
+    refs = [(e, e.value) for t in proto.graph.initializer for e in t.external_data if e.key == "location"]
+    if not refs:
+        return proto.SerializeToString()
+    folders = reference_folders(proto)
+    if len(folders) != 1:
+        raise ValueError(f"the candidate's weights are in {len(folders)} folders; onnxruntime reads one")
+    try:
+        for entry, location in refs:
+            entry.value = Path(location).name
+        data = proto.SerializeToString()
+    finally:
+        for entry, location in refs:
+            entry.value = location
+    lengths = sum(int(e.value) for t in proto.graph.initializer for e in t.external_data if e.key == "length")
+    return ModelBytes(data, folders.pop(), len(data) + lengths)
+
+
 def inline_rest(proto: onnx.ModelProto) -> None:
     """Tensors still referencing the data file (layers the quantizer left float) read back inline."""
     for tensor in proto.graph.initializer:

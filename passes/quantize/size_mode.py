@@ -47,7 +47,7 @@ def settle(scheme, build, evaluator, budget, excluded: set[str], progress=None) 
             proto = build(excluded)
             score = scored[setting] = evaluator.score(proto)
             holds = budget.holds(score, evaluator.reference_accuracy)
-            trials.append({"block_size": setting[0], "accuracy_level": setting[1], "model_bytes": proto.ByteSize(),
+            trials.append({"block_size": setting[0], "accuracy_level": setting[1], "model_bytes": _bytes(proto),
                            "fidelity": _r(score.fidelity), "cosine": _r(score.cosine), "holds": holds})
             if not holds and not holding:  # the block's most accurate level failed: its others would too
                 break
@@ -62,6 +62,12 @@ def settle(scheme, build, evaluator, budget, excluded: set[str], progress=None) 
     best = max(last, key=lambda s: scored[s].fidelity if scored[s].fidelity is not None else -2.0)
     scheme.setting = best
     return Choice(best, scored[best], {}, trials)
+
+
+def _bytes(proto) -> int:
+    """The candidate's bytes, with the float layers it still reads from the input's data file (past 2 GB)."""
+    return proto.ByteSize() + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
+                                  if e.key == "length")
 
 
 def _r(x):

@@ -116,8 +116,8 @@ class WeightOnly(OrtScheme):
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
                         self.rewritten.transposed)
-        _within_protobuf(proto)
-        mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
+        if _within_protobuf(proto, self.workdir):
+            mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
         for node in proto.graph.node:
             if node.op_type == "MatMulNBits":
                 kept = [a for a in node.attribute if a.name != "accuracy_level"]
@@ -146,6 +146,10 @@ class WeightOnly(OrtScheme):
     def layer_errors(self, candidate: onnx.ModelProto, live, feeds) -> list:
         from mcomp.passes.quantize.sensitivity import layer_errors
 
+        if not _within_protobuf(self.prepared.proto, None):  # the layers are exposed on inline models: none past 2 GB
+            self.notes.append("--explain: no per-layer errors, which run the model inline, past protobuf's 2 GB here")
+            return None
+
         reference = onnx.ModelProto()
         reference.CopyFrom(self.prepared.proto)
         mapped_source.inline_rest(reference)
@@ -167,19 +171,26 @@ class WeightOnly(OrtScheme):
         quantizer.model.save_model_to_file(str(out), False)
 
 
-def _within_protobuf(proto: onnx.ModelProto) -> None:
-    """Raises ``Unchanged`` when ``proto`` with its float layers read back inline would pass protobuf's
-    2 GB limit: a candidate is scored, timed and returned as one protobuf, and the 2.5 GiB model's
-    first candidate with layers left float ended in an internal error (``EncodeError``). Every layer
-    quantized (int4 is an eighth of float32) stays far below it."""
+def _within_protobuf(proto: onnx.ModelProto, workdir: Path | None) -> bool:
+    """Whether ``proto`` with its float layers read back inline stays under protobuf's 2 GB limit.
+    Past it (the 2.5 GiB model's candidates with layers left float: 2.3 GiB), the float layers stay
+    references to the input's data file, and the candidate is run and returned from there
+    (``as_source``); that needs them all in the input's folder, not in the pass's ``workdir`` (a
+    weight the pass rewrote, gone with it), else ``Unchanged`` with the reason. Inline, such a
+    candidate ended in an internal error (``EncodeError``)."""
     from mcomp.model import PROTOBUF_LIMIT
 
     size = serialized_size(proto) + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
                                         if e.key == "length")
-    if size >= PROTOBUF_LIMIT:
+    if size < PROTOBUF_LIMIT:
+        return True
+    folders = mapped_source.reference_folders(proto)
+    ours = workdir is not None and any(Path(f).resolve().is_relative_to(Path(workdir).resolve()) for f in folders)
+    if len(folders) != 1 or ours:
         raise Unchanged(f"with layers left float a candidate is {size / (1 << 30):.1f} GiB, past protobuf's 2 GB "
-                        "for one model, which this pass scores and returns whole; it quantizes such a model only "
-                        "with every layer quantized (a lower --min-fidelity, or no --exclude)")
+                        "for one model, and its float weights are not all in the input's data file; it quantizes "
+                        "such a model only with every layer quantized (a lower --min-fidelity, or no --exclude)")
+    return False
 
 
 def serialized_size(proto: onnx.ModelProto) -> int:
