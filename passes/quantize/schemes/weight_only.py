@@ -116,7 +116,7 @@ class WeightOnly(OrtScheme):
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
                         self.rewritten.transposed)
-        if _within_protobuf(proto, self.workdir):
+        if not _keeps_references(proto, self.workdir):
             mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
         for node in proto.graph.node:
             if node.op_type == "MatMulNBits":
@@ -146,7 +146,7 @@ class WeightOnly(OrtScheme):
     def layer_errors(self, candidate: onnx.ModelProto, live, feeds) -> list:
         from mcomp.passes.quantize.sensitivity import layer_errors
 
-        if not _within_protobuf(self.prepared.proto, None):  # the layers are exposed on inline models: none past 2 GB
+        if _inline_bytes(self.prepared.proto) >= _protobuf_limit():  # the layers are exposed on inline models
             self.notes.append("--explain: no per-layer errors, which run the model inline, past protobuf's 2 GB here")
             return None
 
@@ -171,26 +171,35 @@ class WeightOnly(OrtScheme):
         quantizer.model.save_model_to_file(str(out), False)
 
 
-def _within_protobuf(proto: onnx.ModelProto, workdir: Path | None) -> bool:
-    """Whether ``proto`` with its float layers read back inline stays under protobuf's 2 GB limit.
-    Past it (the 2.5 GiB model's candidates with layers left float: 2.3 GiB), the float layers stay
-    references to the input's data file, and the candidate is run and returned from there
-    (``as_source``); that needs them all in the input's folder, not in the pass's ``workdir`` (a
-    weight the pass rewrote, gone with it), else ``Unchanged`` with the reason. Inline, such a
-    candidate ended in an internal error (``EncodeError``)."""
-    from mcomp.model import PROTOBUF_LIMIT
-
-    size = serialized_size(proto) + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
-                                        if e.key == "length")
-    if size < PROTOBUF_LIMIT:
-        return True
+def _keeps_references(proto: onnx.ModelProto, workdir: Path | None) -> bool:
+    """Whether the candidate ``proto`` keeps its float layers as references to the input's data file
+    (all in one folder, not the pass's ``workdir``, whose files go with it): it is then scored, timed
+    and returned from there (``as_source``), never read inline. Read inline, a 2.5 GiB model's
+    candidate with 7 of 10 layers float was 1.9 GB of protobuf, serialized and copied into its
+    session again (9.4 GB peak); one past protobuf's 2 GB could not be made at all. Otherwise the
+    float layers are read inline, and a candidate past 2 GB returns the input (``Unchanged``)."""
     folders = mapped_source.reference_folders(proto)
-    ours = workdir is not None and any(Path(f).resolve().is_relative_to(Path(workdir).resolve()) for f in folders)
-    if len(folders) != 1 or ours:
+    if len(folders) == 1 and (workdir is None or not Path(next(iter(folders))).resolve().is_relative_to(
+            Path(workdir).resolve())):
+        return True
+    size = _inline_bytes(proto)
+    if size >= _protobuf_limit():
         raise Unchanged(f"with layers left float a candidate is {size / (1 << 30):.1f} GiB, past protobuf's 2 GB "
                         "for one model, and its float weights are not all in the input's data file; it quantizes "
                         "such a model only with every layer quantized (a lower --min-fidelity, or no --exclude)")
     return False
+
+
+def _inline_bytes(proto: onnx.ModelProto) -> int:
+    """About the bytes of ``proto`` with the tensors it refers to read inline."""
+    return serialized_size(proto) + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
+                                        if e.key == "length")
+
+
+def _protobuf_limit() -> int:
+    from mcomp.model import PROTOBUF_LIMIT  # read at the call: a test lowers it
+
+    return PROTOBUF_LIMIT
 
 
 def serialized_size(proto: onnx.ModelProto) -> int:
