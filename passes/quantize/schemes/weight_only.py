@@ -68,7 +68,7 @@ class WeightOnly(OrtScheme):
         from mcomp.passes.quantize.matmul_form import rewrite
 
         self.setting = self.settings()[0]
-        self._raw: dict[int, onnx.ModelProto] = {}  # block size → every layer quantized
+        self._raw: dict[int, onnx.ModelProto] = {}  # the current block size → every layer quantized
         prepared = self.prepared
         self.rewritten = rewrite(prepared.proto)
         counts = self.details["matmul_form"] = self.rewritten.counts()
@@ -111,6 +111,9 @@ class WeightOnly(OrtScheme):
 
         block, level = self.setting
         if block not in self._raw:
+            # one block size at a time: the settings are tried block by block and the search goes on
+            # in the last one, so an earlier block's quantizer output (0.4 GB at 2.5 GiB) is not held
+            self._raw.clear()
             self._raw[block] = super().build()
         skip = set(exclude) | set(self.prepared.float_only)
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
