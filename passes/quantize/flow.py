@@ -186,7 +186,7 @@ class Flow:
         file in the pass's folder: the variants are timed one at a time then, and held as bytes meanwhile
         they were 0.2 GiB of the 0.75 GiB model's peak."""
         if not isinstance(self.reference, str) or mapped_source.reference_folders(proto):
-            return mapped_source.as_source(proto)  # past 2 GB its float layers are read where they are
+            return mapped_source.as_source(proto)  # a big model's float layers are read where they are
         path = self.workdir / f"{name}.onnx"
         onnx.save_model(proto, str(path))
         return str(path)
@@ -210,8 +210,8 @@ class Flow:
         """Memory at load of the input and the result (``footprint``), in the details and the summary."""
         from mcomp.passes.quantize.footprint import compare
 
-        folder = workdir / "result"  # a big result as a file with its data, the reference's way (2 GB and up:
-        folder.mkdir(exist_ok=True)  # layers left float, which no protobuf holds inline)
+        folder = workdir / "result"  # a big result as a file with its data, the reference's way (its
+        folder.mkdir(exist_ok=True)  # float layers may pass protobuf's 2 GB inline)
         found = compare(self.reference, kept_source(result, folder), workdir)
         self.details["memory_at_load"] = found
         if found:

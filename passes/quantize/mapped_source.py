@@ -123,8 +123,8 @@ def reference_folders(proto: onnx.ModelProto) -> set[str]:
 
 def as_source(proto: onnx.ModelProto) -> bytes:
     """``proto`` as onnxruntime takes it: its bytes, or where it still refers to weights in a file
-    (a candidate past protobuf's 2 GB with layers left float) its bytes with those references made
-    relative to their one folder, read from there (``sources.ModelBytes``): no copy of them."""
+    (a big model's candidate with layers left float) its bytes with those references made relative
+    to their one folder, read from there (``sources.ModelBytes``): no copy of them."""
     from mcomp.sources import ModelBytes
 
     refs = [(e, e.value) for t in proto.graph.initializer for e in t.external_data if e.key == "location"]

@@ -65,7 +65,7 @@ def settle(scheme, build, evaluator, budget, excluded: set[str], progress=None) 
 
 
 def _bytes(proto) -> int:
-    """The candidate's bytes, with the float layers it still reads from the input's data file (past 2 GB)."""
+    """The candidate's bytes, with the float layers it still reads from the input's data file (a big model's)."""
     return proto.ByteSize() + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
                                   if e.key == "length")
 
