@@ -63,7 +63,8 @@ def auto(
     time_budget: Annotated[Optional[str], typer.Option("--time-budget", help="the search's wall time (600, 90s, 10m, "
                                                        "1h): no trial starts once what is left is needed to "
                                                        "re-measure the chosen model; a running trial stops "
-                                                       "before its next step, a distillation after its epoch",
+                                                       "before its next step, or inside a pass at its next "
+                                                       "progress report",
                                                        show_default=False, rich_help_panel=SEARCH,
                                                        metavar="DURATION")] = None,
     space: Annotated[Optional[Path], typer.Option("--space", help="search space YAML (passes, option ranges and choices) "

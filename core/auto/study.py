@@ -12,11 +12,12 @@ trial that repeats a pipeline already run is told as pruned: it brings nothing n
 success it sharpened the sampler onto that one pipeline (four repeats in a row). The loop around the
 sampler is ours because a trial is a pipeline run that
 may fail (recorded with its reason and told to the sampler as infeasible), be stopped early (its
-distillation curve falls below every trial within budget), or be cut short by the time budget (its
-distillation stops at the first epoch past the deadline).
+distillation curve falls below every trial within budget), or be cut short by the time budget (before
+its next step, or inside a pass at its next progress report).
 
 Resuming: a study with the same name in the same storage carries on. A trial left RUNNING by a
-killed process on this machine (its pid gone) is marked failed ("interrupted") and not counted.
+killed process on this machine (its pid gone), or by one killed before it recorded its pid (after
+``ORPHANED_AFTER``, on any machine), is marked failed ("interrupted") and not counted.
 """
 
 from __future__ import annotations
@@ -262,9 +263,10 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
         output = str(Path(settings.folder) / "trials" / f"{trial.number}.onnx")
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         try:
-            hook = _epoch_hook(_stopper(study, trial, settings), deadline)
-            measured, _ = trials.run(settings, steps, output, on_epoch=hook, before_step=_step_hook(deadline),
-                                     during_step=_pass_hook(deadline))
+            # the clock: before each step, and at each progress report of a pass (a distillation reports
+            # every batch and each epoch's end before its epoch hook, which only judges the validation curve)
+            measured, _ = trials.run(settings, steps, output, on_epoch=_stopper(study, trial, settings),
+                                     before_step=_step_hook(deadline), during_step=_pass_hook(deadline))
         finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
             Path(output).unlink(missing_ok=True)
     except (trials.Stopped, trials.OutOfTime) as stop:
@@ -319,21 +321,6 @@ def _repeat(study, trial, earlier, settings: trials.Settings, started: float) ->
 
 def _finite(value: float) -> float:
     return value if value == value and abs(value) != float("inf") else 1e9
-
-
-def _epoch_hook(stopper, deadline: float | None):
-    """The hook a trial's distillation calls after each epoch: the time budget first (a trial started
-    just before the deadline must not run for its full length past it), then the early stopper."""
-    if deadline is None:
-        return stopper
-
-    def hook(row: dict) -> None:
-        if time.time() >= deadline:
-            raise trials.Stopped(f"stopped after epoch {row.get('epoch', '?')}: the search's time budget ran out")
-        if stopper is not None:
-            stopper(row)
-
-    return hook
 
 
 def _step_hook(deadline: float | None):
