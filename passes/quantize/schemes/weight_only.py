@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import onnx
 
 from mcomp.opset import upgrade_opset
@@ -169,9 +170,35 @@ class WeightOnly(OrtScheme):
                                          is_symmetric=SYMMETRIC, accuracy_level=0,
                                          nodes_to_exclude=sorted(exclude), nodes_to_include=include or ["-"],
                                          op_types_to_quantize=self.op_types, algo_config=config)
+        quantizer.node_quantizer = _threaded(quantizer.node_quantizer, config, self.ctx.threads)
         quantizer.process()
         mapped_source.inline_rest(quantizer.model.model)
         quantizer.model.save_model_to_file(str(out), False)
+
+
+def _threaded(node_quantizer, config, threads: int | None):
+    """onnxruntime's per-layer quantizer with its kernel call replaced by ``kernels.blockwise`` (the
+    same bytes, on every core: 0.48 s rather than 1.3–1.8 s an 8192×8192 layer on 2 cores) where that
+    computes the case; kept as it is when this onnxruntime's quantizer is not the one expected."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantizer
+    from onnxruntime.quantization.quant_utils import QuantFormat
+
+    from mcomp.kernels import blockwise
+
+    if type(node_quantizer) is not DefaultWeightOnlyQuantizer or not hasattr(node_quantizer, "qbits_block_quant"):
+        return node_quantizer
+
+    class Threaded(DefaultWeightOnlyQuantizer):
+        def qbits_block_quant(self, fp32weight):
+            bits, block = self.config.bits, self.config.block_size
+            if (not self.config.is_symmetric or self.config.quant_format != QuantFormat.QOperator
+                    or not blockwise.supported(fp32weight, block, bits)):
+                return super().qbits_block_quant(fp32weight)
+            packed, scales = blockwise.quantize(fp32weight, block, bits, threads)
+            per_byte = 8 // bits  # symmetric: onnxruntime's zero points are unused zeros
+            return packed, scales, np.zeros((scales.shape[0], -(-scales.shape[1] // per_byte)), dtype=np.uint8)
+
+    return Threaded(config)
 
 
 def _keeps_references(proto: onnx.ModelProto, workdir: Path | None) -> bool:
