@@ -25,10 +25,15 @@ COLUMNS = 256  # columns per task: 8 MB of a 8192-row float layer, measured as f
 
 
 def supported(weight: np.ndarray, block: int, bits: int) -> bool:
-    """The cases computed here; others go to onnxruntime's kernel (rows padded to a whole block, 2 bits,
-    and non-finite weights, whose NaN its range scan skips where numpy's propagates)."""
+    """The cases computed here; others go to onnxruntime's kernel (rows padded to a whole block, 2 bits).
+    Non-finite weights are found while quantizing (``NonFinite``), not by a pass of their own."""
     return (bits in (4, 8) and weight.ndim == 2 and weight.dtype == np.float32 and block % 2 == 0
-            and weight.shape[0] % block == 0 and weight.size > 0 and bool(np.isfinite(weight).all()))
+            and weight.shape[0] % block == 0 and weight.size > 0)
+
+
+class NonFinite(ValueError):
+    """A NaN or infinity among the weights: onnxruntime's range scan skips a NaN where numpy's min and
+    max carry it, so such a weight is left to onnxruntime's kernel."""
 
 
 def quantize(weight: np.ndarray, block: int, bits: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -53,6 +58,8 @@ def _columns(weight, block, bits, start, stop, packed, scales) -> None:
     mid = np.float32(1 << (bits - 1))
     x = weight[:, start:stop].reshape(weight.shape[0] // block, block, stop - start)  # a view: [block index, row, column]
     high, low = x.max(axis=1), x.min(axis=1)
+    if not (np.isfinite(high).all() and np.isfinite(low).all()):  # a NaN or an infinity in a block shows here
+        raise NonFinite(f"a NaN or an infinity in columns {start}–{stop - 1}")
     peak = np.where(np.abs(high) > np.abs(low), high, low)
     scale = peak / -mid
     with np.errstate(divide="ignore"):

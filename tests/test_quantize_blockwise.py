@@ -49,10 +49,12 @@ def test_what_it_does_not_compute_is_left_to_onnxruntime():
     assert not blockwise.supported(weight, 64, 4)  # rows not a whole number of blocks: onnxruntime pads them
     assert not blockwise.supported(weight, 32, 2)
     assert not blockwise.supported(weight.astype(np.float16), 32, 4)
-    weight[3, 3] = np.nan
-    assert not blockwise.supported(weight, 32, 4)
     with pytest.raises(ValueError, match="rows a multiple of the block"):
-        blockwise.quantize(weight, 32, 4)
+        blockwise.quantize(weight, 64, 4)
+    for bad in (np.nan, np.inf, -np.inf):  # onnxruntime's range scan skips a NaN; numpy's carries it
+        weight[70, 5] = bad
+        with pytest.raises(blockwise.NonFinite, match="columns 0–7"):
+            blockwise.quantize(weight, 32, 4)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -86,3 +88,20 @@ def test_the_weight_only_pass_writes_the_same_model_with_either_kernel(monkeypat
     theirs = run()
     assert len(calls) == 3 and len(kernel_calls) == 3
     assert ours.keys() == theirs.keys() and all(ours[k] == theirs[k] for k in ours)
+
+
+def test_a_weight_with_a_nan_is_quantized_by_onnxruntimes_kernel():
+    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                 DefaultWeightOnlyQuantizer)
+
+    from mcomp.passes.quantize.schemes.weight_only import _threaded
+
+    config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=0, bits=4)
+    weight = np.random.default_rng(3).standard_normal((64, 16), dtype=np.float32)
+    hooked = _threaded(DefaultWeightOnlyQuantizer(config), config, 2)
+    assert type(hooked) is not DefaultWeightOnlyQuantizer
+    for bad in (None, np.nan):
+        if bad is not None:
+            weight[40, 3] = bad
+        ours, theirs = hooked.qbits_block_quant(weight), DefaultWeightOnlyQuantizer(config).qbits_block_quant(weight)
+        assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(ours, theirs))

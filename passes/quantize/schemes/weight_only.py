@@ -194,7 +194,10 @@ def _threaded(node_quantizer, config, threads: int | None):
             if (not self.config.is_symmetric or self.config.quant_format != QuantFormat.QOperator
                     or not blockwise.supported(fp32weight, block, bits)):
                 return super().qbits_block_quant(fp32weight)
-            packed, scales = blockwise.quantize(fp32weight, block, bits, threads)
+            try:
+                packed, scales = blockwise.quantize(fp32weight, block, bits, threads)
+            except blockwise.NonFinite:
+                return super().qbits_block_quant(fp32weight)
             per_byte = 8 // bits  # symmetric: onnxruntime's zero points are unused zeros
             return packed, scales, np.zeros((scales.shape[0], -(-scales.shape[1] // per_byte)), dtype=np.uint8)
 
