@@ -167,12 +167,36 @@ def sqnr_db(ref: np.ndarray, cand: np.ndarray) -> float:
 
 def per_slice(ref: np.ndarray, cand: np.ndarray, axis: int) -> list[dict]:
     """Cosine and SQNR of every scored slice along ``axis`` (see ``SLICE_FLOOR``)."""
-    r = np.moveaxis(ref, axis, 0).reshape(ref.shape[axis], -1)
-    c = np.moveaxis(cand, axis, 0).reshape(cand.shape[axis], -1)
-    peaks = np.max(np.abs(r.astype(np.float64)), axis=1)
+    dot, aa, bb, ee, peaks = _slice_sums(ref, cand, axis)
     floor = SLICE_FLOOR * float(peaks.max(initial=0.0))
-    return [{"index": i, "cosine": cosine(r[i], c[i]), "sqnr_db": sqnr_db(r[i], c[i])}
-            for i in range(r.shape[0]) if peaks[i] > floor]
+    return [{"index": i, "cosine": _cosine(dot[i], aa[i], bb[i]), "sqnr_db": _sqnr_db(aa[i], ee[i])}
+            for i in range(len(peaks)) if peaks[i] > floor]
+
+
+def _slice_sums(ref: np.ndarray, cand: np.ndarray, axis: int) -> np.ndarray:
+    """``_sums`` of every slice along ``axis`` at once (⟨a, b⟩, ‖a‖², ‖b‖², ‖b − a‖², and the
+    reference's peak |a| in place of the error's), in float64 over chunks of at most about ``CHUNK``
+    elements of the outputs as they lie (``[before, slices, after]`` views). Slice by slice, with the
+    slices moved to the front (a copy of each output) and two passes each, this was 2.6 s of a
+    PP-OCR recognizer's 200 × 40 × 6625 outputs, scored once per quantize candidate; 0.6 s now."""
+    slices = ref.shape[axis]
+    before = int(np.prod(ref.shape[:axis], dtype=np.int64))
+    after = int(np.prod(ref.shape[axis + 1:], dtype=np.int64))
+    r, c = ref.reshape(before, slices, after), cand.reshape(before, slices, after)
+    sums = np.zeros((5, slices))
+    rows = max(1, CHUNK // max(1, slices * after))
+    columns = after if slices * after <= CHUNK else max(1, CHUNK // slices)
+    for i in range(0, before, rows):
+        for j in range(0, after, columns):
+            x = r[i:i + rows, :, j:j + columns].astype(np.float64)
+            y = c[i:i + rows, :, j:j + columns].astype(np.float64)
+            sums[0] += np.einsum("isj,isj->s", x, y)
+            sums[1] += np.einsum("isj,isj->s", x, x)
+            sums[2] += np.einsum("isj,isj->s", y, y)
+            np.subtract(y, x, out=y)
+            sums[3] += np.einsum("isj,isj->s", y, y)
+            np.maximum(sums[4], np.abs(x, out=x).max(axis=(0, 2)), out=sums[4])
+    return sums
 
 
 def worst_slice(ref: np.ndarray, cand: np.ndarray, axes: list[int] | None = None) -> dict | None:

@@ -23,6 +23,27 @@ def test_chunked_sums_equal_the_whole_array_formulas(monkeypatch):
     assert fk.cosine(ref, cand) == got["cosine"] and fk.max_abs(ref, cand) == got["max_abs_error"]
 
 
+@pytest.mark.parametrize("chunk", [1 << 22, 200, 5])  # whole; rows of the leading axis; columns of one row
+@pytest.mark.parametrize("axis", [1, 2])
+def test_slices_in_chunks_equal_each_slice_measured_alone(monkeypatch, chunk, axis):
+    """Every slice's cosine and SQNR, taken together over chunks, against ``cosine``/``sqnr_db`` of that
+    slice alone; a slice below the floor (all zeros) is left out, one left identical has SQNR inf."""
+    rng = np.random.default_rng(2)
+    ref = rng.standard_normal((5, 7, 31)).astype(np.float32)
+    cand = ref + 0.05 * rng.standard_normal(ref.shape).astype(np.float32)
+    zero, same = [slice(None)] * 3, [slice(None)] * 3
+    zero[axis], same[axis] = 3, 4
+    ref[tuple(zero)] = cand[tuple(zero)] = 0
+    cand[tuple(same)] = ref[tuple(same)]
+    monkeypatch.setattr(fk, "CHUNK", chunk)
+    rows = fk.per_slice(ref, cand, axis)
+    assert [row["index"] for row in rows] == [i for i in range(ref.shape[axis]) if i != 3]
+    for row in rows:
+        r, c = np.take(ref, row["index"], axis=axis), np.take(cand, row["index"], axis=axis)
+        assert row["cosine"] == pytest.approx(fk.cosine(r, c), rel=1e-12)
+        assert row["sqnr_db"] == (pytest.approx(fk.sqnr_db(r, c), rel=1e-12) if row["index"] != 4 else float("inf"))
+
+
 def test_a_nan_in_any_chunk_reaches_the_figures(monkeypatch):
     monkeypatch.setattr(fk, "CHUNK", 4)
     ref = np.ones(10, np.float32)
