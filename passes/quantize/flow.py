@@ -114,6 +114,8 @@ class Flow:
         errors = self._layer_errors() if cfg.explain else None
         self.errors = errors or []
         if not budget.holds(score, self.evaluator.reference_accuracy):
+            if choice is not None and cfg.latency_guard:
+                self._level_for_fit(excluded)
             fit, ranked = self._fit(budget, excluded)
             excluded |= set(fit.exclude)
             score = fit.score
@@ -151,19 +153,13 @@ class Flow:
     def _bound(self, excluded: set[str], choice, score, fitted: bool):
         """Size modes: the fastest setting that holds the budget, timed against the input; the input is
         kept when even that one is slower than --max-slowdown allows."""
-        from mcomp.passes.quantize.guard import DEFAULT_MAX_SLOWDOWN, bound, noisy
+        from mcomp.passes.quantize.guard import noisy
         from mcomp.passes.quantize.size_mode import label
 
-        scheme, ctx = self.scheme, self.ctx
-        limit = self.cfg.max_slowdown or DEFAULT_MAX_SLOWDOWN
+        scheme, limit = self.scheme, self._max_slowdown()
         settings = [scheme.setting] if fitted or not choice.holding else list(choice.holding)
-        variants = {}
-        for i, setting in enumerate(settings):
-            scheme.setting = setting
-            variants[label(setting)] = self._timed_source(self.build(excluded), f"variant{i}")
-        verdict = bound(variants, self.reference, self._timing_feeds(), ctx.providers, ctx.threads,
-                        self.cfg.guard_runs, limit, progress=ctx.progress)
-        scheme.setting = settings[list(variants).index(verdict.chosen)]
+        verdict = self._timed_settings(settings, excluded, "variant")
+        scheme.setting = next(s for s in settings if label(s) == verdict.chosen)
         if not fitted and choice.holding:
             score = choice.holding[scheme.setting]
             self.details["setting"].update(block_size=scheme.setting[0], accuracy_level=scheme.setting[1])
@@ -180,6 +176,49 @@ class Flow:
         self.notes.append(f"kept for size: runs at {measured}, within --max-slowdown ×{limit:g}"
                           + ("" if self.cfg.max_slowdown else " (the default)"))
         return verdict, score
+
+    def _level_for_fit(self, excluded: set[str]) -> None:
+        """Size modes, before the fit: the accuracy levels of the block the fit will use, each with every
+        layer quantized, timed against the input; the fit then runs at the most accurate level within
+        --max-slowdown (the one ``settle`` chose where none is). The fit only leaves layers float, so a
+        level far beyond the bound stays beyond it: on a 2.5 GiB chain of 8192² MatMuls, at batch 1 on
+        a CPU, level 1 kept half the layers float and still ran ×15 the input, which was returned after
+        250 s of scoring that slow kernel, while level 4 ran ×0.25."""
+        from mcomp.passes.quantize.guard import allowed
+        from mcomp.passes.quantize.size_mode import label
+
+        scheme, limit = self.scheme, self._max_slowdown()
+        chosen = scheme.setting
+        levels = [s for s in scheme.settings() if s[0] == chosen[0]]
+        if len(levels) < 2:  # a given --accuracy-level
+            return
+        verdict = self._timed_settings(levels, excluded, "level")
+        ratios = {t["candidate"]: t["ratio"] for t in verdict.trials}
+        within = [s for s in levels if ratios[label(s)] <= allowed(limit, verdict.noise_floor)]
+        scheme.setting = within[0] if within else chosen
+        self.details["setting"].update(accuracy_level=scheme.setting[1], levels_before_fit=ratios)
+        if scheme.setting != chosen:
+            self.notes.append(f"with every layer quantized, accuracy level {chosen[1]} ran ×{ratios[label(chosen)]:.3f} "
+                              f"of the input's latency, beyond --max-slowdown ×{limit:g}; layers are left float at "
+                              f"level {scheme.setting[1]} (×{ratios[label(scheme.setting)]:.3f}) instead")
+
+    def _max_slowdown(self) -> float:
+        from mcomp.passes.quantize.guard import DEFAULT_MAX_SLOWDOWN
+
+        return self.cfg.max_slowdown or DEFAULT_MAX_SLOWDOWN
+
+    def _timed_settings(self, settings: list[tuple], excluded: set[str], name: str):
+        """Each setting's candidate timed against the input in one interleaved measurement (``guard.bound``);
+        the scheme is left at the last setting."""
+        from mcomp.passes.quantize.guard import bound
+        from mcomp.passes.quantize.size_mode import label
+
+        variants = {}
+        for i, setting in enumerate(settings):
+            self.scheme.setting = setting
+            variants[label(setting)] = self._timed_source(self.build(excluded), f"{name}{i}")
+        return bound(variants, self.reference, self._timing_feeds(), self.ctx.providers, self.ctx.threads,
+                     self.cfg.guard_runs, self._max_slowdown(), progress=self.ctx.progress)
 
     def _timed_source(self, proto: onnx.ModelProto, name: str) -> bytes | str:
         """A candidate as the timing takes it: its bytes, or for a big input (whose reference is a file) a
