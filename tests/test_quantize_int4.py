@@ -160,19 +160,23 @@ def test_a_layer_left_float_is_the_input_layer(monkeypatch):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("level1, kept", [(3.0, 4), (1.2, 1)])
-def test_the_fit_runs_at_the_most_accurate_level_within_max_slowdown(monkeypatch, level1, kept):
+@pytest.mark.parametrize("slow, kept", [({}, (32, 1)), ({(32, 1): 3.0}, (32, 4)),
+                                        ({(32, 1): 3.0, (32, 4): 3.0}, (64, 1))])
+def test_the_fit_runs_at_the_most_accurate_setting_within_max_slowdown(monkeypatch, slow, kept):
     """No block holds a cosine of 0.99 with every layer quantized (block 32, level 1 scores 0.9897), so
-    layers go back to float; before that the two levels of block 32 are timed whole, and the fit runs
-    at level 1 only where it is within --max-slowdown ×1.5."""
-    one, four = "block 32, accuracy level 1", "block 32, accuracy level 4"
-    rounds = fixed_timing(monkeypatch, {one: level1, four: 0.9, "*": 1.0})
+    layers go back to float; before that every setting is timed whole, and the fit runs at the first
+    one, smallest block and most accurate level first, within --max-slowdown ×1.5."""
+    label = "block {}, accuracy level {}".format
+    rounds = fixed_timing(monkeypatch, {**{label(*s): r for s, r in slow.items()}, "*": 0.9})
     result = Quantize(mode="weight-only", min_fidelity=0.99)(_ir(linear_stack().SerializeToString()), stack_context())
-    assert result.modified and rounds == [[one, four], [f"block 32, accuracy level {kept}"]]
-    assert result.details["setting"]["levels_before_fit"] == {one: level1, four: 0.9}
-    levels = {n.attributes["accuracy_level"].value for n in result.model.graph if n.op_type == "MatMulNBits"}
-    assert levels == {kept} and result.details["budget"]["float_nodes"]
-    assert any("left float at level 4" in n for n in result.notes) == (kept == 4)
+    whole = {label(b, level): slow.get((b, level), 0.9) for b in (32, 64, 128) for level in (1, 4)}
+    assert result.modified and rounds == [list(whole), [label(*kept)]]
+    assert result.details["setting"]["whole_before_fit"] == whole
+    setting = result.details["setting"]
+    assert (setting["block_size"], setting["accuracy_level"]) == kept and result.details["budget"]["float_nodes"]
+    nodes = [n for n in result.model.graph if n.op_type == "MatMulNBits"]
+    assert {(n.attributes["block_size"].value, n.attributes["accuracy_level"].value) for n in nodes} == {kept}
+    assert any("layers are left float at" in n for n in result.notes) == bool(slow)
 
 
 def test_untimed_the_fit_runs_at_the_most_accurate_level(monkeypatch):

@@ -115,7 +115,7 @@ class Flow:
         self.errors = errors or []
         if not budget.holds(score, self.evaluator.reference_accuracy):
             if choice is not None and cfg.latency_guard:
-                self._level_for_fit(excluded)
+                self._setting_for_fit(excluded)
             fit, ranked = self._fit(budget, excluded)
             excluded |= set(fit.exclude)
             score = fit.score
@@ -177,30 +177,32 @@ class Flow:
                           + ("" if self.cfg.max_slowdown else " (the default)"))
         return verdict, score
 
-    def _level_for_fit(self, excluded: set[str]) -> None:
-        """Size modes, before the fit: the accuracy levels of the block the fit will use, each with every
-        layer quantized, timed against the input; the fit then runs at the most accurate level within
-        --max-slowdown (the one ``settle`` chose where none is). The fit only leaves layers float, so a
-        level far beyond the bound stays beyond it: on a 2.5 GiB chain of 8192² MatMuls, at batch 1 on
-        a CPU, level 1 kept half the layers float and still ran ×15 the input, which was returned after
-        250 s of scoring that slow kernel, while level 4 ran ×0.25."""
+    def _setting_for_fit(self, excluded: set[str]) -> None:
+        """Size modes, before the fit: every setting with every layer quantized, timed against the input
+        in one measurement; the fit then runs at the most accurate one within --max-slowdown (smallest
+        block first, then the most accurate level; ``settle``'s choice where none is). The fit only
+        leaves layers float, so a setting far beyond the bound stays beyond it: on a 2.5 GiB chain of
+        8192² MatMuls, at batch 1 on a CPU, blocks of 32 ran ×28 the input at either level, and their
+        fit kept half the layers float and still ran ×17, so the input was returned after 250–330 s of
+        scoring that slow kernel."""
         from mcomp.passes.quantize.guard import allowed
         from mcomp.passes.quantize.size_mode import label
 
         scheme, limit = self.scheme, self._max_slowdown()
         chosen = scheme.setting
-        levels = [s for s in scheme.settings() if s[0] == chosen[0]]
-        if len(levels) < 2:  # a given --accuracy-level
+        settings = sorted(scheme.settings(), key=lambda s: (s[0], scheme.settings().index(s)))
+        if len(settings) < 2:  # a given --block-size and --accuracy-level
             return
-        verdict = self._timed_settings(levels, excluded, "level")
+        verdict = self._timed_settings(settings, excluded, "whole")
         ratios = {t["candidate"]: t["ratio"] for t in verdict.trials}
-        within = [s for s in levels if ratios[label(s)] <= allowed(limit, verdict.noise_floor)]
+        within = [s for s in settings if ratios[label(s)] <= allowed(limit, verdict.noise_floor)]
         scheme.setting = within[0] if within else chosen
-        self.details["setting"].update(accuracy_level=scheme.setting[1], levels_before_fit=ratios)
+        self.details["setting"].update(block_size=scheme.setting[0], accuracy_level=scheme.setting[1],
+                                       whole_before_fit=ratios)
         if scheme.setting != chosen:
-            self.notes.append(f"with every layer quantized, accuracy level {chosen[1]} ran ×{ratios[label(chosen)]:.3f} "
-                              f"of the input's latency, beyond --max-slowdown ×{limit:g}; layers are left float at "
-                              f"level {scheme.setting[1]} (×{ratios[label(scheme.setting)]:.3f}) instead")
+            self.notes.append(f"with every layer quantized, {label(chosen)} ran ×{ratios[label(chosen)]:.3f} of the "
+                              f"input's latency, beyond --max-slowdown ×{limit:g}; layers are left float at "
+                              f"{label(scheme.setting)} (×{ratios[label(scheme.setting)]:.3f}) instead")
 
     def _max_slowdown(self) -> float:
         from mcomp.passes.quantize.guard import DEFAULT_MAX_SLOWDOWN

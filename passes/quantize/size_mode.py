@@ -8,7 +8,7 @@ holds the budget is kept. Its levels that hold are then timed together against t
 by the flow's bound on the slowdown (``guard.bound``), which keeps the fastest. When no setting
 holds, the most accurate candidate of the smallest block goes on to the flow's budget fit, which
 sends the most sensitive layers back to float; timed (the latency bound on), the fit runs instead at
-the most accurate level of that block within --max-slowdown (``flow._level_for_fit``).
+the most accurate setting within --max-slowdown, every setting timed whole (``flow._setting_for_fit``).
 """
 
 from __future__ import annotations
