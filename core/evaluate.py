@@ -25,7 +25,7 @@ from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
 from mcomp.external_data import external_tensors, release_pages, release_tensor
 from mcomp.session import input_specs
-from mcomp.sources import BIG_WEIGHTS, reads_data, runnable, weight_bytes
+from mcomp.sources import BIG_WEIGHTS, needs_prepacking, reads_data, runnable, weight_bytes
 
 FIDELITY_MODES = ("slice", "whole")
 # Reference outputs held for one comparison; the feeds past it are left out, with a note (the
@@ -70,10 +70,11 @@ def session(model: ir.Model | bytes | str | Path, providers: list[str], threads:
             spinning: bool = True, optimization: str = "all"):
     """One inference session. ``spinning=False`` when several sessions share the cores (design §7);
     a model onnxruntime refuses to load is bad input. Weights of ``BIG_WEIGHTS`` or more are not
-    prepacked (one copy fewer; reference and candidate of a run are alike in this)."""
+    prepacked (one copy fewer; reference and candidate of a run are alike in this), unless a kernel
+    of the model needs its prepacked weights to run at its speed (``needs_prepacking``: int4 MatMulNBits)."""
     import onnxruntime as ort
 
-    big = weight_bytes(model) >= BIG_WEIGHTS
+    big = weight_bytes(model) >= BIG_WEIGHTS and not needs_prepacking(model)
     options = _options(threads, spinning=spinning, optimization=optimization, big=big)
     with runnable(model) as source:  # a temp file may go once made into a session: onnxruntime maps it
         reads_data(options, source)

@@ -330,3 +330,34 @@ def test_a_candidates_size_is_counted_without_serializing_its_weights():
     proto.graph.initializer[1].doc_string = "a weight with a long description " * 20
     exact, counted = proto.ByteSize(), serialized_size(proto)
     assert exact <= counted <= exact + 100 * len(proto.graph.initializer)
+
+
+def _prepacking_off(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry("session.disable_prepacking") == "1"
+    except RuntimeError:  # never set
+        return False
+
+
+def test_a_big_int4_model_is_measured_with_its_weights_prepacked(tmp_path, monkeypatch):
+    """Without prepacking, onnxruntime's MatMulNBits dequantizes its whole weight at every run (×21 the
+    float model on a 2.5 GiB chain, against ×0.2 as users run it): a big model with MatMulNBits keeps
+    prepacking, a big float model goes without (one copy of its weights fewer); found in an ir.Model's
+    nodes, in bytes and in a file."""
+    from test_quantize_int4 import _ir, linear_stack, stack_context
+
+    from mcomp.passes.quantize import Quantize
+
+    monkeypatch.setattr(evaluate, "BIG_WEIGHTS", 1)  # every model is big
+    float_model = linear_stack()
+    int4 = Quantize(mode="weight-only", latency_guard=False, min_fidelity=0.5)(
+        _ir(float_model.SerializeToString()), stack_context()).model
+    int4_bytes = model_io.to_bytes(int4)
+    (tmp_path / "int4.onnx").write_bytes(int4_bytes)
+    (tmp_path / "float.onnx").write_bytes(float_model.SerializeToString())
+    for source in (int4, int4_bytes, str(tmp_path / "int4.onnx")):
+        assert sources.needs_prepacking(source)
+        assert not _prepacking_off(evaluate.session(source, ["CPUExecutionProvider"]))
+    for source in (_ir(float_model.SerializeToString()), float_model.SerializeToString(), tmp_path / "float.onnx"):
+        assert not sources.needs_prepacking(source)
+        assert _prepacking_off(evaluate.session(source, ["CPUExecutionProvider"]))
