@@ -161,22 +161,33 @@ def test_a_layer_left_float_is_the_input_layer(monkeypatch):
 
 
 @pytest.mark.parametrize("slow, kept", [({}, (32, 1)), ({(32, 1): 3.0}, (32, 4)),
-                                        ({(32, 1): 3.0, (32, 4): 3.0}, (64, 1))])
-def test_the_fit_runs_at_the_most_accurate_setting_within_max_slowdown(monkeypatch, slow, kept):
+                                        ({(32, 1): 3.0, (32, 4): 3.0}, (64, 1)), ({"*": 3.0}, None)])
+def test_a_fit_beyond_max_slowdown_is_made_again_at_the_most_accurate_setting_within_it(monkeypatch, slow, kept):
     """No block holds a cosine of 0.99 with every layer quantized (block 32, level 1 scores 0.9897), so
-    layers go back to float; before that every setting is timed whole, and the fit runs at the first
-    one, smallest block and most accurate level first, within --max-slowdown ×1.5."""
+    layers go back to float at block 32, level 1. Only where that model is beyond --max-slowdown ×1.5 is
+    every setting timed whole, and the fit made again at the first within it, smallest block and most
+    accurate level first; where none is, the input is returned with the first fit's reasons."""
     label = "block {}, accuracy level {}".format
-    rounds = fixed_timing(monkeypatch, {**{label(*s): r for s, r in slow.items()}, "*": 0.9})
+    rounds = fixed_timing(monkeypatch, {**{label(*s): r for s, r in slow.items() if s != "*"},
+                                        "*": slow.get("*", 0.9)})
     result = Quantize(mode="weight-only", min_fidelity=0.99)(_ir(linear_stack().SerializeToString()), stack_context())
-    whole = {label(b, level): slow.get((b, level), 0.9) for b in (32, 64, 128) for level in (1, 4)}
-    assert result.modified and rounds == [list(whole), [label(*kept)]]
-    assert result.details["setting"]["whole_before_fit"] == whole
+    whole = {label(b, level): slow.get((b, level), slow.get("*", 0.9)) for b in (32, 64, 128) for level in (1, 4)}
     setting = result.details["setting"]
+    if not slow:
+        assert rounds == [[label(32, 1)]] and "whole_settings" not in setting
+    else:
+        assert rounds[:2] == [[label(32, 1)], list(whole)] and setting["whole_settings"] == whole
+    if kept is None:
+        assert not result.modified and len(rounds) == 2
+        assert any("beyond --max-slowdown" in n for n in result.notes)
+        return
+    assert result.modified and rounds[-1] == [label(*kept)]
     assert (setting["block_size"], setting["accuracy_level"]) == kept and result.details["budget"]["float_nodes"]
     nodes = [n for n in result.model.graph if n.op_type == "MatMulNBits"]
     assert {(n.attributes["block_size"].value, n.attributes["accuracy_level"].value) for n in nodes} == {kept}
-    assert any("layers are left float at" in n for n in result.notes) == bool(slow)
+    assert not any("returned unchanged" in n for n in result.notes)
+    assert sum("kept in float" in n for n in result.notes) == 1
+    assert any("layers were left float again" in n for n in result.notes) == bool(slow)
 
 
 def test_untimed_the_fit_runs_at_the_most_accurate_level(monkeypatch):

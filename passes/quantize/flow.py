@@ -113,9 +113,8 @@ class Flow:
         fit, ranked = None, []
         errors = self._layer_errors() if cfg.explain else None
         self.errors = errors or []
+        before_fit, notes_before_fit = set(excluded), len(self.notes)
         if not budget.holds(score, self.evaluator.reference_accuracy):
-            if choice is not None and cfg.latency_guard:
-                self._setting_for_fit(excluded)
             fit, ranked = self._fit(budget, excluded)
             excluded |= set(fit.exclude)
             score = fit.score
@@ -123,7 +122,17 @@ class Flow:
         if cfg.latency_guard and scheme.objective == "latency":
             verdict = self._guard(excluded)
         elif cfg.latency_guard and scheme.slowdown_bounded:
-            verdict, score = self._bound(excluded, choice, score, fit is not None)
+            try:
+                verdict, score = self._bound(excluded, choice, score, fit is not None)
+            except Unchanged:
+                said = self.notes[notes_before_fit:]  # the fit's, and why its model was beyond the bound
+                del self.notes[notes_before_fit:]
+                if fit is None or not self._setting_for_fit(before_fit):
+                    self.notes.extend(said)
+                    raise
+                fit, ranked = self._fit(budget, before_fit)  # again, at a setting within the bound
+                excluded = before_fit | set(fit.exclude)
+                verdict, score = self._bound(excluded, choice, fit.score, True)
         if verdict is not None and verdict.exclude:
             excluded |= verdict.exclude
             score = self.evaluator.score(self.build(excluded))
@@ -177,14 +186,14 @@ class Flow:
                           + ("" if self.cfg.max_slowdown else " (the default)"))
         return verdict, score
 
-    def _setting_for_fit(self, excluded: set[str]) -> None:
-        """Size modes, before the fit: every setting with every layer quantized, timed against the input
-        in one measurement; the fit then runs at the most accurate one within --max-slowdown (smallest
-        block first, then the most accurate level; ``settle``'s choice where none is). The fit only
-        leaves layers float, so a setting far beyond the bound stays beyond it: on a 2.5 GiB chain of
-        8192² MatMuls, at batch 1 on a CPU, blocks of 32 ran ×28 the input at either level, and their
-        fit kept half the layers float and still ran ×17, so the input was returned after 250–330 s of
-        scoring that slow kernel."""
+    def _setting_for_fit(self, excluded: set[str]) -> bool:
+        """Size modes, when a fit's model is beyond --max-slowdown: every setting with every layer
+        quantized, timed against the input in one measurement; True when one other than the fit's is
+        within the bound, and the scheme is left at the most accurate such (smallest block first, then
+        the most accurate level), for the fit to run again. The fit only leaves layers float, so a setting
+        far beyond the bound stays beyond it: measured without prepacked weights (since fixed), every
+        int4 setting of a 2.5 GiB chain ran ×24–×36, and its fit ×17, returned as the input after 250 s.
+        Timed only then: where the fit's model is within the bound (the common case) it costs nothing."""
         from mcomp.passes.quantize.guard import allowed
         from mcomp.passes.quantize.size_mode import label
 
@@ -192,17 +201,20 @@ class Flow:
         chosen = scheme.setting
         settings = sorted(scheme.settings(), key=lambda s: (s[0], scheme.settings().index(s)))
         if len(settings) < 2:  # a given --block-size and --accuracy-level
-            return
+            return False
         verdict = self._timed_settings(settings, excluded, "whole")
         ratios = {t["candidate"]: t["ratio"] for t in verdict.trials}
-        within = [s for s in settings if ratios[label(s)] <= allowed(limit, verdict.noise_floor)]
-        scheme.setting = within[0] if within else chosen
-        self.details["setting"].update(block_size=scheme.setting[0], accuracy_level=scheme.setting[1],
-                                       whole_before_fit=ratios)
-        if scheme.setting != chosen:
-            self.notes.append(f"with every layer quantized, {label(chosen)} ran ×{ratios[label(chosen)]:.3f} of the "
-                              f"input's latency, beyond --max-slowdown ×{limit:g}; layers are left float at "
-                              f"{label(scheme.setting)} (×{ratios[label(scheme.setting)]:.3f}) instead")
+        within = [s for s in settings if s != chosen and ratios[label(s)] <= allowed(limit, verdict.noise_floor)]
+        self.details["setting"]["whole_settings"] = ratios
+        if not within:
+            scheme.setting = chosen
+            return False
+        scheme.setting = within[0]
+        self.details["setting"].update(block_size=scheme.setting[0], accuracy_level=scheme.setting[1])
+        self.notes.append(f"the fit's model at {label(chosen)} was beyond --max-slowdown ×{limit:g}; with every layer "
+                          f"quantized, {label(scheme.setting)} ran ×{ratios[label(scheme.setting)]:.3f} of the input's "
+                          "latency, so layers were left float again at that setting")
+        return True
 
     def _max_slowdown(self) -> float:
         from mcomp.passes.quantize.guard import DEFAULT_MAX_SLOWDOWN

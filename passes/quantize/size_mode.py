@@ -7,8 +7,8 @@ the budget the block's others are not scored), and the first block with a level 
 holds the budget is kept. Its levels that hold are then timed together against the input
 by the flow's bound on the slowdown (``guard.bound``), which keeps the fastest. When no setting
 holds, the most accurate candidate of the smallest block goes on to the flow's budget fit, which
-sends the most sensitive layers back to float; timed (the latency bound on), the fit runs instead at
-the most accurate setting within --max-slowdown, every setting timed whole (``flow._setting_for_fit``).
+sends the most sensitive layers back to float; where that model is beyond --max-slowdown, the fit is
+made again at the most accurate setting within it, every setting timed whole (``flow._setting_for_fit``).
 """
 
 from __future__ import annotations
