@@ -71,7 +71,7 @@ def session(model: ir.Model | bytes | str | Path, providers: list[str], threads:
     """One inference session. ``spinning=False`` when several sessions share the cores (design §7);
     a model onnxruntime refuses to load is bad input. Weights of ``BIG_WEIGHTS`` or more are not
     prepacked (one copy fewer; reference and candidate of a run are alike in this), unless a kernel
-    of the model needs its prepacked weights to run at its speed (``needs_prepacking``: int4 MatMulNBits)."""
+    of the model needs its prepacked weights to run at its speed (``needs_prepacking``: int4, int8)."""
     import onnxruntime as ort
 
     big = weight_bytes(model) >= BIG_WEIGHTS and not needs_prepacking(model)

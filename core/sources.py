@@ -33,12 +33,14 @@ INLINE_LIMIT = 64 << 20
 # more full copy per session (MLAS's packed MatMul operands): measured on one 8192×8192 MatMul (256 MiB),
 # a session held 2.2× the weights with prepacking, 1.2× without.
 BIG_WEIGHTS = 256 << 20
-# Kernels whose speed is their prepacked weights: without prepacking, onnxruntime's MatMulNBits
-# dequantizes its whole weight at every run. A 2.5 GiB chain of 8192² layers quantized to int4 (0.36 GB)
-# ran 2.5 s a run so, ×21 the float model, where the same file in a default session runs in 25 ms
-# (×0.2): the figure and every decision on it (the slowdown bound returned the input) described a
-# session no user runs. A model with one of these is measured with prepacking, as users run it.
-PREPACKED_KERNELS = (b"MatMulNBits",)
+# Op types (or parts of them) of kernels whose speed is their prepacked weights: without prepacking,
+# onnxruntime's MatMulNBits dequantizes its whole weight at every run. A 2.5 GiB chain of 8192² layers
+# quantized to int4 (0.36 GB) ran 2.5 s a run so, ×21 the float model, where the same file in a default
+# session runs in 25 ms (×0.2): the figure and every decision on it (the slowdown bound returned the
+# input) described a session no user runs. The int8 kernels too (QDQ pairs, which onnxruntime fuses
+# into QLinear ops, the dynamic MatMulInteger): 4 int8 layers of 4096² ran 74 ms a run without
+# prepacking, 24 ms with it. A model with one of these is measured with prepacking, as users run it.
+PREPACKED_KERNELS = (b"MatMulNBits", b"QuantizeLinear", b"QLinear", b"MatMulInteger", b"ConvInteger")
 
 
 class ModelBytes(bytes):
@@ -77,13 +79,13 @@ def weight_bytes(model: ir.Model | bytes | str | Path) -> int:
 
 
 def needs_prepacking(model: ir.Model | bytes | str | Path) -> bool:
-    """Whether ``model`` has a node of ``PREPACKED_KERNELS``: read from its nodes (``ir.Model``), else
+    """Whether ``model`` has a node of ``PREPACKED_KERNELS`` (int4, int8): read from its nodes (``ir.Model``), else
     found in its serialized bytes or file, where an op type is stored as plain text (a search at
     memory speed, not a parse of a big protobuf; a weight that happened to hold those bytes would only
     turn prepacking on)."""
     if isinstance(model, ir.Model):
-        kinds = {k.decode() for k in PREPACKED_KERNELS}
-        return any(node.op_type in kinds for g in all_graphs(model.graph) for node in g)
+        kinds = [k.decode() for k in PREPACKED_KERNELS]
+        return any(kind in node.op_type for g in all_graphs(model.graph) for node in g for kind in kinds)
     if isinstance(model, bytes):
         return any(kind in model for kind in PREPACKED_KERNELS)
     with open(model, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
