@@ -56,7 +56,8 @@ def quantize(weight: np.ndarray, block: int, bits: int, threads: int | None = No
 
 def _columns(weight, block, bits, start, stop, packed, scales) -> None:
     mid = np.float32(1 << (bits - 1))
-    x = weight[:, start:stop].reshape(weight.shape[0] // block, block, stop - start)  # a view: [block index, row, column]
+    # a view of the columns: [block index, row in the block, column]
+    x = weight[:, start:stop].reshape(weight.shape[0] // block, block, stop - start)
     high, low = x.max(axis=1), x.min(axis=1)
     if not (np.isfinite(high).all() and np.isfinite(low).all()):  # a NaN or an infinity in a block shows here
         raise NonFinite(f"a NaN or an infinity in columns {start}–{stop - 1}")

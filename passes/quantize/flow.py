@@ -211,9 +211,10 @@ class Flow:
             return False
         scheme.setting = within[0]
         self.details["setting"].update(block_size=scheme.setting[0], accuracy_level=scheme.setting[1])
-        self.notes.append(f"the fit's model at {label(chosen)} was beyond --max-slowdown ×{limit:g}; with every layer "
-                          f"quantized, {label(scheme.setting)} ran ×{ratios[label(scheme.setting)]:.3f} of the input's "
-                          "latency, so layers were left float again at that setting")
+        kept = label(scheme.setting)
+        self.notes.append(f"the fit's model at {label(chosen)} was beyond --max-slowdown ×{limit:g}; with every "
+                          f"layer quantized, {kept} ran ×{ratios[kept]:.3f} of the input's latency, so layers "
+                          "were left float again at that setting")
         return True
 
     def _max_slowdown(self) -> float:

@@ -36,6 +36,8 @@ def label(setting: tuple[int, int]) -> str:
 def settle(scheme, build, evaluator, budget, excluded: set[str], progress=None) -> Choice:
     """Scores the scheme's settings (``scheme.settings()``, smallest model first) until a block holds
     ``budget``; leaves ``scheme.setting`` at the choice. ``build(excluded)`` builds at the scheme's setting."""
+    from mcomp.passes.quantize.schemes.weight_only import inline_bytes
+
     report = progress or (lambda description, done, total: None)
     settings = scheme.settings()
     blocks = list(dict.fromkeys(b for b, _ in settings))
@@ -48,7 +50,7 @@ def settle(scheme, build, evaluator, budget, excluded: set[str], progress=None) 
             proto = build(excluded)
             score = scored[setting] = evaluator.score(proto)
             holds = budget.holds(score, evaluator.reference_accuracy)
-            trials.append({"block_size": setting[0], "accuracy_level": setting[1], "model_bytes": _bytes(proto),
+            trials.append({"block_size": setting[0], "accuracy_level": setting[1], "model_bytes": inline_bytes(proto),
                            "fidelity": _r(score.fidelity), "cosine": _r(score.cosine), "holds": holds})
             if not holds and not holding:  # the block's most accurate level failed: its others would too
                 break
@@ -63,12 +65,6 @@ def settle(scheme, build, evaluator, budget, excluded: set[str], progress=None) 
     best = max(last, key=lambda s: scored[s].fidelity if scored[s].fidelity is not None else -2.0)
     scheme.setting = best
     return Choice(best, scored[best], {}, trials)
-
-
-def _bytes(proto) -> int:
-    """The candidate's bytes, with the float layers it still reads from the input's data file (a big model's)."""
-    return proto.ByteSize() + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
-                                  if e.key == "length")
 
 
 def _r(x):

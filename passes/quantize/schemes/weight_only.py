@@ -150,7 +150,7 @@ class WeightOnly(OrtScheme):
     def layer_errors(self, candidate: onnx.ModelProto, live, feeds) -> list:
         from mcomp.passes.quantize.sensitivity import layer_errors
 
-        if _inline_bytes(self.prepared.proto) >= _protobuf_limit():  # the layers are exposed on inline models
+        if inline_bytes(self.prepared.proto) >= _protobuf_limit():  # the layers are exposed on inline models
             self.notes.append("--explain: no per-layer errors, which run the model inline, past protobuf's 2 GB here")
             return None
 
@@ -215,7 +215,7 @@ def _keeps_references(proto: onnx.ModelProto, workdir: Path | None) -> bool:
     if len(folders) == 1 and (workdir is None or not Path(next(iter(folders))).resolve().is_relative_to(
             Path(workdir).resolve())):
         return True
-    size = _inline_bytes(proto)
+    size = inline_bytes(proto)
     if size >= _protobuf_limit():
         raise Unchanged(f"with layers left float a candidate is {size / (1 << 30):.1f} GiB, past protobuf's 2 GB "
                         "for one model, and its float weights are not all in the input's data file; it quantizes "
@@ -223,8 +223,10 @@ def _keeps_references(proto: onnx.ModelProto, workdir: Path | None) -> bool:
     return False
 
 
-def _inline_bytes(proto: onnx.ModelProto) -> int:
-    """About the bytes of ``proto`` with the tensors it refers to read inline."""
+def inline_bytes(proto: onnx.ModelProto) -> int:
+    """About the bytes of ``proto`` with the tensors it refers to read inline (a big model's candidate
+    reads its float layers from the input's data file): the candidate sizes ``size_mode`` reports, and
+    the 2 GB check. Counted, not serialized (``serialized_size``)."""
     return serialized_size(proto) + sum(int(e.value) for t in proto.graph.initializer for e in t.external_data
                                         if e.key == "length")
 
