@@ -39,6 +39,7 @@ COMMANDS = {
     "prune-magnitude": ["prune", "--rate", "0.5"],
     "prune-structured": ["prune", "--rate", "0.5", "--method", "structured"],
     "quantize-weight-only": ["quantize", "--mode", "weight-only"],
+    "quantize-dynamic": ["quantize", "--mode", "dynamic"],
 }
 LAYER_BYTES = 8192 * 8192 * 4
 

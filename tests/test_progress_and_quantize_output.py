@@ -162,3 +162,15 @@ def test_a_candidate_onnxruntime_cannot_load_returns_the_input_with_the_reason(m
     assert result.details["unchanged"] == "onnxruntime cannot load the quantized model"
     reason = [n for n in result.notes if "onnxruntime cannot load the model" in n]
     assert len(reason) == 1 and "\n" not in reason[0] and "tensor(float16)" in reason[0]
+
+
+def test_the_guards_count_holds_when_a_big_model_is_timed_in_blocks():
+    """Timed in sequential blocks, a measurement reports blocks × runs; the guard's count stays within its total."""
+    from mcomp.passes.quantize.guard import Timed
+
+    seen = []
+    timed = Timed(lambda description, done, total: seen.append((done, total)), runs=5, first=3, second=1)
+    timed.round(12, 20)  # 4 blocks of 5 runs: 12 done of 20, i.e. 3 of 5 rounds
+    timed.next(1)
+    timed.round(15, 15)
+    assert seen == [(9, 20), (15, 20), (20, 20)]

@@ -68,24 +68,28 @@ class Flow:
         self.reference: bytes | str | None = None  # the input as sessions take it: set by ``run``
         self.workdir: Path | None = None  # the pass's temp folder: set by ``run``
         self.errors = []  # per-layer error rows, with --explain
-        self._memo: dict[tuple, onnx.ModelProto] = {}
+        self._memo: dict[tuple, onnx.ModelProto | None] = {}  # None: checked, composed again per call
 
     def build(self, exclude, only=None) -> onnx.ModelProto:
-        key = (frozenset(exclude), None if only is None else frozenset(only))
-        if (self.scheme.setting, *key) not in self._memo:
-            proto = self.scheme.build(*key)
-            if self.scheme.slowdown_bounded:
-                # weight-only candidates are the float graph with layers of one candidate per setting swapped
-                # in (``nbits_compose``), composed per call (cheaper again than held in memory); that first
-                # candidate is scored at once (``size_mode.settle``), and its session is the load check
-                # (``_settle``): another session per setting cost a big model ~2 s
-                return proto
+        key = (self.scheme.setting, frozenset(exclude), None if only is None else frozenset(only))
+        if key in self._memo and self._memo[key] is not None:
+            return self._memo[key]
+        proto = self.scheme.build(*key[1:])
+        if self.scheme.slowdown_bounded:
+            # weight-only candidates are the float graph with layers of one candidate per setting swapped
+            # in (``nbits_compose``), composed per call (cheaper again than held in memory); that first
+            # candidate is scored at once (``size_mode.settle``), and its session is the load check
+            # (``_settle``): another session per setting cost a big model ~2 s
+            return proto
+        if key not in self._memo:
             try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
-                evaluate.session(proto.SerializeToString(), self.ctx.providers, optimization="disable")
+                evaluate.session(mapped_source.as_source(proto), self.ctx.providers, optimization="disable")
             except BadInput as exc:
                 self._refused(exc)
-            self._memo[self.scheme.setting, *key] = proto
-        return self._memo[self.scheme.setting, *key]
+        # a composed candidate (``Scheme.composes``) is made again per call, not held: held, a big model's
+        # int8 candidates were a quarter of its size each
+        self._memo[key] = None if self.scheme.composes else proto
+        return proto
 
     def run(self, workdir: Path) -> ir.Model:
         cfg, ctx = self.cfg, self.ctx
@@ -316,7 +320,7 @@ class Flow:
         ctx, provider = self.ctx, self.target.provider
         verdict = guard(self.build, self.scheme.units, excluded, self.reference, self._timing_feeds(),
                         ctx.providers, ctx.threads, self.cfg.guard_runs, try_groups=self.scheme.guard_groups,
-                        progress=ctx.progress)
+                        progress=ctx.progress, source=self._timed_source)
         self.details["latency_guard"] = verdict.to_dict()
         if not verdict.faster and noisy(verdict.noise_floor):
             floor = verdict.noise_floor

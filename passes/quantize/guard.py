@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mcomp.passes.quantize.mapped_source import as_source
 from mcomp.passes.quantize.target import INT8_FLOW_OPS
 
 # int4 MatMulNBits ran ×1.26–1.44 of float MatMul at batch 1 on CPUs without VNNI (issue 13); 1.5 keeps
@@ -137,16 +138,19 @@ def groups(units, base: set[str]) -> dict[str, set[str]]:
 
 
 def guard(build, units, base: set[str], reference: bytes, feeds, providers, threads, runs: int,
-          try_groups: bool = True, progress=None) -> Verdict:
+          try_groups: bool = True, progress=None, source=None) -> Verdict:
     """Chooses the fastest candidate among the full one and its group variants; compares it to the input.
-    ``progress(description, done, total)`` hears of each candidate built and each round timed."""
+    ``progress(description, done, total)`` hears of each candidate built and each round timed;
+    ``source(proto, name)`` gives a candidate as the timing takes it (its bytes by default; a big
+    model's flow writes it to a file, so that the variants are not all held in memory)."""
+    source = source or (lambda proto, name: as_source(proto))
     report = progress or (lambda description, done, total: None)
     named = groups(units, base) if try_groups else {}
     candidates = {FULL: set(base)} | {f"float: {k}": base | v for k, v in named.items()}
     built = {}
     for k, (label, ex) in enumerate(candidates.items()):
         report("quantize: latency guard, building candidates", k, len(candidates))
-        built[label] = build(ex).SerializeToString()
+        built[label] = source(build(ex), f"guard{k}")
     second_size = 2 if len(named) > 1 else 1  # the best candidate, and the helping groups combined
     timing = Timed(report, runs, len(built), second_size)
     timing.round(0, runs)
@@ -160,7 +164,7 @@ def guard(build, units, base: set[str], reference: bytes, feeds, providers, thre
         combined = base.union(*(named[k] for k in helping))
         label = "float: " + " + ".join(helping)
         final[label] = combined
-        built[label] = build(combined).SerializeToString()
+        built[label] = source(build(combined), "guard_combined")
     timing.next(len(final))
     second = measure([(INPUT, reference), *((k, built[k]) for k in final)], feeds, providers, threads, runs,
                      timing.round)
@@ -182,6 +186,7 @@ class Timed:
         self.report, self.runs, self.sizes, self.index = report, runs, [first, second], 0
 
     def round(self, done: int, runs: int) -> None:
+        done = done * self.runs // max(runs, 1)  # timed in sequential blocks, a measurement counts blocks × runs
         before = self.sizes[0] * self.runs if self.index else 0
         self.report("quantize: latency guard, timing", before + done * self.sizes[self.index],
                     sum(self.sizes) * self.runs)

@@ -64,6 +64,7 @@ class Scheme(abc.ABC):
     guard_groups: ClassVar[bool] = True  # the latency guard tries node groups, or only the whole candidate
     slowdown_bounded: ClassVar[bool] = False  # objective size, other kernels: the guard bounds the slowdown
     setting: tuple = ()  # what a candidate depends on besides its float nodes (weight-only: block, accuracy level)
+    composes: bool = False  # candidates are composed cheaply per call (the flow then holds none of them)
 
     def __init__(self, cfg, ctx, target, workdir: Path, notes: list[str], details: dict[str, Any]):
         self.cfg, self.ctx, self.target, self.workdir = cfg, ctx, target, workdir

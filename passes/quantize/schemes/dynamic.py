@@ -1,28 +1,55 @@
 """``--mode dynamic``: int8 weights, activations quantized at run time (MatMul, attention, LSTM).
 
-No calibration: onnxruntime's ``quantize_dynamic`` builds the candidates. MatMul + Add stays
-MatMul (its dynamic kernel takes MatMul), and LSTM is quantized here (DynamicQuantizeLSTM),
-unlike in static mode where recurrent ops stay float.
+No calibration. MatMul + Add stays MatMul (its dynamic kernel takes MatMul), and LSTM is quantized
+here (DynamicQuantizeLSTM), unlike in static mode where recurrent ops stay float. A graph whose units
+are all MatMuls on 2-D float weights gets its candidates from ``dynamic_compose`` (onnxruntime's graph,
+composed per candidate from weights quantized once; a big model's float weights stay in their file);
+any other from onnxruntime's ``quantize_dynamic``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Iterable
 
+import onnx
+
+from mcomp.passes.quantize import mapped_source
 from mcomp.passes.quantize.schemes.base import register
-from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units
+from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units, tidy
 
 
 @register("dynamic")
 class Dynamic(OrtScheme):
     keep_matmul: ClassVar[bool] = True
     takes_per_channel: ClassVar[bool] = True
+    spills: ClassVar[bool] = True
     op_types: ClassVar[tuple[str, ...]] = ("MatMul", "Attention", "LSTM", "Gather")
 
     def adjust(self) -> None:
         lstm = {n.name for n in self.prepared.proto.graph.node if n.op_type == "LSTM"}
         self.prepared.float_only = {k: v for k, v in self.prepared.float_only.items() if k not in lstm}
+
+    def setup(self, model, calibration) -> None:
+        from mcomp.passes.quantize.dynamic_compose import Composer, unsupported
+
+        super().setup(model, calibration)
+        proto = self.prepared.proto
+        why = unsupported(proto, self.units, self.per_channel)
+        if why is None and len(mapped_source.reference_folders(proto)) > 1:
+            why = "weights in two folders"  # a candidate is read from one (``mapped_source.as_source``)
+        self.composer = None if why else Composer(proto, self.target.reduce_range)
+        self.composes = self.composer is not None
+        if why:
+            mapped_source.inline_rest(proto)  # onnxruntime's quantizer reads a big model's weights inline
+        self.details["builder"] = "mcomp: MatMul graph" if why is None else f"onnxruntime's quantize_dynamic ({why})"
+
+    def build(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
+        if self.composer is None:
+            return super().build(exclude, only)
+        self.builds += 1
+        chosen = {u.name for u in self.units} if only is None else set(only)
+        return tidy(self.composer.compose(chosen - set(exclude) - set(self.prepared.float_only)))
 
     def find(self):
         return [u for u in find_units(self.prepared, self.op_types, None) if u.params > 0]

@@ -101,7 +101,7 @@ class OrtScheme(Scheme):
                 exclude.add(self._failed_on(exc, exclude, chosen))
         proto = onnx.load(str(out))
         out.unlink()
-        return _tidy(proto)
+        return tidy(proto)
 
     def _failed_on(self, exc: Exception, exclude: set[str], only: list[str] | None) -> str:
         """The node onnxruntime's quantizer failed on, now held in float with the reason; re-raises what
@@ -175,7 +175,7 @@ def params(proto: onnx.ModelProto, node: onnx.NodeProto, inits=None) -> int:
                if i in inits and inits[i].data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16))
 
 
-def _tidy(proto: onnx.ModelProto) -> onnx.ModelProto:
+def tidy(proto: onnx.ModelProto) -> onnx.ModelProto:
     """What onnxruntime's quantizers leave for others to fix: repeated node names (quantizing a partly
     quantized graph), and nodes out of order where a subgraph reads an outer value (their sort ignores
     subgraphs; onnxruntime loads it, the onnx checker and other runtimes do not)."""

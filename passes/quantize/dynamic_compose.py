@@ -1,0 +1,126 @@
+"""Dynamic int8 candidates of MatMul graphs, composed here rather than by onnxruntime's ``quantize_dynamic``.
+
+Why: ``quantize_dynamic`` loads the whole model, deep-copies it and loads it again for shape inference,
+then quantizes each weight column by column in Python. On three 8192×8192 float layers (0.75 GiB) one
+candidate took 15 s and the pass peaked at 4.5× the model, and the budget and the guard build several.
+Each MatMul is quantized on its own, so a candidate is the float graph with some MatMuls replaced; the
+replacement weights are computed once per weight (``kernels.column_int8``, one mapped column slice at a
+time for a big model whose weights stay in their file) and kept for every later candidate.
+
+The graph is onnxruntime's, node for node and name for name (``tests/test_quantize_dynamic_compose.py``
+checks candidates against its quantizer): per MatMul ``X`` reading ``A`` and weight ``W``, writing ``Y``,
+``DynamicQuantizeLinear`` ``A_QuantizeLinear`` (once per ``A``) → ``MatMulInteger`` ``X_quant`` on
+``W_quantized``, ``W_zero_point`` → ``Cast`` → ``Mul`` by ``X_quant_scales_mul`` (A's scale × W's).
+Anything else (Gather, Attention, LSTM, Gemm, subgraphs, per-tensor weights) is left to onnxruntime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mcomp.kernels import column_int8
+from mcomp.passes.quantize.weights_aside import copy_fields
+
+MIN_OPSET = 11  # DynamicQuantizeLinear
+
+
+def unsupported(proto: onnx.ModelProto, units, per_channel: bool) -> str | None:
+    """Why candidates of ``proto`` go to onnxruntime's quantizer; None when every one can be composed here."""
+    if not per_channel:
+        return "per-tensor weights"
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        return f"opset {opset}"
+    inits = {t.name: t for t in proto.graph.initializer}
+    nodes = {n.name: n for n in proto.graph.node}
+    for node in proto.graph.node:
+        if node.op_type == "Gemm":  # onnxruntime's dynamic quantizer rewrites every Gemm as MatMul + Add
+            return "a Gemm"
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            return "subgraphs"
+    for unit in units:
+        node = nodes.get(unit.name)
+        if unit.op_type != "MatMul" or node is None:
+            return f"a {unit.op_type}"
+        weight = inits.get(node.input[1])
+        if node.input[0] in inits or weight is None or len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT:
+            return f"MatMul {node.name!r} does not read a float activation times a 2-D float weight"
+    return None
+
+
+@dataclass
+class Replacement:
+    """What replaces one weight ``W``: ``W_quantized`` (int8), ``W_scale`` (float32 per column), ``W_zero_point``."""
+
+    quantized: TensorProto
+    scale: TensorProto
+    zero_point: TensorProto
+
+
+class Composer:
+    """Candidates of one prepared graph; each weight is quantized the first time a candidate needs it."""
+
+    def __init__(self, prepared: onnx.ModelProto, reduce_range: bool):
+        self.prepared, self.reduce_range = prepared, reduce_range
+        self.inits = {t.name: t for t in prepared.graph.initializer}
+        self.replacements: dict[str, Replacement] = {}
+
+    def compose(self, quantized: set[str]) -> onnx.ModelProto:
+        """The prepared graph with the MatMuls named in ``quantized`` replaced by onnxruntime's dynamic form."""
+        graph = self.prepared.graph
+        nodes: list[onnx.NodeProto] = []
+        activations: set[str] = set()
+        for node in graph.node:
+            if node.name not in quantized:
+                nodes.append(node)
+                continue
+            a, w = node.input[0], node.input[1]
+            if a not in activations:
+                activations.add(a)
+                nodes.append(helper.make_node("DynamicQuantizeLinear", [a], [f"{a}_quantized", f"{a}_scale",
+                                              f"{a}_zero_point"], f"{a}_QuantizeLinear"))
+            self._replacement(w)
+            name, y = node.name + "_quant", node.output[0]
+            nodes += [
+                helper.make_node("Mul", [f"{a}_scale", f"{w}_scale"], [f"{name}_scales_mul:0"], f"{name}_scales_mul"),
+                helper.make_node("MatMulInteger", [f"{a}_quantized", f"{w}_quantized", f"{a}_zero_point",
+                                                   f"{w}_zero_point"], [f"{y}_output_quantized"], name),
+                helper.make_node("Cast", [f"{y}_output_quantized"], [f"{y}_output_quantized_cast_output"],
+                                 f"{y}_output_quantized_cast", to=TensorProto.FLOAT),
+                helper.make_node("Mul", [f"{y}_output_quantized_cast_output", f"{name}_scales_mul:0"], [y],
+                                 f"{name}_output_scale_mul")]
+        out = onnx.ModelProto()
+        copy_fields(self.prepared, out, skip={"graph"})
+        copy_fields(graph, out.graph, skip={"node", "initializer"})
+        out.graph.node.extend(nodes)
+        read = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+        for tensor in graph.initializer:
+            if tensor.name in read:
+                out.graph.initializer.append(tensor)
+        for weight in sorted({n.input[1] for n in graph.node if n.name in quantized}):
+            r = self.replacements[weight]
+            out.graph.initializer.extend([r.quantized, r.scale, r.zero_point])
+        return out
+
+    def _replacement(self, weight: str) -> Replacement:
+        if weight not in self.replacements:
+            q, scale = column_int8.quantize(_array(self.inits[weight]), self.reduce_range)
+            zeros = np.zeros(scale.shape, np.int8)
+            self.replacements[weight] = Replacement(numpy_helper.from_array(q, f"{weight}_quantized"),
+                                                    numpy_helper.from_array(scale, f"{weight}_scale"),
+                                                    numpy_helper.from_array(zeros, f"{weight}_zero_point"))
+        return self.replacements[weight]
+
+
+def _array(tensor: TensorProto) -> np.ndarray:
+    """A float weight: its inline bytes, or a read-only map of its file (an absolute location, as
+    ``mapped_source.serialize`` writes a big model's weights), unmapped once the caller drops it."""
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    info = {e.key: e.value for e in tensor.external_data}
+    return np.memmap(info["location"], dtype=np.float32, mode="r", offset=int(info.get("offset", 0)),
+                     shape=tuple(tensor.dims))

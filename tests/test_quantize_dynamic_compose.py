@@ -1,0 +1,143 @@
+"""Dynamic int8 of MatMul graphs, composed by mcomp (``dynamic_compose``, ``kernels.column_int8``): the same
+graph and the same bytes as onnxruntime's ``quantize_dynamic``, for every candidate the pass builds, and a
+big model's float weights left in their file."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import big_models  # noqa: E402
+from mcomp import bench_blocks, evaluate, external_data, sources  # noqa: E402
+from mcomp import model as model_io  # noqa: E402
+from mcomp.kernels import column_int8  # noqa: E402
+from mcomp.pass_base import Context  # noqa: E402
+from mcomp.passes.quantize import Quantize, mapped_source, prepare  # noqa: E402
+from mcomp.passes.quantize.dynamic_compose import Composer  # noqa: E402
+
+CPU = ["CPUExecutionProvider"]
+
+
+def matmuls() -> onnx.ModelProto:
+    """x feeds two MatMuls (one DynamicQuantizeLinear for both), their sum goes through a Relu, and one weight
+    is read by two MatMuls (quantized once)."""
+    rng = np.random.default_rng(0)
+    weights = {"w0": (64, 32), "w1": (32, 32), "w2": (64, 32)}
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["h0"], name="m0"),
+             helper.make_node("MatMul", ["x", "w2"], ["h2"], name="m2"),
+             helper.make_node("Add", ["h0", "h2"], ["s"], name="add"), helper.make_node("Relu", ["s"], ["r"], name="relu"),
+             helper.make_node("MatMul", ["r", "w1"], ["h1"], name="m1"),
+             helper.make_node("MatMul", ["h1", "w1"], ["y"], name="m3")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 32])],
+                              [numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), n)
+                               for n, s in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def onnxruntimes(model: onnx.ModelProto, folder: Path, reduce_range=False, exclude=(), only=None) -> onnx.ModelProto:
+    onnx.save(model, str(folder / "in.onnx"))
+    quantize_dynamic(str(folder / "in.onnx"), str(folder / "out.onnx"), op_types_to_quantize=["MatMul"], per_channel=True,
+                     reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                     nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True})
+    return onnx.load(str(folder / "out.onnx"))
+
+
+def nodes_of(model: onnx.ModelProto) -> list[tuple]:
+    return sorted((n.name, n.op_type, tuple(n.input), tuple(n.output),
+                   tuple((a.name, helper.get_attribute_value(a)) for a in n.attribute)) for n in model.graph.node)
+
+
+def tensors_of(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+@pytest.mark.parametrize("reduce_range", [False, True])
+def test_weights_are_onnxruntimes_bytes(tmp_path, reduce_range):
+    """Columns of zeros, of a denormal (scale below float32's smallest normal: 1.0), constant, exact halves
+    after scaling (rounded half to even), and the whole ±127 ramp."""
+    w = np.random.default_rng(1).standard_normal((300, 700)).astype(np.float32)
+    w[:, 3], w[:, 5], w[:, 7] = 0.0, 1e-40, -2.5
+    w[:, 9] = np.arange(300, dtype=np.float32) * np.float32(0.05)
+    w[:, 11] = np.linspace(-1.27, 1.27, 300, dtype=np.float32)
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="m")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 300])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 700])], [numpy_helper.from_array(w, "w")]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    theirs = tensors_of(onnxruntimes(model, tmp_path, reduce_range))
+    q, scale = column_int8.quantize(w, reduce_range)
+    assert q.dtype == theirs["w_quantized"].dtype and np.array_equal(q, theirs["w_quantized"])
+    assert np.array_equal(scale, theirs["w_scale"]) and not theirs["w_zero_point"].any()
+
+
+@pytest.mark.parametrize("exclude, only", [((), None), (("m2",), None), (("m1",), None), ((), ["m0", "m3"])])
+def test_a_candidate_is_onnxruntimes_graph(tmp_path, exclude, only):
+    model = matmuls()
+    theirs = onnxruntimes(model, tmp_path, exclude=exclude, only=only)
+    ours = Composer(model, reduce_range=False).compose(set(only or ["m0", "m1", "m2", "m3"]) - set(exclude))
+    assert nodes_of(ours) == nodes_of(theirs)
+    a, b = tensors_of(ours), tensors_of(theirs)
+    assert sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
+    x = {"x": np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)}
+    run = [evaluate.session(m.SerializeToString(), CPU).run(None, x)[0] for m in (ours, theirs)]
+    assert np.array_equal(*run)
+
+
+def test_the_pass_composes_matmul_graphs_and_leaves_others_to_onnxruntime():
+    ctx = Context(providers=CPU)
+    from_proto = ir.serde.deserialize_model
+    composed = Quantize(mode="dynamic", latency_guard=False)(from_proto(matmuls()), ctx)
+    assert composed.modified and composed.details["builder"] == "mcomp: MatMul graph"
+    assert sum(n.op_type == "MatMulInteger" for n in composed.model.graph) == 4
+    with_table = matmuls()  # an embedding table read by Gather: onnxruntime's quantizer takes those
+    graph = with_table.graph
+    graph.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, ["b"]))
+    graph.initializer.append(numpy_helper.from_array(np.ones((10, 64), np.float32), "table"))
+    graph.node.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"))
+    left = Quantize(mode="dynamic", latency_guard=False, min_fidelity=0.5)(from_proto(with_table), ctx)
+    assert left.details["builder"].startswith("onnxruntime's quantize_dynamic (a Gather")
+
+
+def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
+    """With a layer excluded, the candidates of a model whose weights are mapped read that layer from the
+    input's data file (no inline copy); the pass writes MatMulInteger + a float MatMul that load and run with
+    their data, and the input folder is untouched."""
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.pipeline_spec import Measure, Pipeline, single_step
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    dim = 512
+    big_models.build(folder / "m.onnx", layers=3, dim=dim)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    names = [n.name for n in onnx.load_model(str(folder / "m.onnx"), load_external_data=False).graph.node]
+    assert bench_blocks.SEQUENTIAL_FROM == sources.BIG_WEIGHTS  # read on import: imported above, before it is lowered
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+    for module in (prepare, evaluate, sources):
+        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
+    built = []
+    original = Composer.compose
+    monkeypatch.setattr(Composer, "compose", lambda self, q: built.append(original(self, q)) or built[-1])
+    pipeline = Pipeline(steps=[single_step("quantize", {"mode": "dynamic", "exclude": [names[1]], "guard_runs": 5})],
+                        measure=Measure(runs=3, warmup=1, latency=False))
+    out = tmp_path / "out.onnx"
+    outcome = execute(pipeline, RunRequest(model=str(out.parent / "in" / "m.onnx"), output=str(out),
+                                           load=model_io.LoadOptions(input_shapes={"x": (1, dim)})))
+    step = outcome.report["steps"][0]
+    assert built and all(mapped_source.reference_folders(c) == {str(folder.resolve())} for c in built)
+    if step["modified"]:  # the latency guard may keep the input on this machine; the candidates were checked above
+        written = onnx.load_model(str(out), load_external_data=False)
+        assert sorted(n.op_type for n in written.graph.node).count("MatMulInteger") == 2
+        x = {"x": np.random.default_rng(2).standard_normal((1, dim)).astype(np.float32)}
+        want = evaluate.session(str(folder / "m.onnx"), CPU).run(None, x)[0]
+        got = evaluate.session(str(out), CPU).run(None, x)[0]
+        assert np.dot(want.ravel(), got.ravel()) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
