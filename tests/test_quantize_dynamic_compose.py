@@ -41,6 +41,15 @@ def matmuls() -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
 
 
+def with_a_table() -> onnx.ModelProto:
+    """``matmuls`` fed by an embedding table read by Gather: onnxruntime's quantizer takes those."""
+    model = matmuls()
+    model.graph.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, ["b"]))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((10, 64), np.float32), "table"))
+    model.graph.node.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"))
+    return model
+
+
 def onnxruntimes(model: onnx.ModelProto, folder: Path, reduce_range=False, exclude=(), only=None) -> onnx.ModelProto:
     onnx.save(model, str(folder / "in.onnx"))
     quantize_dynamic(str(folder / "in.onnx"), str(folder / "out.onnx"), op_types_to_quantize=["MatMul"], per_channel=True,
@@ -96,12 +105,7 @@ def test_the_pass_composes_matmul_graphs_and_leaves_others_to_onnxruntime():
     composed = Quantize(mode="dynamic", latency_guard=False)(from_proto(matmuls()), ctx)
     assert composed.modified and composed.details["builder"] == "mcomp: MatMul graph"
     assert sum(n.op_type == "MatMulInteger" for n in composed.model.graph) == 4
-    with_table = matmuls()  # an embedding table read by Gather: onnxruntime's quantizer takes those
-    graph = with_table.graph
-    graph.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, ["b"]))
-    graph.initializer.append(numpy_helper.from_array(np.ones((10, 64), np.float32), "table"))
-    graph.node.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"))
-    left = Quantize(mode="dynamic", latency_guard=False, min_fidelity=0.5)(from_proto(with_table), ctx)
+    left = Quantize(mode="dynamic", latency_guard=False, min_fidelity=0.5)(from_proto(with_a_table()), ctx)
     assert left.details["builder"].startswith("onnxruntime's quantize_dynamic (a Gather")
 
 
@@ -141,3 +145,18 @@ def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
         got = evaluate.session(str(out), CPU).run(None, x)[0]
         assert np.dot(want.ravel(), got.ravel()) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_past_protobufs_limit_onnxruntimes_quantizers_return_the_input_with_the_reason(monkeypatch):
+    """onnxruntime's quantizers take the model as one protobuf (here a lowered limit): a 2.5 GiB chain exited 1
+    with protobuf's EncodeError in dynamic mode. Composed MatMul graphs are not bound by it."""
+    from mcomp import model as model_module
+
+    monkeypatch.setattr(model_module, "PROTOBUF_LIMIT", 10_000)
+    ctx = Context(providers=CPU)
+    composed = Quantize(mode="dynamic", latency_guard=False)(ir.serde.deserialize_model(matmuls()), ctx)
+    assert composed.modified
+    for mode in ("dynamic", "fp16"):
+        result = Quantize(mode=mode, latency_guard=False)(ir.serde.deserialize_model(with_a_table()), ctx)
+        assert not result.modified and "past protobuf's 2 GB" in result.summary
+        assert any("--mode weight-only" in note for note in result.notes)

@@ -15,6 +15,7 @@ from typing import ClassVar, Iterable
 import onnx
 
 from mcomp.passes.quantize import mapped_source
+from mcomp.passes.quantize.weights_aside import data_bytes
 from mcomp.passes.quantize.schemes.base import register
 from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units, tidy
 
@@ -41,6 +42,7 @@ class Dynamic(OrtScheme):
         self.composer = None if why else Composer(proto, self.target.reduce_range)
         self.composes = self.composer is not None
         if why:
+            self.fits_one_protobuf(sum(data_bytes(t) for t in proto.graph.initializer))
             mapped_source.inline_rest(proto)  # onnxruntime's quantizer reads a big model's weights inline
         self.details["builder"] = "mcomp: MatMul graph" if why is None else f"onnxruntime's quantize_dynamic ({why})"
 

@@ -36,6 +36,10 @@ class OrtScheme(Scheme):
     takes_per_channel: ClassVar[bool] = False
 
     def setup(self, model: ir.Model, calibration) -> None:
+        from mcomp.sources import weight_bytes
+
+        if not self.spills:
+            self.fits_one_protobuf(weight_bytes(model))
         self.calibration = calibration
         self.prepared, self.per_channel = self._prepare(model)
         self.notes += self.prepared.notes
@@ -51,6 +55,19 @@ class OrtScheme(Scheme):
             "candidate_layers": len(self.units),
             "float_reasons": [{"node": n, "reason": r} for n, r in prepared.float_only.items()]
                              + [{"node": n, "reason": "--exclude"} for n in sorted(self.user)]})
+
+    def fits_one_protobuf(self, weights: int) -> None:
+        """onnxruntime's quantizers read and write the whole model as one protobuf, which cannot pass 2 GB:
+        past it the input is returned with that reason (it was an internal error, protobuf's EncodeError,
+        after the model had been copied in memory)."""
+        from mcomp.model import PROTOBUF_LIMIT
+
+        if weights >= PROTOBUF_LIMIT:
+            self.notes.append(f"{self.name}: onnxruntime's quantizer takes the model as one protobuf, which cannot "
+                              f"pass 2 GB, and this one holds {weights / (1 << 30):.2f} GiB of weights; "
+                              + ("try --mode dynamic on a graph of MatMuls, or " if self.name != "dynamic" else "")
+                              + "--mode weight-only, which keep the weights in their files")
+            raise Unchanged("past protobuf's 2 GB, which onnxruntime's quantizer needs in one piece")
 
     def _prepare(self, model: ir.Model) -> tuple[prep.Prepared, bool]:
         """The prepared graph; per-channel falls back to per-tensor when the opset cannot be upgraded."""
