@@ -296,16 +296,22 @@ def check_finite(outputs: list[list[np.ndarray]], names: list[str], which: str, 
                            f"cannot be measured, on {on}")
 
 
-def run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers: list[str]) -> dict[str, list[np.ndarray]]:
+def run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers: list[str],
+                source=None) -> dict[str, list[np.ndarray]]:
     """Runs ``proto`` with ``tensors`` (intermediate or graph outputs) as outputs: each one's value per
-    feed. Optimization stays at basic, so that fusions keep the exposed tensors."""
-    model = onnx.ModelProto()
-    model.CopyFrom(proto)
-    present = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in present:
-            model.graph.output.append(onnx.ValueInfoProto(name=t))
-    sess = session(model.SerializeToString(), providers, optimization="basic")
+    feed. Optimization stays at basic, so that fusions keep the exposed tensors. ``source(proto)`` is
+    the model as onnxruntime takes it: its bytes by default; a quantize pass's graph whose weights stay
+    in files gives ``mapped_source.as_source`` (onnxruntime refuses their absolute locations). The
+    outputs are added to ``proto`` only while it is serialized (a copy of a big model's was a copy of
+    every weight)."""
+    present = {o.name for o in proto.graph.output}
+    added = [t for t in tensors if t not in present]
+    proto.graph.output.extend(onnx.ValueInfoProto(name=t) for t in added)
+    try:
+        data = source(proto) if source is not None else proto.SerializeToString()
+    finally:
+        del proto.graph.output[len(proto.graph.output) - len(added):]
+    sess = session(data, providers, optimization="basic")
     index = {o.name: i for i, o in enumerate(sess.get_outputs())}
     collected: dict[str, list[np.ndarray]] = {t: [] for t in tensors if t in index}
     for feed in feeds:

@@ -111,7 +111,7 @@ def test_the_pass_composes_matmul_graphs_and_leaves_others_to_onnxruntime():
 
 def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
     """With a layer excluded, the candidates of a model whose weights are mapped read that layer from the
-    input's data file (no inline copy); the pass writes MatMulInteger + a float MatMul that load and run with
+    input's data file (no inline copy), and so does --explain's run of the prepared graph; the pass writes MatMulInteger + a float MatMul that load and run with
     their data, and the input folder is untouched."""
     from mcomp.pipeline import RunRequest, execute
     from mcomp.pipeline_spec import Measure, Pipeline, single_step
@@ -130,13 +130,15 @@ def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
     built = []
     original = Composer.compose
     monkeypatch.setattr(Composer, "compose", lambda self, q: built.append(original(self, q)) or built[-1])
-    pipeline = Pipeline(steps=[single_step("quantize", {"mode": "dynamic", "exclude": [names[1]], "guard_runs": 5})],
+    pipeline = Pipeline(steps=[single_step("quantize", {"mode": "dynamic", "exclude": [names[1]], "guard_runs": 5,
+                                                           "explain": True})],
                         measure=Measure(runs=3, warmup=1, latency=False))
     out = tmp_path / "out.onnx"
     outcome = execute(pipeline, RunRequest(model=str(out.parent / "in" / "m.onnx"), output=str(out),
                                            load=model_io.LoadOptions(input_shapes={"x": (1, dim)})))
     step = outcome.report["steps"][0]
     assert built and all(mapped_source.reference_folders(c) == {str(folder.resolve())} for c in built)
+    assert sorted(r["node"] for r in step["changes"]["explain"]) == [names[0], names[2]]  # --explain ran that graph
     if step["modified"]:  # the latency guard may keep the input on this machine; the candidates were checked above
         written = onnx.load_model(str(out), load_external_data=False)
         assert sorted(n.op_type for n in written.graph.node).count("MatMulInteger") == 2

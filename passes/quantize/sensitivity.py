@@ -77,8 +77,9 @@ def layer_errors(reference: onnx.ModelProto, candidate: onnx.ModelProto, units, 
 def _run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers) -> dict[str, np.ndarray]:
     """Runs ``proto`` with ``tensors`` as extra outputs; arrays concatenated over feeds (flattened)."""
     from mcomp.evaluate import run_exposed
+    from mcomp.passes.quantize.mapped_source import as_source
 
-    exposed = run_exposed(proto, tensors, feeds, providers)
+    exposed = run_exposed(proto, tensors, feeds, providers, source=as_source)
     return {t: np.concatenate([v.ravel() for v in values]) for t, values in exposed.items()}
 
 
