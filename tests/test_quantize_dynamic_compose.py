@@ -161,3 +161,25 @@ def test_past_protobufs_limit_onnxruntimes_quantizers_return_the_input_with_the_
         result = Quantize(mode=mode, latency_guard=False)(ir.serde.deserialize_model(with_a_table()), ctx)
         assert not result.modified and "past protobuf's 2 GB" in result.summary
         assert any("--mode weight-only" in note for note in result.notes)
+
+
+def test_bert_with_its_tables_excluded_is_composed_as_onnxruntime_quantizes_it(monkeypatch):
+    """A real export (BERT, opset 18, dynamo): its Gather tables go to onnxruntime's quantizer, so with them
+    excluded every unit left is a MatMul on a 2-D weight, and the composed model is onnxruntime's own."""
+    import transformer_models as tm
+
+    from mcomp.model import load
+    from mcomp.passes.quantize import dynamic_compose
+
+    bert = tm.build("bert")
+    ctx = Context(providers=CPU)
+    options = {"mode": "dynamic", "latency_guard": False, "exclude": ["Gather"], "min_fidelity": 0.5}
+    ours = Quantize(**options)(load(bert.path).model, ctx)
+    assert ours.details["builder"] == "mcomp: MatMul graph" and ours.details["quantized_ops"] == {"MatMul": 24}
+    monkeypatch.setattr(dynamic_compose, "unsupported", lambda *args: "onnxruntime's, to compare")
+    theirs = Quantize(**options)(load(bert.path).model, ctx)
+    assert theirs.details["builder"].startswith("onnxruntime's quantize_dynamic")
+    a, b = (ir.serde.serialize_model(r.model) for r in (ours, theirs))
+    assert nodes_of(a) == nodes_of(b)
+    x, y = tensors_of(a), tensors_of(b)
+    assert sorted(x) == sorted(y) and all(np.array_equal(x[k], y[k]) for k in x)

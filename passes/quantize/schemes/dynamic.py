@@ -36,7 +36,7 @@ class Dynamic(OrtScheme):
 
         super().setup(model, calibration)
         proto = self.prepared.proto
-        why = unsupported(proto, self.units, self.per_channel)
+        why = unsupported(proto, [u for u in self.units if u.name not in self.user], self.per_channel)
         if why is None and len(mapped_source.reference_folders(proto)) > 1:
             why = "weights in two folders"  # a candidate is read from one (``mapped_source.as_source``)
         self.composer = None if why else Composer(proto, self.target.reduce_range)
