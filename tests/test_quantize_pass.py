@@ -446,6 +446,7 @@ def test_options_are_validated():
         Quantize.Config(mode="weight-only", block_size=48)
 
 
+@pytest.mark.slow  # 13 s: three calibrations of the digits CNN; make test stays near 8 minutes
 def test_calibration_methods_give_their_own_ranges(digits):
     model, train, _ = digits
 
