@@ -45,13 +45,18 @@ def quantize(weight: np.ndarray, block: int, bits: int, threads: int | None = No
     blocks = rows // block
     packed = np.empty((columns, blocks, block * bits // 8), dtype=np.uint8)
     scales = np.empty((columns, blocks), dtype=np.float32)
+    in_column_slices(columns, lambda start, stop: _columns(weight, block, bits, start, stop, packed, scales), threads)
+    return packed, scales
+
+
+def in_column_slices(columns: int, task, threads: int | None = None) -> None:
+    """``task(start, stop)`` over slices of ``COLUMNS`` columns, on every core (numpy releases the GIL);
+    the first error a task raises is raised here."""
     starts = range(0, columns, COLUMNS)
     workers = max(1, min(threads or os.cpu_count() or 1, len(starts)))
     with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(lambda c: _columns(weight, block, bits, c, min(c + COLUMNS, columns), packed, scales),
-                          starts):
+        for _ in pool.map(lambda start: task(start, min(start + COLUMNS, columns)), starts):
             pass
-    return packed, scales
 
 
 def _columns(weight, block, bits, start, stop, packed, scales) -> None:

@@ -14,12 +14,9 @@ x86 CPUs without VNNI, whose u8×s8 products saturate).
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-COLUMNS = 256  # columns per task, as in ``blockwise``: 8 MB of an 8192-row float layer
+from mcomp.kernels.blockwise import in_column_slices
 
 
 def quantize(weight: np.ndarray, reduce_range: bool, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -30,11 +27,7 @@ def quantize(weight: np.ndarray, reduce_range: bool, threads: int | None = None)
     out = np.empty(weight.shape, dtype=np.int8)
     scales = np.empty(columns, dtype=np.float32)
     span = 128.0 if reduce_range else 254.0  # qmax − qmin
-    starts = range(0, columns, COLUMNS)
-    workers = max(1, min(threads or os.cpu_count() or 1, len(starts)))
-    with ThreadPoolExecutor(workers) as pool:
-        for _ in pool.map(lambda c: _columns(weight, span, c, min(c + COLUMNS, columns), out, scales), starts):
-            pass
+    in_column_slices(columns, lambda start, stop: _columns(weight, span, start, stop, out, scales), threads)
     return out, scales
 
 

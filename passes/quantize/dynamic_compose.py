@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
+from mcomp.external_data import release_tensor
 from mcomp.kernels import column_int8
 from mcomp.passes.quantize.weights_aside import copy_fields
 
@@ -108,19 +110,12 @@ class Composer:
 
     def _replacement(self, weight: str) -> Replacement:
         if weight not in self.replacements:
-            q, scale = column_int8.quantize(_array(self.inits[weight]), self.reduce_range)
+            # onnx_ir views inline bytes and maps a big model's weight from its file (an absolute location)
+            tensor = ir.serde.deserialize_tensor(self.inits[weight])
+            q, scale = column_int8.quantize(tensor.numpy(), self.reduce_range)
+            release_tensor(tensor)
             zeros = np.zeros(scale.shape, np.int8)
             self.replacements[weight] = Replacement(numpy_helper.from_array(q, f"{weight}_quantized"),
                                                     numpy_helper.from_array(scale, f"{weight}_scale"),
                                                     numpy_helper.from_array(zeros, f"{weight}_zero_point"))
         return self.replacements[weight]
-
-
-def _array(tensor: TensorProto) -> np.ndarray:
-    """A float weight: its inline bytes, or a read-only map of its file (an absolute location, as
-    ``mapped_source.serialize`` writes a big model's weights), unmapped once the caller drops it."""
-    if tensor.data_location != TensorProto.EXTERNAL:
-        return numpy_helper.to_array(tensor)
-    info = {e.key: e.value for e in tensor.external_data}
-    return np.memmap(info["location"], dtype=np.float32, mode="r", offset=int(info.get("offset", 0)),
-                     shape=tuple(tensor.dims))
