@@ -1,6 +1,6 @@
-"""Dynamic int8 of MatMul graphs, composed by mcomp (``dynamic_compose``, ``kernels.column_int8``): the same
-graph and the same bytes as onnxruntime's ``quantize_dynamic``, for every candidate the pass builds, and a
-big model's float weights left in their file."""
+"""Dynamic int8 of MatMul and Gather graphs, composed by mcomp (``dynamic_compose``, ``kernels.column_int8``,
+``kernels.table_uint8``): the same graph and the same bytes as onnxruntime's ``quantize_dynamic``, for every
+candidate the pass builds, and a big model's float weights left in their file."""
 
 import sys
 from pathlib import Path
@@ -16,10 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import big_models  # noqa: E402
 from mcomp import evaluate, external_data, sources  # noqa: E402
 from mcomp import model as model_io  # noqa: E402
-from mcomp.kernels import column_int8  # noqa: E402
+from mcomp.kernels import column_int8, table_uint8  # noqa: E402
 from mcomp.pass_base import Context  # noqa: E402
 from mcomp.passes.quantize import Quantize, mapped_source, prepare  # noqa: E402
-from mcomp.passes.quantize.dynamic_compose import Composer  # noqa: E402
+from mcomp.passes.quantize.dynamic_compose import Composer, unsupported  # noqa: E402
+from mcomp.passes.quantize.schemes.base import Unit  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 
@@ -42,17 +43,44 @@ def matmuls() -> onnx.ModelProto:
 
 
 def with_a_table() -> onnx.ModelProto:
-    """``matmuls`` fed by an embedding table read by Gather: onnxruntime's quantizer takes those."""
+    """``matmuls`` fed by an embedding table read by Gather, whose output is a graph output too: the
+    quantized MatMuls read its uint8 output, the graph output is dequantized."""
     model = matmuls()
     model.graph.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, ["b"]))
-    model.graph.initializer.append(numpy_helper.from_array(np.ones((10, 64), np.float32), "table"))
+    table = np.random.default_rng(4).standard_normal((10, 64)).astype(np.float32)
+    model.graph.initializer.append(numpy_helper.from_array(table, "table"))
     model.graph.node.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], name="embed"))
+    model.graph.output.append(helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 64]))
+    return model
+
+
+def with_a_tied_table() -> onnx.ModelProto:
+    """``with_a_table`` whose table is read again after the Gather, transposed, by a last MatMul (a tied LM
+    head): onnxruntime dequantizes the uint8 table for it."""
+    model = with_a_table()
+    model.graph.node.extend([helper.make_node("MatMul", ["y", "w_to64"], ["h"], name="to64"),
+                             helper.make_node("Transpose", ["table"], ["tableT"], name="tied"),
+                             helper.make_node("MatMul", ["h", "tableT"], ["logits"], name="head")])
+    model.graph.initializer.append(numpy_helper.from_array(
+        np.random.default_rng(6).standard_normal((32, 64)).astype(np.float32), "w_to64"))
+    model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", 10]))
+    return model
+
+
+def with_a_gemm() -> onnx.ModelProto:
+    """``matmuls`` then a Gemm with an ``alpha``, which neither the scheme nor onnxruntime rewrites as MatMul:
+    left to onnxruntime's quantizer."""
+    model = matmuls()
+    model.graph.node.append(helper.make_node("Gemm", ["y", "wg"], ["z"], name="gemm", alpha=0.5))
+    model.graph.initializer.append(numpy_helper.from_array(np.ones((32, 8), np.float32), "wg"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 8]))
     return model
 
 
 def onnxruntimes(model: onnx.ModelProto, folder: Path, reduce_range=False, exclude=(), only=None) -> onnx.ModelProto:
     onnx.save(model, str(folder / "in.onnx"))
-    quantize_dynamic(str(folder / "in.onnx"), str(folder / "out.onnx"), op_types_to_quantize=["MatMul"], per_channel=True,
+    quantize_dynamic(str(folder / "in.onnx"), str(folder / "out.onnx"), op_types_to_quantize=["MatMul", "Gather"],
+                     per_channel=True,
                      reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
                      nodes_to_quantize=only, extra_options={"MatMulConstBOnly": True})
     return onnx.load(str(folder / "out.onnx"))
@@ -86,27 +114,73 @@ def test_weights_are_onnxruntimes_bytes(tmp_path, reduce_range):
     assert np.array_equal(scale, theirs["w_scale"]) and not theirs["w_zero_point"].any()
 
 
-@pytest.mark.parametrize("exclude, only", [((), None), (("m2",), None), (("m1",), None), ((), ["m0", "m3"])])
+@pytest.mark.parametrize("exclude, only", [((), None), (("m2",), None), (("m1",), None), ((), ["m0", "m3"]),
+                                           ((), ["m0", "m1"])])
 def test_a_candidate_is_onnxruntimes_graph(tmp_path, exclude, only):
+    """The last case: w1 is read by m1, quantized, then by m3, float, which reads it dequantized."""
     model = matmuls()
     theirs = onnxruntimes(model, tmp_path, exclude=exclude, only=only)
     ours = Composer(model, reduce_range=False).compose(set(only or ["m0", "m1", "m2", "m3"]) - set(exclude))
+    same_model(ours, theirs, {"x": np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)})
+
+
+@pytest.mark.parametrize("exclude, only", [((), None), (("embed",), None), (("m0",), None), (("m0", "m2"), None),
+                                           ((), ["embed", "m1"])])
+def test_a_candidate_with_a_table_is_onnxruntimes_graph(tmp_path, exclude, only):
+    """The Gather's uint8 output is read by the quantized MatMuls as it is (no DynamicQuantizeLinear), and
+    dequantized before a float reader (an excluded MatMul) and for the graph output."""
+    model = with_a_table()
+    theirs = onnxruntimes(model, tmp_path, exclude=exclude, only=only)
+    ours = Composer(model, reduce_range=False).compose(set(only or ["embed", "m0", "m1", "m2", "m3"]) - set(exclude))
+    onnx.checker.check_model(ours)  # nodes in an order that runs
+    same_model(ours, theirs, {"ids": np.array([3, 0, 9, 3], np.int64)})
+
+
+@pytest.mark.parametrize("exclude", [(), ("embed",), ("embed", "to64")])
+def test_a_tied_table_is_dequantized_for_its_later_reader_as_onnxruntime_does(tmp_path, exclude):
+    model = with_a_tied_table()
+    units = {"embed", "m0", "m1", "m2", "m3", "to64"}
+    assert unsupported(model, [Unit(n, "Gather" if n == "embed" else "MatMul", 1) for n in units], True) is None
+    theirs = onnxruntimes(model, tmp_path, exclude=exclude)
+    ours = Composer(model, reduce_range=False).compose(units - set(exclude))
+    onnx.checker.check_model(ours)
+    same_model(ours, theirs, {"ids": np.array([1, 7], np.int64)})
+
+
+def test_a_table_read_before_its_gather_is_left_to_onnxruntime():
+    """onnxruntime would keep the float table for the earlier reader under the name its dequantized copy takes."""
+    model = with_a_table()
+    model.graph.node.insert(0, helper.make_node("Transpose", ["table"], ["early"], name="early"))
+    model.graph.output.append(helper.make_tensor_value_info("early", TensorProto.FLOAT, [64, 10]))
+    assert "read before it" in unsupported(model, [Unit("embed", "Gather", 1), Unit("m0", "MatMul", 1)], True)
+
+
+def same_model(ours: onnx.ModelProto, theirs: onnx.ModelProto, feed) -> None:
     assert nodes_of(ours) == nodes_of(theirs)
     a, b = tensors_of(ours), tensors_of(theirs)
     assert sorted(a) == sorted(b) and all(a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a)
-    x = {"x": np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)}
-    run = [evaluate.session(m.SerializeToString(), CPU).run(None, x)[0] for m in (ours, theirs)]
-    assert np.array_equal(*run)
+    run = [evaluate.session(m.SerializeToString(), CPU).run(None, feed) for m in (ours, theirs)]
+    assert all(np.array_equal(x, y) for x, y in zip(*run))
 
 
-def test_the_pass_composes_matmul_graphs_and_leaves_others_to_onnxruntime():
-    ctx = Context(providers=CPU)
-    from_proto = ir.serde.deserialize_model
-    composed = Quantize(mode="dynamic", latency_guard=False)(from_proto(matmuls()), ctx)
-    assert composed.modified and composed.details["builder"] == "mcomp: MatMul graph"
-    assert sum(n.op_type == "MatMulInteger" for n in composed.model.graph) == 4
-    left = Quantize(mode="dynamic", latency_guard=False, min_fidelity=0.5)(from_proto(with_a_table()), ctx)
-    assert left.details["builder"].startswith("onnxruntime's quantize_dynamic (a Gather")
+def test_tables_are_onnxruntimes_bytes(tmp_path):
+    """One scale per table: all positive (the range still takes 0), all negative, all zero (scale 1), a
+    denormal range (scale 1), values that land on halves, and a 3-D table; quantized in row slices."""
+    rng = np.random.default_rng(5)
+    tables = {"positive": rng.uniform(0.5, 3, (700, 16)), "negative": -rng.uniform(0.5, 3, (40, 8)),
+              "zeros": np.zeros((5, 4)), "denormal": np.full((3, 4), 1e-40), "cube": rng.standard_normal((6, 5, 4)),
+              "halves": np.linspace(-2.55, 0, 256).reshape(64, 4)}
+    for name, table in tables.items():
+        table = table.astype(np.float32)
+        model = helper.make_model(helper.make_graph(
+            [helper.make_node("Gather", ["t", "i"], ["y"], name="g")], "g",
+            [helper.make_tensor_value_info("i", TensorProto.INT64, [2])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(table, "t")]),
+            opset_imports=[helper.make_opsetid("", 13)])
+        theirs = tensors_of(onnxruntimes(model, tmp_path))
+        q, scale, zero_point = table_uint8.quantize(table, threads=2)
+        assert q.dtype == np.uint8 and np.array_equal(q, theirs["t_quantized"]), name
+        assert scale == theirs["t_scale"] and zero_point == theirs["t_zero_point"], name
 
 
 def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
@@ -158,26 +232,32 @@ def test_past_protobufs_limit_onnxruntimes_quantizers_return_the_input_with_the_
     composed = Quantize(mode="dynamic", latency_guard=False)(ir.serde.deserialize_model(matmuls()), ctx)
     assert composed.modified
     for mode in ("dynamic", "fp16"):
-        result = Quantize(mode=mode, latency_guard=False)(ir.serde.deserialize_model(with_a_table()), ctx)
+        result = Quantize(mode=mode, latency_guard=False)(ir.serde.deserialize_model(with_a_gemm()), ctx)
         assert not result.modified and "past protobuf's 2 GB" in result.summary
         assert any("--mode weight-only" in note for note in result.notes)
 
 
-def test_bert_with_its_tables_excluded_is_composed_as_onnxruntime_quantizes_it(monkeypatch):
-    """A real export (BERT, opset 18, dynamo): its Gather tables go to onnxruntime's quantizer, so with them
-    excluded every unit left is a MatMul on a 2-D weight, and the composed model is onnxruntime's own."""
+@pytest.mark.parametrize("name, exclude, quantized", [
+    ("bert", [], {"MatMul": 24, "Gather": 3}), ("bert", ["Gather"], {"MatMul": 24}),
+    ("gpt2", [], {"MatMul": 16, "Gather": 2}), ("vit", [], {"MatMul": 25})])
+def test_real_transformers_are_composed_as_onnxruntime_quantizes_them(monkeypatch, name, exclude, quantized):
+    """Real exports (opset 18, dynamo), composed node for node and byte for byte as onnxruntime's quantizer
+    writes them: BERT's MatMuls and its word, position and token-type tables (each dequantized for the Add
+    that sums them), or with its tables excluded; GPT-2's 16 Gemms rewritten as MatMul + Add and its tied
+    table dequantized for the LM head; ViT's MatMuls and its classifier Gemm on a transposed weight."""
     import transformer_models as tm
 
     from mcomp.model import load
     from mcomp.passes.quantize import dynamic_compose
 
-    bert = tm.build("bert")
+    model = tm.build(name)
     ctx = Context(providers=CPU)
-    options = {"mode": "dynamic", "latency_guard": False, "exclude": ["Gather"], "min_fidelity": 0.5}
-    ours = Quantize(**options)(load(bert.path).model, ctx)
-    assert ours.details["builder"] == "mcomp: MatMul graph" and ours.details["quantized_ops"] == {"MatMul": 24}
+    options = {"mode": "dynamic", "latency_guard": False, "exclude": exclude, "min_fidelity": 0.5}
+    ours = Quantize(**options)(load(model.path).model, ctx)
+    assert ours.details["builder"] == "mcomp: composed MatMul/Gather graph" and ours.details["quantized_ops"] == quantized
+    assert ours.details.get("gemm_as_matmul", 0) == {"gpt2": 16, "vit": 1}.get(name, 0)
     monkeypatch.setattr(dynamic_compose, "unsupported", lambda *args: "onnxruntime's, to compare")
-    theirs = Quantize(**options)(load(bert.path).model, ctx)
+    theirs = Quantize(**options)(load(model.path).model, ctx)
     assert theirs.details["builder"].startswith("onnxruntime's quantize_dynamic")
     a, b = (ir.serde.serialize_model(r.model) for r in (ours, theirs))
     assert nodes_of(a) == nodes_of(b)

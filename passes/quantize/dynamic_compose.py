@@ -1,4 +1,4 @@
-"""Dynamic int8 candidates of MatMul graphs, composed here rather than by onnxruntime's ``quantize_dynamic``.
+"""Dynamic int8 candidates of MatMul and Gather graphs, composed here rather than by onnxruntime's ``quantize_dynamic``.
 
 Why: ``quantize_dynamic`` loads the whole model, deep-copies it and loads it again for shape inference,
 then quantizes each weight column by column in Python. On three 8192×8192 float layers (0.75 GiB) one
@@ -11,7 +11,13 @@ The graph is onnxruntime's, node for node and name for name (``tests/test_quanti
 checks candidates against its quantizer): per MatMul ``X`` reading ``A`` and weight ``W``, writing ``Y``,
 ``DynamicQuantizeLinear`` ``A_QuantizeLinear`` (once per ``A``) → ``MatMulInteger`` ``X_quant`` on
 ``W_quantized``, ``W_zero_point`` → ``Cast`` → ``Mul`` by ``X_quant_scales_mul`` (A's scale × W's).
-Anything else (Gather, Attention, LSTM, Gemm, subgraphs, per-tensor weights) is left to onnxruntime.
+A Gather ``G`` on a float table ``T`` (an embedding) reads ``T_quantized``, the table in uint8 with one
+scale (``kernels.table_uint8``), and writes ``E_quantized``: a quantized MatMul reading ``E`` takes it
+as its quantized ``A`` with ``T``'s scale, and ``DequantizeLinear`` ``E_DequantizeLinear`` gives ``E``
+back in float, placed before its first float reader (or last, for a graph output), as onnxruntime does.
+A table or weight that a quantized node replaced is dequantized the same way for a later float reader (a
+tied LM head reading the embedding table). Anything else (Attention, LSTM, a Gemm the scheme did not
+rewrite, subgraphs, per-tensor weights, a table two Gathers read) is left to onnxruntime.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from mcomp.external_data import release_tensor
-from mcomp.kernels import column_int8
+from mcomp.kernels import column_int8, table_uint8
 from mcomp.passes.quantize.weights_aside import copy_fields
 
 MIN_OPSET = 11  # DynamicQuantizeLinear
@@ -39,13 +45,28 @@ def unsupported(proto: onnx.ModelProto, units, per_channel: bool) -> str | None:
         return f"opset {opset}"
     inits = {t.name: t for t in proto.graph.initializer}
     nodes = {n.name: n for n in proto.graph.node}
+    readers: dict[str, list[onnx.NodeProto]] = {}
     for node in proto.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
         if node.op_type == "Gemm":  # onnxruntime's dynamic quantizer rewrites every Gemm as MatMul + Add
             return "a Gemm"
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
             return "subgraphs"
+    outputs = {o.name for o in proto.graph.output}
     for unit in units:
         node = nodes.get(unit.name)
+        if node is not None and unit.op_type == "Gather":
+            table = inits.get(node.input[0])
+            if table is not None and table.data_type == TensorProto.FLOAT16:
+                return f"Gather {node.name!r} reads a float16 table"
+            if table is not None and table.data_type == TensorProto.FLOAT and (
+                    readers[table.name][0] is not node or table.name in outputs
+                    or any(r.op_type == "Gather" for r in readers[table.name][1:])):
+                # onnxruntime dequantizes the table for readers after the Gather (a tied LM head), but one
+                # before it keeps the float table under the name the dequantized one takes
+                return f"Gather {node.name!r} reads a table that is read before it, or by another Gather"
+            continue  # a table that is not float stays as it is, as onnxruntime leaves it
         if unit.op_type != "MatMul" or node is None:
             return f"a {unit.op_type}"
         weight = inits.get(node.input[1])
@@ -56,7 +77,8 @@ def unsupported(proto: onnx.ModelProto, units, per_channel: bool) -> str | None:
 
 @dataclass
 class Replacement:
-    """What replaces one weight ``W``: ``W_quantized`` (int8), ``W_scale`` (float32 per column), ``W_zero_point``."""
+    """What replaces one weight ``W``: ``W_quantized`` (int8), ``W_scale`` (float32 per column), ``W_zero_point``;
+    or one table: uint8, one scale and zero point."""
 
     quantized: TensorProto
     scale: TensorProto
@@ -72,41 +94,93 @@ class Composer:
         self.replacements: dict[str, Replacement] = {}
 
     def compose(self, quantized: set[str]) -> onnx.ModelProto:
-        """The prepared graph with the MatMuls named in ``quantized`` replaced by onnxruntime's dynamic form."""
+        """The prepared graph with the MatMuls and Gathers named in ``quantized`` replaced by onnxruntime's
+        dynamic form."""
         graph = self.prepared.graph
         nodes: list[onnx.NodeProto] = []
         activations: set[str] = set()
+        gathered: dict[str, str] = {}  # a quantized Gather's output → its table
+        # what a later float reader gets dequantized, as onnxruntime does: a Gather's output, and a weight
+        # that a quantized MatMul has replaced (per column: axis -1)
+        replaced: dict[str, tuple[list[str], int | None]] = {}
+        dequantized: set[str] = set()
+
+        def dequantize(names) -> None:
+            for name in names:
+                if name in replaced and name not in dequantized:
+                    dequantized.add(name)
+                    inputs, axis = replaced[name]
+                    nodes.append(helper.make_node("DequantizeLinear", inputs, [name], f"{name}_DequantizeLinear",
+                                                  axis=axis))
+
         for node in graph.node:
-            if node.name not in quantized:
+            if node.name in quantized and node.op_type == "Gather" and self._is_table(node.input[0]):
+                table, e = node.input[0], node.output[0]
+                self._table(table)
+                gathered[e] = table
+                replaced[e] = [f"{e}_quantized", f"{table}_scale", f"{table}_zero_point"], None
+                replaced[table] = [f"{table}_quantized", f"{table}_scale", f"{table}_zero_point"], None
+                quantized_node = onnx.NodeProto()
+                quantized_node.CopyFrom(node)
+                quantized_node.input[0], quantized_node.output[0] = f"{table}_quantized", f"{e}_quantized"
+                nodes.append(quantized_node)
+                continue
+            if node.name not in quantized or node.op_type != "MatMul":
+                dequantize(node.input)
                 nodes.append(node)
                 continue
             a, w = node.input[0], node.input[1]
-            if a not in activations:
-                activations.add(a)
-                nodes.append(helper.make_node("DynamicQuantizeLinear", [a], [f"{a}_quantized", f"{a}_scale",
-                                              f"{a}_zero_point"], f"{a}_QuantizeLinear"))
+            if a in gathered:  # the Gather's uint8 output with its table's scale, as onnxruntime reuses it
+                a_quantized, a_scale, a_zero_point = f"{a}_quantized", f"{gathered[a]}_scale", f"{gathered[a]}_zero_point"
+            else:
+                a_quantized, a_scale, a_zero_point = f"{a}_quantized", f"{a}_scale", f"{a}_zero_point"
+                if a not in activations:
+                    activations.add(a)
+                    nodes.append(helper.make_node("DynamicQuantizeLinear", [a], [a_quantized, a_scale, a_zero_point],
+                                                  f"{a}_QuantizeLinear"))
             self._replacement(w)
+            replaced[w] = [f"{w}_quantized", f"{w}_scale", f"{w}_zero_point"], -1
             name, y = node.name + "_quant", node.output[0]
             nodes += [
-                helper.make_node("Mul", [f"{a}_scale", f"{w}_scale"], [f"{name}_scales_mul:0"], f"{name}_scales_mul"),
-                helper.make_node("MatMulInteger", [f"{a}_quantized", f"{w}_quantized", f"{a}_zero_point",
+                helper.make_node("Mul", [a_scale, f"{w}_scale"], [f"{name}_scales_mul:0"], f"{name}_scales_mul"),
+                helper.make_node("MatMulInteger", [a_quantized, f"{w}_quantized", a_zero_point,
                                                    f"{w}_zero_point"], [f"{y}_output_quantized"], name),
                 helper.make_node("Cast", [f"{y}_output_quantized"], [f"{y}_output_quantized_cast_output"],
                                  f"{y}_output_quantized_cast", to=TensorProto.FLOAT),
                 helper.make_node("Mul", [f"{y}_output_quantized_cast_output", f"{name}_scales_mul:0"], [y],
                                  f"{name}_output_scale_mul")]
+        dequantize(o.name for o in graph.output)
         out = onnx.ModelProto()
         copy_fields(self.prepared, out, skip={"graph"})
         copy_fields(graph, out.graph, skip={"node", "initializer"})
         out.graph.node.extend(nodes)
         read = {name for n in nodes for name in n.input} | {o.name for o in graph.output}
+        read -= {name for n in nodes for name in n.output}  # a weight dequantized for its float readers
         for tensor in graph.initializer:
             if tensor.name in read:
                 out.graph.initializer.append(tensor)
-        for weight in sorted({n.input[1] for n in graph.node if n.name in quantized}):
+        for weight in sorted({n.input[1] for n in graph.node if n.name in quantized and n.op_type == "MatMul"}):
             r = self.replacements[weight]
             out.graph.initializer.extend([r.quantized, r.scale, r.zero_point])
+        for table in sorted(set(gathered.values())):
+            r = self.replacements[table]
+            out.graph.initializer.extend([r.scale, r.zero_point, r.quantized])
         return out
+
+    def _is_table(self, name: str) -> bool:
+        """A float initializer: what onnxruntime quantizes under a Gather (``is_valid_quantize_weight``)."""
+        return name in self.inits and self.inits[name].data_type == TensorProto.FLOAT
+
+    def _table(self, table: str) -> Replacement:
+        if table not in self.replacements:
+            tensor = ir.serde.deserialize_tensor(self.inits[table])
+            q, scale, zero_point = table_uint8.quantize(tensor.numpy())
+            release_tensor(tensor)
+            self.replacements[table] = Replacement(numpy_helper.from_array(q, f"{table}_quantized"),
+                                                   helper.make_tensor(f"{table}_scale", TensorProto.FLOAT, [], [float(scale)]),
+                                                   helper.make_tensor(f"{table}_zero_point", TensorProto.UINT8, [],
+                                                                      [int(zero_point)]))
+        return self.replacements[table]
 
     def _replacement(self, weight: str) -> Replacement:
         if weight not in self.replacements:

@@ -30,6 +30,34 @@ class Dynamic(OrtScheme):
     def adjust(self) -> None:
         lstm = {n.name for n in self.prepared.proto.graph.node if n.op_type == "LSTM"}
         self.prepared.float_only = {k: v for k, v in self.prepared.float_only.items() if k not in lstm}
+        self._gemms_as_matmul()
+
+    def _gemms_as_matmul(self) -> None:
+        """Every Gemm as MatMul (+ Add), by onnxruntime's own rewrite, which its dynamic quantizer applies first.
+
+        Done here, its MatMuls are units like any other: the budget and ``--exclude`` reach them, and so
+        does the composer (GPT-2's projections, a ViT head). Left to the quantizer, they were quantized
+        unseen in a whole candidate, and never in one that names its nodes. A Gemm on a transposed weight
+        kept in a file stays for the quantizer: the rewrite would read the weight into memory to transpose it.
+        """
+        proto = self.prepared.proto
+        gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
+        if not gemms:
+            return
+        inits = {t.name: t for t in proto.graph.initializer}
+        for node in gemms:
+            b = inits.get(node.input[1])
+            transposed = any(a.name == "transB" and a.i for a in node.attribute)
+            if transposed and b is not None and b.data_location == onnx.TensorProto.EXTERNAL:
+                return
+        from onnxruntime.quantization.onnx_model import ONNXModel
+
+        ONNXModel(proto).replace_gemm_with_matmul()
+        left = sum(n.op_type == "Gemm" for n in proto.graph.node)
+        self.details["gemm_as_matmul"] = len(gemms) - left
+        if len(gemms) > left:
+            self.notes.append(f"{len(gemms) - left} Gemm rewritten as MatMul + Add, as onnxruntime's dynamic "
+                              "quantizer does (its kernel takes MatMul)")
 
     def setup(self, model, calibration) -> None:
         from mcomp.passes.quantize.dynamic_compose import Composer, unsupported
@@ -44,7 +72,7 @@ class Dynamic(OrtScheme):
         if why:
             self.fits_one_protobuf(sum(data_bytes(t) for t in proto.graph.initializer))
             mapped_source.inline_rest(proto)  # onnxruntime's quantizer reads a big model's weights inline
-        self.details["builder"] = "mcomp: MatMul graph" if why is None else f"onnxruntime's quantize_dynamic ({why})"
+        self.details["builder"] = "mcomp: composed MatMul/Gather graph" if why is None else f"onnxruntime's quantize_dynamic ({why})"
 
     def build(self, exclude: Iterable[str] = (), only: Iterable[str] | None = None) -> onnx.ModelProto:
         if self.composer is None:
