@@ -159,7 +159,7 @@ def test_the_guard_returns_the_input_when_no_candidate_is_faster(monkeypatch):
     assert any("returned unchanged" in n for n in result.notes)
     guard = result.details["latency_guard"]
     assert guard["faster"] is False and guard["ratio"] == 1.3 and guard["trials"]
-    assert rounds[0][0] == "all quantized" and len(rounds) == 2
+    assert rounds == [["all quantized"]]  # one Conv: no variants, so the lone candidate is measured once
 
 
 def test_the_guard_keeps_a_faster_candidate(monkeypatch):
