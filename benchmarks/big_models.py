@@ -13,6 +13,11 @@ latency entry (its method, ratio and runs) is copied into the row. The input's f
 
     python benchmarks/big_models.py [--gib 0.75] [--commands optimize,prune] [--out benchmarks/results]
     python benchmarks/big_models.py --gib 2.4        # the over-2 GB case (protobuf's limit)
+    python benchmarks/big_models.py --layout llm --commands quantize-dynamic   # an LLM's shape (below)
+
+``--layout llm`` gives the chain an LLM's ends: token ids read rows of a ``[vocab, dim]`` embedding
+table (Gather), and the last layer's output is multiplied by the same table transposed (a tied LM
+head), as GPT-2 and many LLMs are exported. The table counts as one of the layers in ``--gib``.
 """
 
 from __future__ import annotations
@@ -71,6 +76,36 @@ def build(path: Path, layers: int, dim: int = 8192, seed: int = 0) -> int:
     return stored_bytes(path)
 
 
+def build_llm(path: Path, layers: int, dim: int = 8192, vocab: int = 8192, seed: int = 0) -> int:
+    """``build``'s chain of ``layers`` MatMuls between a Gather on a ``[vocab, dim]`` table (first in the data
+    file) reading ids ``[batch]`` and a tied head, ``MatMul(y, Transpose(table))`` → logits ``[batch, vocab]``."""
+    build(path, layers, dim, seed)
+    chain = onnx.load_model(str(path), load_external_data=False)
+    rng = np.random.default_rng(seed + 1)
+    data = path.parent / (path.name + ".data")
+    offset = data.stat().st_size
+    with open(data, "ab") as fh:
+        for start in range(0, vocab, 1024):
+            fh.write(rng.standard_normal((min(1024, vocab - start), dim), dtype=np.float32).tobytes())
+    table = TensorProto(name="table", dims=[vocab, dim], data_type=TensorProto.FLOAT, data_location=TensorProto.EXTERNAL)
+    for key, value in (("location", data.name), ("offset", offset), ("length", vocab * dim * 4)):
+        table.external_data.add(key=key, value=str(value))
+    graph = chain.graph
+    graph.initializer.append(table)
+    graph.node.insert(0, helper.make_node("Gather", ["table", "ids"], ["x"], name="embedding"))
+    graph.node.extend([helper.make_node("Transpose", ["table"], ["table_t"], name="tied"),
+                       helper.make_node("MatMul", ["y", "table_t"], ["logits"], name="lm_head")])
+    graph.input[0].CopyFrom(helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch"]))
+    graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab]))
+    path.write_bytes(chain.SerializeToString())
+    return stored_bytes(path)
+
+
+def feed_of(layout: str, dim: int) -> dict:
+    """The one feed the baseline, the checks and ``--input-shape`` use: name → (dtype, shape)."""
+    return {"ids": ("int64", [1])} if layout == "llm" else {"x": ("float32", [1, dim])}
+
+
 def stored_bytes(path: Path) -> int:
     """The .onnx plus the data files it names (each once)."""
     proto = onnx.load_model(str(path), load_external_data=False)
@@ -80,17 +115,16 @@ def stored_bytes(path: Path) -> int:
 
 
 BASELINE = """
-import sys, numpy as np, onnx, onnxruntime as ort
+import json, sys, numpy as np, onnx, onnxruntime as ort
 onnx.load(sys.argv[1])
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-session.run(None, {"x": np.ones((1, int(sys.argv[2])), np.float32)})
+session.run(None, {k: np.ones(shape, dtype) for k, (dtype, shape) in json.loads(sys.argv[2]).items()})
 """
 
 CHECK = """
 import json, sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
-name = session.get_inputs()[0].name
-y = session.run(None, {name: np.ones((1, int(sys.argv[2])), np.float32)})[0]
+y = session.run(None, {k: np.ones(shape, dtype) for k, (dtype, shape) in json.loads(sys.argv[2]).items()})[0]
 print(json.dumps({"shape": list(y.shape), "finite": bool(np.isfinite(y).all())}))
 """
 
@@ -133,12 +167,12 @@ def run_measured(argv: list[str], cwd: Path) -> dict:
             "stderr": b"".join(err).decode(errors="replace")[-2000:]}
 
 
-def check_output(path: Path, dim: int) -> dict:
+def check_output(path: Path, feed: dict) -> dict:
     """Whether the output has external data beside it and loads and runs in onnxruntime from its path."""
     proto = onnx.load_model(str(path), load_external_data=False)
     external = any(onnx.external_data_helper.uses_external_data(t)
                    for t in onnx.external_data_helper._get_all_tensors(proto))
-    got = subprocess.run([sys.executable, "-c", CHECK, str(path), str(dim)], capture_output=True, text=True)
+    got = subprocess.run([sys.executable, "-c", CHECK, str(path), json.dumps(feed)], capture_output=True, text=True)
     runs = got.returncode == 0 and json.loads(got.stdout.strip().splitlines()[-1])["finite"]
     return {"external_data": external, "bytes": stored_bytes(path), "onnx_bytes": path.stat().st_size,
             "loads_and_runs": bool(runs), "error": None if runs else got.stderr.strip()[-300:]}
@@ -149,24 +183,33 @@ def bench(args) -> dict:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     model = work / "big.onnx"
-    size = build(model, layers, args.dim)
+    feed = feed_of(args.layout, args.dim)
+    if args.layout == "llm":
+        layers = max(1, layers - round(args.vocab * args.dim * 4 / (args.dim * args.dim * 4)))
+        size = build_llm(model, layers, args.dim, args.vocab)
+    else:
+        size = build(model, layers, args.dim)
     inputs = [model, work / "big.onnx.data"]
     before = [(p.stat().st_size, p.stat().st_mtime_ns) for p in inputs]
-    print(f"model: {layers} × MatMul {args.dim}×{args.dim} float32, {size / (1 << 30):.2f} GiB, in {work}", flush=True)
-    baseline = run_measured([sys.executable, "-c", BASELINE, str(model), str(args.dim)], work)
+    ends = f" between a {args.vocab}×{args.dim} table's Gather and its tied head" if args.layout == "llm" else ""
+    print(f"model: {layers} × MatMul {args.dim}×{args.dim} float32{ends}, {size / (1 << 30):.2f} GiB, in {work}",
+          flush=True)
+    baseline = run_measured([sys.executable, "-c", BASELINE, str(model), json.dumps(feed)], work)
     print(f"baseline (onnx.load + session + run): {baseline['seconds']} s", flush=True)
     rows = []
     for name in args.commands:
         output = work / f"big.{name}.onnx"
         argv = [sys.executable, "-m", "mcomp", *COMMANDS[name], str(model)]
         if name != "inspect":
-            argv += ["-o", str(output), "--input-shape", f"x=1,{args.dim}"]
+            argv += ["-o", str(output)]
+            for name_, (_, shape) in feed.items():
+                argv += ["--input-shape", f"{name_}={','.join(map(str, shape))}"]
         result = run_measured(argv, work)
         row = {"command": " ".join(["mcomp", *COMMANDS[name]]), **result,
                "x_baseline": round(result["seconds"] / baseline["seconds"], 2),
                "peak_rss_x_model": round(result["peak_rss"] / size, 2), "maxrss_x_model": round(result["maxrss"] / size, 2)}
         if name != "inspect" and result["rc"] == 0:
-            row["output"] = check_output(output, args.dim)
+            row["output"] = check_output(output, feed)
             report = json.loads(output.with_name(output.stem + ".report.json").read_text())
             row["size_row"] = {"input": report["input"]["bytes"], "output": report["output"]["bytes"]}
             latency = report.get("latency") or {}
@@ -179,22 +222,24 @@ def bench(args) -> dict:
             for f in work.glob(f"big.{name}.*"):
                 f.unlink()
     unchanged = before == [(p.stat().st_size, p.stat().st_mtime_ns) for p in inputs]
-    return {"model": {"layers": layers, "dim": args.dim, "dtype": "float32", "bytes": size, "external_data": True},
+    return {"model": {"layers": layers, "dim": args.dim, "dtype": "float32", "bytes": size, "external_data": True,
+                      "layout": args.layout, **({"vocab": args.vocab} if args.layout == "llm" else {})},
             "baseline": {"what": "onnx.load (with data) + one onnxruntime session from the path + one run, batch 1",
                          **baseline},
             "commands": rows, "input_unchanged": unchanged,
             "machine": {"cpus": os.cpu_count(), "load_average_at_end": os.getloadavg(), "platform": platform.platform(),
                         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1)},
-            "feed_shape": {"x": [1, args.dim]}}
+            "feed_shape": {name: shape for name, (_, shape) in feed.items()}}
 
 
 def markdown(doc: dict) -> str:
     m, b = doc["model"], doc["baseline"]
-    lines = [f"# Big models: {m['layers']} × MatMul {m['dim']}×{m['dim']} float32, external data, "
+    ends = f" between a {m['vocab']}×{m['dim']} table's Gather and its tied head" if m.get("layout") == "llm" else ""
+    lines = [f"# Big models: {m['layers']} × MatMul {m['dim']}×{m['dim']} float32{ends}, external data, "
              f"{m['bytes'] / (1 << 30):.2f} GiB",
              "",
-             f"Baseline (onnx.load with its data + one onnxruntime session from the file + one run, feed x "
-             f"[1, {m['dim']}]): {b['seconds']} s, peak RSS {b['peak_rss'] / m['bytes']:.2f}× the model "
+             f"Baseline (onnx.load with its data + one onnxruntime session from the file + one run, feed "
+             f"{doc['feed_shape']}): {b['seconds']} s, peak RSS {b['peak_rss'] / m['bytes']:.2f}× the model "
              f"(maxrss {b['maxrss'] / m['bytes']:.2f}×). Machine: {doc['machine']['cpus']} cores, "
              f"{doc['machine']['memory_gib']} GiB, load average at the end {doc['machine']['load_average_at_end'][0]:.1f}.",
              "",
@@ -227,6 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gib", type=float, default=0.75, help="model size in GiB (layers of 256 MiB)")
     parser.add_argument("--dim", type=int, default=8192, help="MatMul size (8192: 256 MiB a layer)")
+    parser.add_argument("--layout", choices=("chain", "llm"), default="chain",
+                        help="chain: MatMuls only; llm: between an embedding table's Gather and its tied head")
+    parser.add_argument("--vocab", type=int, default=8192, help="--layout llm: the table's rows")
     parser.add_argument("--commands", default=",".join(COMMANDS), help=f"comma-separated, of {', '.join(COMMANDS)}")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON and Markdown")
     parser.add_argument("--workdir", default=None, help="where the model and outputs go (default: a temp folder)")

@@ -222,6 +222,44 @@ def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_a_big_llms_table_stays_in_its_file_and_is_composed(tmp_path, monkeypatch):
+    """An LLM's shape (``big_models --layout llm``): the embedding table, read by the Gather and by the tied
+    head's Transpose, stays in the input's data file in the prepared graph like the MatMul weights; the
+    composed model reads the uint8 table and dequantizes it for the head, loads and runs with its data."""
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.pipeline_spec import Measure, Pipeline, single_step
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    big_models.build_llm(folder / "m.onnx", layers=2, dim=128, vocab=256)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+    for module in (prepare, evaluate, sources):
+        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
+    prepared = []
+    original = Composer.__init__
+    monkeypatch.setattr(Composer, "__init__", lambda self, proto, rr: prepared.append(proto) or original(self, proto, rr))
+    pipeline = Pipeline(steps=[single_step("quantize", {"mode": "dynamic", "latency_guard": False})],
+                        measure=Measure(runs=3, warmup=1, latency=False))
+    out = tmp_path / "out.onnx"
+    outcome = execute(pipeline, RunRequest(model=str(folder / "m.onnx"), output=str(out),
+                                           load=model_io.LoadOptions(input_shapes={"ids": (2,)})))
+    step = outcome.report["steps"][0]
+    assert step["changes"]["builder"] == "mcomp: composed MatMul/Gather graph"
+    table = next(t for t in prepared[0].graph.initializer if t.name == "table")
+    assert table.data_location == TensorProto.EXTERNAL and mapped_source.reference_folders(prepared[0]) == {
+        str(folder.resolve())}
+    written = onnx.load_model(str(out), load_external_data=False)
+    ops = [n.op_type for n in written.graph.node]
+    assert ops.count("MatMulInteger") == 2 and "table_DequantizeLinear" in {n.name for n in written.graph.node}
+    ids = {"ids": np.array([5, 200], np.int64)}
+    want = evaluate.session(str(folder / "m.onnx"), CPU).run(None, ids)[0]
+    got = evaluate.session(str(out), CPU).run(None, ids)[0]
+    assert np.dot(want.ravel(), got.ravel()) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.99
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
 def test_past_protobufs_limit_onnxruntimes_quantizers_return_the_input_with_the_reason(monkeypatch):
     """onnxruntime's quantizers take the model as one protobuf (here a lowered limit): a 2.5 GiB chain exited 1
     with protobuf's EncodeError in dynamic mode. Composed MatMul graphs are not bound by it."""

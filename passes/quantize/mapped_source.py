@@ -8,7 +8,8 @@ weights in a file, the protobuf it parses holds the graph only, and one weight a
 
 Only the B of MatMul nodes goes to the file, and only where nothing else reads it: the quantizer's
 other paths (Gather tables) read tensors through ``numpy_helper``, which refuses the absolute
-locations ``load`` writes. What the quantizer leaves float keeps its reference; ``inline_rest``
+locations ``load`` writes (dynamic's composer maps any tensor, so that scheme spills tables too, and
+reads them back inline where onnxruntime's quantizer builds instead). What the quantizer leaves float keeps its reference; ``inline_rest``
 reads those bytes back, so the quantizer's output is the same protobuf as from an inline source.
 
 A big model's prepared graph never holds those weights inline (``serialize``): a weight the input
@@ -56,13 +57,15 @@ def write(proto: onnx.ModelProto, path: Path) -> None:
     path.write_bytes(light.SerializeToString())
 
 
-def serialize(model: ir.Model, data: Path) -> onnx.ModelProto:
+def serialize(model: ir.Model, data: Path, any_reader: bool = False) -> onnx.ModelProto:
     """``model`` as a protobuf in which each MatMul B of ``MIN_BYTES`` or more (read by nothing else)
     is a reference by absolute path: to the input's own file where the model maps it from there, else
-    to ``data``, written here one weight at a time. Everything else is inline; ``model`` is unchanged."""
+    to ``data``, written here one weight at a time. Everything else is inline; ``model`` is unchanged.
+    ``any_reader``: every float initializer of that size read in the top-level graph only (an embedding
+    table, a tied head's Transpose), for a builder that does not need them inline (dynamic's composer)."""
     refs: dict[str, ir.ExternalTensor] = {}
     with open(data, "wb") as fh:
-        for value in _ir_matmul_weights(model):
+        for value in _ir_matmul_weights(model, any_reader):
             tensor = value.const_value
             if isinstance(tensor, ir.ExternalTensor):
                 refs[value.name] = _reference(tensor, Path(tensor.path).resolve(), tensor.offset or 0)
@@ -87,9 +90,10 @@ def _reference(tensor, path: Path, offset: int) -> ir.ExternalTensor:
                              doc_string=tensor.doc_string)
 
 
-def _ir_matmul_weights(model: ir.Model) -> list[ir.Value]:
+def _ir_matmul_weights(model: ir.Model, any_reader: bool = False) -> list[ir.Value]:
     """Top-level float initializers of ``MIN_BYTES`` or more read only as a top-level MatMul's B (what
-    ``_matmul_weights`` finds in a protobuf; a read inside a subgraph is a use too)."""
+    ``_matmul_weights`` finds in a protobuf; a read inside a subgraph is a use too); with ``any_reader``,
+    read only by top-level nodes."""
     outputs = {id(v) for v in model.graph.outputs}
     found = []
     for value in model.graph.initializers.values():
@@ -98,7 +102,7 @@ def _ir_matmul_weights(model: ir.Model) -> list[ir.Value]:
                 or tensor.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16)):
             continue
         uses = list(value.uses())
-        if uses and all(node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and index == 1
+        if uses and all((any_reader or node.op_type == "MatMul" and node.domain in ("", "ai.onnx") and index == 1)
                         and node.graph is model.graph for node, index in uses):
             found.append(value)
     return found

@@ -68,12 +68,13 @@ def lift_constants(model: ir.Model) -> None:
 
 
 def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True, keep_matmul: bool = False,
-            spill: Path | None = None) -> Prepared:
+            spill: Path | None = None, spill_any: bool = False) -> Prepared:
     """A prepared copy (``model`` is not changed): constants lifted, optimized, opset ≥ ``opset``, shapes inferred.
 
     ``keep_matmul`` stops MatMul + Add becoming Gemm (the dynamic and weight-only kernels take MatMul).
     ``spill``: a big model's MatMul weights stay out of the protobuf, referred to in files
-    (``mapped_source.serialize``; written to ``spill`` where the input's file does not hold them)."""
+    (``mapped_source.serialize``; written to ``spill`` where the input's file does not hold them);
+    ``spill_any``: every big float weight does, whatever reads it (tables too)."""
     work = copy(model)
     notes: list[str] = []
     lift_constants(work)
@@ -94,7 +95,7 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     if spill is not None and weight_bytes(work) >= BIG_WEIGHTS:
         from mcomp.passes.quantize.mapped_source import serialize
 
-        proto = serialize(work, spill)
+        proto = serialize(work, spill, any_reader=spill_any)
     else:
         proto = to_proto(work)
     flatten_gemm_bias(proto)

@@ -25,6 +25,7 @@ class Dynamic(OrtScheme):
     keep_matmul: ClassVar[bool] = True
     takes_per_channel: ClassVar[bool] = True
     spills: ClassVar[bool] = True
+    spills_any: ClassVar[bool] = True  # tables too: the composer maps them, onnxruntime's path reads them back
     op_types: ClassVar[tuple[str, ...]] = ("MatMul", "Attention", "LSTM", "Gather")
 
     def adjust(self) -> None:

@@ -33,6 +33,7 @@ class OrtScheme(Scheme):
     opset: ClassVar[int | None] = None  # the opset it needs with per-tensor weights
     keep_matmul: ClassVar[bool] = False
     spills: ClassVar[bool] = False  # a big model's MatMul weights stay in files (``prepare``'s ``spill``)
+    spills_any: ClassVar[bool] = False  # and every other big weight (``prepare``'s ``spill_any``)
     takes_per_channel: ClassVar[bool] = False
 
     def setup(self, model: ir.Model, calibration) -> None:
@@ -75,12 +76,13 @@ class OrtScheme(Scheme):
         spill = self.workdir / "prepared.weights" if self.spills else None
         try:
             return prep.prepare(model, opset=PER_CHANNEL_OPSET if per_channel else self.opset,
-                                keep_matmul=self.keep_matmul, spill=spill), per_channel
+                                keep_matmul=self.keep_matmul, spill=spill, spill_any=self.spills_any), per_channel
         except ValueError as exc:
             if not per_channel:
                 raise BadInput(f"quantize: {exc}") from None
             self.notes.append(f"per-channel needs opset {PER_CHANNEL_OPSET} and {exc}; quantized per-tensor instead")
-            return prep.prepare(model, opset=self.opset, keep_matmul=self.keep_matmul, spill=spill), False
+            return prep.prepare(model, opset=self.opset, keep_matmul=self.keep_matmul, spill=spill,
+                                spill_any=self.spills_any), False
 
     def adjust(self) -> None:
         """Mode-specific changes to the prepared graph, before its units are listed."""
