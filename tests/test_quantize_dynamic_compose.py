@@ -183,6 +183,15 @@ def test_tables_are_onnxruntimes_bytes(tmp_path):
         assert scale == theirs["t_scale"] and zero_point == theirs["t_zero_point"], name
 
 
+def treated_as_big(monkeypatch) -> None:
+    """Every weight mapped and spilled, every model timed and measured as a big one: the big-model paths on a
+    model small enough for a test."""
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+    for module in (prepare, evaluate, sources):
+        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
+
+
 def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
     """With a layer excluded, the candidates of a model whose weights are mapped read that layer from the
     input's data file (no inline copy), and so does --explain's run of the prepared graph; the pass writes MatMulInteger + a float MatMul that load and run with
@@ -196,10 +205,7 @@ def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):
     big_models.build(folder / "m.onnx", layers=3, dim=dim)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     names = [n.name for n in onnx.load_model(str(folder / "m.onnx"), load_external_data=False).graph.node]
-    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
-    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
-    for module in (prepare, evaluate, sources):
-        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
+    treated_as_big(monkeypatch)
     built = []
     original = Composer.compose
     monkeypatch.setattr(Composer, "compose", lambda self, q: built.append(original(self, q)) or built[-1])
@@ -233,10 +239,7 @@ def test_a_big_llms_table_stays_in_its_file_and_is_composed(tmp_path, monkeypatc
     folder.mkdir()
     big_models.build_llm(folder / "m.onnx", layers=2, dim=128, vocab=256)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
-    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
-    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
-    for module in (prepare, evaluate, sources):
-        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
+    treated_as_big(monkeypatch)
     prepared = []
     original = Composer.__init__
     monkeypatch.setattr(Composer, "__init__", lambda self, proto, rr: prepared.append(proto) or original(self, proto, rr))
