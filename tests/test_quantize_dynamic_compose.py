@@ -263,6 +263,23 @@ def test_a_big_llms_table_stays_in_its_file_and_is_composed(tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_a_big_models_gemm_on_a_transposed_weight_is_rewritten_and_composed(monkeypatch):
+    """The Gemm's weight, spilled to a file like every big weight, is read back for onnxruntime's rewrite to
+    transpose it: the Gemm becomes MatMul + Add and the graph is composed, as onnxruntime quantizes it."""
+    treated_as_big(monkeypatch)
+    model = matmuls()
+    model.graph.node.append(helper.make_node("Gemm", ["y", "wg", "bg"], ["z"], name="head", transB=1))
+    model.graph.initializer.extend([numpy_helper.from_array(np.random.default_rng(7).standard_normal((8, 32))
+                                                            .astype(np.float32), "wg"),
+                                    numpy_helper.from_array(np.ones(8, np.float32), "bg")])
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 8]))
+    result = Quantize(mode="dynamic", latency_guard=False)(ir.serde.deserialize_model(model), Context(providers=CPU))
+    assert result.details["builder"] == "mcomp: composed MatMul/Gather graph" and result.details["gemm_as_matmul"] == 1
+    assert result.details["quantized_ops"] == {"MatMul": 5}
+    ops = {n.name: n.op_type for n in result.model.graph}
+    assert ops["head_MatMul_quant"] == "MatMulInteger" and ops["head_Add"] == "Add" and "Gemm" not in ops.values()
+
+
 def test_past_protobufs_limit_onnxruntimes_quantizers_return_the_input_with_the_reason(monkeypatch):
     """onnxruntime's quantizers take the model as one protobuf (here a lowered limit): a 2.5 GiB chain exited 1
     with protobuf's EncodeError in dynamic mode. Composed MatMul graphs are not bound by it."""

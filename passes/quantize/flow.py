@@ -81,8 +81,11 @@ class Flow:
             # candidate is scored at once (``size_mode.settle``), and its session is the load check
             # (``_settle``): another session per setting cost a big model ~2 s
             return proto
-        if key not in self._memo:
-            try:  # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches)
+        if key not in self._memo and not self.scheme.composes:
+            # onnxruntime's converters can write graphs it then refuses (fp16 inside If branches); a composed
+            # candidate is the graph its quantizer writes (the tests check each against it), not checked again:
+            # on a big model the check was one more session of the candidate's weights
+            try:
                 evaluate.session(mapped_source.as_source(proto), self.ctx.providers, optimization="disable")
             except BadInput as exc:
                 self._refused(exc)

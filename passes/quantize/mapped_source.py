@@ -151,14 +151,19 @@ def as_source(proto: onnx.ModelProto) -> bytes:
 def inline_rest(proto: onnx.ModelProto) -> None:
     """Tensors still referencing the data file (layers the quantizer left float) read back inline."""
     for tensor in proto.graph.initializer:
-        if tensor.data_location != onnx.TensorProto.EXTERNAL:
-            continue
-        info = {e.key: e.value for e in tensor.external_data}
-        with open(info["location"], "rb") as fh:
-            fh.seek(int(info["offset"]))
-            tensor.raw_data = fh.read(int(info["length"]))
-        tensor.ClearField("external_data")
-        tensor.ClearField("data_location")
+        inline(tensor)
+
+
+def inline(tensor: onnx.TensorProto) -> None:
+    """``tensor``'s bytes read back from the file it references (an absolute location), if it references one."""
+    if tensor.data_location != onnx.TensorProto.EXTERNAL:
+        return
+    info = {e.key: e.value for e in tensor.external_data}
+    with open(info["location"], "rb") as fh:
+        fh.seek(int(info["offset"]))
+        tensor.raw_data = fh.read(int(info["length"]))
+    tensor.ClearField("external_data")
+    tensor.ClearField("data_location")
 
 
 def _matmul_weights(proto: onnx.ModelProto) -> set[str]:

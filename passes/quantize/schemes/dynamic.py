@@ -38,8 +38,8 @@ class Dynamic(OrtScheme):
 
         Done here, its MatMuls are units like any other: the budget and ``--exclude`` reach them, and so
         does the composer (GPT-2's projections, a ViT head). Left to the quantizer, they were quantized
-        unseen in a whole candidate, and never in one that names its nodes. A Gemm on a transposed weight
-        kept in a file stays for the quantizer: the rewrite would read the weight into memory to transpose it.
+        unseen in a whole candidate, and never in one that names its nodes. A weight the rewrite transposes
+        (``transB``) is read inline first where a big model keeps it in a file: the transposed copy is new.
         """
         proto = self.prepared.proto
         gemms = [n for n in proto.graph.node if n.op_type == "Gemm"]
@@ -47,10 +47,8 @@ class Dynamic(OrtScheme):
             return
         inits = {t.name: t for t in proto.graph.initializer}
         for node in gemms:
-            b = inits.get(node.input[1])
-            transposed = any(a.name == "transB" and a.i for a in node.attribute)
-            if transposed and b is not None and b.data_location == onnx.TensorProto.EXTERNAL:
-                return
+            if node.input[1] in inits and any(a.name == "transB" and a.i for a in node.attribute):
+                mapped_source.inline(inits[node.input[1]])
         from onnxruntime.quantization.onnx_model import ONNXModel
 
         ONNXModel(proto).replace_gemm_with_matmul()
