@@ -155,3 +155,20 @@ def inlined(model: ir.Model, keep: frozenset[str] = frozenset()):
             value.const_value = tensor
         if swapped:
             release_pages(model)
+
+
+def copy_fields(source, dest, skip: set[str]) -> None:
+    """Every set field of ``source`` but those in ``skip`` into ``dest`` (a message of the same type);
+    a skipped field is never read (reading ``raw_data`` copies it)."""
+    for field in source.DESCRIPTOR.fields:
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            values = getattr(source, field.name)
+            if len(values):
+                getattr(dest, field.name).extend(values)
+        elif source.HasField(field.name):
+            if field.type == field.TYPE_MESSAGE:
+                getattr(dest, field.name).CopyFrom(getattr(source, field.name))
+            else:
+                setattr(dest, field.name, getattr(source, field.name))

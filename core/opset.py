@@ -25,6 +25,8 @@ Why mcomp has its own conversions rather than only ``onnx.version_converter``:
 
 from __future__ import annotations
 
+import math
+
 import onnx
 
 from mcomp.errors import short
@@ -43,16 +45,85 @@ def drop_unused_opsets(model):
     return model
 
 
+# Inline float initializers from this size are held aside while onnx's converter runs (``upgrade_opset``).
+HELD_FROM = 1 << 20
+FLOATS = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+          onnx.TensorProto.DOUBLE: 8}  # bytes an element
+
+
 def upgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:
-    """onnx's version converter; raises ValueError with the reason when it cannot convert."""
+    """onnx's version converter; raises ValueError with the reason when it cannot convert; ``proto`` is unchanged.
+
+    The converter and the checker each take the whole protobuf into C++ and back: on an LLM-shaped
+    graph with its 256 MiB embedding table inline (weight-only raises opset 18 to 21), that was four
+    more copies of the table at once. The graph is converted with its big float initializers as empty
+    stubs (no adapter that raises an opset reads a float weight's values; were one to fail on a stub,
+    the conversion is retried whole), then the converted graph takes them back one tensor at a time.
+    Float initializers in files are stubs too: a big model's prepared graph refers to them by absolute
+    paths, which the checker refuses (weight-only's Gather tables then stayed float on every big model)."""
+    light, held = _held_aside(proto)
+    try:
+        converted = _converted(light, target, checked=lambda m: _emptied(m, held))
+    except ValueError:
+        if not held:
+            raise
+        converted = _converted(proto, target)
+        held = {}
+    by_name = {t.name: t for t in proto.graph.initializer}
+    for tensor in converted.graph.initializer:
+        if tensor.name in held:
+            tensor.CopyFrom(by_name[tensor.name])
+    return converted
+
+
+def _converted(proto: onnx.ModelProto, target: int, checked=lambda m: m) -> onnx.ModelProto:
+    """``proto`` at opset ``target``, and ``checked(converted)`` passed through onnx's checker."""
     from onnx import version_converter
 
     try:
         converted = version_converter.convert_version(proto, target)
-        onnx.checker.check_model(converted)
+        onnx.checker.check_model(checked(converted))
     except Exception as exc:
         raise ValueError(f"cannot upgrade opset to {target}: {short(exc, 160)}") from None
     return converted
+
+
+def _held_aside(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, set[str]]:
+    """A copy of ``proto`` whose top-level float initializers in files, and inline ones of ``HELD_FROM`` bytes
+    or more, are stubs (their shape, and a file name that does not exist: the converter reads neither), and
+    their names; their bytes are never read. Only float weights: the adapters read integer initializers
+    (shapes, axes), never a float weight's values."""
+    from mcomp.external_data import copy_fields
+
+    light = onnx.ModelProto()
+    copy_fields(proto, light, skip={"graph"})
+    copy_fields(proto.graph, light.graph, skip={"initializer"})
+    held = set()
+    for tensor in proto.graph.initializer:
+        external = tensor.data_location == onnx.TensorProto.EXTERNAL
+        size = math.prod(tensor.dims) * FLOATS.get(tensor.data_type, 0)  # not ByteSize(): 1 s on 0.5 GiB
+        if tensor.data_type not in FLOATS or not (external or size >= HELD_FROM):
+            light.graph.initializer.add().CopyFrom(tensor)
+            continue
+        stub = light.graph.initializer.add(name=tensor.name, data_type=tensor.data_type, dims=tensor.dims,
+                                           data_location=onnx.TensorProto.EXTERNAL)
+        stub.external_data.add(key="location", value="mcomp-held-aside")
+        held.add(tensor.name)
+    return light, held
+
+
+def _emptied(proto: onnx.ModelProto, held: set[str]) -> onnx.ModelProto:
+    """A copy of a converted stub graph for the checker, which looks for a stub's file: each stub an empty
+    tensor (the checker reads a tensor's fields, not its shape against the graph's)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for tensor in out.graph.initializer:
+        if tensor.name in held:
+            name, data_type = tensor.name, tensor.data_type
+            tensor.Clear()
+            tensor.name, tensor.data_type = name, data_type
+            tensor.dims.append(0)
+    return out
 
 
 def downgrade_opset(proto: onnx.ModelProto, target: int) -> onnx.ModelProto:

@@ -1,4 +1,4 @@
-"""Tiny models built in the tests, in ONNX text."""
+"""Tiny models built in the tests, in ONNX text, and the switch that sends them down big-model paths."""
 
 from __future__ import annotations
 
@@ -64,3 +64,15 @@ def tiny_detector(classes: int = 8, size: int = 32, seed: int = 0) -> ir.Model:
     proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
     proto.ir_version = 8
     return ir.serde.deserialize_model(proto)
+
+
+def treated_as_big(monkeypatch) -> None:
+    """Every weight mapped and spilled, every model timed and measured as a big one: the big-model paths on a
+    model small enough for a test."""
+    from mcomp import evaluate, external_data, sources
+    from mcomp.passes.quantize import mapped_source, prepare
+
+    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
+    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
+    for module in (prepare, evaluate, sources):
+        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)

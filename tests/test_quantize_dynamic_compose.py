@@ -14,13 +14,14 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import big_models  # noqa: E402
-from mcomp import evaluate, external_data, sources  # noqa: E402
+from mcomp import evaluate  # noqa: E402
 from mcomp import model as model_io  # noqa: E402
 from mcomp.kernels import column_int8, table_uint8  # noqa: E402
 from mcomp.pass_base import Context  # noqa: E402
-from mcomp.passes.quantize import Quantize, mapped_source, prepare  # noqa: E402
+from mcomp.passes.quantize import Quantize, mapped_source  # noqa: E402
 from mcomp.passes.quantize.dynamic_compose import Composer, unsupported  # noqa: E402
 from mcomp.passes.quantize.schemes.base import Unit  # noqa: E402
+from helpers import treated_as_big  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 
@@ -181,15 +182,6 @@ def test_tables_are_onnxruntimes_bytes(tmp_path):
         q, scale, zero_point = table_uint8.quantize(table, threads=2)
         assert q.dtype == np.uint8 and np.array_equal(q, theirs["t_quantized"]), name
         assert scale == theirs["t_scale"] and zero_point == theirs["t_zero_point"], name
-
-
-def treated_as_big(monkeypatch) -> None:
-    """Every weight mapped and spilled, every model timed and measured as a big one: the big-model paths on a
-    model small enough for a test."""
-    monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
-    monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
-    for module in (prepare, evaluate, sources):
-        monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
 
 
 def test_a_big_models_float_layer_stays_in_its_file(tmp_path, monkeypatch):

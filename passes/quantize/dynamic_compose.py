@@ -29,9 +29,8 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
-from mcomp.external_data import release_tensor
+from mcomp.external_data import copy_fields, release_tensor
 from mcomp.kernels import column_int8, table_uint8
-from mcomp.passes.quantize.weights_aside import copy_fields
 
 MIN_OPSET = 11  # DynamicQuantizeLinear
 

@@ -26,8 +26,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mcomp.external_data import inlined, release_tensor
-from mcomp.passes.quantize.weights_aside import copy_fields, data_bytes
+from mcomp.external_data import copy_fields, inlined, release_tensor
+from mcomp.passes.quantize.weights_aside import data_bytes
 
 # Weights from this size go to the data file; smaller ones stay inline (cheap either way).
 MIN_BYTES = 1 << 20

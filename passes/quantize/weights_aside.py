@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import onnx
 
+from mcomp.external_data import copy_fields
+
 # Float initializers from this size are left out (shapes and small constants stay in the graph).
 MIN_BYTES = 1 << 20
 FLOATS = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
@@ -59,20 +61,3 @@ def inferred_into(proto: onnx.ModelProto, inferred: onnx.ModelProto) -> onnx.Mod
                 message.ClearField(field.name)
         copy_fields(source, message, skip)
     return proto
-
-
-def copy_fields(source, dest, skip: set[str]) -> None:
-    """Every set field of ``source`` but those in ``skip`` into ``dest`` (a message of the same type);
-    a skipped field is never read (reading ``raw_data`` copies it)."""
-    for field in source.DESCRIPTOR.fields:
-        if field.name in skip:
-            continue
-        if field.is_repeated:
-            values = getattr(source, field.name)
-            if len(values):
-                getattr(dest, field.name).extend(values)
-        elif source.HasField(field.name):
-            if field.type == field.TYPE_MESSAGE:
-                getattr(dest, field.name).CopyFrom(getattr(source, field.name))
-            else:
-                setattr(dest, field.name, getattr(source, field.name))

@@ -23,7 +23,7 @@ import onnx
 
 from mcomp.opset import upgrade_opset
 from mcomp.passes.quantize import mapped_source
-from mcomp.passes.quantize.weights_aside import copy_fields
+from mcomp.external_data import copy_fields
 from mcomp.passes.quantize.schemes.base import Unchanged, register
 from mcomp.passes.quantize.schemes.ort import OrtScheme, find_units
 
