@@ -129,3 +129,32 @@ def test_skip_leaves_a_stage_out():
     result = Optimize(level="none", skip=["fold-constants", "fuse-batchnorm"])(conv_bn_relu(), Context())
     assert "BatchNormalization" in op_histogram(result.model)
     assert "Identity" not in op_histogram(result.model)
+
+
+def test_a_tied_table_is_not_stored_twice(tmp_path, monkeypatch):
+    """onnxruntime's constant folding turns ``Transpose(table)``, the tied head's reading of the embedding table
+    the Gather also reads, into a second table: the stage runs again without it, and the weights do not grow."""
+    import sys
+    from pathlib import Path
+
+    from mcomp import evaluate
+    from mcomp.model import load
+    from mcomp.summary import tensor_counts
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import big_models
+
+    big_models.build_llm(tmp_path / "m.onnx", layers=1, dim=256, vocab=1024)
+    model = load(str(tmp_path / "m.onnx")).model
+    before = tensor_counts(model)[0].parameters
+    folded = evaluate.offline_optimized(model, "basic", ["CPUExecutionProvider"])
+    assert tensor_counts(folded)[0].parameters >= before + 256 * 1024  # the cause: the table folded twice
+    levels = []
+    original = evaluate.offline_optimized
+    monkeypatch.setattr(evaluate, "offline_optimized",
+                        lambda *a, **k: levels.append(k.get("disabled", [])) or original(*a, **k))
+    result = Optimize()(model, Context(providers=["CPUExecutionProvider"], input_shapes={"ids": (2,)}))
+    assert levels == [[], ["ConstantFolding"]]
+    assert tensor_counts(result.model)[0].parameters <= before
+    stage = next(s for s in result.details["stages"] if s["name"] == "onnxruntime")
+    assert not stage["rejected"]

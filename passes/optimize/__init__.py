@@ -92,8 +92,7 @@ class Optimize(Pass):
         if cfg.level != "none" and "onnxruntime" not in cfg.skip:
             ctx.progress(f"optimize: onnxruntime {cfg.level}", 0, 1)
             current, _ = self._try("onnxruntime", f"onnxruntime offline optimizer, level {cfg.level}", current,
-                                   lambda m: portable.after_onnxruntime(
-                                       evaluate.offline_optimized(m, cfg.level, ctx.providers), cfg.level, m),
+                                   lambda m: portable.onnxruntime_stage(m, cfg.level, ctx.providers),
                                    check, records, functional=True)
         notes = []
         if cfg.level in ("extended", "all"):
