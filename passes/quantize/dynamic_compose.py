@@ -59,12 +59,14 @@ def unsupported(proto: onnx.ModelProto, units, per_channel: bool) -> str | None:
             table = inits.get(node.input[0])
             if table is not None and table.data_type == TensorProto.FLOAT16:
                 return f"Gather {node.name!r} reads a float16 table"
-            if table is not None and table.data_type == TensorProto.FLOAT and (
-                    readers[table.name][0] is not node or table.name in outputs
-                    or any(r.op_type == "Gather" for r in readers[table.name][1:])):
-                # onnxruntime dequantizes the table for readers after the Gather (a tied LM head), but one
-                # before it keeps the float table under the name the dequantized one takes
-                return f"Gather {node.name!r} reads a table that is read before it, or by another Gather"
+            if table is not None and table.data_type == TensorProto.FLOAT:
+                others = readers[table.name]
+                at = others.index(node)
+                if (table.name in outputs or any(r.op_type == "Gather" for r in others if r is not node)
+                        or 0 < at < len(others) - 1):
+                    # onnxruntime dequantizes the table for readers after the Gather (a tied LM head) and keeps
+                    # it float for readers before it; with both, the two would take the same name
+                    return f"Gather {node.name!r} reads a table that is read both before and after it, or by another Gather"
             continue  # a table that is not float stays as it is, as onnxruntime leaves it
         if unit.op_type != "MatMul" or node is None:
             return f"a {unit.op_type}"

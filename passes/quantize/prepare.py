@@ -81,12 +81,23 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     work = _fuse_hardswish(work, notes)
     if optimize:
         try:
-            optimized = evaluate.offline_optimized(work, "basic", ["CPUExecutionProvider"],
-                                                   disabled=["MatMulAddFusion"] if keep_matmul else [])
+            disabled = ["MatMulAddFusion"] if keep_matmul else []
+            optimized = evaluate.offline_optimized(work, "basic", ["CPUExecutionProvider"], disabled=disabled)
             before, after = _parameters(work), _parameters(optimized)
-            if after > before * 1.02:  # folding inside subgraphs can copy weights into every branch
-                notes.append(f"onnxruntime's basic graph optimization grew the weights ({before:,} → {after:,} "
-                             "parameters); quantized the graph without it")
+            if after > before * 1.02:
+                # constant folding can copy weights into every branch of a subgraph, or fold a tied LM head's
+                # Transpose(table) into a second table: tried again without it
+                folded = after
+                optimized = evaluate.offline_optimized(work, "basic", ["CPUExecutionProvider"],
+                                                       disabled=[*disabled, "ConstantFolding"])
+                after = _parameters(optimized)
+                if after > before * 1.02:
+                    notes.append(f"onnxruntime's basic graph optimization grew the weights ({before:,} → {after:,} "
+                                 "parameters); quantized the graph without it")
+                else:
+                    notes.append(f"onnxruntime's constant folding grew the weights ({before:,} → {folded:,} "
+                                 "parameters); the graph was optimized without it")
+                    work = optimized
             else:
                 work = optimized
         except (*evaluate.ort_errors(), OSError) as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
