@@ -32,6 +32,7 @@ class Dynamic(OrtScheme):
         lstm = {n.name for n in self.prepared.proto.graph.node if n.op_type == "LSTM"}
         self.prepared.float_only = {k: v for k, v in self.prepared.float_only.items() if k not in lstm}
         self._gemms_as_matmul()
+        _gathers_first(self.prepared.proto)
 
     def _gemms_as_matmul(self) -> None:
         """Every Gemm as MatMul (+ Add), by onnxruntime's own rewrite, which its dynamic quantizer applies first.
@@ -94,3 +95,30 @@ class Dynamic(OrtScheme):
                          per_channel=self.per_channel, reduce_range=self.target.reduce_range,
                          weight_type=QuantType.QInt8, nodes_to_exclude=sorted(exclude), nodes_to_quantize=only,
                          extra_options={"MatMulConstBOnly": True})
+
+
+def _gathers_first(proto: onnx.ModelProto) -> None:
+    """Moves a node that reads an embedding table before its Gather does (onnxruntime's optimizer puts a tied
+    head's ``Transpose(table)`` first) to just after the Gather, where its outputs' readers all come later.
+
+    Both quantizers (onnxruntime's and the composer) give a reader placed after the Gather the uint8 table
+    dequantized, and one placed before it the float table, stored beside the uint8 one: on a 0.75 GiB
+    LLM-shaped model the dynamic int8 model was 470 MB where it is 201 MB with the Transpose after."""
+    nodes = list(proto.graph.node)
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
+        return  # a subgraph may read an outer value where the top-level order does not show it
+    tables = {t.name for t in proto.graph.initializer}
+    moved = False
+    for gather in [n for n in nodes if n.op_type == "Gather" and n.input[0] in tables]:
+        at = nodes.index(gather)
+        for reader in [n for n in nodes[:at] if gather.input[0] in n.input]:
+            outputs = set(reader.output)
+            if any(outputs & set(n.input) for n in nodes[:at + 1] if n is not reader):
+                continue  # read before the Gather: it stays
+            nodes.remove(reader)
+            at = nodes.index(gather)
+            nodes.insert(at + 1, reader)
+            moved = True
+    if moved:
+        del proto.graph.node[:]
+        proto.graph.node.extend(nodes)
