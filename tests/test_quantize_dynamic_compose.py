@@ -342,3 +342,21 @@ def test_real_transformers_are_composed_as_onnxruntime_quantizes_them(monkeypatc
     assert nodes_of(a) == nodes_of(b)
     x, y = tensors_of(a), tensors_of(b)
     assert sorted(x) == sorted(y) and all(np.array_equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weight-only"])
+@pytest.mark.parametrize("exclude", [["head"], ["Gemm"]])
+def test_exclude_names_a_gemm_as_the_input_has_it(mode, exclude):
+    """A Gemm rewritten as MatMul (``head_MatMul`` in dynamic mode, ``head`` in weight-only) is still excluded
+    by its name or op type in the input."""
+    model = with_a_gemm()
+    model.graph.node[-1].CopyFrom(helper.make_node("Gemm", ["y", "wg"], ["z"], name="head"))  # rewritable: no alpha
+    model.graph.initializer[-1].CopyFrom(numpy_helper.from_array(
+        np.random.default_rng(8).standard_normal((32, 64)).astype(np.float32), "wg"))
+    model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["b", 64]))
+    options = {"latency_guard": False, "min_fidelity": 0.5, "exclude": exclude}
+    result = Quantize(mode=mode, **options)(ir.serde.deserialize_model(model), Context(providers=CPU))
+    assert result.modified
+    rewritten = "head_MatMul" if mode == "dynamic" else "head"
+    assert {"node": rewritten, "reason": "--exclude"} in result.details["float_reasons"]
+    assert any(n.op_type == "MatMul" and n.name == rewritten for n in result.model.graph)  # float

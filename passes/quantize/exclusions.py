@@ -27,12 +27,16 @@ def matcher(entries: list[str]):
     return match
 
 
-def excluded_nodes(entries: list[str], proto: onnx.ModelProto) -> set[str]:
-    """Names of the top-level nodes of ``proto`` that ``entries`` exclude."""
+def excluded_nodes(entries: list[str], proto: onnx.ModelProto,
+                   aliases: dict[str, tuple[str, str]] | None = None) -> set[str]:
+    """Names of the top-level nodes of ``proto`` that ``entries`` exclude; ``aliases`` gives a rewritten
+    node's name and op type in the input (the user names the input's nodes)."""
     if not entries:
         return set()
     match = matcher(entries)
-    return {n.name for n in proto.graph.node if match(n.name, n.op_type)}
+    aliases = aliases or {}
+    return {n.name for n in proto.graph.node
+            if match(n.name, n.op_type) or (n.name in aliases and match(*aliases[n.name]))}
 
 
 def _report_exclusions(path: Path) -> list[str]:

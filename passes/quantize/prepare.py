@@ -51,6 +51,8 @@ class Prepared:
     opset_before: int | None = None
     opset: int | None = None
     float_only: dict[str, str] = field(default_factory=dict)  # node name → reason it stays float
+    # a node a scheme rewrote (a Gemm as MatMul) → its name and op type in the input, which ``--exclude`` matches too
+    aliases: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def quantized_ops(model: ir.Model) -> dict[str, int]:

@@ -54,6 +54,9 @@ class Dynamic(OrtScheme):
 
         ONNXModel(proto).replace_gemm_with_matmul()
         left = sum(n.op_type == "Gemm" for n in proto.graph.node)
+        matmuls = {n.name for n in proto.graph.node if n.op_type == "MatMul"}
+        self.prepared.aliases.update({f"{g.name}_MatMul": (g.name, "Gemm") for g in gemms
+                                      if f"{g.name}_MatMul" in matmuls})
         self.details["gemm_as_matmul"] = len(gemms) - left
         if len(gemms) > left:
             self.notes.append(f"{len(gemms) - left} Gemm rewritten as MatMul + Add, as onnxruntime's dynamic "
@@ -107,7 +110,7 @@ def _gathers_first(proto: onnx.ModelProto) -> None:
     nodes = list(proto.graph.node)
     if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in nodes for a in n.attribute):
         return  # a subgraph may read an outer value where the top-level order does not show it
-    tables = {t.name for t in proto.graph.initializer}
+    tables = {t.name for t in proto.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
     moved = False
     for gather in [n for n in nodes if n.op_type == "Gather" and n.input[0] in tables]:
         at = nodes.index(gather)

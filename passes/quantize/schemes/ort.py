@@ -47,7 +47,7 @@ class OrtScheme(Scheme):
         self.adjust()
         self.units = self.find()
         self.label = self.describe()
-        self.user = excluded_nodes(self.cfg.exclude, self.prepared.proto)
+        self.user = excluded_nodes(self.cfg.exclude, self.prepared.proto, self.prepared.aliases)
         prepared = self.prepared
         self.details.update({
             "mode": self.name, "scheme": self.label, "target": self.target.describe(),

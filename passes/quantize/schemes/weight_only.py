@@ -71,7 +71,10 @@ class WeightOnly(OrtScheme):
         self.setting = self.settings()[0]
         self._raw: dict[int, onnx.ModelProto] = {}  # the current block size → every layer quantized
         prepared = self.prepared
+        gemms = {n.name for n in prepared.proto.graph.node if n.op_type == "Gemm"}
         self.rewritten = rewrite(prepared.proto)
+        prepared.aliases.update({n.name: (n.name, "Gemm") for n in prepared.proto.graph.node
+                                 if n.op_type == "MatMul" and n.name in gemms})  # the MatMul keeps the Gemm's name
         counts = self.details["matmul_form"] = self.rewritten.counts()
         if counts["gemm"]:
             self.notes.append(f"{counts['gemm']} Gemm rewritten as MatMul + Add (MatMulNBits takes MatMul)")
