@@ -247,7 +247,10 @@ def test_a_big_llms_table_stays_in_its_file_and_is_composed(tmp_path, monkeypatc
     treated_as_big(monkeypatch)
     prepared = []
     original = Composer.__init__
-    monkeypatch.setattr(Composer, "__init__", lambda self, proto, rr: prepared.append(proto) or original(self, proto, rr))
+    monkeypatch.setattr(Composer, "__init__", lambda self, proto, *args: prepared.append(proto) or original(self, proto, *args))
+    built = []
+    compose = Composer.compose
+    monkeypatch.setattr(Composer, "compose", lambda self, q: built.append(compose(self, q)) or built[-1])
     pipeline = Pipeline(steps=[single_step("quantize", {"mode": "dynamic", "latency_guard": False})],
                         measure=Measure(runs=3, warmup=1, latency=False))
     out = tmp_path / "out.onnx"
@@ -258,6 +261,9 @@ def test_a_big_llms_table_stays_in_its_file_and_is_composed(tmp_path, monkeypatc
     table = next(t for t in prepared[0].graph.initializer if t.name == "table")
     assert table.data_location == TensorProto.EXTERNAL and mapped_source.reference_folders(prepared[0]) == {
         str(folder.resolve())}
+    # the all-int8 candidate refers to its quantized weights in the pass's file rather than holding them
+    locations = {e.value for t in built[0].graph.initializer for e in t.external_data if e.key == "location"}
+    assert [Path(p).name for p in locations] == ["quantized.weights"]
     written = onnx.load_model(str(out), load_external_data=False)
     ops = [n.op_type for n in written.graph.node]
     assert ops.count("MatMulInteger") == 2

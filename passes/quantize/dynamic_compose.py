@@ -23,6 +23,7 @@ rewrite, subgraphs, per-tensor weights, a table two Gathers read) is left to onn
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,6 +32,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mcomp.external_data import copy_fields, release_tensor
 from mcomp.kernels import column_int8, table_uint8
+from mcomp.passes.quantize import mapped_source
 
 MIN_OPSET = 11  # DynamicQuantizeLinear
 
@@ -87,12 +89,20 @@ class Replacement:
 
 
 class Composer:
-    """Candidates of one prepared graph; each weight is quantized the first time a candidate needs it."""
+    """Candidates of one prepared graph; each weight is quantized the first time a candidate needs it.
 
-    def __init__(self, prepared: onnx.ModelProto, reduce_range: bool):
-        self.prepared, self.reduce_range = prepared, reduce_range
+    ``spill``: a file (in the pass's folder) the quantized weights and tables are written to, for a big
+    model. A candidate then refers to them there rather than holding them: on a 0.75 GiB LLM-shaped model
+    the all-int8 candidate (192 MiB) was held as the replacements, the candidate's copy of them and its
+    bytes while onnxruntime made its session, 2.3× the model at peak. A candidate that also reads float
+    layers from the input's folder gets its replacements inline (onnxruntime reads one folder)."""
+
+    def __init__(self, prepared: onnx.ModelProto, reduce_range: bool, spill: Path | None = None):
+        self.prepared, self.reduce_range, self.spill = prepared, reduce_range, spill
         self.inits = {t.name: t for t in prepared.graph.initializer}
         self.replacements: dict[str, Replacement] = {}
+        if spill is not None:
+            spill.write_bytes(b"")
 
     def compose(self, quantized: set[str]) -> onnx.ModelProto:
         """The prepared graph with the MatMuls and Gathers named in ``quantized`` replaced by onnxruntime's
@@ -166,6 +176,11 @@ class Composer:
         for table in sorted(set(gathered.values())):
             r = self.replacements[table]
             out.graph.initializer.extend([r.scale, r.zero_point, r.quantized])
+        if self.spill is not None and len(mapped_source.reference_folders(out)) > 1:
+            spilled = {r.quantized.name for r in self.replacements.values()}
+            for tensor in out.graph.initializer:
+                if tensor.name in spilled:
+                    mapped_source.inline(tensor)
         return out
 
     def _is_table(self, name: str) -> bool:
@@ -177,7 +192,7 @@ class Composer:
             tensor = ir.serde.deserialize_tensor(self.inits[table])
             q, scale, zero_point = table_uint8.quantize(tensor.numpy())
             release_tensor(tensor)
-            self.replacements[table] = Replacement(numpy_helper.from_array(q, f"{table}_quantized"),
+            self.replacements[table] = Replacement(self._stored(q, f"{table}_quantized"),
                                                    helper.make_tensor(f"{table}_scale", TensorProto.FLOAT, [], [float(scale)]),
                                                    helper.make_tensor(f"{table}_zero_point", TensorProto.UINT8, [],
                                                                       [int(zero_point)]))
@@ -190,7 +205,20 @@ class Composer:
             q, scale = column_int8.quantize(tensor.numpy(), self.reduce_range)
             release_tensor(tensor)
             zeros = np.zeros(scale.shape, np.int8)
-            self.replacements[weight] = Replacement(numpy_helper.from_array(q, f"{weight}_quantized"),
+            self.replacements[weight] = Replacement(self._stored(q, f"{weight}_quantized"),
                                                     numpy_helper.from_array(scale, f"{weight}_scale"),
                                                     numpy_helper.from_array(zeros, f"{weight}_zero_point"))
         return self.replacements[weight]
+
+    def _stored(self, array: np.ndarray, name: str) -> TensorProto:
+        """``array`` as an initializer: inline, or appended to ``spill`` and referred to there."""
+        if self.spill is None:
+            return numpy_helper.from_array(array, name)
+        with open(self.spill, "ab") as fh:
+            offset = fh.tell()
+            fh.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                             data_location=TensorProto.EXTERNAL)
+        for key, value in (("location", str(self.spill.resolve())), ("offset", offset), ("length", array.nbytes)):
+            tensor.external_data.add(key=key, value=str(value))
+        return tensor

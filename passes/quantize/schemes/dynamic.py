@@ -70,7 +70,9 @@ class Dynamic(OrtScheme):
         why = unsupported(proto, [u for u in self.units if u.name not in self.user], self.per_channel)
         if why is None and len(mapped_source.reference_folders(proto)) > 1:
             why = "weights in two folders"  # a candidate is read from one (``mapped_source.as_source``)
-        self.composer = None if why else Composer(proto, self.target.reduce_range)
+        big = bool(mapped_source.reference_folders(proto))  # its weights stay in files: so do the int8 ones
+        self.composer = None if why else Composer(proto, self.target.reduce_range,
+                                                  self.workdir / "quantized.weights" if big else None)
         self.composes = self.composer is not None
         if why:
             self.fits_one_protobuf(sum(data_bytes(t) for t in proto.graph.initializer))
