@@ -162,17 +162,17 @@ class OrtScheme(Scheme):
         return layer_errors(self.prepared.proto, candidate, live, feeds, self.ctx.providers, self.ctx.progress)
 
     def result(self, proto: onnx.ModelProto, excluded: set[str]) -> ir.Model:
-        """The chosen candidate; a float weight it still reads from the pass's own file (a big model's weight
-        the input's file does not hold: from a checkpoint, or changed by onnxruntime's optimizer) is read
-        back inline, since that file goes with the pass's folder. Weights in the input's file stay there."""
-        from mcomp.passes.quantize import mapped_source
-
-        own = str(self.workdir.resolve())
-        for tensor in proto.graph.initializer:
-            location = next((e.value for e in tensor.external_data if e.key == "location"), None)
-            if location is not None and str(Path(location).resolve()).startswith(own + "/"):
-                mapped_source.inline(tensor)
-        return ir.serde.deserialize_model(proto)
+        """The chosen candidate. A weight it reads from the pass's own files (a big model's int8 weights, or a
+        float weight the input's file does not hold: from a checkpoint, or changed by onnxruntime's
+        optimizer) is mapped now, so that its pages outlive the pass's folder (it pointed into a deleted
+        folder: FileNotFoundError after the pass); weights in the input's file stay referred to there."""
+        model = ir.serde.deserialize_model(proto)
+        own = self.workdir.resolve()
+        for value in model.graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor) and own in Path(tensor.path).resolve().parents:
+                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+        return model
 
     def outcome(self, model, result, excluded, score, evaluator, verdict) -> str:
         summary, details = record.outcome(model, result, self, excluded, score, evaluator, verdict)
