@@ -113,6 +113,44 @@ def offline_optimized(model: ir.Model | bytes | str | Path, level: str, provider
         return optimized
 
 
+# Parameters onnxruntime's optimizer may add (folded shapes and small constants): 2 % and 64 k elements (a tiny
+# model's folded shape constants are a large share of it).
+GROWTH, GROWTH_ELEMENTS = 1.02, 1 << 16
+
+
+class WeightsGrew(Exception):
+    """onnxruntime's optimizer grew the weights even without its constant folding: ``before`` → ``after``."""
+
+    def __init__(self, before: int, after: int):
+        super().__init__(f"onnxruntime's optimizer grew the weights ({before:,} → {after:,} parameters)")
+        self.before, self.after = before, after
+
+
+def offline_optimized_no_bigger(model: ir.Model, level: str, providers: list[str], *,
+                                disabled: Iterable[str] = ()) -> tuple[ir.Model, str | None]:
+    """``offline_optimized``, without growing the weights; with a note where its constant folding was left out.
+
+    onnxruntime's constant folding materializes a Transpose (or Cast …) of a weight other nodes also read:
+    an LLM's tied head, ``MatMul(h, Transpose(table))``, came out with the table stored twice (a 0.75 GiB
+    model written at 1.07 GB), and folding inside subgraphs copies weights into every branch. Where the
+    parameters grow by more than ``GROWTH`` and ``GROWTH_ELEMENTS``, the optimizer runs again without
+    ``ConstantFolding``; ``WeightsGrew`` if they still grow."""
+    from mcomp.summary import tensor_counts
+
+    before = tensor_counts(model)[0].parameters
+    limit = before * GROWTH + GROWTH_ELEMENTS
+    optimized = offline_optimized(model, level, providers, disabled=disabled)
+    folded = tensor_counts(optimized)[0].parameters
+    if folded <= limit:
+        return optimized, None
+    optimized = offline_optimized(model, level, providers, disabled=[*disabled, "ConstantFolding"])
+    after = tensor_counts(optimized)[0].parameters
+    if after > limit:
+        raise WeightsGrew(before, after)
+    return optimized, (f"onnxruntime's constant folding grew the weights ({before:,} → {folded:,} parameters); "
+                       "optimized without it")
+
+
 def _share_unchanged(optimized: ir.Model, model: ir.Model) -> None:
     """Gives ``optimized`` the input's own tensor objects where onnxruntime wrote the same bytes under
     the same name (most weights of a big model pass through unchanged): the result then holds one copy

@@ -63,7 +63,7 @@ def test_weight_only_quantizes_a_big_llms_table(tmp_path, monkeypatch):
     from mcomp.passes.quantize import Quantize
 
     treated_as_big(monkeypatch)
-    big_models.build_llm(tmp_path / "m.onnx", layers=2, dim=128, vocab=256)
+    big_models.build_llm(tmp_path / "m.onnx", layers=2, dim=128, vocab=1024)  # the table past 64 k elements
     result = Quantize(mode="weight-only", latency_guard=False, min_fidelity=0.5)(
         load(str(tmp_path / "m.onnx")).model, Context(providers=["CPUExecutionProvider"], input_shapes={"ids": (1,)}))
     assert result.modified and result.details["quantized_ops"].get("Gather") == 1, result.details["float_reasons"]

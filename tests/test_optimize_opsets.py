@@ -58,7 +58,7 @@ def test_level_all_keeps_only_the_domains_its_fused_nodes_use():
 
 
 def test_level_basic_rejects_a_result_with_non_standard_ops(monkeypatch):
-    monkeypatch.setattr(evaluate, "offline_optimized", lambda m, level, providers: _with_contrib_node(m))
+    monkeypatch.setattr(evaluate, "offline_optimized", lambda m, level, providers, **_: _with_contrib_node(m))
     result = Optimize(level="basic")(copy(conv_bn_relu()), Context())
     stage = _stage(result)
     assert stage["applied"] == 0 and stage["rejected"] == 1

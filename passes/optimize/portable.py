@@ -49,29 +49,13 @@ def after_onnxruntime(model: ir.Model, level: str, before: ir.Model) -> ir.Model
     return model
 
 
-# Parameters onnxruntime's optimizer may add (folded shapes and small constants) before it is retried: 2 % and
-# 64 k elements (a tiny model's folded shape constants are a large share of it).
-GROWTH, GROWTH_ELEMENTS = 1.02, 1 << 16
-
-
 def onnxruntime_stage(model: ir.Model, level: str, providers: list[str]) -> ir.Model:
-    """onnxruntime's offline optimizer at ``level`` (``after_onnxruntime``), without growing the weights.
-
-    Its constant folding materializes a Transpose (or Cast …) of a weight that other nodes also read:
-    an LLM's tied head, ``MatMul(h, Transpose(table))``, came out with the table stored twice (a
-    0.75 GiB model written at 1.07 GB). Where the parameters grow by more than ``GROWTH`` (and
-    ``GROWTH_ELEMENTS``), the optimizer runs again without its constant folding; if they still grow,
-    the stage is rejected."""
+    """onnxruntime's offline optimizer at ``level`` (``after_onnxruntime``), without growing the weights
+    (``evaluate.offline_optimized_no_bigger``: a tied table folded twice); rejected where they grow anyway."""
     from mcomp import evaluate
-    from mcomp.summary import tensor_counts
 
-    before = tensor_counts(model)[0].parameters
-    limit = before * GROWTH + GROWTH_ELEMENTS
-    optimized = evaluate.offline_optimized(model, level, providers)
-    if tensor_counts(optimized)[0].parameters > limit:
-        optimized = evaluate.offline_optimized(model, level, providers, disabled=["ConstantFolding"])
-        after = tensor_counts(optimized)[0].parameters
-        if after > limit:
-            raise StageRejected(f"onnxruntime's optimizer grew the weights ({before:,} → {after:,} parameters), "
-                                "even without its constant folding")
+    try:
+        optimized, _ = evaluate.offline_optimized_no_bigger(model, level, providers)
+    except evaluate.WeightsGrew as exc:
+        raise StageRejected(f"{exc}, even without its constant folding") from None
     return after_onnxruntime(optimized, level, model)

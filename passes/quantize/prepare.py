@@ -83,25 +83,11 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     work = _fuse_hardswish(work, notes)
     if optimize:
         try:
-            disabled = ["MatMulAddFusion"] if keep_matmul else []
-            optimized = evaluate.offline_optimized(work, "basic", ["CPUExecutionProvider"], disabled=disabled)
-            before, after = _parameters(work), _parameters(optimized)
-            if after > before * 1.02:
-                # constant folding can copy weights into every branch of a subgraph, or fold a tied LM head's
-                # Transpose(table) into a second table: tried again without it
-                folded = after
-                optimized = evaluate.offline_optimized(work, "basic", ["CPUExecutionProvider"],
-                                                       disabled=[*disabled, "ConstantFolding"])
-                after = _parameters(optimized)
-                if after > before * 1.02:
-                    notes.append(f"onnxruntime's basic graph optimization grew the weights ({before:,} → {after:,} "
-                                 "parameters); quantized the graph without it")
-                else:
-                    notes.append(f"onnxruntime's constant folding grew the weights ({before:,} → {folded:,} "
-                                 "parameters); the graph was optimized without it")
-                    work = optimized
-            else:
-                work = optimized
+            work, note = evaluate.offline_optimized_no_bigger(work, "basic", ["CPUExecutionProvider"],
+                                                              disabled=["MatMulAddFusion"] if keep_matmul else [])
+            notes += [note] if note else []
+        except evaluate.WeightsGrew as exc:
+            notes.append(f"{exc}; quantized the graph without its basic graph optimization")
         except (*evaluate.ort_errors(), OSError) as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
             notes.append(f"onnxruntime's basic graph optimization failed before quantization ({short(exc, 160)}); "
                          "quantized the graph as given")
@@ -180,12 +166,6 @@ def _fuse_hardswish(model: ir.Model, notes: list[str]) -> ir.Model:
     notes.append(f"fused {count} hard-swish pattern(s) (Add, Clip, Div, Mul) into HardSwish"
                  + (f"; opset upgraded {opset} → 14 for it" if opset < 14 else ""))
     return candidate
-
-
-def _parameters(model: ir.Model) -> int:
-    from mcomp.summary import tensor_counts
-
-    return tensor_counts(model)[0].parameters
 
 
 def infer_shapes(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
