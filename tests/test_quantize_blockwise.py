@@ -59,11 +59,11 @@ def test_what_it_does_not_compute_is_left_to_onnxruntime():
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_the_weight_only_pass_writes_the_same_model_with_either_kernel(monkeypatch, bits):
-    """The pass's model, quantized here and by onnxruntime's kernel (ours switched off): the same tensors.
-    The count of calls shows which kernel ran."""
+    """The pass's model, built here (``nbits_full``) and by onnxruntime's quantizer and kernel (ours switched
+    off): the same tensors. The count of calls shows which kernel ran."""
     from onnxruntime.quantization import matmul_nbits_quantizer
 
-    from mcomp.passes.quantize import Quantize
+    from mcomp.passes.quantize import Quantize, nbits_full
     from test_quantize_int4 import _ir, linear_stack, stack_context
     from test_quantize_pass import fixed_timing
 
@@ -81,6 +81,7 @@ def test_the_weight_only_pass_writes_the_same_model_with_either_kernel(monkeypat
     ours = run()
     assert len(calls) == 3
     monkeypatch.setattr(blockwise, "supported", lambda *a: False)
+    monkeypatch.setattr(nbits_full, "unsupported", lambda *a: "onnxruntime's quantizer, to compare")
     spied = matmul_nbits_quantizer.DefaultWeightOnlyQuantizer.qbits_block_quant
     kernel_calls = []
     monkeypatch.setattr(matmul_nbits_quantizer.DefaultWeightOnlyQuantizer, "qbits_block_quant",

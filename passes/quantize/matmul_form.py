@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import helper, numpy_helper
 
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
@@ -58,6 +59,11 @@ def _constant_2d(inits, name: str) -> onnx.TensorProto | None:
     return t if t is not None and len(t.dims) == 2 and t.data_type in FLOATS else None
 
 
+def _array(tensor: onnx.TensorProto) -> np.ndarray:
+    """``tensor``'s values, inline or in a big model's file (an absolute location, which onnx's reader refuses)."""
+    return ir.serde.deserialize_tensor(tensor).numpy()
+
+
 def _add_init(graph, inits, name: str, array: np.ndarray) -> str:
     while name in inits:
         name += "_"
@@ -81,11 +87,11 @@ def _gemms(graph, inits) -> int:
             continue
         weight = b.name
         if _attr(node, "transB", 0) or alpha != 1.0:
-            array = numpy_helper.to_array(b)
+            array = _array(b)
             array = (array.T if _attr(node, "transB", 0) else array) * np.asarray(alpha, array.dtype)
             weight = _add_init(graph, inits, f"{b.name}_{node.name}_matmul", np.ascontiguousarray(array))
         if bias is not None and beta != 1.0:
-            c = numpy_helper.to_array(inits[bias])
+            c = _array(inits[bias])
             bias = _add_init(graph, inits, f"{bias}_{node.name}_beta", c * np.asarray(beta, c.dtype))
         product = node.output[0] if bias is None else f"{node.output[0]}_matmul"
         rebuilt.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=node.name))
@@ -113,11 +119,13 @@ def _transposed_tables(graph, inits, readers) -> dict[str, tuple[onnx.NodeProto 
             continue
         flipped = f"{table.name}_T"
         if flipped not in inits:
-            _add_init(graph, inits, flipped, np.ascontiguousarray(numpy_helper.to_array(table).T))
+            _add_init(graph, inits, flipped, np.ascontiguousarray(_array(table).T))
         readers[node.input[1]] -= 1
         if readers[node.input[1]] == 0:
             dropped.add(transpose.output[0])
-        done[node.name] = (transpose, node.input[1])
+        kept = onnx.NodeProto()  # a copy: a node of ``proto`` would keep its whole arena (every weight) alive
+        kept.CopyFrom(transpose)
+        done[node.name] = (kept, node.input[1])
         node.input[1] = flipped
     done = {name: (t if t.output[0] in dropped else None, b) for name, (t, b) in done.items()}
     if dropped:

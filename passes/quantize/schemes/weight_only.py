@@ -41,6 +41,7 @@ class WeightOnly(OrtScheme):
     default_bits: ClassVar[int | None] = 4
     keep_matmul: ClassVar[bool] = True
     spills: ClassVar[bool] = True
+    spills_any: ClassVar[bool] = True  # tables too: read where they are (``nbits_full``), inline for onnxruntime's
     objective: ClassVar[str] = "size"
     slowdown_bounded: ClassVar[bool] = True
     guard_groups: ClassVar[bool] = False
@@ -118,7 +119,7 @@ class WeightOnly(OrtScheme):
             # one block size at a time: the settings are tried block by block and the search goes on
             # in the last one, so an earlier block's quantizer output (0.4 GB at 2.5 GiB) is not held
             self._raw.clear()
-            self._raw[block] = super().build()
+            self._raw[block] = self._full()
         skip = set(exclude) | set(self.prepared.float_only)
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
@@ -131,6 +132,21 @@ class WeightOnly(OrtScheme):
                 del node.attribute[:]
                 node.attribute.extend([*kept, onnx.helper.make_attribute("accuracy_level", level)])
         return proto
+
+    def _full(self) -> onnx.ModelProto:
+        """Every layer quantized at the current block size: built here (``nbits_full``: the graph and bytes
+        of onnxruntime's quantizer, from weights read where they are, on every core), or by onnxruntime's
+        quantizer where ``nbits_full`` does not compute the case; ``builder`` in the report says which."""
+        from mcomp.passes.quantize import nbits_full
+
+        bits, block = self.cfg.bits or self.default_bits, self.setting[0]
+        names = [u.name for u in self.units if u.name not in self.prepared.float_only]
+        why = nbits_full.unsupported(self.prepared.proto, names, bits, block)
+        self.details["builder"] = ("mcomp: composed MatMulNBits/GatherBlockQuantized graph" if why is None
+                                   else f"onnxruntime's MatMulNBitsQuantizer ({why})")
+        if why is not None:
+            return super().build()
+        return nbits_full.build(self.prepared.proto, names, self.op_types, bits, block, self.ctx.threads)
 
     def discard(self) -> None:
         self._raw.clear()
@@ -169,7 +185,12 @@ class WeightOnly(OrtScheme):
         include = [u.name for u in self.units if u.name not in exclude and (only is None or u.name in only)]
         config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=SYMMETRIC, accuracy_level=0,
                                               bits=bits, op_types_to_quantize=self.op_types)
-        quantizer = MatMulNBitsQuantizer(mapped_source.load(self.source), bits=bits, block_size=block,
+        source = mapped_source.load(self.source)
+        inits = {t.name: t for t in source.graph.initializer}
+        for node in source.graph.node:  # its Gather reads a table with onnx's reader, which refuses a big
+            if node.op_type == "Gather" and node.input[0] in inits:  # model's absolute locations
+                mapped_source.inline(inits[node.input[0]])
+        quantizer = MatMulNBitsQuantizer(source, bits=bits, block_size=block,
                                          is_symmetric=SYMMETRIC, accuracy_level=0,
                                          nodes_to_exclude=sorted(exclude), nodes_to_include=include or ["-"],
                                          op_types_to_quantize=self.op_types, algo_config=config)
