@@ -214,11 +214,4 @@ class Composer:
         """``array`` as an initializer: inline, or appended to ``spill`` and referred to there."""
         if self.spill is None:
             return numpy_helper.from_array(array, name)
-        with open(self.spill, "ab") as fh:
-            offset = fh.tell()
-            fh.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-        tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
-                             data_location=TensorProto.EXTERNAL)
-        for key, value in (("location", str(self.spill.resolve())), ("offset", offset), ("length", array.nbytes)):
-            tensor.external_data.add(key=key, value=str(value))
-        return tensor
+        return mapped_source.append(array, name, self.spill)

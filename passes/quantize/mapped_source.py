@@ -85,6 +85,21 @@ def serialize(model: ir.Model, data: Path, any_reader: bool = False) -> onnx.Mod
             model.graph.initializers[name].const_value = tensor
 
 
+def append(array: np.ndarray, name: str, path: Path, data_type: int | None = None,
+           dims: list[int] | None = None) -> onnx.TensorProto:
+    """An initializer ``name`` whose bytes, ``array``'s, are appended to ``path`` and referred to there (an
+    absolute location); ``data_type`` and ``dims`` where they are not ``array``'s (packed int4)."""
+    with open(path, "ab") as fh:
+        offset = fh.tell()
+        fh.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+    tensor = onnx.TensorProto(name=name, dims=array.shape if dims is None else dims,
+                              data_location=onnx.TensorProto.EXTERNAL,
+                              data_type=data_type or onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+    for key, value in zip(_EXTERNAL_KEYS, (path.resolve(), offset, array.nbytes)):
+        tensor.external_data.add(key=key, value=str(value))
+    return tensor
+
+
 def _reference(tensor, path: Path, offset: int) -> ir.ExternalTensor:
     return ir.ExternalTensor(str(path), offset, tensor.nbytes, tensor.dtype, shape=tensor.shape, name=tensor.name,
                              doc_string=tensor.doc_string)

@@ -18,6 +18,8 @@ does this) is left to onnxruntime's quantizer, for the whole model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -25,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mcomp.external_data import copy_fields, release_tensor
 from mcomp.kernels import blockwise, table_int4
+from mcomp.passes.quantize import mapped_source
 
 INT4_OPSET = 21  # int4 tensors (GatherBlockQuantized's table); onnxruntime's quantizer sets it, with IR 10
 INT4_IR = 10
@@ -54,9 +57,13 @@ def unsupported(proto: onnx.ModelProto, names: list[str], bits: int, block: int)
 
 
 def build(proto: onnx.ModelProto, names: list[str], op_types: tuple[str, ...], bits: int, block: int,
-          threads: int | None = None) -> onnx.ModelProto:
+          threads: int | None = None, spill: Path | None = None) -> onnx.ModelProto:
     """``proto`` with every node of ``names`` quantized, as onnxruntime's quantizer writes it with the
-    accuracy level unset (``0``): its header, the replacing nodes and their initializers only."""
+    accuracy level unset (``0``): its header, the replacing nodes and their initializers only.
+    ``spill``: a file (in the pass's folder) the new initializers are written to and referred to in, for a
+    big model: held inline between candidates, the 0.75 GiB LLM-shaped model's (200 MiB) were in memory
+    beside the input's session while the guard timed it."""
+    store = Store(spill)
     inits = {t.name: t for t in proto.graph.initializer}
     nodes: list[onnx.NodeProto] = []
     tensors: dict[str, list[TensorProto]] = {}  # a weight or table → what replaces it, made once
@@ -66,7 +73,7 @@ def build(proto: onnx.ModelProto, names: list[str], op_types: tuple[str, ...], b
         if node.op_type == "MatMul":
             weight = inits[node.input[1]]
             if weight.name not in tensors:
-                tensors[weight.name] = _matmul_weight(weight, bits, block, threads)
+                tensors[weight.name] = _matmul_weight(weight, bits, block, threads, store)
             k, n = weight.dims
             nodes.append(helper.make_node("MatMulNBits", [node.input[0], f"{weight.name}_Q{bits}",
                                                           f"{weight.name}_scales"], [node.output[0]],
@@ -75,7 +82,7 @@ def build(proto: onnx.ModelProto, names: list[str], op_types: tuple[str, ...], b
         elif node.op_type == "Gather" and bits == 4 and "Gather" in op_types:
             table = inits[node.input[0]]
             if table.name not in tensors:
-                tensors[table.name] = _table(table, block, threads)
+                tensors[table.name] = _table(table, block, threads, store)
             axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
             nodes.append(helper.make_node("GatherBlockQuantized", [f"{table.name}_Q4", node.input[1],
                                                                    f"{table.name}_scales"], [node.output[0]],
@@ -104,7 +111,23 @@ def _set_opset(proto: onnx.ModelProto, domain: str, version: int) -> None:
     proto.opset_import.append(helper.make_opsetid(domain, version))
 
 
-def _matmul_weight(weight: TensorProto, bits: int, block: int, threads) -> list[TensorProto]:
+class Store:
+    """New initializers: inline, or appended to ``spill`` (emptied first) and referred to there."""
+
+    def __init__(self, spill: Path | None = None):
+        self.spill = spill
+        if spill is not None:
+            spill.write_bytes(b"")
+
+    def __call__(self, array: np.ndarray, name: str, data_type: int | None = None, dims=None) -> TensorProto:
+        if self.spill is not None:
+            return mapped_source.append(array, name, self.spill, data_type, dims)
+        if data_type is None:
+            return numpy_helper.from_array(array, name)
+        return helper.make_tensor(name, data_type, dims, array.tobytes(), raw=True)
+
+
+def _matmul_weight(weight: TensorProto, bits: int, block: int, threads, store=Store()) -> list[TensorProto]:
     tensor = ir.serde.deserialize_tensor(weight)  # viewed inline, or mapped from a big model's file
     array = tensor.numpy()
     tail = array.shape[0] % block
@@ -119,8 +142,7 @@ def _matmul_weight(weight: TensorProto, bits: int, block: int, threads) -> list[
     except blockwise.NonFinite:
         packed, scales = _onnxruntimes_kernel(array, bits, block)  # its range scan skips a NaN
     release_tensor(tensor)
-    return [numpy_helper.from_array(packed, f"{weight.name}_Q{bits}"),
-            numpy_helper.from_array(scales, f"{weight.name}_scales")]
+    return [store(packed, f"{weight.name}_Q{bits}"), store(scales, f"{weight.name}_scales")]
 
 
 def _onnxruntimes_kernel(array: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,9 +153,8 @@ def _onnxruntimes_kernel(array: np.ndarray, bits: int, block: int) -> tuple[np.n
     return packed, scales
 
 
-def _table(table: TensorProto, block: int, threads) -> list[TensorProto]:
+def _table(table: TensorProto, block: int, threads, store) -> list[TensorProto]:
     tensor = ir.serde.deserialize_tensor(table)
     packed, scales = table_int4.quantize(tensor.numpy(), block, threads)
     release_tensor(tensor)
-    quantized = helper.make_tensor(f"{table.name}_Q4", TensorProto.INT4, list(table.dims), packed.tobytes(), raw=True)
-    return [quantized, numpy_helper.from_array(scales, f"{table.name}_scales")]
+    return [store(packed, f"{table.name}_Q4", TensorProto.INT4, list(table.dims)), store(scales, f"{table.name}_scales")]

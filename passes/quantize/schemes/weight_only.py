@@ -124,6 +124,10 @@ class WeightOnly(OrtScheme):
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
                         self.rewritten.transposed)
+        if len(mapped_source.reference_folders(proto)) > 1:  # onnxruntime reads one folder: the int4 ones inline
+            for tensor in proto.graph.initializer:
+                if any(e.key == "location" and Path(e.value).parent == self.workdir.resolve() for e in tensor.external_data):
+                    mapped_source.inline(tensor)
         if not _keeps_references(proto, self.workdir):
             mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
         for node in proto.graph.node:
@@ -146,7 +150,12 @@ class WeightOnly(OrtScheme):
                                    else f"onnxruntime's MatMulNBitsQuantizer ({why})")
         if why is not None:
             return super().build()
-        return nbits_full.build(self.prepared.proto, names, self.op_types, bits, block, self.ctx.threads)
+        # a big model's (its weights in files) int4 weights go to a file of the pass's, one per block size
+        big = bool(mapped_source.reference_folders(self.prepared.proto))
+        for old in self.workdir.glob("quantized-*.weights"):
+            old.unlink()  # an earlier block's, which no candidate reads any more
+        spill = self.workdir / f"quantized-{block}.weights" if big else None
+        return nbits_full.build(self.prepared.proto, names, self.op_types, bits, block, self.ctx.threads, spill)
 
     def discard(self) -> None:
         self._raw.clear()
