@@ -23,7 +23,7 @@ from mcomp.data import Dataset
 from mcomp.graph import all_graphs
 from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
-from mcomp.external_data import external_tensors, release_pages, release_tensor
+from mcomp.external_data import external_tensors, mapped_in_memory, release_pages, release_tensor
 from mcomp.session import input_specs
 from mcomp.sources import BIG_WEIGHTS, needs_prepacking, reads_data, runnable, weight_bytes
 
@@ -107,7 +107,7 @@ def offline_optimized(model: ir.Model | bytes | str | Path, level: str, provider
         optimized = ir.load(out)
         for value in external_tensors(optimized):  # mapped now, so the pages outlive the temp folder
             tensor = value.const_value
-            value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+            value.const_value = mapped_in_memory(tensor)
         if isinstance(model, ir.Model) and big:
             _share_unchanged(optimized, model)
         return optimized

@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from mcomp.external_data import external_tensors, release_pages
+from mcomp.external_data import external_tensors, mapped_in_memory, release_pages
 from mcomp.graph import all_graphs
 from mcomp.model import to_bytes
 
@@ -182,8 +182,7 @@ def _spill(model: ir.Model, path: Path) -> None:
         # in memory: an array, or a deserialized protobuf's bytes (a quantizer's output)
         in_memory = tensor is not None and not isinstance(tensor, ir.ExternalTensor)
         if in_memory and tensor.nbytes >= (1 << 20) and mapped is not None:
-            value.const_value = ir.Tensor(mapped.numpy(), dtype=tensor.dtype, name=tensor.name,
-                                          doc_string=tensor.doc_string)
+            value.const_value = mapped_in_memory(mapped, doc_string=True)
 
 
 __all__ = ["BIG_WEIGHTS", "ModelBytes", "in_their_folder", "kept_source", "reads_data", "runnable",

@@ -159,3 +159,23 @@ def test_a_big_llms_table_and_head_are_built_from_their_file(tmp_path, monkeypat
     assert head.op_type == "MatMulNBits" and head.inputs[1].name.startswith("table")
     assert ours.model.graph.initializers  # mapped into the result before the pass's folder went
     assert TensorProto.INT4 in {v.const_value.dtype.value for v in ours.model.graph.initializers.values()}
+
+
+def test_a_mapped_int4_tensor_stays_packed_in_memory(tmp_path):
+    """What the pipeline maps out of a temp file before it goes (``mapped_in_memory``): an int4 tensor stays
+    packed (onnx_ir's ``numpy()`` unpacks it into a copy of one byte a value), its values and bytes kept."""
+    import os
+
+    from mcomp.external_data import mapped_in_memory
+
+    values = np.random.default_rng(2).integers(-8, 8, (64, 33)).astype(np.int8)
+    packed = ir._type_casting.pack_4bitx2(values).tobytes()
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"head" + packed)
+    tensor = ir.ExternalTensor(str(path), 4, len(packed), ir.DataType.INT4, shape=ir.Shape([64, 33]), name="t")
+    kept = mapped_in_memory(tensor)
+    os.remove(path)
+    assert isinstance(kept, ir.PackedTensor) and kept.tobytes() == packed
+    assert np.array_equal(kept.numpy().astype(np.int8), values)
+    proto = ir.serde.serialize_tensor(kept)
+    assert proto.data_type == TensorProto.INT4 and list(proto.dims) == [64, 33] and proto.raw_data == packed

@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from mcomp import graph
+from mcomp.external_data import mapped_in_memory
 from mcomp.errors import BadInput, short
 from mcomp.passes.quantize import prepare as prep
 from mcomp.passes.quantize import fallback, record
@@ -171,7 +172,7 @@ class OrtScheme(Scheme):
         for value in model.graph.initializers.values():
             tensor = value.const_value
             if isinstance(tensor, ir.ExternalTensor) and own in Path(tensor.path).resolve().parents:
-                value.const_value = ir.Tensor(tensor.numpy(), dtype=tensor.dtype, name=tensor.name)
+                value.const_value = mapped_in_memory(tensor)
         return model
 
     def outcome(self, model, result, excluded, score, evaluator, verdict) -> str:
