@@ -27,7 +27,8 @@ def supported(table: np.ndarray, block: int) -> bool:
 
 
 def quantize(table: np.ndarray, block: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``table`` [rows, columns] → (``packed`` uint8 [rows · columns / 2], ``scales`` float32 [rows, columns / block])."""
+    """``table`` [rows, columns] → (``packed`` uint8 [rows · columns / 2],
+    ``scales`` float32 [rows, columns / block])."""
     if not supported(table, block):
         raise ValueError(f"int4 table blocks here take a 2-D float32 table whose rows are whole blocks of a power "
                          f"of two ≥ 16; got {table.dtype} {table.shape}, block {block}")

@@ -127,7 +127,9 @@ class Store:
         return helper.make_tensor(name, data_type, dims, array.tobytes(), raw=True)
 
 
-def _matmul_weight(weight: TensorProto, bits: int, block: int, threads, store=Store()) -> list[TensorProto]:
+def _matmul_weight(weight: TensorProto, bits: int, block: int, threads,
+                   store: Store | None = None) -> list[TensorProto]:
+    store = store or Store()
     tensor = ir.serde.deserialize_tensor(weight)  # viewed inline, or mapped from a big model's file
     array = tensor.numpy()
     tail = array.shape[0] % block
@@ -157,4 +159,5 @@ def _table(table: TensorProto, block: int, threads, store) -> list[TensorProto]:
     tensor = ir.serde.deserialize_tensor(table)
     packed, scales = table_int4.quantize(tensor.numpy(), block, threads)
     release_tensor(tensor)
-    return [store(packed, f"{table.name}_Q4", TensorProto.INT4, list(table.dims)), store(scales, f"{table.name}_scales")]
+    return [store(packed, f"{table.name}_Q4", TensorProto.INT4, list(table.dims)),
+            store(scales, f"{table.name}_scales")]
