@@ -43,18 +43,51 @@ def tensor_counts(model: ir.Model, nonzero: bool = False) -> tuple[TensorCounts,
     totals = TensorCounts()
     by_dtype: dict[str, int] = collections.Counter()
     other_constants = 0
+    packed = _packed_weights(model)
     for tensor, is_initializer in weight_tensors(model):
         size = int(np.prod(tensor.shape.numpy())) if tensor.shape is not None else 0
         if not is_initializer and not tensor.dtype.is_floating_point():
             other_constants += size
             continue
-        totals.parameters += size
+        layout = packed.get(id(tensor))
+        totals.parameters += size if layout is None else layout[0] * layout[1]
         totals.bytes += tensor.nbytes
         by_dtype[tensor.dtype.name.lower()] += tensor.nbytes
         if nonzero:
-            totals.nonzero += _nonzero(tensor)
+            totals.nonzero += _nonzero(tensor) if layout is None else _nonzero_packed(tensor, *layout)
             release_tensor(tensor)
     return totals, dict(by_dtype), other_constants
+
+
+def _packed_weights(model: ir.Model) -> dict[int, tuple[int, int, int, bool]]:
+    """MatMulNBits' weights (``B``, bytes of packed values [N, K blocks, block bytes]) → (K, N, bits, with zero
+    points): counted as the K×N values they hold, not as their bytes (an int4 model read half the input's
+    parameters, and its non-zero bytes as non-zero values)."""
+    found = {}
+    for node in model.graph:
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft" and len(node.inputs) > 1:
+            weight = node.inputs[1]
+            attrs = {name: node.attributes[name].value for name in ("K", "N", "bits") if name in node.attributes}
+            if weight is not None and weight.const_value is not None and {"K", "N"} <= set(attrs):
+                zero_points = len(node.inputs) > 3 and node.inputs[3] is not None
+                found[id(weight.const_value)] = (attrs["K"], attrs["N"], attrs.get("bits", 4), zero_points)
+    return found
+
+
+def _nonzero_packed(tensor, k: int, n: int, bits: int, zero_points: bool) -> int:
+    """Values of a MatMulNBits weight that are not its zero point (``2^(bits-1)`` where it has no zero-point
+    input; with one, per block, every value is counted), the rows past K (a last block's padding) left out."""
+    if zero_points or bits not in (4, 8):
+        return k * n
+    data = tensor.numpy().reshape(n, -1)
+    zero = 1 << (bits - 1)
+    count = 0
+    for start in range(0, n, 256):  # a slice of columns at a time: the unpacked values are 2× the bytes
+        rows = data[start:start + 256]
+        if bits == 4:
+            rows = np.stack([rows & 0xF, rows >> 4], axis=-1).reshape(len(rows), -1)
+        count += int(np.count_nonzero(rows[:, :k] != zero))
+    return count
 
 
 def _nonzero(tensor) -> int:

@@ -179,3 +179,31 @@ def test_a_mapped_int4_tensor_stays_packed_in_memory(tmp_path):
     assert np.array_equal(kept.numpy().astype(np.int8), values)
     proto = ir.serde.serialize_tensor(kept)
     assert proto.data_type == TensorProto.INT4 and list(proto.dims) == [64, 33] and proto.raw_data == packed
+
+
+@pytest.mark.parametrize("bits, rows", [(4, 64), (8, 64), (4, 72)])
+def test_an_int4_weight_counts_its_values_not_its_bytes(bits, rows):
+    """The report's parameters and non-zeros of a MatMulNBits weight are its K×N values and those not
+    at the zero point (the padding of a last block left out): read against the weight onnxruntime
+    computes with (the layer's output for an identity input, at accuracy level 1: float)."""
+    from onnx import helper as h
+
+    from mcomp.summary import tensor_counts
+
+    rng = np.random.default_rng(bits + rows)
+    weight = (rng.standard_normal((rows, 40)) * rng.choice([1e-3, 1.0], (rows, 40))).astype(np.float32)
+    model = h.make_model(h.make_graph([h.make_node("MatMul", ["x", "w"], ["y"], name="m")], "g",
+                                      [h.make_tensor_value_info("x", TensorProto.FLOAT, ["b", rows])],
+                                      [h.make_tensor_value_info("y", TensorProto.FLOAT, ["b", 40])],
+                                      [numpy_helper.from_array(weight, "w")]), opset_imports=[h.make_opsetid("", 17)])
+    result = Quantize(mode="weight-only", bits=bits, block_size=32, accuracy_level=1, latency_guard=False,
+                      min_fidelity=0.0)(ir.serde.deserialize_model(model), Context(providers=CPU)).model
+    from mcomp import evaluate
+
+    used = evaluate.session(ir.serde.serialize_model(result).SerializeToString(), CPU).run(
+        None, {"x": np.eye(rows, dtype=np.float32)})[0]
+    scales = next(v.const_value.numpy() for v in result.graph.initializers.values() if v.name.endswith("_scales"))
+    counts = tensor_counts(result, nonzero=True)[0]
+    assert counts.parameters == rows * 40 + scales.size
+    assert counts.nonzero == np.count_nonzero(used) + np.count_nonzero(scales)
+    assert np.count_nonzero(used) < rows * 40  # small weights do round to the zero point
