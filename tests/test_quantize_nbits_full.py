@@ -113,6 +113,7 @@ def test_what_is_not_computed_here_goes_to_onnxruntime():
     assert nbits_full.unsupported(model, names, 4, 32) is None
     assert nbits_full.unsupported(model, ["m0", "m1"], 4, 128) is None  # 64 and 32 rows: padded, as onnxruntime does
     assert "columns are not whole blocks of 128" in nbits_full.unsupported(model, ["embed"], 4, 128)
+    assert "power of two" in nbits_full.unsupported(model, ["embed"], 4, 48)  # onnxruntime asserts it
     assert nbits_full.unsupported(model, ["embed"], 8, 128) is None
     half = next(t for t in model.graph.initializer if t.name == "w1")
     half.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(half).astype(np.float16), "w1"))

@@ -2,8 +2,8 @@
 
 Why: its quantizer loads the prepared model, quantizes each MatMul weight with a one-core kernel and
 each Gather table in numpy whole-table temporaries, then the model is saved and loaded again, once
-per block size the search tries. On a 0.75 GiB LLM-shaped model (an 8192² embedding table and its
-tied head) each run took ~12 s and the pass peaked at 2.3× the model. Here each weight is read where
+per block size the search tries. On a 1 GiB LLM-shaped model (an 8192² embedding table, its tied
+head and 3 layers) each run took ~12 s and the pass peaked at 2.3× the model. Here each weight is read where
 it is (a big model's from its mapped file) and quantized in slices on every core
 (``kernels.blockwise`` for MatMulNBits, ``kernels.table_int4`` for GatherBlockQuantized).
 
@@ -36,6 +36,7 @@ INT4_IR = 10
 def unsupported(proto: onnx.ModelProto, names: list[str], bits: int, block: int) -> str | None:
     """Why the model of ``names`` quantized goes to onnxruntime's quantizer; None when it is built here."""
     inits = {t.name: t for t in proto.graph.initializer}
+    names = set(names)
     for node in proto.graph.node:
         if node.name not in names:
             continue
@@ -49,7 +50,9 @@ def unsupported(proto: onnx.ModelProto, names: list[str], bits: int, block: int)
                 continue  # onnxruntime leaves it float: int4 tables only
             if table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2:
                 return f"Gather {node.name!r} reads no 2-D float32 table"
-            if table.dims[1] % block or block < 16 or block & (block - 1):
+            if block < 16 or block & (block - 1):
+                return f"Gather {node.name!r}: a table's block is a power of two from 16, not {block}"
+            if table.dims[1] % block:
                 return f"Gather {node.name!r}: its {table.dims[1]} columns are not whole blocks of {block}"
         else:
             return f"a {node.op_type}"
@@ -61,10 +64,11 @@ def build(proto: onnx.ModelProto, names: list[str], op_types: tuple[str, ...], b
     """``proto`` with every node of ``names`` quantized, as onnxruntime's quantizer writes it with the
     accuracy level unset (``0``): its header, the replacing nodes and their initializers only.
     ``spill``: a file (in the pass's folder) the new initializers are written to and referred to in, for a
-    big model: held inline between candidates, the 0.75 GiB LLM-shaped model's (200 MiB) were in memory
+    big model: held inline between candidates, the 1 GiB LLM-shaped model's (200 MB) were in memory
     beside the input's session while the guard timed it."""
     store = Store(spill)
     inits = {t.name: t for t in proto.graph.initializer}
+    names = set(names)
     nodes: list[onnx.NodeProto] = []
     tensors: dict[str, list[TensorProto]] = {}  # a weight or table → what replaces it, made once
     for node in proto.graph.node:
