@@ -68,7 +68,8 @@ def unsupported(proto: onnx.ModelProto, units, per_channel: bool) -> str | None:
                         or 0 < at < len(others) - 1):
                     # onnxruntime dequantizes the table for readers after the Gather (a tied LM head) and keeps
                     # it float for readers before it; with both, the two would take the same name
-                    return f"Gather {node.name!r} reads a table that is read both before and after it, or by another Gather"
+                    return (f"Gather {node.name!r} reads a table that is read both before and after it, "
+                            "or by another Gather")
             continue  # a table that is not float stays as it is, as onnxruntime leaves it
         if unit.op_type != "MatMul" or node is None:
             return f"a {unit.op_type}"
@@ -101,8 +102,7 @@ class Composer:
         self.prepared, self.reduce_range, self.spill = prepared, reduce_range, spill
         self.inits = {t.name: t for t in prepared.graph.initializer}
         self.replacements: dict[str, Replacement] = {}
-        if spill is not None:
-            spill.write_bytes(b"")
+        self._stored = mapped_source.Store(spill)
 
     def compose(self, quantized: set[str]) -> onnx.ModelProto:
         """The prepared graph with the MatMuls and Gathers named in ``quantized`` replaced by onnxruntime's
@@ -142,7 +142,8 @@ class Composer:
                 continue
             a, w = node.input[0], node.input[1]
             if a in gathered:  # the Gather's uint8 output with its table's scale, as onnxruntime reuses it
-                a_quantized, a_scale, a_zero_point = f"{a}_quantized", f"{gathered[a]}_scale", f"{gathered[a]}_zero_point"
+                table = gathered[a]
+                a_quantized, a_scale, a_zero_point = f"{a}_quantized", f"{table}_scale", f"{table}_zero_point"
             else:
                 a_quantized, a_scale, a_zero_point = f"{a}_quantized", f"{a}_scale", f"{a}_zero_point"
                 if a not in activations:
@@ -176,11 +177,8 @@ class Composer:
         for table in sorted(set(gathered.values())):
             r = self.replacements[table]
             out.graph.initializer.extend([r.scale, r.zero_point, r.quantized])
-        if self.spill is not None and len(mapped_source.reference_folders(out)) > 1:
-            spilled = {r.quantized.name for r in self.replacements.values()}
-            for tensor in out.graph.initializer:
-                if tensor.name in spilled:
-                    mapped_source.inline(tensor)
+        if self.spill is not None:
+            mapped_source.inline_from(out, self.spill.parent)
         return out
 
     def _is_table(self, name: str) -> bool:
@@ -192,10 +190,9 @@ class Composer:
             tensor = ir.serde.deserialize_tensor(self.inits[table])
             q, scale, zero_point = table_uint8.quantize(tensor.numpy())
             release_tensor(tensor)
-            self.replacements[table] = Replacement(self._stored(q, f"{table}_quantized"),
-                                                   helper.make_tensor(f"{table}_scale", TensorProto.FLOAT, [], [float(scale)]),
-                                                   helper.make_tensor(f"{table}_zero_point", TensorProto.UINT8, [],
-                                                                      [int(zero_point)]))
+            scale_tensor = helper.make_tensor(f"{table}_scale", TensorProto.FLOAT, [], [float(scale)])
+            zero_tensor = helper.make_tensor(f"{table}_zero_point", TensorProto.UINT8, [], [int(zero_point)])
+            self.replacements[table] = Replacement(self._stored(q, f"{table}_quantized"), scale_tensor, zero_tensor)
         return self.replacements[table]
 
     def _replacement(self, weight: str) -> Replacement:
@@ -209,9 +206,3 @@ class Composer:
                                                     numpy_helper.from_array(scale, f"{weight}_scale"),
                                                     numpy_helper.from_array(zeros, f"{weight}_zero_point"))
         return self.replacements[weight]
-
-    def _stored(self, array: np.ndarray, name: str) -> TensorProto:
-        """``array`` as an initializer: inline, or appended to ``spill`` and referred to there."""
-        if self.spill is None:
-            return numpy_helper.from_array(array, name)
-        return mapped_source.append(array, name, self.spill)

@@ -85,19 +85,45 @@ def serialize(model: ir.Model, data: Path, any_reader: bool = False) -> onnx.Mod
             model.graph.initializers[name].const_value = tensor
 
 
-def append(array: np.ndarray, name: str, path: Path, data_type: int | None = None,
-           dims: list[int] | None = None) -> onnx.TensorProto:
-    """An initializer ``name`` whose bytes, ``array``'s, are appended to ``path`` and referred to there (an
-    absolute location); ``data_type`` and ``dims`` where they are not ``array``'s (packed int4)."""
-    with open(path, "ab") as fh:
-        offset = fh.tell()
-        fh.write(memoryview(np.ascontiguousarray(array)).cast("B"))
-    tensor = onnx.TensorProto(name=name, dims=array.shape if dims is None else dims,
-                              data_location=onnx.TensorProto.EXTERNAL,
-                              data_type=data_type or onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
-    for key, value in zip(_EXTERNAL_KEYS, (path.resolve(), offset, array.nbytes)):
-        tensor.external_data.add(key=key, value=str(value))
-    return tensor
+class Store:
+    """New initializers a composer makes (int8, int4 weights): inline, or for a big model appended to ``spill``
+    (a file in the pass's folder, emptied first) and referred to there by an absolute location, so that
+    candidates refer to them rather than each holding them (``inline_from`` reads them back where a
+    candidate's other weights are in another folder)."""
+
+    def __init__(self, spill: Path | None = None):
+        self.spill = spill
+        if spill is not None:
+            spill.write_bytes(b"")
+
+    def __call__(self, array: np.ndarray, name: str, data_type: int | None = None,
+                 dims: list[int] | None = None) -> onnx.TensorProto:
+        """``array``'s bytes as initializer ``name``; ``data_type`` and ``dims`` where they are not ``array``'s
+        (packed int4)."""
+        if self.spill is None:
+            if data_type is None:
+                return onnx.numpy_helper.from_array(array, name)
+            return onnx.helper.make_tensor(name, data_type, dims, array.tobytes(), raw=True)
+        with open(self.spill, "ab") as fh:
+            offset = fh.tell()
+            fh.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+        tensor = onnx.TensorProto(name=name, dims=array.shape if dims is None else dims,
+                                  data_location=onnx.TensorProto.EXTERNAL,
+                                  data_type=data_type or onnx.helper.np_dtype_to_tensor_dtype(array.dtype))
+        for key, value in zip(_EXTERNAL_KEYS, (self.spill.resolve(), offset, array.nbytes)):
+            tensor.external_data.add(key=key, value=str(value))
+        return tensor
+
+
+def inline_from(proto: onnx.ModelProto, folder: Path) -> None:
+    """Where ``proto`` refers to weights in more than one folder (onnxruntime reads one), those in ``folder``
+    (the pass's own) read back inline; the others (a big input's float layers) stay where they are."""
+    if len(reference_folders(proto)) < 2:
+        return
+    own = Path(folder).resolve()
+    for tensor in proto.graph.initializer:
+        if any(e.key == "location" and Path(e.value).parent == own for e in tensor.external_data):
+            inline(tensor)
 
 
 def _reference(tensor, path: Path, offset: int) -> ir.ExternalTensor:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
 from mcomp.external_data import copy_fields, release_tensor
 from mcomp.kernels import blockwise, table_int4
@@ -66,7 +66,7 @@ def build(proto: onnx.ModelProto, names: list[str], op_types: tuple[str, ...], b
     ``spill``: a file (in the pass's folder) the new initializers are written to and referred to in, for a
     big model: held inline between candidates, the 1 GiB LLM-shaped model's (200 MB) were in memory
     beside the input's session while the guard timed it."""
-    store = Store(spill)
+    store = mapped_source.Store(spill)
     inits = {t.name: t for t in proto.graph.initializer}
     names = set(names)
     nodes: list[onnx.NodeProto] = []
@@ -115,25 +115,9 @@ def _set_opset(proto: onnx.ModelProto, domain: str, version: int) -> None:
     proto.opset_import.append(helper.make_opsetid(domain, version))
 
 
-class Store:
-    """New initializers: inline, or appended to ``spill`` (emptied first) and referred to there."""
-
-    def __init__(self, spill: Path | None = None):
-        self.spill = spill
-        if spill is not None:
-            spill.write_bytes(b"")
-
-    def __call__(self, array: np.ndarray, name: str, data_type: int | None = None, dims=None) -> TensorProto:
-        if self.spill is not None:
-            return mapped_source.append(array, name, self.spill, data_type, dims)
-        if data_type is None:
-            return numpy_helper.from_array(array, name)
-        return helper.make_tensor(name, data_type, dims, array.tobytes(), raw=True)
-
-
 def _matmul_weight(weight: TensorProto, bits: int, block: int, threads,
-                   store: Store | None = None) -> list[TensorProto]:
-    store = store or Store()
+                   store: mapped_source.Store | None = None) -> list[TensorProto]:
+    store = store or mapped_source.Store()
     tensor = ir.serde.deserialize_tensor(weight)  # viewed inline, or mapped from a big model's file
     array = tensor.numpy()
     tail = array.shape[0] % block

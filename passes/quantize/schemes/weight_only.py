@@ -124,11 +124,7 @@ class WeightOnly(OrtScheme):
         quantized = {u.name for u in self.units if u.name not in skip and (only is None or u.name in only)}
         proto = compose(self.prepared.proto, self._raw[block], quantized, self.cfg.bits or self.default_bits,
                         self.rewritten.transposed)
-        if len(mapped_source.reference_folders(proto)) > 1:  # onnxruntime reads one folder: the int4 ones inline
-            own = self.workdir.resolve()
-            for tensor in proto.graph.initializer:
-                if any(e.key == "location" and Path(e.value).parent == own for e in tensor.external_data):
-                    mapped_source.inline(tensor)
+        mapped_source.inline_from(proto, self.workdir)  # the int4 weights, where float layers are in the input's folder
         if not _keeps_references(proto, self.workdir):
             mapped_source.inline_rest(proto)  # the weights of layers left float, read from ``source``'s file
         for node in proto.graph.node:
