@@ -22,6 +22,8 @@ import onnx
 import onnx_ir as ir
 from onnx import helper, numpy_helper
 
+from mcomp.external_data import release_tensor
+
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
 
 
@@ -119,7 +121,9 @@ def _transposed_tables(graph, inits, readers) -> dict[str, tuple[onnx.NodeProto 
             continue
         flipped = f"{table.name}_T"
         if flipped not in inits:
-            _add_init(graph, inits, flipped, np.ascontiguousarray(_array(table).T))
+            source = ir.serde.deserialize_tensor(table)
+            _add_init(graph, inits, flipped, np.ascontiguousarray(source.numpy().T))
+            release_tensor(source)  # a big table's mapped pages, read once here
         readers[node.input[1]] -= 1
         if readers[node.input[1]] == 0:
             dropped.add(transpose.output[0])
