@@ -94,7 +94,7 @@ def test_a_state_batched_on_an_inner_axis_is_split_with_the_inputs():
     assert [f["input"].shape[0] for f in ds.feeds] == [16, 16, 8]
     assert [f["state"].shape for f in ds.feeds] == [(2, 16, 128), (2, 16, 128), (2, 8, 128)]
     np.testing.assert_array_equal(ds.feeds[1]["state"], state[:, 16:32])
-    assert ds.inner_batch == {"state": 1} and ds.head(1).inner_batch == {"state": 1}  # distillation refuses it
+    assert ds.inner_batch == {"state": 1} and ds.head(1).inner_batch == {"state": 1}  # distillation moves it first
 
 
 def test_image_folder_with_classes(tmp_path, model):

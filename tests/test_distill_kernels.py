@@ -267,21 +267,13 @@ def test_range_test_reads_each_batch_against_its_own_first_loss():
     assert torch.equal(model.weight.detach(), before)  # a throw-away copy was trained, not the model
 
 
-def test_an_input_with_its_examples_on_an_inner_axis_is_refused_with_the_reason():
-    """silero-vad op15's state [2, batch, 128] split with the windows: fed as a constant, the first
-    feed's states went with every batch and the LSTM refused them; now one line says why."""
+def test_states_the_same_in_every_feed_are_constants_not_examples():
+    """silero-vad v6 takes one state [2, 1, 128] for every feed: a constant. (A state that differs per
+    feed, along an inner axis, is per-example input: tests/test_distill_inner_axis.py.)"""
     from mcomp.data import Dataset
-    from mcomp.errors import BadInput
     from mcomp.passes.distill.samples import from_dataset
 
     sr = np.array(16000, np.int64)
-    feeds = [{"input": np.zeros((n, 576), np.float32), "state": np.zeros((2, n, 128), np.float32), "sr": sr}
-             for n in (16, 16, 8)]
-    with pytest.raises(BadInput, match=r"input 'state' holds its examples on axis 1 .*axis 0 only"):
-        from_dataset(Dataset(feeds, None, False, "t"), "training")
-    zeros = [dict(f, state=np.zeros((2, 16, 128), np.float32)) for f in feeds[:2]]  # the same in each feed
-    with pytest.raises(BadInput, match=r"input 'state' holds its examples on axis 1"):  # as the loader said
-        from_dataset(Dataset(zeros, None, False, "t", inner_batch={"state": 1}), "training")
     shared = np.zeros((2, 1, 128), np.float32)  # one state for every feed (silero-vad v6): a constant
     samples = from_dataset(Dataset([{"input": np.zeros((4, 576), np.float32), "state": shared, "sr": sr}
                                     for _ in range(2)], None, False, "t"), "training")

@@ -18,7 +18,7 @@ from mcomp import graph
 from mcomp import model as model_io
 from mcomp.errors import BadInput, short
 from mcomp.pass_base import Context
-from mcomp.passes.distill import hints as hints_io, qdq, qdq_check, samples as samples_io, teacher as teacher_io
+from mcomp.passes.distill import hints as hints_io, layout, qdq, qdq_check, samples as samples_io, teacher as teacher_io
 from mcomp.passes.distill.objective import check_labels, output_kinds, output_scales
 from mcomp.passes.distill import pace as pacing
 from mcomp.passes.distill.pace import duration, epochs_text
@@ -36,6 +36,7 @@ class Yardstick:
     teacher: list[np.ndarray]  # the teacher's outputs on them
     names: list[str]  # the student's output names
     text: str  # which examples, for the report
+    output_axes: dict[str, int] = field(default_factory=dict)  # outputs whose examples lie on an inner axis
     before: dict | None = None
     after: dict | None = None
 
@@ -89,9 +90,15 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     s_extra = hints_io.extra_outputs([h.student for h in chosen], names)
     t_extra = hints_io.extra_outputs([h.teacher for h in chosen], t_names)
     trained = teacher_io.with_outputs(student, s_extra, "student")
-    runner = teacher_io.Teacher(teacher_io.with_outputs(teacher, t_extra, "teacher"), mapping, t_names + t_extra,
-                                ctx.providers, ctx.threads, dev)
+    t_model = teacher_io.with_outputs(teacher, t_extra, "teacher")
     examples = samples_io.from_dataset(data, "training")
+    student_axes: layout.Axes = {}
+    if examples.axes:  # an input holds its examples on an inner axis: training runs graphs that take them first
+        trained, student_axes = layout.for_training(trained, examples, {k: k for k in mapping}, ctx.providers,
+                                                    ctx.threads, "student")
+        t_model, _ = layout.for_training(t_model, examples, mapping, ctx.providers, ctx.threads, "teacher")
+        notes.append(layout.describe(examples.axes, student_axes))
+    runner = teacher_io.Teacher(t_model, mapping, t_names + t_extra, ctx.providers, ctx.threads, dev)
     train, val, validation = _validation(cfg, ctx, data, examples, seed)
     fixed = _fixed_batch(model, trained, train, cfg.batch_size, notes)
     batch = fixed or min(cfg.batch_size, len(train))
@@ -102,7 +109,8 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     n_out = len(teacher.graph.outputs)
     student_out = _probe_student(trained, train.batch(probe))
     if shadows:  # before training: onnxruntime must compute the QDQ student as the torch copy does
-        note = qdq_check.check(model, train.batch(probe), ctx.providers, ctx.threads, cfg.qdq_check)
+        note = qdq_check.check(layout.examples_first(model, train.axes, {}), train.batch(probe), ctx.providers,
+                               ctx.threads, cfg.qdq_check)
         notes += [note] if note else []
     teacher_out = runner(train.batch(probe))
     _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, t_names)
@@ -118,6 +126,7 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     val_targets = runner.targets(val, max(batch, 64)) if val is not None else None
     yardstick = _yardstick(ctx, data, validation, train, train_targets[:n_out], val,
                            val_targets[:n_out] if val is not None else None, runner, max(batch, 64), names)
+    yardstick.output_axes = {k: v for k, v in student_axes.items() if k in names}
     runner.close()
     hints = hints_io.build(chosen, student, names + s_extra, student_out, t_names + t_extra, teacher_out,
                            train_targets, notes)
@@ -162,6 +171,7 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     index, cosine, SQNR), where a detector's class rows show what the whole cosine hides."""
     from mcomp import evaluate
 
+    model = layout.examples_first(model, yardstick.samples.axes, yardstick.output_axes)
     runner = teacher_io.Teacher(model, teacher_io.input_map(model, model), yardstick.names, ctx.providers,
                                 ctx.threads, "cpu")
     try:

@@ -3,6 +3,9 @@
 A ``Dataset`` is a list of feeds (batches); training wants examples it can shuffle and
 re-batch. ``Samples`` holds one array per input with the examples along axis 0 (inputs
 the same in every feed, such as an RNN state, are kept apart as constants) and the labels.
+An input whose examples lie on an inner axis (an RNN state [layers, batch, hidden] given
+per example) is held with that axis moved first; ``axes`` says where the model wants it,
+and the graphs training runs take it examples-first (``layout``).
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ class Samples:
     inputs: dict[str, np.ndarray]  # examples along axis 0
     labels: np.ndarray | None = None
     constants: dict[str, np.ndarray] = field(default_factory=dict)  # fed unchanged with every batch
+    axes: dict[str, int] = field(default_factory=dict)  # inputs whose examples the model takes on an inner axis
 
     def __len__(self) -> int:
         return next(iter(self.inputs.values())).shape[0]
 
     def take(self, index: np.ndarray) -> "Samples":
         return Samples({k: v[index] for k, v in self.inputs.items()},
-                       None if self.labels is None else self.labels[index], self.constants)
+                       None if self.labels is None else self.labels[index], self.constants, self.axes)
 
     def batch(self, index: np.ndarray) -> dict[str, np.ndarray]:
         return {**{k: v[index] for k, v in self.inputs.items()}, **self.constants}
@@ -35,6 +39,7 @@ class Samples:
         """For saving (the workers of ``--nproc`` read them back with :func:`from_arrays`)."""
         out = {f"input:{k}": v for k, v in self.inputs.items()}
         out.update({f"const:{k}": v for k, v in self.constants.items()})
+        out.update({f"axis:{k}": np.array(v) for k, v in self.axes.items()})
         if self.labels is not None:
             out["labels"] = self.labels
         return out
@@ -43,31 +48,36 @@ class Samples:
 def from_arrays(arrays) -> Samples:
     inputs = {k[6:]: np.asarray(arrays[k]) for k in arrays if k.startswith("input:")}
     constants = {k[6:]: np.asarray(arrays[k]) for k in arrays if k.startswith("const:")}
-    return Samples(inputs, np.asarray(arrays["labels"]) if "labels" in arrays else None, constants)
+    axes = {k[5:]: int(arrays[k]) for k in arrays if k.startswith("axis:")}
+    return Samples(inputs, np.asarray(arrays["labels"]) if "labels" in arrays else None, constants, axes)
 
 
 def from_dataset(dataset: Dataset, role: str) -> Samples:
-    """Joins the feeds of ``dataset`` along axis 0; labels must give one entry per example."""
+    """Joins the feeds of ``dataset`` along their examples' axis (0, or an inner one: see ``axes``);
+    labels must give one entry per example."""
     feeds = dataset.feeds
-    if dataset.inner_batch:  # inputs the loader split along an inner axis (``data._split``)
-        name, axis = next(iter(dataset.inner_batch.items()))
-        raise _inner_refused(role, name, axis, feeds[0][name].shape)
     names = list(feeds[0])
-    first = feeds[0][names[0]]
-    if first.ndim == 0:
-        raise BadInput(f"{role} data: input {names[0]!r} is a scalar; training needs examples along a batch axis")
-    counts = [f[names[0]].shape[0] for f in feeds]
-    inputs, constants = {}, {}
+    lead = next((n for n in names if n not in dataset.inner_batch), names[0])  # counts the examples
+    if feeds[0][lead].ndim == 0:
+        raise BadInput(f"{role} data: input {lead!r} is a scalar; training needs examples along a batch axis")
+    counts = [f[lead].shape[dataset.inner_batch.get(lead, 0)] for f in feeds]
+    inputs, constants, axes = {}, {}, {}
     for name in names:
         arrays = [f[name] for f in feeds]
+        if name in dataset.inner_batch:  # the loader split it along an inner axis (``data._split``)
+            axes[name] = dataset.inner_batch[name]
+            inputs[name] = np.concatenate([np.moveaxis(a, axes[name], 0) for a in arrays], axis=0)
+            continue
         same = all(a is arrays[0] for a in arrays) and len(arrays) > 1
         if same or arrays[0].ndim == 0 or any(a.shape[0] != c for a, c in zip(arrays, counts)):
             # a constant copied into each feed is the same values each time; per-example values differ
             shared = same or all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays[1:])
             inner = None if shared else _inner_example_axis(arrays, counts)
             if inner is not None:
-                raise _inner_refused(role, name, inner, arrays[0].shape)
-            constants[name] = arrays[0]
+                axes[name] = inner
+                inputs[name] = np.concatenate([np.moveaxis(a, inner, 0) for a in arrays], axis=0)
+            else:
+                constants[name] = arrays[0]
         else:
             inputs[name] = np.concatenate(arrays, axis=0)
     labels = None
@@ -75,19 +85,13 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
         labels = np.concatenate([np.atleast_1d(np.asarray(l)) for l in dataset.labels], axis=0)
         if labels.shape[0] != sum(counts):
             raise BadInput(f"{role} data ({dataset.source}): {labels.shape[0]} labels for {sum(counts)} examples")
-    return Samples(inputs, labels, constants)
-
-
-def _inner_refused(role: str, name: str, axis: int, shape) -> BadInput:
-    return BadInput(f"{role} data: input {name!r} holds its examples on axis {axis} (a feed's shape {list(shape)}), "
-                    "and distillation batches examples on axis 0 only (an RNN state [layers, batch, hidden] is "
-                    "such an input)")
+    return Samples(inputs, labels, constants, axes)
 
 
 def _inner_example_axis(arrays: list[np.ndarray], counts: list[int]) -> int | None:
     """The axis past 0 that is as long as each feed's examples (more than one), if any: fed as a
-    constant, the first feed's values went with batches of another size, and the model refused
-    them with an error that did not say why (silero-vad's LSTM: "initial_h must have shape …")."""
+    constant, the first feed's values would go with batches of another size, and the model would
+    refuse them with an error that does not say why (silero-vad's LSTM: "initial_h must have shape …")."""
     for axis in range(1, arrays[0].ndim):
         if all(a.ndim > axis and a.shape[axis] == c > 1 for a, c in zip(arrays, counts)):
             return axis

@@ -1,0 +1,120 @@
+"""Models whose examples lie on an inner axis, trained as if they lay on axis 0.
+
+An RNN's state is ``[layers, batch, hidden]`` (silero-vad's ``state`` and ``stateN`` are
+``[2, batch, 128]``). Training batches, shuffles, splits and compares examples along axis 0:
+the teacher's targets, the student's outputs, the losses per example, the validation. Rather
+than teach each of those an axis per tensor, the graphs that training runs get a Transpose on
+each such input and output, so that they take and give examples first. The Transposes carry no
+weights, so the trained parameters are written back into the student graph as it was, and the
+written model keeps its own layout.
+
+Which output axis follows the examples is read off the model by running it at two batch sizes:
+a symbolic dim (``batch``) may be missing or named differently on each output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx_ir as ir
+
+from mcomp import graph
+from mcomp.errors import BadInput, short
+
+Axes = dict[str, int]  # tensor name -> the axis its examples lie on (only those past 0)
+
+
+def examples_first(model: ir.Model, inputs: Axes, outputs: Axes) -> ir.Model:
+    """A copy of ``model`` taking the inputs of ``inputs`` and giving the outputs of ``outputs``
+    with their examples on axis 0; names and everything else unchanged."""
+    if not inputs and not outputs:
+        return model
+    model = graph.copy(model)
+    g = model.graph
+    for i, old in enumerate(list(g.inputs)):
+        axis = inputs.get(old.name)
+        if not axis:
+            continue
+        rank = len(old.shape) if old.shape is not None else None
+        if rank is None:
+            raise BadInput(f"distill: input {old.name!r} holds its examples on axis {axis}, but its rank is unknown")
+        back = [*range(1, axis + 1), 0, *range(axis + 1, rank)]  # examples-first → the model's layout
+        new = ir.Value(name=old.name, shape=_permuted(old.shape, _inverse(back)), type=old.type)
+        old.name = f"{old.name}__model_layout"
+        transpose = ir.node("Transpose", [new], attributes={"perm": back}, name=f"{new.name}__to_model_layout")
+        transpose.outputs[0].name = old.name
+        transpose.outputs[0].shape, transpose.outputs[0].type = old.shape, old.type
+        old.replace_all_uses_with(transpose.outputs[0], replace_graph_outputs=True)
+        g.inputs[i] = new
+        g.insert_before(g.node(0), transpose) if len(g) else g.append(transpose)
+    for i, old in enumerate(list(g.outputs)):
+        axis = outputs.get(old.name)
+        if not axis:
+            continue
+        rank = len(old.shape) if old.shape is not None else axis + 1
+        perm = [axis, *(a for a in range(rank) if a != axis)]
+        name = old.name
+        old.name = f"{name}__model_layout"
+        transpose = ir.node("Transpose", [old], attributes={"perm": perm}, name=f"{name}__examples_first")
+        transpose.outputs[0].name = name
+        transpose.outputs[0].type = old.type
+        transpose.outputs[0].shape = _permuted(old.shape, perm) if old.shape is not None else None
+        g.append(transpose)
+        g.outputs[i] = transpose.outputs[0]
+    return model
+
+
+def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: list[str], threads: int | None,
+                 which: str) -> tuple[ir.Model, Axes]:
+    """``model`` taking the inputs of ``samples.axes`` and giving every output examples-first, and
+    the axis each of its outputs holds them on in the model. ``mapping``: a feed's name (the
+    student's) → the model's input name."""
+    from mcomp import evaluate
+
+    taking = examples_first(model, {mapping[k]: v for k, v in samples.axes.items()}, {})
+    session = evaluate.session(taking, providers, threads, spinning=False)
+    names = [o.name for o in session.get_outputs()]
+
+    def run(n: int) -> list[np.ndarray]:
+        feeds = samples.batch(np.resize(np.arange(len(samples)), n))
+        try:
+            return session.run(None, {mapping[k]: np.ascontiguousarray(v) for k, v in feeds.items()})
+        except evaluate.ort_errors() as exc:
+            raise BadInput(f"distill: the {which} fails on {n} examples of the data ({short(exc, 200)})") from None
+
+    axes = output_axes(run, names)
+    return examples_first(taking, {}, axes), axes
+
+
+def describe(inputs: Axes, outputs: Axes) -> str:
+    """The report's note: which tensors hold their examples on an inner axis."""
+    parts = [f"{k} (axis {v})" for k, v in {**inputs, **outputs}.items()]
+    return f"examples on an inner axis, trained with them moved first: {', '.join(parts)}"
+
+
+def output_axes(run: Callable[[int], list[np.ndarray]], names: list[str]) -> Axes:
+    """The axis past 0 of each output that follows the examples, found by running the model on 2
+    and then 3 examples (``run(n)`` gives the outputs for n examples). An output with no axis that
+    follows them cannot be compared example by example: refused, with its shapes."""
+    two, three = run(2), run(3)
+    axes: Axes = {}
+    for name, a, b in zip(names, two, three):
+        moving = [k for k in range(min(a.ndim, b.ndim)) if a.shape[k] == 2 and b.shape[k] == 3]
+        if not moving or a.ndim != b.ndim:
+            raise BadInput(f"distill: output {name!r} does not follow the examples (shape {list(a.shape)} for 2 "
+                           f"examples, {list(b.shape)} for 3), so it cannot be compared example by example")
+        if moving[0]:
+            axes[name] = moving[0]
+    return axes
+
+
+def _inverse(perm: list[int]) -> list[int]:
+    out = [0] * len(perm)
+    for i, p in enumerate(perm):
+        out[p] = i
+    return out
+
+
+def _permuted(shape: ir.Shape | None, perm: list[int]) -> ir.Shape | None:
+    return None if shape is None else ir.Shape([shape[p] for p in perm])

@@ -1,0 +1,138 @@
+"""Distillation of models whose examples lie on an inner axis (an RNN state [layers, batch, hidden]).
+
+silero-vad op15 takes ``state [2, batch, 128]`` and gives ``stateN [2, batch, 128]``: training
+holds such inputs examples-first and runs graphs with a Transpose on each such input and output
+(``passes/distill/layout.py``); the written model keeps its own layout.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+from clirun import run_mcomp
+from mcomp import model as model_io
+from mcomp.data import Dataset
+from mcomp.errors import BadInput
+from mcomp.passes.distill import layout
+from mcomp.passes.distill.samples import from_arrays, from_dataset
+
+
+def _rnn_like(path, seed: int = 0, noise: float = 0.0):
+    """x [N, 3], state [2, N, 4], a scalar gain → y [N, 4] and stateN [2, N, 4] (the state carried on)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    u = rng.normal(size=(4, 4)).astype(np.float32)
+    if noise:
+        w = w + noise * rng.normal(size=w.shape).astype(np.float32)
+    nodes = [oh.make_node("MatMul", ["x", "w"], ["xw"]),
+             oh.make_node("ReduceSum", ["state", "axis0"], ["s"], keepdims=0),  # [N, 4]
+             oh.make_node("MatMul", ["s", "u"], ["su"]),
+             oh.make_node("Add", ["xw", "su"], ["pre"]),
+             oh.make_node("Mul", ["pre", "gain"], ["scaled"]),
+             oh.make_node("Tanh", ["scaled"], ["y"]),
+             oh.make_node("Unsqueeze", ["y", "axis0"], ["y1"]),
+             oh.make_node("Add", ["state", "y1"], ["stateN"])]
+    f = onnx.TensorProto.FLOAT
+    graph = oh.make_graph(nodes, "rnn", [oh.make_tensor_value_info("x", f, ["batch", 3]),
+                                         oh.make_tensor_value_info("state", f, [2, "batch", 4]),
+                                         oh.make_tensor_value_info("gain", f, [])],
+                          [oh.make_tensor_value_info("y", f, ["batch", 4]),
+                           oh.make_tensor_value_info("stateN", f, [2, "batch", 4])],
+                          [nh.from_array(w, "w"), nh.from_array(u, "u"), nh.from_array(np.array([0], np.int64), "axis0")])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+def _feeds(n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"x": rng.normal(size=(n, 3)).astype(np.float32),
+            "state": rng.normal(size=(2, n, 4)).astype(np.float32), "gain": np.array(0.5, np.float32)}
+
+
+def test_samples_hold_inner_axis_inputs_examples_first_and_keep_where_the_model_wants_them():
+    feeds = [{"input": np.full((n, 5), i, np.float32), "state": np.full((2, n, 3), i, np.float32),
+              "sr": np.array(16000, np.int64)} for i, n in enumerate((4, 4, 2))]
+    for ds in (Dataset(feeds, None, False, "t", inner_batch={"state": 1}),  # as the loader says
+               Dataset(feeds, None, False, "t")):  # found from the feeds: the state differs per feed
+        samples = from_dataset(ds, "training")
+        assert len(samples) == 10 and samples.axes == {"state": 1} and set(samples.constants) == {"sr"}
+        assert samples.inputs["state"].shape == (10, 2, 3)
+        np.testing.assert_array_equal(samples.inputs["state"][:, 0, 0], samples.inputs["input"][:, 0])
+        part = samples.take(np.array([9, 0]))
+        assert part.axes == {"state": 1} and part.batch(np.array([0]))["state"].shape == (1, 2, 3)
+        back = from_arrays(samples.arrays())  # as the workers of --nproc read them
+        assert back.axes == {"state": 1} and back.inputs["state"].shape == (10, 2, 3)
+
+
+def test_examples_first_graph_computes_the_model_with_its_inner_axes_moved(tmp_path):
+    path = _rnn_like(tmp_path / "m.onnx")
+    model = model_io.load(path).model
+    samples = from_dataset(Dataset([_feeds(5)], None, False, "t", inner_batch={"state": 1}), "training")
+    moved, axes = layout.for_training(model, samples, {k: k for k in ("x", "state", "gain")},
+                                      ["CPUExecutionProvider"], 1, "student")
+    assert axes == {"stateN": 1}  # y [N, 4] holds them on axis 0 already
+    got = ort.InferenceSession(model_io.to_bytes(moved)).run(None, samples.batch(np.arange(5)))
+    want = ort.InferenceSession(str(path)).run(None, _feeds(5))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    np.testing.assert_allclose(got[1], np.moveaxis(want[1], 1, 0), rtol=1e-6)
+    assert [v.name for v in moved.graph.inputs] == ["x", "state", "gain"]
+    assert [v.name for v in moved.graph.outputs] == ["y", "stateN"]
+    assert model.graph.inputs[1].shape[1] == "batch" or str(model.graph.inputs[1].shape[1]) == "batch"  # untouched
+
+
+def test_an_output_that_does_not_follow_the_examples_is_refused_with_its_shapes():
+    outs = {2: [np.zeros((2, 4)), np.zeros((7,))], 3: [np.zeros((3, 4)), np.zeros((7,))]}
+    with pytest.raises(BadInput, match=r"output 'total' does not follow the examples \(shape \[7\] for 2"):
+        layout.output_axes(lambda n: outs[n], ["y", "total"])
+    moving = {2: [np.zeros((2, 2, 4))], 3: [np.zeros((2, 3, 4))]}  # axis 0 is 2 at both sizes: axis 1 follows
+    assert layout.output_axes(lambda n: moving[n], ["stateN"]) == {"stateN": 1}
+
+
+def test_distill_trains_a_student_whose_state_holds_examples_on_axis_1(tmp_path):
+    """Refused before with "distillation batches examples on axis 0 only"; now trained, and the
+    written model keeps the student's layout (no Transpose left in it)."""
+    teacher, student = _rnn_like(tmp_path / "t.onnx"), _rnn_like(tmp_path / "s.onnx", noise=0.5)
+    f = _feeds(256)
+    np.savez(tmp_path / "train.npz", **f)
+    res = run_mcomp("distill", student, "--teacher", teacher, "--data", tmp_path / "train.npz", "--epochs", "30",
+                    "--lr", "0.01", "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json", "--seed", "0",
+                    cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert any("trained with them moved first: state (axis 1), stateN (axis 1)" in n for n in step["notes"])
+    fid = step["changes"]["fidelity"]
+    assert fid["after"]["cosine"] > fid["before"]["cosine"] + 0.01, fid
+    out = onnx.load(tmp_path / "out.onnx")
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in onnx.load(student).graph.node]
+    ys = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, _feeds(3, seed=9))
+    assert ys[1].shape == (2, 3, 4)
+
+
+@pytest.mark.realmodel
+def test_silero_vad_op15_pruned_is_distilled_back_towards_its_teacher(real_model, tmp_path):
+    """The real model the refusal was written for: state [2, batch, 128], stateN likewise."""
+    import realmodels
+
+    vad = real_model("silero-vad-op15")
+    windows = [realmodels._feeds_vad(s, batch=16) for s in range(6)]
+    x = np.concatenate([w["input"] for w in windows])
+    np.savez(tmp_path / "train.npz", input=x, state=np.zeros((2, len(x), 128), np.float32), sr=np.array(16000))
+    res = run_mcomp("prune", vad.path, "--rate", "0.6", "--data", tmp_path / "train.npz", "-o", tmp_path / "pruned.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    res = run_mcomp("distill", tmp_path / "pruned.onnx", "--teacher", vad.path, "--data", tmp_path / "train.npz",
+                    "--epochs", "4", "--seed", "0", "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json",
+                    cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    fid = step["changes"]["fidelity"]
+    assert fid["after"]["cosine"] > fid["before"]["cosine"], fid
+    feeds = realmodels._feeds_vad(99, batch=5)  # the written model takes the model's own layout
+    out = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, feeds)
+    assert out[0].shape == (5, 1) and out[1].shape == (2, 5, 128)
