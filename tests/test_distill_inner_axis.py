@@ -24,8 +24,10 @@ from mcomp.passes.distill import layout
 from mcomp.passes.distill.samples import from_arrays, from_dataset
 
 
-def _rnn_like(path, seed: int = 0, noise: float = 0.0):
-    """x [N, 3], state [2, N, 4], a scalar gain → y [N, 4] and stateN [2, N, 4] (the state carried on)."""
+def _rnn_like(path, seed: int = 0, noise: float = 0.0, state_first: bool = False):
+    """x [N, 3], state [2, N, 4], a scalar gain → y [N, 4] and stateN [2, N, 4] (the state carried on);
+    ``state_first``: the state is the first input and stateN the first output (dim 0 of the first
+    input, 2, is then not the batch)."""
     rng = np.random.default_rng(seed)
     w = rng.normal(size=(3, 4)).astype(np.float32)
     u = rng.normal(size=(4, 4)).astype(np.float32)
@@ -40,11 +42,12 @@ def _rnn_like(path, seed: int = 0, noise: float = 0.0):
              oh.make_node("Unsqueeze", ["y", "axis0"], ["y1"]),
              oh.make_node("Add", ["state", "y1"], ["stateN"])]
     f = onnx.TensorProto.FLOAT
-    graph = oh.make_graph(nodes, "rnn", [oh.make_tensor_value_info("x", f, ["batch", 3]),
-                                         oh.make_tensor_value_info("state", f, [2, "batch", 4]),
-                                         oh.make_tensor_value_info("gain", f, [])],
-                          [oh.make_tensor_value_info("y", f, ["batch", 4]),
-                           oh.make_tensor_value_info("stateN", f, [2, "batch", 4])],
+    inputs = [oh.make_tensor_value_info("x", f, ["batch", 3]), oh.make_tensor_value_info("state", f, [2, "batch", 4]),
+              oh.make_tensor_value_info("gain", f, [])]
+    outputs = [oh.make_tensor_value_info("y", f, ["batch", 4]), oh.make_tensor_value_info("stateN", f, [2, "batch", 4])]
+    if state_first:
+        inputs, outputs = [inputs[1], inputs[0], inputs[2]], outputs[::-1]
+    graph = oh.make_graph(nodes, "rnn", inputs, outputs,
                           [nh.from_array(w, "w"), nh.from_array(u, "u"), nh.from_array(np.array([0], np.int64), "axis0")])
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
     return path
@@ -75,7 +78,7 @@ def test_examples_first_graph_computes_the_model_with_its_inner_axes_moved(tmp_p
     path = _rnn_like(tmp_path / "m.onnx")
     model = model_io.load(path).model
     samples = from_dataset(Dataset([_feeds(5)], None, False, "t", inner_batch={"state": 1}), "training")
-    moved, axes = layout.for_training(model, samples, {k: k for k in ("x", "state", "gain")},
+    moved, axes, _ = layout.for_training(model, samples, {k: k for k in ("x", "state", "gain")},
                                       ["CPUExecutionProvider"], 1, "student")
     assert axes == {"stateN": 1}  # y [N, 4] holds them on axis 0 already
     got = ort.InferenceSession(model_io.to_bytes(moved)).run(None, samples.batch(np.arange(5)))
@@ -87,6 +90,19 @@ def test_examples_first_graph_computes_the_model_with_its_inner_axes_moved(tmp_p
     assert model.graph.inputs[1].shape[1] == "batch" or str(model.graph.inputs[1].shape[1]) == "batch"  # untouched
 
 
+def test_an_output_of_unknown_shape_is_moved_by_the_rank_it_ran_at(tmp_path):
+    path = _rnn_like(tmp_path / "m.onnx")
+    model = model_io.load(path).model
+    model.graph.outputs[1].shape = None  # stateN: no shape declared
+    samples = from_dataset(Dataset([_feeds(5)], None, False, "t", inner_batch={"state": 1}), "training")
+    moved, axes, _ = layout.for_training(model, samples, {k: k for k in ("x", "state", "gain")},
+                                      ["CPUExecutionProvider"], 1, "student")
+    got = ort.InferenceSession(model_io.to_bytes(moved)).run(["stateN"], samples.batch(np.arange(5)))[0]
+    want = ort.InferenceSession(str(path)).run(["stateN"], _feeds(5))[0]
+    assert axes == {"stateN": 1} and got.shape == (5, 2, 4)
+    np.testing.assert_allclose(got, np.moveaxis(want, 1, 0), rtol=1e-6)
+
+
 def test_an_output_that_does_not_follow_the_examples_is_refused_with_its_shapes():
     outs = {2: [np.zeros((2, 4)), np.zeros((7,))], 3: [np.zeros((3, 4)), np.zeros((7,))]}
     with pytest.raises(BadInput, match=r"output 'total' does not follow the examples \(shape \[7\] for 2"):
@@ -95,10 +111,12 @@ def test_an_output_that_does_not_follow_the_examples_is_refused_with_its_shapes(
     assert layout.output_axes(lambda n: moving[n], ["stateN"]) == {"stateN": 1}
 
 
-def test_distill_trains_a_student_whose_state_holds_examples_on_axis_1(tmp_path):
+@pytest.mark.parametrize("state_first", [False, True])
+def test_distill_trains_a_student_whose_state_holds_examples_on_axis_1(tmp_path, state_first):
     """Refused before with "distillation batches examples on axis 0 only"; now trained, and the
     written model keeps the student's layout (no Transpose left in it)."""
-    teacher, student = _rnn_like(tmp_path / "t.onnx"), _rnn_like(tmp_path / "s.onnx", noise=0.5)
+    teacher = _rnn_like(tmp_path / "t.onnx", state_first=state_first)
+    student = _rnn_like(tmp_path / "s.onnx", noise=0.5, state_first=state_first)
     f = _feeds(256)
     np.savez(tmp_path / "train.npz", **f)
     res = run_mcomp("distill", student, "--teacher", teacher, "--data", tmp_path / "train.npz", "--epochs", "30",
@@ -111,8 +129,8 @@ def test_distill_trains_a_student_whose_state_holds_examples_on_axis_1(tmp_path)
     assert fid["after"]["cosine"] > fid["before"]["cosine"] + 0.01, fid
     out = onnx.load(tmp_path / "out.onnx")
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in onnx.load(student).graph.node]
-    ys = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, _feeds(3, seed=9))
-    assert ys[1].shape == (2, 3, 4)
+    ys = ort.InferenceSession(str(tmp_path / "out.onnx")).run(["stateN"], _feeds(3, seed=9))
+    assert ys[0].shape == (2, 3, 4)
 
 
 @pytest.mark.realmodel

@@ -25,9 +25,10 @@ from mcomp.errors import BadInput, short
 Axes = dict[str, int]  # tensor name -> the axis its examples lie on (only those past 0)
 
 
-def examples_first(model: ir.Model, inputs: Axes, outputs: Axes) -> ir.Model:
+def examples_first(model: ir.Model, inputs: Axes, outputs: Axes, ranks: dict[str, int] | None = None) -> ir.Model:
     """A copy of ``model`` taking the inputs of ``inputs`` and giving the outputs of ``outputs``
-    with their examples on axis 0; names and everything else unchanged."""
+    with their examples on axis 0; names and everything else unchanged. ``ranks``: the rank of
+    an output whose shape the graph does not declare (as it ran)."""
     if not inputs and not outputs:
         return model
     model = graph.copy(model)
@@ -47,12 +48,17 @@ def examples_first(model: ir.Model, inputs: Axes, outputs: Axes) -> ir.Model:
         transpose.outputs[0].shape, transpose.outputs[0].type = old.shape, old.type
         old.replace_all_uses_with(transpose.outputs[0], replace_graph_outputs=True)
         g.inputs[i] = new
-        g.insert_before(g.node(0), transpose) if len(g) else g.append(transpose)
+        if len(g):
+            g.insert_before(g.node(0), transpose)
+        else:
+            g.append(transpose)
     for i, old in enumerate(list(g.outputs)):
         axis = outputs.get(old.name)
         if not axis:
             continue
-        rank = len(old.shape) if old.shape is not None else axis + 1
+        rank = len(old.shape) if old.shape is not None else (ranks or {}).get(old.name)
+        if rank is None:
+            raise BadInput(f"distill: output {old.name!r} holds its examples on axis {axis}, but its rank is unknown")
         perm = [axis, *(a for a in range(rank) if a != axis)]
         name = old.name
         old.name = f"{name}__model_layout"
@@ -66,9 +72,9 @@ def examples_first(model: ir.Model, inputs: Axes, outputs: Axes) -> ir.Model:
 
 
 def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: list[str], threads: int | None,
-                 which: str) -> tuple[ir.Model, Axes]:
-    """``model`` taking the inputs of ``samples.axes`` and giving every output examples-first, and
-    the axis each of its outputs holds them on in the model. ``mapping``: a feed's name (the
+                 which: str) -> tuple[ir.Model, Axes, dict[str, int]]:
+    """``model`` taking the inputs of ``samples.axes`` and giving every output examples-first; the
+    axis each of its outputs holds them on in the model, and each output's rank as it ran. ``mapping``: a feed's name (the
     student's) → the model's input name."""
     from mcomp import evaluate
 
@@ -83,8 +89,10 @@ def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: l
         except evaluate.ort_errors() as exc:
             raise BadInput(f"distill: the {which} fails on {n} examples of the data ({short(exc, 200)})") from None
 
-    axes = output_axes(run, names)
-    return examples_first(taking, {}, axes), axes
+    two = run(2)
+    axes = output_axes(lambda n: two if n == 2 else run(n), names)
+    ranks = {n: a.ndim for n, a in zip(names, two)}
+    return examples_first(taking, {}, axes, ranks), axes, ranks
 
 
 def describe(inputs: Axes, outputs: Axes) -> str:

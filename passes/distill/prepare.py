@@ -37,6 +37,7 @@ class Yardstick:
     names: list[str]  # the student's output names
     text: str  # which examples, for the report
     output_axes: dict[str, int] = field(default_factory=dict)  # outputs whose examples lie on an inner axis
+    output_ranks: dict[str, int] = field(default_factory=dict)  # their ranks, as they ran
     before: dict | None = None
     after: dict | None = None
 
@@ -92,15 +93,15 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     trained = teacher_io.with_outputs(student, s_extra, "student")
     t_model = teacher_io.with_outputs(teacher, t_extra, "teacher")
     examples = samples_io.from_dataset(data, "training")
-    student_axes: layout.Axes = {}
+    student_axes, student_ranks = {}, {}
     if examples.axes:  # an input holds its examples on an inner axis: training runs graphs that take them first
-        trained, student_axes = layout.for_training(trained, examples, {k: k for k in mapping}, ctx.providers,
-                                                    ctx.threads, "student")
-        t_model, _ = layout.for_training(t_model, examples, mapping, ctx.providers, ctx.threads, "teacher")
+        trained, student_axes, student_ranks = layout.for_training(trained, examples, {k: k for k in mapping},
+                                                                   ctx.providers, ctx.threads, "student")
+        t_model, _, _ = layout.for_training(t_model, examples, mapping, ctx.providers, ctx.threads, "teacher")
         notes.append(layout.describe(examples.axes, student_axes))
     runner = teacher_io.Teacher(t_model, mapping, t_names + t_extra, ctx.providers, ctx.threads, dev)
     train, val, validation = _validation(cfg, ctx, data, examples, seed)
-    fixed = _fixed_batch(model, trained, train, cfg.batch_size, notes)
+    fixed = _fixed_batch(trained, train, cfg.batch_size, notes)
     batch = fixed or min(cfg.batch_size, len(train))
 
     # Checks on a few examples first: the teacher and the student run, and their outputs match.
@@ -127,6 +128,7 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     yardstick = _yardstick(ctx, data, validation, train, train_targets[:n_out], val,
                            val_targets[:n_out] if val is not None else None, runner, max(batch, 64), names)
     yardstick.output_axes = {k: v for k, v in student_axes.items() if k in names}
+    yardstick.output_ranks = student_ranks
     runner.close()
     hints = hints_io.build(chosen, student, names + s_extra, student_out, t_names + t_extra, teacher_out,
                            train_targets, notes)
@@ -171,7 +173,7 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     index, cosine, SQNR), where a detector's class rows show what the whole cosine hides."""
     from mcomp import evaluate
 
-    model = layout.examples_first(model, yardstick.samples.axes, yardstick.output_axes)
+    model = layout.examples_first(model, yardstick.samples.axes, yardstick.output_axes, yardstick.output_ranks)
     runner = teacher_io.Teacher(model, teacher_io.input_map(model, model), yardstick.names, ctx.providers,
                                 ctx.threads, "cpu")
     try:
@@ -204,10 +206,10 @@ def _validation(cfg, ctx: Context, data, examples: samples_io.Samples, seed: int
 
 
 
-def _fixed_batch(model: ir.Model, trained: ir.Model, train: samples_io.Samples, batch_size: int,
+def _fixed_batch(trained: ir.Model, train: samples_io.Samples, batch_size: int,
                  notes: list[str]) -> int | None:
     """The batch each process must train with when the model's batch dim is fixed (else None)."""
-    fixed = teacher_io.fixed_batch_of(model)
+    fixed = teacher_io.fixed_batch_of(trained)  # its inputs take examples first (``layout``)
     if fixed and _runs_any_batch(trained, train, fixed):
         notes.append(f"the model's batch dim is fixed at {fixed}, but its graph runs any batch: trained in batches "
                      f"of {batch_size} (the written model keeps its fixed batch)")
