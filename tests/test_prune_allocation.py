@@ -251,6 +251,12 @@ def test_kernels_of_the_all_level_map_back_to_their_nodes():
     assert graph_node("p_nchwc", producers) == "n5"  # MaxPool
     assert graph_node("fused n0", producers) == "n0" and graph_node("n5", producers) == "n5"
     assert graph_node("ReorderOutput", producers) == "ReorderOutput" and graph_node("q_nchwc", producers) is None
+    # onnxruntime names a node fused from several after the first (silero-vad's GatherSliceToSplitFusion,
+    # which raised "invalid literal for int()" in --allocation-cost latency)
+    assert graph_node("n3/GatherSliceToSplitFusion", producers) == "n3"
+    assert graph_node("/model/stft/Pad", producers) == "/model/stft/Pad"  # a name with a slash, not fused
+    cost = al._terms(list(model.graph), [], {"mcomp_alloc_2": 1.0, "mcomp_alloc_9/SomeFusion": 2.0})
+    assert cost == [(1.0, ()), (2.0, ())]
 
 
 def test_latency_cost_maps_every_node_time_to_its_groups(digits):
@@ -283,3 +289,18 @@ def test_latency_allocation_cuts_and_says_where_it_timed(digits):
         Prune.Config(method="structured", allocation_cost="latency")
     with pytest.raises(ValueError, match="allocation_cost latency"):
         Prune.Config(method="structured", allocation="sensitivity", allocation_cost="latency", target="macs")
+
+
+@pytest.mark.realmodel
+def test_latency_allocation_on_a_model_onnxruntime_fuses_gathers_into_a_split(real_model, tmp_path):
+    """silero-vad op15: onnxruntime fuses its Gather/Slice nodes into a Split named
+    "<node>/GatherSliceToSplitFusion"; the cost model raised "invalid literal for int()" (exit 1)."""
+    import realmodels
+
+    vad = real_model("silero-vad-op15")
+    feeds = realmodels._feeds_vad(0, batch=32)
+    np.savez(tmp_path / "d.npz", input=feeds["input"], state=np.zeros((2, 32, 128), np.float32), sr=feeds["sr"])
+    res = run_mcomp("prune", vad.path, "--method", "structured", "--rate", "0.6", "--allocation", "sensitivity",
+                    "--allocation-cost", "latency", "--data", tmp_path / "d.npz", "-o", tmp_path / "out.onnx",
+                    "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()

@@ -115,7 +115,8 @@ def _terms(nodes: list, groups: list[ChannelGroup], per_node: dict[str, float | 
     for name, count in per_node.items():
         if not count:
             continue
-        index = int(name.rsplit("_", 1)[1]) if name.startswith("mcomp_alloc_") else None
+        suffix = name[len("mcomp_alloc_"):] if name.startswith("mcomp_alloc_") else ""
+        index = int(suffix) if suffix.isdigit() else None  # else a name the profile made: no group's node
         node = nodes[index] if index is not None and index < len(nodes) else None
         terms.append((float(count), tuple(sorted(touching.get(id(node), ())))))
     return terms

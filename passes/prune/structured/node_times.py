@@ -95,13 +95,16 @@ def graph_node(kernel: str, producers: dict) -> str | None:
     """The name of the node of the graph a kernel of the ``all`` level computes, or None (a reorder).
 
     ``producers`` maps each tensor name to the node writing it. A kernel keeps its node's name, or
-    gets ``fused <name>`` (FusedConv, FusedGemm), or, for a blocked-layout kernel, the name of the
+    gets ``fused <name>`` (FusedConv, FusedGemm) or ``<name>/<fusion>`` (the first of the nodes
+    fused), or, for a blocked-layout kernel, the name of the
     tensor it writes plus ``_nchwc``: a convolution fused with what follows it (BatchNormalization,
     a residual Add, its activation) is named after the last one's output, and is attributed to the
     convolution, whose channels are what its time scales with."""
     name = kernel[len("fused "):] if kernel.startswith("fused ") else kernel
     if not name.endswith("_nchwc"):
-        return name
+        # a node an optimizer fused from several is named "<first node>/<fusion>" (GatherSliceToSplitFusion)
+        head, _, fusion = name.partition("/")
+        return head if fusion and head in {n.name for n in producers.values()} else name
     node = producers.get(name[: -len("_nchwc")])
     if node is None:
         return None
