@@ -48,7 +48,8 @@ def _rnn_like(path, seed: int = 0, noise: float = 0.0, state_first: bool = False
     if state_first:
         inputs, outputs = [inputs[1], inputs[0], inputs[2]], outputs[::-1]
     graph = oh.make_graph(nodes, "rnn", inputs, outputs,
-                          [nh.from_array(w, "w"), nh.from_array(u, "u"), nh.from_array(np.array([0], np.int64), "axis0")])
+                          [nh.from_array(w, "w"), nh.from_array(u, "u"),
+                           nh.from_array(np.array([0], np.int64), "axis0")])
     onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
     return path
 
@@ -90,10 +91,10 @@ def test_examples_first_graph_computes_the_model_with_its_inner_axes_moved(tmp_p
     assert model.graph.inputs[1].shape[1] == "batch" or str(model.graph.inputs[1].shape[1]) == "batch"  # untouched
 
 
-def test_an_output_of_unknown_shape_is_moved_by_the_rank_it_ran_at(tmp_path):
+def test_an_input_and_output_of_unknown_shape_are_moved_by_the_rank_they_ran_at(tmp_path):
     path = _rnn_like(tmp_path / "m.onnx")
     model = model_io.load(path).model
-    model.graph.outputs[1].shape = None  # stateN: no shape declared
+    model.graph.inputs[1].shape = model.graph.outputs[1].shape = None  # state and stateN: no shape declared
     samples = from_dataset(Dataset([_feeds(5)], None, False, "t", inner_batch={"state": 1}), "training")
     moved, axes, _ = layout.for_training(model, samples, {k: k for k in ("x", "state", "gain")},
                                       ["CPUExecutionProvider"], 1, "student")
@@ -142,7 +143,8 @@ def test_silero_vad_op15_pruned_is_distilled_back_towards_its_teacher(real_model
     windows = [realmodels._feeds_vad(s, batch=16) for s in range(6)]
     x = np.concatenate([w["input"] for w in windows])
     np.savez(tmp_path / "train.npz", input=x, state=np.zeros((2, len(x), 128), np.float32), sr=np.array(16000))
-    res = run_mcomp("prune", vad.path, "--rate", "0.6", "--data", tmp_path / "train.npz", "-o", tmp_path / "pruned.onnx", cwd=tmp_path)
+    res = run_mcomp("prune", vad.path, "--rate", "0.6", "--data", tmp_path / "train.npz", "-o",
+                    tmp_path / "pruned.onnx", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
     res = run_mcomp("distill", tmp_path / "pruned.onnx", "--teacher", vad.path, "--data", tmp_path / "train.npz",
                     "--epochs", "4", "--seed", "0", "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json",

@@ -28,7 +28,7 @@ Axes = dict[str, int]  # tensor name -> the axis its examples lie on (only those
 def examples_first(model: ir.Model, inputs: Axes, outputs: Axes, ranks: dict[str, int] | None = None) -> ir.Model:
     """A copy of ``model`` taking the inputs of ``inputs`` and giving the outputs of ``outputs``
     with their examples on axis 0; names and everything else unchanged. ``ranks``: the rank of
-    an output whose shape the graph does not declare (as it ran)."""
+    an input or output whose shape the graph does not declare (as fed, as it ran)."""
     if not inputs and not outputs:
         return model
     model = graph.copy(model)
@@ -37,7 +37,7 @@ def examples_first(model: ir.Model, inputs: Axes, outputs: Axes, ranks: dict[str
         axis = inputs.get(old.name)
         if not axis:
             continue
-        rank = len(old.shape) if old.shape is not None else None
+        rank = len(old.shape) if old.shape is not None else (ranks or {}).get(old.name)
         if rank is None:
             raise BadInput(f"distill: input {old.name!r} holds its examples on axis {axis}, but its rank is unknown")
         back = [*range(1, axis + 1), 0, *range(axis + 1, rank)]  # examples-first → the model's layout
@@ -74,11 +74,12 @@ def examples_first(model: ir.Model, inputs: Axes, outputs: Axes, ranks: dict[str
 def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: list[str], threads: int | None,
                  which: str) -> tuple[ir.Model, Axes, dict[str, int]]:
     """``model`` taking the inputs of ``samples.axes`` and giving every output examples-first; the
-    axis each of its outputs holds them on in the model, and each output's rank as it ran. ``mapping``: a feed's name (the
-    student's) → the model's input name."""
+    axis each of its outputs holds them on in the model, and each output's rank as it ran.
+    ``mapping``: a feed's name (the student's) → the model's input name."""
     from mcomp import evaluate
 
-    taking = examples_first(model, {mapping[k]: v for k, v in samples.axes.items()}, {})
+    taking = examples_first(model, {mapping[k]: v for k, v in samples.axes.items()}, {},
+                            {mapping[k]: samples.inputs[k].ndim for k in samples.axes})
     session = evaluate.session(taking, providers, threads, spinning=False)
     names = [o.name for o in session.get_outputs()]
 
