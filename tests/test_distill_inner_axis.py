@@ -75,6 +75,19 @@ def test_samples_hold_inner_axis_inputs_examples_first_and_keep_where_the_model_
         assert back.axes == {"state": 1} and back.inputs["state"].shape == (10, 2, 3)
 
 
+def test_a_state_given_with_each_one_example_feed_is_per_example_even_when_all_alike():
+    """silero-vad v6 data as stacked feeds of one window, each with its own zero state [2, 1, 128]:
+    taken as a constant, batches of 64 windows got a state for one and the model failed in every
+    distill trial of mcomp auto. A state given once (the same array in every feed) stays a constant."""
+    feeds = [{"input": np.full((1, 5), i, np.float32), "state": np.zeros((2, 1, 3), np.float32),
+              "sr": np.array(16000, np.int64)} for i in range(4)]
+    samples = from_dataset(Dataset(feeds, None, False, "t"), "training")
+    assert samples.axes == {"state": 1} and samples.inputs["state"].shape == (4, 2, 3)
+    once = np.zeros((2, 1, 3), np.float32)
+    given_once = [dict(f, state=once) for f in feeds]
+    assert set(from_dataset(Dataset(given_once, None, False, "t"), "training").constants) == {"state", "sr"}
+
+
 def test_examples_first_graph_computes_the_model_with_its_inner_axes_moved(tmp_path):
     path = _rnn_like(tmp_path / "m.onnx")
     model = model_io.load(path).model

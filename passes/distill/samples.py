@@ -72,7 +72,10 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
         if same or arrays[0].ndim == 0 or any(a.shape[0] != c for a, c in zip(arrays, counts)):
             # a constant copied into each feed is the same values each time; per-example values differ
             shared = same or all(a.shape == arrays[0].shape and np.array_equal(a, arrays[0]) for a in arrays[1:])
-            inner = None if shared else _inner_example_axis(arrays, counts)
+            # feeds of one example each, each with its own copy of a state [2, 1, 128] (all zeros, say): the
+            # state is per example; taken as a constant, batches of 64 got a state for one (silero-vad v6)
+            one_each = not same and len(counts) > 1 and all(c == 1 for c in counts)
+            inner = _inner_example_axis(arrays, counts) if not shared or one_each else None
             if inner is not None:
                 axes[name] = inner
                 inputs[name] = np.concatenate([np.moveaxis(a, inner, 0) for a in arrays], axis=0)
@@ -89,11 +92,13 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
 
 
 def _inner_example_axis(arrays: list[np.ndarray], counts: list[int]) -> int | None:
-    """The axis past 0 that is as long as each feed's examples (more than one), if any: fed as a
-    constant, the first feed's values would go with batches of another size, and the model would
-    refuse them with an error that does not say why (silero-vad's LSTM: "initial_h must have shape …")."""
+    """The axis past 0 that is as long as each feed's examples (more than one, or one in every
+    feed), if any: fed as a constant, the first feed's values would go with batches of another
+    size, and the model would refuse them with an error that does not say why (silero-vad's LSTM:
+    "initial_h must have shape …")."""
+    one_each = all(c == 1 for c in counts)
     for axis in range(1, arrays[0].ndim):
-        if all(a.ndim > axis and a.shape[axis] == c > 1 for a, c in zip(arrays, counts)):
+        if all(a.ndim > axis and a.shape[axis] == c and (c > 1 or one_each) for a, c in zip(arrays, counts)):
             return axis
     return None
 

@@ -14,6 +14,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mcomp.data import Dataset
+from mcomp.errors import BadInput
 from mcomp.kernels.fidelity import is_classifier_shaped
 
 
@@ -39,10 +40,15 @@ def collect(model: ir.Model, dataset: Dataset, names: set[str], batches: int) ->
     feeds = dataset.feeds[:batches]
     labels = dataset.labels[:batches] if dataset.has_labels else [None] * len(feeds)
     loss_kind = "labels" if dataset.has_labels else "pseudo-labels / output energy"
+    if not params:  # nothing to score (no channel group found): no pass over the data
+        return Gradients(summed, taylor, loss_kind, 0)
     for feed, label in zip(feeds, labels):
         module.zero_grad(set_to_none=True)
         outputs = module(**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feed.items()})
         loss = _loss(outputs, label)
+        if not loss.requires_grad:  # torch's own error ("element 0 of tensors does not require grad") says less
+            raise BadInput(f"taylor importance: none of the {len(params)} weights it scores reaches the outputs in "
+                           "the torch copy of the graph; use another importance (l1, l2)")
         loss.backward()
         for name, p in params.items():
             if p.grad is None:
