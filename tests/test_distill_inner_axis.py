@@ -169,3 +169,21 @@ def test_silero_vad_op15_pruned_is_distilled_back_towards_its_teacher(real_model
     feeds = realmodels._feeds_vad(99, batch=5)  # the written model takes the model's own layout
     out = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, feeds)
     assert out[0].shape == (5, 1) and out[1].shape == (2, 5, 128)
+
+
+def test_an_output_kept_for_the_whole_batch_is_refused_before_training(tmp_path):
+    """A sequence model: axis 0 is time, and its state [1, 1, 4] is the whole sequence's
+    (silero-vad's sequence model). numpy's "all the input array dimensions … must match" (exit 1)
+    before; now one line naming the output."""
+    f = onnx.TensorProto.FLOAT
+    graph = oh.make_graph([oh.make_node("Relu", ["x"], ["y"]), oh.make_node("ReduceMean", ["x"], ["m"], keepdims=1),
+                           oh.make_node("Mul", ["h", "m"], ["hn"])], "seq",
+                          [oh.make_tensor_value_info("x", f, ["T", 4]), oh.make_tensor_value_info("h", f, [1, 1, 4])],
+                          [oh.make_tensor_value_info("y", f, ["T", 4]), oh.make_tensor_value_info("hn", f, [1, 1, 4])])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 32, 4), np.float32), h=np.ones((4, 1, 1, 4), np.float32))
+    res = run_mcomp("distill", tmp_path / "m.onnx", "--teacher", tmp_path / "m.onnx", "--data", tmp_path / "d.npz",
+                    "--epochs", "1", "-o", tmp_path / "out.onnx", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.err_lines) == 1, res.explain()
+    assert "the teacher's 'hn' is [1, 1, 4] for 8 examples: its axis 0 does not follow the examples" in res.stderr
+    assert not (tmp_path / "out.onnx").exists()

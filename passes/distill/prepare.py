@@ -114,6 +114,8 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
                                ctx.threads, cfg.qdq_check)
         notes += [note] if note else []
     teacher_out = runner(train.batch(probe))
+    _check_per_example(teacher_out, t_names + t_extra, len(probe), "teacher")
+    _check_per_example(student_out, names + s_extra, len(probe), "student")
     _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, t_names)
     hints_io.check_memory(t_extra, teacher_out[n_out:], len(probe), len(train) + (len(val) if val is not None else 0))
     kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student))
@@ -275,6 +277,18 @@ def _runs_any_batch(trained: ir.Model, train: samples_io.Samples, fixed: int) ->
                    for k, b in enumerate(both))
     except (RuntimeError, ValueError, IndexError):  # the graph does not run at the other batch size
         return False
+
+
+def _check_per_example(outputs: list[np.ndarray], names: list[str], examples: int, which: str) -> None:
+    """Every output (and hint tensor) gives one entry per example on axis 0 (inputs on an inner
+    axis were moved first by ``layout``). Else training cannot split the teacher's targets by
+    example: silero-vad's sequence model (axis 0 is time, the state [1, 1, 128] is the whole
+    sequence's) raised numpy's "all the input array dimensions … must match" (exit 1)."""
+    for name, out in zip(names, outputs):
+        if out.ndim == 0 or out.shape[0] != examples:
+            raise BadInput(f"distill: the {which}'s {name!r} is {list(out.shape)} for {examples} examples: its axis 0 "
+                           "does not follow the examples (a state kept for the whole batch, or a sequence whose axis "
+                           "0 is time), so it cannot be compared example by example")
 
 
 def _check_outputs(student: list[np.ndarray], teacher: list[np.ndarray], s_names: list[str], t_names: list[str]) -> None:
