@@ -176,7 +176,8 @@ def test_an_output_kept_for_the_whole_batch_is_refused_before_training(tmp_path)
     (silero-vad's sequence model). numpy's "all the input array dimensions … must match" (exit 1)
     before; now one line naming the output."""
     f = onnx.TensorProto.FLOAT
-    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"]), oh.make_node("ReduceMean", ["y"], ["m"], keepdims=1),
+    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"]),
+                           oh.make_node("ReduceMean", ["y"], ["m"], keepdims=1),
                            oh.make_node("Mul", ["h", "m"], ["hn"])], "seq",
                           [oh.make_tensor_value_info("x", f, ["T", 4]), oh.make_tensor_value_info("h", f, [1, 1, 4])],
                           [oh.make_tensor_value_info("y", f, ["T", 4]), oh.make_tensor_value_info("hn", f, [1, 1, 4])],
