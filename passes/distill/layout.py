@@ -9,7 +9,9 @@ weights, so the trained parameters are written back into the student graph as it
 written model keeps its own layout.
 
 Which output axis follows the examples is read off the model by running it at two batch sizes:
-a symbolic dim (``batch``) may be missing or named differently on each output.
+a symbolic dim (``batch``) may be missing or named differently on each output. The same holds
+without such an input: an exported LSTM gives ``Y_h [layers, batch, hidden]`` from a zero state
+(the teacher's first batches show it: ``Teacher.follows_axis_0``).
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: l
 
 def describe(inputs: Axes, outputs: Axes) -> str:
     """The report's note: which tensors hold their examples on an inner axis."""
-    parts = [f"{k} (axis {v})" for k, v in {**inputs, **outputs}.items()]
+    parts = [f"{k} (axis {v})" for k, v in {**inputs, **outputs}.items()] or ["none"]
     return f"examples on an inner axis, trained with them moved first: {', '.join(parts)}"
 
 

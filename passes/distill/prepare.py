@@ -94,12 +94,15 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     t_model = teacher_io.with_outputs(teacher, t_extra, "teacher")
     examples = samples_io.from_dataset(data, "training")
     student_axes, student_ranks = {}, {}
-    if examples.axes:  # an input holds its examples on an inner axis: training runs graphs that take them first
+    runner = teacher_io.Teacher(t_model, mapping, t_names + t_extra, ctx.providers, ctx.threads, dev)
+    # an input or output holds its examples on an inner axis (an RNN's state [layers, batch, hidden]):
+    # training runs graphs that take and give them first
+    if examples.axes or not runner.follows_axis_0(examples):
         trained, student_axes, student_ranks = layout.for_training(trained, examples, {k: k for k in mapping},
                                                                    ctx.providers, ctx.threads, "student")
         t_model, _, _ = layout.for_training(t_model, examples, mapping, ctx.providers, ctx.threads, "teacher")
         notes.append(layout.describe(examples.axes, student_axes))
-    runner = teacher_io.Teacher(t_model, mapping, t_names + t_extra, ctx.providers, ctx.threads, dev)
+        runner = teacher_io.Teacher(t_model, mapping, t_names + t_extra, ctx.providers, ctx.threads, dev)
     train, val, validation = _validation(cfg, ctx, data, examples, seed)
     fixed = _fixed_batch(trained, train, cfg.batch_size, notes)
     batch = fixed or min(cfg.batch_size, len(train))

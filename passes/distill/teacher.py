@@ -141,6 +141,20 @@ class Teacher:
         self.run = TeacherRun(min(timings, key=timings.get), {k: round(v * 1e6, 2) for k, v in timings.items()},
                               self.run.notes)
 
+    def follows_axis_0(self, samples: Samples) -> bool:
+        """Whether every output (and hint tensor) gives one entry per example on axis 0, on a first
+        batch: an LSTM's ``Y_h [layers, batch, hidden]`` does not. A batch the teacher fails on
+        counts as following: the checks after this one say what is wrong."""
+        sizes = [self.fixed_batch] if self.fixed_batch else [n for n in (2, 3) if n <= len(samples)]
+        for n in sizes:  # two sizes: at one, a state [2, batch, 128] of 2 examples reads as following
+            try:
+                outs = self._run_ort(samples.batch(np.arange(n)))
+            except (RuntimeError, ValueError, IndexError, *evaluate.ort_errors()):
+                return True
+            if not all(o.ndim > 0 and o.shape[0] == n for o in outs):
+                return False
+        return True
+
     def __call__(self, batch: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self._run_torch(batch) if self.run.backend == "torch" else self._run_ort(batch)
 
