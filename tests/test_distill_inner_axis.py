@@ -221,3 +221,37 @@ def test_an_output_kept_for_the_whole_batch_is_refused_before_training(tmp_path)
     assert res.returncode == 2 and len(res.err_lines) == 1, res.explain()
     assert "output 'hn' does not follow the examples (shape [1, 1, 4] for 2 examples, [1, 1, 4] for 3)" in res.stderr
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_sequence_first_torch_lstm_is_distilled_after_pruning(tmp_path):
+    """torch.nn.LSTM exported as ONNX's LSTM op: x [time 5, batch, 8] and h [layers 2, batch, 16]
+    both hold the examples on axis 1 (refused before)."""
+    import torch
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm, self.head = torch.nn.LSTM(8, 16, num_layers=2), torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            y, (h, _) = self.lstm(x)
+            return self.head(y[-1]), h
+
+    torch.manual_seed(0)
+    torch.onnx.export(Tagger().eval(), (torch.randn(5, 4, 8),), tmp_path / "lstm.onnx", input_names=["x"],
+                      output_names=["logits", "h"], dynamo=False,
+                      dynamic_axes={"x": {1: "batch"}, "logits": {0: "batch"}, "h": {1: "batch"}})
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(5, 256, 8)).astype(np.float32))
+    res = run_mcomp("prune", tmp_path / "lstm.onnx", "--rate", "0.5", "--no-protect-ends", "--data",
+                    tmp_path / "d.npz", "-o", tmp_path / "pruned.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    res = run_mcomp("distill", tmp_path / "pruned.onnx", "--teacher", tmp_path / "lstm.onnx", "--data",
+                    tmp_path / "d.npz", "--epochs", "10", "--seed", "0", "-o", tmp_path / "out.onnx", "--report",
+                    tmp_path / "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert any("x (axis 1), h (axis 1)" in n for n in step["notes"]), step["notes"]
+    fid = step["changes"]["fidelity"]
+    assert fid["after"]["cosine"] > fid["before"]["cosine"], fid
+    out = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": np.zeros((5, 3, 8), np.float32)})
+    assert out[0].shape == (3, 3) and out[1].shape == (2, 3, 16)
