@@ -402,12 +402,15 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, extra, messa
 
 
 def _running(db) -> bool:
-    """Whether the study in ``db`` has a trial running now (read with sqlite, as another process would)."""
+    """Whether the study in ``db`` has a trial running now that has its process id (read with sqlite,
+    as another process would). Killed between a trial's ``ask`` and its pid (milliseconds apart), the
+    trial is another process's until ``ORPHANED_AFTER``, and the resume counted 0 interrupted (1 CI run)."""
     import sqlite3
 
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
-            return conn.execute("SELECT count(*) FROM trials WHERE state = 'RUNNING'").fetchone()[0] > 0
+            return conn.execute("SELECT count(*) FROM trials t JOIN trial_user_attributes a ON a.trial_id = t.trial_id "
+                                "WHERE t.state = 'RUNNING' AND a.key = 'pid'").fetchone()[0] > 0
     except sqlite3.Error:  # locked or not made yet: ask again
         return False
 
