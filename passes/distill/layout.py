@@ -36,41 +36,47 @@ def examples_first(model: ir.Model, inputs: Axes, outputs: Axes, ranks: dict[str
     model = graph.copy(model)
     g = model.graph
     for i, old in enumerate(list(g.inputs)):
-        axis = inputs.get(old.name)
-        if not axis:
-            continue
-        rank = len(old.shape) if old.shape is not None else (ranks or {}).get(old.name)
-        if rank is None:
-            raise BadInput(f"distill: input {old.name!r} holds its examples on axis {axis}, but its rank is unknown")
-        back = [*range(1, axis + 1), 0, *range(axis + 1, rank)]  # examples-first → the model's layout
-        new = ir.Value(name=old.name, shape=_permuted(old.shape, _inverse(back)), type=old.type)
-        old.name = f"{old.name}__model_layout"
-        transpose = ir.node("Transpose", [new], attributes={"perm": back}, name=f"{new.name}__to_model_layout")
-        transpose.outputs[0].name = old.name
-        transpose.outputs[0].shape, transpose.outputs[0].type = old.shape, old.type
-        old.replace_all_uses_with(transpose.outputs[0], replace_graph_outputs=True)
-        g.inputs[i] = new
-        if len(g):
-            g.insert_before(g.node(0), transpose)
-        else:
-            g.append(transpose)
+        if inputs.get(old.name):
+            g.inputs[i] = _take_first(g, old, inputs[old.name], _rank(old, ranks, "input", inputs[old.name]))
     for i, old in enumerate(list(g.outputs)):
-        axis = outputs.get(old.name)
-        if not axis:
-            continue
-        rank = len(old.shape) if old.shape is not None else (ranks or {}).get(old.name)
-        if rank is None:
-            raise BadInput(f"distill: output {old.name!r} holds its examples on axis {axis}, but its rank is unknown")
-        perm = [axis, *(a for a in range(rank) if a != axis)]
-        name = old.name
-        old.name = f"{name}__model_layout"
-        transpose = ir.node("Transpose", [old], attributes={"perm": perm}, name=f"{name}__examples_first")
-        transpose.outputs[0].name = name
-        transpose.outputs[0].type = old.type
-        transpose.outputs[0].shape = _permuted(old.shape, perm) if old.shape is not None else None
-        g.append(transpose)
-        g.outputs[i] = transpose.outputs[0]
+        if outputs.get(old.name):
+            g.outputs[i] = _give_first(g, old, outputs[old.name], _rank(old, ranks, "output", outputs[old.name]))
     return model
+
+
+def _take_first(g: ir.Graph, old: ir.Value, axis: int, rank: int) -> ir.Value:
+    """A new input of ``old``'s name with the examples first, transposed back for ``old``'s readers."""
+    back = [*range(1, axis + 1), 0, *range(axis + 1, rank)]  # examples-first → the model's layout
+    new = ir.Value(name=old.name, shape=_permuted(old.shape, _inverse(back)), type=old.type)
+    old.name = f"{old.name}__model_layout"
+    transpose = ir.node("Transpose", [new], attributes={"perm": back}, name=f"{new.name}__to_model_layout")
+    transpose.outputs[0].name = old.name
+    transpose.outputs[0].shape, transpose.outputs[0].type = old.shape, old.type
+    old.replace_all_uses_with(transpose.outputs[0], replace_graph_outputs=True)
+    if len(g):
+        g.insert_before(g.node(0), transpose)
+    else:
+        g.append(transpose)
+    return new
+
+
+def _give_first(g: ir.Graph, old: ir.Value, axis: int, rank: int) -> ir.Value:
+    """A new output of ``old``'s name: ``old`` with the examples moved first."""
+    perm = [axis, *(a for a in range(rank) if a != axis)]
+    name = old.name
+    old.name = f"{name}__model_layout"
+    transpose = ir.node("Transpose", [old], attributes={"perm": perm}, name=f"{name}__examples_first")
+    out = transpose.outputs[0]
+    out.name, out.type, out.shape = name, old.type, _permuted(old.shape, perm)
+    g.append(transpose)
+    return out
+
+
+def _rank(value: ir.Value, ranks: dict[str, int] | None, role: str, axis: int) -> int:
+    rank = len(value.shape) if value.shape is not None else (ranks or {}).get(value.name)
+    if rank is None:
+        raise BadInput(f"distill: {role} {value.name!r} holds its examples on axis {axis}, but its rank is unknown")
+    return rank
 
 
 def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: list[str], threads: int | None,
