@@ -128,10 +128,14 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
         request.progress(f"step {i + 1}/{len(pipeline.steps)}: {step.name}", i, len(pipeline.steps))
         if request.before_step is not None:
             request.before_step(step.name)
-        if pass_.in_place and current is loaded.model:
+        unchanged_input = current is loaded.model
+        if pass_.in_place and unchanged_input:
             current = graph.copy(loaded.model)
         result = pass_(current, ctx)
-        current = result.model
+        # A step that changed nothing leaves the input as it came: a structured prune that found no
+        # channel group had still prepared its copy (silero-vad v6: its If branches folded, 689 → 360
+        # nodes, zstd ×1.003), and wrote that as the result of a step that says it did nothing.
+        current = loaded.model if unchanged_input and not result.modified else result.model
         steps.append(step_record(step, result))
         if cache is not None:
             cache.store(base, pipeline.steps, i + 1, current, steps)

@@ -1,6 +1,8 @@
 """The Prune pass on the embedded digits CNN, end to end: the structured methods, ``modified``, the
 data its config needs, and the importance criteria registry behind ``method`` and ``importance``."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,31 @@ def test_a_rate_too_small_to_remove_a_channel_leaves_the_model_unmodified(digits
     result = Prune(method="structured", rate=0.01)(model_io.copy(model), Context())
     assert not result.modified
     assert all(g["channels_after"] == g["channels_before"] for g in result.details["groups"])
+
+
+def test_a_structured_prune_that_cuts_nothing_writes_the_input_as_it_came(tmp_path):
+    """The pass prepares its copy (here: a weight held by a Constant node is lifted to an initializer);
+    with no channel group to cut, that copy is not the result (silero-vad v6 came out with 689 → 360
+    nodes and zstd ×1.003 from a prune that cut nothing)."""
+    import onnx
+    from onnx import helper as oh, numpy_helper as nh
+
+    from clirun import run_mcomp
+
+    f = onnx.TensorProto.FLOAT
+    w = oh.make_node("Constant", [], ["w"], value=nh.from_array(np.arange(32, dtype=np.float32).reshape(4, 8), "w"))
+    graph = oh.make_graph([w, oh.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                          [oh.make_tensor_value_info("x", f, ["N", 4])], [oh.make_tensor_value_info("y", f, ["N", 8])])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    res = run_mcomp("prune", "m.onnx", "--method", "structured", "--rate", "0.5", "--data", "d.npz",
+                    "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    written = onnx.load(tmp_path / "out.onnx")
+    assert [n.op_type for n in written.graph.node] == ["Constant", "MatMul"]
+    assert not written.graph.initializer
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert step["modified"] is False and "input is kept unchanged" in step["summary"]
 
 
 def test_data_needs_follow_the_criterion():

@@ -141,7 +141,9 @@ class Prune(Pass):
             result = self._structured(model, ctx)
         after = _sizes(model)
         result.details["compressed_bytes"] = {"before": before, "after": after}
-        if "zstd" in after:
+        if not result.modified:  # the pipeline keeps the input as it came, not this prepared copy
+            result.summary += "; nothing cut: the input is kept unchanged"
+        elif "zstd" in after:
             result.summary = (result.summary + f"; zstd {before['zstd']:,} → {after['zstd']:,} bytes "
                               f"(×{after['zstd'] / before['zstd']:.3f})").lstrip("; ")
         return result
