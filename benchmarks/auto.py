@@ -297,7 +297,7 @@ def observations(report: dict) -> list[str]:
         tied = [t["number"] for t in done if t["measured"]["objective"] <= best * (1 + band)]
         out.append(f"Latency tie band ±{band:.3f} (median A/A half-width of the trials): {len(tied)} of the "
                    f"{len(done)} trials within budget count as tied with the fastest (×{best:.3f}): {tied}; among "
-                   "tied trials the chosen one has the fewest MACs, then is the most accurate, then the smallest.")
+                   "tied trials the chosen one is the most accurate, then has the fewest MACs, then is the smallest.")
     seen, repeats = {}, []
     for t in rows:
         key = json.dumps(t["steps"], sort_keys=True)

@@ -75,6 +75,8 @@ class Printer:
         console.err.print(f"study {study['name']} ({study['storage']}): {study['trials']} trials "
                           f"({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} stopped, "
                           f"{study['failed']} failed)")
+        for name, why in (study.get("left_out") or {}).items():
+            console.err.print(f"{name} left out of the trials after it failed for a reason no option changes: {why}")
         from mcomp.auto.page import measured_on
 
         console.err.print(f"measured at {measured_on(doc)}")

@@ -42,6 +42,16 @@ class ConfigError(BadInput):
     """A pipeline file or pass option that does not validate."""
 
 
+class NotApplicable(BadInput):
+    """A pass that cannot work on this model and data, whatever its options: a distillation whose
+    outputs do not follow the examples (silero-vad's sequence model). ``mcomp auto`` leaves the pass
+    out of the trials after the first such failure (``pass_name``) instead of drawing it again."""
+
+    def __init__(self, message: str, pass_name: str = "") -> None:
+        super().__init__(message)
+        self.pass_name = pass_name
+
+
 class ProviderUnavailable(BadInput):
     """An explicitly requested execution provider is not available on this machine."""
 

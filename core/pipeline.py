@@ -82,7 +82,9 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
         hint = shapes.assumed_note(resolved) if _synthetic(datasets) else ""
         if not hint or hint in str(exc):
             raise
-        raise type(exc)(f"{exc}{hint}") from None
+        told = type(exc)(f"{exc}{hint}")
+        told.__dict__.update(exc.__dict__)  # NotApplicable's pass_name
+        raise told from None
 
 
 def resolve_shapes(model: ir.Model, given, datasets: dict[str, data.Dataset]) -> dict[str, shapes.InputShape]:

@@ -238,9 +238,10 @@ def _report(request: Request, settings, space, study, base_doc, baseline, url, r
     complete = [r for r in rows if r["state"] == "complete" and r.get("repeat_of") is None]  # a repeat: one point
     band = fronts.band_of([r["measured"].get("latency_band") for r in complete], settings.objective)
     points = [fronts.Point(r["number"], r["measured"]["loss"], r["measured"]["objective"], r["feasible"],
-                           r["measured"].get("size_ratio"), r["measured"].get("macs_ratio")) for r in complete]
-    on_front = fronts.front(points, band)
+                           r["measured"].get("size_ratio"), r["measured"].get("macs_ratio"), len(r["steps"]))
+              for r in complete]
     best = fronts.choose(points, band)
+    on_front = fronts.front(points, band, keep=best)
     by_number = {r["number"]: r for r in rows}
     counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("complete", "stopped", "failed", "running")}
     return {
@@ -252,7 +253,8 @@ def _report(request: Request, settings, space, study, base_doc, baseline, url, r
         "budget": dict(zip(("kind", "value"), settings.budget)), "objective": settings.objective,
         "study": {"name": study.study_name, "storage": studies.masked(url), "trials": len(rows), "resumed": resumed,
                   "interrupted": interrupted, "ran_now": ran, "workers": request.workers, **counts,
-                  "time_budget_seconds": request.time_budget, "latency_tie_band": round(band, 4)},
+                  "time_budget_seconds": request.time_budget, "latency_tie_band": round(band, 4),
+                  "left_out": studies.not_applicable(study)},
         "space": space.describe(),
         "trials": rows,
         "front": [p.number for p in on_front],

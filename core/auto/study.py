@@ -33,7 +33,7 @@ from typing import Callable
 
 from mcomp.auto import trial as trials
 from mcomp.auto.space import Space
-from mcomp.errors import BadInput, short
+from mcomp.errors import BadInput, NotApplicable, short
 
 WARMUP_EPOCHS = 3  # distillation curves are compared from this epoch on
 MIN_PEERS = 3  # trials within budget needed before a curve is judged against them
@@ -253,10 +253,13 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
 
     started = time.perf_counter()
     try:
-        steps = trials.for_objective(trials.without_idle_distill(space.sample(trial)), settings.objective)
+        left_out = not_applicable(study)
+        sampled = [(name, options) for name, options in space.sample(trial) if name not in left_out]
+        steps = trials.for_objective(trials.without_idle_distill(sampled), settings.objective)
         trial.set_user_attr("steps", [[name, options] for name, options in steps])
         if not steps:
-            raise BadInput("every step of the space was left out")
+            raise BadInput("every step of the space was left out" + "".join(
+                f"; {name}: {why}" for name, why in left_out.items()))
         earlier = _same_pipeline(study, steps)
         if earlier is not None:  # a small space is drawn twice: the figures are known, the time is saved
             return _repeat(study, trial, earlier, settings, started)
@@ -275,6 +278,8 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
         return {"number": trial.number, "state": "stopped", "reason": str(stop), "seconds": time.perf_counter() - started}
     except Exception as exc:  # a pass error, a gate, a bad combination: recorded, not fatal
         reason = f"{type(exc).__name__}: {short(exc, 300)}" if not isinstance(exc, BadInput) else short(exc, 300)
+        if isinstance(exc, NotApplicable) and exc.pass_name:
+            study.set_user_attr(NOT_APPLICABLE + exc.pass_name, reason)
         trial.set_user_attr("error", reason)
         trial.set_user_attr("failed", True)
         # Told to the sampler as the worst infeasible point: TPE leaves FAIL trials out entirely and would
@@ -290,6 +295,16 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
     study.tell(trial, _finite(measured.objective))
     return {"number": trial.number, "state": "complete", "measured": measured.to_dict(), "feasible": feasible,
             "seconds": time.perf_counter() - started}
+
+
+NOT_APPLICABLE = "not_applicable:"  # a study attribute per pass that cannot run on this model and data
+
+
+def not_applicable(study) -> dict[str, str]:
+    """The passes a trial failed in for a reason no option changes (``NotApplicable``: silero-vad's
+    sequence model cannot be distilled example by example), with that reason. Later trials leave
+    them out: drawn again, such a step failed again, in 4 of 28 trials of a 2-minute search."""
+    return {key[len(NOT_APPLICABLE):]: why for key, why in study.user_attrs.items() if key.startswith(NOT_APPLICABLE)}
 
 
 def _same_pipeline(study, steps):

@@ -16,13 +16,14 @@ without such an input: an exported LSTM gives ``Y_h [layers, batch, hidden]`` fr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from functools import partial
 
 import numpy as np
 import onnx_ir as ir
 
 from mcomp import graph
-from mcomp.errors import BadInput, short
+from mcomp.errors import BadInput, NotApplicable, short
 
 Axes = dict[str, int]  # tensor name -> the axis its examples lie on (only those past 0)
 
@@ -80,7 +81,7 @@ def _rank(value: ir.Value, ranks: dict[str, int] | None, role: str, axis: int) -
 
 
 def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: list[str], threads: int | None,
-                 which: str) -> tuple[ir.Model, Axes, dict[str, int]]:
+                 which: str, hints: Collection[str] = ()) -> tuple[ir.Model, Axes, dict[str, int]]:
     """``model`` taking the inputs of ``samples.axes`` and giving every output examples-first; the
     axis each of its outputs holds them on in the model, and each output's rank as it ran.
     ``mapping``: a feed's name (the student's) → the model's input name."""
@@ -99,7 +100,7 @@ def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: l
             raise BadInput(f"distill: the {which} fails on {n} examples of the data ({short(exc, 200)})") from None
 
     two = run(2)
-    axes = output_axes(lambda n: two if n == 2 else run(n), names)
+    axes = output_axes(lambda n: two if n == 2 else run(n), names, hints)
     ranks = {n: a.ndim for n, a in zip(names, two)}
     return examples_first(taking, {}, axes, ranks), axes, ranks
 
@@ -110,17 +111,20 @@ def describe(inputs: Axes, outputs: Axes) -> str:
     return f"examples on an inner axis, trained with them moved first: {', '.join(parts)}"
 
 
-def output_axes(run: Callable[[int], list[np.ndarray]], names: list[str]) -> Axes:
+def output_axes(run: Callable[[int], list[np.ndarray]], names: list[str], hints: Collection[str] = ()) -> Axes:
     """The axis past 0 of each output that follows the examples, found by running the model on 2
     and then 3 examples (``run(n)`` gives the outputs for n examples). An output with no axis that
-    follows them cannot be compared example by example: refused, with its shapes."""
+    follows them cannot be compared example by example: refused, with its shapes. A model output
+    so refused is the model's (``NotApplicable``), a hint tensor (``hints``) the option's."""
     two, three = run(2), run(3)
     axes: Axes = {}
     for name, a, b in zip(names, two, three):
         moving = [k for k in range(min(a.ndim, b.ndim)) if a.shape[k] == 2 and b.shape[k] == 3]
         if not moving or a.ndim != b.ndim:
-            raise BadInput(f"distill: output {name!r} does not follow the examples (shape {list(a.shape)} for 2 "
-                           f"examples, {list(b.shape)} for 3), so it cannot be compared example by example")
+            error = BadInput if name in hints else partial(NotApplicable, pass_name="distill")
+            raise error(f"distill: {'hint tensor' if name in hints else 'output'} {name!r} does not follow the "
+                        f"examples (shape {list(a.shape)} for 2 examples, {list(b.shape)} for 3), so it cannot be "
+                        "compared example by example")
         if moving[0]:
             axes[name] = moving[0]
     return axes

@@ -10,13 +10,14 @@ The student's fidelity to the teacher is measured here too, before and after tra
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import onnx_ir as ir
 
 from mcomp import graph
 from mcomp import model as model_io
-from mcomp.errors import BadInput, short
+from mcomp.errors import BadInput, NotApplicable, short
 from mcomp.pass_base import Context
 from mcomp.passes.distill import hints as hints_io, layout, qdq, qdq_check, samples as samples_io, teacher as teacher_io
 from mcomp.passes.distill.objective import check_labels, output_kinds, output_scales
@@ -99,8 +100,8 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     # training runs graphs that take and give them first
     if examples.axes or not runner.follows_axis_0(examples):
         trained, student_axes, student_ranks = layout.for_training(trained, examples, {k: k for k in mapping},
-                                                                   ctx.providers, ctx.threads, "student")
-        t_model, _, _ = layout.for_training(t_model, examples, mapping, ctx.providers, ctx.threads, "teacher")
+                                                                   ctx.providers, ctx.threads, "student", s_extra)
+        t_model, _, _ = layout.for_training(t_model, examples, mapping, ctx.providers, ctx.threads, "teacher", t_extra)
         notes.append(layout.describe(examples.axes, student_axes))
         runner = teacher_io.Teacher(t_model, mapping, t_names + t_extra, ctx.providers, ctx.threads, dev)
     train, val, validation = _validation(cfg, ctx, data, examples, seed)
@@ -117,13 +118,13 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
                                ctx.threads, cfg.qdq_check)
         notes += [note] if note else []
     teacher_out = runner(train.batch(probe))
-    _check_per_example(teacher_out, t_names + t_extra, len(probe), "teacher")
-    _check_per_example(student_out, names + s_extra, len(probe), "student")
+    _check_per_example(teacher_out, t_names + t_extra, len(probe), "teacher", len(t_names))
+    _check_per_example(student_out, names + s_extra, len(probe), "student", len(names))
     _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, t_names)
     hints_io.check_memory(t_extra, teacher_out[n_out:], len(probe), len(train) + (len(val) if val is not None else 0))
     kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student))
     if all(k.kind == "ignored" for k in kinds):
-        raise BadInput("distill: the model has no floating-point output to distill")
+        raise NotApplicable("distill: the model has no floating-point output to distill", "distill")
     for part, where, count in ((train, data.source, len(examples)), (val, validation.source, validation.count)):
         if part is not None and part.labels is not None:
             part.labels = check_labels(part.labels, kinds, _task_target(kinds, teacher_out), where, count)
@@ -282,16 +283,18 @@ def _runs_any_batch(trained: ir.Model, train: samples_io.Samples, fixed: int) ->
         return False
 
 
-def _check_per_example(outputs: list[np.ndarray], names: list[str], examples: int, which: str) -> None:
-    """Every output (and hint tensor) gives one entry per example on axis 0 (inputs on an inner
-    axis were moved first by ``layout``). Else training cannot split the teacher's targets by
-    example: silero-vad's sequence model (axis 0 is time, the state [1, 1, 128] is the whole
-    sequence's) raised numpy's "all the input array dimensions … must match" (exit 1)."""
-    for name, out in zip(names, outputs):
+def _check_per_example(outputs: list[np.ndarray], names: list[str], examples: int, which: str, n_outputs: int) -> None:
+    """Every output (and hint tensor: those past the first ``n_outputs``) gives one entry per example
+    on axis 0 (inputs on an inner axis were moved first by ``layout``). Else training cannot split the
+    teacher's targets by example: silero-vad's sequence model (axis 0 is time, the state [1, 1, 128]
+    is the whole sequence's) raised numpy's "all the input array dimensions … must match" (exit 1).
+    A model output refused is the model's, whatever the options (``NotApplicable``); a hint, the option's."""
+    for i, (name, out) in enumerate(zip(names, outputs)):
         if out.ndim == 0 or out.shape[0] != examples:
-            raise BadInput(f"distill: the {which}'s {name!r} is {list(out.shape)} for {examples} examples: its axis 0 "
-                           "does not follow the examples (a state kept for the whole batch, or a sequence whose axis "
-                           "0 is time), so it cannot be compared example by example")
+            error = partial(NotApplicable, pass_name="distill") if i < n_outputs else BadInput
+            raise error(f"distill: the {which}'s {name!r} is {list(out.shape)} for {examples} examples: its axis 0 "
+                        "does not follow the examples (a state kept for the whole batch, or a sequence whose axis "
+                        "0 is time), so it cannot be compared example by example")
 
 
 def _check_outputs(student: list[np.ndarray], teacher: list[np.ndarray], s_names: list[str], t_names: list[str]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mcomp.data import Dataset
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, NotApplicable
 
 
 @dataclass
@@ -59,7 +59,8 @@ def from_dataset(dataset: Dataset, role: str) -> Samples:
     names = list(feeds[0])
     lead = next((n for n in names if n not in dataset.inner_batch), names[0])  # counts the examples
     if feeds[0][lead].ndim == 0:
-        raise BadInput(f"{role} data: input {lead!r} is a scalar; training needs examples along a batch axis")
+        raise NotApplicable(f"{role} data: input {lead!r} is a scalar; training needs examples along a batch axis",
+                            "distill")
     counts = [f[lead].shape[dataset.inner_batch.get(lead, 0)] for f in feeds]
     inputs, constants, axes = {}, {}, {}
     for name in names:
