@@ -107,6 +107,8 @@ def test_latency_ties_go_to_quality_then_fewer_macs_then_fewer_steps_and_a_busy_
     shorter = fronts.Point(6, loss=0.0, objective=0.98, feasible=True, size=1.0, steps=1)
     assert fronts.choose([longer, shorter], band) == shorter
     assert fronts.band_of([0.9], "size") == 0.0
+    # two trials, each ±2 % against the input in its own run, differ by up to √2 of that
+    assert fronts.band_of([0.02, 0.02, 0.03], "latency") == pytest.approx(0.02 * 2 ** 0.5)
 
 
 def test_tie_band_is_the_uncertainty_of_a_median_ratio():

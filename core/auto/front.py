@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from statistics import median
 
 
+SQRT2 = 2 ** 0.5
 MAX_BAND = 0.15  # a band wider than this says the machine was too busy to time; it no longer hides ±15 %
 
 
@@ -27,9 +28,11 @@ class Point:
 
 
 def band_of(bands: list[float | None], objective: str) -> float:
-    """The study's tie band on the objective: the median A/A half-width of its trials (0 but for latency)."""
+    """The study's tie band on the objective (0 but for latency): the median A/A half-width of its
+    trials, times √2. A trial's half-width is the uncertainty of its own ratio, each timed against the
+    input in its own run; two trials compared differ by both uncertainties, which add as √2 of one."""
     known = [b for b in bands if b is not None]
-    return min(MAX_BAND, float(median(known))) if objective == "latency" and known else 0.0
+    return min(MAX_BAND, SQRT2 * float(median(known))) if objective == "latency" and known else 0.0
 
 
 def dominates(a: Point, b: Point, band: float) -> bool:

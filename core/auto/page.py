@@ -98,7 +98,7 @@ def to_html(doc: dict) -> str:
         f"budget {escape(budget)}. Study <code>{escape(study['name'])}</code> in <code>{escape(study['storage'])}</code>: "
         f"{study['trials']} trials ({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} "
         f"stopped early, {study['failed']} failed). Latency ratios closer than ×{study['latency_tie_band']:.3f} "
-        "(the A/A band) count as ties.</p>",
+        "(√2 × the trials' median A/A half-width: two ratios, each timed in its own run) count as ties.</p>",
     ]
     parts.append(f"<p>Measured at {escape(measured_on(doc))}.</p>")
     if figure:
