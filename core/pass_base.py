@@ -125,6 +125,11 @@ class Pass(abc.ABC):
             return (Need(ANY_DATA, "it reads data"),)
         return ()
 
+    def idle_on_input(self) -> str | None:
+        """Why this pass, with these options, has nothing to do on the pipeline's input as it came
+        (None: it has). The pipeline then skips it, with the reason in the report."""
+        return None
+
     def missing(self, roles) -> list[Need]:
         """The needs that none of the data ``roles`` present satisfies."""
         present = {role for role in roles}

@@ -14,7 +14,7 @@ from mcomp import bench, data, evaluate, graph, report, session, shapes, sources
 from mcomp import model as model_io
 from mcomp.errors import BadInput, ConfigError, GateFailed
 from mcomp.external_data import release_pages
-from mcomp.pass_base import Context
+from mcomp.pass_base import Context, PassResult
 from mcomp.pipeline_spec import Pipeline, builtin
 from mcomp.step_cache import StepCache
 
@@ -131,9 +131,13 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
         if request.before_step is not None:
             request.before_step(step.name)
         unchanged_input = current is loaded.model
-        if pass_.in_place and unchanged_input:
-            current = graph.copy(loaded.model)
-        result = pass_(current, ctx)
+        idle = pass_.idle_on_input() if unchanged_input else None
+        if idle:
+            result = PassResult(current, False, f"skipped: {idle}", seconds=0.0)
+        else:
+            if pass_.in_place and unchanged_input:
+                current = graph.copy(loaded.model)
+            result = pass_(current, ctx)
         # A step that changed nothing leaves the input as it came: a structured prune that found no
         # channel group had still prepared its copy (silero-vad v6: its If branches folded, 689 → 360
         # nodes, zstd ×1.003), and wrote that as the result of a step that says it did nothing.

@@ -67,21 +67,28 @@ def test_a_rate_too_small_to_remove_a_channel_leaves_the_model_unmodified(digits
     assert all(g["channels_after"] == g["channels_before"] for g in result.details["groups"])
 
 
-def test_a_structured_prune_that_cuts_nothing_writes_the_input_as_it_came(tmp_path):
-    """The pass prepares its copy (here: a weight held by a Constant node is lifted to an initializer);
-    with no channel group to cut, that copy is not the result (silero-vad v6 came out with 689 → 360
-    nodes and zstd ×1.003 from a prune that cut nothing)."""
+def _constant_matmul(folder):
+    """y = x @ w, w held by a Constant node: no channel group to cut (y is the output)."""
     import onnx
     from onnx import helper as oh, numpy_helper as nh
-
-    from clirun import run_mcomp
 
     f = onnx.TensorProto.FLOAT
     w = oh.make_node("Constant", [], ["w"], value=nh.from_array(np.arange(32, dtype=np.float32).reshape(4, 8), "w"))
     graph = oh.make_graph([w, oh.make_node("MatMul", ["x", "w"], ["y"])], "g",
                           [oh.make_tensor_value_info("x", f, ["N", 4])], [oh.make_tensor_value_info("y", f, ["N", 8])])
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    np.savez(tmp_path / "d.npz", x=np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), folder / "m.onnx")
+    np.savez(folder / "d.npz", x=np.random.default_rng(0).normal(size=(16, 4)).astype(np.float32))
+
+
+def test_a_structured_prune_that_cuts_nothing_writes_the_input_as_it_came(tmp_path):
+    """The pass prepares its copy (here: a weight held by a Constant node is lifted to an initializer);
+    with no channel group to cut, that copy is not the result (silero-vad v6 came out with 689 → 360
+    nodes and zstd ×1.003 from a prune that cut nothing)."""
+    import onnx
+
+    from clirun import run_mcomp
+
+    _constant_matmul(tmp_path)
     res = run_mcomp("prune", "m.onnx", "--method", "structured", "--rate", "0.5", "--data", "d.npz",
                     "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
@@ -90,6 +97,23 @@ def test_a_structured_prune_that_cuts_nothing_writes_the_input_as_it_came(tmp_pa
     assert not written.graph.initializer
     step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
     assert step["modified"] is False and "input is kept unchanged" in step["summary"]
+
+
+def test_a_distillation_whose_student_is_still_the_input_is_skipped(tmp_path):
+    """Nothing before it changed the model, and the input is its teacher: nothing to win back, and
+    the pipeline's longest step is not run (a prune that found no group, then 20 epochs)."""
+    import onnx
+
+    from clirun import run_mcomp
+
+    _constant_matmul(tmp_path)
+    (tmp_path / "p.yaml").write_text("model: m.onnx\ndata: {training: d.npz, evaluation: d.npz}\n"
+                                     "steps:\n  - prune: {method: structured}\n  - distill: {epochs: 50}\n")
+    res = run_mcomp("run", "p.yaml", "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    distill = json.loads((tmp_path / "r.json").read_text())["steps"][1]
+    assert distill["modified"] is False and distill["summary"].startswith("skipped: the student is still the input")
+    assert [n.op_type for n in onnx.load(tmp_path / "out.onnx").graph.node] == ["Constant", "MatMul"]
 
 
 def test_data_needs_follow_the_criterion():

@@ -111,6 +111,14 @@ class Distill(Pass):
     def requires(self) -> tuple[Need, ...]:
         return (Need(("training",), "distillation trains the student on it"),)
 
+    def idle_on_input(self) -> str | None:
+        """The input is the teacher unless one is given: a student that is still the input has
+        nothing to win back, and training it costs the pipeline's longest step (``mcomp auto``
+        on silero-vad v6: a prune that found no group, then 20 epochs of distillation)."""
+        if self.config.teacher is None:
+            return "the student is still the input, its own teacher (no step before it changed the model)"
+        return None
+
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
         from mcomp.passes.distill import candidates, prepare
 
