@@ -255,3 +255,29 @@ def test_a_sequence_first_torch_lstm_is_distilled_after_pruning(tmp_path):
     assert fid["after"]["cosine"] > fid["before"]["cosine"], fid
     out = ort.InferenceSession(str(tmp_path / "out.onnx")).run(None, {"x": np.zeros((5, 3, 8), np.float32)})
     assert out[0].shape == (3, 3) and out[1].shape == (2, 3, 16)
+
+
+def test_hint_projections_start_in_the_models_fixed_batch(tmp_path):
+    """A model exported at batch 1 with the batch in a Reshape's shape (a YOLO export's DFL: [1, 4, 16,
+    anchors]) runs one example at a time. The hint projections' least-squares start ran 512
+    examples at once: torch's "shape is invalid", exit 1 in every distill trial of ``mcomp auto``."""
+    f = onnx.TensorProto.FLOAT
+    rng = np.random.default_rng(0)
+
+    def save(path, noise):
+        w = (np.eye(4, 8) + noise * rng.normal(size=(4, 8))).astype(np.float32)
+        graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["h"]), oh.make_node("Relu", ["h"], ["r"]),
+                               oh.make_node("Reshape", ["r", "shape"], ["y"])], "fixed",
+                              [oh.make_tensor_value_info("x", f, [1, 4])],
+                              [oh.make_tensor_value_info("y", f, [1, 2, 4])],
+                              [nh.from_array(w, "w"), nh.from_array(np.array([1, 2, 4], np.int64), "shape")])
+        onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+
+    save(tmp_path / "t.onnx", 0.0)
+    save(tmp_path / "s.onnx", 0.3)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(40, 1, 4)).astype(np.float32))
+    res = run_mcomp("distill", "s.onnx", "--teacher", "t.onnx", "--data", "d.npz", "--hint", "r=r", "--epochs", "2",
+                    "--lr", "0.01", "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert any("batch dim is fixed at 1" in n for n in step["notes"]), step["notes"]

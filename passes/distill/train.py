@@ -93,9 +93,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
                           attention_weight=cfg.attention_weight,
                           attention_loss="mse" if cfg.attention_loss == "mse" else "kl").to(device)
     if job.hints:
-        first = np.arange(min(len(job.train), 512))
-        with torch.no_grad():
-            outs = module(**_tensors(job.train.batch(first), device))
+        first, outs = _projection_batch(module, job, device)
         objective.init_projections(outs, [torch.from_numpy(t[first]).to(device) for t in job.train_targets])
     params = [p for p in itertools.chain(module.parameters(), objective.parameters()) if p.requires_grad]
     if not any(p.requires_grad for p in module.parameters()):
@@ -336,6 +334,22 @@ def _describe(row: dict, epochs: int) -> str:
     elif "val_loss" in row:
         text += f" · val loss {row['val_loss']:.4f}"
     return text
+
+
+def _projection_batch(module, job: Job, device: str) -> tuple[np.ndarray, tuple[torch.Tensor, ...]]:
+    """The examples the hint projections start from and the student's outputs on them. Up to 512
+    at once; a model whose batch is fixed runs them in its batch, fewer of them (its features still
+    give thousands of rows per example): a YOLO export's DFL Reshape to [1, 4, 16, anchors] raised
+    torch's "shape is invalid" on 512 at once (exit 1 in every distill trial of ``mcomp auto``)."""
+    fixed = job.fixed_batch
+    if fixed:  # whole batches of it, repeating examples where there are fewer than one batch
+        first = np.resize(np.arange(len(job.train)), max(fixed, min(len(job.train), 64) // fixed * fixed))
+    else:
+        first = np.arange(min(len(job.train), 512))
+    step = fixed or len(first)
+    with torch.no_grad():
+        parts = [module(**_tensors(job.train.batch(first[i:i + step]), device)) for i in range(0, len(first), step)]
+    return first, tuple(torch.cat(outs, 0) for outs in zip(*parts))
 
 
 def _tensors(batch: dict[str, np.ndarray], device: str) -> dict[str, torch.Tensor]:
