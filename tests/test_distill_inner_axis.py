@@ -19,7 +19,7 @@ from onnx import numpy_helper as nh
 from clirun import run_mcomp
 from mcomp import model as model_io
 from mcomp.data import Dataset
-from mcomp.errors import BadInput
+from mcomp.errors import BadInput, NotApplicable
 from mcomp.passes.distill import layout
 from mcomp.passes.distill.samples import from_arrays, from_dataset
 
@@ -119,8 +119,12 @@ def test_an_input_and_output_of_unknown_shape_are_moved_by_the_rank_they_ran_at(
 
 def test_an_output_that_does_not_follow_the_examples_is_refused_with_its_shapes():
     outs = {2: [np.zeros((2, 4)), np.zeros((7,))], 3: [np.zeros((3, 4)), np.zeros((7,))]}
-    with pytest.raises(BadInput, match=r"output 'total' does not follow the examples \(shape \[7\] for 2"):
+    with pytest.raises(NotApplicable, match=r"output 'total' does not follow the examples \(shape \[7\] for 2"):
         layout.output_axes(lambda n: outs[n], ["y", "total"])
+    # a hint tensor is the option's choice, not the model's: refused, but another hint may do
+    with pytest.raises(BadInput, match=r"hint tensor 'total' does not follow") as refused:
+        layout.output_axes(lambda n: outs[n], ["y", "total"], hints={"total"})
+    assert not isinstance(refused.value, NotApplicable)
     moving = {2: [np.zeros((2, 2, 4))], 3: [np.zeros((2, 3, 4))]}  # axis 0 is 2 at both sizes: axis 1 follows
     assert layout.output_axes(lambda n: moving[n], ["stateN"]) == {"stateN": 1}
 
