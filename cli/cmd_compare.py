@@ -28,7 +28,7 @@ def compare(
 
     Example: mcomp compare model.onnx model.optimize.onnx --data eval.npz
     """
-    from mcomp import bench, data as data_io, evaluate, model as model_io, pipeline, session, shapes as shapes_io
+    from mcomp import bench, data as data_io, evaluate, heads, model as model_io, pipeline, session, shapes as shapes_io
     from mcomp.errors import BadInput
 
     if fidelity not in evaluate.FIDELITY_MODES:
@@ -48,7 +48,8 @@ def compare(
     settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
     with bench.hint_assumed_shapes(resolved, dataset.synthetic):  # a failure at a guessed shape says so
         quality = evaluate.compare(ref_bytes, cand_bytes, dataset, providers, threads,
-                                   [s.name for s in session.output_specs(ref.model)])
+                                   [s.name for s in session.output_specs(ref.model)],
+                                   heads=heads.linear_heads(ref.model))
         # one example per timed run, as the pass commands time it (not the data file's whole batch)
         latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings,
                                            specs=session.input_specs(ref.model), given=shapes)

@@ -247,10 +247,12 @@ def measurement_data(datasets, model: ir.Model, input_shapes=None, seed: int = 0
 
 
 def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str, dataset: Dataset, providers: list[str],
-            threads: int | None, output_names: list[str], metric=None) -> dict:
+            threads: int | None, output_names: list[str], metric=None,
+            heads: dict[str, int] | None = None) -> dict:
     """Fidelity of candidate vs reference and accuracy of both, on ``dataset`` (the report's
     ``fidelity``, ``accuracy`` and ``data``). The candidate's extra outputs are ignored.
     ``metric``: a user's task metric (``mcomp.metric.Metric``) in place of top-1 accuracy.
+    ``heads``: the reference's linear heads (``mcomp.heads.linear_heads``), for top-1 agreement on raw logits.
 
     The reference runs first and its session is released before the candidate's is made: a big
     model's session maps every weight, and the two held together were twice the model resident;
@@ -276,7 +278,7 @@ def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str
                  dataset.synthetic)
     cand_out = [cand_out[i] for i in matched]  # in the reference's order; the candidate's extra outputs dropped
     check_finite(cand_out, output_names, "candidate", dataset.synthetic)
-    fid = fidelity(ref_out, cand_out, output_names)
+    fid = fidelity(ref_out, cand_out, output_names, heads=heads)
     if metric is not None and dataset.has_labels:
         acc_ref, acc_cand = metric(ref_out, output_names, dataset), metric(cand_out, output_names, dataset)
     else:
@@ -395,12 +397,13 @@ def slice_axes(ref: list[list[np.ndarray]]) -> list[list[int]]:
 
 
 def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str],
-             axes: list[list[int]] | None = None) -> dict:
+             axes: list[list[int]] | None = None, heads: dict[str, int] | None = None) -> dict:
     """Per-output cosine, relative L2, max abs error, the worst slice along channel-like axes (a
     detector's class rows), and top-1 agreement where an output is class scores (per time step for
     sequences); plus a summary with the worst of each. ``summary["slice_cosine"]`` is the lowest
     worst-slice cosine (the whole-output cosine for outputs without channel-like axes): the figure
-    gates use unless asked for ``whole`` (see ``figure``)."""
+    gates use unless asked for ``whole`` (see ``figure``). ``heads``: output name → the width of the
+    linear head that computes it (``mcomp.heads``): raw logits of any rank are class scores too."""
     outputs = {}
     for k, (name, r_list, c_list) in enumerate(zip(names, ref, cand)):
         # one feed (a language model's logits, 0.4 GB) is compared as it is, not copied by a join
@@ -421,6 +424,8 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
             step = fk.worst_step_top1(r, c)
             if step is not None:
                 entry["worst_step_top1"] = step
+        elif heads and r.ndim >= 2 and heads.get(name) == r.shape[-1]:  # which axis holds the examples
+            entry["top1_agreement"] = fk.top1_agreement(r, c)  # is not known here: no worst step
         outputs[name] = entry
     floats = {n: o for n, o in outputs.items() if "cosine" in o}
     slices = {n: o["worst_slice"] for n, o in floats.items() if "worst_slice" in o}

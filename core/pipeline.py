@@ -10,7 +10,7 @@ from typing import Callable
 
 import onnx_ir as ir
 
-from mcomp import bench, data, evaluate, graph, report, session, shapes, sources
+from mcomp import bench, data, evaluate, graph, heads, report, session, shapes, sources
 from mcomp import model as model_io
 from mcomp.errors import BadInput, ConfigError, GateFailed
 from mcomp.external_data import release_pages
@@ -154,7 +154,8 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     with sources.runnable(reference) as reference_source, \
             sources.runnable(current, spill=True) as candidate_source:
         quality = evaluate.compare(reference_source, candidate_source, evaluation, providers, pipeline.threads,
-                                   output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric)
+                                   output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric,
+                                   heads=heads.linear_heads(loaded.model))
         latency = None
         if pipeline.measure.latency:
             latency = measure_latency(reference_source, candidate_source, evaluation, providers, pipeline,

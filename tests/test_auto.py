@@ -151,7 +151,7 @@ def test_a_distillation_clearly_worse_than_every_trial_within_budget_is_stopped(
     lags_no_labels({"val_loss": 9.0})
 
 
-def test_a_failed_trial_is_told_to_the_sampler_as_infeasible(monkeypatch):
+def test_a_failed_trial_is_told_to_the_sampler_as_infeasible(monkeypatch, tmp_path):
     """TPE leaves FAIL trials out of its model; a failing region would be drawn again and again."""
     import optuna
     from optuna.samplers._tpe.sampler import _split_trials
@@ -172,7 +172,7 @@ def test_a_failed_trial_is_told_to_the_sampler_as_infeasible(monkeypatch):
         raise ValueError("a pass error")
 
     monkeypatch.setattr(trials, "run", broken)
-    settings = trials.Settings(model="m", train="t", evaluation=None, folder="f", max_drop=0.01)
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
     event = studies._one(study, study.ask(), settings, OneStep())
     assert event["state"] == "failed" and "a pass error" in event["reason"]
     (t,) = study.get_trials(deepcopy=False)

@@ -49,8 +49,8 @@ class Evaluator:
     fidelity figure (``slice``: the worst slice along channel-like axes; ``whole``: whole outputs)."""
 
     def __init__(self, reference: bytes, dataset: Dataset, providers: list[str], threads: int | None,
-                 mode: str = "slice"):
-        self.dataset = dataset
+                 mode: str = "slice", heads: dict[str, int] | None = None):
+        self.dataset, self.heads = dataset, heads  # heads: top-1 agreement on raw logits (mcomp.heads)
         self.providers, self.threads, self.mode = providers, threads, mode
         session = evaluate.session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
@@ -63,7 +63,7 @@ class Evaluator:
         self.calls += 1
         data = candidate if isinstance(candidate, bytes) else mapped_source.as_source(candidate)
         outputs = _run(evaluate.session(data, self.providers, self.threads), self.dataset, "candidate")
-        fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes)["summary"]
+        fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes, self.heads)["summary"]
         return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], evaluate.accuracy(outputs, self.dataset),
                      fid["cosine"], fid["worst_slice"], fid["slice_cosine"])
 

@@ -15,6 +15,7 @@ import onnx_ir as ir
 
 from mcomp import evaluate
 from mcomp.errors import BadInput
+from mcomp.heads import linear_heads
 from mcomp.opset import drop_unused_opsets
 from mcomp.pass_base import Context, PassError, PassResult
 from mcomp.sources import kept_source
@@ -105,8 +106,9 @@ class Flow:
             self.notes.append("nothing to quantize: no node of the scheme's op types is left outside subgraphs, "
                               "recurrent ops and --exclude")
             raise Unchanged("nothing to quantize")
+        self.heads = linear_heads(self.model)
         self.evaluator = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, EVAL_FEEDS), ctx.providers,
-                                       ctx.threads, ctx.fidelity)
+                                       ctx.threads, ctx.fidelity, self.heads)
         ctx.progress("quantize: full candidate", 0, 1)
         excluded = set(scheme.user)
         budget = self._budget()
@@ -301,7 +303,7 @@ class Flow:
 
         ctx = self.ctx
         quick = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, SENSITIVITY_FEEDS), ctx.providers,
-                              ctx.threads, ctx.fidelity)
+                              ctx.threads, ctx.fidelity, self.heads)
         ranked = rank_groups(self.scheme.groups(self.live), self.build, quick, excluded, self.cfg.fidelity_metric,
                              progress=ctx.progress)
         fit = bud.fit(self.build, self.evaluator, budget, [g.members for g in ranked], excluded,
