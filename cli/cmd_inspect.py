@@ -42,9 +42,20 @@ def inspect(model: ModelArg, json: Json = False, input_shape: InputShape = None,
         console.out.print(table(loaded.source.path, info))
 
 
+# A dim name longer than this is cut in the table: exporters write formulas there (a YOLOv8 export's
+# anchors dim is 380 characters of floor(height/2 - 1/2)…), which made the table wider than any terminal.
+# --json keeps the name whole.
+DIM_NAME_WIDTH = 24
+
+
+def _dim(d) -> str:
+    text = str(d)
+    return text if len(text) <= DIM_NAME_WIDTH else text[:DIM_NAME_WIDTH - 1] + "…"
+
+
 def _signature(spec: dict) -> str:
     """``x: float32 [N, 3, H, W], dims 0,2,3 dynamic``: a shape as written, not a list repr."""
-    shape = "[" + ", ".join(str(d) for d in spec["shape"]) + "]" if spec["shape"] is not None else "of unknown shape"
+    shape = "[" + ", ".join(_dim(d) for d in spec["shape"]) + "]" if spec["shape"] is not None else "of unknown shape"
     dynamic = spec.get("dynamic_dims") or []
     dims = f", dim{'s' if len(dynamic) > 1 else ''} {','.join(map(str, dynamic))} dynamic" if dynamic else ""
     return f"{spec['name']}: {spec['dtype']} {shape}{dims}"

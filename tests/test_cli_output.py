@@ -41,3 +41,14 @@ def test_a_pipeline_output_folder_is_made_and_builtin_works_everywhere(tmp_path)
     compared = run_mcomp("compare", "builtin:digits", "build/deep/o.onnx", "--data", "builtin:digits-eval",
                          "--runs", "3", cwd=tmp_path)
     assert compared.returncode == 0 and "fidelity" in compared.out, compared.explain()
+
+
+def test_inspect_cuts_a_dim_formula_in_its_table_and_json_keeps_it():
+    """A YOLOv8 export names its anchors dim with a 380-character formula of height and width."""
+    from mcomp.cli.cmd_inspect import DIM_NAME_WIDTH, _signature
+
+    formula = "(floor(floor(floor(height/2 - 1/2)/2)/2) + 1)*(floor(floor(floor(width/2 - 1/2)/2)/2) + 1)"
+    line = _signature({"name": "output0", "dtype": "float32", "shape": ["batch", 22, formula], "dynamic_dims": [0, 2]})
+    assert line == f"output0: float32 [batch, 22, {formula[:DIM_NAME_WIDTH - 1]}…], dims 0,2 dynamic"
+    assert _signature({"name": "x", "dtype": "float32", "shape": ["N", 3], "dynamic_dims": [0]}) == \
+        "x: float32 [N, 3], dim 0 dynamic"
