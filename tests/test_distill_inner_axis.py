@@ -285,3 +285,55 @@ def test_hint_projections_start_in_the_models_fixed_batch(tmp_path):
     assert res.returncode == 0, res.explain()
     step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
     assert any("batch dim is fixed at 1" in n for n in step["notes"]), step["notes"]
+
+
+def _time_first_recognizer(path, reshape_batch: int, noise: float = 0.0, seed: int = 0):
+    """ddddocr's recognizer in small: ``x [1, F, T]`` (batch fixed at 1) → ``[T, batch, F]`` → Gemm →
+    CTC logits ``[T, batch, C]``, declared ``[1, seqlen]`` as its export declares them. ``reshape_batch``
+    -1 lets the graph run any batch (ddddocr computes its shapes); 1 bakes the batch into the Reshape."""
+    f, steps, feats, classes = onnx.TensorProto.FLOAT, 6, 4, 5
+    rng = np.random.default_rng(seed)
+    w = (rng.normal(size=(classes, feats)) + noise * np.random.default_rng(9).normal(size=(classes, feats)))
+    graph = oh.make_graph(
+        [oh.make_node("Transpose", ["x"], ["tbf"], perm=[2, 0, 1]),
+         oh.make_node("Reshape", ["tbf", "rows"], ["flat"]),
+         oh.make_node("Gemm", ["flat", "w"], ["scores"], transB=1),
+         oh.make_node("Reshape", ["scores", "back"], ["logits"])], "ctc",
+        [oh.make_tensor_value_info("x", f, [1, feats, steps])],
+        [oh.make_tensor_value_info("logits", f, [1, "seqlen"])],
+        [nh.from_array(w.astype(np.float32), "w"), nh.from_array(np.array([-1, feats], np.int64), "rows"),
+         nh.from_array(np.array([steps, reshape_batch, classes], np.int64), "back")])
+    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("reshape_batch", [-1, 1])
+def test_a_fixed_batch_model_with_time_first_logits_is_distilled(tmp_path, reshape_batch):
+    """Found on ddddocr's recognizer (pruned, then distilled back): the axis that follows the examples
+    was looked for by running 2 examples at once ("Got: 2 Expected: 1", exit 2 as if the data were
+    wrong), then its Transpose followed the declared rank 2 of a rank-3 output, and the teacher's
+    probe ran 8 examples on a session of batch 1."""
+    _time_first_recognizer(tmp_path / "t.onnx", reshape_batch)
+    _time_first_recognizer(tmp_path / "s.onnx", reshape_batch, noise=0.5)
+    np.savez(tmp_path / "d.npz", x=np.random.default_rng(3).normal(size=(48, 1, 4, 6)).astype(np.float32))
+    # no hints: the automatic ones would be the Gemm's input, whose rows mix time and examples (refused)
+    res = run_mcomp("distill", "s.onnx", "--teacher", "t.onnx", "--data", "d.npz", "--epochs", "15", "--lr", "0.01",
+                    "--hint", "none", "--seed", "0", "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert any("trained with them moved first: logits (axis 1)" in n for n in step["notes"]), step["notes"]
+    fid = step["changes"]["fidelity"]
+    assert fid["after"]["cosine"] > fid["before"]["cosine"], fid
+    out = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])
+    assert out.run(None, {"x": np.zeros((1, 4, 6), np.float32)})[0].shape == (6, 1, 5)  # its own layout
+
+
+def test_a_fixed_batch_output_whose_example_axis_cannot_be_told_is_refused():
+    """At a fixed batch of 1, an output [3, 1, 1] has two axes of size 1 past 0: which follows the examples
+    is unknowable, and saying so beats guessing."""
+    assert layout.fixed_batch_axes([np.zeros((6, 1, 5))], ["y"], 1) == {"y": 1}
+    assert layout.fixed_batch_axes([np.zeros((1, 6, 5))], ["y"], 1) == {}
+    with pytest.raises(NotApplicable, match=r"'y' is \[3, 1, 1\] at the model's fixed batch of 1: axes 1, 2"):
+        layout.fixed_batch_axes([np.zeros((3, 1, 1))], ["y"], 1)
+    with pytest.raises(BadInput, match="hint tensor 'h'"):
+        layout.fixed_batch_axes([np.zeros((3, 2))], ["h"], 1, hints={"h"})

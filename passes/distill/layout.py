@@ -9,7 +9,8 @@ weights, so the trained parameters are written back into the student graph as it
 written model keeps its own layout.
 
 Which output axis follows the examples is read off the model by running it at two batch sizes:
-a symbolic dim (``batch``) may be missing or named differently on each output. The same holds
+a symbolic dim (``batch``) may be missing or named differently on each output. A model whose batch
+dim is fixed runs at that size only: there the axis is the one of that size (``fixed_batch_axes``). The same holds
 without such an input: an exported LSTM gives ``Y_h [layers, batch, hidden]`` from a zero state
 (the teacher's first batches show it: ``Teacher.follows_axis_0``).
 """
@@ -74,9 +75,16 @@ def _give_first(g: ir.Graph, old: ir.Value, axis: int, rank: int) -> ir.Value:
 
 
 def _rank(value: ir.Value, ranks: dict[str, int] | None, role: str, axis: int) -> int:
-    rank = len(value.shape) if value.shape is not None else (ranks or {}).get(value.name)
+    """The rank ``value`` was fed or ran at, else the one its shape declares. A declared shape that
+    the model does not give is dropped (ddddocr's recognizer declares ``[1, seqlen]`` for logits it
+    gives as ``[T, 1, classes]``; onnxruntime only warns): moved by it, the Transpose was refused."""
+    rank = (ranks or {}).get(value.name)
+    if rank is None and value.shape is not None:
+        rank = len(value.shape)
     if rank is None:
         raise BadInput(f"distill: {role} {value.name!r} holds its examples on axis {axis}, but its rank is unknown")
+    if value.shape is not None and len(value.shape) != rank:
+        value.shape = None
     return rank
 
 
@@ -99,9 +107,14 @@ def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: l
         except evaluate.ort_errors() as exc:
             raise BadInput(f"distill: the {which} fails on {n} examples of the data ({short(exc, 200)})") from None
 
-    two = run(2)
-    axes = output_axes(lambda n: two if n == 2 else run(n), names, hints)
-    ranks = {n: a.ndim for n, a in zip(names, two)}
+    lead = session.get_inputs()[0].shape[0] if session.get_inputs() and session.get_inputs()[0].shape else None
+    if isinstance(lead, int):  # a fixed batch: the model runs no other batch size
+        ran = run(lead)
+        axes = fixed_batch_axes(ran, names, lead, hints)
+    else:
+        ran = run(2)
+        axes = output_axes(lambda n: ran if n == 2 else run(n), names, hints)
+    ranks = {n: a.ndim for n, a in zip(names, ran)}
     return examples_first(taking, {}, axes, ranks), axes, ranks
 
 
@@ -127,6 +140,27 @@ def output_axes(run: Callable[[int], list[np.ndarray]], names: list[str], hints:
                         "compared example by example")
         if moving[0]:
             axes[name] = moving[0]
+    return axes
+
+
+def fixed_batch_axes(outputs: list[np.ndarray], names: list[str], batch: int, hints: Collection[str] = ()) -> Axes:
+    """``output_axes`` for a model whose batch dim is fixed at ``batch``, run once at it: the one
+    axis of each output of that size. ddddocr's recognizer takes ``[1, 1, 64, W]`` and gives CTC
+    logits ``[T, 1, classes]``; its distillation ran 2 examples at once to find the axis and failed
+    ("Got: 2 Expected: 1"). Where axis 0 has that size it is taken, as every other check of mcomp
+    does; where no axis or several past 0 have it, the output is refused as ``output_axes`` refuses."""
+    axes: Axes = {}
+    for name, out in zip(names, outputs):
+        if out.ndim and out.shape[0] == batch:
+            continue
+        sized = [k for k in range(1, out.ndim) if out.shape[k] == batch]
+        if len(sized) != 1:
+            error = BadInput if name in hints else partial(NotApplicable, pass_name="distill")
+            raise error(f"distill: {'hint tensor' if name in hints else 'output'} {name!r} is {list(out.shape)} "
+                        f"at the model's fixed batch of {batch}: "
+                        + ("no axis" if not sized else f"axes {', '.join(map(str, sized))}")
+                        + " of that size, so which one follows the examples cannot be told")
+        axes[name] = sized[0]
     return axes
 
 

@@ -107,6 +107,13 @@ class Teacher:
         return {self.mapping[k]: np.ascontiguousarray(v) for k, v in batch.items()}
 
     def _run_ort(self, batch) -> list[np.ndarray]:
+        n, fixed = next(iter(batch.values())).shape[0], self.fixed_batch
+        if fixed and n != fixed:  # the session runs its fixed batch only; the student's torch copy may run any
+            chunks = []
+            for start in range(0, n, fixed):
+                index = np.minimum(np.arange(start, start + fixed), n - 1)  # the last chunk padded with its last
+                chunks.append([o[:min(fixed, n - start)] for o in self._run_ort({k: v[index] for k, v in batch.items()})])
+            return [np.concatenate([c[k] for c in chunks]) for k in range(len(self.wanted))]
         outs = self._session.run(None, self._feeds(batch))
         names = [o.name for o in self._session.get_outputs()]
         by_name = dict(zip(names, outs))
