@@ -400,7 +400,9 @@ def markdown(doc: dict) -> str:
         lines += [f"Search: {st['trials']} trials ({st['complete']} complete, {st['stopped']} stopped early, "
                   f"{st['failed']} failed) in {c['search_seconds']:.0f} s of search "
                   f"({s['wall_seconds']:.0f} s wall with start-up); load {s['load_start']} → {s['load_end']}. "
-                  f"Input accuracy {_pct(c['input'].get('accuracy'))}. Latency tie band ±{st['latency_tie_band']:.3f}.",
+                  f"Input accuracy {_pct(c['input'].get('accuracy'))}. Latency tie band ±{st['latency_tie_band']:.3f}."
+                  + (" The search is an earlier run's (`--reuse`); the rows below were measured in this run."
+                     if s.get("reused") else ""),
                   "", f"Pareto front (accuracy × latency at batch {c['batch']}):", "",
                   "| trial | pipeline | accuracy | drop | latency | size | MACs | in budget |",
                   "|---:|---|---:|---:|---:|---:|---:|:---:|"]

@@ -5,9 +5,12 @@ The model is built here (float32, seeded, one ``<name>.onnx.data`` beside it, wr
 so the builder holds one layer in memory). Each command runs as a subprocess, as a user runs it;
 for each the table gives the wall time, that time over the baseline's (``onnx.load`` with its data
 plus one onnxruntime session from the file and one run, in a subprocess, measured in the same run),
-and the peak memory over the model's size, twice: the kernel's ``maxrss`` (what ``/usr/bin/time -v``
-prints) and the peak of ``Rss`` in ``/proc/PID/smaps_rollup`` sampled every 0.1 s, which counts each
-resident page once. Then each output is checked: it has its external data beside it, loads in
+and the peak memory over the model's size, three ways: the kernel's ``maxrss`` (what ``/usr/bin/time -v``
+prints), and the peaks of ``Rss`` and ``Pss`` in ``/proc/PID/smaps_rollup`` sampled every 0.1 s. ``Rss``
+counts a page once per mapping: a model mapped twice in one process (the pipeline's input and an
+onnxruntime session of the same file) reads as two models while one is in memory. ``Pss`` divides
+each page by the mappings that share it, so it counts that page once (a shared library's pages
+shared with other processes count in part). Then each output is checked: it has its external data beside it, loads in
 onnxruntime from its path and runs, and the report's size row counts the data file; the report's
 latency entry (its method, ratio and runs) is copied into the row. The input's files must be unchanged. Writes ``big_models.json`` and ``.md`` to ``--out``. Times are measured, never asserted.
 
@@ -130,11 +133,11 @@ print(json.dumps({"shape": list(y.shape), "finite": bool(np.isfinite(y).all())})
 
 
 def run_measured(argv: list[str], cwd: Path) -> dict:
-    """Runs ``argv``: wall seconds, exit code, maxrss (the kernel's counter, from ``wait4``) and the peak
-    of the sampled smaps ``Rss``, in bytes, and the tail of its stderr."""
+    """Runs ``argv``: wall seconds, exit code, maxrss (the kernel's counter, from ``wait4``) and the peaks
+    of the sampled smaps ``Rss`` and ``Pss``, in bytes, and the tail of its stderr."""
     start = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    peak, done = [0], threading.Event()
+    peak, done = {"Rss:": 0, "Pss:": 0}, threading.Event()
 
     def sample() -> None:
         rollup = f"/proc/{proc.pid}/smaps_rollup"
@@ -142,9 +145,9 @@ def run_measured(argv: list[str], cwd: Path) -> dict:
             try:
                 with open(rollup) as fh:
                     for line in fh:
-                        if line.startswith("Rss:"):
-                            peak[0] = max(peak[0], int(line.split()[1]) * 1024)
-                            break
+                        key = line[:4]
+                        if key in peak:
+                            peak[key] = max(peak[key], int(line.split()[1]) * 1024)
             except (OSError, ValueError):
                 pass
             done.wait(0.1)
@@ -163,7 +166,7 @@ def run_measured(argv: list[str], cwd: Path) -> dict:
         reader.join()
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": round(seconds, 2), "rc": proc.returncode, "peak_rss": peak[0], "maxrss": usage.ru_maxrss * 1024,
+    return {"seconds": round(seconds, 2), "rc": proc.returncode, "peak_rss": peak["Rss:"], "peak_pss": peak["Pss:"], "maxrss": usage.ru_maxrss * 1024,
             "stderr": b"".join(err).decode(errors="replace")[-2000:]}
 
 
@@ -207,7 +210,9 @@ def bench(args) -> dict:
         result = run_measured(argv, work)
         row = {"command": " ".join(["mcomp", *COMMANDS[name]]), **result,
                "x_baseline": round(result["seconds"] / baseline["seconds"], 2),
-               "peak_rss_x_model": round(result["peak_rss"] / size, 2), "maxrss_x_model": round(result["maxrss"] / size, 2)}
+               "peak_rss_x_model": round(result["peak_rss"] / size, 2),
+               "peak_pss_x_model": round(result["peak_pss"] / size, 2),
+               "maxrss_x_model": round(result["maxrss"] / size, 2)}
         if name != "inspect" and result["rc"] == 0:
             row["output"] = check_output(output, feed)
             report = json.loads(output.with_name(output.stem + ".report.json").read_text())
@@ -217,6 +222,7 @@ def bench(args) -> dict:
                               "runs": [(latency.get(k) or {}).get("runs") for k in ("reference", "candidate")]}
         rows.append(row)
         print(f"{row['command']}: {row['seconds']} s (×{row['x_baseline']}), peak RSS ×{row['peak_rss_x_model']} "
+              f"(Pss ×{row['peak_pss_x_model']}) "
               f"(maxrss ×{row['maxrss_x_model']}), rc {row['rc']}", flush=True)
         if not args.keep:
             for f in work.glob(f"big.{name}.*"):
@@ -240,19 +246,20 @@ def markdown(doc: dict) -> str:
              "",
              f"Baseline (onnx.load with its data + one onnxruntime session from the file + one run, feed "
              f"{doc['feed_shape']}): {b['seconds']} s, peak RSS {b['peak_rss'] / m['bytes']:.2f}× the model "
+             f"(Pss {b['peak_pss'] / m['bytes']:.2f}×) "
              f"(maxrss {b['maxrss'] / m['bytes']:.2f}×). Machine: {doc['machine']['cpus']} cores, "
              f"{doc['machine']['memory_gib']} GiB, load average at the end {doc['machine']['load_average_at_end'][0]:.1f}.",
              "",
-             "| command | exit | time | × baseline | peak RSS × model (smaps) | maxrss × model | output | "
-             "external data | loads and runs | size row in → out |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| command | exit | time | × baseline | peak RSS × model (smaps) | peak PSS × model (smaps) | "
+             "maxrss × model | output | external data | loads and runs | size row in → out |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["commands"]:
         out = r.get("output") or {}
         size = r.get("size_row")
         mib = f"{out['bytes'] / (1 << 20):,.0f} MiB" if out else "—"
         lines.append(
             f"| `{r['command']}` | {r['rc']} | {r['seconds']} s | ×{r['x_baseline']} | {r['peak_rss_x_model']}× | "
-            f"{r['maxrss_x_model']}× | {mib} | {out.get('external_data', '—')} | "
+            f"{r.get('peak_pss_x_model', '—')}× | {r['maxrss_x_model']}× | {mib} | {out.get('external_data', '—')} | "
             f"{out.get('loads_and_runs', '—')} | "
             + (f"{size['input']:,} → {size['output']:,} |" if size else "— |"))
     timed = [r for r in doc["commands"] if (r.get("latency") or {}).get("method") and r["latency"]["ratio"]]
@@ -261,7 +268,8 @@ def markdown(doc: dict) -> str:
         lines += [f"- `{r['command']}`: ×{r['latency']['ratio']:.3f}, runs (reference, candidate) "
                   f"{r['latency']['runs']}, {r['latency']['method'].split(';')[0]}" for r in timed]
     lines += ["", f"Input files unchanged: {doc['input_unchanged']}.",
-              "Peak RSS (smaps) counts each resident page once, sampled every 0.1 s; maxrss is the kernel's counter "
+              "Peak RSS (smaps) counts a resident page once per mapping of it, so a file mapped twice in one "
+              "process counts twice; peak PSS counts it once (both sampled every 0.1 s). maxrss is the kernel's counter "
               "that `/usr/bin/time -v` prints. Memory-mapped weights are clean page-cache pages, counted in both. "
               "mcomp's latency measurement resets the kernel's high-water mark to read each session's peak, so "
               "maxrss misses any peak before it: read the smaps column.", ""]
