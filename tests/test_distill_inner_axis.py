@@ -316,12 +316,13 @@ def test_a_fixed_batch_model_with_time_first_logits_is_distilled(tmp_path, resha
     _time_first_recognizer(tmp_path / "t.onnx", reshape_batch)
     _time_first_recognizer(tmp_path / "s.onnx", reshape_batch, noise=0.5)
     np.savez(tmp_path / "d.npz", x=np.random.default_rng(3).normal(size=(48, 1, 4, 6)).astype(np.float32))
-    # no hints: the automatic ones would be the Gemm's input, whose rows mix time and examples (refused)
     res = run_mcomp("distill", "s.onnx", "--teacher", "t.onnx", "--data", "d.npz", "--epochs", "15", "--lr", "0.01",
-                    "--hint", "none", "--seed", "0", "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
+                    "--seed", "0", "-o", "out.onnx", "--report", "r.json", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
     step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
     assert any("trained with them moved first: logits (axis 1)" in n for n in step["notes"]), step["notes"]
+    # the automatic hint is the Gemm's input before the Reshape that mixes time and examples into rows
+    assert any(n.startswith("hints (auto): tbf (axis 1)") for n in step["notes"]), step["notes"]
     fid = step["changes"]["fidelity"]
     assert fid["after"]["cosine"] > fid["before"]["cosine"], fid
     out = ort.InferenceSession(str(tmp_path / "out.onnx"), providers=["CPUExecutionProvider"])

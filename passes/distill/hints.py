@@ -83,13 +83,22 @@ def auto_hints(student: ir.Model, teacher: ir.Model, count: int = 2) -> list[str
 
 
 def _before_row_merge(value: ir.Value) -> ir.Value:
-    """The rank-3 input of a Reshape that merges its first two axes into rows, else ``value``."""
+    """The rank-3 input of a Reshape that merges its first two axes into rows, else ``value``.
+    Where the graph declares neither shape, a Reshape to a constant ``[rows, features]`` is taken as
+    such a merge too: a CTC recognizer's ``[T, N, F] → [T·N, F]`` before its Gemm (rows of time and
+    examples mixed follow neither, and the hint refused the whole distillation)."""
     node = value.producer()
-    if node is None or node.op_type != "Reshape" or value.shape is None or len(value.shape) != 2:
+    if node is None or node.op_type != "Reshape" or node.inputs[0] is None or node.inputs[0].const_value is not None:
         return value
     data = node.inputs[0]
+    if value.shape is None and data.shape is None:
+        target = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        flat = target is not None and target.numpy().shape == (2,) and int(target.numpy()[1]) > 0
+        return data if flat else value
+    if value.shape is None or len(value.shape) != 2:
+        return value
     keeps_last = data.shape is not None and len(data.shape) == 3 and data.shape[-1] == value.shape[-1]
-    return data if keeps_last and data.const_value is None else value
+    return data if keeps_last else value
 
 
 def _hint_names(hints: list[str]) -> tuple[list[str], list[str]]:
