@@ -166,7 +166,8 @@ def run_measured(argv: list[str], cwd: Path) -> dict:
         reader.join()
     sampler.join()
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"seconds": round(seconds, 2), "rc": proc.returncode, "peak_rss": peak["Rss:"], "peak_pss": peak["Pss:"], "maxrss": usage.ru_maxrss * 1024,
+    return {"seconds": round(seconds, 2), "rc": proc.returncode, "peak_rss": peak["Rss:"], "peak_pss": peak["Pss:"],
+            "maxrss": usage.ru_maxrss * 1024,
             "stderr": b"".join(err).decode(errors="replace")[-2000:]}
 
 
@@ -259,7 +260,8 @@ def markdown(doc: dict) -> str:
         mib = f"{out['bytes'] / (1 << 20):,.0f} MiB" if out else "—"
         lines.append(
             f"| `{r['command']}` | {r['rc']} | {r['seconds']} s | ×{r['x_baseline']} | {r['peak_rss_x_model']}× | "
-            f"{r.get('peak_pss_x_model', '—')}× | {r['maxrss_x_model']}× | {mib} | {out.get('external_data', '—')} | "
+            f"{r.get('peak_pss_x_model', '—')}× | {r['maxrss_x_model']}× | {mib} | "
+            f"{out.get('external_data', '—')} | "
             f"{out.get('loads_and_runs', '—')} | "
             + (f"{size['input']:,} → {size['output']:,} |" if size else "— |"))
     timed = [r for r in doc["commands"] if (r.get("latency") or {}).get("method") and r["latency"]["ratio"]]
@@ -269,7 +271,8 @@ def markdown(doc: dict) -> str:
                   f"{r['latency']['runs']}, {r['latency']['method'].split(';')[0]}" for r in timed]
     lines += ["", f"Input files unchanged: {doc['input_unchanged']}.",
               "Peak RSS (smaps) counts a resident page once per mapping of it, so a file mapped twice in one "
-              "process counts twice; peak PSS counts it once (both sampled every 0.1 s). maxrss is the kernel's counter "
+              "process counts twice; peak PSS counts it once (both sampled every 0.1 s). maxrss is the kernel's "
+              "counter "
               "that `/usr/bin/time -v` prints. Memory-mapped weights are clean page-cache pages, counted in both. "
               "mcomp's latency measurement resets the kernel's high-water mark to read each session's peak, so "
               "maxrss misses any peak before it: read the smaps column.", ""]

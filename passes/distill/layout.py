@@ -9,10 +9,11 @@ weights, so the trained parameters are written back into the student graph as it
 written model keeps its own layout.
 
 Which output axis follows the examples is read off the model by running it at two batch sizes:
-a symbolic dim (``batch``) may be missing or named differently on each output. A model whose batch
-dim is fixed runs at that size only: there the axis is the one of that size (``fixed_batch_axes``). The same holds
-without such an input: an exported LSTM gives ``Y_h [layers, batch, hidden]`` from a zero state
-(the teacher's first batches show it: ``Teacher.follows_axis_0``).
+a symbolic dim (``batch``) may be missing or named differently on each output. A model whose
+batch dim is fixed runs at that size only: there the axis is the one of that size
+(``fixed_batch_axes``). The same holds without such an input: an exported LSTM gives
+``Y_h [layers, batch, hidden]`` from a zero state (the teacher's first batches show it:
+``Teacher.follows_axis_0``).
 """
 
 from __future__ import annotations

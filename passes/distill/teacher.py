@@ -112,7 +112,8 @@ class Teacher:
             chunks = []
             for start in range(0, n, fixed):
                 index = np.minimum(np.arange(start, start + fixed), n - 1)  # the last chunk padded with its last
-                chunks.append([o[:min(fixed, n - start)] for o in self._run_ort({k: v[index] for k, v in batch.items()})])
+                outs = self._run_ort({k: v[index] for k, v in batch.items()})
+                chunks.append([o[:min(fixed, n - start)] for o in outs])
             return [np.concatenate([c[k] for c in chunks]) for k in range(len(self.wanted))]
         outs = self._session.run(None, self._feeds(batch))
         names = [o.name for o in self._session.get_outputs()]

@@ -63,7 +63,8 @@ class Evaluator:
         self.calls += 1
         data = candidate if isinstance(candidate, bytes) else mapped_source.as_source(candidate)
         outputs = _run(evaluate.session(data, self.providers, self.threads), self.dataset, "candidate")
-        fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes, self.heads)["summary"]
+        fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes,
+                                self.heads)["summary"]
         return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], evaluate.accuracy(outputs, self.dataset),
                      fid["cosine"], fid["worst_slice"], fid["slice_cosine"])
 
