@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 
 from helpers import conv_bn_relu, run
-from mcomp import evaluate
+from mcomp import data, evaluate
 from mcomp.graph import copy
 from mcomp.pass_base import Context
 from mcomp.passes.optimize import Optimize, portable
@@ -82,3 +82,47 @@ def test_other_levels_may_keep_contrib_ops_but_not_unused_domains(level):
     assert _declared(after) == {"", "com.microsoft"}
     with pytest.raises(portable.StageRejected, match="non-standard"):
         portable.after_onnxruntime(_with_contrib_node(before), "basic", before)
+
+
+def _ctc_tail_opset_12() -> onnx.ModelProto:
+    """ddddocr's recognizer tail at opset 12: logits reshaped to ``[T, N, C]`` by a target computed from
+    the input's shape, and declared ``[1, seqlen]`` as its export declares them."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    nodes = [helper.make_node("Reshape", ["x", "rows"], ["flat"]),
+             helper.make_node("Gemm", ["flat", "w"], ["scores"], transB=1),
+             helper.make_node("Shape", ["x"], ["shape"]),
+             helper.make_node("Gather", ["shape", "zero"], ["t"], axis=0),
+             helper.make_node("Gather", ["shape", "one"], ["n"], axis=0),
+             helper.make_node("Unsqueeze", ["t"], ["t1"], axes=[0]),
+             helper.make_node("Unsqueeze", ["n"], ["n1"], axes=[0]),
+             helper.make_node("Concat", ["t1", "n1", "classes"], ["back"], axis=0),
+             helper.make_node("Reshape", ["scores", "back"], ["logits"])]
+    graph = helper.make_graph(
+        nodes, "ctc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 1, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, "seqlen"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([-1, 4], np.int64), "rows"),
+         numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one"),
+         numpy_helper.from_array(np.array([5], np.int64), "classes")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    return model
+
+
+def test_folding_an_opset_12_model_trusts_neither_a_wrong_output_declaration_nor_allowzero():
+    """Both folding stages were dropped on ddddocr's opset-12 recognizer: onnxscript wrote Reshape's
+    ``allowzero`` (opset 14 on; onnxruntime refused the model), and, that mended, folding trusted the
+    declared ``[1, seqlen]`` and made the logits ``[1, 30]``."""
+    model = ir.serde.deserialize_model(_ctc_tail_opset_12())
+    feeds = {"x": np.random.default_rng(2).standard_normal((6, 1, 4)).astype(np.float32)}
+    expected = run(model, feeds)[0]
+    assert expected.shape == (6, 1, 5)
+    ctx = Context(data={"calibration": data.Dataset(feeds=[feeds])}, providers=["CPUExecutionProvider"])
+    result = Optimize(Optimize.Config(level="basic"))(copy(model), ctx)
+    stages = {s["name"]: s for s in result.details["stages"]}
+    assert stages["fold-shapes"]["applied"], result.details["stages"]
+    assert not any(s["rejected"] for s in stages.values()), result.details["stages"]
+    assert not [n for n in result.model.graph if n.op_type in ("Shape", "Gather", "Concat")]
+    assert all("allowzero" not in n.attributes for n in result.model.graph if n.op_type == "Reshape")
+    np.testing.assert_allclose(run(result.model, feeds)[0], expected, rtol=1e-6)

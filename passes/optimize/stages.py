@@ -7,6 +7,7 @@ be dropped while the others are kept (see ``verify.py``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -54,17 +55,62 @@ def _rewrite(rules, rounds: int = 2, infer_shapes: bool = False) -> Callable[[ir
                         ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
             if infer_shapes:
                 _run_passes(model, ir_passes.ShapeInferencePass(strict_mode=False))
+        if modified:
+            _reshape_attributes_for_opset(model)
         return modified
 
     return apply
 
 
+RESHAPE_ALLOWZERO_OPSET = 14  # Reshape's allowzero attribute exists from this opset on
+
+
+def _reshape_attributes_for_opset(model: ir.Model) -> None:
+    """Removes ``allowzero`` from the Reshapes that onnxscript's rules write into a model of opset < 14
+    (they write ``allowzero=1`` whatever the opset), where removing it keeps the meaning: allowzero 0,
+    or a constant target with no 0 in it. onnxruntime refused such a model ("Unrecognized attribute:
+    allowzero"), and both folding stages were dropped on ddddocr's opset-12 recognizer. A 0 that
+    allowzero makes a real zero-size dim cannot be written below opset 14: that stage is still refused."""
+    if model.opset_imports.get("", RESHAPE_ALLOWZERO_OPSET) >= RESHAPE_ALLOWZERO_OPSET:
+        return
+    for node in all_nodes(model):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx") or "allowzero" not in node.attributes:
+            continue
+        target = node.inputs[1].const_value if len(node.inputs) > 1 and node.inputs[1] is not None else None
+        if node.attributes.get_int("allowzero", 0) == 0 or (target is not None and 0 not in target.numpy()):
+            node.attributes.pop("allowzero")
+
+
+@contextmanager
+def _outputs_as_computed(model: ir.Model):
+    """The graph outputs' declared shapes hidden while shapes are inferred and folded, then put back.
+    A declaration is the exporter's word, not the graph's: ddddocr's recognizer declares ``[1, seqlen]``
+    for logits it computes as ``[T, 1, 8210]``, and folding trusted it, turning its last Reshape's target
+    into ``[1, -1]`` (outputs ``[1, 164200]``: the stage was dropped by the check)."""
+    declared = [(value, value.shape) for value in model.graph.outputs]
+    for value, _ in declared:
+        value.shape = None
+    try:
+        yield
+    finally:
+        for value, shape in declared:
+            value.shape = shape
+
+
 def fold_constants(model: ir.Model) -> bool:
     """Constant folding, shape inference and dead-node removal (onnxscript's optimizer)."""
     before = _fingerprint(model)
-    optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True)
+    with _outputs_as_computed(model):
+        optimizer.optimize(model, num_iterations=2, onnx_shape_inference=True)
     _run_passes(model, ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=1))
+    _reshape_attributes_for_opset(model)
     return _fingerprint(model) != before
+
+
+def _fold_shapes(model: ir.Model) -> bool:
+    with _outputs_as_computed(model):
+        return _rewrite([common_rules.materialize_reshape_shape_rule, *mcomp_rules.SHAPE_RULES], rounds=8,
+                        infer_shapes=True)(model)
 
 
 def eliminate(model: ir.Model) -> bool:
@@ -91,7 +137,7 @@ PORTABLE_STAGES: tuple[Stage, ...] = (
     Stage("fold-constants", "constant folding, shape inference, dead nodes", fold_constants),
     # each round of shape folding exposes shapes to the next, and to the no-op rules of 'eliminate'
     Stage("fold-shapes", "Reshape targets computed from shapes (Shape→Slice/Gather→Concat) made constant",
-          _rewrite([common_rules.materialize_reshape_shape_rule, *mcomp_rules.SHAPE_RULES], rounds=8, infer_shapes=True)),
+          _fold_shapes),
     Stage("eliminate", "identity/dropout/no-op elimination, CSE, duplicate initializers", eliminate),
     Stage("fuse-batchnorm", "per-channel bias Adds and BatchNormalization folded into Conv/ConvTranspose/Gemm",
           _rewrite([*mcomp_rules.CONV_BIAS_RULES, common_rules.fuse_batchnorm_into_conv_rule,
