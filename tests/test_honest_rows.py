@@ -67,6 +67,10 @@ def test_weight_share_counts_a_shared_weight_once_and_float_constants_too():
                          [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])], [w])
     shares = record.weight_share(h.make_model(graph), [Unit("mm2", "MatMul", 16)])
     assert shares == {"total": 20, "quantized": 16, "share": 0.8, "float_by_op": {"Add": 4}}
+    # a weight no node reads is not counted: the dynamic builder's prepared copy kept a Gemm's B beside
+    # its MatMul's transposed copy, and the share read 58 % where every Gemm was quantized
+    graph.initializer.append(onnx.numpy_helper.from_array(np.ones((8, 8), np.float32), "left_behind"))
+    assert record.weight_share(h.make_model(graph), [Unit("mm2", "MatMul", 16)]) == shares
 
 
 def test_count_is_readable():

@@ -60,9 +60,10 @@ def weight_share(proto: onnx.ModelProto, quantized) -> dict:
                 held += sizes[name]
             else:
                 float_by_op[node.op_type] = float_by_op.get(node.op_type, 0) + sizes[name]
-    total = sum(sizes.values())
-    if total - held - sum(float_by_op.values()):
-        float_by_op["unused"] = total - held - sum(float_by_op.values())
+    # A weight no node reads is not in the model that is written: the dynamic builder's prepared copy
+    # keeps a Gemm's B beside the MatMul's transposed copy, and it read "12.6 M of 21.9 M weights
+    # quantized (58 %) …; float: unused 8.4 M" on ddddocr's recognizer, whose every Gemm was quantized.
+    total = held + sum(float_by_op.values())
     return {"total": total, "quantized": held, "share": round(held / total, 4) if total else None,
             "float_by_op": dict(sorted(float_by_op.items(), key=lambda kv: -kv[1]))}
 
