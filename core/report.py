@@ -210,6 +210,10 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
 ACCURACY_DROP = 0.05  # accuracy lost beyond this share (5 points) is a warning
 MIN_COSINE = 0.9  # fidelity (worst slice, else whole output) below this is a warning
 SLOWER = 1.05  # an output slower than this, and beyond the A/A p90, is a warning
+# Without labels, class scores whose top-1 changed on more than this share of positions is a warning,
+# whatever the cosine: ddddocr's recognizer at int4 kept cosine 0.9986 while 3.1 % of its time steps
+# (4.2 % of the strings it read) changed, and the default budget bounds cosine only.
+MIN_TOP1 = 0.99
 ADVICE = {"prune": "distill it against the input: `mcomp distill {out} --teacher {inp} --data {data}`, or lower --rate",
           "quantize": "raise --max-drop/--min-fidelity or --exclude the sensitive layers (see --explain)"}
 GENERIC_ADVICE = "see the steps' notes; rerun the step with gentler options"
@@ -233,6 +237,11 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     if cosine is not None and cosine < MIN_COSINE:
         found.append(("fidelity", cosine < 0.5, f"outputs drifted from the input's: {which} {cosine:.4f} "
                       f"(< {MIN_COSINE})"))
+    top1 = fid.get("top1_agreement")
+    if not acc.get("known") and top1 is not None and top1 < MIN_TOP1 and (cosine is None or cosine >= MIN_COSINE):
+        found.append(("fidelity", top1 < 0.9, f"the top class changed on {1 - top1:.1%} of the positions scored "
+                      f"(top-1 agreement {top1:.2%}) while the cosine reads {cosine:.4f}; quantize bounds it with "
+                      f"--min-fidelity {MIN_TOP1} --fidelity-metric top1"))
     lat = doc.get("latency")
     band = ((lat or {}).get("noise_floor") or {}).get("p90", 1.0)
     if lat and lat.get("ratio") and lat["ratio"] > max(band, SLOWER):

@@ -178,6 +178,24 @@ def test_warnings_thresholds_and_advice():
     assert "`mcomp distill 'my out.onnx' --teacher in.onnx --data cal.npz`" in pruned
 
 
+def test_top_classes_that_changed_are_a_warning_where_no_labels_say_more():
+    """ddddocr's recognizer at int4, with the default budget: cosine 0.9986, the top class changed on 3.1 %
+    of its time steps (4.2 % of the strings it read), and the report said nothing about it."""
+    doc = _doc(cosine=0.9986)
+    doc["accuracy"] = {"known": False}
+    doc["fidelity"]["summary"]["top1_agreement"] = 0.9688
+    (found,) = report.warnings(doc)
+    assert (found["kind"], found["severity"]) == ("fidelity", "warning")
+    assert found["message"].startswith("the top class changed on 3.1% of the positions scored (top-1 agreement "
+                                       "96.88%) while the cosine reads 0.9986")
+    assert "--fidelity-metric top1" in found["message"]
+    doc["fidelity"]["summary"]["top1_agreement"] = 0.995
+    assert report.warnings(doc) == []
+    labelled = _doc(cosine=0.9986)  # with labels, the accuracy drop is the figure: no second opinion
+    labelled["fidelity"]["summary"]["top1_agreement"] = 0.9688
+    assert report.warnings(labelled) == []
+
+
 @pytest.mark.parametrize("ratio,p90,warned", [(1.3, 1.1, True), (1.3, 1.4, False), (1.03, None, False), (1.2, None, True)])
 def test_slower_output_warns_only_beyond_the_noise(ratio, p90, warned):
     latency = {"ratio": ratio, "noise_floor": {"median": 1.0, "p10": 0.9, "p90": p90} if p90 else None}
