@@ -141,8 +141,8 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
     is unknown (or the op is not a compute op). Gemm: ``Y[M,N] = A[M,K]·B[K,N]`` (A stored [K,M]
     under transA, B stored [N,K] under transB) costs M·K·N; MatMul broadcasts its batch dims as
     numpy does; attention ops count their products (see :func:`_attention_macs`)."""
-    ins = [shapes.get(name) for name in node.input]
-    out = shapes.get(node.output[0]) if node.output else None
+    ins = [_counted(shapes.get(name)) for name in node.input]
+    out = _counted(shapes.get(node.output[0])) if node.output else None
     op = node.op_type
     if op in CONV_LIKE:
         w = ins[CONV_LIKE[op]] if len(ins) > CONV_LIKE[op] else None  # [M, C/group, k...]
@@ -167,6 +167,13 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
     if op in ATTENTION_OPS:
         return _attention_macs(node, ins, out, attrs)
     return None
+
+
+def _counted(shape: list[int] | None) -> list[int] | None:
+    """``shape``, or None where inference gave it a negative dim: an input assumed too small for the
+    model (openWakeWord's mel front end at an assumed 32 samples, shorter than its STFT window) made
+    the output length negative, and ``inspect`` printed "MACs -542,784"."""
+    return None if shape is None or any(int(d) < 0 for d in shape) else shape
 
 
 def _matmul_macs(a, b, out, trans_a: int = 0, trans_b: int = 0) -> int | None:
@@ -279,7 +286,10 @@ def _best_count(proto: onnx.ModelProto) -> MacCount:
             best = MacCount(total, unknown)
         if not best.unknown:
             return best
-    why = _joined(*failures) or "their shapes are computed at run time (no shape inference could resolve them)"
+    negative = any(d < 0 for shape in stage.shapes.values() if shape for d in shape)
+    why = _joined(*failures, "the shapes inferred have negative dims: an input is too small for the model at the "
+                  "shapes counted" if negative else None) \
+        or "their shapes are computed at run time (no shape inference could resolve them)"
     return best._replace(reason=f"{len(best.unknown)} compute node(s) not counted: {why}")
 
 

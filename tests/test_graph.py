@@ -107,3 +107,22 @@ def test_measurement_data_prefers_evaluation_then_calibration_then_synthetic():
     assert evaluate.measurement_data({"calibration": cal}, model) is cal
     synthetic = evaluate.measurement_data({}, model, feeds=3, seed=1)
     assert synthetic.synthetic and len(synthetic) == 3
+
+
+def test_a_shape_inferred_negative_is_not_counted_and_the_reason_says_why():
+    """openWakeWord's mel front end at an assumed 32 samples, shorter than its STFT window: the output
+    length came out negative and ``inspect`` printed "MACs -542,784"."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 1, 64), np.float32), "w")
+    proto = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="stft")], "mel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "samples"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [w]),
+        opset_imports=[helper.make_opsetid("", 13)])
+    model = ir.serde.deserialize_model(proto)
+    short = graph.macs(model, {"x": (1, 1, 32)})
+    assert short.total >= 0 and short.unknown == ["stft"], short
+    assert "negative dims" in short.reason
+    assert graph.macs(model, {"x": (1, 1, 128)}).total == 4 * 65 * 64
