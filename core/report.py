@@ -237,17 +237,19 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     if cosine is not None and cosine < MIN_COSINE:
         found.append(("fidelity", cosine < 0.5, f"outputs drifted from the input's: {which} {cosine:.4f} "
                       f"(< {MIN_COSINE})"))
+    changed = [s["pass"] for s in doc["steps"] if s.get("modified")]
     top1 = fid.get("top1_agreement")
     if not acc.get("known") and top1 is not None and top1 < MIN_TOP1 and (cosine is None or cosine >= MIN_COSINE):
+        bound = (f"; quantize bounds it with --min-fidelity {MIN_TOP1} --fidelity-metric top1"
+                 if changed and changed[-1] == "quantize" else "")
         found.append(("fidelity", top1 < 0.9, f"the top class changed on {1 - top1:.1%} of the positions scored "
-                      f"(top-1 agreement {top1:.2%}) while the cosine reads {cosine:.4f}; quantize bounds it with "
-                      f"--min-fidelity {MIN_TOP1} --fidelity-metric top1"))
+                      f"(top-1 agreement {top1:.2%})"
+                      + (f" while the cosine reads {cosine:.4f}" if cosine is not None else "") + bound))
     lat = doc.get("latency")
     band = ((lat or {}).get("noise_floor") or {}).get("p90", 1.0)
     if lat and lat.get("ratio") and lat["ratio"] > max(band, SLOWER):
         found.append(("latency", lat["ratio"] > 1.5, f"the output is slower than the input: ×{lat['ratio']:.3f} of "
                       f"its latency, beyond the A/A noise (p90 ×{band:.2f})"))
-    changed = [s["pass"] for s in doc["steps"] if s.get("modified")]
     data = next((d["source"] for role, d in doc.get("data", {}).items()
                  if role != "measured_on" and isinstance(d, dict) and not d.get("synthetic") and d.get("source")), None)
     names = {"out": shlex.quote(output if output not in (None, "-") else doc["output"].get("path") or "OUT"),

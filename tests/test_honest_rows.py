@@ -189,6 +189,11 @@ def test_top_classes_that_changed_are_a_warning_where_no_labels_say_more():
     assert found["message"].startswith("the top class changed on 3.1% of the positions scored (top-1 agreement "
                                        "96.88%) while the cosine reads 0.9986")
     assert "--fidelity-metric top1" in found["message"]
+    pruned = dict(doc, steps=[{"pass": "prune", "modified": True}])  # the quantize option is no advice there
+    assert "--fidelity-metric" not in report.warnings(pruned)[0]["message"]
+    no_cosine = dict(doc, fidelity={"summary": {"cosine": None, "slice_cosine": None, "top1_agreement": 0.9688}})
+    assert report.warnings(no_cosine)[0]["message"].startswith("the top class changed on 3.1% of the positions "
+                                                               "scored (top-1 agreement 96.88%); quantize")
     doc["fidelity"]["summary"]["top1_agreement"] = 0.995
     assert report.warnings(doc) == []
     labelled = _doc(cosine=0.9986)  # with labels, the accuracy drop is the figure: no second opinion
