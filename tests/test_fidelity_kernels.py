@@ -41,3 +41,11 @@ def test_classifier_shape():
     assert not fk.is_classifier_shaped(np.zeros((2, 1), np.float32))
     assert not fk.is_classifier_shaped(np.zeros((2,), np.float32))
     assert not fk.is_classifier_shaped(np.zeros((2, 10), np.int64))
+
+
+def test_a_cosine_never_exceeds_one():
+    """Rounding put a vector's cosine with itself at 1 + 2e-16 for 51 of 200 random vectors, and
+    ``mcomp auto`` printed "1 − fidelity -0.0000" for a lossless trial."""
+    vectors = [np.random.default_rng(s).standard_normal(1000).astype(np.float32) for s in range(200)]
+    assert max(fk.whole(x, x)["cosine"] for x in vectors) == 1.0
+    assert max(fk.per_slice(np.stack([x, x]), np.stack([x, x]), 0)[0]["cosine"] for x in vectors[:50]) <= 1.0
