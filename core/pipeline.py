@@ -123,7 +123,11 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     if cache is not None:
         base = cache.base(loaded.source.sha256, pipeline, input_shapes)
         start, cached, steps = cache.longest(base, pipeline.steps)
-        current = cached if cached is not None else current
+        # a stored prefix that changed nothing is the input as it came, not a copy of it: the steps
+        # after it are judged on the input (magika: a prune that found no channel group, read from the
+        # cache, was followed by 5 minutes of distilling the input against itself)
+        if cached is not None and any(s.get("modified", True) for s in steps):
+            current = cached
     for i, (step, pass_) in enumerate(zip(pipeline.steps, passes)):
         if i < start:
             continue

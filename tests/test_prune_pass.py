@@ -116,6 +116,29 @@ def test_a_distillation_whose_student_is_still_the_input_is_skipped(tmp_path):
     assert [n.op_type for n in onnx.load(tmp_path / "out.onnx").graph.node] == ["Constant", "MatMul"]
 
 
+def test_a_cached_prefix_that_changed_nothing_still_skips_the_distillation(tmp_path):
+    """A search's trials share prefixes through the step cache: the prune that cut nothing, read from
+    it, is still the input, so the distillation after it has nothing to win back (it ran 5 minutes)."""
+    import onnx
+
+    from mcomp.pipeline import RunRequest, execute
+    from mcomp.pipeline_spec import load_file
+    from mcomp.step_cache import StepCache
+
+    _constant_matmul(tmp_path)
+    data = "data: {training: d.npz, evaluation: d.npz}\n"
+    (tmp_path / "prune.yaml").write_text(f"model: m.onnx\n{data}steps:\n  - prune: {{method: structured}}\n")
+    (tmp_path / "both.yaml").write_text(f"model: m.onnx\n{data}steps:\n  - prune: {{method: structured}}\n"
+                                        "  - distill: {epochs: 50}\n")
+    cache = StepCache(tmp_path / "cache")
+    execute(load_file(tmp_path / "prune.yaml"), RunRequest(output=str(tmp_path / "a.onnx"), cache=cache))
+    doc = execute(load_file(tmp_path / "both.yaml"), RunRequest(output=str(tmp_path / "b.onnx"), cache=cache)).report
+    prune, distill = doc["steps"]
+    assert prune["cached"] and cache.hits == 1
+    assert distill["modified"] is False and distill["summary"].startswith("skipped: the student is still the input")
+    assert [n.op_type for n in onnx.load(tmp_path / "b.onnx").graph.node] == ["Constant", "MatMul"]
+
+
 def test_data_needs_follow_the_criterion():
     need = (Need(("training", "calibration", "evaluation"), "taylor importance takes gradients on it"),)
     assert Prune(method="taylor").requires() == need
