@@ -312,6 +312,16 @@ def test_a_distillation_with_nothing_to_win_back_is_left_out_of_a_trial():
                    for a in anchors)
 
 
+def test_the_anchors_start_with_what_can_hold_the_budget():
+    """A heavy model's search gets a few trials: quantize alone (which bounds its own loss) runs
+    before prune alone (half the channels, nothing to win them back), then the recipes."""
+    from mcomp.auto import search as searches
+
+    anchors = searches._anchors(spaces.default_space())
+    enabled = [tuple(name for name in ("prune", "distill", "quantize") if a.get(f"{name}.enabled")) for a in anchors]
+    assert enabled[:3] == [("quantize",), ("prune",), ("prune", "distill", "quantize")], enabled
+
+
 # -- the command ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
