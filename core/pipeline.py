@@ -32,6 +32,7 @@ class RunRequest:
     on_epoch: Callable[[dict], None] | None = None  # given to training passes (Context.on_epoch)
     before_step: Callable[[str], None] | None = None  # told each step's name before it runs; may raise to stop
     during_step: Callable[[str], None] | None = None  # told each progress report of a pass; may raise to stop it
+    step_time: Callable[[str], float | None] | None = None  # seconds a step with a time_budget may take (a search)
 
 
 @dataclass
@@ -120,6 +121,7 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
 
     current = loaded.model  # shared with the reference until an in-place pass needs its own copy
     cache, base, start, steps = request.cache, "", 0, []
+    keyed = list(pipeline.steps)  # the cache's keys: a step the request's clock cut short is keyed with its budget
     if cache is not None:
         base = cache.base(loaded.source.sha256, pipeline, input_shapes)
         start, cached, steps = cache.longest(base, pipeline.steps)
@@ -136,19 +138,25 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
             request.before_step(step.name)
         unchanged_input = current is loaded.model
         idle = pass_.idle_on_input() if unchanged_input else None
+        limited = None
         if idle:
             result = PassResult(current, False, f"skipped: {idle}", seconds=0.0)
         else:
             if pass_.in_place and unchanged_input:
                 current = graph.copy(loaded.model)
-            result = pass_(current, ctx)
+            limited = _within_time(pass_, request, step.name)
+            result = (limited or pass_)(current, ctx)
         # A step that changed nothing leaves the input as it came: a structured prune that found no
         # channel group had still prepared its copy (silero-vad v6: its If branches folded, 689 → 360
         # nodes, zstd ×1.003), and wrote that as the result of a step that says it did nothing.
         current = loaded.model if unchanged_input and not result.modified else result.model
-        steps.append(step_record(step, result))
+        record = step_record(step, result)
+        if limited is not None and (result.details.get("time") or {}).get("time_bound"):
+            keyed[i] = step.model_copy(update={"config": limited.config})
+            record.update(options=limited.options(), time_bound=True)  # what ran: the budget shaped the result
+        steps.append(record)
         if cache is not None:
-            cache.store(base, pipeline.steps, i + 1, current, steps)
+            cache.store(base, keyed, i + 1, current, steps)
 
     request.progress("measuring against the input", 0, 1)
     release_pages(loaded.model)  # the passes' reads of mapped weights: not held on top of the sessions
@@ -203,6 +211,20 @@ def check_needs(pipeline: Pipeline, passes: list) -> None:
             where = " or ".join(f"data.{role}" for role in need.roles)
             raise BadInput(f"step {i} ({pass_.name}) needs data: {need.why}; give --data PATH "
                            f"(or {where} in a pipeline file)")
+
+
+def _within_time(pass_, request: RunRequest, name: str):
+    """``pass_`` with its ``time_budget`` lowered to the whole seconds ``request.step_time`` gives it (a search's
+    time left), or None where it has no such option, or its own is shorter. A distillation then trains the
+    epochs that fit and the trial ends with a model; cut by the search's deadline instead, it gave nothing
+    (magika, a 6-minute search: the recipe's distillation ran 5 of them and was stopped)."""
+    if request.step_time is None or "time_budget" not in type(pass_.config).model_fields:
+        return None
+    seconds = request.step_time(name)
+    own = pass_.config.time_budget
+    if seconds is None or (own is not None and own <= seconds):
+        return None
+    return type(pass_)(pass_.config.model_copy(update={"time_budget": float(max(1, round(seconds)))}))
 
 
 def step_record(step, result) -> dict:

@@ -228,6 +228,36 @@ def test_a_pass_past_the_deadline_stops_where_it_is_even_inside_onnxruntimes_qua
     assert studies._pass_hook(None) is None
 
 
+def test_a_distillation_takes_a_share_of_the_time_left_and_its_trial_ends_with_a_model(tmp_path):
+    """Given the search's clock, a trial's distillation trains what fits in half the time left, not all
+    its epochs: the trial is measured instead of stopped at the deadline. The budget is then part of
+    the trial's steps (what --save-pipeline writes) and of the step cache's key: the chosen trial's
+    re-measurement finds every step there, and a trial without that budget does not take its result."""
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="builtin:digits", train="builtin:digits-train",
+                               evaluation="builtin:digits-eval", folder=str(tmp_path), max_drop=0.01, runs=3)
+    steps = [("prune", {"method": "structured", "rate": 0.5}), ("distill", {"epochs": 400, "lr": 0.01}),
+             ("optimize", {"level": "basic"})]
+    measured, doc = trials.run(settings, steps, str(tmp_path / "a.onnx"), step_time=studies._step_time(time.time() + 8))
+    distill = doc["steps"][1]
+    assert distill["time_bound"] and distill["options"]["time_budget"] <= 4, distill["options"]
+    assert distill["changes"]["time"]["epochs_run"] < 400 and measured.loss is not None
+    ran = trials.as_run(steps, doc)
+    assert ran[1] == ("distill", {"epochs": 400, "lr": 0.01, "time_budget": distill["options"]["time_budget"]})
+    assert ran[0] == steps[0] and ran[2] == steps[2]
+    again, _ = trials.run(settings, ran, str(tmp_path / "b.onnx"), cache=True)
+    assert again.cached_steps == 3
+
+    def stop(step: str) -> None:
+        raise trials.Stopped(step)
+
+    with pytest.raises(trials.Stopped, match="^distill$"):  # the prune is cached; the budgeted result is not its own
+        trials.run(settings, steps[:2], str(tmp_path / "c.onnx"), before_step=stop)
+    assert studies._step_time(None) is None
+
+
 def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measuring_again():
     from mcomp.auto.search import _replayable
     from mcomp.passes.prune import Prune

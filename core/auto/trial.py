@@ -152,9 +152,11 @@ def pipeline_for(settings: Settings, steps: list[tuple[str, dict]], *, latency: 
 def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
         on_epoch: Callable[[dict], None] | None = None, cache: bool = True,
         before_step: Callable[[str], None] | None = None,
-        during_step: Callable[[str], None] | None = None) -> tuple[Measured, dict]:
+        during_step: Callable[[str], None] | None = None,
+        step_time: Callable[[str], float | None] | None = None) -> tuple[Measured, dict]:
     """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report).
-    ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial, ``during_step`` ``OutOfTime``."""
+    ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial, ``during_step`` ``OutOfTime``;
+    ``step_time(step)``: the seconds a step with a time budget may take (``RunRequest.step_time``)."""
     from mcomp import model as model_io
     from mcomp.pipeline import RunRequest, execute
     from mcomp.step_cache import StepCache
@@ -166,10 +168,18 @@ def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
     steps_cache = StepCache(Path(settings.folder) / "cache") if cache else None
     outcome = execute(pipeline, RunRequest(settings.model, output, load, "mcomp auto (trial)", cache=steps_cache,
                                            on_epoch=on_epoch, before_step=before_step,
-                                           during_step=during_step))
+                                           during_step=during_step, step_time=step_time))
     measured = measure(settings, outcome.report, time.perf_counter() - started)
     measured.cached_steps = sum(1 for s in outcome.report["steps"] if s.get("cached"))
     return measured, outcome.report
+
+
+def as_run(steps: list[tuple[str, dict]], doc: dict) -> list[tuple[str, dict]]:
+    """The steps with the options a time-bound step ran with (its time budget): the trial's record, what
+    ``--save-pipeline`` writes, and the key under which the step cache holds its result."""
+    records = doc.get("steps") or [{}] * len(steps)
+    return [(name, {**options, "time_budget": record["options"]["time_budget"]}) if record.get("time_bound")
+            else (name, options) for (name, options), record in zip(steps, records)]
 
 
 def measure(settings: Settings, doc: dict, seconds: float) -> Measured:

@@ -89,7 +89,10 @@ class Pace:
         unplanned = cfg.time_budget is not None and self.step_seconds is None
         planned = None if unplanned else round(self.total / self.spe, 3)
         out = {"budget_seconds": cfg.time_budget, "epochs": cfg.epochs, "planned_epochs": planned, "epochs_run": ran,
-               "seconds_per_epoch_estimate": None if self.epoch_seconds is None else round(self.epoch_seconds, 3)}
+               "seconds_per_epoch_estimate": None if self.epoch_seconds is None else round(self.epoch_seconds, 3),
+               # the budget shaped the result: fewer steps planned, or cut short (a cache keys such a run apart)
+               "time_bound": cfg.time_budget is not None and (unplanned or self.total < self.limit
+                                                              or self.out_of_time)}
         if cfg.time_budget is None:
             why = f"--epochs {cfg.epochs} (no time budget)"
         elif unplanned:
