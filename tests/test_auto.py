@@ -609,6 +609,43 @@ def test_the_sampler_ranks_trials_within_budget_by_the_objective_and_learns_noth
     assert [t.number for t in below] == [1]  # within budget and fastest; the lossless trial 0 is not preferred
 
 
+def test_a_trial_whose_leading_steps_changed_nothing_is_the_trial_without_them(monkeypatch, tmp_path):
+    """A prune that found nothing to cut on the input finds nothing again: a later trial drawing it, then
+    a distillation (skipped for it), then an earlier trial's quantization, is answered from that trial."""
+    from mcomp.auto import search as searches
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
+    plan = studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 4, None)
+    study, _ = studies.load_or_create(plan, settings)
+    prune, distill = ("prune", {"rate": 0.5}), ("distill", {"epochs": 10})
+    quantize, optimize = ("quantize", {"mode": "static"}), ("optimize", {"level": "basic"})
+    ran = []
+
+    def run(settings, steps, output, **kwargs):
+        ran.append([name for name, _ in steps])
+        records = [{"modified": name != "prune"} for name, _ in steps]  # the prune cuts nothing
+        return trials.Measured(loss=0.0, objective=0.7, accuracy=None, accuracy_input=None, fidelity=None,
+                               latency_ratio=0.7, latency_band=None, latency_ms=None, size_ratio=None,
+                               macs_ratio=None, parameters_ratio=None, seconds=0.1), {"steps": records}
+
+    class Drawn:
+        def __init__(self, steps):
+            self.steps = steps
+
+        def sample(self, trial):
+            return self.steps
+
+    monkeypatch.setattr(trials, "run", run)
+    for steps in ([quantize, optimize], [prune, optimize], [prune, distill, quantize, optimize],
+                  [prune, quantize, distill, optimize]):
+        studies._one(study, study.ask(), settings, Drawn(steps))
+    rows = [searches._row(t) for t in study.get_trials(deepcopy=False)]
+    assert ran == [["quantize", "optimize"], ["prune", "optimize"], ["prune", "quantize", "distill", "optimize"]]
+    assert [r.get("repeat_of") for r in rows] == [None, None, 0, None]
+
+
 def test_of_two_processes_opening_a_new_study_exactly_one_created_it(tmp_path):
     """Only the creator queues the first trials: two processes that both found the study empty
     queued them twice, and the second copy was left waiting once the study's total was reached."""

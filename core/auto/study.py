@@ -260,7 +260,7 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
         if not steps:
             raise BadInput("every step of the space was left out" + "".join(
                 f"; {name}: {why}" for name, why in left_out.items()))
-        earlier = _same_pipeline(study, steps)
+        earlier = _same_pipeline(study, steps, _no_ops(study))
         if earlier is not None:  # a small space is drawn twice: the figures are known, the time is saved
             return _repeat(study, trial, earlier, settings, started)
         output = str(Path(settings.folder) / "trials" / f"{trial.number}.onnx")
@@ -272,6 +272,7 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
                                        before_step=_step_hook(deadline), during_step=_pass_hook(deadline),
                                        step_time=_step_time(deadline))
             trial.set_user_attr("steps", [[name, options] for name, options in trials.as_run(steps, doc)])
+            _learn_no_ops(study, steps, doc)
         finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
             Path(output).unlink(missing_ok=True)
     except (trials.Stopped, trials.OutOfTime) as stop:
@@ -309,17 +310,53 @@ def not_applicable(study) -> dict[str, str]:
     return {key[len(NOT_APPLICABLE):]: why for key, why in study.user_attrs.items() if key.startswith(NOT_APPLICABLE)}
 
 
-def _same_pipeline(study, steps):
-    """A completed trial that ran exactly these steps, if any."""
-    import json
-
+def _same_pipeline(study, steps, no_ops: set[str] = frozenset()):
+    """A completed trial that ran these steps, if any, once each side's leading ``no_ops`` are left out."""
     import optuna
 
-    key = json.dumps([[name, options] for name, options in steps], sort_keys=True)
+    key = _pipeline_key(_effective(steps, no_ops))
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        if t.user_attrs.get("measured") and json.dumps(t.user_attrs.get("steps"), sort_keys=True) == key:
+        if t.user_attrs.get("measured") and _pipeline_key(_effective(t.user_attrs.get("steps") or [], no_ops)) == key:
             return t
     return None
+
+
+NO_OP = "no_op:"  # a study attribute per step (name and options) that changed nothing on the input
+
+
+def _step_key(step) -> str:
+    import json
+
+    return json.dumps(list(step), sort_keys=True)
+
+
+def _pipeline_key(steps) -> str:
+    return "[" + ",".join(_step_key(s) for s in steps) + "]"
+
+
+def _no_ops(study) -> set[str]:
+    return {key[len(NO_OP):] for key in study.user_attrs if key.startswith(NO_OP)}
+
+
+def _learn_no_ops(study, steps, doc: dict) -> None:
+    """The leading steps a trial ran that changed nothing on the input (a structured prune that found no
+    channel group to cut: magika's one-hot embedding, its LayerNorm over channels), as study attributes.
+    The input is the same at the head of every trial, so such a step changes nothing there again."""
+    for step, record in zip(steps, doc.get("steps") or []):
+        if record.get("modified") is not False:
+            return
+        study.set_user_attr(NO_OP + _step_key(step), True)
+
+
+def _effective(steps, no_ops: set[str]) -> list:
+    """The steps less a leading run of known no-ops, and less a distillation left with nothing before it
+    that changes the model: what the trial computes (magika: 3 of 11 trials drew a prune that cut
+    nothing, a distillation skipped for it, then the quantization an earlier trial had measured)."""
+    i = 0
+    while i < len(steps) and _step_key(steps[i]) in no_ops:
+        i += 1
+    rest = [tuple(s) for s in steps[i:]]
+    return trials.without_idle_distill(rest) if i else rest
 
 
 def _repeat(study, trial, earlier, settings: trials.Settings, started: float) -> dict:
