@@ -41,7 +41,8 @@ class Printer:
         self.seen += 1
         if event["state"] == "complete" and event.get("feasible"):
             m = event["measured"]
-            self.feasible.append(fronts.Point(event["number"], m["loss"], m["objective"], True))
+            if event.get("repeat_of") is None:  # a repeat is its earlier trial's point, counted once in the front
+                self.feasible.append(fronts.Point(event["number"], m["loss"], m["objective"], True))
             self.best = m["objective"] if self.best is None else min(self.best, m["objective"])
         line = self._line(event)
         if not console.err.is_terminal:  # a log gets one plain line per trial

@@ -646,6 +646,20 @@ def test_a_trial_whose_leading_steps_changed_nothing_is_the_trial_without_them(m
     assert [r.get("repeat_of") for r in rows] == [None, None, 0, None]
 
 
+def test_a_repeated_trial_is_not_a_second_point_of_the_front():
+    from mcomp.auto import trial as trials
+    from mcomp.cli.auto_output import Printer
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=".", max_drop=0.01)
+    printer = Printer(settings, 3, None, enabled=False)
+    measured = {"loss": 0.001, "objective": 0.7, "accuracy": 0.98}
+    first = {"number": 0, "state": "complete", "feasible": True, "measured": measured, "seconds": 1.0}
+    printer.trial(first)
+    repeat = dict(first, number=1, repeat_of=0)
+    printer.trial(repeat)
+    assert printer._line(repeat).endswith("front 1 · 1 s"), printer._line(repeat)
+
+
 def test_of_two_processes_opening_a_new_study_exactly_one_created_it(tmp_path):
     """Only the creator queues the first trials: two processes that both found the study empty
     queued them twice, and the second copy was left waiting once the study's total was reached."""
