@@ -242,7 +242,7 @@ def sha256_file(path: Path) -> str:
 
 
 def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] = (),
-         external_data: bool = False) -> ModelSource:
+         external_data: bool = False, same_as: ModelSource | None = None) -> ModelSource:
     """Writes atomically (temp file + rename) to a path, or to stdout for ``-``.
 
     ``protect`` lists input paths that must never be overwritten. A model is written with its
@@ -252,9 +252,14 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
     into a protobuf first. The output is locked while written (see ``atomic.writes_together``),
     and the temp folder a killed earlier run left is removed first. The sha256 is of the .onnx
     renamed into place; ``bytes`` counts the .onnx and its data file.
+
+    ``same_as``: the source ``model`` was loaded from, unchanged since. An ONNX file without external data
+    is then written byte for byte: re-serialized, it carried the shapes mcomp inferred on it (magika, a
+    prune that cut nothing: 36 ``value_info`` entries, 3,163,737 → 3,165,648 bytes under "kept unchanged").
     """
+    original = _original_bytes(same_as)
     if str(dest) == "-":
-        data = to_bytes(model)
+        data = original if original is not None else to_bytes(model)
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return ModelSource("-", hashlib.sha256(data).hexdigest(), len(data), "onnx")
@@ -269,7 +274,7 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
         tmp_model = Path(tmp) / path.name
         if proto is not None:
             with open(tmp_model, "wb") as fh:
-                fh.write(proto.SerializeToString())
+                fh.write(original if original is not None else proto.SerializeToString())
                 fh.flush()
                 os.fsync(fh.fileno())
         else:
@@ -290,6 +295,17 @@ def save(model: ir.Model, dest: str | Path, *, protect: tuple[str | Path, ...] =
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         os.replace(tmp_model, path)
     return written
+
+
+def _original_bytes(source: ModelSource | None) -> bytes | None:
+    """The bytes of an ONNX source file without external data (``save``'s ``same_as``), or None."""
+    if source is None or source.kind != "onnx" or source.external_data or source.path in ("", "-"):
+        return None
+    try:
+        data = Path(source.path).read_bytes()
+    except OSError:  # gone or unreadable since it was loaded: the model is serialized instead
+        return None
+    return data if hashlib.sha256(data).hexdigest() == source.sha256 else None
 
 
 def _fsync(*paths: Path) -> None:

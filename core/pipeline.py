@@ -184,7 +184,8 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     if failures["failed"]:
         raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
     replaced = output != "-" and Path(output).exists()
-    written = model_io.save(current, output, protect=protect, external_data=loaded.source.external_data)
+    written = model_io.save(current, output, protect=protect, external_data=loaded.source.external_data,
+                            same_as=loaded.source if current is loaded.model else None)
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
     return Outcome(doc, current, output, replaced)
