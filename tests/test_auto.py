@@ -415,12 +415,14 @@ def test_a_metric_that_fails_is_one_line(tmp_path):
 
 
 def test_saved_pipeline_reproduces_the_chosen_model(searched):
-    folder, first, doc, _ = searched
-    assert first.returncode == 0, first.explain()
+    folder, first, _, resumed = searched
+    assert first.returncode == 0 and resumed.returncode == 0, (first.explain(), resumed.explain())
     again = run_mcomp("run", "best.yaml", "-o", "again.onnx", "--json", cwd=folder)
     assert again.returncode == 0, again.explain()
     rerun = json.loads(again.out)
-    chosen = doc["chosen"]["run_report"]
+    # the report written with best.yaml (the resumed run's): among trials tied within the latency noise,
+    # the first run and the resumed one may choose differently (prune 0.5 vs 0.25 under a loaded CI)
+    chosen = json.loads((folder / "best.report.json").read_text())["chosen"]["run_report"]
     assert rerun["output"]["macs"] == chosen["output"]["macs"]
     assert rerun["output"]["parameters"] == chosen["output"]["parameters"]
     assert rerun["accuracy"]["candidate"] == pytest.approx(chosen["accuracy"]["candidate"])
