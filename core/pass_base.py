@@ -125,9 +125,10 @@ class Pass(abc.ABC):
             return (Need(ANY_DATA, "it reads data"),)
         return ()
 
-    def idle_on_input(self) -> str | None:
+    def idle_on_input(self, source: Any = None) -> str | None:
         """Why this pass, with these options, has nothing to do on the pipeline's input as it came
-        (None: it has). The pipeline then skips it, with the reason in the report."""
+        (None: it has). The pipeline then skips it, with the reason in the report. ``source``: where
+        that input was read from (``model.ModelSource``: path, sha256), for a pass that compares files."""
         return None
 
     def missing(self, roles) -> list[Need]:

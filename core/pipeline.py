@@ -137,7 +137,7 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
         if request.before_step is not None:
             request.before_step(step.name)
         unchanged_input = current is loaded.model
-        idle = pass_.idle_on_input() if unchanged_input else None
+        idle = _idle(pass_, loaded.source) if unchanged_input else None
         limited = None
         if idle:
             result = PassResult(current, False, f"skipped: {idle}", seconds=0.0)
@@ -212,6 +212,15 @@ def check_needs(pipeline: Pipeline, passes: list) -> None:
             where = " or ".join(f"data.{role}" for role in need.roles)
             raise BadInput(f"step {i} ({pass_.name}) needs data: {need.why}; give --data PATH "
                            f"(or {where} in a pipeline file)")
+
+
+def _idle(pass_, source) -> str | None:
+    """``pass_.idle_on_input``, given the input's source where it takes it (a plugin written before it
+    took one is called as it was)."""
+    import inspect
+
+    takes_source = bool(inspect.signature(pass_.idle_on_input).parameters)
+    return pass_.idle_on_input(source) if takes_source else pass_.idle_on_input()
 
 
 def _within_time(pass_, request: RunRequest, name: str):

@@ -121,6 +121,22 @@ def test_a_distillation_whose_student_is_still_the_input_is_skipped(tmp_path):
     assert [n.op_type for n in onnx.load(tmp_path / "out.onnx").graph.node] == ["Constant", "MatMul", "Reshape"]
 
 
+def test_distilling_a_prune_that_cut_nothing_against_its_input_is_skipped(tmp_path):
+    """The two-command flow, ``mcomp prune`` then ``mcomp distill --teacher`` the original: a prune that
+    cut nothing writes the input's bytes, and the student is its teacher (magika: 109 s of training)."""
+    from clirun import run_mcomp
+
+    _constant_matmul(tmp_path)
+    res = run_mcomp("prune", "m.onnx", "--method", "structured", "-o", "p.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    res = run_mcomp("distill", "p.onnx", "--teacher", "m.onnx", "--data", "d.npz", "--epochs", "50", "-o", "s.onnx",
+                    "--report", "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert step["modified"] is False and step["summary"].startswith("skipped: the student is its teacher m.onnx")
+    assert (tmp_path / "s.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+
+
 def test_a_cached_prefix_that_changed_nothing_still_skips_the_distillation(tmp_path):
     """A search's trials share prefixes through the step cache: the prune that cut nothing, read from
     it, is still the input, so the distillation after it has nothing to win back (it ran 5 minutes)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
@@ -40,6 +41,21 @@ from mcomp.pass_base import Context, Need, Pass, PassConfig, PassResult
 
 if TYPE_CHECKING:  # imported where the pass runs, so `mcomp distill --help` stays fast
     import onnx_ir as ir
+
+
+def _same_file(teacher: str, source) -> bool:
+    """Whether the teacher file is the student's source: the same file, or (without external data, whose
+    files could differ behind equal .onnx bytes) the same bytes."""
+    from mcomp.model import sha256_file
+
+    path = Path(teacher).expanduser()
+    if not source.path or source.path == "-" or not path.is_file():
+        return False
+    if os.path.exists(source.path) and os.path.samefile(path, source.path):
+        return True
+    if source.external_data or path.stat().st_size != source.bytes:
+        return False
+    return sha256_file(path) == source.sha256
 
 
 class Distill(Pass):
@@ -111,12 +127,17 @@ class Distill(Pass):
     def requires(self) -> tuple[Need, ...]:
         return (Need(("training",), "distillation trains the student on it"),)
 
-    def idle_on_input(self) -> str | None:
+    def idle_on_input(self, source=None) -> str | None:
         """The input is the teacher unless one is given: a student that is still the input has
         nothing to win back, and training it costs the pipeline's longest step (``mcomp auto``
-        on silero-vad v6: a prune that found no group, then 20 epochs of distillation)."""
+        on silero-vad v6: a prune that found no group, then 20 epochs of distillation). A given
+        teacher that is the input's file, or its bytes (``mcomp prune`` that cut nothing writes the
+        input's own bytes, then ``mcomp distill pruned.onnx --teacher model.onnx``), is the same case."""
         if self.config.teacher is None:
             return "the student is still the input, its own teacher (no step before it changed the model)"
+        if source is not None and _same_file(self.config.teacher, source):
+            return (f"the student is its teacher {self.config.teacher}, byte for byte (no step before it "
+                    "changed the model)")
         return None
 
     def call(self, model: ir.Model, ctx: Context) -> PassResult:
