@@ -212,15 +212,18 @@ def test_an_output_kept_for_the_whole_batch_is_refused_before_training(tmp_path)
     (silero-vad's sequence model). numpy's "all the input array dimensions … must match" (exit 1)
     before; now one line naming the output."""
     f = onnx.TensorProto.FLOAT
-    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"]),
-                           oh.make_node("ReduceMean", ["y"], ["m"], keepdims=1),
-                           oh.make_node("Mul", ["h", "m"], ["hn"])], "seq",
-                          [oh.make_tensor_value_info("x", f, ["T", 4]), oh.make_tensor_value_info("h", f, [1, 1, 4])],
-                          [oh.make_tensor_value_info("y", f, ["T", 4]), oh.make_tensor_value_info("hn", f, [1, 1, 4])],
-                          [nh.from_array(np.eye(4, dtype=np.float32), "w")])
-    onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    for name, scale in (("m.onnx", 1.0), ("t.onnx", 2.0)):  # a teacher that is the student's file is skipped
+        graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["y"]),
+                               oh.make_node("ReduceMean", ["y"], ["m"], keepdims=1),
+                               oh.make_node("Mul", ["h", "m"], ["hn"])], "seq",
+                              [oh.make_tensor_value_info("x", f, ["T", 4]),
+                               oh.make_tensor_value_info("h", f, [1, 1, 4])],
+                              [oh.make_tensor_value_info("y", f, ["T", 4]),
+                               oh.make_tensor_value_info("hn", f, [1, 1, 4])],
+                              [nh.from_array(scale * np.eye(4, dtype=np.float32), "w")])
+        onnx.save(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]), tmp_path / name)
     np.savez(tmp_path / "d.npz", x=np.ones((4, 32, 4), np.float32), h=np.ones((4, 1, 1, 4), np.float32))
-    res = run_mcomp("distill", tmp_path / "m.onnx", "--teacher", tmp_path / "m.onnx", "--data", tmp_path / "d.npz",
+    res = run_mcomp("distill", tmp_path / "m.onnx", "--teacher", tmp_path / "t.onnx", "--data", tmp_path / "d.npz",
                     "--epochs", "1", "-o", tmp_path / "out.onnx", cwd=tmp_path)
     assert res.returncode == 2 and len(res.err_lines) == 1, res.explain()
     assert "output 'hn' does not follow the examples (shape [1, 1, 4] for 2 examples, [1, 1, 4] for 3)" in res.stderr
