@@ -137,6 +137,42 @@ def test_distilling_a_prune_that_cut_nothing_against_its_input_is_skipped(tmp_pa
     assert (tmp_path / "s.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
 
 
+def test_a_teacher_that_computes_what_the_student_does_is_not_distilled(tmp_path):
+    """A teacher file of the same graph in other bytes (re-saved by another tool: another producer,
+    the Constant lifted to an initializer) is not the input's file, but the student already computes
+    its outputs: nothing is trained (the LR range test on a loss of 0 picked a rate from noise)."""
+    import onnx
+
+    from clirun import run_mcomp
+
+    _constant_matmul(tmp_path)
+    teacher = onnx.load(tmp_path / "m.onnx")
+    teacher.producer_name = "another-tool"
+    constant = teacher.graph.node[0]
+    teacher.graph.initializer.append(constant.attribute[0].t)
+    teacher.graph.node.remove(constant)
+    onnx.save(teacher, tmp_path / "t.onnx")
+    res = run_mcomp("distill", "m.onnx", "--teacher", "t.onnx", "--data", "d.npz", "--epochs", "50", "-o", "s.onnx",
+                    "--report", "r.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    step = json.loads((tmp_path / "r.json").read_text())["steps"][0]
+    assert step["modified"] is False, step["summary"]
+    assert step["summary"].startswith("skipped: the student already computes its teacher's outputs")
+    assert step["changes"]["fidelity"]["before"]["relative_l2"] <= 1e-5
+    assert "history" not in step["changes"]  # not one epoch trained
+
+    # the same teacher with one weight changed: the student is trained against it
+    w = onnx.numpy_helper.to_array(teacher.graph.initializer[-1]).copy()
+    w[0, 0] += 5.0
+    teacher.graph.initializer[-1].CopyFrom(onnx.numpy_helper.from_array(w, "w"))
+    onnx.save(teacher, tmp_path / "t2.onnx")
+    res = run_mcomp("distill", "m.onnx", "--teacher", "t2.onnx", "--data", "d.npz", "--epochs", "2", "--lr", "0.01",
+                    "-o", "s2.onnx", "--report", "r2.json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    changes = json.loads((tmp_path / "r2.json").read_text())["steps"][0]["changes"]
+    assert changes["history"] and changes["fidelity"]["before"]["relative_l2"] > 1e-3
+
+
 def test_a_cached_prefix_that_changed_nothing_still_skips_the_distillation(tmp_path):
     """A search's trials share prefixes through the step cache: the prune that cut nothing, read from
     it, is still the input, so the distillation after it has nothing to win back (it ran 5 minutes)."""

@@ -146,6 +146,11 @@ class Distill(Pass):
         cfg = self.config
         with _torch_threads(ctx.threads):
             plan = prepare.plan(model, cfg, ctx)
+            same = prepare.same_as_teacher(plan)
+            if same is not None:
+                details = {"skipped": same, "teacher": {"source": plan.teacher_source},
+                           "fidelity": {"data": plan.yardstick.text, "before": plan.yardstick.before}}
+                return PassResult(model, False, f"skipped: {same}", list(plan.notes), details)
             result = _run(plan.job, cfg, ctx)
             student = prepare.finish(plan, result.state, ctx)
         # Epoch 0 is the student as given: when no trained epoch beat it, its weights are written back unchanged.

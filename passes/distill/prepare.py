@@ -187,7 +187,26 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     finally:
         runner.close()
     summary = evaluate.fidelity([[t] for t in yardstick.teacher], [[o] for o in outs], yardstick.names)["summary"]
-    return {k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice")}
+    return {k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice", "relative_l2")}
+
+
+# A student whose outputs are this close to its teacher's (relative L2, every float output) computes what the
+# teacher does: a graph re-saved or re-optimized by another tool differs by float rounding (~1e-7), while the
+# lightest compression mcomp makes (fp16 weights) differs by ~1e-3.
+SAME_OUTPUTS = 1e-5
+
+
+def same_as_teacher(plan: Plan) -> str | None:
+    """Why there is nothing to distill, or None: the student already computes its teacher's outputs on the
+    yardstick's examples. A teacher given as another file of the same graph (re-saved by another tool, so
+    not the input's bytes) has nothing to win back, and the LR range test on a loss of 0 picks from noise.
+    Not asked of a student initialised from its teacher: that copy is the point of the run."""
+    before = plan.yardstick.before or {}
+    l2 = before.get("relative_l2")
+    if plan.warmstart is not None or l2 is None or not np.isfinite(l2) or l2 > SAME_OUTPUTS:
+        return None
+    return (f"the student already computes its teacher's outputs on {plan.yardstick.text} (relative L2 {l2:.1e}): "
+            "no step before it changed what the model computes")
 
 
 @dataclass
