@@ -395,6 +395,53 @@ def _feeds_photo(seed: int, *, size: int = 320) -> dict[str, np.ndarray]:
     return {"images": yolo_style.images(seed + 1, size=size)[seed:seed + 1]}
 
 
+_MAGIKA_WORDS = ("def", "return", "import", "class", "self", "value", "data", "print", "for", "in", "if", "else")
+
+
+def _file_bytes(kind: int, rng: np.random.Generator) -> bytes:
+    """The bytes of one file of a common kind (source code, JSON, HTML, CSV, prose, compressed, an ELF or
+    PNG header before binary data, random), a few hundred bytes to a few kilobytes long."""
+    import zlib
+
+    words = [str(w) for w in rng.choice(_MAGIKA_WORDS, size=int(rng.integers(80, 600)))]
+    text = " ".join(words)
+    if kind == 0:  # Python-like source
+        lines = [f"{'    ' * int(rng.integers(0, 3))}{' '.join(words[i:i + 6])}:" for i in range(0, len(words), 6)]
+        return ("#!/usr/bin/env python3\n" + "\n".join(lines) + "\n").encode()
+    if kind == 1:  # JSON
+        items = ", ".join(f'"{w}{i}": {int(rng.integers(0, 1000))}' for i, w in enumerate(words[:120]))
+        return ("{" + items + "}\n").encode()
+    if kind == 2:  # HTML
+        body = "".join(f"<p>{' '.join(words[i:i + 9])}</p>\n" for i in range(0, len(words), 9))
+        return f"<!DOCTYPE html>\n<html><head><title>{words[0]}</title></head><body>\n{body}</body></html>\n".encode()
+    if kind == 3:  # CSV
+        rows = [",".join(map(str, rng.integers(0, 10000, size=6))) for _ in range(int(rng.integers(20, 200)))]
+        return ("a,b,c,d,e,f\n" + "\n".join(rows) + "\n").encode()
+    if kind == 4:  # zlib-compressed text
+        return zlib.compress(text.encode() * 3, 9)
+    if kind == 5:  # an ELF header, then code-like bytes
+        return b"\x7fELF\x02\x01\x01" + bytes(9) + rng.integers(0, 256, size=int(rng.integers(500, 4000)),
+                                                               dtype=np.uint8).tobytes()
+    if kind == 6:  # a PNG signature and IHDR, then compressed-looking data
+        return (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + rng.integers(0, 256, size=int(rng.integers(400, 4000)),
+                                                                       dtype=np.uint8).tobytes())
+    if kind == 7:  # prose
+        return (text.capitalize() + ".\n").encode()
+    return rng.integers(0, 256, size=int(rng.integers(100, 3000)), dtype=np.uint8).tobytes()
+
+
+def _feeds_magika(seed: int) -> dict[str, np.ndarray]:
+    """Magika's features of one file, as ``magika`` computes them: the first 1024 bytes after leading
+    whitespace and the last 1024 before trailing whitespace, padded with 256 to [1, 2048] int32."""
+    rng = np.random.default_rng(seed)
+    content = _file_bytes(seed % 9, rng)
+    begin, end = content[:4096].lstrip()[:1024], content[-4096:].rstrip()[-1024:]
+    row = np.full(2048, 256, np.int32)
+    row[:len(begin)] = np.frombuffer(begin, np.uint8)
+    row[2048 - len(end):] = np.frombuffer(end, np.uint8)
+    return {"bytes": row[None]}
+
+
 # Fetched by name only, outside ``all_models()``: every suite parametrized over that list would run
 # them too, minutes more of make test for what one test each needs.
 _EXTRA_SPECS: dict[str, _Spec] = {
@@ -408,6 +455,17 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "NudeNet 3.4's detector: a trained Ultralytics YOLOv8n (18 classes), opset 17, exported with "
         "dynamic batch, height and width (the anchors dim is a 380-character formula of them). Output "
         "output0 [N, 22, anchors]: 4 box rows in pixels, then 18 class-probability rows.",
+    ),
+    "magika": _Spec(
+        ("magika", "1.0.3"),
+        "magika/models/standard_v3_3/model.onnx",
+        3163737,
+        "fe2d2eb49c5f88a9e0a6c048e15d6ffdf86235519c2afc535044de433169ec8c",
+        _feeds_magika,
+        {"bytes": (1, 2048)},
+        "Magika 1.0.3, Google's file-type detector: exported from JAX through tf2onnx, opset 15 plus "
+        "ai.onnx.ml. Input bytes [N, 2048] int32 (256 pads); a one-hot MatMul embedding over 257 byte values, "
+        "a Conv without bias, LayerNorm spelled out in primitive ops, 214 class scores (target_label).",
     ),
 }
 
