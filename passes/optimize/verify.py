@@ -62,7 +62,8 @@ class OutputCheck:
         keep = min(len(feeds), max(1, min(by_bytes, by_time)))
         self.dataset = self.dataset.head(keep)
         if keep < len(feeds):
-            why = f"the outputs are {size / 2**20:.0f} MiB a feed" if by_bytes <= by_time else f"a feed ran {seconds:.1f} s"
+            why = (f"the outputs are {size / 2**20:.0f} MiB a feed" if by_bytes <= by_time
+                   else f"a feed ran {seconds:.1f} s")
             self.note = f"the stage checks ran on {keep} of {len(feeds)} feeds ({why})"
         if keep == 1:
             return first
