@@ -399,7 +399,7 @@ def record(plan: Plan, result: FitResult, cfg) -> tuple[str, list[str], dict]:
                  "hints": [f"{h.student}={h.teacher}" for h in job.hints if h.kind == "hint"],
                  **_feature_losses(job.hints, cfg)},
         "data": {"training_examples": len(job.train), "validation": plan.validation},
-        "training": {"device": job.device, "processes": result.world, "batch_size": job.batch_size,
+        "training": {"device": job.device, "processes": result.world, "batch_size": result.batch_size or job.batch_size,
                      "optimizer": cfg.optimizer, "lr": result.lr, "lr_source": lr_source, "schedule": cfg.schedule,
                      "warmup_epochs": cfg.warmup_epochs, "seed": job.seed},
         "time": timing,

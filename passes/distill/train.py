@@ -51,6 +51,7 @@ class Job:
     scales: list[Scale | None] = field(default_factory=list)  # per output: how its loss is standardized
     started: float = 0.0  # pacing.clock() when the pass began: the time budget counts from there
     reserve: float = 0.0  # seconds kept from the budget for after training (measuring the result)
+    eval_batch: int = 256  # examples a pass without gradients runs at once (at least the batch); lowered with it
 
 
 @dataclass
@@ -66,6 +67,7 @@ class FitResult:
     lr: float | None = None  # the base learning rate trained with (given, or from the range test)
     lr_test: dict | None = None  # the LR range test, where it ran
     timing: dict = field(default_factory=dict)  # epochs planned and run, and why
+    batch_size: int | None = None  # the global batch trained with: the job's, or lower where it did not fit
 
 
 def make_optimizer(cfg, params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
@@ -92,6 +94,8 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
                           hint_weight=cfg.hint_weight, scales=job.scales, hidden_weight=cfg.hidden_weight,
                           attention_weight=cfg.attention_weight,
                           attention_loss="mse" if cfg.attention_loss == "mse" else "kl").to(device)
+    fingerprint = checkpoints.fingerprint(job, module)  # of the job as asked: a resumed run may fit another batch
+    job, fitted = _fitting(job, module, device, comm)
     if job.hints:
         first, outs = _projection_batch(module, job, device)
         objective.init_projections(outs, [torch.from_numpy(t[first]).to(device) for t in job.train_targets])
@@ -104,8 +108,7 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     global_batch = per_worker * comm.world if per_worker else job.batch_size
     steps_per_epoch = max(1, len(job.train) // global_batch if per_worker else math.ceil(len(job.train) / global_batch))
     folder = Path(job.checkpoint) if job.checkpoint else None
-    fingerprint = checkpoints.fingerprint(job, module)
-    state, resumed, notes, lr_test, overhead = checkpoints.State(), None, [], None, 0.0
+    state, resumed, notes, lr_test, overhead = checkpoints.State(), None, [fitted] if fitted else [], None, 0.0
     check = candidates.Check.of(job)
     if job.resume and folder is not None and (folder / checkpoints.CHECKPOINT).exists():
         state = checkpoints.load(folder / checkpoints.CHECKPOINT, fingerprint, module, objective, optimizer, device)
@@ -176,7 +179,28 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
     final = state.best if state.best is not None else checkpoints.snapshot(module)
     return FitResult(final, state.history, state.best_epoch, state.stopped, resumed,
                      round(float(np.mean(timings)), 4) if timings else None, comm.world, notes, state.lr,
-                     lr_test.report() if lr_test is not None else None, pace.report(state, resumed))
+                     lr_test.report() if lr_test is not None else None, pace.report(state, resumed), job.batch_size)
+
+
+def _fitting(job: Job, module: torch.nn.Module, device: str, comm: Comm) -> tuple[Job, str | None]:
+    """``job`` with its batch lowered to what fits in memory (``memory.fit_batch``), and the note saying so."""
+    from dataclasses import replace
+
+    from mcomp.passes.distill import memory
+
+    def forward(index: np.ndarray) -> object:  # with gradients, as training runs it; nothing is kept
+        with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+            return module(**_tensors(job.train.batch(index), device))
+
+    cfg = job.config
+    moments = 2 if cfg.optimizer != "sgd" else int(cfg.momentum > 0)  # Adam's two moments, SGD's momentum
+    state = moments * sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    weights = [*module.parameters(), *module.buffers()]
+    fit = memory.fit_batch(forward, len(job.train), job.batch_size, job.fixed_batch, comm.world, device, weights,
+                           state, comm.max_)
+    if fit.note is None:
+        return job, None
+    return replace(job, batch_size=fit.batch, eval_batch=fit.batch), fit.note
 
 
 def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str,
@@ -270,7 +294,7 @@ def evaluate(module, objective, samples: Samples, targets: list[np.ndarray], job
     sums = torch.zeros(4, dtype=torch.float64)  # loss, correct, agree, examples
     terms = torch.zeros(len(candidates.TERMS) + 1, dtype=torch.float64)  # outputs' loss, then each feature kind
     mine = np.arange(len(samples))[comm.rank::comm.world]
-    size = job.fixed_batch or max(job.batch_size, 256)
+    size = job.fixed_batch or max(job.batch_size, job.eval_batch)
     for start in range(0, len(mine), size):
         index = mine[start:start + size]
         real = len(index)
@@ -346,7 +370,7 @@ def _projection_batch(module, job: Job, device: str) -> tuple[np.ndarray, tuple[
         first = np.resize(np.arange(len(job.train)), max(fixed, min(len(job.train), 64) // fixed * fixed))
     else:
         first = np.arange(min(len(job.train), 512))
-    step = fixed or len(first)
+    step = fixed or min(len(first), max(job.batch_size, job.eval_batch))
     with torch.no_grad():
         parts = [module(**_tensors(job.train.batch(first[i:i + step]), device)) for i in range(0, len(first), step)]
     return first, tuple(torch.cat(outs, 0) for outs in zip(*parts))
