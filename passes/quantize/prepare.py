@@ -79,6 +79,7 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     ``spill_any``: every big float weight does, whatever reads it (tables too)."""
     work = copy(model)
     notes: list[str] = []
+    given = model.opset_imports.get("", model.opset_imports.get("ai.onnx"))  # before the HardSwish fusion's upgrade
     lift_constants(work)
     work = _fuse_hardswish(work, notes)
     if optimize:
@@ -109,7 +110,7 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     elif how == "none":
         notes.append("shape inference failed (onnx and symbolic); quantized without inferred shapes")
     name_nodes(proto)
-    prepared = Prepared(proto, notes, how, before, onnx_opset(proto))
+    prepared = Prepared(proto, notes, how, given, onnx_opset(proto))
     prepared.float_only = float_only_nodes(proto)
     return prepared
 
