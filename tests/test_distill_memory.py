@@ -65,9 +65,9 @@ def test_workers_share_the_memory_and_agree_on_the_largest_measurement(monkeypat
     monkeypatch.setattr(memory, "_measure", _measured(10 * MB, 1000 * MB))  # 15 MB with the gradients
     agreed = []
 
-    def largest(values):  # another worker measured twice as much
+    def largest(values):  # another worker measured twice as much an example, with as much memory
         agreed.append(values)
-        return [2 * v for v in values]
+        return [2 * values[0], *values[1:]]
 
     fit = memory.fit_batch(lambda index: None, 100, 64, None, 2, "cpu", [], 0, largest)
     # 50 % of 1000 MB over 2 workers: 250 MB each, at 30 MB an example: 8 a worker
@@ -87,3 +87,12 @@ def test_the_measurement_counts_what_autograd_saves_for_each_example():
     if one is None:
         pytest.skip("the available memory cannot be read here")
     assert one[0] == 1000 * 4 and four[0] == 4 * 1000 * 4 and one[1] > 0
+
+
+def test_a_worker_that_cannot_measure_still_takes_part_and_the_batch_is_kept(monkeypatch):
+    """Where the memory cannot be read the batch stays, and the worker still joins the agreement: a collective
+    one worker skipped would never return for the others."""
+    monkeypatch.setattr(memory, "_measure", lambda forward, index, device, exclude: None)
+    calls = []
+    fit = memory.fit_batch(lambda index: None, 100, 64, None, 2, "cpu", [], 0, lambda v: calls.append(v) or v)
+    assert fit == memory.Fit(64, None) and len(calls) == 1

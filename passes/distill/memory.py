@@ -47,10 +47,12 @@ def fit_batch(forward: Callable[[np.ndarray], object], examples: int, wanted: in
     n = fixed or min(PROBE, examples)
     measured = _measure(forward, np.resize(np.arange(examples), n), device,
                         {w.untyped_storage().data_ptr() for w in weights})
-    if measured is None:
+    # every worker takes part in the agreement, measured or not (a collective that one skips never returns)
+    per_example, available = agree([PEAK * measured[0] / n if measured else 0.0,
+                                    -measured[1] if measured else -float("inf")])
+    available = -available  # the least any worker has
+    if not per_example or available == float("inf"):
         return Fit(wanted, None)
-    per_example = agree([PEAK * measured[0] / n])[0]
-    available = measured[1]
     room = SHARE * available / world - state_bytes
     fits = int(room // max(per_example, 1.0))
     what = (f"a training step takes about {per_example / MB:,.0f} MB an example (measured on {n}), and "
