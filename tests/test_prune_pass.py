@@ -173,6 +173,22 @@ def test_a_teacher_that_computes_what_the_student_does_is_not_distilled(tmp_path
     assert changes["history"] and changes["fidelity"]["before"]["relative_l2"] > 1e-3
 
 
+def test_a_student_close_to_its_teacher_as_a_whole_but_not_in_one_slice_is_distilled():
+    """The whole outputs' relative L2 can hide one slice (a detector's 0–1 class rows beside its 0–640
+    boxes): the skip also asks every slice along the channel-like axes for the same bound (100 dB)."""
+    from types import SimpleNamespace
+
+    from mcomp.passes.distill.prepare import same_as_teacher
+
+    def plan(sqnr):
+        before = {"relative_l2": 2e-6, "slice_sqnr_db": sqnr}
+        return SimpleNamespace(warmstart=None, yardstick=SimpleNamespace(before=before, text="16 examples"))
+
+    assert same_as_teacher(plan(40.0)) is None
+    assert same_as_teacher(plan(130.0)).startswith("the student already computes its teacher's outputs")
+    assert same_as_teacher(plan(None)) is not None  # every slice exact, or no channel-like axis
+
+
 def test_a_cached_prefix_that_changed_nothing_still_skips_the_distillation(tmp_path):
     """A search's trials share prefixes through the step cache: the prune that cut nothing, read from
     it, is still the input, so the distillation after it has nothing to win back (it ran 5 minutes)."""
