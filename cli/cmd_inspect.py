@@ -68,7 +68,14 @@ def macs_text(info: dict) -> str:
 
     unknown = info.get("macs_unknown_nodes") or []
     missing = f"; {len(unknown)} node{'s' if len(unknown) > 1 else ''} of unknown shape not counted" if unknown else ""
-    return f"{info['macs']:,} at {measured_at(info.get('input_shapes') or {})}{missing}"
+    return f"{info['macs']:,} at {measured_at(info.get('input_shapes') or {})}{missing}{loop_note(info)}"
+
+
+def loop_note(info: dict) -> str:
+    """``; 6,912,000 of them in Loop/Scan bodies, counted for one iteration``: the count is then a floor."""
+    looped = info.get("macs_in_loop_bodies") or 0
+    return (f"; {looped:,} of them in Loop/Scan bodies, counted for one iteration: a run that iterates "
+            "computes more" if looped else "")
 
 
 def table(path: str, info: dict) -> Table:

@@ -134,6 +134,7 @@ class MacCount(NamedTuple):
     total: int
     unknown: list[str]
     reason: str | None = None
+    in_loop_bodies: int = 0  # of ``total``: the MACs of Loop/Scan bodies, each counted for one iteration
 
 
 def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
@@ -281,9 +282,9 @@ def _best_count(proto: onnx.ModelProto) -> MacCount:
     for stage in value_shapes.stages(proto):
         failures.append(stage.failure)
         unknown: list[str] = []
-        total = _graph_macs(stage.proto.graph, stage.shapes, unknown)
+        total, looped = _graph_macs(stage.proto.graph, stage.shapes, unknown)
         if best is None or len(unknown) < len(best.unknown):
-            best = MacCount(total, unknown)
+            best = MacCount(total, unknown, in_loop_bodies=looped)
         if not best.unknown:
             return best
     negative = any(d < 0 for shape in stage.shapes.values() if shape for d in shape)
@@ -293,13 +294,21 @@ def _best_count(proto: onnx.ModelProto) -> MacCount:
     return best._replace(reason=f"{len(best.unknown)} compute node(s) not counted: {why}")
 
 
-def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: list[str]) -> int:
-    """Sums a graph's MACs; an If counts its costlier branch, a loop body counts once."""
-    total = 0
+# Ops whose body graph runs once per iteration: the count takes one iteration, since how many run is
+# decided at run time (SLANet's decoder Loop: a trip-count bound of 1024, a condition that stops at 501).
+LOOP_OPS = frozenset({"Loop", "Scan"})
+
+
+def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: list[str]) -> tuple[int, int]:
+    """A graph's MACs, and how many of them are in loop bodies. An If counts its costlier branch; a
+    loop body counts once (one iteration)."""
+    total = looped = 0
     for node in graph.node:
         branches = [attr.g for attr in node.attribute if attr.type == onnx.AttributeProto.GRAPH]
         if branches:
-            total += max(_graph_macs(g, shapes, unknown) for g in branches)
+            body, body_looped = max(_graph_macs(g, shapes, unknown) for g in branches)
+            total += body
+            looped += body if node.op_type in LOOP_OPS else body_looped
         if not _is_mac_node(node):
             continue
         count = node_macs(node, shapes)
@@ -307,7 +316,7 @@ def _graph_macs(graph: onnx.GraphProto, shapes: dict[str, list[int]], unknown: l
             unknown.append(node.name or node.op_type)
         else:
             total += count
-    return total
+    return total, looped
 
 
 def _joined(*reasons: str | None) -> str | None:

@@ -34,6 +34,8 @@ def model_entry(model: ir.Model, source: ModelSource | None, input_shapes=None) 
     # a MACs figure that misses nodes says so, and why, rather than passing for the whole count
     entry["macs_unknown"] = ({"nodes": len(info["macs_unknown_nodes"]), "reason": info["macs_unknown_reason"]}
                              if info["macs_unknown_nodes"] else None)
+    if info.get("macs_in_loop_bodies"):
+        entry["macs_in_loop_bodies"] = info["macs_in_loop_bodies"]
     entry["weights_zstd"] = weights_zstd(model)
     release_pages(model)  # read in full above: unmapped, so the next model's entry does not stack on it
     return entry
@@ -139,7 +141,8 @@ def _macs_change(before: dict, after: dict) -> str:
                if entry.get("macs_unknown")]
     if missing:
         return "no ratio: " + ", ".join(f"{n} {side} node{'s' if n != 1 else ''} not counted" for side, n in missing)
-    return _ratio(after["macs"], before["macs"])
+    looped = before.get("macs_in_loop_bodies") or after.get("macs_in_loop_bodies")
+    return _ratio(after["macs"], before["macs"]) + (" (Loop bodies counted for one iteration)" if looped else "")
 
 
 def _zstd_row(doc: dict) -> list[tuple[str, str, str, str]]:

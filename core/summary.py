@@ -141,6 +141,7 @@ def describe(model: ir.Model, *, input_shapes: dict[str, tuple[int, ...]] | None
         "macs": mac_count.total,
         "macs_unknown_nodes": mac_count.unknown,
         "macs_unknown_reason": mac_count.reason,
+        "macs_in_loop_bodies": mac_count.in_loop_bodies,
         "macs_input_shapes": {k: list(v) for k, v in shapes.concrete(resolved).items()},
         "input_shapes": shapes.describe(resolved),
     }

@@ -207,6 +207,7 @@ def _symbolic(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | Non
     SymbolicShapeInference = module.SymbolicShapeInference
     if (module.get_opset(proto) or 0) < 7:
         return None, "symbolic shape inference needs opset 7 or newer"
+    proto = _constants_as_tensors(proto)
     log = logging.getLogger(SymbolicShapeInference.__module__)
     level = log.level
     log.setLevel(logging.CRITICAL)
@@ -221,6 +222,39 @@ def _symbolic(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | Non
         return None, f"symbolic shape inference failed ({short(exc, 160)})"
     finally:
         log.setLevel(level)
+
+
+# A Constant's value in any of its attribute spellings, as the tensor its ``value`` attribute holds.
+_CONSTANT_TENSORS = {"value_int": onnx.TensorProto.INT64, "value_ints": onnx.TensorProto.INT64,
+                     "value_float": onnx.TensorProto.FLOAT, "value_floats": onnx.TensorProto.FLOAT}
+
+
+def _constants_as_tensors(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """``proto``, or a copy of it whose Constants hold their value as a tensor: onnxruntime's symbolic
+    inference reads only ``value``, and failed on a ``value_ints`` Constant ("'NoneType' object has no
+    attribute 'HasField'"), which onnxscript's folding writes into a structured-pruned SLANet's Loop."""
+    from mcomp.graph import proto_graphs
+
+    def spelled_otherwise(node: onnx.NodeProto) -> bool:
+        return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and any(
+            a.name in _CONSTANT_TENSORS for a in node.attribute)
+
+    if not any(spelled_otherwise(n) for g in proto_graphs(proto.graph) for n in g.node):
+        return proto
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    for graph in proto_graphs(copy.graph):
+        for node in graph.node:
+            if not spelled_otherwise(node):
+                continue
+            attr = next(a for a in node.attribute if a.name in _CONSTANT_TENSORS)
+            value = onnx.helper.get_attribute_value(attr)
+            dims = [] if attr.name in ("value_int", "value_float") else [len(value)]
+            values = [value] if not dims else list(value)
+            tensor = onnx.helper.make_tensor("value", _CONSTANT_TENSORS[attr.name], dims, values)
+            del node.attribute[:]
+            node.attribute.append(onnx.helper.make_attribute("value", tensor))
+    return copy
 
 
 @functools.cache
