@@ -38,6 +38,8 @@ class Printer:
         self.progress.__exit__(*exc)
 
     def trial(self, event: dict) -> None:
+        if "activity" in event:
+            return self.activity(event)
         self.seen += 1
         if event["state"] == "complete" and event.get("feasible"):
             m = event["measured"]
@@ -46,6 +48,15 @@ class Printer:
             self.best = m["objective"] if self.best is None else min(self.best, m["objective"])
         line = self._line(event)
         if not console.err.is_terminal:  # a log gets one plain line per trial
+            if self.enabled:
+                print(line, file=sys.stderr, flush=True)
+        else:
+            self.progress(line, self.seen, self.total or 0)
+
+    def activity(self, event: dict) -> None:
+        """What a long trial is doing (``study.ACTIVITY_EVERY``): a plain line in a log, the live status on a terminal."""
+        line = f"trial {event['number']} ({event['seconds'] / 60:.1f} min): {event['activity']}"
+        if not console.err.is_terminal:
             if self.enabled:
                 print(line, file=sys.stderr, flush=True)
         else:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import auto_workers
 import pytest
 from clirun import mcomp_argv, run_mcomp, snapshot
 
@@ -781,3 +782,61 @@ def test_a_chosen_model_no_better_than_the_input_is_said_to_be():
     assert searches.no_gain("latency", measured(0.90, 0.04)) == []
     assert searches.no_gain("size", measured(0.999, 0.04)) == []
     assert "on size" in searches.no_gain("size", measured(1.0, None))[0]["message"]
+
+
+def _killed_search(tmp_path, target, total: int):
+    from mcomp.auto import search as searches
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), min_fidelity=0.9)
+    plan = studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 0, None, total=total)
+    studies.load_or_create(plan, settings)
+    seen: list[dict] = []
+    ran = lambda: searches._run_workers(plan, settings, auto_workers.OneStep(), total, None, 1,  # noqa: E731
+                                        seen.append, target=target)
+    return ran, seen, lambda: [searches._row(t) for t in studies.load(plan, settings).get_trials(deepcopy=False)]
+
+
+def test_a_trial_killed_with_its_process_is_failed_and_the_search_goes_on(tmp_path):
+    """A distilling trial past the machine's memory (SLANet at batch 64) was killed by the kernel, and
+    the whole search with it. Trials run in a worker process: the killed trial is recorded as failed,
+    with the signal, told to the sampler as a failure is, and a new worker runs the rest."""
+    import optuna
+
+    run, seen, rows = _killed_search(tmp_path, auto_workers.killed, total=3)
+    assert run() == (3, None)
+    states = [r["state"] for r in rows()]
+    assert states == ["failed", "complete", "complete"]
+    reason = "its worker process was killed by signal 9 (SIGKILL: the kernel's out-of-memory killer, most likely)"
+    assert rows()[0]["error"].startswith(reason)
+    assert [e["state"] for e in seen] == ["failed", "complete", "complete"] and seen[0]["reason"].startswith(reason)
+    failed = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'study.db'}").trials[0]
+    assert failed.state == optuna.trial.TrialState.PRUNED
+    assert [v for k, v in failed.system_attrs.items() if "constraint" in k] == [1e6]
+
+
+def test_a_search_whose_workers_are_killed_again_and_again_ends_with_the_trials_it_has(tmp_path, monkeypatch):
+    from mcomp.auto import search as searches
+
+    monkeypatch.setattr(searches, "MAX_RESTARTS", 1)
+    run, _, rows = _killed_search(tmp_path, auto_workers.killed_always, total=5)
+    ran, cut_short = run()
+    assert ran == 2 and cut_short.startswith("the search was cut short: worker processes ended 2 times without "
+                                             "finishing a trial (the last killed by signal 9")
+    assert [r["state"] for r in rows()] == ["failed", "failed"]
+
+
+def test_a_long_trial_says_what_it_is_doing_at_most_every_interval(monkeypatch):
+    from mcomp.auto import study as studies
+
+    clock = [100.0]
+    monkeypatch.setattr(studies.time, "perf_counter", lambda: clock[0])
+    sent: list[dict] = []
+    progress = studies._activity(7, sent.append, started=100.0)
+    for t, description in [(5, "step 1/2: prune"), (29, "prune: importance"), (31, "step 2/2: distill"),
+                           (40, "distill: epoch 1/20"), (62, "distill: epoch 2/20")]:
+        clock[0] = 100.0 + t
+        progress(description, 0, 1)
+    assert [(e["number"], e["activity"], e["seconds"]) for e in sent] == [
+        (7, "step 2/2: distill", 31.0), (7, "distill: epoch 2/20", 62.0)]

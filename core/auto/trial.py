@@ -153,7 +153,8 @@ def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
         on_epoch: Callable[[dict], None] | None = None, cache: bool = True,
         before_step: Callable[[str], None] | None = None,
         during_step: Callable[[str], None] | None = None,
-        step_time: Callable[[str], float | None] | None = None) -> tuple[Measured, dict]:
+        step_time: Callable[[str], float | None] | None = None,
+        progress: Callable[[str, int, int], None] | None = None) -> tuple[Measured, dict]:
     """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report).
     ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial, ``during_step`` ``OutOfTime``;
     ``step_time(step)``: the seconds a step with a time budget may take (``RunRequest.step_time``)."""
@@ -168,7 +169,8 @@ def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
     steps_cache = StepCache(Path(settings.folder) / "cache") if cache else None
     outcome = execute(pipeline, RunRequest(settings.model, output, load, "mcomp auto (trial)", cache=steps_cache,
                                            on_epoch=on_epoch, before_step=before_step,
-                                           during_step=during_step, step_time=step_time))
+                                           during_step=during_step, step_time=step_time,
+                                           progress=progress or (lambda description, done, total: None)))
     measured = measure(settings, outcome.report, time.perf_counter() - started)
     measured.cached_steps = sum(1 for s in outcome.report["steps"] if s.get("cached"))
     return measured, outcome.report
