@@ -11,7 +11,7 @@ import typer
 
 from mcomp.cli import console
 from mcomp.cli.options import (Arch, Debug, FidelityMode, InputShape, Json, ModelArg, Output, Provider, Quiet, Report,
-                               ReportHtml, Runs, Threads, Trust, parse_input_shapes)
+                               ReportHtml, Runs, Threads, Trust, absolute_metric, parse_input_shapes)
 from mcomp.errors import BadInput, GateFailed
 
 SEARCH = "Search"
@@ -26,16 +26,6 @@ def parse_duration(text: str | None) -> float | None:
     if not match or float(match.group(1)) <= 0:
         raise BadInput(f"--time-budget {text!r}: expected a positive duration such as 600, 90s, 10m or 1h")
     return float(match.group(1)) * {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}.get(match.group(2) or "s")
-
-
-def _absolute_metric(spec: str | None) -> str | None:
-    """A metric file named relative to here works from the study's worker processes too."""
-    if not spec:
-        return None
-    where, sep, function = spec.rpartition(":")
-    if sep and where.endswith(".py"):
-        return f"{Path(where).resolve()}:{function}"
-    return spec
 
 
 @console.command
@@ -123,7 +113,7 @@ def auto(
         model=model, train=data, evaluation=eval_data, folder=str(out.with_suffix(".auto")), objective=objective,
         max_drop=max_drop, min_fidelity=min_fidelity, fidelity=fidelity or "slice", provider=provider,
         threads=threads, input_shape={k: list(v) for k, v in shapes.items()} if shapes else None, runs=runs, seed=seed,
-        arch=arch, trust_checkpoint=trust_checkpoint, metric=_absolute_metric(metric))
+        arch=arch, trust_checkpoint=trust_checkpoint, metric=absolute_metric(metric))
     request = search.Request(settings, out, trials=trials, time_budget=seconds, space=str(space) if space else None,
                              storage=storage, study=study, workers=workers, command=command_line())
     printer = Printer(settings, trials, seconds, enabled=not json)

@@ -37,7 +37,7 @@ COMMON_OPTIONS: tuple[tuple[str, Any, Any], ...] = (
     ("provider", shared.Provider, "auto"), ("threads", shared.Threads, None),
     ("output", shared.Output, None), ("report", shared.Report, None), ("report_md", shared.ReportMd, None),
     ("report_html", shared.ReportHtml, None), ("json", shared.Json, False),
-    ("arch", shared.Arch, None), ("trust_checkpoint", shared.Trust, False),
+    ("arch", shared.Arch, None), ("trust_checkpoint", shared.Trust, False), ("metric", shared.MetricSpec, None),
 )
 FIDELITY_OPTION = ("fidelity", shared.FidelityMode, None)  # only where a check of the pass uses it
 OUTPUT_CONTROL = (("quiet", shared.Quiet, False), ("debug", shared.Debug, False))

@@ -42,8 +42,20 @@ InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="
 Arch = Annotated[Optional[str], typer.Option("--arch", help="module:factory (or file.py:factory) that builds the module for a state_dict checkpoint", show_default=False, rich_help_panel=CHECKPOINTS, metavar="MODULE:FACTORY")]
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="allow unpickling a whole module (runs code from the file)", rich_help_panel=CHECKPOINTS)]
 FidelityMode = Annotated[Optional[str], typer.Option("--fidelity", help="what fidelity checks and gates compare: slice (the worst slice along each output's channel-like axes, e.g. a detector's class rows) or whole (one cosine per flattened output) [default: slice]", show_default=False, rich_help_panel=DATA, metavar="slice|whole")]
+MetricSpec = Annotated[Optional[str], typer.Option("--metric", help="file.py:function(outputs, labels) -> score, higher is better: the task metric that accuracy, --max-drop and gates read, in place of top-1 (exact strings for a text recognizer, mAP for a detector)", show_default=False, rich_help_panel=DATA, metavar="FILE:FUNCTION")]
 Runs = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency", rich_help_panel=DATA, metavar="N")]
 Warmup = Annotated[int, typer.Option("--warmup", min=0, help="untimed rounds before timing", rich_help_panel=DATA, metavar="N")]
+
+
+def absolute_metric(spec: str | None) -> str | None:
+    """``--metric file.py:function`` with the file named from here: a pipeline reads a metric file relative
+    to its own folder, and ``mcomp auto``'s worker processes may run elsewhere."""
+    if not spec:
+        return None
+    where, sep, function = spec.rpartition(":")
+    if sep and where.endswith(".py"):
+        return f"{Path(where).resolve()}:{function}"
+    return spec
 
 
 def parse_input_shapes(values: list[str] | None) -> dict[str, tuple[int, ...]] | None:

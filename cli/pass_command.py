@@ -38,6 +38,7 @@ class Common:
     trust_checkpoint: bool = False
     runs: int = 30
     fidelity: str | None = None  # --fidelity slice|whole; None keeps the pipeline's measure.fidelity
+    metric: str | None = None  # --metric file.py:function; None keeps the pipeline's measure.metric
 
 
 def command_line() -> str:
@@ -75,6 +76,11 @@ def execute(pipeline, common: Common) -> dict:
         if common.fidelity not in FIDELITY_MODES:
             raise BadInput(f"--fidelity {common.fidelity!r}: expected one of {', '.join(FIDELITY_MODES)}")
         pipeline = pipeline.model_copy(update={"measure": pipeline.measure.model_copy(update={"fidelity": common.fidelity})})
+    if common.metric is not None:
+        from mcomp.cli.options import absolute_metric
+
+        measure = pipeline.measure.model_copy(update={"metric": absolute_metric(common.metric)})
+        pipeline = pipeline.model_copy(update={"measure": measure})
     if common.provider != "auto" or common.threads:
         pipeline = pipeline.model_copy(update={"provider": common.provider, "threads": common.threads or pipeline.threads})
     shapes = parse_input_shapes(common.input_shape)

@@ -285,7 +285,7 @@ def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str
         acc_ref, acc_cand = accuracy(ref_out, dataset), accuracy(cand_out, dataset)
     if acc_ref is None:
         reason = "synthetic data" if dataset.synthetic else ("no labels in the data" if not dataset.has_labels
-                                                              else "no classifier-shaped output")
+                                                              else labels_unread(dataset) or "no classifier-shaped output")
         acc = {"known": False, "reason": reason}
     else:
         acc = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,
@@ -454,14 +454,36 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
-    """Top-1 accuracy of the first class-score output, where the data has labels."""
+def class_labels(dataset: Dataset) -> np.ndarray | None:
+    """The data's labels as class indices, or None where they are none (no labels) or not indices: a
+    text recognizer's strings read against argmax as 0 % accuracy, and a --max-drop held on it."""
     if not dataset.has_labels:
+        return None
+    labels = np.concatenate([np.atleast_1d(l) for l in dataset.labels])
+    if labels.dtype.kind in "iub":
+        return labels
+    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
+        return labels.astype(np.int64)
+    return None
+
+
+def labels_unread(dataset: Dataset) -> str | None:
+    """Why labels the data has cannot be read as classes, or None."""
+    if not dataset.has_labels or class_labels(dataset) is not None:
+        return None
+    kind = np.concatenate([np.atleast_1d(l) for l in dataset.labels]).dtype
+    return (f"the labels are not class indices ({'text' if kind.kind in 'US' else kind}): "
+            "--metric file.py:function scores them")
+
+
+def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
+    """Top-1 accuracy of the first class-score output, where the data has labels that are class indices."""
+    labels = class_labels(dataset)
+    if labels is None:
         return None
     for per_feed in outputs:
         if per_feed and fk.is_class_scores(per_feed[0]):
             scores = np.concatenate(per_feed, axis=0)
-            labels = np.concatenate([np.atleast_1d(l) for l in dataset.labels])
             if len(labels) != len(scores.reshape(-1, scores.shape[-1])):
                 return None
             return fk.accuracy(scores, labels)

@@ -76,6 +76,9 @@ class Context:
     # Called by a training pass after each epoch with its history row (epoch, loss, val_loss, …).
     # A search stops a trial that is clearly worse by raising from it; None outside a search.
     on_epoch: Callable[[dict], None] | None = None
+    # The user's task metric (``mcomp.metric.Metric``, from --metric or measure.metric): a pass that bounds
+    # an accuracy drop reads accuracy with it, in place of top-1, as the report and the gates do.
+    metric: Callable | None = None
 
     def dataset(self, *roles: str):
         """The first data set present among ``roles`` (e.g. evaluation, then calibration)."""

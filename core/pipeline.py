@@ -74,7 +74,8 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     input_shapes = shapes.concrete(resolved)  # what every pass, MAC count and synthetic feed uses
     ctx = Context(reference=loaded.model, data=datasets, provider=pipeline.provider,
                   providers=providers, threads=pipeline.threads, seed=pipeline.seed, input_shapes=input_shapes,
-                  fidelity=pipeline.measure.fidelity, progress=_pass_progress(request), on_epoch=request.on_epoch)
+                  fidelity=pipeline.measure.fidelity, progress=_pass_progress(request), on_epoch=request.on_epoch,
+                  metric=metric)
     try:
         return _run(pipeline, request, passes, loaded, ctx, resolved, given, output, protect, started, metric)
     except BadInput as exc:  # a model failing at a shape mcomp assumed: say so, and how to set one

@@ -126,6 +126,12 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     if all(k.kind == "ignored" for k in kinds):
         raise NotApplicable("distill: the model has no floating-point output to distill", "distill")
     for part, where, count in ((train, data.source, len(examples)), (val, validation.source, validation.count)):
+        if part is not None and part.labels is not None and part.labels.dtype.kind in "USO":
+            # a text recognizer's strings: no loss trains on them, a --metric reads them (a crash before)
+            part.labels = None
+            if not any(n.startswith("the labels are text") for n in notes):
+                notes.append("the labels are text, not class indices or targets: trained on the teacher's outputs "
+                             "alone (a --metric reads the labels when the result is measured)")
         if part is not None and part.labels is not None:
             part.labels = check_labels(part.labels, kinds, _task_target(kinds, teacher_out), where, count)
 

@@ -49,14 +49,15 @@ class Evaluator:
     fidelity figure (``slice``: the worst slice along channel-like axes; ``whole``: whole outputs)."""
 
     def __init__(self, reference: bytes, dataset: Dataset, providers: list[str], threads: int | None,
-                 mode: str = "slice", heads: dict[str, int] | None = None):
+                 mode: str = "slice", heads: dict[str, int] | None = None, metric=None):
         self.dataset, self.heads = dataset, heads  # heads: top-1 agreement on raw logits (mcomp.heads)
+        self.metric = metric  # the user's task metric (mcomp.metric.Metric): accuracy in place of top-1
         self.providers, self.threads, self.mode = providers, threads, mode
         session = evaluate.session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
         self.reference = _run(session, dataset, "input")
         self.axes = evaluate.slice_axes(self.reference)  # the reference's: the same for every candidate
-        self.reference_accuracy = evaluate.accuracy(self.reference, dataset)
+        self.reference_accuracy = self.accuracy(self.reference)
         self.calls = 0
 
     def score(self, candidate: onnx.ModelProto | bytes) -> Score:
@@ -65,8 +66,14 @@ class Evaluator:
         outputs = _run(evaluate.session(data, self.providers, self.threads), self.dataset, "candidate")
         fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes,
                                 self.heads)["summary"]
-        return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], evaluate.accuracy(outputs, self.dataset),
+        return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], self.accuracy(outputs),
                      fid["cosine"], fid["worst_slice"], fid["slice_cosine"])
+
+    def accuracy(self, outputs: list[list[np.ndarray]]) -> float | None:
+        """The user's metric on the model's outputs where given (with labels), else top-1 accuracy."""
+        if self.metric is not None and self.dataset.has_labels:
+            return self.metric(outputs[: len(self.names)], self.names, self.dataset)
+        return evaluate.accuracy(outputs, self.dataset)
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ class Flow:
             raise Unchanged("nothing to quantize")
         self.heads = linear_heads(self.model)
         self.evaluator = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, EVAL_FEEDS), ctx.providers,
-                                       ctx.threads, ctx.fidelity, self.heads)
+                                       ctx.threads, ctx.fidelity, self.heads, ctx.metric)
         ctx.progress("quantize: full candidate", 0, 1)
         excluded = set(scheme.user)
         budget = self._budget()
@@ -298,8 +298,8 @@ class Flow:
     def _budget(self) -> bud.Budget:
         cfg = self.cfg
         if cfg.max_drop is not None and self.evaluator.reference_accuracy is None:
-            raise BadInput("quantize: --max-drop needs labelled data with a classifier-shaped output "
-                           "(use --min-fidelity without labels)")
+            raise BadInput("quantize: --max-drop needs labelled data with a classifier-shaped output, or a --metric "
+                           "that reads the labels (use --min-fidelity without labels)")
         budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, self.ctx.fidelity)
         if not budget.active:
             budget = bud.Budget.default(self.ctx.fidelity)

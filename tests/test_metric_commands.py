@@ -1,0 +1,79 @@
+"""``--metric file.py:function`` on the pass commands, and labels that are not class indices.
+
+A text recognizer's labels are strings. Read as classes against argmax they gave "accuracy 0.00 %"
+in the report, a --max-drop held on that, and distillation crashed on them (TypeError). Now
+top-1 accuracy leaves such labels alone and says why, a --metric reads them (in the report, the
+gates, and quantize's accuracy budget), and distillation trains on the teacher's outputs alone.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from clirun import DIGITS, DIGITS_EVAL, run_mcomp
+
+METRIC = '''
+import numpy as np
+
+def as_text(outputs, labels):
+    (scores,) = outputs.values()
+    return float(np.mean([str(c) == label for c, label in zip(scores.argmax(-1), labels)]))
+'''
+
+
+@pytest.fixture()
+def text_data(tmp_path):
+    digits = np.load(DIGITS_EVAL)
+    np.savez(tmp_path / "text.npz", image=digits["image"][:120],
+             labels=np.array([str(label) for label in digits["labels"][:120]]))
+    (tmp_path / "m.py").write_text(METRIC)
+    return tmp_path
+
+
+def test_text_labels_are_not_read_as_classes_and_a_metric_reads_them(text_data):
+    folder = text_data
+    refused = run_mcomp("quantize", str(DIGITS), "--data", "text.npz", "--max-drop", "0.01", "-o", "q.onnx", cwd=folder)
+    assert refused.returncode == 2 and "or a --metric that reads the labels" in refused.stderr, refused.explain()
+    assert not (folder / "q.onnx").exists() and len(refused.stderr.strip().splitlines()) == 1
+
+    plain = run_mcomp("optimize", str(DIGITS), "--data", "text.npz", "-o", "o.onnx", "--json", cwd=folder)
+    assert plain.returncode == 0, plain.explain()
+    accuracy = json.loads(plain.out)["accuracy"]
+    assert accuracy == {"known": False, "reason": "the labels are not class indices (text): --metric file.py:function "
+                                                  "scores them"}
+
+    read = run_mcomp("quantize", str(DIGITS), "--data", "text.npz", "--max-drop", "0.01", "--metric", "m.py:as_text",
+                     "-o", "q.onnx", "--json", cwd=folder)
+    assert read.returncode == 0, read.explain()
+    doc = json.loads(read.out)
+    assert doc["accuracy"]["metric"] == f"{folder / 'm.py'}:as_text" and doc["accuracy"]["reference"] > 0.9
+    assert doc["steps"][0]["changes"]["budget"]["budget"] == "accuracy drop ≤ 0.01"
+
+
+def test_quantize_reads_its_accuracy_budget_with_the_metric(text_data):
+    import onnx_ir as ir
+
+    from mcomp import data
+    from mcomp.metric import Metric
+    from mcomp.passes.quantize.budget import Evaluator
+
+    dataset = data.load(str(text_data / "text.npz"), ir.load(DIGITS))
+    source = DIGITS.read_bytes()
+    assert Evaluator(source, dataset, ["CPUExecutionProvider"], 1).reference_accuracy is None
+    metric = Metric(f"{text_data / 'm.py'}:as_text")
+    evaluator = Evaluator(source, dataset, ["CPUExecutionProvider"], 1, metric=metric)
+    assert 0.9 < evaluator.reference_accuracy <= 1 and evaluator.score(source).accuracy == evaluator.reference_accuracy
+
+
+def test_distillation_with_text_labels_trains_on_the_teacher_alone(text_data):
+    folder = text_data
+    pruned = run_mcomp("prune", str(DIGITS), "--method", "structured", "--rate", "0.5", "-o", "p.onnx", "-q", cwd=folder)
+    assert pruned.returncode == 0, pruned.explain()
+    res = run_mcomp("distill", "p.onnx", "--teacher", str(DIGITS), "--data", "text.npz", "--epochs", "1", "--lr", "0.01",
+                    "--metric", "m.py:as_text", "-o", "d.onnx", "--json", cwd=folder)
+    assert res.returncode == 0, res.explain()
+    doc = json.loads(res.out)
+    assert any(n.startswith("distill: the labels are text") for n in doc["notes"]), doc["notes"]
+    assert doc["accuracy"]["known"] and doc["accuracy"]["metric"].endswith("m.py:as_text")
