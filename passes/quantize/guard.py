@@ -51,10 +51,10 @@ class Timing:
 def measure(models: list[tuple[str, bytes]], feeds, providers, threads, runs: int, progress=None) -> Timing:
     """Interleaved rounds over ``models`` (the input first), with the A/A noise floor;
     ``progress(rounds done, runs)`` after each round."""
-    from mcomp.bench import interleaved
+    from mcomp.bench import MEASURE_BUDGET_S, interleaved
 
     result = interleaved(models, feeds, providers=providers, threads=threads, warmup=3, runs=runs,
-                         progress=progress)
+                         progress=progress, budget_s=MEASURE_BUDGET_S)
     return Timing({m.label: m.ratio for m in result.models[1:]}, {m.label: m.p50_ms for m in result.models},
                   result.noise_floor.to_dict() if result.noise_floor else None)
 
