@@ -104,8 +104,8 @@ def test_options_land_in_their_panels(quantize_help):
     assert {"--mode", "--bits"} <= set(sections["Quantize options"])
     assert {"--calibration", "--percentile"} <= set(sections["Calibration (static)"])  # the CommandSpec's panels
     assert {"--max-drop", "--latency-guard", "--explain", "--min-speedup"} <= set(sections["Accuracy and speed guards"])
-    assert set(sections["Data and measurement"]) == {"--data", "--input-shape", "--runs", "--fidelity", "--provider",
-                                                     "--threads"}
+    assert set(sections["Data and measurement"]) == {"--data", "--input-shape", "--runs", "--fidelity", "--metric",
+                                                     "--provider", "--threads"}
     assert set(sections["Output and reports"]) == {"-o", "--report", "--report-md", "--report-html", "--json"}
     assert set(sections["Checkpoints"]) == {"--arch", "--trust-checkpoint"}
     assert set(sections["General"]) == {"-q", "--debug", "-h"}
