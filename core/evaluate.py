@@ -284,8 +284,8 @@ def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str
     else:
         acc_ref, acc_cand = accuracy(ref_out, dataset), accuracy(cand_out, dataset)
     if acc_ref is None:
-        reason = "synthetic data" if dataset.synthetic else ("no labels in the data" if not dataset.has_labels
-                                                              else labels_unread(dataset) or "no classifier-shaped output")
+        reason = ("synthetic data" if dataset.synthetic else "no labels in the data" if not dataset.has_labels
+                  else labels_unread(dataset) or "no classifier-shaped output")
         acc = {"known": False, "reason": reason}
     else:
         acc = {"known": True, "reference": acc_ref, "candidate": acc_cand, "drop": acc_ref - acc_cand,

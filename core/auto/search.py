@@ -229,15 +229,17 @@ def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, 
     the search waited for the dead worker for ever. A worker that ends without saying it is done
     has its running trial recorded as failed (killed, with the signal) and is started again with
     the rest of its share, up to ``MAX_RESTARTS`` times; then the search ends with the trials it
-    has. Returns the trials run, and why the search was cut short (None when it was not). ``target`` is the worker's function (``_worker_main``; a test's own)."""
+    has. Returns the trials run, and why the search was cut short (None when it was not).
+    ``target`` is the worker's function (``_worker_main``; a test's own)."""
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
     context = multiprocessing.get_context("spawn")  # torch and onnxruntime do not survive fork with threads
     events = context.Queue()
     running: dict[int, list] = {}  # worker -> [process, trials of its share left]
 
     def start(worker: int, share: int) -> None:
+        worker_plan = replace(plan, trials=share, deadline=deadline, worker=worker)
         process = context.Process(target=target or _worker_main, daemon=True,
-                                  args=(replace(plan, trials=share, deadline=deadline, worker=worker), settings, space, events))
+                                  args=(worker_plan, settings, space, events))
         process.start()
         running[worker] = [process, share]
 
