@@ -69,10 +69,11 @@ def test_quantize_reads_its_accuracy_budget_with_the_metric(text_data):
 
 def test_distillation_with_text_labels_trains_on_the_teacher_alone(text_data):
     folder = text_data
-    pruned = run_mcomp("prune", str(DIGITS), "--method", "structured", "--rate", "0.5", "-o", "p.onnx", "-q", cwd=folder)
+    pruned = run_mcomp("prune", str(DIGITS), "--method", "structured", "--rate", "0.5", "-o", "p.onnx", "-q",
+                       cwd=folder)
     assert pruned.returncode == 0, pruned.explain()
-    res = run_mcomp("distill", "p.onnx", "--teacher", str(DIGITS), "--data", "text.npz", "--epochs", "1", "--lr", "0.01",
-                    "--metric", "m.py:as_text", "-o", "d.onnx", "--json", cwd=folder)
+    res = run_mcomp("distill", "p.onnx", "--teacher", str(DIGITS), "--data", "text.npz", "--epochs", "1",
+                    "--lr", "0.01", "--metric", "m.py:as_text", "-o", "d.onnx", "--json", cwd=folder)
     assert res.returncode == 0, res.explain()
     doc = json.loads(res.out)
     assert any(n.startswith("distill: the labels are text") for n in doc["notes"]), doc["notes"]

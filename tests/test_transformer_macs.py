@@ -274,9 +274,11 @@ def _looped_matmul() -> onnx.ModelProto:
          h.make_node("Reshape", ["v", "shape"], ["flat"]),
          h.make_node("MatMul", ["flat", "w"], ["v_out"], name="body_matmul"),
          h.make_node("Identity", ["cond"], ["cond_out"])],
-        "body", [h.make_tensor_value_info("i", TensorProto.INT64, []), h.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        "body", [h.make_tensor_value_info("i", TensorProto.INT64, []),
+                 h.make_tensor_value_info("cond", TensorProto.BOOL, []),
                  h.make_tensor_value_info("v", TensorProto.FLOAT, [2, 8])],
-        [h.make_tensor_value_info("cond_out", TensorProto.BOOL, []), h.make_tensor_value_info("v_out", TensorProto.FLOAT, [2, 8])])
+        [h.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         h.make_tensor_value_info("v_out", TensorProto.FLOAT, [2, 8])])
     nodes = [h.make_node("MatMul", ["x", "w"], ["y"], name="outer_matmul"),
              h.make_node("Loop", ["trips", "keep", "y"], ["z"], body=body)]
     inits = [nh.from_array(np.eye(8, dtype=np.float32), "w"), nh.from_array(np.array(3, np.int64), "trips"),
