@@ -835,8 +835,9 @@ def test_a_long_trial_says_what_it_is_doing_at_most_every_interval(monkeypatch):
     sent: list[dict] = []
     progress = studies._activity(7, sent.append, started=100.0)
     for t, description in [(5, "step 1/2: prune"), (29, "prune: importance"), (31, "step 2/2: distill"),
-                           (40, "distill: epoch 1/20"), (62, "distill: epoch 2/20")]:
+                           (40, "distill: epoch 1/20"), (62, "distill: epoch 2/20"),
+                           (95, "quantize: per-layer sensitivity")]:
         clock[0] = 100.0 + t
-        progress(description, 0, 1)
+        progress(description, 6 if "sensitivity" in description else 1, 22 if "sensitivity" in description else 20)
     assert [(e["number"], e["activity"], e["seconds"]) for e in sent] == [
-        (7, "step 2/2: distill", 31.0), (7, "distill: epoch 2/20", 62.0)]
+        (7, "step 2/2: distill", 31.0), (7, "distill: epoch 2/20", 62.0), (7, "quantize: per-layer sensitivity 6/22", 95.0)]

@@ -419,7 +419,9 @@ def _activity(number: int, report: Callable[[dict], None], started: float):
         now = time.perf_counter()
         if now - last >= ACTIVITY_EVERY:
             last = now
-            report({"number": number, "activity": description, "seconds": now - started})
+            # "quantize: per-layer sensitivity 6/22"; a distillation's report has its own counts
+            count = f" {done}/{total}" if total > 1 and "/" not in description else ""
+            report({"number": number, "activity": description + count, "seconds": now - started})
 
     return progress
 
