@@ -155,8 +155,10 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if op in GEMM_LIKE:
         a, b = ins[0], ins[GEMM_LIKE[op]] if len(ins) > GEMM_LIKE[op] else None
-        if a is None or b is None:
+        if b is None:
             return None
+        if a is None:  # Y[M,N] and B give it too (a Gemm on a Concat in a Loop body: SLANet optimized)
+            return int(np.prod(out)) * (b[1] if attrs.get("transB", 0) else b[0]) if out is not None else None
         m, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
         n = b[0] if attrs.get("transB", 0) else b[1]
         return m * k * n
@@ -180,8 +182,10 @@ def _counted(shape: list[int] | None) -> list[int] | None:
 def _matmul_macs(a, b, out, trans_a: int = 0, trans_b: int = 0) -> int | None:
     """``A·B`` with numpy's rules: 1-D operands promoted, batch dims broadcast (``[1,s,k]·[B,k,n]``
     costs B·s·k·n), each output element K MACs. FusedMatMul's transA/transB swap the last two dims."""
-    if a is None:
-        return None
+    if a is None:  # the output and B give it too: each output element is K MACs, K from B
+        if out is None or b is None:
+            return None
+        return int(np.prod(out)) * (b[0] if len(b) == 1 else b[-1] if trans_b else b[-2])
     k = a[-2] if trans_a and len(a) > 1 else a[-1]
     if out is not None:
         return int(np.prod(out)) * k

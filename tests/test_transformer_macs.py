@@ -118,6 +118,15 @@ def test_matmul_of_two_computed_tensors_broadcasts_its_batch_dims(a, b, out, exp
     assert graph.node_macs(_node("MatMul", ["a", "b"]), shapes) == expected
 
 
+def test_a_product_whose_first_operand_is_of_unknown_shape_is_counted_from_its_output_and_weight():
+    """SLANet's decoder, optimized: a Gemm (transB) on a Concat whose shape no inference resolves, inside its
+    Loop body; its output [1, 768] and weight [768, 126] give the count."""
+    assert graph.node_macs(_node("Gemm", ["a", "b"], transB=1), {"b": [768, 126], "out": [1, 768]}) == 768 * 126
+    assert graph.node_macs(_node("Gemm", ["a", "b"]), {"b": [126, 768], "out": [1, 768]}) == 768 * 126
+    assert graph.node_macs(_node("MatMul", ["a", "b"]), {"b": [8, 6], "out": [2, 5, 6]}) == 2 * 5 * 6 * 8
+    assert graph.node_macs(_node("Gemm", ["a", "b"], transB=1), {"b": [768, 126]}) is None  # nor the output
+
+
 def test_fused_matmul_transposes_count_the_inner_dim():
     shapes = {"a": [2, 8, 5], "b": [2, 6, 8]}  # Aᵀ [2,5,8] · Bᵀ [2,8,6]
     node = _node("FusedMatMul", ["a", "b"], "com.microsoft", transA=1, transB=1)
