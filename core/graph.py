@@ -158,7 +158,8 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
         if b is None:
             return None
         if a is None:  # Y[M,N] and B give it too (a Gemm on a Concat in a Loop body: SLANet optimized)
-            return int(np.prod(out)) * (b[1] if attrs.get("transB", 0) else b[0]) if out is not None else None
+            n, k = (b[0], b[1]) if attrs.get("transB", 0) else (b[1], b[0])
+            return out[0] * n * k if out is not None and len(out) == 2 and out[1] == n else None
         m, k = (a[1], a[0]) if attrs.get("transA", 0) else (a[0], a[1])
         n = b[0] if attrs.get("transB", 0) else b[1]
         return m * k * n
@@ -183,8 +184,8 @@ def _matmul_macs(a, b, out, trans_a: int = 0, trans_b: int = 0) -> int | None:
     """``A·B`` with numpy's rules: 1-D operands promoted, batch dims broadcast (``[1,s,k]·[B,k,n]``
     costs B·s·k·n), each output element K MACs. FusedMatMul's transA/transB swap the last two dims."""
     if a is None:  # the output and B give it too: each output element is K MACs, K from B
-        if out is None or b is None:
-            return None
+        if out is None or b is None or (len(b) > 1 and (not out or out[-1] != (b[-2] if trans_b else b[-1]))):
+            return None  # an output that does not end in B's N is not this product's (an untyped graph output)
         return int(np.prod(out)) * (b[0] if len(b) == 1 else b[-1] if trans_b else b[-2])
     k = a[-2] if trans_a and len(a) > 1 else a[-1]
     if out is not None:

@@ -125,6 +125,7 @@ def test_a_product_whose_first_operand_is_of_unknown_shape_is_counted_from_its_o
     assert graph.node_macs(_node("Gemm", ["a", "b"]), {"b": [126, 768], "out": [1, 768]}) == 768 * 126
     assert graph.node_macs(_node("MatMul", ["a", "b"]), {"b": [8, 6], "out": [2, 5, 6]}) == 2 * 5 * 6 * 8
     assert graph.node_macs(_node("Gemm", ["a", "b"], transB=1), {"b": [768, 126]}) is None  # nor the output
+    assert graph.node_macs(_node("MatMul", ["a", "b"]), {"b": [3, 4], "out": []}) is None  # an untyped output
 
 
 def test_fused_matmul_transposes_count_the_inner_dim():
