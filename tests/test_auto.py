@@ -816,6 +816,7 @@ def test_a_trial_killed_with_its_process_is_failed_and_the_search_goes_on(tmp_pa
     assert [v for k, v in failed.system_attrs.items() if "constraint" in k] == [1e6]
 
 
+@pytest.mark.slow  # ~5 s: four worker processes
 def test_a_search_whose_workers_are_killed_again_and_again_ends_with_the_trials_it_has(tmp_path, monkeypatch):
     from mcomp.auto import search as searches
 

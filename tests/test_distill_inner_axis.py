@@ -152,6 +152,7 @@ def test_distill_trains_a_student_whose_state_holds_examples_on_axis_1(tmp_path,
 
 
 @pytest.mark.realmodel
+@pytest.mark.slow  # ~11 s; make test is kept near 8 minutes
 def test_silero_vad_op15_pruned_is_distilled_back_towards_its_teacher(real_model, tmp_path):
     """The real model the refusal was written for: state [2, batch, 128], stateN likewise."""
     import realmodels

@@ -67,6 +67,7 @@ def test_quantize_reads_its_accuracy_budget_with_the_metric(text_data):
     assert 0.9 < evaluator.reference_accuracy <= 1 and evaluator.score(source).accuracy == evaluator.reference_accuracy
 
 
+@pytest.mark.slow  # ~7 s; make test is kept near 8 minutes
 def test_distillation_with_text_labels_trains_on_the_teacher_alone(text_data):
     folder = text_data
     pruned = run_mcomp("prune", str(DIGITS), "--method", "structured", "--rate", "0.5", "-o", "p.onnx", "-q",

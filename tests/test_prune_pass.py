@@ -137,6 +137,7 @@ def test_distilling_a_prune_that_cut_nothing_against_its_input_is_skipped(tmp_pa
     assert (tmp_path / "s.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
 
 
+@pytest.mark.slow  # ~12 s; make test is kept near 8 minutes
 def test_a_teacher_that_computes_what_the_student_does_is_not_distilled(tmp_path):
     """A teacher file of the same graph in other bytes (re-saved by another tool: another producer,
     the Constant lifted to an initializer) is not the input's file, but the student already computes
