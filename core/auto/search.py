@@ -306,7 +306,10 @@ def _killed_by(exitcode: int | None) -> str:
 
     if exitcode is not None and exitcode < 0:
         number = -exitcode
-        name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else str(number)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:  # a real-time signal, say: no name
+            name = str(number)
         oom = ": the kernel's out-of-memory killer, most likely" if number == signal.SIGKILL else ""
         return f"killed by signal {number} ({name}{oom})"
     return f"ended with exit code {exitcode}"
