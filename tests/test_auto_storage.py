@@ -106,7 +106,7 @@ def test_two_processes_on_one_postgresql_study_add_up(tmp_path, postgres_url):  
     assert sum(doc["ran_now"] for doc in docs) == total and 3 <= total <= 4
     # the process whose trials ended last saw the other's finished: its report counts them all
     assert max(doc["trials"] for doc in docs) == total
-    assert Counter(t.user_attrs.get("pid") for t in trials) == Counter(
+    assert Counter(t.user_attrs.get("search_pid") for t in trials) == Counter(
         {pid: doc["ran_now"] for pid, doc in zip((p.pid for p in procs), docs) if doc["ran_now"]})
 
 

@@ -319,12 +319,44 @@ def _worker_main(plan: studies.Plan, settings, space, events) -> None:
     from mcomp.cli.console import library_logs_quiet
     from mcomp.errors import short
 
+    _end_with_the_search()
     try:
         with library_logs_quiet():
             ran = studies.work(plan, settings, space, report=events.put)
         events.put({"done": True, "ran": ran, "worker": plan.worker})
     except BaseException as exc:  # the main process says it in one line
         events.put({"done": True, "ran": 0, "worker": plan.worker, "error": short(exc, 300)})
+
+
+def _end_with_the_search() -> None:
+    """Makes this worker end when the search process that started it ends, however it ends. A worker
+    outlived a ``kill -9`` of ``mcomp auto`` (a daemon process is ended only at a normal exit), went on
+    running trials, and the next run found them RUNNING under a live pid. Linux ends it with the
+    search (``PR_SET_PDEATHSIG``); elsewhere a thread checks every half second."""
+    import os
+    import signal
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(1, signal.SIGKILL) == 0:  # PR_SET_PDEATHSIG
+            if not parent.is_alive():  # it ended before the line above
+                os._exit(1)
+            return
+    except (OSError, AttributeError):  # not Linux
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent.pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="mcomp-auto-parent-watch").start()
 
 
 def _report(request: Request, settings, space, study, base_doc, baseline, url, resumed, interrupted, ran) -> dict:

@@ -185,6 +185,14 @@ def reap_interrupted(study, now: datetime | None = None) -> int:
     return count
 
 
+def _search_pid() -> int:
+    """The pid of the ``mcomp auto`` command whose worker runs this trial (``pid`` is the worker's)."""
+    import multiprocessing
+
+    parent = multiprocessing.parent_process()
+    return parent.pid if parent is not None else os.getpid()
+
+
 def fail_killed(plan: Plan, settings: trials.Settings, pid: int, how: str) -> list[dict]:
     """Records as failed the trials this machine's worker ``pid`` was running when it ended without
     finishing (``how``: "killed by signal 9 …"), told to the sampler as a failure is; returns their
@@ -233,6 +241,7 @@ def work(plan: Plan, settings: trials.Settings, space: Space,
                 break
             trial = study.ask()
             trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("search_pid", _search_pid())
             trial.set_user_attr("host", HOST)
             trial.set_user_attr("worker", plan.worker)
         event = _one(study, trial, settings, space, plan.deadline,
