@@ -54,7 +54,7 @@ class Printer:
             self.progress(line, self.seen, self.total or 0)
 
     def activity(self, event: dict) -> None:
-        """What a long trial is doing (``study.ACTIVITY_EVERY``): a plain line in a log, the live status
+        """What a long trial is doing (``hooks.ACTIVITY_EVERY``): a plain line in a log, the live status
         on a terminal."""
         line = f"trial {event['number']} ({event['seconds'] / 60:.1f} min): {event['activity']}"
         if not console.err.is_terminal:

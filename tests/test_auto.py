@@ -16,6 +16,7 @@ import pytest
 from clirun import mcomp_argv, run_mcomp, snapshot
 
 from mcomp.auto import front as fronts
+from mcomp.auto import hooks
 from mcomp.auto import space as spaces
 from mcomp.errors import BadInput, ConfigError
 
@@ -135,18 +136,18 @@ def test_a_distillation_clearly_worse_than_every_trial_within_budget_is_stopped(
         t.set_user_attr("curve", curve)
         study.tell(t, 0.5)
     settings = Settings(model="m", train="t", evaluation=None, folder="f", max_drop=0.01)
-    keeps_up = studies._stopper(study, study.ask(), settings)
+    keeps_up = hooks.stopper(studies.finished(study), study.ask(), settings)
     for value in (0.72, 0.86, 0.93, 0.95):  # within a point of the slowest in-budget curve: runs on
         keeps_up({"epoch": 1, "val_accuracy": value})
-    lags = studies._stopper(study, study.ask(), settings)
+    lags = hooks.stopper(studies.finished(study), study.ask(), settings)
     lags({"val_accuracy": 0.5})
     lags({"val_accuracy": 0.6})  # epochs 1-2 are never judged (warm-up)
     with pytest.raises(Stopped, match="epoch 3: validation accuracy 70.00% is below every trial within budget"):
         lags({"val_accuracy": 0.7})
     # without an accuracy budget (fidelity), or without labels, nothing is judged
-    assert studies._stopper(study, study.ask(), Settings(model="m", train="t", evaluation=None, folder="f",
-                                                          min_fidelity=0.99)) is None
-    lags_no_labels = studies._stopper(study, study.ask(), settings)
+    by_fidelity = Settings(model="m", train="t", evaluation=None, folder="f", min_fidelity=0.99)
+    assert hooks.stopper(studies.finished(study), study.ask(), by_fidelity) is None
+    lags_no_labels = hooks.stopper(studies.finished(study), study.ask(), settings)
     lags_no_labels({"val_loss": 9.0})
     lags_no_labels({"val_loss": 9.0})
     lags_no_labels({"val_loss": 9.0})
@@ -186,7 +187,6 @@ def test_a_failed_trial_is_told_to_the_sampler_as_infeasible(monkeypatch, tmp_pa
 def test_a_trial_past_the_deadline_stops_before_its_next_step(tmp_path):
     """Not only distillation's epochs: a trial whose prune ends after the deadline does not go on to
     its next pass."""
-    from mcomp.auto import study as studies
     from mcomp.auto import trial as trials
 
     settings = trials.Settings(model="builtin:digits", train="builtin:digits-train",
@@ -195,13 +195,13 @@ def test_a_trial_past_the_deadline_stops_before_its_next_step(tmp_path):
 
     def before(step: str) -> None:
         seen.append(step)
-        studies._step_hook(time.time() + (-1 if step == "optimize" else 60))(step)  # the deadline passes mid-trial
+        hooks.step_hook(time.time() + (-1 if step == "optimize" else 60))(step)  # the deadline passes mid-trial
 
     steps = [("prune", {"method": "structured", "rate": 0.5}), ("optimize", {"level": "basic"})]
     with pytest.raises(trials.Stopped, match="stopped before optimize: the search's time budget ran out"):
         trials.run(settings, steps, str(tmp_path / "trial.onnx"), cache=False, before_step=before)
     assert seen == ["prune", "optimize"] and not (tmp_path / "trial.onnx").exists()
-    assert studies._step_hook(None) is None
+    assert hooks.step_hook(None) is None
 
 
 def test_a_pass_past_the_deadline_stops_where_it_is_even_inside_onnxruntimes_quantizer(tmp_path):
@@ -209,7 +209,6 @@ def test_a_pass_past_the_deadline_stops_where_it_is_even_inside_onnxruntimes_qua
     after it: here in the middle of static calibration, which onnxruntime's quantizer drives, and
     whose failures the quantize pass catches (any ``Exception``) to retry nodes in float. The clock
     is not taken for such a failure: the trial stops, nothing is written."""
-    from mcomp.auto import study as studies
     from mcomp.auto import trial as trials
 
     settings = trials.Settings(model="builtin:digits", train="builtin:digits-train",
@@ -219,14 +218,14 @@ def test_a_pass_past_the_deadline_stops_where_it_is_even_inside_onnxruntimes_qua
     def during(description: str) -> None:
         seen.append(description)
         late = description.startswith("quantize: calibration") and len(seen) > 1
-        studies._pass_hook(time.time() + (-1 if late else 60))(description)
+        hooks.pass_hook(time.time() + (-1 if late else 60))(description)
 
     steps = [("quantize", {"mode": "static", "latency_guard": False}), ("optimize", {"level": "basic"})]
     with pytest.raises(trials.OutOfTime, match="stopped in quantize: the search's time budget ran out"):
         trials.run(settings, steps, str(tmp_path / "trial.onnx"), cache=False, during_step=during)
     assert any(d.startswith("quantize: calibration") for d in seen) and not any("optimize" in d for d in seen)
     assert not (tmp_path / "trial.onnx").exists()
-    assert studies._pass_hook(None) is None
+    assert hooks.pass_hook(None) is None
 
 
 def test_a_distillation_takes_a_share_of_the_time_left_and_its_trial_ends_with_a_model(tmp_path):
@@ -234,14 +233,13 @@ def test_a_distillation_takes_a_share_of_the_time_left_and_its_trial_ends_with_a
     its epochs: the trial is measured instead of stopped at the deadline. The budget is then part of
     the trial's steps (what --save-pipeline writes) and of the step cache's key: the chosen trial's
     re-measurement finds every step there, and a trial without that budget does not take its result."""
-    from mcomp.auto import study as studies
     from mcomp.auto import trial as trials
 
     settings = trials.Settings(model="builtin:digits", train="builtin:digits-train",
                                evaluation="builtin:digits-eval", folder=str(tmp_path), max_drop=0.01, runs=3)
     steps = [("prune", {"method": "structured", "rate": 0.5}), ("distill", {"epochs": 400, "lr": 0.01}),
              ("optimize", {"level": "basic"})]
-    measured, doc = trials.run(settings, steps, str(tmp_path / "a.onnx"), step_time=studies._step_time(time.time() + 8))
+    measured, doc = trials.run(settings, steps, str(tmp_path / "a.onnx"), step_time=hooks.step_time(time.time() + 8))
     distill = doc["steps"][1]
     assert distill["time_bound"] and distill["options"]["time_budget"] <= 4, distill["options"]
     assert distill["changes"]["time"]["epochs_run"] < 400 and measured.loss is not None
@@ -256,7 +254,7 @@ def test_a_distillation_takes_a_share_of_the_time_left_and_its_trial_ends_with_a
 
     with pytest.raises(trials.Stopped, match="^distill$"):  # the prune is cached; the budgeted result is not its own
         trials.run(settings, steps[:2], str(tmp_path / "c.onnx"), before_step=stop)
-    assert studies._step_time(None) is None
+    assert hooks.step_time(None) is None
 
 
 def test_a_saved_pipeline_replays_the_allocation_it_measured_instead_of_measuring_again():
@@ -829,12 +827,11 @@ def test_a_search_whose_workers_are_killed_again_and_again_ends_with_the_trials_
 
 
 def test_a_long_trial_says_what_it_is_doing_at_most_every_interval(monkeypatch):
-    from mcomp.auto import study as studies
 
     clock = [100.0]
-    monkeypatch.setattr(studies.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(hooks.time, "perf_counter", lambda: clock[0])
     sent: list[dict] = []
-    progress = studies._activity(7, sent.append, started=100.0)
+    progress = hooks.activity(7, sent.append, started=100.0)
     for t, description in [(5, "step 1/2: prune"), (29, "prune: importance"), (31, "step 2/2: distill"),
                            (40, "distill: epoch 1/20"), (62, "distill: epoch 2/20"),
                            (95, "quantize: per-layer sensitivity")]:

