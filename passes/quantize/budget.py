@@ -57,7 +57,7 @@ class Evaluator:
         self.names = [o.name for o in session.get_outputs()]
         self.reference = _run(session, dataset, "input")
         self.axes = evaluate.slice_axes(self.reference)  # the reference's: the same for every candidate
-        self.reference_accuracy = self.accuracy(self.reference)
+        self.reference_accuracy = evaluate.task_accuracy(self.reference, self.names, dataset, metric)
         self.calls = 0
 
     def score(self, candidate: onnx.ModelProto | bytes) -> Score:
@@ -66,14 +66,9 @@ class Evaluator:
         outputs = _run(evaluate.session(data, self.providers, self.threads), self.dataset, "candidate")
         fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes,
                                 self.heads)["summary"]
-        return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], self.accuracy(outputs),
+        accuracy = evaluate.task_accuracy(outputs[: len(self.names)], self.names, self.dataset, self.metric)
+        return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], accuracy,
                      fid["cosine"], fid["worst_slice"], fid["slice_cosine"])
-
-    def accuracy(self, outputs: list[list[np.ndarray]]) -> float | None:
-        """The user's metric on the model's outputs where given (with labels), else top-1 accuracy."""
-        if self.metric is not None and self.dataset.has_labels:
-            return self.metric(outputs[: len(self.names)], self.names, self.dataset)
-        return evaluate.accuracy(outputs, self.dataset)
 
 
 @dataclass(frozen=True)
