@@ -196,6 +196,46 @@ def test_the_guard_sends_back_to_float_the_groups_that_do_not_pay(monkeypatch, d
     assert any("did not pay" in n and "all Gemm" in n for n in result.notes)
 
 
+def gemm_float_breaks_the_budget(monkeypatch):
+    """Candidates with a Gemm left float score cosine 0.5: a reversion the guard chooses for speed breaks
+    the default budget, as PP-OCRv4's detector's float ConvTranspose did (0.9798 < 0.98)."""
+    import dataclasses
+
+    from mcomp.passes.quantize import budget
+
+    real = budget.Evaluator.score
+
+    def score(self, candidate):
+        got = real(self, candidate)
+        proto = candidate if isinstance(candidate, onnx.ModelProto) else onnx.load_from_string(candidate)
+        dequantized = {o for n in proto.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        if any(n.op_type == "Gemm" and n.input[1] not in dequantized for n in proto.graph.node):
+            return dataclasses.replace(got, fidelity=0.5, cosine=0.5, slice=0.5)
+        return got
+
+    monkeypatch.setattr(budget.Evaluator, "score", score)
+
+
+@pytest.mark.parametrize("full", [0.8, 1.3])
+def test_a_reversion_that_breaks_the_budget_is_not_kept(monkeypatch, digits, full):
+    """The guard's winner is scored: where its float groups break the budget, the full candidate is kept
+    (when it was faster in the first round), else the input."""
+    model, train, _ = digits
+    fixed_timing(monkeypatch, {"all quantized": full, "float: all Gemm": 0.6, "*": 0.9})
+    gemm_float_breaks_the_budget(monkeypatch)
+    result = Quantize()(copy(model), ctx_with(train.head(8)))
+    guard = result.details["latency_guard"]
+    assert guard["reverted_broke_budget"]["cosine"] == 0.5 and guard["groups_reverted"] == []
+    assert guard["ratio"] == full and not any("did not pay" in n for n in result.notes)
+    said = next(n for n in result.notes if "broke the budget" in n)
+    assert "all Gemm" in said and "×0.600" in said
+    if full < 1:
+        assert result.modified and result.details["quantized_ops"]["Gemm"] == 2
+        assert "kept with every layer quantized: ×0.800" in said
+    else:
+        assert not result.modified and "returned unchanged" in said
+
+
 def test_the_guard_combines_the_groups_that_each_pay(monkeypatch, digits):
     model, train, _ = digits
     both = "float: int8 element-wise ops + all Gemm"

@@ -85,6 +85,14 @@ class Verdict:
     max_slowdown: float | None = None  # size modes: the bound the slowdown was held to
     within: bool | None = None  # size modes: the ratio is within max_slowdown × max(1, A/A median)
     chosen: str | None = None  # size modes: the variant kept (the fastest)
+    full: "Verdict | None" = None  # where groups were reverted: the full candidate's own verdict (first round)
+
+    def without_reversions(self) -> "Verdict":
+        """The full candidate's verdict, kept when the groups sent back to float broke the accuracy
+        budget (a variant is timed, not scored: the flow scores the winner). Its ratio is its first-round
+        one; the trials stay, and say what was measured."""
+        return Verdict(set(), self.full.ratio, self.full.faster, self.full.noise_floor, self.trials, [],
+                       self.full.p50_ms)
 
     def to_dict(self) -> dict:
         out = {"ratio": round(self.ratio, 4), "faster": self.faster, "noise_floor": self.noise_floor,
@@ -183,8 +191,10 @@ def guard(build, units, base: set[str], reference: bytes, feeds, providers, thre
     ratio = second.ratios[winner]
     reverted = [] if winner == FULL else winner[len("float: "):].split(" + ")
     p50 = {"input": second.p50_ms[INPUT], "candidate": second.p50_ms[winner]}
+    full = Verdict(set(), ratios[FULL], ratios[FULL] <= threshold(first.noise_floor), first.noise_floor, [], [],
+                   {"input": first.p50_ms[INPUT], "candidate": first.p50_ms[FULL]})
     return Verdict(final[winner] - base, ratio, ratio <= threshold(second.noise_floor), second.noise_floor, trials,
-                   reverted, p50)
+                   reverted, p50, full=full)
 
 
 class Timed:
