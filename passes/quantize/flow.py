@@ -117,8 +117,7 @@ class Flow:
         scheme.setup(self.model, self.calibration)
         self.live = [u for u in scheme.units if u.name not in scheme.user]
         if not self.live:
-            self.notes.append("nothing to quantize: no node of the scheme's op types is left outside subgraphs, "
-                              "recurrent ops and --exclude")
+            self.notes.append(_nothing_to_quantize(cfg.mode, scheme, self.model))
             raise Unchanged("nothing to quantize")
         self.heads = linear_heads(self.model)
         self.evaluator = bud.Evaluator(self.reference, bud.as_feeds(self.evaluation, EVAL_FEEDS), ctx.providers,
@@ -382,6 +381,28 @@ class Flow:
             raise Unchanged(f"the faster variant broke the budget, the full one was not faster (×{full.ratio:.3f})")
         self.notes.append(f"{broke}; kept with every layer quantized: ×{full.ratio:.3f} in the guard's first round")
         return full, score
+
+
+def _nothing_to_quantize(mode: str, scheme, model: ir.Model) -> str:
+    """Why no node was left to quantize: excluded or held float, or none of the mode's op types at all
+    (YOLOv8n under --mode dynamic, which quantizes MatMul-like ops: its compute is Conv), with the mode that
+    quantizes what the model has."""
+    if scheme.units:
+        return ("nothing to quantize: every node of the mode's op types is in --exclude "
+                f"({len(scheme.units)} of them)")
+    ops = getattr(scheme, "op_types", ())
+    compute: dict[str, int] = {}
+    for node in model.graph:
+        if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and node.domain in ("", "ai.onnx"):
+            compute[node.op_type] = compute.get(node.op_type, 0) + 1
+    mine = sum(1 for node in model.graph if node.op_type in ops)
+    said = f"--mode {mode} quantizes {', '.join(ops) or 'its op types'} nodes of the main graph"
+    if mine:
+        return (f"nothing to quantize: {said}, and none of its {mine} such nodes has constant float weights it "
+                "may quantize (inside control flow, already quantized, or weights computed at run time)")
+    has = ", ".join(f"{n} {op}" for op, n in sorted(compute.items(), key=lambda kv: -kv[1])) or "none"
+    hint = "; --mode static quantizes Conv" if mode != "static" and compute.keys() & {"Conv", "ConvTranspose"} else ""
+    return f"nothing to quantize: {said}, and the model has none (its weighted ops: {has}){hint}"
 
 
 def _figure(value: float | None) -> str:
