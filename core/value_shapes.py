@@ -87,7 +87,10 @@ FUSED_STANDARD = {"FusedConv": ("Conv", 3), "FusedGemm": ("Gemm", 3), "Conv": ("
                   "AveragePool": ("AveragePool", 1), "GlobalAveragePool": ("GlobalAveragePool", 1),
                   "GlobalMaxPool": ("GlobalMaxPool", 1)}
 CONTRIB_DOMAINS = ("com.microsoft", "com.microsoft.nchwc")
-_CONTRIB_ROUNDS = 8  # each round types the contrib ops whose inputs the previous one reached
+# Each round types the contrib ops whose inputs the previous one reached (a run of them at once), then onnx
+# infers the standard ops after them: a CNN at onnxruntime's `all` level alternates NCHWc and standard ops
+# about once per block (PP-OCR's direction classifier: 35 ReorderOutput), and 8 rounds left 44 of its convs uncounted.
+_CONTRIB_ROUNDS = 64
 
 
 def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
@@ -97,6 +100,7 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
     graph = inferred.graph
     if not any(n.domain in CONTRIB_DOMAINS for n in graph.node):
         return inferred
+    padded = _reordered_channels(graph)
     for _ in range(_CONTRIB_ROUNDS):
         types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
         types.update({t.name: t.data_type for t in graph.initializer})
@@ -105,9 +109,10 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
         for node in graph.node:
             if node.domain not in CONTRIB_DOMAINS or not node.input or not node.output or node.output[0] in shapes:
                 continue
-            typed = _contrib_output(node, shapes, types)
-            if typed is not None:
+            typed = _contrib_output(node, shapes, types, padded)
+            if typed is not None:  # known at once to the contrib ops after it: a chain of them takes one round
                 added.append(onnx.helper.make_tensor_value_info(node.output[0], typed[0], typed[1]))
+                types[node.output[0]], shapes[node.output[0]] = typed
         if not added:
             return inferred
         graph.value_info.extend(added)
@@ -118,10 +123,30 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
     return inferred
 
 
-def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict) -> tuple[int, list[int]] | None:
+def _reordered_channels(graph: onnx.GraphProto) -> dict[str, int]:
+    """The channel count of each NCHWc ``ReorderInput``'s output, padded to onnxruntime's block (8 or 16 by
+    the CPU), read from the blocked Conv it feeds: its weight's input channels × group. An output read by
+    no such Conv (a pooling) keeps its input's channels, which is all a pooling's shape needs."""
+    weights = {t.name: list(t.dims) for t in graph.initializer}
+    padded = {}
+    for node in graph.node:
+        if node.domain == "com.microsoft.nchwc" and node.op_type == "Conv" and len(node.input) > 1 \
+                and len(weights.get(node.input[1], ())) > 1:
+            group = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "group"), 1)
+            padded[node.input[0]] = weights[node.input[1]][1] * group
+    return padded
+
+
+def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict,
+                    padded: dict[str, int]) -> tuple[int, list[int]] | None:
     """(element type, shape) of the first output of a contrib op we know the rule of, once its inputs are known."""
     ins = [shapes.get(name) for name in node.input]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "ReorderInput" and ins[0] is not None and len(ins[0]) > 2 and node.input[0] in types:
+        given = ins[0]  # NCHW, or NHWC with channels_last: NCHWc out, its channels padded to the block
+        n, channels, spatial = (given[0], given[-1], given[1:-1]) if attrs.get("channels_last") else \
+            (given[0], given[1], given[2:])
+        return types[node.input[0]], [n, padded.get(node.output[0], channels), *spatial]
     if node.op_type in SAME_SHAPE_CONTRIB and ins[0] is not None and node.input[0] in types:
         return types[node.input[0]], ins[0]
     if node.op_type == "MatMulNBits" and ins[0] is not None and attrs.get("N") and node.input[0] in types:

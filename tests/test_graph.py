@@ -61,6 +61,41 @@ def test_onnxruntimes_fused_conv_and_gemm_count_like_the_ops_they_fuse(tmp_path,
     assert after.unknown == [] and after.total == before.total > 0
 
 
+def test_a_blocked_layout_cnn_that_alternates_with_standard_ops_is_counted_whole(tmp_path):
+    """At `all`, onnxruntime wraps each NCHWc Conv in ReorderInput/ReorderOutput around the standard ops it
+    does not block (a swish here): ten such blocks took more inference rounds than the count allowed, and
+    ReorderInput had no rule, so PP-OCR's classifier read 44 of its convs uncounted. The blocked convs count
+    the channels they pad to the block (12 → 16 on AVX2 and AVX-512 alike), so never fewer MACs than before."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, inits, prev = [], [], "x"
+    for i in range(10):
+        depthwise = i % 2 == 1
+        w = rng.standard_normal((12, 1 if depthwise else 12, 3, 3)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], group=12 if depthwise else 1),
+                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"]), helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"m{i}"])]
+        prev = f"m{i}"
+    graph_proto = helper.make_graph(nodes, "swish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 16, 16])],
+                                    [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 12, 16, 16])], inits)
+    source = tmp_path / "swish.onnx"
+    onnx.save(helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)]), source)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "all.onnx")
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
+    blocked = onnx.load(tmp_path / "all.onnx")
+    if not any(n.domain == "com.microsoft.nchwc" for n in blocked.graph.node):
+        pytest.skip("this CPU has no NCHWc kernels (onnxruntime's `all` level wrote no blocked ops)")
+    before = graph.macs(ir.load(source))
+    after = graph.macs(ir.from_proto(blocked))
+    assert after.unknown == [] and after.reason is None
+    assert after.total >= before.total > 0
+
+
 def test_a_count_that_misses_nodes_says_why():
     # the MatMul's input is reshaped to a shape fed at run time: no shape inference can know it
     model = from_text("""

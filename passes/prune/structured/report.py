@@ -64,7 +64,7 @@ class StructuredReport:
         return (f"{self.method}: {len(self.pruned)} of {len(self.groups)} channel groups cut "
                 f"(rate {self.rate:.3f}, {self.importance}, round_to {self.round_to}); "
                 f"parameters ×{self.ratio('parameters'):.3f}, MACs ×{self.ratio('macs'):.3f}; "
-                f"{len(self.left_whole)} groups left whole")
+                f"{len(self.left_whole)} group{'' if len(self.left_whole) == 1 else 's'} left whole")
 
     def to_dict(self) -> dict:
         """The report's details: everything but ``summary`` and ``notes``, which the pass returns as
