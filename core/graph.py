@@ -243,14 +243,26 @@ def macs(model: ir.Model, input_shapes: dict[str, tuple[int, ...]] | None = None
     inference, constant folding), each tried only while compute nodes are left unknown; the count
     with the fewest unknown nodes is kept.
     """
-    return _c_api_utils().call_onnx_api(lambda proto: _best_count(with_concrete_inputs(_bare(proto), input_shapes)), model)
+    given = len(model.graph.inputs)
+    return _c_api_utils().call_onnx_api(
+        lambda proto: _best_count(with_concrete_inputs(_bare(proto, given), input_shapes)), model)
 
 
-def _bare(proto: onnx.ModelProto) -> onnx.ModelProto:
+def _bare(proto: onnx.ModelProto, given: int | None = None) -> onnx.ModelProto:
     """``proto`` (a copy made for the count) without its stored value_info: shapes an exporter or
     onnxruntime wrote there for other input shapes (``['batch', 256]``) would override the ones
-    inferred at the shapes counted, and leave the nodes after them uncounted."""
+    inferred at the shapes counted, and leave the nodes after them uncounted.
+
+    ``given``: the model's own input count. onnx-ir's ``call_onnx_api`` lists every initializer as a
+    graph input after them (the big ones without their data); those that kept their data are taken
+    off the inputs again, or constant folding treats them as values fed at run time: a pruned PP-OCR
+    classifier's Reshape to ``[batch, 96]`` was not folded, and its FC not counted."""
     del proto.graph.value_info[:]
+    if given is not None:
+        with_data = {t.name for t in proto.graph.initializer}
+        kept = [v for i, v in enumerate(proto.graph.input) if i < given or v.name not in with_data]
+        del proto.graph.input[:]
+        proto.graph.input.extend(kept)
     return proto
 
 
