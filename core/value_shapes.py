@@ -142,6 +142,10 @@ def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict,
     """(element type, shape) of the first output of a contrib op we know the rule of, once its inputs are known."""
     ins = [shapes.get(name) for name in node.input]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type == "DynamicQuantizeLSTM" and ins[0] is not None and len(ins[0]) == 3 and attrs.get("hidden_size") \
+            and node.input[0] in types:  # the LSTM's Y: [seq, directions, batch, hidden]
+        directions = 2 if attrs.get("direction") in (b"bidirectional", "bidirectional") else 1
+        return types[node.input[0]], [ins[0][0], directions, ins[0][1], int(attrs["hidden_size"])]
     if node.op_type == "ReorderInput" and ins[0] is not None and len(ins[0]) > 2 and node.input[0] in types:
         given = ins[0]  # NCHW, or NHWC with channels_last: NCHWc out, its channels padded to the block
         n, channels, spatial = (given[0], given[-1], given[1:-1]) if attrs.get("channels_last") else \

@@ -96,6 +96,39 @@ def test_a_blocked_layout_cnn_that_alternates_with_standard_ops_is_counted_whole
     assert after.total >= before.total > 0
 
 
+@pytest.mark.parametrize("direction", ["forward", "bidirectional"])
+def test_recurrent_layers_count_their_gates_and_stay_counted_when_quantized(tmp_path, direction):
+    """An LSTM over [seq 5, batch 2, input 6] with hidden 8: per step, direction and example, 4 gates of
+    8 × (6 + 8). Dynamic int8 turns it into onnxruntime's DynamicQuantizeLSTM, which onnx inference does
+    not type: the Gemm after it went uncounted (silero VAD's sequence model, 'no ratio')."""
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    dirs = 2 if direction == "bidirectional" else 1
+    weights = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name) for name, shape in
+               (("W", (dirs, 32, 6)), ("R", (dirs, 32, 8)), ("head", (8, 3)))]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=8, direction=direction),
+             helper.make_node("Slice", ["y", "s0", "s1", "ax"], ["y_last"]),  # the last step: [1, dirs, 2, 8]
+             helper.make_node("Reshape", ["y_last", "shape"], ["last"]), helper.make_node("Gemm", ["last", "head"], ["out"])]
+    consts = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
+              (("s0", [4]), ("s1", [5]), ("ax", [0]), ("shape", [-1, 8]))]
+    graph_proto = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 6])],
+                                    [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], weights + consts)
+    source = tmp_path / "lstm.onnx"
+    onnx.save(helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)]), source)
+    lstm = 5 * 2 * dirs * 4 * 8 * (6 + 8)
+    head = 2 * dirs * 8 * 3
+    count = graph.macs(ir.load(source))
+    assert count.unknown == [] and count.total == lstm + head
+    quantize_dynamic(str(source), str(tmp_path / "dynamic.onnx"))
+    quantized = ir.load(tmp_path / "dynamic.onnx")
+    assert "DynamicQuantizeLSTM" in {n.op_type for n in quantized.graph}
+    again = graph.macs(quantized)
+    assert again.unknown == [] and again.total == count.total
+
+
 def test_a_count_that_misses_nodes_says_why():
     # the MatMul's input is reshaped to a shape fed at run time: no shape inference can know it
     model = from_text("""
