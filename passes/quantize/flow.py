@@ -365,7 +365,8 @@ class Flow:
         candidate is kept if it was faster than the input in the guard's first round, else the input."""
         provider = self.target.provider
         reverted = self.evaluator.score(self.build(excluded | verdict.exclude))
-        groups = f"{', '.join(verdict.groups_reverted)} ({len(verdict.exclude)} nodes)"
+        n = len(verdict.exclude)
+        groups = f"{', '.join(verdict.groups_reverted)} ({n} node{'' if n == 1 else 's'})"
         if budget.holds(reverted, self.evaluator.reference_accuracy):
             self.notes.append(f"sent back to float because their quantization did not pay on {provider}: {groups}")
             return verdict, reverted
