@@ -67,8 +67,12 @@ def macs_text(info: dict) -> str:
     from mcomp.report import measured_at
 
     unknown = info.get("macs_unknown_nodes") or []
+    at = measured_at(info.get("input_shapes") or {})
+    if unknown and not info["macs"]:  # "0" would read as a model without compute (silero VAD: all of it in If branches)
+        why = info.get("macs_unknown_reason") or f"{len(unknown)} compute node(s) not counted"
+        return f"unknown at {at}: {why}"
     missing = f"; {len(unknown)} node{'s' if len(unknown) > 1 else ''} of unknown shape not counted" if unknown else ""
-    return f"{info['macs']:,} at {measured_at(info.get('input_shapes') or {})}{missing}{loop_note(info)}"
+    return f"{info['macs']:,} at {at}{missing}{loop_note(info)}"
 
 
 def loop_note(info: dict) -> str:

@@ -134,6 +134,12 @@ def _ratio(a, b) -> str:
     return f"×{a / b:.3f}" if a is not None and b else "—"
 
 
+def _macs_cell(entry: dict) -> str:
+    """A model's MACs; "unknown" where none of its compute nodes could be counted: "0" read as a model
+    without compute (silero VAD, whose network is all inside If branches)."""
+    return "unknown" if not entry["macs"] and entry.get("macs_unknown") else _fmt_int(entry["macs"])
+
+
 def _macs_change(before: dict, after: dict) -> str:
     """The MACs ratio, or why there is none: a side with nodes it could not count (fused contrib ops
     whose shapes no inference resolves, say) would give a ratio that reads as a saving."""
@@ -186,7 +192,7 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
         ("parameters", _fmt_int(i["parameters"]), _fmt_int(o["parameters"]), _ratio(o["parameters"], i["parameters"])),
         ("non-zero parameters", _fmt_int(i["nonzero_parameters"]), _fmt_int(o["nonzero_parameters"]),
          _ratio(o["nonzero_parameters"], i["nonzero_parameters"])),
-        ("MACs", _fmt_int(i["macs"]), _fmt_int(o["macs"]), _macs_change(i, o)),
+        ("MACs", _macs_cell(i), _macs_cell(o), _macs_change(i, o)),
         ("nodes", _fmt_int(i["nodes"]), _fmt_int(o["nodes"]), _ratio(o["nodes"], i["nodes"])),
     ]
     rows += _zstd_row(doc)

@@ -303,3 +303,5 @@ def test_macs_row_gives_no_ratio_when_a_side_has_nodes_it_could_not_count():
     assert row(doc)[3] == "no ratio: 21 output nodes not counted"
     doc["output"]["macs_unknown"] = None
     assert row(doc)[3] == "×0.173"
+    doc["input"].update(macs=0, macs_unknown={"nodes": 14, "reason": "inside If branches"})  # none counted: not "0"
+    assert row(doc)[1:3] == ("unknown", "75,497,472") and row(doc)[3] == "no ratio: 14 input nodes not counted"

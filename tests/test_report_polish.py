@@ -160,6 +160,10 @@ def test_macs_text_with_metadata_and_given_shapes():
     given = summary.describe(conv_model(), input_shapes={"images": (2, 3, 8, 8)})
     assert macs_text(given) == f"{2 * 4 * 27 * 64:,} at images 2×3×8×8 (from --input-shape)"
     assert macs_text(given | {"macs_unknown_nodes": ["a", "b"]}).endswith("; 2 nodes of unknown shape not counted")
+    none_counted = given | {"macs": 0, "macs_unknown_nodes": ["a", "b"], "macs_unknown_reason": "2 compute node(s) not "
+                            "counted: symbolic shape inference failed"}  # not "0 at …": a model without compute
+    assert macs_text(none_counted) == ("unknown at images 2×3×8×8 (from --input-shape): 2 compute node(s) not counted: "
+                                       "symbolic shape inference failed")
 
 
 # 4. bench and compare: one example per run, at stated shapes; a failure at assumed shapes says how to set them
