@@ -404,6 +404,14 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
     linear head that computes it (``mcomp.heads``): raw logits of any rank are class scores too."""
     outputs = {}
     for k, (name, r_list, c_list) in enumerate(zip(names, ref, cand)):
+        # compared feed by feed first: outputs of varying length, joined flat, could add up to the same
+        # length with the steps misaligned (one feed a step longer, another a step shorter)
+        odd = next(((k, a, b) for k, (a, b) in enumerate(zip(r_list, c_list)) if a.shape != b.shape), None)
+        if odd is not None:
+            where = f" (feed {odd[0] + 1} of {len(r_list)})" if len(r_list) > 1 else ""
+            outputs[name] = {"error": f"shape {list(odd[2].shape)} differs from the reference's {list(odd[1].shape)}"
+                                      f"{where}"}
+            continue
         # one feed (a language model's logits, 0.4 GB) is compared as it is, not copied by a join
         r, c = (r_list[0], c_list[0]) if len(r_list) == len(c_list) == 1 else (_joined(r_list), _joined(c_list))
         if r.shape != c.shape:

@@ -123,6 +123,12 @@ def test_an_output_whose_length_changed_counts_as_cosine_zero_and_is_warned_of()
     assert "structure: shape [1, 11, 50] differs from the reference's [1, 12, 50]" in warned[0]["message"]
     same = evaluate.fidelity([[steps], [fixed]], [[steps], [fixed]], ["structure", "loc"])["summary"]
     assert same["shape_mismatch"] == [] and same["cosine"] == pytest.approx(1.0)
+    # two feeds, one a step shorter and one a step longer: joined flat they are as long as the reference's
+    ref = [steps[:, :10], steps[:, :12]]
+    misaligned = evaluate.fidelity([ref], [[steps[:, :12], steps[:, :10]]], ["structure"])
+    assert misaligned["summary"]["cosine"] == 0.0
+    assert misaligned["outputs"]["structure"]["error"] == ("shape [1, 12, 50] differs from the reference's "
+                                                           "[1, 10, 50] (feed 1 of 2)")
 
 
 def test_min_fidelity_gate_fails_on_a_broken_slice_and_whole_keeps_the_old_figure():
