@@ -71,19 +71,21 @@ def _print(doc: dict, to: Console) -> None:
     fid, acc, lat = doc["fidelity"]["summary"], doc["accuracy"], doc["latency"]
     if fid["cosine"] is not None:
         worst = fid.get("worst_slice")
-        slice_text = ("no output has channel-like axes" if not worst else
+        none = "outputs of another shape (below)" if fid["shape_mismatch"] else "no output has channel-like axes"
+        slice_text = (none if not worst else
                       f"worst slice {worst['output']} axis {worst['axis']} [{worst['index']} of {worst['slices']}]: "
                       f"cosine {worst['cosine']:.6f}, SQNR {_db(worst['sqnr_db'])}")
         to.print(f"fidelity ({doc['fidelity']['figure']['mode']}): {doc['fidelity']['figure']['value']:.6f}; {slice_text}")
-        to.print(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
-                 f"max |Δ| {fid['max_abs_error']:.3g}")
+        if fid["relative_l2"] is not None:  # None: no output kept its shape (each counts as cosine 0)
+            to.print(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
+                     f"max |Δ| {fid['max_abs_error']:.3g}")
     for name, out in doc["fidelity"]["outputs"].items():
         if out.get("top1_agreement") is not None:
             step = out.get("worst_step_top1")
             to.print(f"top-1 agreement ({name}): {out['top1_agreement']:.2%}"
                      + (f", worst time step {step['step']}: {step['top1_agreement']:.2%}" if step else ""))
-    if fid["shape_mismatch"]:
-        to.print(f"outputs of different shape: {fid['shape_mismatch']}")
+    for name in fid["shape_mismatch"]:
+        to.print(f"output {name} of another shape, counted as cosine 0: {doc['fidelity']['outputs'][name]['error']}")
     if acc.get("known"):
         to.print(f"accuracy: {acc['reference']:.2%} → {acc['candidate']:.2%} ({(acc['candidate'] - acc['reference']) * 100:+.2f} pts)")
     else:

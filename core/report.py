@@ -210,7 +210,8 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
         rows.append(("accuracy", "unknown", "unknown", acc.get("reason", "")))
     fid = doc["fidelity"]["summary"]
     if fid["cosine"] is not None:
-        rows.append(("fidelity", "cosine", f"{fid['cosine']:.6f}", f"max |Δ| {fid['max_abs_error']:.3g}"))
+        delta = "outputs of another shape" if fid["max_abs_error"] is None else f"max |Δ| {fid['max_abs_error']:.3g}"
+        rows.append(("fidelity", "cosine", f"{fid['cosine']:.6f}", delta))
     worst = fid.get("worst_slice")
     if worst:
         sqnr = "SQNR ∞" if worst["sqnr_db"] is None else f"SQNR {worst['sqnr_db']:.1f} dB"

@@ -121,6 +121,10 @@ def test_an_output_whose_length_changed_counts_as_cosine_zero_and_is_warned_of()
     warned = [w for w in report.warnings(doc) if w["kind"] == "fidelity"]
     assert len(warned) == 1 and warned[0]["severity"] == "severe"
     assert "structure: shape [1, 11, 50] differs from the reference's [1, 12, 50]" in warned[0]["message"]
+    side = {"bytes": 1, "parameters": 1, "nonzero_parameters": 1, "nodes": 1, "macs": 1, "macs_unknown": None}
+    alone = dict(doc, input=side, output=side, fidelity=evaluate.fidelity([[steps]], [[steps[:, :11]]], ["structure"]))  # no output kept
+    row = next(r for r in report.headline(alone) if r[0] == "fidelity")
+    assert row[2:] == ("0.000000", "outputs of another shape")
     same = evaluate.fidelity([[steps], [fixed]], [[steps], [fixed]], ["structure", "loc"])["summary"]
     assert same["shape_mismatch"] == [] and same["cosine"] == pytest.approx(1.0)
     # two feeds, one a step shorter and one a step longer: joined flat they are as long as the reference's

@@ -94,3 +94,33 @@ def test_a_fidelity_gate_in_whole_mode_passes_what_the_default_would_fail(runs):
 def test_an_unknown_fidelity_mode_is_exit_2_in_one_line(runs):
     res = runs["bad-mode"]
     assert res.returncode == 2 and "--fidelity 'mean'" in res.stderr and "Traceback" not in res.stderr, res.explain()
+
+
+def _kept_above(threshold: float):
+    """y = the inputs above ``threshold`` (as many as there are: a length the data decides), z = 2·x."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Greater", ["x", "t"], ["above"]), helper.make_node("Compress", ["x", "above"], ["y"]),
+             helper.make_node("Mul", ["x", "two"], ["z"])]
+    consts = [numpy_helper.from_array(np.array(threshold, np.float32), "t"),
+              numpy_helper.from_array(np.array(2.0, np.float32), "two")]
+    graph = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", f, [16])],
+                              [helper.make_tensor_value_info("y", f, ["k"]), helper.make_tensor_value_info("z", f, [16])],
+                              consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_compare_counts_an_output_of_another_length_as_cosine_zero(tmp_path):
+    """A decoder that stops at another step (SLANet's Loop): the output of another length was left out,
+    and the other output's cosine 1.0 stood for the model."""
+    import onnx
+
+    onnx.save(_kept_above(0.5), tmp_path / "a.onnx")
+    onnx.save(_kept_above(0.45), tmp_path / "b.onnx")
+    np.savez(tmp_path / "d.npz", x=np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 16))
+    res = run_mcomp("compare", "a.onnx", "b.onnx", "--data", "d.npz", "--runs", "3", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    assert "fidelity (slice): 0.000000; outputs of another shape (below)" in res.out
+    assert ("output y of another shape, counted as cosine 0: shape [3] differs from the reference's [0] (feed 2 of 4)"
+            in res.out)
