@@ -129,6 +129,19 @@ def test_recurrent_layers_count_their_gates_and_stay_counted_when_quantized(tmp_
     assert again.unknown == [] and again.total == count.total
 
 
+@pytest.mark.realmodel
+def test_a_network_inside_if_branches_is_counted_through_onnxruntimes_folding(real_model):
+    """Silero VAD's streaming model is one If on the sample rate, its network inside both branches, each
+    Pad's widths computed from constants there: onnx inference and onnxscript's folding typed none of its
+    convs ("MACs 0"); onnxruntime's basic folding reaches into the branches."""
+    import onnx_ir as ir
+
+    rm = real_model("silero-vad")
+    count = graph.macs(ir.load(rm.path), rm.input_shapes)
+    assert count.total > 0
+    assert not any(name.endswith("stft/Conv") or "/encoder/" in name for name in count.unknown), count.unknown
+
+
 def test_a_count_that_misses_nodes_says_why():
     # the MatMul's input is reshaped to a shape fed at run time: no shape inference can know it
     model = from_text("""
