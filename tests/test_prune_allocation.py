@@ -111,6 +111,20 @@ def test_details_and_summary_say_what_was_allocated(at_03):
     assert at_03["uniform"].details["group_rates"] == dict.fromkeys(KEYS, 0.3)
 
 
+def test_probes_that_would_take_too_long_run_on_fewer_examples(digits, monkeypatch):
+    """At the input's pace the probes would pass ``PROBE_BUDGET_S`` (YOLOv8n: 251 probes of ~1.1 s, a whole
+    search trial): each runs ``MIN_EXAMPLES`` examples then, and the note says why."""
+    from mcomp.passes.prune.structured import sensitivity
+
+    monkeypatch.setattr(sensitivity, "PROBE_BUDGET_S", 1e-9)
+    model, ctx, _ = digits
+    result = Prune(method="structured", rate=0.3, allocation="sensitivity")(graph.copy(model), ctx)
+    first_feed = ctx.data["calibration"].head(1).samples  # a probe runs whole feeds: at least the first
+    assert result.details["allocation"]["data"]["samples"] == max(sensitivity.MIN_EXAMPLES, first_feed) < 64
+    assert any("(fewer examples a probe than 64: at the input's pace the probes would have taken over 0 s)" in n
+               for n in result.notes), result.notes
+
+
 def test_recorded_group_rates_replay_without_data(digits, at_03):
     sens = at_03["sensitivity"]
     again = Prune(method="structured", group_rates=sens.details["group_rates"])
