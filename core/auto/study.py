@@ -216,13 +216,20 @@ def fail_killed(plan: Plan, settings: trials.Settings, pid: int, how: str) -> li
 
 
 def _alive(pid) -> bool:
+    """Whether process ``pid`` runs. A zombie does not: a worker killed with its search is reparented to
+    pid 1, and where pid 1 does not reap (a container without an init: this machine's) it stays a
+    zombie for good, which ``kill(pid, 0)`` still finds; its trial was then never marked interrupted."""
     try:
         os.kill(int(pid), 0)
     except (TypeError, ValueError, ProcessLookupError):
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{int(pid)}/stat") as fh:  # "pid (comm) S …": the state follows the last ')'
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc (not Linux): kill's answer stands; else it ended meanwhile
+        return not os.path.isdir("/proc")
 
 
 def work(plan: Plan, settings: trials.Settings, space: Space,
