@@ -67,15 +67,9 @@ def remove_leftovers(path: Path) -> None:
 
 
 def _running(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    from mcomp.processes import alive
+
+    return pid == os.getpid() or alive(pid)  # a zombie writer's temp file is litter too
 
 
 @contextlib.contextmanager

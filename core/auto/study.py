@@ -31,6 +31,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
 
+from mcomp import processes
 from mcomp.auto import hooks
 from mcomp.auto import trial as trials
 from mcomp.auto.space import Space
@@ -175,7 +176,7 @@ def reap_interrupted(study, now: datetime | None = None) -> int:
     count = 0
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid = t.user_attrs.get("pid")
-        ended = t.user_attrs.get("host") == HOST and pid is not None and not _alive(pid)
+        ended = t.user_attrs.get("host") == HOST and pid is not None and not processes.alive(pid)
         orphaned = pid is None and t.datetime_start is not None and now - t.datetime_start > ORPHANED_AFTER
         if ended or orphaned:
             study._storage.set_trial_user_attr(t._trial_id, "error", "interrupted (its process ended); not resumed")
@@ -213,23 +214,6 @@ def fail_killed(plan: Plan, settings: trials.Settings, pid: int, how: str) -> li
         seconds = (datetime.now() - t.datetime_start).total_seconds() if t.datetime_start else 0.0
         events.append({"number": t.number, "state": "failed", "reason": reason, "seconds": seconds})
     return events
-
-
-def _alive(pid) -> bool:
-    """Whether process ``pid`` runs. A zombie does not: a worker killed with its search is reparented to
-    pid 1, and where pid 1 does not reap (a container without an init: this machine's) it stays a
-    zombie for good, which ``kill(pid, 0)`` still finds; its trial was then never marked interrupted."""
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{int(pid)}/stat") as fh:  # "pid (comm) S …": the state follows the last ')'
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):  # no /proc (not Linux): kill's answer stands; else it ended meanwhile
-        return not os.path.isdir("/proc")
 
 
 def work(plan: Plan, settings: trials.Settings, space: Space,
