@@ -335,6 +335,7 @@ def _ort_folded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | N
     given = {}
     loose = onnx.ModelProto()
     loose.CopyFrom(proto)
+    _weights_as_inputs(loose)
     for inp in loose.graph.input:
         dims = inp.type.tensor_type.shape.dim
         given[inp.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
@@ -356,6 +357,25 @@ def _ort_folded(proto: onnx.ModelProto) -> tuple[onnx.ModelProto | None, str | N
             if value is not None:
                 dim.dim_value = value
     return optimized, None
+
+
+_FOLDED_BYTES = 1024  # initializers above this reach onnxruntime as typed inputs: shapes need no weights
+
+
+def _weights_as_inputs(proto: onnx.ModelProto) -> None:
+    """Initializers of more than ``_FOLDED_BYTES`` (or in external files) become typed graph inputs, as
+    onnx-ir's ``call_onnx_api`` does for ``graph.macs``: ``macs_by_node`` passes whole protos, and a big
+    model's session would have written every weight again to be read for its shapes."""
+    inputs = {v.name for v in proto.graph.input}
+    kept = []
+    for tensor in proto.graph.initializer:
+        stored = len(tensor.raw_data) or tensor.ByteSize()
+        if tensor.data_location != onnx.TensorProto.EXTERNAL and stored <= _FOLDED_BYTES:
+            kept.append(tensor)
+        elif tensor.name not in inputs:
+            proto.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
 
 
 __all__ = ["SHAPE_ERRORS", "SAME_SHAPE_CONTRIB", "Stage", "stages", "onnx_inferred", "through_contrib_ops",

@@ -142,6 +142,25 @@ def test_a_network_inside_if_branches_is_counted_through_onnxruntimes_folding(re
     assert not any(name.endswith("stft/Conv") or "/encoder/" in name for name in count.unknown), count.unknown
 
 
+def test_onnxruntimes_folding_for_the_count_gets_no_big_weight():
+    """``macs_by_node`` passes whole protos: a big model's weights would have gone through a session and
+    been written again, to be read for shapes only. Above 1 KB they reach it as typed inputs."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mcomp.value_shapes import _weights_as_inputs
+
+    graph_proto = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32])],
+        [numpy_helper.from_array(np.ones((32, 32), np.float32), "w"), numpy_helper.from_array(np.ones(4, np.float32), "b")])
+    proto = helper.make_model(graph_proto)
+    _weights_as_inputs(proto)
+    assert [t.name for t in proto.graph.initializer] == ["b"]
+    inputs = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.input}
+    assert inputs == {"x": [1, 32], "w": [32, 32]}
+
+
 def test_a_count_that_misses_nodes_says_why():
     # the MatMul's input is reshaped to a shape fed at run time: no shape inference can know it
     model = from_text("""
