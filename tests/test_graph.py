@@ -77,9 +77,11 @@ def test_a_blocked_layout_cnn_that_alternates_with_standard_ops_is_counted_whole
         w = rng.standard_normal((12, 1 if depthwise else 12, 3, 3)).astype(np.float32)
         inits.append(numpy_helper.from_array(w, f"w{i}"))
         nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], group=12 if depthwise else 1),
-                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"]), helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"m{i}"])]
+                  helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"]),
+                  helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"m{i}"])]
         prev = f"m{i}"
-    graph_proto = helper.make_graph(nodes, "swish", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 16, 16])],
+    graph_proto = helper.make_graph(nodes, "swish",
+                                    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 16, 16])],
                                     [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 12, 16, 16])], inits)
     source = tmp_path / "swish.onnx"
     onnx.save(helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)]), source)
@@ -111,7 +113,8 @@ def test_recurrent_layers_count_their_gates_and_stay_counted_when_quantized(tmp_
                (("W", (dirs, 32, 6)), ("R", (dirs, 32, 8)), ("head", (8, 3)))]
     nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], hidden_size=8, direction=direction),
              helper.make_node("Slice", ["y", "s0", "s1", "ax"], ["y_last"]),  # the last step: [1, dirs, 2, 8]
-             helper.make_node("Reshape", ["y_last", "shape"], ["last"]), helper.make_node("Gemm", ["last", "head"], ["out"])]
+             helper.make_node("Reshape", ["y_last", "shape"], ["last"]),
+             helper.make_node("Gemm", ["last", "head"], ["out"])]
     consts = [numpy_helper.from_array(np.array(v, np.int64), k) for k, v in
               (("s0", [4]), ("s1", [5]), ("ax", [0]), ("shape", [-1, 8]))]
     graph_proto = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 6])],
@@ -153,7 +156,8 @@ def test_onnxruntimes_folding_for_the_count_gets_no_big_weight():
         [helper.make_node("MatMul", ["x", "w"], ["y"]), helper.make_node("Add", ["y", "b"], ["z"])], "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 32])],
-        [numpy_helper.from_array(np.ones((32, 32), np.float32), "w"), numpy_helper.from_array(np.ones(4, np.float32), "b")])
+        [numpy_helper.from_array(np.ones((32, 32), np.float32), "w"),
+         numpy_helper.from_array(np.ones(4, np.float32), "b")])
     proto = helper.make_model(graph_proto)
     _weights_as_inputs(proto)
     assert [t.name for t in proto.graph.initializer] == ["b"]

@@ -162,7 +162,8 @@ def test_macs_text_with_metadata_and_given_shapes():
     assert macs_text(given | {"macs_unknown_nodes": ["a", "b"]}).endswith("; 2 nodes of unknown shape not counted")
     none_counted = given | {"macs": 0, "macs_unknown_nodes": ["a", "b"], "macs_unknown_reason": "2 compute node(s) not "
                             "counted: symbolic shape inference failed"}  # not "0 at …": a model without compute
-    assert macs_text(none_counted) == ("unknown at images 2×3×8×8 (from --input-shape): 2 compute node(s) not counted: "
+    assert macs_text(none_counted) == ("unknown at images 2×3×8×8 (from --input-shape): "
+                                       "2 compute node(s) not counted: "
                                        "symbolic shape inference failed")
 
 

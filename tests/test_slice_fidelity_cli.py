@@ -106,7 +106,8 @@ def _kept_above(threshold: float):
     consts = [numpy_helper.from_array(np.array(threshold, np.float32), "t"),
               numpy_helper.from_array(np.array(2.0, np.float32), "two")]
     graph = helper.make_graph(nodes, "kept", [helper.make_tensor_value_info("x", f, [16])],
-                              [helper.make_tensor_value_info("y", f, ["k"]), helper.make_tensor_value_info("z", f, [16])],
+                              [helper.make_tensor_value_info("y", f, ["k"]),
+                               helper.make_tensor_value_info("z", f, [16])],
                               consts)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
