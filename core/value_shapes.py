@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+import numpy as np
 import onnx
 
 from mcomp.errors import short
@@ -144,11 +145,77 @@ def _reordered_channels(graph: onnx.GraphProto) -> dict[str, int]:
     return padded
 
 
+def _broadcast(a, b) -> list[int] | None:
+    if a is None or b is None:
+        return None
+    try:
+        return list(np.broadcast_shapes(tuple(a), tuple(b)))
+    except ValueError:
+        return None
+
+
+def _qlinear_conv(ins: list, attrs: dict) -> list[int] | None:
+    """onnxruntime's QLinearConv (x at 0, w at 3; NHWC under ``channels_last``): the output of a Conv of
+    those shapes, by the standard formula (auto_pad, pads, strides, dilations)."""
+    x, w = ins[0], ins[3] if len(ins) > 3 else None
+    if x is None or w is None or len(x) < 3 or len(w) != len(x):
+        return None
+    last = bool(attrs.get("channels_last"))
+    spatial = x[1:-1] if last else x[2:]
+    k = len(spatial)
+    kernel = list(attrs.get("kernel_shape") or w[2:])
+    strides, dilations = list(attrs.get("strides") or [1] * k), list(attrs.get("dilations") or [1] * k)
+    pads = list(attrs.get("pads") or [0] * (2 * k))
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    out = []
+    for i, size in enumerate(spatial):
+        span = dilations[i] * (kernel[i] - 1) + 1
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            out.append(-(-size // strides[i]))
+        elif auto == "VALID":
+            out.append((size - span) // strides[i] + 1)
+        else:
+            out.append((size + pads[i] + pads[i + k] - span) // strides[i] + 1)
+    return [x[0], *out, w[0]] if last else [x[0], w[0], *out]
+
+
+def _qlinear_pool(ins: list, attrs: dict) -> list[int] | None:
+    x = ins[0]
+    if x is None or len(x) < 3:
+        return None
+    return [x[0], *[1] * (len(x) - 2), x[-1]] if attrs.get("channels_last") else [*x[:2], *[1] * (len(x) - 2)]
+
+
+def _qgemm(ins: list, attrs: dict) -> list[int] | None:
+    a, b = ins[0], ins[3] if len(ins) > 3 else None
+    if a is None or b is None or len(a) != 2 or len(b) != 2:
+        return None
+    return [a[1] if attrs.get("transA") else a[0], b[0] if attrs.get("transB") else b[1]]
+
+
+# onnxruntime's quantized contrib ops of a QDQ model optimized at `all` (QLinearConv NHWC and the int8 ops
+# around it): onnx inference types none, so a QDQ CNN's every conv was uncounted (PP-OCR's classifier: 54).
+QLINEAR_RULES = {
+    "QLinearConv": _qlinear_conv,
+    "QLinearAdd": lambda ins, attrs: _broadcast(ins[0], ins[3] if len(ins) > 3 else None),
+    "QLinearMul": lambda ins, attrs: _broadcast(ins[0], ins[3] if len(ins) > 3 else None),
+    "QLinearGlobalAveragePool": _qlinear_pool,
+    "QLinearSoftmax": lambda ins, attrs: ins[0],
+    "QLinearSigmoid": lambda ins, attrs: ins[0],
+    "QLinearLeakyRelu": lambda ins, attrs: ins[0],
+    "QGemm": _qgemm,
+}
+
+
 def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict,
                     padded: dict[str, int]) -> tuple[int, list[int]] | None:
     """(element type, shape) of the first output of a contrib op we know the rule of, once its inputs are known."""
     ins = [shapes.get(name) for name in node.input]
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    if node.op_type in QLINEAR_RULES and node.input and node.input[0] in types:
+        shape = QLINEAR_RULES[node.op_type](ins, attrs)
+        return None if shape is None else (types[node.input[0]], shape)
     if node.op_type == "DynamicQuantizeLSTM" and ins[0] is not None and len(ins[0]) == 3 and attrs.get("hidden_size") \
             and node.input[0] in types:  # the LSTM's Y: [seq, directions, batch, hidden]
         directions = 2 if attrs.get("direction") in (b"bidirectional", "bidirectional") else 1
