@@ -15,7 +15,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import realmodels  # noqa: E402
 
-from mcomp import evaluate, graph, model as model_io, summary  # noqa: E402
+from mcomp import evaluate, graph, model as model_io, offline, summary  # noqa: E402
 from mcomp.embedded import builtin_path  # noqa: E402
 from mcomp.kernels import fidelity as fk  # noqa: E402
 from mcomp.session import resolve_providers  # noqa: E402
@@ -181,7 +181,7 @@ def ort_ops(source, tmp: Path) -> dict[str, int]:
     """Op counts of the graph onnxruntime runs (its optimizer at level all, on this CPU)."""
     import collections
 
-    optimized = evaluate.offline_optimized(source, "all", CPU)
+    optimized = offline.offline_optimized(source, "all", CPU)
     counts = collections.Counter((n.domain.split(".")[-1] + ":" if n.domain else "") + n.op_type for n in optimized.graph)
     return dict(counts.most_common())
 

@@ -10,9 +10,8 @@ model; anything else raised here is a bug in mcomp and stays an internal error (
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import numpy as np
 import onnx
@@ -20,10 +19,8 @@ import onnx_ir as ir
 
 from mcomp import data as data_io
 from mcomp.data import Dataset
-from mcomp.graph import all_graphs
 from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
-from mcomp.external_data import external_tensors, mapped_in_memory, release_pages, release_tensor
 from mcomp.session import input_specs
 from mcomp.sources import BIG_WEIGHTS, needs_prepacking, reads_data, runnable, weight_bytes
 
@@ -82,113 +79,6 @@ def session(model: ir.Model | bytes | str | Path, providers: list[str], threads:
             return ort.InferenceSession(source, options, providers=providers)
         except ort_errors() as exc:
             raise BadInput(f"onnxruntime cannot load the model: {short(exc, 300)}") from None
-
-
-def offline_optimized(model: ir.Model | bytes | str | Path, level: str, providers: list[str], *,
-                      disabled: Iterable[str] = ()) -> ir.Model:
-    """onnxruntime's offline-optimized graph at ``level`` (basic: standard ONNX ops, any provider;
-    extended/all: onnxruntime's fused ops for ``providers``), with the optimizers named in ``disabled``
-    (e.g. ``MatMulAddFusion``) left out. onnxruntime's errors propagate as they are: a caller decides
-    whether a graph the optimizer rejects is bad input or a step to skip."""
-    import onnxruntime as ort
-
-    big = weight_bytes(model) >= BIG_WEIGHTS
-    options = _options(optimization=level, big=big)
-    with runnable(model) as source, tempfile.TemporaryDirectory(prefix="mcomp-ort-") as tmp:
-        out = Path(tmp) / "optimized.onnx"
-        reads_data(options, source)
-        options.optimized_model_filepath = str(out)
-        if big:  # the optimized weights go to a file beside it, mapped below: no protobuf of them
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                             "optimized.onnx.data")
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                             "1024")
-        ort.InferenceSession(source, options, providers=providers, disabled_optimizers=list(disabled))
-        optimized = ir.load(out)
-        for value in external_tensors(optimized):  # mapped now, so the pages outlive the temp folder
-            tensor = value.const_value
-            value.const_value = mapped_in_memory(tensor)
-        if isinstance(model, ir.Model) and big:
-            _share_unchanged(optimized, model)
-        return optimized
-
-
-# Parameters onnxruntime's optimizer may add (folded shapes and small constants): 2 % and 64 k elements (a tiny
-# model's folded shape constants are a large share of it).
-GROWTH, GROWTH_ELEMENTS = 1.02, 1 << 16
-
-
-class WeightsGrew(Exception):
-    """onnxruntime's optimizer grew the weights even without its constant folding: ``before`` → ``after``."""
-
-    def __init__(self, before: int, after: int):
-        super().__init__(f"onnxruntime's optimizer grew the weights ({before:,} → {after:,} parameters)")
-        self.before, self.after = before, after
-
-
-def offline_optimized_no_bigger(model: ir.Model, level: str, providers: list[str], *,
-                                disabled: Iterable[str] = ()) -> tuple[ir.Model, str | None]:
-    """``offline_optimized``, without growing the weights; with a note where its constant folding was left out.
-
-    onnxruntime's constant folding materializes a Transpose (or Cast …) of a weight other nodes also read:
-    an LLM's tied head, ``MatMul(h, Transpose(table))``, came out with the table stored twice (a 0.75 GiB
-    model written at 1.07 GB), and folding inside subgraphs copies weights into every branch. Where the
-    parameters grow by more than ``GROWTH`` and ``GROWTH_ELEMENTS``, the optimizer runs again without
-    ``ConstantFolding``; ``WeightsGrew`` if they still grow."""
-    from mcomp.summary import tensor_counts
-
-    before = tensor_counts(model)[0].parameters
-    limit = before * GROWTH + GROWTH_ELEMENTS
-    copied = _folding_copies(model, limit - before)
-    if copied is None:
-        optimized = offline_optimized(model, level, providers, disabled=disabled)
-        folded = tensor_counts(optimized)[0].parameters
-        if folded <= limit:
-            return optimized, None
-        copied = f"grew the weights ({before:,} → {folded:,} parameters)"
-    optimized = offline_optimized(model, level, providers, disabled=[*disabled, "ConstantFolding"])
-    after = tensor_counts(optimized)[0].parameters
-    if after > limit:
-        raise WeightsGrew(before, after)
-    return optimized, f"onnxruntime's constant folding {copied}; optimized without it"
-
-
-FOLDED_COPIES = ("Transpose", "Cast")  # ops whose folding onnxruntime always does, writing a copy of their input
-
-
-def _folding_copies(model: ir.Model, room: float) -> str | None:
-    """What constant folding would grow the weights by more than ``room`` elements with, said before running
-    it: a Transpose or Cast of a weight that other nodes also read (a tied LM head's ``Transpose(table)``),
-    whose folded copy is stored beside it. Found here, the optimizer runs once, without folding; on a 0.75 GiB
-    LLM-shaped model the run that found the growth took ~2 s. Other growth is found by running it."""
-    for node in model.graph:
-        if node.op_type not in FOLDED_COPIES or node.domain not in ("", "ai.onnx") or len(node.inputs) != 1:
-            continue
-        weight = node.inputs[0]
-        if weight is None or weight.const_value is None or weight.const_value.size <= room:
-            continue
-        others = [user for user, _ in weight.uses() if user is not node]
-        if others or weight.is_graph_output():
-            return (f"would copy {weight.name!r} ({weight.const_value.size:,} parameters; {node.op_type} "
-                    f"{node.name!r}), which {'other nodes read' if others else 'is a graph output'} too")
-    return None
-
-
-def _share_unchanged(optimized: ir.Model, model: ir.Model) -> None:
-    """Gives ``optimized`` the input's own tensor objects where onnxruntime wrote the same bytes under
-    the same name (most weights of a big model pass through unchanged): the result then holds one copy
-    of them, the input's mapped one, rather than a second one from onnxruntime's file."""
-    own = {name: value.const_value for g in all_graphs(model.graph) for name, value in g.initializers.items()}
-    for value in optimized.graph.initializers.values():
-        before, after = own.get(value.name), value.const_value
-        if (before is None or after is None or before.dtype != after.dtype or before.shape != after.shape
-                or before.nbytes < (1 << 20)):
-            continue
-        if np.array_equal(np.asarray(before.numpy()), np.asarray(after.numpy())):
-            value.const_value = before  # the other's mapping goes with its last reference
-        release_tensor(before)  # both compared: one weight's pages at a time resident, not the model's twice
-        release_tensor(after)
-    release_pages(model)
 
 
 def _the(which: str) -> str:
@@ -507,6 +397,6 @@ def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
     return None
 
 
-__all__ = ["FIDELITY_MODES", "session", "offline_optimized", "run", "feeds_for", "measurement_data", "compare",
+__all__ = ["FIDELITY_MODES", "session", "run", "feeds_for", "measurement_data", "compare",
            "run_exposed", "fidelity", "figure", "accuracy", "task_accuracy", "slice_axes", "ort_errors", "match_outputs",
            "check_finite"]

@@ -7,7 +7,7 @@ import onnx_ir as ir
 import pytest
 
 from helpers import conv_bn_relu, run
-from mcomp import data, evaluate
+from mcomp import data, offline
 from mcomp.graph import copy
 from mcomp.pass_base import Context
 from mcomp.passes.optimize import Optimize, portable
@@ -37,7 +37,7 @@ def _with_contrib_node(model: ir.Model) -> ir.Model:
 
 def test_onnxruntime_raw_output_declares_domains_no_node_uses():
     """The premise: without the clean-up, level basic would write onnxruntime's whole domain list."""
-    raw = evaluate.offline_optimized(conv_bn_relu(), "basic", ["CPUExecutionProvider"])
+    raw = offline.offline_optimized(conv_bn_relu(), "basic", ["CPUExecutionProvider"])
     assert {"com.microsoft", "com.microsoft.nchwc"} <= _declared(raw)
 
 
@@ -58,7 +58,7 @@ def test_level_all_keeps_only_the_domains_its_fused_nodes_use():
 
 
 def test_level_basic_rejects_a_result_with_non_standard_ops(monkeypatch):
-    monkeypatch.setattr(evaluate, "offline_optimized", lambda m, level, providers, **_: _with_contrib_node(m))
+    monkeypatch.setattr(offline, "offline_optimized", lambda m, level, providers, **_: _with_contrib_node(m))
     result = Optimize(level="basic")(copy(conv_bn_relu()), Context())
     stage = _stage(result)
     assert stage["applied"] == 0 and stage["rejected"] == 1

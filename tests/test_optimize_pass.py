@@ -138,7 +138,7 @@ def test_a_tied_table_is_not_stored_twice(tmp_path, monkeypatch):
     import sys
     from pathlib import Path
 
-    from mcomp import evaluate
+    from mcomp import offline
     from mcomp.model import load
     from mcomp.summary import tensor_counts
 
@@ -148,11 +148,11 @@ def test_a_tied_table_is_not_stored_twice(tmp_path, monkeypatch):
     big_models.build_llm(tmp_path / "m.onnx", layers=1, dim=256, vocab=1024)
     model = load(str(tmp_path / "m.onnx")).model
     before = tensor_counts(model)[0].parameters
-    folded = evaluate.offline_optimized(model, "basic", ["CPUExecutionProvider"])
+    folded = offline.offline_optimized(model, "basic", ["CPUExecutionProvider"])
     assert tensor_counts(folded)[0].parameters >= before + 256 * 1024  # the cause: the table folded twice
     levels = []
-    original = evaluate.offline_optimized
-    monkeypatch.setattr(evaluate, "offline_optimized",
+    original = offline.offline_optimized
+    monkeypatch.setattr(offline, "offline_optimized",
                         lambda *a, **k: levels.append(list(k.get("disabled", []))) or original(*a, **k))
     result = Optimize()(model, Context(providers=["CPUExecutionProvider"], input_shapes={"ids": (2,)}))
     assert levels == [["ConstantFolding"]]
@@ -167,7 +167,7 @@ def test_growth_not_seen_before_the_stage_is_found_by_running_it(tmp_path, monke
     import sys
     from pathlib import Path
 
-    from mcomp import evaluate
+    from mcomp import offline
     from mcomp.model import load
     from mcomp.summary import tensor_counts
 
@@ -176,12 +176,12 @@ def test_growth_not_seen_before_the_stage_is_found_by_running_it(tmp_path, monke
 
     big_models.build_llm(tmp_path / "m.onnx", layers=1, dim=256, vocab=1024)
     model = load(str(tmp_path / "m.onnx")).model
-    assert "would copy 'table'" in evaluate._folding_copies(model, 1000)
-    monkeypatch.setattr(evaluate, "_folding_copies", lambda *a: None)
+    assert "would copy 'table'" in offline._folding_copies(model, 1000)
+    monkeypatch.setattr(offline, "_folding_copies", lambda *a: None)
     levels = []
-    original = evaluate.offline_optimized
-    monkeypatch.setattr(evaluate, "offline_optimized",
+    original = offline.offline_optimized
+    monkeypatch.setattr(offline, "offline_optimized",
                         lambda *a, **k: levels.append(list(k.get("disabled", []))) or original(*a, **k))
-    optimized, note = evaluate.offline_optimized_no_bigger(model, "basic", ["CPUExecutionProvider"])
+    optimized, note = offline.offline_optimized_no_bigger(model, "basic", ["CPUExecutionProvider"])
     assert levels == [[], ["ConstantFolding"]] and "grew the weights" in note
     assert tensor_counts(optimized)[0].parameters <= tensor_counts(model)[0].parameters

@@ -242,7 +242,7 @@ def test_a_big_llms_table_stays_in_its_file_and_is_composed(tmp_path, monkeypatc
 
     folder = tmp_path / "in"
     folder.mkdir()
-    big_models.build_llm(folder / "m.onnx", layers=2, dim=512, vocab=1024)  # 1 MiB a layer: shared with the input (``evaluate._share_unchanged``)
+    big_models.build_llm(folder / "m.onnx", layers=2, dim=512, vocab=1024)  # 1 MiB a layer: shared with the input (``offline._share_unchanged``)
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     treated_as_big(monkeypatch)
     prepared = []

@@ -51,11 +51,11 @@ def after_onnxruntime(model: ir.Model, level: str, before: ir.Model) -> ir.Model
 
 def onnxruntime_stage(model: ir.Model, level: str, providers: list[str]) -> ir.Model:
     """onnxruntime's offline optimizer at ``level`` (``after_onnxruntime``), without growing the weights
-    (``evaluate.offline_optimized_no_bigger``: a tied table folded twice); rejected where they grow anyway."""
-    from mcomp import evaluate
+    (``offline.offline_optimized_no_bigger``: a tied table folded twice); rejected where they grow anyway."""
+    from mcomp import offline
 
     try:
-        optimized, _ = evaluate.offline_optimized_no_bigger(model, level, providers)
-    except evaluate.WeightsGrew as exc:
+        optimized, _ = offline.offline_optimized_no_bigger(model, level, providers)
+    except offline.WeightsGrew as exc:
         raise StageRejected(f"{exc}, even without its constant folding") from None
     return after_onnxruntime(optimized, level, model)

@@ -28,7 +28,7 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 
-from mcomp import evaluate
+from mcomp import evaluate, offline
 from mcomp.errors import short
 from mcomp.graph import SHAPE_ERRORS, copy, proto_graphs
 from mcomp.model import onnx_opset, to_proto
@@ -84,10 +84,10 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     work = _fuse_hardswish(work, notes)
     if optimize:
         try:
-            work, note = evaluate.offline_optimized_no_bigger(work, "basic", ["CPUExecutionProvider"],
+            work, note = offline.offline_optimized_no_bigger(work, "basic", ["CPUExecutionProvider"],
                                                               disabled=["MatMulAddFusion"] if keep_matmul else [])
             notes += [note] if note else []
-        except evaluate.WeightsGrew as exc:
+        except offline.WeightsGrew as exc:
             notes.append(f"{exc}; quantized the graph without its basic graph optimization")
         except (*evaluate.ort_errors(), OSError) as exc:  # an odd graph the offline optimizer rejects: quantize it as it is
             notes.append(f"onnxruntime's basic graph optimization failed before quantization ({short(exc, 160)}); "
