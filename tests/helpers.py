@@ -69,10 +69,10 @@ def tiny_detector(classes: int = 8, size: int = 32, seed: int = 0) -> ir.Model:
 def treated_as_big(monkeypatch) -> None:
     """Every weight mapped and spilled, every model timed and measured as a big one: the big-model paths on a
     model small enough for a test."""
-    from mcomp import evaluate, external_data, sources
+    from mcomp import evaluate, external_data, offline, sources
     from mcomp.passes.quantize import mapped_source, prepare
 
     monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
     monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
-    for module in (prepare, evaluate, sources):
+    for module in (prepare, evaluate, offline, sources):
         monkeypatch.setattr(module, "BIG_WEIGHTS", 1)

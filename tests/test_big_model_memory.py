@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import big_models  # noqa: E402
 
-from mcomp import evaluate, external_data, sources  # noqa: E402
+from mcomp import evaluate, external_data, offline, sources  # noqa: E402
 from mcomp import model as model_io  # noqa: E402
 from mcomp.data import Dataset  # noqa: E402
 from mcomp.passes.quantize import footprint, mapped_source, prepare, weights_aside  # noqa: E402
@@ -229,7 +229,7 @@ def test_big_weight_only_prepare_keeps_matmul_weights_out_of_the_protobuf(tmp_pa
     if floor is not None:
         assert {"w0", "w1", "w2"} & set(expected), "some layer stayed float"
     monkeypatch.setattr(mapped_source, "load", spy)
-    for module in (prepare, evaluate):  # big: the prepared graph's weights go aside, the optimizer's are shared
+    for module in (prepare, evaluate, offline):  # big: the prepared graph's weights go aside, the optimizer's are shared
         monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
     monkeypatch.setattr(external_data, "MAPPED_FROM", 0)  # the input's weights stay mapped from its file
     assert quantize(tmp_path / "spilled.onnx") == expected
@@ -261,7 +261,7 @@ def test_weight_only_candidate_past_protobufs_limit(tmp_path, monkeypatch, mappe
     if mapped:  # as for a big model: weights mapped from the input's file, the pass's graph referring to them
         monkeypatch.setattr(external_data, "MAPPED_FROM", 0)
         monkeypatch.setattr(mapped_source, "MIN_BYTES", 0)
-        for module in (prepare, evaluate, sources):
+        for module in (prepare, evaluate, offline, sources):
             monkeypatch.setattr(module, "BIG_WEIGHTS", 1)
 
     def quantize(out: Path, **options) -> dict:
