@@ -79,3 +79,39 @@ def test_distillation_with_text_labels_trains_on_the_teacher_alone(text_data):
     doc = json.loads(res.out)
     assert any(n.startswith("distill: the labels are text") for n in doc["notes"]), doc["notes"]
     assert doc["accuracy"]["known"] and doc["accuracy"]["metric"].endswith("m.py:as_text")
+
+
+TIME_MAJOR_METRIC = '''
+import numpy as np
+
+def exact(outputs, labels):  # a CTC decoder's view: [time, batch, classes], one string a batch column
+    (scores,) = outputs.values()
+    assert scores.shape[1] == len(labels), scores.shape
+    texts = ["".join(str(c) for c in column) for column in scores.argmax(-1).T]
+    return float(np.mean([t == l for t, l in zip(texts, labels)]))
+'''
+
+
+def test_a_time_major_output_is_joined_along_its_batch_axis_for_the_metric(tmp_path):
+    """A CRNN exported from PyTorch emits [time, batch, classes] for a fixed batch of 1 (ddddocr's captcha
+    model): the metric gets the outputs as one run over all the data would give them, [time, examples,
+    classes], not 64 sequences end to end along the time axis (an exact-string accuracy of 0 %)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    # x [1, 3, 4] (time 3, classes 4) → Transpose → y [3, 1, 4]
+    graph = helper.make_graph([helper.make_node("Transpose", ["x"], ["y"], perm=[1, 0, 2])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "ctc.onnx")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12, 3, 4)).astype(np.float32)
+    texts = ["".join(str(c) for c in row) for row in x.argmax(-1)]
+    texts[0] = "wrong"  # 11 of 12 read
+    np.savez(tmp_path / "d.npz", x=x[:, None], labels=np.array(texts))
+    (tmp_path / "m.py").write_text(TIME_MAJOR_METRIC)
+    done = run_mcomp("optimize", "ctc.onnx", "--data", "d.npz", "--metric", "m.py:exact", "-o", "o.onnx", "--json",
+                     cwd=tmp_path)
+    assert done.returncode == 0, done.explain()
+    accuracy = json.loads(done.out)["accuracy"]
+    assert accuracy["reference"] == pytest.approx(11 / 12) and accuracy["candidate"] == pytest.approx(11 / 12)
