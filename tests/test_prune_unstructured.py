@@ -134,3 +134,29 @@ def test_pruning_what_is_already_pruned_does_not_modify():
     again = Prune(rate=0.5)(first.model, Context())  # the lowest half is the zeros already there
     assert not again.modified
     assert again.details["achieved"]["sparsity"] == first.details["achieved"]["sparsity"]
+
+
+def _dynamic_int8() -> ir.Model:
+    """x → DynamicQuantizeLinear → MatMulInteger(int8 weights) → Cast → Mul(scales): a model quantized
+    dynamically, as ddddocr ships its captcha recognizer (ConvInteger, MatMulInteger)."""
+    h, T = onnx.helper, onnx.TensorProto
+    inits = [onnx.numpy_helper.from_array(np.arange(-8, 8, dtype=np.int8).reshape(4, 4), "wq"),
+             onnx.numpy_helper.from_array(np.array(0, np.int8), "wz"),
+             onnx.numpy_helper.from_array(np.array(0.1, np.float32), "ws")]
+    nodes = [h.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             h.make_node("MatMulInteger", ["xq", "wq", "xz", "wz"], ["acc"], name="mm"),
+             h.make_node("Cast", ["acc"], ["accf"], to=T.FLOAT), h.make_node("Mul", ["xs", "ws"], ["s"]),
+             h.make_node("Mul", ["accf", "s"], ["y"])]
+    graph = h.make_graph(nodes, "q", [h.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], inits)
+    return ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]))
+
+
+def test_pruning_an_already_quantized_model_says_so():
+    """Before: "no prunable weights left after --exclude and the protected first/last layers", with no
+    --exclude given; and structured pruning's "0 of 0 channel groups" without a reason."""
+    with pytest.raises(ConfigError, match=r"already quantized \(DynamicQuantizeLinear ×1, MatMulInteger ×1\), and "
+                                          "pruning reads float weights"):
+        Prune(rate=0.5, protect_ends=False)(_dynamic_int8(), Context())
+    result = Prune(rate=0.5, method="structured")(_dynamic_int8(), Context(input_shapes={}))
+    assert not result.modified and any("already quantized" in note for note in result.notes)

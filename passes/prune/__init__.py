@@ -158,7 +158,8 @@ class Prune(Pass):
         criterion = criteria.get(cfg.method)
         layers, skipped = un.find_layers(model, cfg.exclude, cfg.protect_ends)
         if not layers:
-            raise ConfigError("prune: no prunable weights left after --exclude and the protected first/last layers")
+            raise ConfigError("prune: " + (_already_quantized(model) or "no prunable weights left after --exclude "
+                                           "and the protected first/last layers"))
         prunable = sum(layer.value.const_value.size for layer in layers)
         rate = cfg.rate
         if cfg.target == "params":  # a share of all parameters, taken from the prunable ones
@@ -236,7 +237,10 @@ class Prune(Pass):
         if cfg.method == "structured" and allocated is not None:
             details["allocation"] = allocated
             summary += "; " + report.notes[0].split(";")[0]
-        return PassResult(model, bool(report.pruned), summary, list(report.notes), details)
+        notes = list(report.notes)
+        if not report.groups and (quantized := _already_quantized(model)):
+            notes.append(quantized)
+        return PassResult(model, bool(report.pruned), summary, notes, details)
 
     def _allocate(self, model, ctx, grads, exclude, target) -> tuple[dict[int, float], dict | None, list[str]]:
         """Rates by group id: the explicit ``group_rates``, and with ``allocation: sensitivity`` the
@@ -272,3 +276,16 @@ def _sizes(model: ir.Model) -> dict[str, int]:
 
     return estimated_sizes(tensor_buffers(model))
 
+
+
+def _already_quantized(model) -> str | None:
+    """Why nothing could be pruned where the model's weighted ops are integer kernels or read dequantized
+    weights (ddddocr's dynamically quantized captcha model: ConvInteger ×21): pruning reads float weights."""
+    from mcomp.passes.quantize.prepare import quantized_ops
+
+    found = quantized_ops(model)
+    if not found:
+        return None
+    ops = ", ".join(f"{op} ×{n}" for op, n in sorted(found.items()))
+    return f"the model is already quantized ({ops}), and pruning reads float weights: prune the float model, " \
+           "then quantize it"
