@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 
 from mcomp.cli import console
-from mcomp.cli.options import (Arch, Data, Debug, FidelityMode, InputShape, Json, Provider, Quiet, Runs, Threads,
-                               Trust, parse_input_shapes)
+from mcomp.cli.options import (Arch, Data, Debug, FidelityMode, InputShape, Json, MetricSpec, Provider, Quiet, Runs,
+                               Threads, Trust, parse_input_shapes)
 
 
 @console.command
@@ -20,11 +20,11 @@ def compare(
     candidate: Annotated[str, typer.Argument(help="the model to judge against it", show_default=False)],
     data: Data = None, provider: Provider = "auto", threads: Threads = None, runs: Runs = 30, json: Json = False,
     input_shape: InputShape = None, arch: Arch = None, trust_checkpoint: Trust = False, fidelity: FidelityMode = "slice",
-    quiet: Quiet = False, debug: Debug = False,
+    metric: MetricSpec = None, quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Fidelity (the worst slice along each output's channel-like axes, and whole-output cosine, relative L2,
-    max abs error, top-1 agreement on class scores), accuracy where the data has labels, and the latency
-    ratio measured interleaved.
+    max abs error, top-1 agreement on class scores), accuracy where the data has labels (top-1, or your
+    --metric), and the latency ratio measured interleaved.
 
     Example: mcomp compare model.onnx model.optimize.onnx --data eval.npz
     """
@@ -33,7 +33,10 @@ def compare(
 
     if fidelity not in evaluate.FIDELITY_MODES:
         raise BadInput(f"--fidelity {fidelity!r}: expected one of {', '.join(evaluate.FIDELITY_MODES)}")
+    from mcomp.metric import Metric
     from mcomp.pipeline_spec import Measure, Pipeline
+
+    task_metric = Metric(metric) if metric else None  # a bad --metric fails before the models are read
 
     shapes = parse_input_shapes(input_shape)
     options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
@@ -49,7 +52,7 @@ def compare(
     with bench.hint_assumed_shapes(resolved, dataset.synthetic):  # a failure at a guessed shape says so
         quality = evaluate.compare(ref_bytes, cand_bytes, dataset, providers, threads,
                                    [s.name for s in session.output_specs(ref.model)],
-                                   heads=heads.linear_heads(ref.model))
+                                   metric=task_metric, heads=heads.linear_heads(ref.model))
         # one example per timed run, as the pass commands time it (not the data file's whole batch)
         latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings,
                                            specs=session.input_specs(ref.model), given=shapes)
@@ -87,7 +90,9 @@ def _print(doc: dict, to: Console) -> None:
     for name in fid["shape_mismatch"]:
         to.print(f"output {name} of another shape, counted as cosine 0: {doc['fidelity']['outputs'][name]['error']}")
     if acc.get("known"):
-        to.print(f"accuracy: {acc['reference']:.2%} → {acc['candidate']:.2%} ({(acc['candidate'] - acc['reference']) * 100:+.2f} pts)")
+        named = f" ({acc['metric']})" if acc.get("metric") else ""
+        to.print(f"accuracy{named}: {acc['reference']:.2%} → {acc['candidate']:.2%} "
+                 f"({(acc['candidate'] - acc['reference']) * 100:+.2f} pts)")
     else:
         to.print(f"accuracy: unknown ({acc['reason']})")
     floor = lat["noise_floor"]

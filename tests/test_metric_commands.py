@@ -115,3 +115,7 @@ def test_a_time_major_output_is_joined_along_its_batch_axis_for_the_metric(tmp_p
     assert done.returncode == 0, done.explain()
     accuracy = json.loads(done.out)["accuracy"]
     assert accuracy["reference"] == pytest.approx(11 / 12) and accuracy["candidate"] == pytest.approx(11 / 12)
+    compared = run_mcomp("compare", "ctc.onnx", "o.onnx", "--data", "d.npz", "--metric", "m.py:exact", "--json",
+                         cwd=tmp_path)
+    assert compared.returncode == 0, compared.explain()
+    assert json.loads(compared.out)["accuracy"]["reference"] == pytest.approx(11 / 12)
