@@ -34,7 +34,8 @@ def auto(
     data: Annotated[str, typer.Option("--data", help="training data (.npz with inputs, optional 'labels'; an image folder): "
                                       "calibrates, distils, and is measured on when --eval is absent", show_default=False,
                                       rich_help_panel=SEARCH, metavar="PATH")],
-    eval_data: Annotated[Optional[str], typer.Option("--eval", help="held-out evaluation data; with labels for --max-drop",
+    eval_data: Annotated[Optional[str], typer.Option("--eval", "--eval-data",
+                                                     help="held-out evaluation data; with labels for --max-drop",
                                                      show_default=False, rich_help_panel=SEARCH, metavar="PATH")] = None,
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", min=0, max=1, help="budget: accuracy points lost, as a "
                                                       "fraction (0.01 = one point); needs labels", show_default=False,

@@ -53,7 +53,8 @@ SPEC = CommandSpec(
     required=("teacher",),
     extra=(
         ("eval_data", Annotated[Optional[str], typer.Option(
-            "--eval-data", help="held-out data for the report's accuracy [default: --data]", show_default=False,
+            "--eval-data", "--eval", help="held-out data for the report's accuracy [default: --data]",
+            show_default=False,
             metavar="PATH", rich_help_panel="Validation and checkpoints")], None),
         ("no_checkpoint", Annotated[bool, typer.Option("--no-checkpoint", help="write no checkpoints",
                                                               rich_help_panel="Validation and checkpoints")], False),

@@ -385,3 +385,32 @@ def test_under_a_time_budget_the_range_test_takes_a_share_of_it(monkeypatch, mag
     assert planned == (kept or planned) and 6 <= planned < 36, note
     test = m["lr_range_test"]
     assert test["steps"] <= planned and test["tried"][0] == pytest.approx(1e-6)
+
+
+def test_auto_hints_that_leave_the_range_test_no_rate_are_left_out(monkeypatch, magnitude_pruned):
+    """Where the range test with the automatic hints finds no rate (a pruned PP-LCNet: its pooled features behind
+    BatchNorms of gain ×124 swing with every step), it runs again without them; the rate it finds there is the
+    training's, the hints are weighed 0, and a note says so. Here the first test is made to read "no rate"."""
+    from dataclasses import replace
+
+    from mcomp.passes.distill import train
+
+    real = train.find_lr
+    weights_seen = []
+
+    def hints_break_it(job, module, objective, device, progress):
+        test, note = real(job, module, objective, device, progress)
+        weights_seen.append(objective.weights["hint"])
+        if objective.weights["hint"]:
+            losses = [test.losses[0] / 2] + list(test.losses[1:])  # its lowest loss at the lowest rate
+            test = replace(test, losses=losses, min_loss_lr=test.lrs[0], lr=1e-5)
+        return test, note
+
+    monkeypatch.setattr(train, "find_lr", hints_break_it)
+    result = distill(magnitude_pruned, lr=None, epochs=3)
+    m = _record(result)
+    assert weights_seen == [1.0, 0.0]
+    assert any(n.startswith("hints (auto) left out: with them the LR range test's loss fell at no rate")
+               for n in m["notes"]), m["notes"]
+    assert m["training"]["lr"] == m["lr_range_test"]["lr"] > 1e-5
+    assert accuracy(result.model) > accuracy(magnitude_pruned) + 0.3

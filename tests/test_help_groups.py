@@ -252,3 +252,11 @@ def test_passes_quiet_prints_the_names_one_per_line(tmp_path):
     assert res.out.splitlines() == list(registry.names())
     full = run_mcomp("passes", "-q", "--json", cwd=tmp_path)  # --json is the whole document, -q or not
     assert [d["name"] for d in json.loads(full.out)] == list(registry.names())
+
+
+def test_held_out_data_is_eval_and_eval_data_on_both_commands_that_take_it(tmp_path):
+    """``mcomp auto`` took ``--eval`` and ``mcomp distill`` ``--eval-data`` for the same thing: a user of one
+    got "No such option" on the other. Each now takes both spellings."""
+    for command in ("auto", "distill"):
+        shown = run_mcomp(command, "--help", cwd=tmp_path)
+        assert shown.returncode == 0 and "--eval" in shown.out and "--eval-data" in shown.out, shown.out
