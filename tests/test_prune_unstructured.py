@@ -160,3 +160,21 @@ def test_pruning_an_already_quantized_model_says_so():
         Prune(rate=0.5, protect_ends=False)(_dynamic_int8(), Context())
     result = Prune(rate=0.5, method="structured")(_dynamic_int8(), Context(input_shapes={}))
     assert not result.modified and any("already quantized" in note for note in result.notes)
+
+
+def test_structured_pruning_that_cuts_nothing_says_why_in_its_summary():
+    """openWakeWord's wake-word heads normalize each Gemm's output with a LayerNorm spelled out in ReduceMean
+    over the channels: the summary read "0 of 2 channel groups cut; 2 groups left whole" and no reason."""
+    h, T = onnx.helper, onnx.TensorProto
+    rng = np.random.default_rng(0)
+    inits = [onnx.numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("w1", (16, 32)), ("b1", (32,)), ("w2", (32, 4)), ("b2", (4,)))]
+    nodes = [h.make_node("Gemm", ["x", "w1", "b1"], ["g"]), h.make_node("ReduceMean", ["g"], ["mu"], axes=[-1]),
+             h.make_node("Sub", ["g", "mu"], ["c"]), h.make_node("Relu", ["c"], ["r"]),
+             h.make_node("Gemm", ["r", "w2", "b2"], ["y"])]
+    graph = h.make_graph(nodes, "ln", [h.make_tensor_value_info("x", T.FLOAT, [1, 16])],
+                         [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], inits)
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]))
+    result = Prune(rate=0.5, method="structured")(model, Context(input_shapes={}))
+    assert not result.modified
+    assert "left whole (ReduceMean reduces over the channels ×1" in result.summary, result.summary

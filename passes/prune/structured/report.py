@@ -64,7 +64,20 @@ class StructuredReport:
         return (f"{self.method}: {len(self.pruned)} of {len(self.groups)} channel groups cut "
                 f"(rate {self.rate:.3f}, {self.importance}, round_to {self.round_to}); "
                 f"parameters ×{self.ratio('parameters'):.3f}, MACs ×{self.ratio('macs'):.3f}; "
-                f"{len(self.left_whole)} group{'' if len(self.left_whole) == 1 else 's'} left whole")
+                f"{len(self.left_whole)} group{'' if len(self.left_whole) == 1 else 's'} left whole"
+                + (self._why_none() if not self.pruned and self.left_whole else ""))
+
+    def _why_none(self) -> str:
+        """Why no group was cut, in the summary: openWakeWord's wake-word heads (LayerNorm spelled out in
+        ReduceMean over the channels) read "0 of 3 channel groups cut; 3 groups left whole" and no reason."""
+        return " (" + "; ".join(f"{why} ×{n}" for why, n in self._reasons().items()) + ")"
+
+    def _reasons(self) -> dict[str, int]:
+        reasons: dict[str, int] = {}
+        for g in self.left_whole:
+            key = g.reason.split(": ", 1)[-1]
+            reasons[key] = reasons.get(key, 0) + 1
+        return dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
 
     def to_dict(self) -> dict:
         """The report's details: everything but ``summary`` and ``notes``, which the pass returns as
@@ -74,9 +87,5 @@ class StructuredReport:
         data["achieved"] = {"parameters_ratio": round(self.ratio("parameters"), 6),
                             "macs_ratio": round(self.ratio("macs"), 6),
                             "channels_before": self.channels_before, "channels_after": self.channels_after}
-        reasons: dict[str, int] = {}
-        for g in self.left_whole:
-            key = g.reason.split(": ", 1)[-1]
-            reasons[key] = reasons.get(key, 0) + 1
-        data["left_whole_reasons"] = dict(sorted(reasons.items(), key=lambda kv: -kv[1]))
+        data["left_whole_reasons"] = self._reasons()
         return data
