@@ -388,6 +388,15 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
+def _feeds_captcha(seed: int, *, h: int = 64, w: int = 160) -> dict[str, np.ndarray]:
+    """ddddocr's recognizer input: one grey text line, 64 high, in [0, 1] (its ``/ 255.0``, no centring)."""
+    rng = np.random.default_rng([0xDDD, seed])
+    img, used = _text_image(rng, h, w, int(rng.integers(int(h * 0.5), int(h * 0.75))))
+    x = np.ones((1, 1, h, w), np.float32)
+    x[0, 0, :, :used] = img.mean(axis=2) / 255.0
+    return {"input1": x}
+
+
 def _feeds_photo(seed: int, *, size: int = 320) -> dict[str, np.ndarray]:
     """A photo-like image [1, 3, S, S] in 0..1 (``yolo_style.images``; imported here, as it imports this)."""
     import yolo_style
@@ -455,6 +464,17 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "NudeNet 3.4's detector: a trained Ultralytics YOLOv8n (18 classes), opset 17, exported with "
         "dynamic batch, height and width (the anchors dim is a 380-character formula of them). Output "
         "output0 [N, 22, anchors]: 4 box rows in pixels, then 18 class-probability rows.",
+    ),
+    "ddddocr-old": _Spec(
+        ("ddddocr", "1.6.1"),
+        "ddddocr/common_old.onnx",
+        13606051,
+        "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
+        _feeds_captcha,
+        {"input1": (1, 1, 64, 160)},
+        "ddddocr 1.6.1's older captcha recognizer, a CRNN exported from PyTorch and quantized dynamically by "
+        "onnxruntime (ConvInteger ×21, DynamicQuantizeLSTM, MatMulInteger), opset 12. Input input1 [1, 1, 64, W] "
+        "(batch fixed at 1); output 387 declared [1, seqlen] but computed time-major [T, 1, 8210] (CTC).",
     ),
     "magika": _Spec(
         ("magika", "1.0.3"),
