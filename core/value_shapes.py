@@ -231,6 +231,10 @@ def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict,
         return types[node.input[0]], ins[0][:-1] + [int(attrs["N"])]
     if node.op_type in FUSED_STANDARD:
         return _as_standard_op(node, shapes, types)
+    if node.op_type == "Upsample" and node.domain == "com.microsoft.nchwc" and ins[0] is not None \
+            and node.input[0] in types and len(attrs.get("scales") or ()) == len(ins[0]):
+        # a Resize of a blocked tensor by whole factors (YOLOX's neck at `all`: its 47 convs after it uncounted)
+        return types[node.input[0]], [d * int(k) for d, k in zip(ins[0], attrs["scales"])]
     if node.op_type == "ReorderOutput" and ins[0] is not None and node.input[0] in types:  # NCHWc back to NCHW/NHWC
         n, spatial, channels = ins[0][0], ins[0][2:], int(attrs.get("channels", ins[0][1]))
         return types[node.input[0]], [n, *spatial, channels] if attrs.get("channels_last") else [n, channels, *spatial]

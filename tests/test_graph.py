@@ -64,7 +64,8 @@ def test_onnxruntimes_fused_conv_and_gemm_count_like_the_ops_they_fuse(tmp_path,
 def test_a_blocked_layout_cnn_that_alternates_with_standard_ops_is_counted_whole(tmp_path):
     """At `all`, onnxruntime wraps each NCHWc Conv in ReorderInput/ReorderOutput around the standard ops it
     does not block (a swish here): ten such blocks took more inference rounds than the count allowed, and
-    ReorderInput had no rule, so PP-OCR's classifier read 44 of its convs uncounted. The blocked convs count
+    ReorderInput had no rule, so PP-OCR's classifier read 44 of its convs uncounted; nor had the blocked
+    Upsample a nearest ×2 Resize becomes (ddddocr's YOLOX-style detector: 47 of its 83 convs). The blocked convs count
     the channels they pad to the block (12 → 16 on AVX2 and AVX-512 alike), so never fewer MACs than before."""
     import onnx_ir as ir
     import onnxruntime as ort
@@ -80,9 +81,14 @@ def test_a_blocked_layout_cnn_that_alternates_with_standard_ops_is_counted_whole
                   helper.make_node("Sigmoid", [f"c{i}"], [f"s{i}"]),
                   helper.make_node("Mul", [f"c{i}", f"s{i}"], [f"m{i}"])]
         prev = f"m{i}"
+        if i == 4:  # a nearest ×2 upsampling, as a detector's neck has: NCHWc Upsample at `all` (YOLOX: 47 uncounted)
+            inits.append(numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"))
+            nodes.append(helper.make_node("Resize", [prev, "", "scales"], ["up"], mode="nearest",
+                                          coordinate_transformation_mode="asymmetric", nearest_mode="floor"))
+            prev = "up"
     graph_proto = helper.make_graph(nodes, "swish",
                                     [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 12, 16, 16])],
-                                    [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 12, 16, 16])], inits)
+                                    [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 12, 32, 32])], inits)
     source = tmp_path / "swish.onnx"
     onnx.save(helper.make_model(graph_proto, opset_imports=[helper.make_opsetid("", 17)]), source)
     options = ort.SessionOptions()
@@ -94,6 +100,7 @@ def test_a_blocked_layout_cnn_that_alternates_with_standard_ops_is_counted_whole
         pytest.skip("this CPU has no NCHWc kernels (onnxruntime's `all` level wrote no blocked ops)")
     before = graph.macs(ir.load(source))
     after = graph.macs(ir.from_proto(blocked))
+    assert ("com.microsoft.nchwc", "Upsample") in {(n.domain, n.op_type) for n in blocked.graph.node}
     assert after.unknown == [] and after.reason is None
     assert after.total >= before.total > 0
 
