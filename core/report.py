@@ -249,6 +249,8 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
         drop = acc["reference"] - acc["candidate"]
         found.append(("accuracy", drop > 4 * ACCURACY_DROP, f"accuracy fell {acc['reference']:.2%} → "
                       f"{acc['candidate']:.2%} ({-drop * 100:+.2f} pts)"))
+    if acc.get("known") and acc["reference"] == 0 and acc["candidate"] == 0:
+        found.append(("labels", True, _reads_nothing(acc)))
     fid = doc["fidelity"]["summary"]
     cosine, which = ((fid["slice_cosine"], "worst-slice cosine") if fid.get("slice_cosine") is not None
                      else (fid.get("cosine"), "cosine"))
@@ -285,8 +287,22 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
              "inp": shlex.quote(doc["input"].get("path") or "IN"), "data": shlex.quote(str(data)) if data else "DATA"}
     quality = ADVICE.get(changed[-1], GENERIC_ADVICE).format(**names) if changed else GENERIC_ADVICE
     slow = f"measure again on a quiet machine (`mcomp bench {names['inp']} {names['out']}`); if it holds, drop the step"
+    labels = (f"check what the model outputs for a few examples against their labels (`mcomp compare {names['inp']} "
+              f"{names['inp']} --data {names['data']} --json`)")
+    advice = {"latency": slow, "labels": labels}
     return [{"kind": kind, "severity": "severe" if severe else "warning", "message": message,
-             "advice": slow if kind == "latency" else quality} for kind, severe, message in found]
+             "advice": advice.get(kind, quality)} for kind, severe, message in found]
+
+
+def _reads_nothing(acc: dict) -> str:
+    """Input and output both score 0: an accuracy budget or gate then holds for any model. ddddocr's captcha
+    recognizer read 0 % → 0 % under an exact-string --metric, its time-major outputs joined the wrong way (since
+    fixed), and --max-drop 0.02 held for a model that read nothing."""
+    if acc.get("metric"):
+        return (f"input and output both score 0 on --metric {acc['metric']}: unless 0 is its best value, it reads "
+                "nothing of these outputs, and an accuracy drop budget or gate holds for any model")
+    return ("input and output both score 0.00 % top-1 on these labels: they are not the model's classes (another "
+            "order, or counted from 1?), and an accuracy drop budget or gate holds for any model")
 
 
 def _teacher_step(doc: dict) -> dict | None:

@@ -459,6 +459,7 @@ def test_no_trial_within_budget_exits_3_and_writes_no_model(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (("--space", "bad.yaml"), "bad.yaml:2: unknown pass 'prnue'"),
     (("--max-drop", "0.01", "--eval", "unlabelled.npz"), "--max-drop needs labelled evaluation data"),
+    (("--max-drop", "0.01", "--metric", "zero.py:zero"), "--max-drop: the input scores 0 on the evaluation data"),
     (("--storage", "sqlite:////nonexistent-dir/x/y.db"), "--storage sqlite:////nonexistent-dir/x/y.db: cannot open"),
     (("--storage", "sqlite:///:memory:"), "an in-memory SQLite study is empty again in every connection"),
     (("--time-budget", "0.01s"), "is shorter than one trial"),
@@ -470,6 +471,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, extra, messa
     import numpy as np
 
     (tmp_path / "bad.yaml").write_text("steps:\n  prnue: {rate: 0.5}\n")
+    (tmp_path / "zero.py").write_text("def zero(outputs, labels):\n    return 0.0\n")  # reads nothing
     _space(tmp_path, FAST_SPACE)
     with np.load(os.path.join(os.path.dirname(__import__("mcomp").__file__), "assets", "digits_eval.npz")) as z:
         np.savez(tmp_path / "unlabelled.npz", image=z["image"][:32])

@@ -119,3 +119,17 @@ def test_a_time_major_output_is_joined_along_its_batch_axis_for_the_metric(tmp_p
                          cwd=tmp_path)
     assert compared.returncode == 0, compared.explain()
     assert json.loads(compared.out)["accuracy"]["reference"] == pytest.approx(11 / 12)
+
+
+def test_a_metric_that_scores_both_models_zero_is_warned_of(text_data):
+    """An accuracy budget holds for any model where input and output both score 0 (ddddocr's recognizer, its
+    outputs joined the wrong way for the metric): the report says so, with what to check."""
+    folder = text_data
+    (folder / "z.py").write_text("def zero(outputs, labels):\n    return 0.0\n")
+    done = run_mcomp("optimize", str(DIGITS), "--data", "text.npz", "--metric", "z.py:zero", "-o", "o.onnx", "--json",
+                     cwd=folder)
+    assert done.returncode == 0, done.explain()
+    warned = [w for w in json.loads(done.out)["warnings"] if w["kind"] == "labels"]
+    assert len(warned) == 1 and "both score 0 on --metric" in warned[0]["message"], warned
+    assert "mcomp compare" in warned[0]["advice"]
+    assert "both score 0 on --metric" in done.stderr

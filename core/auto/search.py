@@ -151,6 +151,13 @@ def _measure_input(settings: trials.Settings) -> tuple[trials.Measured, dict]:
         reason = (doc.get("accuracy") or {}).get("reason") or "the evaluation data has no labels"
         raise BadInput(f"--max-drop needs labelled evaluation data ({reason}); give --eval with labels, "
                        "or bound fidelity instead with --min-fidelity")
+    accuracy = doc.get("accuracy") or {}
+    if settings.max_drop is not None and accuracy.get("known") and accuracy.get("reference") == 0:
+        # nothing can score below the input: every trial would be within budget, and the fastest wreck chosen
+        read = f"--metric {accuracy['metric']}" if accuracy.get("metric") else "top-1 against these labels"
+        raise BadInput(f"--max-drop: the input scores 0 on the evaluation data ({read}), so every trial would "
+                       "hold the budget; check the labels and the metric (a metric whose best is 0: score "
+                       "1 − error), or bound fidelity with --min-fidelity")
     return measured, doc
 
 
