@@ -133,3 +133,12 @@ def test_a_metric_that_scores_both_models_zero_is_warned_of(text_data):
     assert len(warned) == 1 and "both score 0 on --metric" in warned[0]["message"], warned
     assert "mcomp compare" in warned[0]["advice"]
     assert "both score 0 on --metric" in done.stderr
+
+
+def test_quantize_refuses_a_drop_budget_on_an_input_that_scores_zero(text_data):
+    folder = text_data
+    (folder / "z.py").write_text("def zero(outputs, labels):\n    return 0.0\n")
+    refused = run_mcomp("quantize", str(DIGITS), "--data", "text.npz", "--metric", "z.py:zero", "--max-drop", "0.01",
+                        "-o", "q.onnx", cwd=folder)
+    assert refused.returncode == 2 and "the input scores 0 on the data" in refused.stderr, refused.explain()
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (folder / "q.onnx").exists()

@@ -299,6 +299,10 @@ class Flow:
         if cfg.max_drop is not None and self.evaluator.reference_accuracy is None:
             raise BadInput("quantize: --max-drop needs labelled data with a classifier-shaped output, or a --metric "
                            "that reads the labels (use --min-fidelity without labels)")
+        if cfg.max_drop is not None and self.evaluator.reference_accuracy == 0:
+            raise BadInput("quantize: --max-drop: the input scores 0 on the data (top-1 against its labels, or the "
+                           "--metric), so every candidate would hold the budget; check the labels and the metric, or "
+                           "use --min-fidelity")
         budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, self.ctx.fidelity)
         if not budget.active:
             budget = bud.Budget.default(self.ctx.fidelity)
