@@ -117,6 +117,12 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, sourc
     if not counts:
         feeds = [{n: arrays[n] for n in names}]
     else:
+        once = [n for n, c in counts.items() if c == 1]
+        many = set(counts.values()) - {1}
+        if once and len(many) == 1:  # given once, used in every run: an RNN's initial state beside 32 windows
+            for n in once:
+                per_input[n] = per_input[n] * next(iter(many))
+            counts = {n: len(v) for n, v in per_input.items() if v is not None}
         if len(set(counts.values())) > 1:
             raise BadInput(f"{source}: inputs hold different numbers of examples {counts}")
         n_feeds = next(iter(counts.values()))

@@ -117,3 +117,16 @@ def test_bind_input_shapes(model):
     with pytest.raises(BadInput, match="unknown inputs"):
         data.bind_input_shapes({"y": (1,)}, model)
     assert input_specs(model)[0].dynamic_dims == [0]
+
+
+def test_an_input_given_once_is_used_in_every_run_of_a_stack_of_feeds():
+    """openWakeWord's older silero VAD: 32 windows stacked as 32 feeds of [1, 512], and the LSTM's initial
+    state [2, 1, 64] given once. It read "inputs hold different numbers of examples {'input': 32, 'h': 1}"."""
+    specs = [TensorSpec("input", np.dtype("float32"), ("batch", "sequence")),
+             TensorSpec("h", np.dtype("float32"), (2, "batch", 64))]
+    ds = data.from_arrays({"input": np.ones((32, 1, 512), np.float32), "h": np.full((2, 1, 64), 0.5, np.float32)},
+                          specs, source="t")
+    assert len(ds) == 32 and all(f["h"].shape == (2, 1, 64) and f["h"][0, 0, 0] == 0.5 for f in ds.feeds)
+    with pytest.raises(BadInput, match="different numbers of examples"):  # two counts above one still disagree
+        data.from_arrays({"input": np.ones((32, 1, 512), np.float32), "h": np.zeros((3, 2, 1, 64), np.float32)},
+                         specs, source="t")

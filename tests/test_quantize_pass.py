@@ -576,3 +576,21 @@ def test_fp16_keeps_a_resize_given_by_sizes_loadable():
     got = ort.InferenceSession(to_proto(result.model).SerializeToString(), providers=CPU).run(None, {"x": x})[0]
     want = ort.InferenceSession(to_proto(model).SerializeToString(), providers=CPU).run(None, {"x": x})[0]
     assert got.shape == (1, 4, 16, 16) and cosine(got, want) > 0.999
+
+
+def test_nothing_to_quantize_names_the_weighted_ops_inside_branches():
+    """openWakeWord's older silero VAD holds every layer inside the If on its sample rate: the note read "the
+    model has none (its weighted ops: none)"."""
+    h, T = onnx.helper, onnx.TensorProto
+    w = onnx.numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    branch = lambda name: h.make_graph([h.make_node("MatMul", ["x", "w"], [f"{name}_y"])], name, [],  # noqa: E731
+                                       [h.make_tensor_value_info(f"{name}_y", T.FLOAT, [1, 4])])
+    inputs = [h.make_tensor_value_info("x", T.FLOAT, [1, 4]), h.make_tensor_value_info("flag", T.BOOL, [])]
+    graph = h.make_graph([h.make_node("If", ["flag"], ["y"], then_branch=branch("then"), else_branch=branch("else"))],
+                         "g", inputs, [h.make_tensor_value_info("y", T.FLOAT, [1, 4])], [w])
+    model = ir.serde.deserialize_model(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]))
+    feeds = data.Dataset([{"x": np.ones((1, 4), np.float32), "flag": np.array(True)}] * 4, None, False, "test")
+    result = Quantize(mode="dynamic")(model, ctx_with(feeds))
+    assert not result.modified
+    said = "its weighted ops are all inside If/Loop/Scan branches (2 MatMul)"
+    assert any(said in note for note in result.notes), result.notes

@@ -388,6 +388,9 @@ class Flow:
         return full, score
 
 
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm", "LSTM", "GRU", "RNN")
+
+
 def _nothing_to_quantize(mode: str, scheme, model: ir.Model) -> str:
     """Why no node was left to quantize: excluded or held float, or none of the mode's op types at all
     (YOLOv8n under --mode dynamic, which quantizes MatMul-like ops: its compute is Conv), with the mode that
@@ -407,7 +410,23 @@ def _nothing_to_quantize(mode: str, scheme, model: ir.Model) -> str:
                 "may quantize (inside control flow, already quantized, or weights computed at run time)")
     has = ", ".join(f"{n} {op}" for op, n in sorted(compute.items(), key=lambda kv: -kv[1])) or "none"
     hint = "; --mode static quantizes Conv" if mode != "static" and compute.keys() & {"Conv", "ConvTranspose"} else ""
+    nested = _in_subgraphs(model)
+    if not compute and nested:  # openWakeWord's silero VAD: every layer inside the If on its sample rate
+        return (f"nothing to quantize: {said}, and its weighted ops are all inside If/Loop/Scan branches "
+                f"({nested}), which quantization does not reach")
     return f"nothing to quantize: {said}, and the model has none (its weighted ops: {has}){hint}"
+
+
+def _in_subgraphs(model: ir.Model) -> str:
+    """The weighted ops inside the model's control-flow branches, counted: "36 Conv, 8 LSTM"."""
+    from mcomp.graph import all_nodes
+
+    top = {id(node) for node in model.graph}
+    found: dict[str, int] = {}
+    for node in all_nodes(model):
+        if id(node) not in top and node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
+            found[node.op_type] = found.get(node.op_type, 0) + 1
+    return ", ".join(f"{n} {op}" for op, n in sorted(found.items(), key=lambda kv: -kv[1]))
 
 
 def _figure(value: float | None) -> str:
