@@ -119,7 +119,8 @@ def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, sourc
     else:
         once = [n for n, c in counts.items() if c == 1]
         many = set(counts.values()) - {1}
-        if once and len(many) == 1:  # given once, used in every run: an RNN's initial state beside 32 windows
+        if once and len(many) == 1 and _same_batches(per_input, once, inner):
+            # given once, used in every run: an RNN's initial state beside 32 windows of one example each
             for n in once:
                 per_input[n] = per_input[n] * next(iter(many))
             counts = {n: len(v) for n, v in per_input.items() if v is not None}
@@ -164,6 +165,15 @@ def _split(array: np.ndarray, spec: TensorSpec, source: str, batch_size: int,
     else:
         step = batch_size  # the last batch may be smaller: the batch dim is dynamic
     return [array[i:i + step] for i in range(0, array.shape[0], step)]
+
+
+def _same_batches(per_input: dict, once: list[str], inner: dict[str, int]) -> bool:
+    """Whether every feed of the other inputs holds as many examples as the inputs given once hold (along their
+    batch axis): a state for one example beside feeds of 16 is a mistake to say, not to repeat."""
+    sizes = {per_input[n][0].shape[inner.get(n, 0)] for n in once if per_input[n][0].ndim > inner.get(n, 0)}
+    others = {feed.shape[inner.get(n, 0)] for n, feeds in per_input.items() if feeds is not None and n not in once
+              for feed in feeds if feed.ndim > inner.get(n, 0)}
+    return len(sizes) == 1 and others == sizes
 
 
 def _inner_batch_axis(array: np.ndarray, spec: TensorSpec) -> int | None:

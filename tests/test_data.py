@@ -130,3 +130,6 @@ def test_an_input_given_once_is_used_in_every_run_of_a_stack_of_feeds():
     with pytest.raises(BadInput, match="different numbers of examples"):  # two counts above one still disagree
         data.from_arrays({"input": np.ones((32, 1, 512), np.float32), "h": np.zeros((3, 2, 1, 64), np.float32)},
                          specs, source="t")
+    with pytest.raises(BadInput, match="different numbers of examples"):  # a state of one example beside feeds of 16
+        data.from_arrays({"input": np.ones((40, 512), np.float32), "h": np.zeros((2, 1, 64), np.float32)},
+                         specs, source="t")
