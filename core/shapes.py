@@ -214,8 +214,9 @@ def assumed_note(shapes: dict[str, InputShape]) -> str:
     if not hinted:
         return ""
     at = ", ".join(f"{s.name}={s.text}" for s in shapes.values())
-    sets = " ".join(f"{s.name}={','.join(s.placeholders)}" for s in hinted)
-    return f" (measured at assumed shapes {at}; set --input-shape {sets})"
+    # one option per input, as the CLI takes them: "--input-shape a=… b=…" was refused as an extra argument
+    sets = " ".join(f"--input-shape {s.name}={','.join(s.placeholders)}" for s in hinted)
+    return f" (measured at assumed shapes {at}; set {sets})"
 
 
 __all__ = ["InputShape", "resolve", "example_feed", "given_batch", "is_batch_dim", "fill", "concrete", "describe", "assumed_note",

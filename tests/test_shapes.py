@@ -184,3 +184,27 @@ def test_silero_vad_with_a_data_file_of_one_batch_and_its_scalar_sample_rate(rea
     assert res.returncode == 0, res.explain()
     latency = json.loads((tmp_path / "out.report.json").read_text())["latency"]
     assert latency["feed_shapes"] == {"input": [1, 576], "state": [2, 1, 128], "sr": []}
+
+
+def test_the_hint_for_several_assumed_inputs_is_a_command_line_the_cli_takes(tmp_path):
+    """openWakeWord's silero VAD (input, h, c all with assumed dims): the hint read "set --input-shape
+    input=1,sequence h=2,1,64 c=2,1,64", which the CLI refused ("Got unexpected extra argument(s)")."""
+    import shlex
+
+    from clirun import run_mcomp
+    from mcomp.session import TensorSpec
+
+    specs = [TensorSpec("a", np.dtype("float32"), ("batch", "steps")),
+             TensorSpec("h", np.dtype("float32"), (2, "n", 4))]
+    hint = shapes.assumed_note({s.name: shapes.fill(s) for s in specs})
+    assert "set --input-shape a=1,steps --input-shape h=2,n,4" in hint, hint
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("ReduceSum", ["a"], ["y"], keepdims=0),
+         onnx.helper.make_node("ReduceSum", ["h"], ["z"], keepdims=0)], "g",
+        [onnx.helper.make_tensor_value_info(s.name, onnx.TensorProto.FLOAT, list(s.shape)) for s in specs],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, []),
+         onnx.helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, [])])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    options = shlex.split(hint.split("; set ")[1].rstrip(")").replace("steps", "8").replace("n,", "1,"))
+    done = run_mcomp("inspect", "m.onnx", *options, cwd=tmp_path)
+    assert done.returncode == 0 and "(from --input-shape)" in done.out, done.explain()
