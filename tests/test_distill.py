@@ -414,3 +414,21 @@ def test_auto_hints_that_leave_the_range_test_no_rate_are_left_out(monkeypatch, 
                for n in m["notes"]), m["notes"]
     assert m["training"]["lr"] == m["lr_range_test"]["lr"] > 1e-5
     assert accuracy(result.model) > accuracy(magnitude_pruned) + 0.3
+
+
+def test_an_exposed_qdq_student_has_a_copy_onnxruntime_loads_for_its_shapes():
+    """The exposed student trains its int32 biases through QuantizeLinear, which onnxruntime refuses (no opset
+    lets it write int32): a time-major QDQ student (ddddocr's recognizer quantized by mcomp) failed where
+    distillation runs it to find its outputs' example axes. ``for_shapes`` gives a copy it loads."""
+    student = qdq_student()
+    model = model_io.copy(student)
+    assert qdq.expose(model)
+    with pytest.raises(Exception, match="tensor\\(int32\\)"):
+        ort.InferenceSession(model_io.to_bytes(model), providers=["CPUExecutionProvider"])
+    probe = ort.InferenceSession(model_io.to_bytes(qdq.for_shapes(model)), providers=["CPUExecutionProvider"])
+    got = probe.run(None, {"image": EVAL["image"][:3]})[0]
+    want = ort.InferenceSession(model_io.to_bytes(student), providers=["CPUExecutionProvider"]).run(
+        None, {"image": EVAL["image"][:3]})[0]
+    assert got.shape == want.shape
+    # the model itself as it was, its shadows' QuantizeLinear nodes in place
+    assert qdq.count_qdq(model)["QuantizeLinear"] > qdq.count_qdq(student)["QuantizeLinear"]

@@ -26,6 +26,7 @@ import onnx_ir as ir
 
 from mcomp import graph
 from mcomp.errors import BadInput, NotApplicable, short
+from mcomp.passes.distill import qdq
 
 Axes = dict[str, int]  # tensor name -> the axis its examples lie on (only those past 0)
 
@@ -98,7 +99,7 @@ def for_training(model: ir.Model, samples, mapping: dict[str, str], providers: l
 
     taking = examples_first(model, {mapping[k]: v for k, v in samples.axes.items()}, {},
                             {mapping[k]: samples.inputs[k].ndim for k in samples.axes})
-    session = evaluate.session(taking, providers, threads, spinning=False)
+    session = evaluate.session(qdq.for_shapes(taking), providers, threads, spinning=False)
     names = [o.name for o in session.get_outputs()]
 
     def run(n: int) -> list[np.ndarray]:

@@ -100,6 +100,28 @@ def _shadow(graph: ir.Graph, dq: ir.Node, q: ir.Value) -> Shadow:
     return Shadow(q, shadow, node, [(dq, 0)], scale_v, zp_v, added, axis, block)
 
 
+def for_shapes(model: ir.Model) -> ir.Model:
+    """A copy of ``model`` that onnxruntime loads, for learning its output shapes only: each QuantizeLinear that
+    writes a type the op cannot write at the model's opset (``expose`` trains a bias stored as int32 through one:
+    mcomp's torch copy runs it, onnxruntime refuses it) becomes a Cast to that type, of the same shape. A time-
+    major recognizer's QDQ student (ddddocr) is run by onnxruntime to find its outputs' example axes."""
+    from mcomp.graph import copy
+
+    opset = model.opset_imports.get("", 0)
+    refused = {ir.DataType.INT32} | ({ir.DataType.INT16, ir.DataType.UINT16} if opset < 21 else set())
+    probe = copy(model)
+    for node in list(probe.graph):
+        out = node.outputs[0] if node.outputs else None
+        if node.op_type != "QuantizeLinear" or out is None or out.dtype not in refused:
+            continue
+        cast = ir.node("Cast", [node.inputs[0]], attributes={"to": out.dtype}, name=node.name, num_outputs=1)
+        probe.graph.insert_before(node, cast)
+        out.replace_all_uses_with(cast.outputs[0])
+        cast.outputs[0].name, cast.outputs[0].dtype = out.name, out.dtype
+        probe.graph.remove(node, safe=True)
+    return probe
+
+
 def restore(model: ir.Model, shadows: list[Shadow]) -> int:
     """Rounds each trained shadow into its integer tensor and removes the shadows; returns how
     many integer tensors changed."""
