@@ -277,7 +277,6 @@ def _sizes(model: ir.Model) -> dict[str, int]:
     return estimated_sizes(tensor_buffers(model))
 
 
-
 def _already_quantized(model) -> str | None:
     """Why nothing could be pruned where the model's weighted ops are integer kernels or read dequantized
     weights (ddddocr's dynamically quantized captcha model: ConvInteger ×21): pruning reads float weights."""

@@ -60,6 +60,12 @@ class Evaluator:
         self.reference_accuracy = evaluate.task_accuracy(self.reference, self.names, dataset, metric)
         self.calls = 0
 
+    def scored_on(self) -> str:
+        """The phrase " on the pass's N feeds": the pass scores its first feeds, so its figures are not the
+        report's (which reads all the data)."""
+        n = len(self.dataset.feeds)
+        return f" on the pass's {n} feed{'' if n == 1 else 's'}"
+
     def score(self, candidate: onnx.ModelProto | bytes) -> Score:
         self.calls += 1
         data = candidate if isinstance(candidate, bytes) else mapped_source.as_source(candidate)

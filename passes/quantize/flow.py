@@ -398,35 +398,32 @@ def _nothing_to_quantize(mode: str, scheme, model: ir.Model) -> str:
     if scheme.units:
         return ("nothing to quantize: every node of the mode's op types is in --exclude "
                 f"({len(scheme.units)} of them)")
+    from mcomp.graph import all_nodes
+
     ops = getattr(scheme, "op_types", ())
-    compute: dict[str, int] = {}
-    for node in model.graph:
-        if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and node.domain in ("", "ai.onnx"):
-            compute[node.op_type] = compute.get(node.op_type, 0) + 1
+    top = {id(node) for node in model.graph}
+    compute = _weighted(model.graph)
     mine = sum(1 for node in model.graph if node.op_type in ops)
     said = f"--mode {mode} quantizes {', '.join(ops) or 'its op types'} nodes of the main graph"
     if mine:
         return (f"nothing to quantize: {said}, and none of its {mine} such nodes has constant float weights it "
                 "may quantize (inside control flow, already quantized, or weights computed at run time)")
-    has = ", ".join(f"{n} {op}" for op, n in sorted(compute.items(), key=lambda kv: -kv[1])) or "none"
+    has = ", ".join(f"{n} {op}" for op, n in compute.items()) or "none"
     hint = "; --mode static quantizes Conv" if mode != "static" and compute.keys() & {"Conv", "ConvTranspose"} else ""
-    nested = _in_subgraphs(model)
+    nested = ", ".join(f"{n} {op}" for op, n in _weighted(n for n in all_nodes(model) if id(n) not in top).items())
     if not compute and nested:  # openWakeWord's silero VAD: every layer inside the If on its sample rate
         return (f"nothing to quantize: {said}, and its weighted ops are all inside If/Loop/Scan branches "
                 f"({nested}), which quantization does not reach")
     return f"nothing to quantize: {said}, and the model has none (its weighted ops: {has}){hint}"
 
 
-def _in_subgraphs(model: ir.Model) -> str:
-    """The weighted ops inside the model's control-flow branches, counted: "36 Conv, 8 LSTM"."""
-    from mcomp.graph import all_nodes
-
-    top = {id(node) for node in model.graph}
+def _weighted(nodes) -> dict[str, int]:
+    """Standard-domain ``WEIGHTED_OPS`` among ``nodes``, counted, most first: "36 Conv, 8 LSTM"."""
     found: dict[str, int] = {}
-    for node in all_nodes(model):
-        if id(node) not in top and node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
+    for node in nodes:
+        if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
             found[node.op_type] = found.get(node.op_type, 0) + 1
-    return ", ".join(f"{n} {op}" for op, n in sorted(found.items(), key=lambda kv: -kv[1]))
+    return dict(sorted(found.items(), key=lambda kv: -kv[1]))
 
 
 def _figure(value: float | None) -> str:
@@ -441,7 +438,7 @@ def _accuracy(score: bud.Score, evaluator: bud.Evaluator) -> str:
         return ""
     reference = evaluator.reference_accuracy
     against = "" if reference is None else f" against the input's {reference * 100:.2f} %"
-    return f", accuracy {score.accuracy * 100:.2f} %{against} on the pass's {len(evaluator.dataset.feeds)} feeds"
+    return f", accuracy {score.accuracy * 100:.2f} %{against}{evaluator.scored_on()}"
 
 
 def _calibration_data(cfg, ctx: Context, notes: list[str]):

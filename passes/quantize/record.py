@@ -39,9 +39,7 @@ def _accuracy_change(fid: dict, evaluator) -> str:
     beside "-4.69 pts" in the table read as two contradicting figures in two units)."""
     if "accuracy_drop" not in fid:
         return ""
-    feeds = len(getattr(getattr(evaluator, "dataset", None), "feeds", ()) or ())
-    on = f" on the pass's {feeds} feed{'' if feeds == 1 else 's'}" if feeds else ""
-    return f", accuracy {-fid['accuracy_drop'] * 100:+.2f} pts{on}"
+    return f", accuracy {-fid['accuracy_drop'] * 100:+.2f} pts{evaluator.scored_on()}"
 
 
 def weight_share(proto: onnx.ModelProto, quantized) -> dict:
