@@ -287,8 +287,8 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
              "inp": shlex.quote(doc["input"].get("path") or "IN"), "data": shlex.quote(str(data)) if data else "DATA"}
     quality = ADVICE.get(changed[-1], GENERIC_ADVICE).format(**names) if changed else GENERIC_ADVICE
     slow = f"measure again on a quiet machine (`mcomp bench {names['inp']} {names['out']}`); if it holds, drop the step"
-    labels = (f"check what the model outputs for a few examples against their labels (`mcomp compare {names['inp']} "
-              f"{names['inp']} --data {names['data']} --json`)")
+    labels = (f"score the input alone (`mcomp compare {names['inp']} {names['inp']} --data {names['data']}`), and "
+              "read a few of its outputs against their labels")
     advice = {"latency": slow, "labels": labels}
     return [{"kind": kind, "severity": "severe" if severe else "warning", "message": message,
              "advice": advice.get(kind, quality)} for kind, severe, message in found]
