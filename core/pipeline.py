@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -164,8 +165,9 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
     evaluation = evaluate.measurement_data(datasets, loaded.model, input_shapes, pipeline.seed)
     # a file with external data is run from itself (mapped); every session of a model shares one source
     reference = Path(loaded.source.path) if loaded.source.external_data else loaded.model
-    with sources.runnable(reference) as reference_source, \
-            sources.runnable(current, spill=True) as candidate_source:
+    with contextlib.ExitStack() as stack:
+        reference_source = stack.enter_context(sources.runnable(reference))
+        candidate_source, staged = _candidate(current, output, protect, loaded.source, stack)
         quality = evaluate.compare(reference_source, candidate_source, evaluation, providers, pipeline.threads,
                                    output_names=[s.name for s in session.output_specs(loaded.model)], metric=metric,
                                    heads=heads.linear_heads(loaded.model))
@@ -174,22 +176,39 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
             latency = measure_latency(reference_source, candidate_source, evaluation, providers, pipeline,
                                       specs=session.input_specs(loaded.model), given=given)
 
-    doc = report.build(
-        command=request.command, source=loaded.source, reference=loaded.model, candidate=current,
-        steps=steps, datasets=datasets, evaluation=evaluation, quality=quality, latency=latency,
-        providers=providers, threads=pipeline.threads, input_shapes=resolved,
-        seconds=time.perf_counter() - started)
-    doc["warnings"] = report.warnings(doc, output)  # a result much worse than its input, with what to do next
-    failures = check_gates(pipeline, doc)
-    doc["gates"] = failures["table"]
-    if failures["failed"]:
-        raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
-    replaced = output != "-" and Path(output).exists()
-    written = model_io.save(current, output, protect=protect, external_data=loaded.source.external_data,
-                            same_as=loaded.source if current is loaded.model else None)
+        doc = report.build(
+            command=request.command, source=loaded.source, reference=loaded.model, candidate=current,
+            steps=steps, datasets=datasets, evaluation=evaluation, quality=quality, latency=latency,
+            providers=providers, threads=pipeline.threads, input_shapes=resolved,
+            seconds=time.perf_counter() - started)
+        doc["warnings"] = report.warnings(doc, output)  # a result much worse than its input, with what to do next
+        failures = check_gates(pipeline, doc)
+        doc["gates"] = failures["table"]
+        if failures["failed"]:
+            raise GateFailed("gate failed: " + "; ".join(failures["failed"]), report=doc)
+        replaced = output != "-" and Path(output).exists()
+        written = staged.commit() if staged is not None else model_io.save(
+            current, output, protect=protect, external_data=loaded.source.external_data,
+            same_as=loaded.source if current is loaded.model else None)
     doc["output"].update({"path": written.path, "sha256": written.sha256, "bytes": written.bytes})
     doc["size_ratio"] = round(written.bytes / loaded.source.bytes, 4) if loaded.source.bytes else None
     return Outcome(doc, current, output, replaced)
+
+
+def _candidate(current: ir.Model, output: str, protect: tuple[str, ...], source: model_io.ModelSource,
+               stack: contextlib.ExitStack) -> tuple[bytes | str, model_io.Staged | None]:
+    """What the result is measured from, and its staged output where that is it: a result that must be
+    run from a file and leaves with external data is written once, as its output under a temp name, and
+    measured from there (``model_io.staged``); one that is not (small, in its input's folder, or inline)
+    is measured as ``sources.runnable`` gives it and written after."""
+    ready = sources.unwritten(current, spill=True)
+    if ready is not None:
+        return ready, None
+    if output == "-" or not (source.external_data or model_io.needs_external_data(current)):
+        return stack.enter_context(sources.runnable(current, spill=True)), None
+    staged = stack.enter_context(model_io.staged(current, output, protect=protect, external_data=True))
+    sources.spill_to(current, staged.path)
+    return str(staged.path), staged
 
 
 def _metric(pipeline: Pipeline):

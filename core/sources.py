@@ -109,20 +109,25 @@ def runnable(model: ir.Model | bytes | str | Path, *, spill: bool = False):
     if not isinstance(model, ir.Model):
         yield str(model) if isinstance(model, Path) else model
         return
-    if not external_tensors(model) and weight_bytes(model) < (INLINE_LIMIT if spill else BIG_WEIGHTS):
-        yield to_bytes(model)
-        return
-    in_place = in_their_folder(model)
-    if in_place is not None:
-        yield in_place
+    ready = unwritten(model, spill=spill)
+    if ready is not None:
+        yield ready
         return
     with tempfile.TemporaryDirectory(prefix="mcomp-run-") as tmp:
         path = Path(tmp) / "model.onnx"
         ir.save(model, path, external_data="model.onnx.data")
         if spill:
-            _spill(model, path)
+            spill_to(model, path)
         release_pages(model)
         yield str(path)
+
+
+def unwritten(model: ir.Model, *, spill: bool = False) -> bytes | None:
+    """``runnable``'s answer where no file need be written: a small self-contained model's bytes, or
+    ``in_their_folder``'s; None where it writes one."""
+    if not external_tensors(model) and weight_bytes(model) < (INLINE_LIMIT if spill else BIG_WEIGHTS):
+        return to_bytes(model)
+    return in_their_folder(model)
 
 
 def kept_source(model: ir.Model, folder: Path) -> bytes | str:
@@ -173,7 +178,7 @@ def _file_of(tensor: ir.ExternalTensor) -> str:
     return os.path.join(tensor.base_dir or "", tensor.location)
 
 
-def _spill(model: ir.Model, path: Path) -> None:
+def spill_to(model: ir.Model, path: Path) -> None:
     """Swaps ``model``'s in-memory initializers of 1 MiB or more for the mapped tensors of ``path``
     (written from it just before). Mapped here, their pages outlive the temp folder's removal."""
     written = {v.name: v.const_value for v in external_tensors(ir.load(path))}
@@ -185,5 +190,5 @@ def _spill(model: ir.Model, path: Path) -> None:
             value.const_value = mapped_in_memory(mapped, doc_string=True)
 
 
-__all__ = ["BIG_WEIGHTS", "ModelBytes", "in_their_folder", "kept_source", "reads_data", "runnable",
-           "weight_bytes"]
+__all__ = ["BIG_WEIGHTS", "ModelBytes", "in_their_folder", "kept_source", "reads_data", "runnable", "spill_to",
+           "unwritten", "weight_bytes"]

@@ -45,8 +45,9 @@ def test_text_labels_are_not_read_as_classes_and_a_metric_reads_them(text_data):
     assert accuracy == {"known": False, "reason": "the labels are not class indices (text): --metric file.py:function "
                                                   "scores them"}
 
+    # the guard off: whether int8 pays on this CPU, under this load, is not what is tested (it returned the input)
     read = run_mcomp("quantize", str(DIGITS), "--data", "text.npz", "--max-drop", "0.01", "--metric", "m.py:as_text",
-                     "-o", "q.onnx", "--json", cwd=folder)
+                     "--no-latency-guard", "-o", "q.onnx", "--json", cwd=folder)
     assert read.returncode == 0, read.explain()
     doc = json.loads(read.out)
     assert doc["accuracy"]["metric"] == f"{folder / 'm.py'}:as_text" and doc["accuracy"]["reference"] > 0.9
