@@ -374,3 +374,47 @@ def test_eliminate_stage_result_loads_with_if_subgraphs():
     model = parse(IF_MODEL)
     stages.eliminate(model)
     run(serialize(model), {"c": np.array(True), "x": randn(2)})  # onnxruntime loads and runs it
+
+
+def test_a_scalar_neutral_operand_is_removed_whatever_the_shape_of_x():
+    """A scalar broadcasts into any shape: onnxscript's rules removed such no-ops without a shape, and this
+    rule, which replaced them (they were not exact), must too."""
+    model = parse("""
+    <ir_version: 8, opset_import: ["" : 17]>
+    g (float[N,3,4] x) => (float y) <float c> {
+      r = Relu(x)
+      y = Add(r, c)
+    }
+    """, c=np.array(0.0, np.float32))
+    model.graph.node(0).outputs[0].shape = None
+    assert rewrite(model, rules.ELIMINATION_RULES) and op_types(model) == ["Relu", "Identity"]
+
+
+NEAR_NEUTRAL = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[N,4] x) => (float[N,4] log, float[N,4] prod, float[N,4] diff, float[N,4] ratio) <float eps, float one_ish,
+                                                                                           float tiny, float div> {
+  sq = Mul(x, x)
+  padded = Add(sq, eps)
+  log = Log(padded)
+  prod = Mul(x, one_ish)
+  diff = Sub(x, tiny)
+  ratio = Div(x, div)
+}
+"""
+
+
+@pytest.mark.parametrize("stage", ["fold_constants", "eliminate"])
+def test_an_epsilon_is_not_removed_as_a_neutral_operand(stage):
+    """onnxscript's no-op rules match a constant within abs 1e-8 / rel 1e-5, so ``Log(x² + 1e-10)`` (basic-pitch's
+    log-magnitude) lost its epsilon: outputs off by 0.09 there, and ``-inf`` wherever x is 0. Neither folding
+    stage removes an operand that is not exactly neutral, nor changes an output."""
+    model = parse(NEAR_NEUTRAL, eps=np.array(1e-10, np.float32), one_ish=np.array(1.000001, np.float32),
+                  tiny=np.array(1e-9, np.float32), div=np.array(1.000001, np.float32))
+    original = serialize(model)
+    getattr(stages, stage)(model)
+    assert sorted(op_types(model)) == sorted(["Mul", "Add", "Log", "Mul", "Sub", "Div"])
+    feeds = {"x": np.concatenate([np.zeros((1, 4), np.float32), randn(2, 4)])}
+    for want, got in zip(run(original, feeds), run(serialize(model), feeds), strict=True):
+        assert np.isfinite(got).all()
+        np.testing.assert_array_equal(got, want)

@@ -87,7 +87,8 @@ def _channel_vector(b: np.ndarray, channels: int, rank: int) -> np.ndarray | Non
 class RemoveNeutralOperand(RewriteRuleClassBase):
     """Replaces ``Mul(X, 1)``, ``Div(X, 1)``, ``Add(X, 0)``, ``Sub(X, 0)`` (a constant of any shape) with ``X``.
 
-    onnxscript's own rules match a scalar constant only; exporters often write ``[1]``.
+    onnxscript's own rules match a scalar constant only (exporters often write ``[1]``), and within a
+    tolerance (abs 1e-8): an epsilon ``+ 1e-10`` before a Log matched ``+ 0``. This one is exact.
     """
 
     def __init__(self, op_type: str, neutral: int) -> None:
@@ -103,9 +104,11 @@ class RemoveNeutralOperand(RewriteRuleClassBase):
             return result.fail("the other operand is not a constant")
         if c.const_value.size > 1024 or not np.all(c.const_value.numpy() == self.neutral):
             return result.fail(f"the constant is not all {self.neutral}")
-        if x.shape is None:
+        if c.const_value.shape.rank() == 0:  # a scalar broadcasts into any shape
+            pass
+        elif x.shape is None:
             return result.fail("the shape of X is unknown, so broadcasting may change it")
-        if not _broadcasts_into(c.const_value.shape, x.shape):
+        elif not _broadcasts_into(c.const_value.shape, x.shape):
             return result.fail("broadcasting against the constant changes the shape of X")
         if x.dtype is not None and x.dtype != c.const_value.dtype:
             return result.fail("the operand types differ")
