@@ -148,7 +148,8 @@ def eliminate(model: ir.Model) -> bool:
     """Identity/Dropout/no-op elimination, common subexpressions, duplicate initializers, dead nodes."""
     before = _fingerprint(model)
     # not onnxscript's add_0/sub_0/mul_by_1/div_by_1 rules: they match within a tolerance (see ``_optimize``)
-    _rewrite([common_rules.dropout_inference_rule, common_rules.dropout_zero_rule, common_rules.no_op_cast_rule, common_rules.no_op_expand_rule, common_rules.no_op_transpose_rule,
+    _rewrite([common_rules.dropout_inference_rule, common_rules.dropout_zero_rule, common_rules.no_op_cast_rule,
+              common_rules.no_op_expand_rule, common_rules.no_op_transpose_rule,
               *mcomp_rules.ELIMINATION_RULES])(model)
     # not onnx-ir's IdentityEliminationPass: it makes If/Loop bodies return outer-scope values (see identity.py)
     _run_passes(model, IdentityElimination(), ir_passes.CommonSubexpressionEliminationPass(),
