@@ -110,6 +110,7 @@ def prepare(model: ir.Model, *, opset: int | None = None, optimize: bool = True,
     elif how == "none":
         notes.append("shape inference failed (onnx and symbolic); quantized without inferred shapes")
     name_nodes(proto)
+    unshare_biases(proto)
     prepared = Prepared(proto, notes, how, given, onnx_opset(proto))
     prepared.float_only = float_only_nodes(proto)
     return prepared
@@ -140,6 +141,46 @@ def flatten_gemm_bias(proto: onnx.ModelProto) -> int:
         bias.dims[:] = [bias.dims[1]]
         done += 1
     return done
+
+
+BIASED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm"})  # whose input 2 onnxruntime quantizes to int32
+
+
+def unshare_biases(proto: onnx.ModelProto) -> int:
+    """Gives each Conv/ConvTranspose/Gemm of the main graph whose bias initializer another node reads too
+    a copy of its own, under a name no tensor of the model has; returns how many.
+
+    Why here: onnxruntime's QDQ quantizer copies such a bias itself (each reader's int32 bias has its
+    own scale), naming the copy ``<bias><n>`` from the initializers' names alone. tf2onnx shares equal
+    constants, and names values ``…/conv1d_25`` and ``…/conv1d_252``: basic-pitch's bias
+    ``…conv1d_25`` became ``…conv1d_252``, the name of a Conv's output, and the quantized model fed
+    a [36] bias where that output was read (onnxruntime refused it; every static quantization of it
+    returned the input)."""
+    inits = {t.name: t for t in proto.graph.initializer}
+    taken = {v.name for g in proto_graphs(proto.graph) for v in (*g.input, *g.output, *g.initializer)}
+    taken |= {name for g in proto_graphs(proto.graph) for n in g.node for name in (*n.input, *n.output)}
+    readers: dict[str, int] = {}
+    for g in proto_graphs(proto.graph):
+        for node in g.node:
+            for name in set(node.input):
+                readers[name] = readers.get(name, 0) + 1
+    copied = 0
+    for node in proto.graph.node:
+        bias = inits.get(node.input[2]) if node.op_type in BIASED_OPS and len(node.input) > 2 else None
+        if bias is None or readers[bias.name] < 2:
+            continue
+        name = f"{bias.name}_bias_of_{node.name}"
+        while name in taken:
+            name += "_"
+        own = onnx.TensorProto()
+        own.CopyFrom(bias)
+        own.name = name
+        proto.graph.initializer.append(own)
+        taken.add(name)
+        readers[bias.name] -= 1
+        node.input[2] = name
+        copied += 1
+    return copied
 
 
 def _fuse_hardswish(model: ir.Model, notes: list[str]) -> ir.Model:
