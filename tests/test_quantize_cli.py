@@ -117,8 +117,11 @@ def test_calibration_data_errors_are_clear(runs):
 def test_kmeans_reports_the_deployable_size_as_json(runs):
     res = runs["kmeans"]
     assert res.returncode == 0, res.explain()
-    changes = json.loads(res.out)["steps"][0]["changes"]
+    step = json.loads(res.out)["steps"][0]
+    changes = step["changes"]
     assert changes["bytes"]["deployable_huffman"] < changes["bytes"]["float32"] / 5
+    # the compression factor says which way: a bare "×5.3" beside the byte counts read as a growth
+    assert re.search(r"\(\d+\.\d× smaller with Huffman-coded indices, \d+\.\d× smaller fixed-width\)", step["summary"])
 
 
 @uses("bad-bits")
