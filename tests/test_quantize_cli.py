@@ -121,7 +121,8 @@ def test_kmeans_reports_the_deployable_size_as_json(runs):
     changes = step["changes"]
     assert changes["bytes"]["deployable_huffman"] < changes["bytes"]["float32"] / 5
     # the compression factor says which way: a bare "×5.3" beside the byte counts read as a growth
-    assert re.search(r"\(\d+\.\d× smaller with Huffman-coded indices, \d+\.\d× smaller fixed-width\)", step["summary"])
+    said = r"\(\d+\.\d× smaller with Huffman-coded indices, \d+\.\d× smaller fixed-width\)"
+    assert re.search(said, step["summary"]), step["summary"]
 
 
 @uses("bad-bits")
