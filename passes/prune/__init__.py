@@ -88,6 +88,9 @@ class Prune(Pass):
                                           "projections, tied LM head (LayerNorm statistics then change, so outputs "
                                           "change even for kept channels); left whole where the hidden state is a "
                                           "model output")
+        compensate: bool = Field(False, description="structured, with --data: keep the removed channels' mean "
+                                                    "contributions in their consumers' biases (helps some models, "
+                                                    "hurts others: compare both)")
         group_rates: dict[str, Annotated[float, Field(ge=0, lt=1)]] = Field(
             default_factory=dict, description="structured: rates for some groups by key (the group's first "
                                               "producer weight, e.g. conv1.weight), overriding --allocation; "
@@ -224,7 +227,8 @@ class Prune(Pass):
                 round_to=cfg.round_to, exclude=exclude, grads=grads, seed=ctx.seed,
                 target="channels" if allocated is not None else target,
                 target_value=cfg.rate if target != "channels" and allocated is None else None,
-                input_shapes=ctx.input_shapes, rates=rates, hidden_rate=cfg.hidden_rate)
+                input_shapes=ctx.input_shapes, rates=rates, hidden_rate=cfg.hidden_rate,
+                data=self._compensation_feeds(ctx), providers=ctx.providers)
             report.notes = notes + report.notes
             report.target, report.target_value = target, (cfg.rate if target != "channels" else None)
         summary, details = report.summary, report.to_dict()
@@ -241,6 +245,12 @@ class Prune(Pass):
         if not report.groups and (quantized := _already_quantized(model)):
             notes.append(quantized)
         return PassResult(model, bool(report.pruned), summary, notes, details)
+
+    def _compensation_feeds(self, ctx: Context) -> list[dict] | None:
+        """The user's data for mean compensation (``structured.compensate``); none from synthetic inputs,
+        whose means are the noise generator's, not the data the model will see."""
+        dataset = ctx.dataset(*ANY_DATA_FIRST) if self.config.compensate else None
+        return dataset.feeds if dataset is not None and not dataset.synthetic else None
 
     def _allocate(self, model, ctx, grads, exclude, target) -> tuple[dict[int, float], dict | None, list[str]]:
         """Rates by group id: the explicit ``group_rates``, and with ``allocation: sensitivity`` the

@@ -28,6 +28,7 @@ import onnx_ir as ir
 from mcomp.external_data import release_pages, release_tensor
 from mcomp.kernels.importance import keep_channels, rounded_keep
 from mcomp.passes.prune import criteria
+from mcomp.passes.prune.structured.compensate import EXAMPLES
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
 from mcomp.passes.prune.structured.hidden import NOTE
 from mcomp.passes.prune.structured.prepare import infer_shapes, prepare, reshare_shapes
@@ -50,12 +51,14 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
                      exclude: Callable[[ir.Node], bool] | None = None, grads: dict[str, np.ndarray] | None = None,
                      seed: int = 0, target: str = "channels", target_value: float | None = None,
                      input_shapes: dict[str, tuple[int, ...]] | None = None,
-                     rates: dict[int, float] | None = None, hidden_rate: float | None = None) -> StructuredReport:
+                     rates: dict[int, float] | None = None, hidden_rate: float | None = None,
+                     data: list[dict] | None = None, providers: list[str] | None = None) -> StructuredReport:
     """Removes channels in place and returns what was done (see the module docstring). ``rates``
     pins some groups' rates by id (chosen by ``allocation``, or given as ``group_rates``): the
     uniform rate, or the bisection towards a target, moves only the other groups. ``hidden_rate``
     also cuts a transformer's residual width (``hidden``), at that rate and every layer alike;
-    the bisection leaves it there."""
+    the bisection leaves it there. ``data`` (feeds): the removed channels' means are kept in their
+    consumers' biases (``compensate``), read on ``providers``."""
     if target not in TARGETS:
         raise ValueError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
     if criteria.get(importance).gradients and grads is None:
@@ -83,7 +86,16 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
         raise ValueError("rate must be in [0, 1)")
     report = StructuredReport("structured", rate, importance, round_to, target, target_value,
                               parameters_before=params0, macs_before=macs0, macs_input_shapes=_listed(shapes))
-    report.groups = cut(model, rate, rates={**rates, **pinned}, **options)
+    means = None
+    if data:
+        from mcomp.passes.prune.structured.compensate import channel_means
+
+        groups = find_groups(model, prepared=True, hidden=hidden_rate is not None)
+        means = channel_means(model, groups, data, providers or ["CPUExecutionProvider"])
+        report.compensated = {"consumers": 0, "of": 0, "examples": min(sum(_examples(f) for f in data), EXAMPLES)}
+        release_pages(model)
+    report.groups = cut(model, rate, rates={**rates, **pinned}, means=means, compensated=report.compensated,
+                        **options)
     report.parameters_after, report.macs_after = measure(model, shapes)
     release_pages(model)
     report.notes = notes + _fallback_notes(report, importance) + _hidden_notes(report, hidden_rate)
@@ -92,10 +104,14 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
 
 def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude=None, grads=None,
         seed: int = 0, groups: list[ChannelGroup] | None = None,
-        rates: dict[int, float] | None = None, hidden_rate: float | None = None) -> list[GroupRecord]:
+        rates: dict[int, float] | None = None, hidden_rate: float | None = None,
+        means: dict | None = None, compensated: dict | None = None) -> list[GroupRecord]:
     """One pass at a uniform ``rate`` (``rates`` overrides it by group id; ``hidden_rate``, where
     given, sets the hidden group's): every group is scored and chosen on the unpruned tensors first
-    (a weight is a producer in one group and a consumer in another), then the channels are removed."""
+    (a weight is a producer in one group and a consumer in another), then the channels are removed.
+    ``means`` (``compensate.channel_means``): every cut group's consumers' biases keep the removed
+    channels' means, all before the first cut (a bias may be another group's, which slices it);
+    ``compensated`` counts them."""
     rng = np.random.default_rng(seed)
     if groups is None:
         groups = find_groups(model, prepared=True, hidden=hidden_rate is not None)
@@ -123,6 +139,8 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
         elif group.label == "hidden":
             record.note = f"hidden width {group.channels} → {keep.size} in every layer"
     release_pages(model)  # the scores read every weight; the cut reads the kept slices again
+    if means is not None:
+        _compensate(model, plan, means, compensated)
     for group, keep in plan:
         if keep.size < group.channels:
             cut_from = [model.graph.initializers[m.tensor].const_value for m in group.members
@@ -133,6 +151,21 @@ def cut(model: ir.Model, rate: float, *, importance: str, round_to: int, exclude
     reshare_shapes(model)
     infer_shapes(model)
     return records
+
+
+def _compensate(model: ir.Model, plan: list, means: dict, counts: dict | None) -> None:
+    from mcomp.passes.prune.structured.compensate import compensate
+
+    for group, keep in plan:
+        if keep.size < group.channels:
+            done = compensate(model, group, keep, means)
+            if counts is not None:
+                counts["consumers"] += done
+                counts["of"] += sum(1 for m in group.members if m.role == "consumer" and m.tensor)
+
+
+def _examples(feed: dict) -> int:
+    return len(next(iter(feed.values()))) if feed else 0
 
 
 def select(group: ChannelGroup, scores: np.ndarray, rate: float, round_to: int) -> np.ndarray:

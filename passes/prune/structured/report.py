@@ -37,6 +37,8 @@ class StructuredReport:
     macs_before: int = 0
     macs_after: int = 0
     macs_input_shapes: dict | None = None
+    # mean compensation (``compensate``): consumers whose biases kept the removed channels' means, of how many
+    compensated: dict | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -65,7 +67,14 @@ class StructuredReport:
                 f"(rate {self.rate:.3f}, {self.importance}, round_to {self.round_to}); "
                 f"parameters ×{self.ratio('parameters'):.3f}, MACs ×{self.ratio('macs'):.3f}; "
                 f"{len(self.left_whole)} group{'' if len(self.left_whole) == 1 else 's'} left whole"
-                + (self._why_none() if not self.pruned and self.left_whole else ""))
+                + (self._why_none() if not self.pruned and self.left_whole else "") + self._compensated())
+
+    def _compensated(self) -> str:
+        done = self.compensated
+        if not done or not self.pruned:
+            return ""
+        return (f"; removed channels' means kept in {done['consumers']} of {done['of']} consumers' biases "
+                f"({done['examples']} examples)")
 
     def _why_none(self) -> str:
         """Why no group was cut, in the summary: openWakeWord's wake-word heads (LayerNorm spelled out in
