@@ -18,6 +18,11 @@ from mcomp import model as model_io
 from mcomp.errors import BadInput
 
 TOLERANCE = 0.02  # of the output's largest magnitude: a rounding step apart is agreement, saturation is not
+# ... and where onnxruntime at DEPLOYED computes what basic does (no fused kernel departs from the Q/DQ as written),
+# a torch copy up to this far apart is the same arithmetic: a float difference of 1e-6 in one Conv moves a value
+# across a rounding boundary, one quantization step, and the steps add up through the layers (EfficientWord-Net's
+# QDQ ResNet-50: 1.4e-6 after 60 nodes, a step (0.024) at the next DequantizeLinear, 5.8 % of the output at the end)
+ROUNDING = 0.2
 DEPLOYED = "all"  # the optimization level of onnxruntime's and mcomp's sessions by default
 
 
@@ -47,6 +52,24 @@ def torch_outputs(student: ir.Model, feeds: dict[str, np.ndarray]) -> list[np.nd
     return [o.numpy() for o in outs]
 
 
+def _rounding(diff: float, size: float) -> bool:
+    return diff <= ROUNDING * max(size, 1e-6)
+
+
+def _saturable(student: ir.Model, target) -> bool:
+    """Whether onnxruntime's fused int8 kernels may saturate on ``student``: an x86 CPU without VNNI, and an int8
+    weight a DequantizeLinear reads beyond ±64 (onnxruntime's 7-bit weights, reduce_range: −64…64, cannot)."""
+    if target.provider != "cpu" or target.arch != "x86" or target.vnni:
+        return False
+    for node in student.graph:
+        weight = node.inputs[0].const_value if node.op_type == "DequantizeLinear" and node.inputs else None
+        if weight is not None and weight.dtype == ir.DataType.INT8:
+            values = weight.numpy()
+            if values.size and (values.min() < -64 or values.max() > 64):  # 255·64·2 fits int16, 255·127·2 not
+                return True
+    return False
+
+
 def check(student: ir.Model, feeds: dict[str, np.ndarray], providers: list[str], threads: int | None,
           strict: bool) -> str | None:
     """Nothing when onnxruntime at ``DEPLOYED`` computes ``student`` on ``feeds`` as its torch copy does; else the
@@ -57,19 +80,29 @@ def check(student: ir.Model, feeds: dict[str, np.ndarray], providers: list[str],
     data = model_io.to_bytes(student)
     names = [v.name for v in student.graph.outputs]
     run = lambda level: evaluate.session(data, providers, threads, optimization=level).run(names, feeds)  # noqa: E731
-    diff, size = gap(torch_out, run(DEPLOYED))
+    deployed = run(DEPLOYED)
+    diff, size = gap(torch_out, deployed)
     if not disagrees(diff, size):
         return None
-    basic = not disagrees(*gap(torch_out, run("basic")))
+    written = run("basic")  # the Q/DQ arithmetic as written (its DQ of weights folded, exactly)
     target = detect(providers)
-    cause = ("its fused int8 kernels saturate u8×s8 products on this CPU (no VNNI)" if basic and not target.vnni
-             else "its fused integer kernels compute it otherwise" if basic
+    fused, fused_size = gap(written, deployed)
+    # the fused kernels compute what is written, up to the rounding of their own requantization, where they
+    # cannot saturate (saturation, not rounding, was the issue's 0.99 on logits of ±5)
+    basic = not disagrees(fused, fused_size) or (not _saturable(student, target) and _rounding(fused, fused_size))
+    if basic and _rounding(diff, size):
+        return (f"the torch copy of this QDQ student is up to {diff:.3g} apart from onnxruntime on outputs of "
+                f"±{size:.3g} (at optimization basic {gap(torch_out, written)[0]:.3g}): kernels that compute in "
+                "another order round a few values across a quantization step, and the steps add up through the "
+                "layers; trained as written")
+    cause = ("its fused int8 kernels saturate u8×s8 products on this CPU (no VNNI)" if not basic and not target.vnni
+             else "its fused integer kernels compute it otherwise" if not basic
              else "even at basic, so the torch copy is not the model onnxruntime runs")
     what = (f"onnxruntime ({providers[0]}, optimization {DEPLOYED}) computes this QDQ student up to {diff:.3g} apart "
             f"from its torch copy on outputs of ±{size:.3g}: {cause}")
     if strict:
-        fix = "re-quantize the float model with 7-bit weights (mcomp quantize does that on this CPU)" if basic else \
-            "distill the float model and quantize it afterwards"
+        fix = "re-quantize the float model with 7-bit weights (mcomp quantize does that on this CPU)" if not basic \
+            else "distill the float model and quantize it afterwards"
         raise BadInput(f"distill: {what}; training would fit arithmetic the deployed model does not compute. "
                        f"{fix[0].upper()}{fix[1:]}, or give --no-qdq-check to train against the Q/DQ arithmetic as written "
                        "(what onnxruntime computes at basic)")
