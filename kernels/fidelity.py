@@ -221,8 +221,16 @@ def is_class_scores(output: np.ndarray) -> bool:
     if output.dtype.kind != "f" or output.ndim < 2 or output.shape[-1] < 2 or output.size == 0:
         return False
     if output.ndim == 2:
-        return True
+        return not _is_embedding(output)
     return _is_softmax(output) or _is_log_softmax(output)
+
+
+def _is_embedding(output: np.ndarray) -> bool:
+    """Rows of unit L2 norm with negative entries: an embedding (EfficientWord-Net's [1, 2048] ArcFace
+    features), whose argmax means nothing; the report gave its "top-1 agreement" beside a cosine. Logits are
+    not normalized, probabilities not negative."""
+    rows = output.reshape(output.shape[0], -1).astype(np.float64)
+    return bool(np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3) and np.any(rows < 0))
 
 
 def is_sequence_scores(output: np.ndarray) -> bool:

@@ -85,6 +85,18 @@ def test_top1_agreement_only_for_class_scores():
     assert "top1_agreement" not in fid["outputs"]["output0"] and fid["summary"]["top1_agreement"] is None
 
 
+def test_an_embedding_has_no_top1_agreement():
+    """Unit-norm rows with negative entries (an ArcFace embedding): argmax means nothing there. Softmax rows and
+    logits keep it."""
+    rows = np.random.default_rng(1).standard_normal((4, 2048))
+    embedding = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
+    assert not fk.is_class_scores(embedding)
+    fid = evaluate.fidelity([[embedding]], [[embedding * 0.99]], ["feature_output"])
+    assert "top1_agreement" not in fid["outputs"]["feature_output"]
+    probabilities = np.exp(rows[:, :10]) / np.exp(rows[:, :10]).sum(axis=1, keepdims=True)
+    assert fk.is_class_scores(probabilities.astype(np.float32)) and fk.is_class_scores(rows.astype(np.float32))
+
+
 def test_negligible_slices_are_not_scored():
     ref = yolo_like()
     ref[:, 10] = 1e-9  # a class absent from the data: any 8-bit grid rounds it away
