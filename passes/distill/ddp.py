@@ -180,6 +180,10 @@ def _worker(folder: Path, rank: int, world: int) -> None:
         result = fit(job, comm, report if rank == 0 else (lambda *a: None), device=device)
         if rank == 0:
             (folder / "result.pkl").write_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+        # every worker done before any tears its group down: a worker whose peer had already gone was once
+        # aborted in gloo's teardown ("terminate called without an active exception", exit -6) after training
+        # had finished. Not on the failure path, where the peer may be waiting in an all-reduce instead.
+        dist.barrier()
     except McompError as exc:  # an expected failure (a bad checkpoint): the parent raises it as it is
         (folder / "error.pkl").write_bytes(pickle.dumps(exc))
         raise SystemExit(2) from None

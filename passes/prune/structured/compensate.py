@@ -67,24 +67,24 @@ def consumers(groups: list[ChannelGroup]) -> list[tuple[ChannelGroup, object]]:
     return found
 
 
-def channel_means(model: ir.Model, groups: list[ChannelGroup], feeds: list[dict], providers: list[str],
-                  threads: int | None = None) -> dict[str, np.ndarray]:
+def channel_means(model: ir.Model, groups: list[ChannelGroup], feeds: list[dict],
+                  providers: list[str]) -> tuple[dict[str, np.ndarray], int]:
     """The mean of each consumer's input over its channel axis, by value name, over the first ``EXAMPLES``
-    examples of ``feeds``: one run of a copy of ``model`` that outputs those values."""
+    examples of ``feeds`` (a feed's batch at a time), and how many were read: one run of a copy of ``model``
+    that outputs those values."""
     from mcomp import evaluate
     from mcomp.graph import copy
 
     wanted = {member.node.inputs[0].name: activation_axis(member.node) for _, member in consumers(groups)}
     if not wanted or not feeds:
-        return {}
+        return {}, 0
     probe = copy(model)
-    values = {v.name: v for node in probe.graph for v in node.outputs}
-    values.update({v.name: v for v in probe.graph.inputs})
+    values = {v.name: v for node in probe.graph for v in node.outputs}  # a group reaching an input is kept whole
     named = [name for name in wanted if name in values]
     for name in named:
         if values[name] not in probe.graph.outputs:
             probe.graph.outputs.append(values[name])
-    session = evaluate.session(probe, providers, threads)
+    session = evaluate.session(probe, providers)
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     seen = 0
@@ -97,7 +97,7 @@ def channel_means(model: ir.Model, groups: list[ChannelGroup], feeds: list[dict]
         seen += len(next(iter(feed.values()))) if feed else 1
         if seen >= EXAMPLES:
             break
-    return {name: sums[name] / counts[name] for name in sums if counts[name]}
+    return {name: sums[name] / counts[name] for name in sums if counts[name]}, seen
 
 
 def compensate(model: ir.Model, group: ChannelGroup, keep: np.ndarray, means: dict[str, np.ndarray]) -> int:

@@ -28,7 +28,6 @@ import onnx_ir as ir
 from mcomp.external_data import release_pages, release_tensor
 from mcomp.kernels.importance import keep_channels, rounded_keep
 from mcomp.passes.prune import criteria
-from mcomp.passes.prune.structured.compensate import EXAMPLES
 from mcomp.passes.prune.structured.groups import ChannelGroup, find_groups
 from mcomp.passes.prune.structured.hidden import NOTE
 from mcomp.passes.prune.structured.prepare import infer_shapes, prepare, reshare_shapes
@@ -91,8 +90,8 @@ def prune_structured(model: ir.Model, *, rate: float, importance: str = "l1", ro
         from mcomp.passes.prune.structured.compensate import channel_means
 
         groups = find_groups(model, prepared=True, hidden=hidden_rate is not None)
-        means = channel_means(model, groups, data, providers or ["CPUExecutionProvider"])
-        report.compensated = {"consumers": 0, "of": 0, "examples": min(sum(_examples(f) for f in data), EXAMPLES)}
+        means, examples = channel_means(model, groups, data, providers or ["CPUExecutionProvider"])
+        report.compensated = {"consumers": 0, "of": 0, "examples": examples}
         release_pages(model)
     report.groups = cut(model, rate, rates={**rates, **pinned}, means=means, compensated=report.compensated,
                         **options)
@@ -162,10 +161,6 @@ def _compensate(model: ir.Model, plan: list, means: dict, counts: dict | None) -
             if counts is not None:
                 counts["consumers"] += done
                 counts["of"] += sum(1 for m in group.members if m.role == "consumer" and m.tensor)
-
-
-def _examples(feed: dict) -> int:
-    return len(next(iter(feed.values()))) if feed else 0
 
 
 def select(group: ChannelGroup, scores: np.ndarray, rate: float, round_to: int) -> np.ndarray:

@@ -73,6 +73,9 @@ class StructuredReport:
         done = self.compensated
         if not done or not self.pruned:
             return ""
+        if not done["consumers"]:
+            return (f"; compensate: none of the {done['of']} consumers could keep the removed channels' means "
+                    "(padded k×k Convs, or no bias of one value per output)")
         return (f"; removed channels' means kept in {done['consumers']} of {done['of']} consumers' biases "
                 f"({done['examples']} examples)")
 
