@@ -37,7 +37,8 @@ def activation_axis(node: ir.Node) -> int | None:
     """The axis of the consumer's data input (input 0) that holds its input channels; None for an op not corrected."""
     if node.op_type == "Conv" and node.attributes.get_int("group", 1) == 1 and _unpadded(node):
         return 1
-    if node.op_type == "Gemm":
+    scaled = node.attributes.get_float("alpha", 1.0) != 1 or node.attributes.get_float("beta", 1.0) != 1
+    if node.op_type == "Gemm" and not scaled:  # alpha·A·B + beta·C: a delta for C would need both
         return 0 if node.attributes.get_int("transA", 0) else 1
     if node.op_type == "MatMul":
         return -1
