@@ -286,8 +286,8 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     names = {"out": shlex.quote(output if output not in (None, "-") else doc["output"].get("path") or "OUT"),
              "inp": shlex.quote(doc["input"].get("path") or "IN"), "data": shlex.quote(str(data)) if data else "DATA"}
     quality = ADVICE.get(changed[-1], GENERIC_ADVICE).format(**names) if changed else GENERIC_ADVICE
-    slow = (f"measure again on a quiet machine (`mcomp bench {names['inp']} {names['out']}`); if it holds, drop the step"
-            + _channel_block_hint(doc))
+    slow = (f"measure again on a quiet machine (`mcomp bench {names['inp']} {names['out']}`); "
+            "if it holds, drop the step" + _channel_block_hint(doc))
     labels = (f"score the input alone (`mcomp compare {names['inp']} {names['inp']} --data {names['data']}`), and "
               "read a few of its outputs against their labels")
     advice = {"latency": slow, "labels": labels}
