@@ -198,3 +198,23 @@ def test_a_shared_bias_is_copied_under_a_name_no_tensor_has(tmp_path):
     want = ort.InferenceSession(proto.SerializeToString(), providers=CPU).run(None, feeds[0])[0]
     got = ort.InferenceSession(quantized.SerializeToString(), providers=CPU).run(None, feeds[0])[0]
     assert np.dot(want.ravel(), got.ravel()) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.98
+
+
+def test_an_input_model_failing_on_the_data_during_calibration_is_bad_input():
+    """Static quantization runs the float model on the data before the quantizer does (the shared-scale scan): a
+    model that fails there fails on the user's data (speechmos's AEC model, its GRU state given for 1 example
+    beside 16), which was an internal error (exit 1). Now it is bad input that names the model; a candidate's
+    failure, which would be mcomp's, is not turned into one."""
+    from mcomp.errors import BadInput
+    from mcomp.evaluate import run_exposed
+    from mcomp.passes.quantize import shared_scale
+
+    proto = shared_bias_convs()
+    wrong = [{"x": np.zeros((1, 3, 8, 8), np.float32)}]  # 3 channels where the Convs read 2
+    with pytest.raises(BadInput, match=r"^the input model fails on the data \(\[ONNXRuntimeError\]"):
+        run_exposed(proto, ["y"], wrong, CPU, which="input")
+    with pytest.raises(Exception) as raised:
+        run_exposed(proto, ["y"], wrong, CPU)
+    assert not isinstance(raised.value, BadInput)
+    with pytest.raises(BadInput, match=r"^quantize: the input model fails on the data"):
+        shared_scale._run(proto, ["b2"], ["y"], wrong, CPU)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from mcomp.errors import BadInput
 from mcomp.kernels.fidelity import channel_axes
 from mcomp.passes.quantize.target import PASS_THROUGH_OPS
 
@@ -118,7 +119,11 @@ def _run(proto: onnx.ModelProto, tensors: list[str], outputs: list[str], feeds, 
     from mcomp.evaluate import run_exposed
 
     out = {}
-    for name, arrays in run_exposed(proto, sorted(set(tensors) | set(outputs)), feeds, providers).items():
+    try:
+        exposed = run_exposed(proto, sorted(set(tensors) | set(outputs)), feeds, providers, which="input")
+    except BadInput as exc:
+        raise BadInput(f"quantize: {exc}") from None
+    for name, arrays in exposed.items():
         if arrays[0].dtype.kind != "f":
             continue
         if name in outputs and all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
