@@ -4,7 +4,8 @@ The model: x → Conv A (16 channels, 1×1) → Relu → Conv B (1×1, the consu
 weights near zero and biases of 2–5, so they carry near-constant activations: L1 importance cuts exactly those,
 and without the correction y moves by B's weights times those constants. With it, y stays within what the
 small weights varied. A 3×3 consumer with zero padding is left as it is (a bias would add at the borders what
-the padding hides), and so is a run without data (synthetic inputs' means are not the model's). It is opt-in (``compensate``).
+the padding hides), and so is a run without data (synthetic inputs' means are not the model's). It is opt-in
+(``compensate``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def biased_channels(kernel: int = 1) -> ir.Model:
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3, 6, 6])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 4, 6, 6])],
                               [numpy_helper.from_array(wa, "wa"), numpy_helper.from_array(ba, "ba"),
-                               numpy_helper.from_array(wb, "wb"), numpy_helper.from_array(np.zeros(4, np.float32), "bb")])
+                               numpy_helper.from_array(wb, "wb"),
+                               numpy_helper.from_array(np.zeros(4, np.float32), "bb")])
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 

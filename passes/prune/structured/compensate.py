@@ -16,10 +16,10 @@ PP-LCNetV3), a 30 % cut of one 240-channel group read cosine 0.79 to the input w
 with it. The correction is exact for a channel that is constant; otherwise it keeps the mean of what
 was lost, and a Conv's zero padding makes the border positions off by what the padding hides.
 
-Consumers corrected: Conv (group 1; 1×1 or unpadded, see ``_unpadded``), Gemm and MatMul, whose bias is an initializer of one value per
-output that only it reads: its own (input 2), or the constant of an Add its output alone feeds (an
-exporter's bias-less Conv + Add, a linear layer's MatMul + Add). Others (no such bias, a channel slice
-at an offset inside a Concat) are left as they were and counted apart.
+Consumers corrected: Conv (group 1; 1×1 or unpadded, see ``_unpadded``), Gemm (alpha = beta = 1) and MatMul,
+whose bias is an initializer of one value per output that only it reads: its own (input 2), or the constant of
+an Add its output alone feeds (an exporter's bias-less Conv + Add, a linear layer's MatMul + Add). Others (no
+such bias, a channel slice at an offset inside a Concat) are left as they were and counted apart.
 """
 
 from __future__ import annotations
