@@ -79,6 +79,8 @@ def channel_means(model: ir.Model, groups: list[ChannelGroup], feeds: list[dict]
     wanted = {member.node.inputs[0].name: activation_axis(member.node) for _, member in consumers(groups)}
     if not wanted or not feeds:
         return {}, 0
+    # not ``evaluate.run_exposed``: it takes a protobuf (a copy of a big model's mapped weights) and keeps every
+    # feed's arrays of every tensor; a copy of the ir.Model shares the weights, and only per-channel sums are kept
     probe = copy(model)
     values = {v.name: v for node in probe.graph for v in node.outputs}  # a group reaching an input is kept whole
     named = [name for name in wanted if name in values]
