@@ -7,6 +7,9 @@ there are some, and a term ``R`` that pulls the student towards the teacher:
 - classifier outputs: soft targets, ``KL(p_T ‖ q_T) · T²`` between the teacher's and the
   student's softmax at temperature ``T`` (the ``T²`` keeps the gradient scale independent
   of ``T``);
+- outputs a Sigmoid makes (each element a probability of its own: a multi-label tagger, a pitch
+  tracker's bins): the same KL per element between tempered Bernoulli distributions
+  (``bernoulli_kl``); a softmax over such probabilities compares near-uniform distributions;
 - regression outputs: mean squared error to the teacher's output, on outputs standardized
   with the teacher's statistics (``standardized_mse``), so that a slice of 0–1 class scores
   counts as much as one of 0–640 pixel coordinates;
@@ -59,6 +62,38 @@ def cross_entropy(student: torch.Tensor, labels: torch.Tensor, *, probabilities:
         return -(target * log_q).sum(dim=-1).mean(dim=1)
     index = labels.reshape(labels.shape[0], -1).long()  # [N, M]
     return -log_q.gather(-1, index.unsqueeze(-1)).squeeze(-1).mean(dim=1)
+
+
+# Probabilities are floored/capped here before their logit: float32 resolves 1 − p to about 6e-8.
+_LOGIT_EPS = 1e-6
+
+
+def _positions(x: torch.Tensor) -> torch.Tensor:
+    """``[N, ..., C]`` → ``[N, M, C]`` as :func:`_rows`; ``[N]`` → ``[N, 1, 1]``."""
+    return _rows(x) if x.dim() >= 2 else x.reshape(-1, 1, 1)
+
+
+def bernoulli_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per example: Σ over the last axis of ``KL(Bernoulli(t_T) ‖ Bernoulli(s_T)) · T²``, averaged
+    over the positions between the batch and that axis, where ``x_T = σ(logit(x) / T)``. For
+    outputs made by a Sigmoid: their elements do not sum to 1, and a softmax over them at ``T``
+    compares two nearly uniform distributions (CREPE's 360 pitch bins, values 0–1: a pruned
+    student distilled that way stayed at cosine 0.26 to its teacher)."""
+    z_s = torch.special.logit(student.float(), eps=_LOGIT_EPS) / temperature
+    z_t = torch.special.logit(teacher.detach().float(), eps=_LOGIT_EPS) / temperature
+    p_t = torch.sigmoid(z_t)
+    kl = p_t * (F.logsigmoid(z_t) - F.logsigmoid(z_s)) + (1 - p_t) * (F.logsigmoid(-z_t) - F.logsigmoid(-z_s))
+    return _positions(kl).sum(dim=-1).mean(dim=1) * (temperature * temperature)
+
+
+def bernoulli_cross_entropy(student: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Task loss per example for a Sigmoid's output: binary cross-entropy summed over the last
+    axis against targets in 0–1 of the output's shape, or class indices read as one-hot rows."""
+    if not (labels.is_floating_point() and labels.shape == student.shape):
+        labels = F.one_hot(labels.long(), student.shape[-1]).reshape(student.shape)
+    z = torch.special.logit(student.float(), eps=_LOGIT_EPS)
+    bce = F.binary_cross_entropy_with_logits(z, labels.float(), reduction="none")
+    return _positions(bce).sum(dim=-1).mean(dim=1)
 
 
 def mse(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -57,6 +57,33 @@ def test_soft_target_kl_on_probabilities_and_positions():
     torch.testing.assert_close(from_logits, from_probs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_bernoulli_kl_per_element_of_a_sigmoids_probabilities(temperature):
+    """Σ over classes of KL between tempered Bernoulli distributions, × T², mean over positions;
+    its gradient at the student's logit is T · (σ(z_s/T) − σ(z_t/T)) per element."""
+    z_s = torch.randn(3, 4, 6, dtype=torch.float64).requires_grad_()
+    z_t = torch.randn(3, 4, 6, dtype=torch.float64)
+    got = losses.bernoulli_kl(torch.sigmoid(z_s), torch.sigmoid(z_t), temperature)
+    p, q = torch.sigmoid(z_t / temperature), torch.sigmoid(z_s / temperature)
+    want = (p * torch.log(p / q) + (1 - p) * torch.log((1 - p) / (1 - q))).sum(-1).mean(1) * temperature ** 2
+    torch.testing.assert_close(got.double(), want.detach(), rtol=1e-4, atol=1e-6)
+    got.sum().backward()
+    torch.testing.assert_close(z_s.grad, temperature * (q - p).detach() / 4, rtol=1e-3, atol=1e-6)
+    same = torch.sigmoid(torch.randn(5, 360))
+    assert torch.allclose(losses.bernoulli_kl(same, same.clone(), temperature), torch.zeros(5), atol=1e-5)
+
+
+def test_bernoulli_cross_entropy_with_class_indices_and_targets():
+    z = torch.randn(4, 7)
+    labels = torch.tensor([0, 3, 6, 2])
+    onehot = torch.nn.functional.one_hot(labels, 7).float()
+    want = torch.nn.functional.binary_cross_entropy_with_logits(z, onehot, reduction="none").sum(-1)
+    torch.testing.assert_close(losses.bernoulli_cross_entropy(torch.sigmoid(z), labels), want, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(losses.bernoulli_cross_entropy(torch.sigmoid(z), onehot), want, rtol=1e-4, atol=1e-5)
+    one = torch.sigmoid(torch.randn(4))  # [N]: one probability an example
+    assert losses.bernoulli_cross_entropy(one, torch.ones(4)).shape == (4,)
+
+
 def test_cross_entropy_with_class_indices_and_soft_targets():
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
     labels = torch.tensor([0, 2])

@@ -1,8 +1,9 @@
 """What the student is trained to minimise: soft targets, the task loss, and hints.
 
 ``loss = (1 − α) · Σ_outputs R(student, teacher) + α · task(student, labels) + β · Σ_hints hint``
-where ``R`` is ``KL(teacher_T ‖ student_T) · T²`` for classifier-shaped outputs and MSE for
-the others, and ``task`` is cross-entropy (classifier) or MSE (regression) against the labels.
+where ``R`` is ``KL(teacher_T ‖ student_T) · T²`` for classifier-shaped outputs, that KL per
+element between Bernoulli distributions for outputs a Sigmoid makes, and MSE for the others, and
+``task`` is cross-entropy (classifier; binary for a Sigmoid's) or MSE (regression) against the labels.
 The MSE of a regression output is taken on the output standardized with the teacher's
 statistics (:class:`Scale`): per slice along its channel-like axes, so a detector's class rows
 (0–1) count as much as its box rows (pixels).
@@ -28,6 +29,11 @@ class OutputKind:
     name: str
     kind: str  # "classifier" | "regression" | "ignored" (integer or boolean outputs)
     probabilities: bool = False  # the graph already ends in a softmax
+    bernoulli: bool = False  # made by a Sigmoid: every element a probability of its own (0–1, not summing to 1)
+
+    def loss_name(self) -> str:
+        return ("none" if self.kind == "ignored" else "Bernoulli KL·T² per element" if self.bernoulli
+                else "KL·T²" if self.kind == "classifier" else "MSE")
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,7 +67,7 @@ def output_scales(kinds: list[OutputKind], teacher_outputs: list[np.ndarray]) ->
     weigh alike."""
     scales: list[Scale | None] = []
     for kind, out in zip(kinds, teacher_outputs):
-        if kind.kind != "regression":
+        if kind.kind != "regression" or kind.bernoulli:
             scales.append(None)
             continue
         axes = tuple(channel_axes(out[:_AXES_SAMPLE]))
@@ -85,22 +91,26 @@ class Hint:
     teacher_index: int = -1
 
 
-def output_kinds(names: list[str], teacher_outputs: list[np.ndarray], softmax: set[str] = frozenset()) -> list[OutputKind]:
+def output_kinds(names: list[str], teacher_outputs: list[np.ndarray], softmax: set[str] = frozenset(),
+                 sigmoid: set[str] = frozenset()) -> list[OutputKind]:
     """Classifier outputs are ``[N, classes]`` scores, any output a Softmax/LogSoftmax makes
     (``softmax``: their names), and outputs named logits (a language model's ``[N, seq, vocab]``,
     a token classifier's: KL per position, as in DistilBERT, where standardized MSE would fit
     the scale of each vocabulary slice instead of the distribution); other float outputs (boxes,
     feature maps, [N, C, H, W] maps whose classes are not the last axis) are regression outputs
-    and get MSE."""
+    and get MSE. An output the student's Sigmoid makes (``sigmoid``: their names) whose teacher
+    values lie in 0–1 is ``bernoulli`` whatever its kind: its loss is per element."""
     kinds = []
     for name, out in zip(names, teacher_outputs):
+        bernoulli = name in sigmoid and out.dtype.kind == "f" and out.size > 0 and bool(
+            out.min() >= 0) and bool(out.max() <= 1)
         if out.dtype.kind != "f":
             kinds.append(OutputKind(name, "ignored"))
         elif is_classifier_shaped(out) and (out.ndim == 2 or name in softmax or "logit" in name.lower()):
-            probs = bool(out.min() >= 0) and bool(np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
-            kinds.append(OutputKind(name, "classifier", probs))
+            probs = not bernoulli and bool(out.min() >= 0) and bool(np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
+            kinds.append(OutputKind(name, "classifier", probs, bernoulli))
         else:
-            kinds.append(OutputKind(name, "regression"))
+            kinds.append(OutputKind(name, "regression", bernoulli=bernoulli))
     return kinds
 
 
@@ -127,7 +137,7 @@ def check_labels(labels: np.ndarray, kinds: list[OutputKind], output: np.ndarray
     if kind.kind == "classifier":
         classes = output.shape[-1]
         if got == want and labels.dtype.kind == "f":
-            return labels.astype(np.float32)  # soft or one-hot targets
+            return _targets(labels, kind, source)  # soft or one-hot targets
         if got == want[:-1] and (labels.dtype.kind in "iub" or np.all(np.mod(labels, 1) == 0)):
             if labels.size and (labels.min() < 0 or labels.max() >= classes):
                 raise BadInput(f"{source}: labels range {int(labels.min())}..{int(labels.max())}, but output "
@@ -139,6 +149,14 @@ def check_labels(labels: np.ndarray, kinds: list[OutputKind], output: np.ndarray
     if got != want or labels.dtype.kind not in "fiub":
         raise BadInput(f"{source}: labels of shape {_fmt(shown)} do not fit regression output {name!r} "
                        f"of shape {_fmt(('N', *want))}: expected {_fmt(('N', *want))}")
+    return _targets(labels, kind, source)
+
+
+def _targets(labels: np.ndarray, kind: OutputKind, source: str) -> np.ndarray:
+    """Float targets of the output's shape; for a Sigmoid's output, probabilities (0–1)."""
+    if kind.bernoulli and labels.size and not (labels.min() >= 0 and labels.max() <= 1):
+        raise BadInput(f"{source}: labels range {float(labels.min()):g}..{float(labels.max()):g}, but output "
+                       f"{kind.name!r} is a Sigmoid's: targets of its shape are probabilities in 0..1")
     return labels.astype(np.float32)
 
 
@@ -201,7 +219,9 @@ class Objective(torch.nn.Module):
         for i, kind in enumerate(self.kinds):
             if kind.kind == "ignored":
                 continue
-            if kind.kind == "classifier":
+            if kind.bernoulli:
+                term = losses.bernoulli_kl(student[i], teacher[i], self.temperature)
+            elif kind.kind == "classifier":
                 term = losses.soft_target_kl(student[i], teacher[i], self.temperature, probabilities=kind.probabilities)
             else:
                 term = self.regression(i, student[i], teacher[i])
@@ -211,7 +231,8 @@ class Objective(torch.nn.Module):
             parts["soft"] = soft
         if self.task is not None and labels is not None:
             kind, out = self.kinds[self.task], student[self.task]
-            task = (losses.cross_entropy(out, labels, probabilities=kind.probabilities) if kind.kind == "classifier"
+            task = (losses.bernoulli_cross_entropy(out, labels) if kind.bernoulli else
+                    losses.cross_entropy(out, labels, probabilities=kind.probabilities) if kind.kind == "classifier"
                     else self.regression(self.task, out, labels))
             parts["task"] = task
             total = total + self.alpha * task

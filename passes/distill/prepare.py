@@ -122,7 +122,7 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     _check_per_example(student_out, names + s_extra, len(probe), "student", len(names))
     _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, t_names)
     hints_io.check_memory(t_extra, teacher_out[n_out:], len(probe), len(train) + (len(val) if val is not None else 0))
-    kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student))
+    kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student), _sigmoid_outputs(student))
     if all(k.kind == "ignored" for k in kinds):
         raise NotApplicable("distill: the model has no floating-point output to distill", "distill")
     for part, where, count in ((train, data.source, len(examples)), (val, validation.source, validation.count)):
@@ -282,6 +282,23 @@ def _softmax_outputs(model: ir.Model) -> set[str]:
     return out
 
 
+# Ops that move or re-type a Sigmoid's values without changing them (its output in a QDQ student).
+_VALUE_KEEPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "QuantizeLinear",
+                  "DequantizeLinear", "Cast"}
+
+
+def _sigmoid_outputs(model: ir.Model) -> set[str]:
+    """Outputs a Sigmoid makes, directly or through ops that keep its values (reshapes, Q/DQ)."""
+    out = set()
+    for v in model.graph.outputs:
+        node = v.producer()
+        while node is not None and node.op_type in _VALUE_KEEPING and node.inputs and node.inputs[0] is not None:
+            node = node.inputs[0].producer()
+        if node is not None and node.op_type == "Sigmoid":
+            out.add(v.name)
+    return out
+
+
 def _task_target(kinds, targets: list[np.ndarray]) -> np.ndarray:
     from mcomp.passes.distill.objective import task_output
 
@@ -418,8 +435,7 @@ def record(plan: Plan, result: FitResult, cfg) -> tuple[str, list[str], dict]:
         "stopped_early": result.stopped_early, "seconds_per_epoch": result.seconds_per_epoch,
         "teacher": {"source": plan.teacher_source, "backend": plan.teacher_run.backend,
                     "microseconds_per_example": plan.teacher_run.timings},
-        "loss": {"outputs": {k.name: ("KL·T²" if k.kind == "classifier" else "none" if k.kind == "ignored"
-                                      else scale.describe() if scale is not None else "MSE")
+        "loss": {"outputs": {k.name: (scale.describe() if scale is not None else k.loss_name())
                              for k, scale in zip(job.kinds, job.scales or [None] * len(job.kinds))},
                  "temperature": cfg.temperature, "alpha": cfg.alpha if labelled else 0.0,
                  "task": "labels" if labelled else "none (no labels: soft targets only)",
