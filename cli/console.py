@@ -22,6 +22,7 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -74,6 +75,25 @@ def library_logs_quiet():
     finally:
         for logger, level in zip(loggers, before):
             logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def warnings_as_lines():
+    """A Python warning raised during a command prints as one ``warning:`` line (nothing with -q):
+    by default Python prints the file, line and source line of the call (two lines, mcomp's own
+    path in them) for what is a message to the user (a checkpoint exported at a fixed batch)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        own = category.__module__.startswith("mcomp")  # TorchExportWarning: addressed to the user as it is
+        say(f"warning: {text}" if own else f"warning: {category.__name__}: {text}")
+
+    before = warnings.showwarning
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = before
 
 
 def quiet() -> bool:
@@ -155,7 +175,7 @@ def command(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         configure(kwargs.get("quiet", False), kwargs.get("json", False))
-        with guard(kwargs.get("debug", False)), library_logs_quiet():
+        with guard(kwargs.get("debug", False)), library_logs_quiet(), warnings_as_lines():
             return function(*args, **kwargs)
 
     return wrapper

@@ -52,3 +52,22 @@ def test_inspect_cuts_a_dim_formula_in_its_table_and_json_keeps_it():
     assert line == f"output0: float32 [batch, 22, {formula[:DIM_NAME_WIDTH - 1]}…], dims 0,2 dynamic"
     assert _signature({"name": "x", "dtype": "float32", "shape": ["N", 3], "dynamic_dims": [0]}) == \
         "x: float32 [N, 3], dim 0 dynamic"
+
+
+def test_a_checkpoints_warning_is_one_line_addressed_to_the_user(tmp_path):
+    """A checkpoint exported at a fixed batch warns through Python's warnings, which printed mcomp's
+    source path and line and the line of code under it; with -q nothing."""
+    import torch
+
+    class Pinned(torch.nn.Module):
+        def forward(self, x):
+            return x.reshape(2, 4) * 2
+
+    torch.export.save(torch.export.export(Pinned(), (torch.zeros(2, 4),)), str(tmp_path / "pinned.pt2"))
+    res = run_mcomp("export", "pinned.pt2", "-o", "p.onnx", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == "warning: pinned.pt2: the program was exported with a fixed batch size (2); kept as is", lines
+    assert len(lines) == 2 and ".py:" not in res.stderr
+    quiet = run_mcomp("export", "pinned.pt2", "-o", "q.onnx", "-q", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stderr == "", quiet.explain()

@@ -308,6 +308,52 @@ def test_state_dict_with_arch_module(tmp_path: Path, factory_file: Path, monkeyp
         np.testing.assert_allclose(g, want, atol=ATOL)
 
 
+def test_a_training_checkpoints_weights_are_found_under_any_key(tmp_path: Path, factory_file: Path) -> None:
+    """resemblyzer's pretrained.pt: {'step', 'model_state', 'optimizer_state'}, with two entries of
+    its loss (GE2E similarity) that the model has no place for; was 'not a PyTorch checkpoint'."""
+    model = _tiny()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.zeros(1, 3, 8, 8)).sum().backward()
+    optimizer.step()
+    extra = {"similarity_weight": torch.ones(1), "similarity_bias": torch.zeros(1)}
+    path = tmp_path / "train.pt"
+    torch.save({"step": 7, "model_state": {**model.state_dict(), **extra}, "optimizer_state": optimizer.state_dict()},
+               str(path))
+    with pytest.warns(TorchExportWarning) as said:
+        proto = load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (2, 3, 8, 8)})
+    text = " ".join(str(w.message) for w in said)
+    assert "under 'model_state'" in text and "[similarity_bias, similarity_weight] (2)" in text
+    np.testing.assert_allclose(_run(proto, {"x": _x(2)})[0], _torch_out(model, _x(2))[0], atol=ATOL)
+
+
+def test_the_first_fitting_state_dict_is_loaded_and_the_others_named(tmp_path: Path, factory_file: Path) -> None:
+    model, ema, other = _tiny(), _tiny(), TwoInTwoOut()
+    with torch.no_grad():
+        for p in ema.parameters():
+            p.add_(1.0)
+    path = tmp_path / "two.pt"
+    torch.save({"head": other.state_dict(), "ema": ema.state_dict(), "model": model.state_dict()}, str(path))
+    with pytest.warns(TorchExportWarning, match=r"under 'model'; also fitting: \[ema\] \(1\)"):
+        proto = load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (2, 3, 8, 8)})
+    np.testing.assert_allclose(_run(proto, {"x": _x(2)})[0], _torch_out(model, _x(2))[0], atol=ATOL)
+
+
+def test_a_state_dict_missing_a_weight_or_of_another_shape_does_not_fit(tmp_path: Path, factory_file: Path) -> None:
+    weights = _tiny().state_dict()
+    name = next(iter(weights))
+    cases = {"missing": {k: v for k, v in weights.items() if k != name},
+             "shape": {**weights, name: torch.zeros(*weights[name].shape[:-1], weights[name].shape[-1] + 1)}}
+    for case, state_dict in cases.items():
+        path = tmp_path / f"{case}.pt"
+        torch.save({"model": state_dict, "step": 1}, str(path))
+        with pytest.raises(BadInput, match=f"does not fit --arch .*{'missing' if case == 'missing' else 'shape'}"):
+            load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (1, 3, 8, 8)})
+    path = tmp_path / "none.pt"
+    torch.save({"step": 1, "lr": 0.1}, str(path))
+    with pytest.raises(BadInput, match=r"holds a dict of \[lr, step\] \(2\): no state_dict or module in it"):
+        load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (1, 3, 8, 8)})
+
+
 def test_legacy_format_state_dict(tmp_path: Path, factory_file: Path) -> None:
     model = _tiny()
     path = tmp_path / "old.bin"  # no telling suffix: recognised by its pickle header

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcomp.errors import BadInput, short
-from mcomp.torch_io.common import _quiet
+from mcomp.torch_io.common import _quiet, _warn
 from mcomp.torch_io.export import _export_module, _export_program, _export_torchscript
 from mcomp.torch_io.inputs import _check_shapes
 from mcomp.torch_io.pickles import forbidden_global
@@ -110,14 +110,14 @@ def load_checkpoint(
             return _export_torchscript(obj, path, input_shapes, opset)
         module = obj.eval()
     else:
-        state_dict = _find_state_dict(obj, path)
+        found = _find_state_dicts(obj, path)
         if arch is None:
             raise BadInput(
                 f"{path}: a state_dict holds only weights; name the architecture with "
                 "--arch module:factory (or path/to/file.py:factory)"
             )
         module = _build_from_arch(arch)
-        _load_state_dict(module, state_dict, path, arch)
+        _load_state_dicts(module, found, path, arch)
         module.eval()
     return _export_module(module, path, input_shapes, opset)
 
@@ -179,25 +179,38 @@ def _load_pickle(path: Path, trust: bool) -> Any:
         ) from None
 
 
-def _find_state_dict(obj: Any, path: Path) -> Mapping[str, Any]:
-    """The tensors mapping: the object itself, or under a usual key of a training checkpoint."""
+# Where training checkpoints keep the model's weights, tried first (then any other mapping of tensors).
+_USUAL_KEYS = ("state_dict", "model_state_dict", "model_state", "model", "net", "module", "weights", "params")
+_DEPTH = 3  # levels of nested mappings searched for one (Lightning: {'state_dict': …}; {'model': {'ema': …}})
+
+
+def _is_state_dict(x: Any) -> bool:
     import torch
 
-    def is_sd(x: Any) -> bool:
-        return (
-            isinstance(x, Mapping)
-            and len(x) > 0
-            and all(isinstance(k, str) for k in x)
-            and all(isinstance(v, torch.Tensor) for v in x.values())
-        )
+    return (isinstance(x, Mapping) and len(x) > 0 and all(isinstance(k, str) for k in x)
+            and all(isinstance(v, torch.Tensor) for v in x.values()))
 
-    if is_sd(obj):
-        return obj
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model_state_dict", "model", "net", "module", "weights"):
-            if is_sd(obj.get(key)):
-                return obj[key]
-    raise BadInput(f"{path}: not a PyTorch checkpoint (holds a {type(obj).__name__}, not a state_dict or module)")
+
+def _find_state_dicts(obj: Any, path: Path) -> list[tuple[str, Mapping[str, Any]]]:
+    """Every mapping of tensors in the checkpoint with where it is (``''``: the object itself, else
+    the keys that lead to it, ``model_state``), the usual keys first at each level: a training
+    checkpoint keeps its weights beside the step and the optimizer's state, under a key of its own
+    (resemblyzer's ``model_state``)."""
+    found, level = [], [("", obj)]
+    for _ in range(_DEPTH + 1):
+        deeper = []
+        for where, x in level:
+            if _is_state_dict(x):
+                found.append((where, x))
+            elif isinstance(x, Mapping):
+                keys = sorted((k for k in x if isinstance(k, str)), key=lambda k: (k not in _USUAL_KEYS,
+                              _USUAL_KEYS.index(k) if k in _USUAL_KEYS else 0))
+                deeper += [(f"{where}/{k}" if where else k, x[k]) for k in keys]
+        level = deeper
+    if not found:
+        what = f"a {type(obj).__name__}" + (f" of {_few(sorted(map(str, obj)))}" if isinstance(obj, Mapping) else "")
+        raise BadInput(f"{path}: not a PyTorch checkpoint (holds {what}: no state_dict or module in it)")
+    return found
 
 
 def _build_from_arch(arch: str) -> Any:
@@ -217,25 +230,65 @@ def _build_from_arch(arch: str) -> Any:
     return model
 
 
-def _load_state_dict(module: Any, state_dict: Mapping[str, Any], path: Path, arch: str) -> None:
-    own = set(module.state_dict())
+def _load_state_dicts(module: Any, found: list[tuple[str, Mapping[str, Any]]], path: Path, arch: str) -> None:
+    """Loads the first state_dict of ``found`` that fits the module, saying (a warning) where it
+    was when not under a usual key, which others fit too, and which of its entries the module has
+    no place for; BadInput with the first one's mismatch when none fits."""
+    failures, fitted = [], []
+    for where, state_dict in found:
+        try:
+            ignored = _fit(module, state_dict, fitted == [])
+        except _Mismatch as exc:
+            failures.append(str(exc))
+            continue
+        fitted.append((where, ignored))
+    if not fitted:
+        among = f" (none of the {len(found)} state_dicts in the file fits)" if len(found) > 1 else ""
+        raise BadInput(f"{path}: the state_dict does not fit --arch {arch}: {failures[0]}{among}")
+    (where, ignored), others = fitted[0], [w for w, _ in fitted[1:]]
+    said = []
+    if others:
+        said.append(f"also fitting: {_few(others)}")
+    if ignored:
+        said.append(f"ignored entries --arch has no place for: {_few(ignored)}")
+    if where and (said or where not in _USUAL_KEYS):  # Lightning's 'state_dict' alone goes without saying
+        said.insert(0, f"loaded the weights under {where!r}")
+    if said:
+        _warn(f"{path}: " + "; ".join(said))
+
+
+class _Mismatch(Exception):
+    """A state_dict that does not fit the module (its text says how)."""
+
+
+def _fit(module: Any, state_dict: Mapping[str, Any], load: bool) -> list[str]:
+    """The entries of ``state_dict`` the module has no place for, after loading it into the module
+    (``load``) or only checking that it would load; _Mismatch when a parameter or buffer of the
+    module is missing or has another shape. Extra entries are training's (a loss's own parameters:
+    resemblyzer's GE2E similarity weights); a missing one would leave a weight at its initial value."""
+    own = module.state_dict()
     keys = set(state_dict)
-    if keys != own:
+    if not set(own) <= keys:
         # checkpoints saved from DataParallel / DDP or a wrapper carry a common prefix
         for prefix in ("module.", "model.", "_orig_mod."):
-            if all(k.startswith(prefix) for k in keys) and {k[len(prefix):] for k in keys} == own:
-                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+            if {prefix + k for k in own} <= keys:
+                state_dict = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
                 break
-    try:
-        module.load_state_dict(state_dict, strict=True)
-    except Exception as exc:
-        missing = sorted(own - set(state_dict))
-        unexpected = sorted(set(state_dict) - own)
-        if missing or unexpected:
-            detail = f"missing {_few(missing)}, unexpected {_few(unexpected)}"
-        else:
-            detail = short(exc, first_line=True)
-        raise BadInput(f"{path}: the state_dict does not fit --arch {arch}: {detail}") from None
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    if missing:
+        raise _Mismatch(f"missing {_few(missing)}, unexpected {_few(unexpected)}")
+    shapes = [k for k in own if tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if shapes:
+        k = shapes[0]
+        raise _Mismatch(f"{len(shapes)} shape(s) differ, e.g. {k} {list(state_dict[k].shape)} in the file, "
+                        f"{list(own[k].shape)} in --arch")
+    if load:
+        try:
+            module.load_state_dict({k: state_dict[k] for k in own}, strict=True)
+        except Exception as exc:
+            raise _Mismatch(short(exc, first_line=True)) from None
+    return unexpected
 
 
 def _few(items: list[str], n: int = 4) -> str:
