@@ -354,6 +354,52 @@ def test_a_state_dict_missing_a_weight_or_of_another_shape_does_not_fit(tmp_path
         load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (1, 3, 8, 8)})
 
 
+HPARAMS_SRC = """
+from pathlib import Path
+
+def touch(path):
+    Path(path).write_text("ran")
+    return {}
+
+class HParams:
+    def __init__(self, marker):
+        self.marker = marker
+        self.layers = [40, 30]
+
+    def __reduce__(self):  # unpickling it runs touch(marker)
+        return (touch, (self.marker,))
+"""
+
+
+def test_a_lightning_checkpoints_weights_load_without_rebuilding_its_other_objects(tmp_path: Path, factory_file: Path,
+                                                                                    monkeypatch) -> None:
+    """PESTO's checkpoint: hyper-parameters of omegaconf classes beside the state_dict, and the
+    architecture one submodule of the trained model ('encoder.'). weights_only refused the
+    classes (--trust-checkpoint then needs omegaconf installed and runs the file's code); the
+    tensors need none of them. Nothing the pickle names runs: its hyper-parameters would write a file."""
+    (tmp_path / "hp_mod.py").write_text(HPARAMS_SRC)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hp_mod
+
+    model, marker = _tiny(), tmp_path / "ran.txt"
+    weights = {**{f"encoder.{k}": v for k, v in model.state_dict().items()}, "confidence.weight": torch.ones(3)}
+    path = tmp_path / "lightning.ckpt"
+    torch.save({"epoch": 36, "state_dict": weights, "hparams": {"encoder": hp_mod.HParams(str(marker))}}, str(path))
+    assert not marker.exists()
+    with pytest.warns(TorchExportWarning) as said:
+        proto = load_checkpoint(path, arch=f"{factory_file}:make_tiny", input_shapes={"x": (2, 3, 8, 8)})
+    text = " ".join(str(w.message) for w in said)
+    assert "not rebuilt (instances of [hp_mod.touch] (1))" in text, text
+    assert "took the entries under 'encoder.'" in text and "[confidence.weight] (1)" in text, text
+    assert not marker.exists()
+    np.testing.assert_allclose(_run(proto, {"x": _x(2)})[0], _torch_out(model, _x(2))[0], atol=ATOL)
+    whole = tmp_path / "whole.pt"  # a pickled module has no weights beside its objects: trust is still asked
+    torch.save({"model": hp_mod.HParams(str(marker))}, str(whole))
+    with pytest.raises(BadInput, match=r"holds a pickled object \(hp_mod.touch\).*--trust-checkpoint"):
+        load_checkpoint(whole, arch=f"{factory_file}:make_tiny", input_shapes={"x": (2, 3, 8, 8)})
+    assert not marker.exists()
+
+
 def test_legacy_format_state_dict(tmp_path: Path, factory_file: Path) -> None:
     model = _tiny()
     path = tmp_path / "old.bin"  # no telling suffix: recognised by its pickle header

@@ -15,7 +15,7 @@ from mcomp.errors import BadInput, short
 from mcomp.torch_io.common import _quiet, _warn
 from mcomp.torch_io.export import _export_module, _export_program, _export_torchscript
 from mcomp.torch_io.inputs import _check_shapes
-from mcomp.torch_io.pickles import forbidden_global
+from mcomp.torch_io.pickles import forbidden_global, load_weights_only
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -104,13 +104,21 @@ def load_checkpoint(
         program = _load_pt2(path)
         return _export_program(program, path, input_shapes, opset)
 
-    obj = _load_pickle(path, trust)
+    obj, stood_in = _load_pickle(path, trust)
     if isinstance(obj, torch.nn.Module):
         if isinstance(obj, torch.jit.ScriptModule):
             return _export_torchscript(obj, path, input_shapes, opset)
         module = obj.eval()
     else:
-        found = _find_state_dicts(obj, path)
+        try:
+            found = _find_state_dicts(obj, path)
+        except BadInput:
+            if stood_in:  # no weights beside the objects: they are the model (a whole pickled module)
+                raise BadInput(_needs_trust(path, stood_in[0])) from None
+            raise
+        if stood_in:
+            _warn(f"{path}: read its tensors alone; the other objects it pickles were not rebuilt "
+                  f"(instances of {_few(stood_in)})")
         if arch is None:
             raise BadInput(
                 f"{path}: a state_dict holds only weights; name the architecture with "
@@ -142,9 +150,12 @@ def _load_pt2(path: Path) -> Any:
         raise BadInput(f"{path}: not a PyTorch checkpoint (torch.export.load: {short(exc, first_line=True)})") from None
 
 
-def _load_pickle(path: Path, trust: bool) -> Any:
+def _load_pickle(path: Path, trust: bool) -> tuple[Any, list[str]]:
     """torch.load with weights_only=True; a full pickle only with trust, and never one that names a
-    global able to run code (``pickles.forbidden_global``), which is refused before torch reads it."""
+    global able to run code (``pickles.forbidden_global``), which is refused before torch reads it.
+    Without trust, a pickle naming other globals (a Lightning checkpoint's omegaconf
+    hyper-parameters) is read with those as inert stand-ins (``pickles.load_weights_only``): its
+    weights need none of them. Returns the object and the globals stood in for."""
     import pickle
 
     import torch
@@ -155,7 +166,7 @@ def _load_pickle(path: Path, trust: bool) -> Any:
                        "with or without --trust-checkpoint)")
     try:
         with _quiet():
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True), []
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:
@@ -164,19 +175,25 @@ def _load_pickle(path: Path, trust: bool) -> Any:
     except Exception as exc:  # RuntimeError (bad zip), EOFError, ...
         raise BadInput(f"{path}: not a PyTorch checkpoint ({short(exc, first_line=True)})") from None
     if not trust:
-        raise BadInput(
-            f"{path}: holds a pickled object ({what}), not just weights; unpickling it runs code "
-            "from the file: pass --trust-checkpoint if you trust its source (or save a "
-            "state_dict and use --arch)"
-        )
+        try:
+            with _quiet():
+                return load_weights_only(path, what)
+        except Exception:
+            raise BadInput(_needs_trust(path, what)) from None
     try:
         with _quiet():
-            return torch.load(str(path), map_location="cpu", weights_only=False)
+            return torch.load(str(path), map_location="cpu", weights_only=False), []
     except Exception as exc:  # missing class, module not importable, ...
         raise BadInput(
             f"{path}: cannot unpickle ({short(exc, first_line=True)}); the code that defines the model must be "
             "importable (or save a state_dict and use --arch)"
         ) from None
+
+
+def _needs_trust(path: Path, what: str) -> str:
+    return (f"{path}: holds a pickled object ({what}), not just weights; unpickling it runs code "
+            "from the file: pass --trust-checkpoint if you trust its source (or save a "
+            "state_dict and use --arch)")
 
 
 # Where training checkpoints keep the model's weights, tried first (then any other mapping of tensors).
@@ -237,16 +254,16 @@ def _load_state_dicts(module: Any, found: list[tuple[str, Mapping[str, Any]]], p
     failures, fitted = [], []
     for where, state_dict in found:
         try:
-            ignored = _fit(module, state_dict, fitted == [])
+            prefix, ignored = _fit(module, state_dict, fitted == [])
         except _Mismatch as exc:
             failures.append(str(exc))
             continue
-        fitted.append((where, ignored))
+        fitted.append((where, prefix, ignored))
     if not fitted:
         among = f" (none of the {len(found)} state_dicts in the file fits)" if len(found) > 1 else ""
         raise BadInput(f"{path}: the state_dict does not fit --arch {arch}: {failures[0]}{among}")
-    (where, ignored), others = fitted[0], [w for w, _ in fitted[1:]]
-    said = []
+    (where, prefix, ignored), others = fitted[0], [w for w, _, _ in fitted[1:]]
+    said = [f"took the entries under {prefix!r}"] if prefix not in ("", "module.", "model.", "_orig_mod.") else []
     if others:
         said.append(f"also fitting: {_few(others)}")
     if ignored:
@@ -261,21 +278,25 @@ class _Mismatch(Exception):
     """A state_dict that does not fit the module (its text says how)."""
 
 
-def _fit(module: Any, state_dict: Mapping[str, Any], load: bool) -> list[str]:
-    """The entries of ``state_dict`` the module has no place for, after loading it into the module
-    (``load``) or only checking that it would load; _Mismatch when a parameter or buffer of the
-    module is missing or has another shape. Extra entries are training's (a loss's own parameters:
+def _fit(module: Any, state_dict: Mapping[str, Any], load: bool) -> tuple[str, list[str]]:
+    """The prefix of the module's entries in ``state_dict`` (``''`` for none) and the entries the
+    module has no place for, after loading it into the module (``load``) or only checking that it
+    would load; _Mismatch when a parameter or buffer of the module is missing or has another
+    shape. Extra entries are training's (a loss's own parameters:
     resemblyzer's GE2E similarity weights); a missing one would leave a weight at its initial value."""
     own = module.state_dict()
-    keys = set(state_dict)
-    if not set(own) <= keys:
-        # checkpoints saved from DataParallel / DDP or a wrapper carry a common prefix
-        for prefix in ("module.", "model.", "_orig_mod."):
-            if {prefix + k for k in own} <= keys:
-                state_dict = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+    keys, prefix = set(state_dict), ""
+    if own and not set(own) <= keys:
+        # a wrapper's prefix (DataParallel's "module.", Lightning's "model.") or a submodule's path: the
+        # architecture is the checkpoint's "encoder" alone (PESTO's pitch encoder beside its CQT front end)
+        first = next(iter(own))
+        for candidate in sorted({k[:-len(first)] for k in keys if k.endswith("." + first)}, key=len):
+            if all(candidate + k in keys and state_dict[candidate + k].shape == v.shape for k, v in own.items()):
+                prefix = candidate
+                state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
                 break
     missing = sorted(set(own) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(own))
+    unexpected = sorted(set(keys) - {prefix + k for k in own})
     if missing:
         raise _Mismatch(f"missing {_few(missing)}, unexpected {_few(unexpected)}")
     shapes = [k for k in own if tuple(own[k].shape) != tuple(state_dict[k].shape)]
@@ -288,7 +309,7 @@ def _fit(module: Any, state_dict: Mapping[str, Any], load: bool) -> list[str]:
             module.load_state_dict({k: state_dict[k] for k in own}, strict=True)
         except Exception as exc:
             raise _Mismatch(short(exc, first_line=True)) from None
-    return unexpected
+    return prefix, unexpected
 
 
 def _few(items: list[str], n: int = 4) -> str:

@@ -119,3 +119,55 @@ def _refused(module: str, qualname: str = "") -> str | None:
     if parts[0] in FORBIDDEN_MODULES or first_of_name in FORBIDDEN_MODULES or parts[-1] in FORBIDDEN_NAMES:
         return ".".join([_READABLE.get(parts[0], parts[0]), *parts[1:]])
     return None
+
+
+# Foreign globals stood in for, at most, before a checkpoint is given up on (each costs one more read).
+MAX_STAND_INS = 64
+
+
+class StandIn(dict):
+    """Takes the place of a class or function a checkpoint names beyond torch's ``weights_only``
+    allowlist (omegaconf's ``ListConfig`` in a Lightning checkpoint's hyper-parameters): it is made,
+    called and given state without running anything of the file's, so that the tensors beside it
+    can be read. A dict, so that a mapping subclass's items land somewhere; it is never a state_dict
+    (its values are not read as weights)."""
+
+    def __new__(cls, *args, **kwargs):
+        return dict.__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
+
+    def __setstate__(self, state) -> None:
+        self.__dict__["pickled_state"] = state
+
+    def append(self, item) -> None:  # a list subclass's APPENDS
+        self.setdefault("items", []).append(item)
+
+    def extend(self, items) -> None:
+        self.setdefault("items", []).extend(items)
+
+
+def load_weights_only(path: Path, first_foreign: str) -> tuple[object, list[str]]:
+    """``torch.load(weights_only=True)`` with every global outside its allowlist (``first_foreign``,
+    then each one its next refusal names) read as a :class:`StandIn`: the checkpoint's tensors and
+    plain containers as they are, its other objects inert. Returns the object and the names stood
+    in for. ``forbidden_global`` has refused the dangerous names before this runs; the torch
+    unpickler calls nothing but its allowlist and these stand-ins."""
+    import pickle
+    import re
+
+    import torch
+
+    names = [first_foreign]
+    while True:
+        try:
+            with torch.serialization.safe_globals([(StandIn, name) for name in names]):
+                return torch.load(str(path), map_location="cpu", weights_only=True), names
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+            name = found.group(1) if found else None
+            name = name if name is None or "." in name else f"builtins.{name}"  # torch names builtins bare
+            if name is None or name in names or len(names) >= MAX_STAND_INS:
+                raise
+            names.append(name)
