@@ -80,6 +80,15 @@ def make_optimizer(cfg, params: list[torch.nn.Parameter], lr: float) -> torch.op
 
 def fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device: str | None = None,
         on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    """Trains the student (``job``): the LR range test where no rate is given, then the epochs."""
+    from mcomp.heap import reused_heap
+
+    with reused_heap():  # a step's buffers are not faulted in afresh each step (mcomp.heap)
+        return _fit(job, comm, progress, device, on_epoch)
+
+
+def _fit(job: Job, comm: Comm, progress: Callable[[str, int, int], None], device: str | None,
+         on_epoch: Callable[[dict], None] | None) -> FitResult:
     import onnx
     import onnx_ir as ir
 
