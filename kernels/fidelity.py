@@ -226,11 +226,15 @@ def is_class_scores(output: np.ndarray) -> bool:
 
 
 def _is_embedding(output: np.ndarray) -> bool:
-    """Rows of unit L2 norm with negative entries: an embedding (EfficientWord-Net's [1, 2048] ArcFace
-    features), whose argmax means nothing; the report gave its "top-1 agreement" beside a cosine. Logits are
-    not normalized, probabilities not negative."""
+    """Rows of unit L2 norm that are not probabilities: an embedding (EfficientWord-Net's [1, 2048]
+    ArcFace features; resemblyzer's [N, 256] speaker vectors, non-negative after a ReLU), whose argmax
+    means nothing; the report gave its "top-1 agreement" beside a cosine. Logits are not normalized;
+    probabilities are not negative and sum to 1, so that a confident softmax row (nearly one-hot,
+    L2 norm nearly 1) is not taken for one, while a non-negative unit vector sums to more than 1."""
     rows = output.reshape(output.shape[0], -1).astype(np.float64)
-    return bool(np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3) and np.any(rows < 0))
+    if not np.all(np.abs(np.linalg.norm(rows, axis=1) - 1) < 1e-3):
+        return False
+    return bool(np.any(rows < 0) or np.any(rows.sum(axis=1) > 1.01))
 
 
 def is_sequence_scores(output: np.ndarray) -> bool:

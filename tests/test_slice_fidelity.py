@@ -95,6 +95,11 @@ def test_an_embedding_has_no_top1_agreement():
     assert "top1_agreement" not in fid["outputs"]["feature_output"]
     probabilities = np.exp(rows[:, :10]) / np.exp(rows[:, :10]).sum(axis=1, keepdims=True)
     assert fk.is_class_scores(probabilities.astype(np.float32)) and fk.is_class_scores(rows.astype(np.float32))
+    relu = np.maximum(rows[:, :256], 0)  # resemblyzer's speaker vectors: ReLU, then unit L2 norm
+    assert not fk.is_class_scores((relu / np.linalg.norm(relu, axis=1, keepdims=True)).astype(np.float32))
+    confident = np.full((4, 10), 1e-5)
+    confident[np.arange(4), [3, 1, 4, 1]] = 1 - 9e-5  # a softmax nearly one-hot: L2 norm within 1e-3 of 1
+    assert fk.is_class_scores(confident.astype(np.float32))
 
 
 def test_negligible_slices_are_not_scored():
