@@ -534,3 +534,18 @@ def test_digits_checkpoint(monkeypatch, capfd) -> None:
     shipped = onnx.load(str(ROOT / "core" / "assets" / "digits_cnn.onnx"))
     want = _run(shipped, {"image": images})[0]
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+class ScaledBy(nn.Module):
+    def forward(self, x: torch.Tensor, rate: int) -> torch.Tensor:
+        return x * rate if rate > 8000 else x
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script is deprecated
+def test_a_torchscript_forward_taking_a_python_value_is_refused_naming_it(tmp_path: Path) -> None:
+    """silero-vad's silero_vad.jit: forward(x, sr: int). Shapes for both gave 'the inputs x=1,512 sr=1 do not
+    fit the model (The following operation failed in the TorchScript interpreter.)'."""
+    path = tmp_path / "scaled.jit"
+    torch.jit.save(torch.jit.script(ScaledBy()), str(path))
+    with pytest.raises(BadInput, match=r"its forward takes rate: int, not tensors; mcomp exports tensor inputs only"):
+        load_checkpoint(path, input_shapes={"x": (1, 4), "rate": (1,)})

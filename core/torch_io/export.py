@@ -26,6 +26,7 @@ from mcomp.torch_io.inputs import (
     _has_dynamic_batch,
     _make_batch_dynamic,
     _name_batch_axis,
+    _non_tensor_params,
     _placeholder_meta,
     _program_examples,
     _resolve_inputs,
@@ -120,6 +121,10 @@ def _export_torchscript(module: Any, path: Path, input_shapes: dict | None, opse
     import torch
 
     params = _script_params(module)
+    scalars = _non_tensor_params(module)
+    if scalars:  # a Python value (silero-vad's ``sr: int``) has no place among a graph's inputs
+        raise BadInput(f"{path}: its forward takes {', '.join(scalars)}, not tensors; mcomp exports tensor inputs "
+                       "only: script a wrapper module that fixes them, or use the library's own ONNX export")
     if not input_shapes:
         raise BadInput(
             f"{path}: a TorchScript archive does not record its input shape; give it with "

@@ -81,6 +81,15 @@ def _script_params(module: Any) -> list[str] | None:
     return [a.name for a in args[1:] if not a.has_default_value()]
 
 
+def _non_tensor_params(module: Any) -> list[str]:
+    """``name: type`` of each required forward argument of a ScriptModule that is not a tensor."""
+    try:
+        args = module.forward.schema.arguments[1:]
+    except Exception:
+        return []
+    return [f"{a.name}: {a.type}" for a in args if not a.has_default_value() and a.type.kind() != "TensorType"]
+
+
 def _placeholder_meta(program: Any, user_inputs: list[str]) -> list[tuple[tuple, Any] | None]:
     """(shape, dtype) of each user input placeholder; dims are ints or SymInts."""
     import torch
