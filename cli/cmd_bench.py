@@ -39,6 +39,7 @@ def bench(
     from mcomp.sources import runnable
 
     shapes = parse_input_shapes(input_shape)
+    shapes = shapes or data_io.checkpoint_shapes(models, [data])
     options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
     loaded = [model_io.load(m, options) for m in models]
     shapes = data_io.bind_input_shapes(shapes, loaded[0].model)

@@ -39,6 +39,7 @@ def compare(
     task_metric = Metric(metric) if metric else None  # a bad --metric fails before the models are read
 
     shapes = parse_input_shapes(input_shape)
+    shapes = shapes or data_io.checkpoint_shapes([reference, candidate], [data])
     options = model_io.LoadOptions(arch, trust_checkpoint, shapes)
     ref, cand = model_io.load(reference, options), model_io.load(candidate, options)
     # unrelated models (outputs matched neither by name nor by count and shape) are refused before any run

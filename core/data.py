@@ -95,6 +95,49 @@ def load(spec: DataSpec, model: ir.Model, *, input_shapes: dict[str, tuple[int, 
     return from_arrays(arrays, specs, source=str(path), batch_size=batch_size)
 
 
+def checkpoint_shapes(models, specs) -> dict[str, tuple[int, ...]] | None:
+    """Where one of ``models`` is a PyTorch checkpoint, which records no input shape: one example's
+    shapes from the first of the data ``specs`` that gives them (:func:`example_shapes`), else None."""
+    from mcomp.model import is_checkpoint
+
+    if not any(is_checkpoint(m) for m in models if m is not None):
+        return None
+    return next(filter(None, (example_shapes(spec) for spec in specs if isinstance(spec, (str, Path)))), None)
+
+
+def example_shapes(spec) -> dict[str, tuple[int, ...]] | None:
+    """One example's shape per array of a ``.npz``/``.npy`` data file (its first dim cut to 1; ``''``
+    names a ``.npy``'s single array), read from the arrays' headers alone, labels left out; None for
+    other data or a file these cannot be read from. What a PyTorch checkpoint, which records no input
+    shape, is exported at when no --input-shape is given (``mcomp quantize crepe.pth --arch … --data
+    tones.npz`` asked for one though the data said [256, 1024])."""
+    import zipfile
+
+    path = Path(str(spec)) if isinstance(spec, (str, Path)) else None
+    if path is None or path.suffix not in (".npz", ".npy") or not path.is_file():
+        return None
+
+    def header(handle) -> tuple[int, ...]:
+        fmt = np.lib.format
+        read = fmt.read_array_header_1_0 if fmt.read_magic(handle) == (1, 0) else fmt.read_array_header_2_0
+        return read(handle)[0]  # (shape, fortran order, dtype)
+
+    try:
+        if path.suffix == ".npy":
+            with open(path, "rb") as handle:
+                found = {"": header(handle)}
+        else:
+            with zipfile.ZipFile(path) as archive:
+                found = {}
+                for member in archive.namelist():
+                    with archive.open(member) as handle:
+                        found[member.removesuffix(".npy")] = header(handle)
+    except Exception:
+        return None  # the loader says what is wrong with the file, once it reads it
+    found.pop("labels", None)
+    return {k: (1, *shape[1:]) for k, shape in found.items() if len(shape) >= 1} or None
+
+
 def from_arrays(arrays: dict[str, np.ndarray], specs: list[TensorSpec], *, source: str,
                 batch_size: int = 16) -> Dataset:
     labels = arrays.pop("labels", None)

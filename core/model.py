@@ -96,6 +96,15 @@ def load(spec: str | Path, options: LoadOptions = LoadOptions()) -> LoadedModel:
     )
 
 
+def is_checkpoint(spec: str | Path) -> bool:
+    """Whether ``spec`` names a PyTorch checkpoint file (what ``load`` exports rather than reads)."""
+    text = str(spec)
+    if text == "-" or text.startswith("builtin:") or text.lower().endswith(".onnx"):
+        return False
+    path = Path(text)
+    return path.is_file() and _is_torch_checkpoint(path)
+
+
 def _is_torch_checkpoint(path: Path) -> bool:
     from mcomp import torch_io
 

@@ -61,6 +61,9 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
             Path(output).parent.mkdir(parents=True, exist_ok=True)
         model_io.check_writable(Path(output), protect=protect)
     input_shapes = {k: tuple(v) for k, v in (pipeline.input_shape or {}).items()} or request.load.input_shapes
+    if input_shapes is None:
+        roles = (pipeline.data.calibration, pipeline.data.evaluation, pipeline.data.training)
+        input_shapes = data.checkpoint_shapes([model_spec], [pipeline.resolve(r) for r in roles if isinstance(r, str)])
     load_options = model_io.LoadOptions(request.load.arch, request.load.trust_checkpoint, input_shapes)
     providers = session.resolve_providers(pipeline.provider)
     passes = [_pass_class(step.name)(step.config) for step in pipeline.steps]

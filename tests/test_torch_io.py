@@ -549,3 +549,27 @@ def test_a_torchscript_forward_taking_a_python_value_is_refused_naming_it(tmp_pa
     torch.jit.save(torch.jit.script(ScaledBy()), str(path))
     with pytest.raises(BadInput, match=r"its forward takes rate: int, not tensors; mcomp exports tensor inputs only"):
         load_checkpoint(path, input_shapes={"x": (1, 4), "rate": (1,)})
+
+
+def test_a_checkpoint_takes_its_input_shape_from_the_data(tmp_path: Path, factory_file: Path) -> None:
+    """`mcomp quantize crepe.pth --arch … --data tones.npz` asked for --input-shape though the data's arrays
+    said [256, 1024]: with no --input-shape, one example of the data gives the shape to export at, from the
+    arrays' headers (labels left out), in pass commands, compare and bench alike."""
+    from clirun import run_mcomp
+
+    from mcomp import data as data_io
+
+    torch.save(_tiny().state_dict(), str(tmp_path / "tiny.pth"))
+    np.savez(tmp_path / "d.npz", x=_x(6), labels=np.arange(6) % 5)
+    np.save(tmp_path / "one.npy", _x(3))
+    assert data_io.example_shapes(tmp_path / "d.npz") == {"x": (1, 3, 8, 8)}
+    assert data_io.example_shapes(tmp_path / "one.npy") == {"": (1, 3, 8, 8)}
+    assert data_io.checkpoint_shapes([tmp_path / "m.onnx"], [tmp_path / "d.npz"]) is None  # not a checkpoint
+    arch = ["--arch", f"{factory_file}:make_tiny"]
+    for args in (["optimize", "tiny.pth", "--data", "d.npz", "-o", "o.onnx"],
+                 ["compare", "tiny.pth", "tiny.pth", "--data", "one.npy", "--runs", "3"],
+                 ["bench", "tiny.pth", "--data", "d.npz", "--runs", "3"]):
+        res = run_mcomp(*args, *arch, cwd=tmp_path)
+        assert res.returncode == 0, res.explain()
+    proto = onnx.load(str(tmp_path / "o.onnx"))
+    assert _io(proto)[0] == [("x", ["batch", 3, 8, 8])]
