@@ -573,3 +573,25 @@ def test_a_checkpoint_takes_its_input_shape_from_the_data(tmp_path: Path, factor
         assert res.returncode == 0, res.explain()
     proto = onnx.load(str(tmp_path / "o.onnx"))
     assert _io(proto)[0] == [("x", ["batch", 3, 8, 8])]
+
+
+def test_a_safetensors_state_dict_loads_with_arch(tmp_path: Path, factory_file: Path) -> None:
+    """Hugging Face's weights format (a JSON header and raw tensors, nothing to unpickle) was read as ONNX:
+    'not a valid ONNX model (… Wire format was corrupt)'. Recognised by its suffix or its header."""
+    from safetensors.torch import save_file
+
+    model = _tiny()
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    (tmp_path / "weights.bin").write_bytes((tmp_path / "model.safetensors").read_bytes())
+    for name in ("model.safetensors", "weights.bin"):
+        assert is_torch_checkpoint(tmp_path / name)
+        proto = load_checkpoint(tmp_path / name, arch=f"{factory_file}:make_tiny", input_shapes={"x": (2, 3, 8, 8)})
+        np.testing.assert_allclose(_run(proto, {"x": _x(2)})[0], _torch_out(model, _x(2))[0], atol=ATOL)
+    arch, shapes = f"{factory_file}:make_tiny", {"x": (1, 3, 8, 8)}
+    save_file(dict(list(weights.items())[:2]), str(tmp_path / "part.safetensors"))  # one shard of several
+    with pytest.raises(BadInput, match="does not fit --arch .*missing"):
+        load_checkpoint(tmp_path / "part.safetensors", arch=arch, input_shapes=shapes)
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(BadInput, match="not a safetensors file"):
+        load_checkpoint(tmp_path / "junk.safetensors", arch=arch, input_shapes=shapes)

@@ -20,7 +20,7 @@ from mcomp.torch_io.pickles import forbidden_global, load_weights_only
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-TORCH_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".jit", ".ckpt"})
+TORCH_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".jit", ".ckpt", ".safetensors"})
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -31,17 +31,21 @@ def is_torch_checkpoint(path: Path) -> bool:
     """Cheap sniff (reads a few bytes and, for a zip, its directory): is this a PyTorch file?
 
     True for a zip archive with the torch.save / TorchScript / torch.export layout, for a legacy
-    (pre-1.6) torch.save pickle, and for files named .pt .pth .pt2 .jit .ckpt. Never True for an
-    ONNX file, whatever its name.
+    (pre-1.6) torch.save pickle, for a safetensors file (an 8-byte header length, then its JSON),
+    and for files named .pt .pth .pt2 .jit .ckpt .safetensors. Never True for an ONNX file,
+    whatever its name.
     """
     path = Path(path)
     try:
         if not path.is_file():
             return False
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(9)
     except OSError:
         return False
+    if _is_safetensors(head, path):
+        return True
+    head = head[:4]
     if path.suffix.lower() == ".onnx" or head[:1] == b"\x08":
         # A serialized ModelProto starts with field 1 (ir_version, varint): byte 0x08.
         return False
@@ -50,6 +54,13 @@ def is_torch_checkpoint(path: Path) -> bool:
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2..5
         return True
     return path.suffix.lower() in TORCH_SUFFIXES
+
+
+def _is_safetensors(head: bytes, path: Path) -> bool:
+    """A safetensors file: a little-endian u64 header length within the file, then the header's ``{``."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return 0 < int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
 
 
 def _zip_kind(path: Path) -> str | None:
@@ -104,7 +115,12 @@ def load_checkpoint(
         program = _load_pt2(path)
         return _export_program(program, path, input_shapes, opset)
 
-    obj, stood_in = _load_pickle(path, trust)
+    with open(path, "rb") as handle:
+        safetensors = path.suffix.lower() == ".safetensors" or _is_safetensors(handle.read(9), path)
+    if safetensors:
+        obj, stood_in = _load_safetensors(path), []  # tensors only: nothing in the file can run
+    else:
+        obj, stood_in = _load_pickle(path, trust)
     if isinstance(obj, torch.nn.Module):
         if isinstance(obj, torch.jit.ScriptModule):
             return _export_torchscript(obj, path, input_shapes, opset)
@@ -148,6 +164,20 @@ def _load_pt2(path: Path) -> Any:
             return torch.export.load(str(path))
     except Exception as exc:
         raise BadInput(f"{path}: not a PyTorch checkpoint (torch.export.load: {short(exc, first_line=True)})") from None
+
+
+def _load_safetensors(path: Path) -> dict:
+    """The tensors of a safetensors file (Hugging Face's weights format: a JSON header and raw data,
+    nothing to unpickle), a state_dict for ``--arch``. One shard of a sharded checkpoint holds only
+    its part of the weights: ``--arch`` then reports what is missing."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:  # pragma: no cover - a dependency of mcomp
+        raise BadInput(f"{path}: reading safetensors needs the 'safetensors' package") from None
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:
+        raise BadInput(f"{path}: not a safetensors file ({short(exc, first_line=True)})") from None
 
 
 def _load_pickle(path: Path, trust: bool) -> tuple[Any, list[str]]:
