@@ -115,12 +115,7 @@ def load_checkpoint(
         program = _load_pt2(path)
         return _export_program(program, path, input_shapes, opset)
 
-    with open(path, "rb") as handle:
-        safetensors = path.suffix.lower() == ".safetensors" or _is_safetensors(handle.read(9), path)
-    if safetensors:
-        obj, stood_in = _load_safetensors(path), []  # tensors only: nothing in the file can run
-    else:
-        obj, stood_in = _load_pickle(path, trust)
+    obj, stood_in = _load_object(path, trust)
     if isinstance(obj, torch.nn.Module):
         if isinstance(obj, torch.jit.ScriptModule):
             return _export_torchscript(obj, path, input_shapes, opset)
@@ -133,8 +128,8 @@ def load_checkpoint(
                 raise BadInput(_needs_trust(path, stood_in[0])) from None
             raise
         if stood_in:
-            _warn(f"{path}: read its tensors alone; the other objects it pickles were not rebuilt "
-                  f"(instances of {_few(stood_in)})")
+            _warn(f"{path}: read its tensors alone; what else it pickles was not rebuilt (inert stand-ins "
+                  f"for {_few(stood_in)})")
         if arch is None:
             raise BadInput(
                 f"{path}: a state_dict holds only weights; name the architecture with "
@@ -164,6 +159,16 @@ def _load_pt2(path: Path) -> Any:
             return torch.export.load(str(path))
     except Exception as exc:
         raise BadInput(f"{path}: not a PyTorch checkpoint (torch.export.load: {short(exc, first_line=True)})") from None
+
+
+def _load_object(path: Path, trust: bool) -> tuple[Any, list[str]]:
+    """What a torch.save file or a safetensors file holds, and the globals read as stand-ins (see
+    ``_load_pickle``; none for safetensors: tensors only, nothing in the file can run)."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    if path.suffix.lower() == ".safetensors" or _is_safetensors(head, path):
+        return _load_safetensors(path), []
+    return _load_pickle(path, trust)
 
 
 def _load_safetensors(path: Path) -> dict:
@@ -312,8 +317,8 @@ def _fit(module: Any, state_dict: Mapping[str, Any], load: bool) -> tuple[str, l
     """The prefix of the module's entries in ``state_dict`` (``''`` for none) and the entries the
     module has no place for, after loading it into the module (``load``) or only checking that it
     would load; _Mismatch when a parameter or buffer of the module is missing or has another
-    shape. Extra entries are training's (a loss's own parameters:
-    resemblyzer's GE2E similarity weights); a missing one would leave a weight at its initial value."""
+    shape. Extra entries are training's (a loss's own parameters: resemblyzer's GE2E similarity
+    weights); a missing one would leave a weight at its initial value."""
     own = module.state_dict()
     keys, prefix = set(state_dict), ""
     if own and not set(own) <= keys:
