@@ -595,3 +595,66 @@ def test_a_safetensors_state_dict_loads_with_arch(tmp_path: Path, factory_file: 
     (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(BadInput, match="not a safetensors file"):
         load_checkpoint(tmp_path / "junk.safetensors", arch=arch, input_shapes=shapes)
+
+
+TOKENS_SRC = """
+import torch
+from torch import nn
+
+
+class Tagger(nn.Module):  # token ids in, as a language model takes them
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(50, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, input_ids):
+        return self.head(self.table(input_ids).mean(1))
+
+
+class Mixed(nn.Module):  # features and ids side by side
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(50, 4)
+        self.proj = nn.Linear(6, 4)
+
+    def forward(self, x, ids):
+        return self.proj(x) + self.table(ids).mean(1)
+
+
+def tagger():
+    torch.manual_seed(0)
+    return Tagger()
+
+
+def mixed():
+    torch.manual_seed(0)
+    return Mixed()
+"""
+
+
+def test_a_model_reading_token_ids_is_exported_with_integer_inputs(tmp_path: Path) -> None:
+    """A fine-tuned BERT's checkpoint (state_dict or safetensors) with --arch: export ran it on float zeros and
+    said 'the inputs input_ids=1,16 do not fit the model (Expected tensor for argument #1 'indices' to have one
+    of the following scalar types: Long, Int …)'."""
+    (tmp_path / "tokens.py").write_text(TOKENS_SRC)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tokens_for_test", tmp_path / "tokens.py")
+    tokens = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tokens)
+    ids = np.random.default_rng(0).integers(0, 50, (3, 7))
+    x = np.random.default_rng(1).standard_normal((3, 6)).astype(np.float32)
+    for factory, shapes, feeds, args in (
+            ("tagger", {"input_ids": (1, 7)}, {"input_ids": ids}, (ids,)),
+            ("mixed", {"x": (1, 6), "ids": (1, 7)}, {"x": x, "ids": ids}, (x, ids))):
+        model = getattr(tokens, factory)().eval()
+        path = tmp_path / f"{factory}.pt"
+        torch.save(model.state_dict(), str(path))
+        proto = load_checkpoint(path, arch=f"{tmp_path / 'tokens.py'}:{factory}", input_shapes=shapes)
+        types = [i.type.tensor_type.elem_type for i in proto.graph.input]
+        assert types == [onnx.TensorProto.INT64] if factory == "tagger" else [onnx.TensorProto.FLOAT,
+                                                                              onnx.TensorProto.INT64], types
+        with torch.no_grad():
+            want = model(*(torch.from_numpy(a) for a in args)).numpy()
+        np.testing.assert_allclose(_run(proto, feeds)[0], want, atol=ATOL)

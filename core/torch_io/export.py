@@ -8,6 +8,7 @@ The torch.export-based exporter starts at opset 18; a lower requested opset is r
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,8 @@ def _export_module(module: Any, path: Path, input_shapes: dict | None, opset: in
 
     params = _forward_params(module.forward)
     names, shapes = _resolve_inputs(path, params, input_shapes)
-    args = tuple(torch.zeros(_example_batch(s)) for s in shapes)
+    dtypes = _input_dtypes(module, shapes)
+    args = tuple(torch.zeros(_example_batch(s), dtype=d) for s, d in zip(shapes, dtypes))
     program, dynamic, first_error = None, True, None
     try:
         with _quiet():
@@ -54,7 +56,7 @@ def _export_module(module: Any, path: Path, input_shapes: dict | None, opset: in
         first_error = exc
     if program is None:
         dynamic = False
-        static = tuple(torch.zeros(s) for s in shapes)
+        static = tuple(torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes))
         try:
             with _quiet():
                 program = torch.export.export(module, static, strict=False)
@@ -73,6 +75,35 @@ def _export_module(module: Any, path: Path, input_shapes: dict | None, opset: in
             f"allow a dynamic one ({short(first_error, first_line=True)})"
         )
     return _program_to_onnx(program, names, path, opset)
+
+
+# What torch says when float examples reach an op that reads integers (an embedding's token ids).
+_WANTS_INTEGERS = re.compile(r"\b(Long|Int)\b|indices|index", re.IGNORECASE)
+
+
+def _input_dtypes(module: Any, shapes: list[tuple[int, ...]]) -> list[Any]:
+    """The dtype of each example input: float32, unless the model refuses floats where it reads
+    integers (a language model's token ids: "Expected tensor for argument #1 'indices' to have one
+    of the following scalar types: Long, Int"). Then int64 for every input, else for the first one
+    alone that makes it run; float32 where nothing runs (the export then says why)."""
+    import torch
+
+    def runs(dtypes) -> Exception | None:
+        try:
+            with _quiet(), torch.no_grad():
+                module(*(torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes)))
+        except Exception as exc:
+            return exc
+        return None
+
+    floats = [torch.float32] * len(shapes)
+    failure = runs(floats)
+    if failure is None or not _WANTS_INTEGERS.search(str(failure)):
+        return floats
+    tries = [[torch.int64] * len(shapes)] + [
+        [torch.int64 if j == i else torch.float32 for j in range(len(shapes))] for i in range(len(shapes))
+        if len(shapes) > 1]
+    return next((dtypes for dtypes in tries if runs(dtypes) is None), floats)
 
 
 def _export_program(program: Any, path: Path, input_shapes: dict | None, opset: int) -> "onnx.ModelProto":
