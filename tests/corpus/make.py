@@ -158,6 +158,12 @@ def _provider(folder: Path) -> None:
     (folder / "pipe.yaml").write_text("model: model.onnx\nsteps:\n  - optimize: {}\nmeasure: {runs: 3}\n")
 
 
+def _broken_safetensors(folder: Path) -> None:
+    """A safetensors header (its length, then JSON) cut short: Hugging Face's weights format, damaged."""
+    header = b'{"w": {"dtype": "F32", "shape": [4, 3], "data_offsets": [0, 48]}}'
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header[:20] + b"\0" * 60)
+
+
 PASSES = ("optimize", "prune", "quantize", "distill")
 RUNNING = PASSES + ("bench", "compare")
 DATA_COMMANDS = ("optimize", "prune-taylor", "quantize", "distill", "bench", "compare")
@@ -178,6 +184,8 @@ CASES: list[Case] = [
     Case("data-int64", _digits_with(lambda a: (a * 16).astype(np.int64)), DATA_COMMANDS,
          r"data\.npz.*'image'.*int64.*float32", data="data.npz"),
     Case("compare-unrelated", _unrelated, ("compare",), r"other\.onnx.*outputs", other="other.onnx"),
+    Case("safetensors-broken", _broken_safetensors, ("inspect",) + RUNNING,
+         r"model\.safetensors: not a safetensors file", model="model.safetensors"),
 ]
 
 BY_NAME = {c.name: c for c in CASES}
