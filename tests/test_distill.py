@@ -469,3 +469,20 @@ def test_targets_of_a_sigmoids_shape_must_be_probabilities(magnitude_pruned):
     ctx = Context(reference=ref, data={"training": data_io.Dataset(ds.feeds, scores, False, ds.source)}, threads=1)
     with pytest.raises(BadInput, match=r"labels range 0\.\.3, but output 'probs' is a Sigmoid's"):
         Distill(epochs=1, lr=0.01)(model_io.copy(student), ctx)
+
+
+def test_a_state_dict_teacher_is_built_with_teacher_arch_and_asks_for_it_by_name(tmp_path):
+    """`mcomp distill s.onnx --teacher t.pth --arch f.py:make`: --arch is MODEL's (an ONNX student ignores it),
+    and the teacher's error asked for '--arch', which the user had given; it names --teacher-arch now."""
+    import torch
+
+    from mcomp.passes.distill import teacher as teacher_io
+
+    (tmp_path / "arch.py").write_text("import torch\n\ndef make():\n"
+                                      "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n")
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)).state_dict(), str(tmp_path / "t.pth"))
+    student = teacher()
+    with pytest.raises(BadInput, match=r"t\.pth: the teacher is a state_dict.*--teacher-arch module:factory"):
+        teacher_io.load(str(tmp_path / "t.pth"), None, None, student, None)
+    model, source = teacher_io.load(str(tmp_path / "t.pth"), f"{tmp_path / 'arch.py'}:make", None, student, None)
+    assert source.endswith("t.pth") and [v.shape[-1] for v in model.graph.outputs] == [10]

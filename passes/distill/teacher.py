@@ -33,7 +33,13 @@ def load(spec: str | None, arch: str | None, reference: ir.Model | None, student
     """The teacher model and where it came from: ``spec`` (ONNX or a PyTorch checkpoint), else the reference."""
     if spec:
         shapes = input_shapes or _batch_one_shapes(student)
-        return model_io.load(spec, model_io.LoadOptions(arch=arch, input_shapes=shapes)).model, spec
+        try:
+            return model_io.load(spec, model_io.LoadOptions(arch=arch, input_shapes=shapes)).model, spec
+        except BadInput as exc:  # --arch names MODEL's architecture: the teacher's is --teacher-arch
+            if arch is None and "name the architecture with --arch" in str(exc):
+                raise BadInput(f"{spec}: the teacher is a state_dict, which holds only weights; name its "
+                               "architecture with --teacher-arch module:factory (--arch is MODEL's)") from None
+            raise
     if reference is None:
         raise BadInput("distill: no teacher; give --teacher MODEL (in a pipeline the input model is the teacher)")
     return graph.copy(reference), "the pipeline's input model"
