@@ -8,10 +8,10 @@ as user time (1.7–3.6 s of it in 2.2–3.4 s steps). Inside :func:`reused_heap
 from the heap and freed memory stays there for the next step (steps of 1.2–1.7 s, no faults after
 the first two). The price is the heap's fragmentation: a pruned MobileNetV2's distillation held
 3.4 GB against 1.6–2.3 GB, within the room ``distill.memory`` leaves beside a training step. On the
-way out glibc's defaults come back and the free memory is returned to the
-system (``malloc_trim``), so the process that measures and writes the result holds no more than
-before. Elsewhere (macOS, musl) nothing changes. There is no library for this short of preloading
-another allocator (jemalloc, tcmalloc), which a process cannot do for itself once started.
+way out glibc's defaults come back and the free memory is returned to the system (``malloc_trim``),
+so the process that measures and writes the result holds no more than before. Elsewhere (macOS,
+musl) nothing changes. There is no library for this short of preloading another allocator
+(jemalloc, tcmalloc), which a process cannot do for itself once started.
 """
 
 from __future__ import annotations

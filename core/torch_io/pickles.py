@@ -129,8 +129,8 @@ class StandIn(dict):
     """Takes the place of a class or function a checkpoint names beyond torch's ``weights_only``
     allowlist (omegaconf's ``ListConfig`` in a Lightning checkpoint's hyper-parameters): it is made,
     called and given state without running anything of the file's, so that the tensors beside it
-    can be read. A dict, so that a mapping subclass's items land somewhere; it is never a state_dict
-    (its values are not read as weights)."""
+    can be read. A dict, so that a mapping subclass's items land in it: a custom dict class of
+    tensors is then found as a state_dict, as its items are one."""
 
     def __new__(cls, *args, **kwargs):
         return dict.__new__(cls)
