@@ -1,4 +1,5 @@
-"""Which outputs are class scores, read from the graph: a linear head's raw logits.
+"""Which outputs are class scores, read from the graph: a linear head's raw logits (and, for
+distillation's losses, which outputs a Softmax or a Sigmoid makes).
 
 The report gives top-1 agreement where an output is class scores. From the values alone that is
 safe only for ``[N, C]`` outputs and for (log-)softmax over the last axis: raw logits of rank 3
@@ -23,6 +24,7 @@ import onnx_ir as ir
 _CARRY = {"Identity", "Cast", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Dropout"}
 _SCALE = {"Add", "Sub", "Mul", "Div"}  # a bias or a scale: one input computed, the other constant
 _WEIGHT_FORMS = {"Transpose", "Cast", "DequantizeLinear", "Identity"}  # a tied head's Wᵀ, a QDQ weight
+_QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _DEPTH = 8  # ops walked back from an output: a head is near the end or it is not a head
 
 
@@ -34,6 +36,30 @@ def linear_heads(model: ir.Model) -> dict[str, int]:
         if width is not None and width >= 2:
             found[output.name] = width
     return found
+
+
+def softmax_outputs(model: ir.Model) -> set[str]:
+    """Outputs made by a Softmax or LogSoftmax over the last axis."""
+    out = set()
+    for v in model.graph.outputs:
+        node = v.producer()
+        if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.attributes.get_int("axis", -1) in (
+                -1, len(v.shape or ()) - 1):
+            out.add(v.name)
+    return out
+
+
+def sigmoid_outputs(model: ir.Model) -> set[str]:
+    """Outputs a Sigmoid makes, directly or through ops that keep its values (``_CARRY``, and the Q/DQ
+    pair after it in a QDQ model): every element a probability of its own."""
+    out = set()
+    for v in model.graph.outputs:
+        node = v.producer()
+        while node is not None and node.op_type in _CARRY | _QDQ and node.inputs and node.inputs[0] is not None:
+            node = node.inputs[0].producer()
+        if node is not None and node.op_type == "Sigmoid":
+            out.add(v.name)
+    return out
 
 
 def _head_width(value: ir.Value) -> int | None:

@@ -101,3 +101,24 @@ def test_compare_prints_top1_agreement_of_a_ctc_recognizer(tmp_path):
     res = run_mcomp("compare", "ref.onnx", "cand.onnx", "--data", "data.npz", "--runs", "3", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "top-1 agreement (logits):" in res.stdout.decode()
+
+
+def test_sigmoid_outputs_are_read_through_reshapes_and_a_qdq_pair_but_not_through_arithmetic():
+    """What distillation trains per element: a Sigmoid's output as it leaves a QDQ model (Q, DQ) or a
+    Reshape; a Sigmoid followed by arithmetic is not one (its values are no longer probabilities)."""
+    nodes = [helper.make_node("Sigmoid", ["x"], ["s"]),
+             helper.make_node("QuantizeLinear", ["s", "scale", "zero"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["qdq"]),
+             helper.make_node("Flatten", ["s"], ["flat"]),
+             helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+             helper.make_node("Softmax", ["x"], ["soft"], axis=-1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("qdq", "flat", "scaled", "soft")],
+        [numpy_helper.from_array(np.array(1 / 255, np.float32), "scale"),
+         numpy_helper.from_array(np.array(0, np.uint8), "zero")])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    from mcomp.heads import sigmoid_outputs, softmax_outputs
+
+    assert sigmoid_outputs(model) == {"qdq", "flat"}
+    assert softmax_outputs(model) == {"soft"}

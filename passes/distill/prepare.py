@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 import onnx_ir as ir
 
-from mcomp import graph
+from mcomp import graph, heads
 from mcomp import model as model_io
 from mcomp.errors import BadInput, NotApplicable, short
 from mcomp.pass_base import Context
@@ -122,7 +122,7 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     _check_per_example(student_out, names + s_extra, len(probe), "student", len(names))
     _check_outputs(student_out[:len(names)], teacher_out[:n_out], names, t_names)
     hints_io.check_memory(t_extra, teacher_out[n_out:], len(probe), len(train) + (len(val) if val is not None else 0))
-    kinds = output_kinds(names, teacher_out[:n_out], _softmax_outputs(student), _sigmoid_outputs(student))
+    kinds = output_kinds(names, teacher_out[:n_out], heads.softmax_outputs(student), heads.sigmoid_outputs(student))
     if all(k.kind == "ignored" for k in kinds):
         raise NotApplicable("distill: the model has no floating-point output to distill", "distill")
     for part, where, count in ((train, data.source, len(examples)), (val, validation.source, validation.count)):
@@ -269,34 +269,6 @@ def _fixed_batch(trained: ir.Model, train: samples_io.Samples, batch_size: int,
     if fixed:
         notes.append(f"the model's batch dim is fixed at {fixed}: each process trains {fixed} example(s) per step")
     return fixed
-
-
-def _softmax_outputs(model: ir.Model) -> set[str]:
-    """Outputs made by a Softmax or LogSoftmax over the last axis."""
-    out = set()
-    for v in model.graph.outputs:
-        node = v.producer()
-        if node is not None and node.op_type in ("Softmax", "LogSoftmax") and node.attributes.get_int("axis", -1) in (
-                -1, len(v.shape or ()) - 1):
-            out.add(v.name)
-    return out
-
-
-# Ops that move or re-type a Sigmoid's values without changing them (its output in a QDQ student).
-_VALUE_KEEPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity", "QuantizeLinear",
-                  "DequantizeLinear", "Cast"}
-
-
-def _sigmoid_outputs(model: ir.Model) -> set[str]:
-    """Outputs a Sigmoid makes, directly or through ops that keep its values (reshapes, Q/DQ)."""
-    out = set()
-    for v in model.graph.outputs:
-        node = v.producer()
-        while node is not None and node.op_type in _VALUE_KEEPING and node.inputs and node.inputs[0] is not None:
-            node = node.inputs[0].producer()
-        if node is not None and node.op_type == "Sigmoid":
-            out.add(v.name)
-    return out
 
 
 def _task_target(kinds, targets: list[np.ndarray]) -> np.ndarray:
