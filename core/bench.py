@@ -177,7 +177,8 @@ def interleaved(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.
     if reason is not None:
         return bench_blocks.sequential(models, feeds, reason=reason, providers=providers, threads=threads,
                                        warmup=warmup, runs=runs, noise_floor=noise_floor,
-                                       provider_label=provider_label, progress=progress)
+                                       provider_label=provider_label, progress=progress,
+                                       settle=budget_s is not None)
     labels = [label for label, _ in models]
     sources = [src for _, src in models]
     if noise_floor:

@@ -10,7 +10,12 @@ against both reference blocks; the A/A band reads each reference block as a cand
 other (its runs over the other's median, both ways), so a drift of the machine between blocks widens
 the band that every ratio is read against. A big model's single run is long: runs per
 block are capped so that the timed runs take about ``BUDGET_S`` in all, with one warm-up run a block
-after the run that pages its weights in, and the method string says so.
+after the run that pages its weights in, and the method string says so. In a measurement a command
+makes on its own (``settle``: a report's latency row, quantize's guard) a block also ends once its
+median is known within ``PRECISION`` (:func:`median_settled`): a steady big model's blocks then take
+``MIN_RUNS`` or a few more, which was most of what a big model's ``prune`` spent beyond loading and
+writing it (issue 12); a noisy machine's blocks run their planned runs. ``mcomp bench`` times every run
+it is asked.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ SEQUENTIAL_FROM: int | None = None
 MEMORY_SHARE = 0.25
 BUDGET_S = 4.0  # timed seconds of all blocks together, when the runs are long
 MIN_RUNS = 10  # timed runs a block however long a run is: a median of fewer says little
+PRECISION = 0.02  # a settling block ends once its median's 95 % interval is within ±2 % of it
 GIB = 1 << 30
 
 
@@ -66,14 +72,31 @@ def runs_per_block(seconds_per_run: float, runs: int, blocks: int) -> int:
     return min(runs, max(MIN_RUNS, affordable))
 
 
+def median_settled(seconds: np.ndarray, precision: float = PRECISION) -> bool:
+    """Whether ``seconds`` (``MIN_RUNS`` at least) know their median within ``precision`` of it: the
+    distribution-free 95 % interval of a median lies between two order statistics (the count of runs
+    below the true median is binomial, n and ½; its normal approximation places them 0.98·√n either
+    side of the middle), and both must be within ``precision`` of the sample's median. Two clusters of
+    run times (a VM moving between two speeds) keep it unsettled, as they should."""
+    n = seconds.size
+    if n < MIN_RUNS:
+        return False
+    ordered = np.sort(seconds)
+    half = 0.98 * np.sqrt(n)
+    low, high = ordered[max(int(np.floor(n / 2 - half)) - 1, 0)], ordered[min(int(np.ceil(n / 2 + 1 + half)) - 1, n - 1)]
+    median = float(np.median(ordered))
+    return bool(low >= median * (1 - precision) and high <= median * (1 + precision))
+
+
 def sequential(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.ndarray]], *, reason: str,
                providers: list[str], threads: int | None, warmup: int, runs: int, noise_floor: bool,
-               provider_label: str, progress: Callable[[int, int], None] | None = None) -> BenchResult:
+               provider_label: str, progress: Callable[[int, int], None] | None = None,
+               settle: bool = False) -> BenchResult:
     """Every model timed in its own block, the first model's block again last when ``noise_floor``;
     ``progress(runs done, runs planned)`` after each timed run. ``reason`` (from :func:`apart_reason`)
-    goes into the result's method."""
+    goes into the result's method. ``settle``: a block ends once :func:`median_settled` holds."""
     order = list(range(len(models))) + ([0] if noise_floor else [])
-    planned, timed, peaks = runs, {j: [] for j in range(len(models))}, {}
+    planned, timed, peaks, done, counts = runs, {j: [] for j in range(len(models))}, {}, 0, []
     for b, j in enumerate(order):
         label, source = models[j]
         session, own, peak = open_measured(label, source, feeds, providers, threads)
@@ -91,9 +114,14 @@ def sequential(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.n
             start = time.perf_counter()
             session.run(None, feed)
             block[r] = time.perf_counter() - start
+            done += 1
             if progress is not None:
-                progress(b * planned + r + 1, planned * len(order))
+                progress(done, done + planned * (len(order) - b) - r - 1)
+            if settle and median_settled(block[:r + 1]):
+                block = block[:r + 1]
+                break
         timed[j].append(block)
+        counts.append(block.size)
         del session, own  # released before the next block's session maps its weights
         gc.collect()
     batch = batch_size(feeds[0])
@@ -108,15 +136,21 @@ def sequential(models: list[tuple[str, bytes | str]], feeds: list[dict[str, np.n
         first, again = timed[0]  # each reference block read as a candidate against the other: both orders
         aa = np.concatenate([first / np.median(again), again / np.median(first)])
         floor = NoiseFloor(float(np.median(aa)), float(np.percentile(aa, 10)), float(np.percentile(aa, 90)))
-    return BenchResult(stats, floor, provider_label, threads, method=describe(models, order, planned, runs, reason))
+    return BenchResult(stats, floor, provider_label, threads,
+                       method=describe(models, order, planned, runs, reason, counts if settle else None))
 
 
-def describe(models, order: list[int], planned: int, runs: int, reason: str) -> str:
-    """The method as a report states it: why blocks, in what order, how many runs, how the ratio is made."""
+def describe(models, order: list[int], planned: int, runs: int, reason: str, settled: list[int] | None = None) -> str:
+    """The method as a report states it: why blocks, in what order, how many runs, how the ratio is made;
+    ``settled``: the runs each block took, where blocks ended once their medians settled."""
     blocks = ", ".join(models[j][0] for j in order)
     capped = f" (of {runs} asked: capped to about {BUDGET_S:.0f} s of timed runs in all)" if planned < runs else ""
+    runs_said = f"{planned} timed runs each{capped}"
+    if settled is not None and any(count < planned for count in settled):
+        runs_said = (f"up to {planned} timed runs each{capped}, a block ending once its median was known within "
+                     f"±{PRECISION:.0%} (95 %, at least {MIN_RUNS} runs): {', '.join(map(str, settled))} runs")
     floor = ("; A/A noise floor = each reference block's runs over the other's median, both ways (a drift "
              "between blocks widens it)") if len(order) > len(models) else ""
     return (f"sequential blocks: {reason}. One session alive at a time, spinning off, blocks {blocks}, "
-            f"{planned} timed runs each{capped}; ratio = median of a model's runs / median of the "
+            f"{runs_said}; ratio = median of a model's runs / median of the "
             f"{models[0][0]}'s{floor}")

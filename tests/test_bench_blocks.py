@@ -116,3 +116,33 @@ def test_report_entry_states_the_blocks(live, monkeypatch):
     assert live[1][0] == 1
     assert entry["method"].startswith("sequential blocks: ") and entry["noise_floor"] is not None
     assert abs(entry["ratio"] - entry["candidate"]["ratio"]) < 1e-3
+
+
+def test_a_median_settles_when_its_interval_is_narrow_not_when_runs_fall_in_two_clusters():
+    rng = np.random.default_rng(0)
+    steady = 0.020 * (1 + 0.002 * rng.standard_normal(bench_blocks.MIN_RUNS))
+    assert bench_blocks.median_settled(steady)
+    assert not bench_blocks.median_settled(steady[:-1]), "fewer than MIN_RUNS runs say little"
+    two_speeds = np.array([0.020, 0.027] * 15)  # a VM moving between two speeds, as this one does
+    assert not bench_blocks.median_settled(two_speeds)
+    spread = 0.020 * (1 + 0.05 * rng.standard_normal(30))  # ±5 % runs: the median is not known within ±2 %
+    assert not bench_blocks.median_settled(spread)
+    outliers = np.concatenate([steady, steady, [0.05, 0.06]])  # a few slow runs among many do not unsettle it
+    assert bench_blocks.median_settled(outliers)
+
+
+def test_a_commands_own_measurement_ends_a_block_once_its_median_settles(live, monkeypatch):
+    """Blocks of a measurement made with a budget (a report's row, quantize's guard) end when their median
+    settles, and the method gives each block's runs; ``mcomp bench`` (no budget) times every run it asks."""
+    monkeypatch.setattr(bench_blocks, "SEQUENTIAL_FROM", 0)
+    monkeypatch.setattr(bench_blocks, "median_settled", lambda seconds: seconds.size >= bench_blocks.MIN_RUNS)
+    models = [("reference", matmul(1.0)), ("candidate", matmul(0.5))]
+    runs = bench_blocks.MIN_RUNS + 5
+    settled = bench.interleaved(models, FEEDS, providers=["CPUExecutionProvider"], warmup=1, runs=runs,
+                                budget_s=60.0)
+    reference, candidate = settled.models
+    assert candidate.runs == bench_blocks.MIN_RUNS and reference.runs == 2 * bench_blocks.MIN_RUNS
+    assert f"up to {runs} timed runs each" in settled.method
+    assert f"{bench_blocks.MIN_RUNS}, {bench_blocks.MIN_RUNS}, {bench_blocks.MIN_RUNS} runs" in settled.method
+    asked = bench.interleaved(models, FEEDS, providers=["CPUExecutionProvider"], warmup=1, runs=runs)
+    assert asked.models[1].runs == runs and f"{runs} timed runs each;" in asked.method
