@@ -83,7 +83,8 @@ def median_settled(seconds: np.ndarray, precision: float = PRECISION) -> bool:
         return False
     ordered = np.sort(seconds)
     half = 0.98 * np.sqrt(n)
-    low, high = ordered[max(int(np.floor(n / 2 - half)) - 1, 0)], ordered[min(int(np.ceil(n / 2 + 1 + half)) - 1, n - 1)]
+    low = ordered[max(int(np.floor(n / 2 - half)) - 1, 0)]  # order statistics counted from 1
+    high = ordered[min(int(np.ceil(n / 2 + 1 + half)) - 1, n - 1)]
     median = float(np.median(ordered))
     return bool(low >= median * (1 - precision) and high <= median * (1 + precision))
 
