@@ -305,8 +305,8 @@ def observations(report: dict) -> list[str]:
             repeats.append(f"{t['number']} = {seen[key]}")
         seen.setdefault(key, t["number"])
     if repeats:
-        out.append(f"Trials that repeat an earlier trial's pipeline exactly (answered from the step cache, but each "
-                   f"counts as a trial): {', '.join(repeats)}.")
+        out.append(f"Trials that repeat an earlier trial's pipeline exactly (answered from it at once; not counted "
+                   f"against --trials): {', '.join(repeats)}.")
     failures = {}
     for t in rows:
         if t["state"] == "failed":
@@ -398,7 +398,8 @@ def markdown(doc: dict) -> str:
             continue
         s, st = c["search"], c["study"]
         lines += [f"Search: {st['trials']} trials ({st['complete']} complete, {st['stopped']} stopped early, "
-                  f"{st['failed']} failed) in {c['search_seconds']:.0f} s of search "
+                  f"{st['failed']} failed; {st.get('repeats', 0)} repeats not counted) "
+                  f"in {c['search_seconds']:.0f} s of search "
                   f"({s['wall_seconds']:.0f} s wall with start-up); load {s['load_start']} → {s['load_end']}. "
                   f"Input accuracy {_pct(c['input'].get('accuracy'))}. Latency tie band ±{st['latency_tie_band']:.3f}."
                   + (" The search is an earlier run's (`--reuse`); the rows below were measured in this run."

@@ -40,7 +40,7 @@ class Printer:
     def trial(self, event: dict) -> None:
         if "activity" in event:
             return self.activity(event)
-        self.seen += 1
+        self.seen += event.get("repeat_of") is None  # a repeat is not counted against --trials
         if event["state"] == "complete" and event.get("feasible"):
             m = event["measured"]
             if event.get("repeat_of") is None:  # a repeat is its earlier trial's point, counted once in the front
@@ -68,7 +68,8 @@ class Printer:
         left = ""
         if self.seconds:
             left = f" · {max(0.0, self.seconds - (time.monotonic() - self.started)) / 60:.1f} min left"
-        head = f"trial {event['number']} ({self.seen}{of}{left})"
+        head = f"trial {event['number']} ({self.seen}{of}{left})" if event.get("repeat_of") is None else (
+            f"trial {event['number']} (not counted{left})")
         if event["state"] != "complete":
             return f"{head}: {event['state']}: {event.get('reason', '')}"
         m = event["measured"]
@@ -85,9 +86,13 @@ class Printer:
         if console.quiet():
             return
         study, chosen = doc["study"], doc["chosen"]
+        from mcomp.auto.page import repeats_said
+
         console.err.print(f"study {study['name']} ({study['storage']}): {study['trials']} trials "
                           f"({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} stopped, "
-                          f"{study['failed']} failed)")
+                          f"{study['failed']} failed{repeats_said(study)})")
+        if study.get("exhausted"):
+            console.err.print(study["exhausted"])
         for name, why in (study.get("left_out") or {}).items():
             console.err.print(f"{name} left out of the trials after it failed for a reason no option changes: {why}")
         from mcomp.auto.page import measured_on

@@ -24,7 +24,7 @@ FAST_SPACE = """\
 steps:
   prune:
     method: structured
-    rate: [0.25, 0.5]
+    rate: [0.25, 0.5, 0.75]
   optimize: {level: basic}
 """
 METRIC = """\
@@ -322,7 +322,7 @@ def test_a_pass_that_cannot_run_on_the_model_is_left_out_of_the_trials_after(tmp
     doc = json.loads((tmp_path / "auto.json").read_text())
     failed = [t for t in doc["trials"] if t["state"] == "failed"]
     assert len(failed) == 1 and "output 'hn' does not follow the examples" in failed[0]["error"], doc["trials"]
-    later = [t for t in doc["trials"] if t["number"] > failed[0]["number"]]
+    later = [t for t in doc["trials"] if t["number"] > failed[0]["number"] and t["repeat_of"] is None]
     assert len(later) == 3 and all([s[0] for s in t["steps"]] == ["prune", "optimize"] for t in later), later
     assert "does not follow the examples" in doc["study"]["left_out"]["distill"]
     assert "distill left out of the trials after it failed for a reason no option changes" in res.stderr
@@ -357,7 +357,8 @@ def test_the_anchors_start_with_what_can_hold_the_budget():
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """One search of three trials, then the same command again with --trials 4 (resumes)."""
+    """One search of three trials, then the same command again with --trials 4 (resumes): the space holds
+    three pipelines, so the second run draws only repeats and stops after ``REPEATS_TO_STOP`` of them."""
     folder = tmp_path_factory.mktemp("auto")
     (folder / "space.yaml").write_text(FAST_SPACE)
     (folder / "metric.py").write_text(METRIC)
@@ -433,11 +434,14 @@ def test_a_second_run_resumes_the_study_and_reuses_cached_steps(searched):
     folder, first, _, again = searched
     assert again.returncode == 0, again.explain()
     doc = json.loads((folder / "best.report.json").read_text())
-    assert doc["study"]["resumed"] == 3 and doc["study"]["trials"] == 4 and doc["study"]["ran_now"] == 1
-    # two rates, four trials: a pipeline drawn again is answered from the first run of it, and the
-    # re-measure of the chosen one takes its steps from the step cache
+    assert doc["study"]["resumed"] == 3 and doc["study"]["trials"] == 3 and doc["study"]["ran_now"] == 0
+    # three rates, all run: a pipeline drawn again is answered from the first run of it and not counted,
+    # ten in a row end the search, and the re-measure of the chosen one takes its steps from the step cache
     repeats = [t for t in doc["trials"] if t["repeat_of"] is not None]
-    assert repeats and all(t["measured"] == doc["trials"][t["repeat_of"]]["measured"] for t in repeats)
+    assert len(repeats) == doc["study"]["repeats"] >= 10
+    assert all(t["measured"] == doc["trials"][t["repeat_of"]]["measured"] for t in repeats)
+    assert doc["study"]["exhausted"].startswith("the sampler drew 10 pipelines in a row that had run already")
+    assert "repeats of a pipeline already run, not counted" in again.stderr and "looks exhausted" in again.stderr
     assert doc["chosen"]["remeasured"]["cached_steps"] == 2
 
 
@@ -612,6 +616,37 @@ def test_the_sampler_ranks_trials_within_budget_by_the_objective_and_learns_noth
     assert study.trials[3].state == optuna.trial.TrialState.PRUNED
     below, _ = _split_trials(study, study.get_trials(deepcopy=False), n_below=1)
     assert [t.number for t in below] == [1]  # within budget and fastest; the lossless trial 0 is not preferred
+
+
+def test_repeats_do_not_count_against_trials_and_ten_in_a_row_end_a_worker(monkeypatch, tmp_path):
+    """A space of two pipelines and --trials 5: the two are run, each draw after them is answered from
+    them, uncounted, and after ``REPEATS_TO_STOP`` in a row the worker stops, saying so."""
+    from mcomp.auto import study as studies
+    from mcomp.auto import trial as trials
+
+    settings = trials.Settings(model="m", train="t", evaluation=None, folder=str(tmp_path), max_drop=0.01)
+    plan = studies.Plan("s", f"sqlite:///{tmp_path / 'study.db'}", 5, None, total=5)
+    studies.load_or_create(plan, settings)
+    ran = []
+
+    class TwoRates:
+        def sample(self, trial):
+            return [("prune", {"rate": trial.suggest_categorical("rate", [0.3, 0.5])})]
+
+    def run(settings, steps, output, **kwargs):
+        ran.append(steps[0][1]["rate"])
+        return trials.Measured(loss=0.0, objective=0.5, accuracy=None, accuracy_input=None, fidelity=None,
+                               latency_ratio=0.5, latency_band=None, latency_ms=None, size_ratio=None,
+                               macs_ratio=None, parameters_ratio=None, seconds=0.1), {}
+
+    monkeypatch.setattr(trials, "run", run)
+    events = []
+    assert studies.work(plan, settings, TwoRates(), report=events.append) == (2, True)
+    assert sorted(ran) == [0.3, 0.5]
+    assert [e["ran"] for e in events if e.get("repeat_of") is not None][-studies.REPEATS_TO_STOP:] == [2] * 10
+    study = studies.load(plan, settings)
+    assert studies._counted(study) == 2 and sum(not studies.is_repeat(t) for t in study.trials) == 2
+    assert all(studies.is_repeat(t) for t in study.trials[-studies.REPEATS_TO_STOP:])
 
 
 def test_a_trial_whose_leading_steps_changed_nothing_is_the_trial_without_them(monkeypatch, tmp_path):
@@ -805,7 +840,7 @@ def test_a_trial_killed_with_its_process_is_failed_and_the_search_goes_on(tmp_pa
     import optuna
 
     run, seen, rows = _killed_search(tmp_path, auto_workers.killed, total=3)
-    assert run() == (3, None)
+    assert run() == (3, None, False)
     states = [r["state"] for r in rows()]
     assert states == ["failed", "complete", "complete"]
     reason = "its worker process was killed by signal 9 (SIGKILL: the kernel's out-of-memory killer, most likely)"
@@ -822,7 +857,7 @@ def test_a_search_whose_workers_are_killed_again_and_again_ends_with_the_trials_
 
     monkeypatch.setattr(searches, "MAX_RESTARTS", 1)
     run, _, rows = _killed_search(tmp_path, auto_workers.killed_always, total=5)
-    ran, cut_short = run()
+    ran, cut_short, _ = run()
     assert ran == 2 and cut_short.startswith("the search was cut short: worker processes ended 2 times without "
                                              "finishing a trial (the last killed by signal 9")
     assert [r["state"] for r in rows()] == ["failed", "failed"]

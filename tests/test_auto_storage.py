@@ -15,7 +15,8 @@ import pytest
 from clirun import HANG_TIMEOUT, mcomp_argv, run_mcomp, snapshot
 from postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
-FAST_SPACE = "steps: {prune: {method: structured, rate: [0.25, 0.5]}, optimize: {level: basic}}\n"
+# a range: every trial a pipeline of its own (repeats of a small space are not counted against --trials)
+FAST_SPACE = "steps: {prune: {method: structured, rate: {low: 0.25, high: 0.5}}, optimize: {level: basic}}\n"
 ARGS = ("builtin:digits", "--data", "builtin:digits-train", "--eval", "builtin:digits-eval", "--runs", "5",
         "--max-drop", "1", "--space", "space.yaml", "-o", "best.onnx")
 

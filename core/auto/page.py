@@ -97,9 +97,12 @@ def to_html(doc: dict) -> str:
         f"<p>Input <code>{escape(str(doc['input'].get('path')))}</code>; objective {escape(doc['objective'])}; "
         f"budget {escape(budget)}. Study <code>{escape(study['name'])}</code> in <code>{escape(study['storage'])}</code>: "
         f"{study['trials']} trials ({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} "
-        f"stopped early, {study['failed']} failed). Latency ratios closer than ×{study['latency_tie_band']:.3f} "
-        "(√2 × the trials' median A/A half-width: two ratios, each timed in its own run) count as ties.</p>",
+        f"stopped early, {study['failed']} failed{repeats_said(study)}). Latency ratios closer than "
+        f"×{study['latency_tie_band']:.3f} (√2 × the trials' median A/A half-width: two ratios, each timed in "
+        "its own run) count as ties.</p>",
     ]
+    if study.get("exhausted"):
+        parts.append(f"<p>{escape(study['exhausted'])}.</p>")
     parts.append(f"<p>Measured at {escape(measured_on(doc))}.</p>")
     if figure:
         parts.append(f'<figure class="plot" data-plot="pareto">{figure[1]}</figure>')
@@ -134,3 +137,8 @@ def to_html(doc: dict) -> str:
                          numeric=(3, 4, 5)),
               "</body></html>", ""]
     return "\n".join(p for p in parts if p)
+
+
+def repeats_said(study: dict) -> str:
+    """The repeats, listed and not counted (``study.is_repeat``), where there were any."""
+    return f"; {study['repeats']} repeats of a pipeline already run, not counted" if study.get("repeats") else ""

@@ -67,7 +67,7 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
     plan = studies.Plan(name, url, 0, None, total=request.trials or (None if request.time_budget else DEFAULT_TRIALS))
     study, created = studies.load_or_create(plan, settings)
     interrupted = studies.reap_interrupted(study)
-    resumed = len(studies.finished(study))
+    resumed = sum(not studies.is_repeat(t) for t in studies.finished(study))
     total = request.trials or (None if request.time_budget else DEFAULT_TRIALS)
     remaining = max(0, total - resumed) if total is not None else 10 ** 6
     if created:  # one process queues the anchors: two that both found the study empty queued them twice
@@ -77,10 +77,12 @@ def search(request: Request, on_trial: Callable[[dict], None] = lambda event: No
     # the chosen model's re-measurement (about as long as the input's) kept back at the end. Counted
     # from here, a 4-minute budget on PP-OCR's classifier ran 5.5 minutes.
     deadline = started_wall + request.time_budget - baseline.seconds if request.time_budget else None
-    ran, cut_short = _run_workers(plan, settings, space, remaining, deadline, request.workers, on_trial)
+    ran, cut_short, exhausted = _run_workers(plan, settings, space, remaining, deadline, request.workers, on_trial)
     study = studies.load(plan, settings)
     doc = _report(request, settings, space, study, base_doc, baseline, url, resumed, interrupted, ran)
     doc["study"]["cut_short"] = cut_short
+    doc["study"]["exhausted"] = (f"the sampler drew {studies.REPEATS_TO_STOP} pipelines in a row that had run "
+                                 "already: the space looks exhausted (widen it with --space)") if exhausted else None
     chosen = doc["chosen"]
     if chosen is None:
         doc["seconds"] = round(time.perf_counter() - started, 2)
@@ -228,7 +230,7 @@ MAX_RESTARTS = 3
 
 
 def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, workers: int, on_trial,
-                 target: Callable | None = None) -> tuple[int, str | None]:
+                 target: Callable | None = None) -> tuple[int, str | None, bool]:
     """Runs the trials in ``workers`` processes sharing the storage, one worker included.
 
     Trials never run in this process: a trial the kernel kills (a distillation past the machine's
@@ -236,7 +238,8 @@ def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, 
     the search waited for the dead worker for ever. A worker that ends without saying it is done
     has its running trial recorded as failed (killed, with the signal) and is started again with
     the rest of its share, up to ``MAX_RESTARTS`` times; then the search ends with the trials it
-    has. Returns the trials run, and why the search was cut short (None when it was not).
+    has. Returns the trials run (repeats not counted), why the search was cut short (None when it was
+    not), and whether a worker stopped on ``studies.REPEATS_TO_STOP`` repeats in a row.
     ``target`` is the worker's function (``_worker_main``; a test's own)."""
     shares = [remaining // workers + (1 if i < remaining % workers else 0) for i in range(workers)]
     context = multiprocessing.get_context("spawn")  # torch and onnxruntime do not survive fork with threads
@@ -253,19 +256,20 @@ def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, 
     for i, share in enumerate(shares):
         if share > 0:
             start(i, share)
-    ran, restarts, cut_short = 0, 0, None
+    ran, restarts, cut_short, exhausted = 0, 0, None, False
 
     def handle(event: dict) -> None:
-        nonlocal ran
+        nonlocal ran, exhausted
         worker = event.get("worker")
         if event.get("done"):
             ran += event["ran"]
+            exhausted |= bool(event.get("exhausted"))
             running.pop(worker)[0].join()
             if event.get("error"):
                 raise BadInput(f"worker {worker}: {event['error']}")
             return
-        if "activity" not in event and worker in running:
-            running[worker][1] -= 1
+        if "activity" not in event and event.get("repeat_of") is None and worker in running:
+            running[worker][1] -= 1  # a repeat is not one of its share
         on_trial(event)
 
     while running:
@@ -290,7 +294,7 @@ def _run_workers(plan: studies.Plan, settings, space, remaining: int, deadline, 
                                  f"finishing a trial (the last {killed})")
                     continue
                 start(worker, left)
-    return ran, cut_short
+    return ran, cut_short, exhausted
 
 
 def _received(events, wait: float) -> list[dict]:
@@ -329,8 +333,8 @@ def _worker_main(plan: studies.Plan, settings, space, events) -> None:
     _end_with_the_search()
     try:
         with library_logs_quiet():
-            ran = studies.work(plan, settings, space, report=events.put)
-        events.put({"done": True, "ran": ran, "worker": plan.worker})
+            ran, exhausted = studies.work(plan, settings, space, report=events.put)
+        events.put({"done": True, "ran": ran, "exhausted": exhausted, "worker": plan.worker})
     except BaseException as exc:  # the main process says it in one line
         events.put({"done": True, "ran": 0, "worker": plan.worker, "error": short(exc, 300)})
 
@@ -376,7 +380,9 @@ def _report(request: Request, settings, space, study, base_doc, baseline, url, r
     best = fronts.choose(points, band)
     on_front = fronts.front(points, band, keep=best)
     by_number = {r["number"]: r for r in rows}
-    counts = {state: sum(1 for r in rows if r["state"] == state) for state in ("complete", "stopped", "failed", "running")}
+    counts = {state: sum(1 for r in rows if r["state"] == state and r.get("repeat_of") is None)
+              for state in ("complete", "stopped", "failed", "running")}
+    counts["repeats"] = sum(1 for r in rows if r.get("repeat_of") is not None)
     return {
         "schema": "mcomp-auto/1", "command": request.command,
         "input": dict(base_doc["input"], accuracy=(base_doc.get("accuracy") or {}).get("reference"),
@@ -384,7 +390,8 @@ def _report(request: Request, settings, space, study, base_doc, baseline, url, r
         "shapes": base_doc.get("shapes"), "data": base_doc.get("data"),
         "latency_feed_shapes": (base_doc.get("latency") or {}).get("feed_shapes"),  # what each timed run fed
         "budget": dict(zip(("kind", "value"), settings.budget)), "objective": settings.objective,
-        "study": {"name": study.study_name, "storage": studies.masked(url), "trials": len(rows), "resumed": resumed,
+        "study": {"name": study.study_name, "storage": studies.masked(url), "resumed": resumed,
+                  "trials": len(rows) - counts["repeats"],  # the repeats are listed, and not counted
                   "interrupted": interrupted, "ran_now": ran, "workers": request.workers, **counts,
                   "time_budget_seconds": request.time_budget, "latency_tie_band": round(band, 4),
                   "left_out": studies.not_applicable(study)},
