@@ -305,8 +305,11 @@ class Flow:
                            "use --min-fidelity")
         budget = bud.Budget(cfg.max_drop, cfg.min_fidelity, cfg.fidelity_metric, self.ctx.fidelity)
         if not budget.active:
-            budget = bud.Budget.default(self.ctx.fidelity)
-            self.notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input")
+            scored = self.evaluator.reference_accuracy  # None without labels; 0: no drop to bound
+            examples = self.evaluator.dataset.samples if scored else None
+            budget = bud.Budget.default(self.ctx.fidelity, examples)
+            on = f" (on the pass's {examples} labelled examples)" if examples else ""
+            self.notes.append(f"no --max-drop/--min-fidelity: kept {budget.describe()} against the input{on}")
         self.details["budget"] = {"budget": budget.describe(), "held": True, "float_nodes": [], "trials": []}
         return budget
 
