@@ -50,6 +50,9 @@ def test_the_default_budget_starts_from_the_count_the_damages_predict():
     assert scored[0] == 0 and len(scored) <= 4
     _, blind = fit(budget, damages=None)  # without damages: the doubling and the bisection
     assert len(blind) > len(scored)
+    # with labels the default also bounds the accuracy drop; the floors are predicted all the same
+    labelled, scored_labelled = fit(bud.Budget.default("slice", examples=512))
+    assert labelled.exclude == found.exclude and scored_labelled == scored
 
 
 @pytest.mark.parametrize("budget", [bud.Budget(min_fidelity=0.99, mode="whole"),

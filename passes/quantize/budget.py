@@ -122,9 +122,10 @@ class Budget:
         return score.slice if self.mode == "slice" else score.cosine
 
     def cosine_floors(self, score: Score) -> list[tuple[float, float]] | None:
-        """(measured, floor) for each cosine floor of the budget; None when it has another kind of bound
-        (accuracy drop, top-1 agreement) or ``score`` lacks a figure one of them reads."""
-        if self.max_drop is not None or (self.min_fidelity is not None and self.metric != "cosine"):
+        """(measured, floor) for each cosine floor of the budget; None when it has none (an accuracy drop
+        alone, a top-1 ``min_fidelity``) or ``score`` lacks a figure one of them reads. An accuracy drop
+        beside the floors (the default budget's, with labels) is checked on each candidate all the same."""
+        if self.min_fidelity is not None and self.metric != "cosine":
             return None
         floors = [(self.cosine_of(score), self.min_fidelity)] if self.min_fidelity is not None else []
         if self.min_slice is not None:
