@@ -209,10 +209,31 @@ def _check_values(proto: onnx.ModelProto, where: str) -> None:
                                f"it must be at least 1")
 
 
+def _map_typed(graph: onnx.GraphProto) -> str | None:
+    """The first input, output or typed value of ``graph`` whose type is a map or holds one, named."""
+    def holds_map(t: onnx.TypeProto) -> bool:
+        kind = t.WhichOneof("value")
+        if kind == "map_type":
+            return True
+        inner = {"sequence_type": "elem_type", "optional_type": "elem_type"}.get(kind)
+        return inner is not None and holds_map(getattr(getattr(t, kind), inner))
+
+    for kind, values in (("output", graph.output), ("input", graph.input), ("value", graph.value_info)):
+        for value in values:
+            if holds_map(value.type):
+                return f"{kind} {value.name!r}"
+    return None
+
+
 def _to_ir(proto: onnx.ModelProto, where: str, base_dir: Path | None) -> ir.Model:
     try:
         model = ir.serde.deserialize_model(proto)
     except Exception as exc:
+        mapped = _map_typed(proto.graph)
+        if mapped is not None:  # onnx-ir has no map type: say which value, and how such a model is exported without
+            raise BadInput(f"{where}: {mapped} holds maps (scikit-learn's ZipMap writes a sequence of them), "
+                           "which mcomp cannot edit (onnx-ir has no map type); export the probabilities as a tensor "
+                           "(skl2onnx: options={id(model): {'zipmap': False}})") from None
         raise BadInput(f"{where}: cannot read the graph ({short(exc, 160)})") from None
     if base_dir is not None:
         ext.map_or_read(model, base_dir)

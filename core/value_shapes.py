@@ -32,6 +32,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 import onnx
 
+from mcomp import ml_ops
 from mcomp.errors import short
 
 # What onnx shape inference raises on a graph it cannot type (its C++ errors arrive as these).
@@ -95,6 +96,7 @@ FUSED_STANDARD = {"FusedConv": ("Conv", 3), "FusedGemm": ("Gemm", 3), "Conv": ("
                   "AveragePool": ("AveragePool", 1), "GlobalAveragePool": ("GlobalAveragePool", 1),
                   "GlobalMaxPool": ("GlobalMaxPool", 1)}
 CONTRIB_DOMAINS = ("com.microsoft", "com.microsoft.nchwc")
+TYPED_HERE = (*CONTRIB_DOMAINS, ml_ops.ML_DOMAIN)  # the domains whose ops are typed here (scikit-learn's: ml_ops)
 # Each round types the contrib ops whose inputs the previous one reached (a run of them at once), then onnx
 # infers the standard ops after them: a CNN at onnxruntime's `all` level alternates NCHWc and standard ops
 # about once per block (PP-OCR's direction classifier: 35 ReorderOutput), and 8 rounds left 44 of its convs uncounted.
@@ -102,11 +104,12 @@ _CONTRIB_ROUNDS = 64
 
 
 def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
-    """``inferred`` with the outputs of the element-wise contrib ops above and of MatMulNBits (A's
-    leading dims and N) typed as value_info, and onnx inference run again from them, until nothing
-    more is learnt. A graph without such ops is returned as it is."""
+    """``inferred`` with the outputs of the element-wise contrib ops above, of MatMulNBits (A's
+    leading dims and N) and of scikit-learn's shape-keeping ops (``ml_ops``) typed as value_info, and
+    onnx inference run again from them, until nothing more is learnt. A graph without such ops is
+    returned as it is."""
     graph = inferred.graph
-    if not any(n.domain in CONTRIB_DOMAINS for n in graph.node):
+    if not any(n.domain in TYPED_HERE for n in graph.node):
         return inferred
     padded = _reordered_channels(graph)
     for _ in range(_CONTRIB_ROUNDS):
@@ -115,7 +118,7 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
         shapes = known_shapes(graph)
         added = []
         for node in graph.node:
-            if node.domain not in CONTRIB_DOMAINS or not node.input or not node.output or node.output[0] in shapes:
+            if node.domain not in TYPED_HERE or not node.input or not node.output or node.output[0] in shapes:
                 continue
             typed = _contrib_output(node, shapes, types, padded)
             if typed is not None:  # known at once to the contrib ops after it: a chain of them takes one round
@@ -212,6 +215,9 @@ def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict,
                     padded: dict[str, int]) -> tuple[int, list[int]] | None:
     """(element type, shape) of the first output of a contrib op we know the rule of, once its inputs are known."""
     ins = [shapes.get(name) for name in node.input]
+    if ml_ops.keeps_shape(node.domain, node.op_type):
+        known = ins[0] is not None and node.input[0] in types
+        return (ml_ops.output_type(node.op_type, types[node.input[0]]), ins[0]) if known else None
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type in QLINEAR_RULES and node.input and node.input[0] in types:
         shape = QLINEAR_RULES[node.op_type](ins, attrs)

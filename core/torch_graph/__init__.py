@@ -16,7 +16,7 @@ The package, by seam (each module's docstring has the details):
 - :mod:`~mcomp.torch_graph.errors`: :class:`UnsupportedOp` and the internal ``_Unsupported``.
 - :mod:`~mcomp.torch_graph.ops`: the op handlers by family (``elementwise``, ``nn``,
   ``shape``, ``reduction``, ``resize``, ``control`` for If/Loop, ``rnn`` for LSTM/GRU/RNN,
-  ``quant`` for QDQ fake-quantization); importing the package registers them all.
+  ``quant`` for QDQ fake-quantization, ``ml`` for scikit-learn's); importing the package registers them all.
 
 Why an interpreter of our own on ``onnx_ir`` rather than a converter library: onnx2torch
 (last release 1.5.15, August 2024) has no converter for If, Loop (its issue #204) or
@@ -31,7 +31,8 @@ the graph gives for free.
 
 Unsupported ops (or unsupported settings of supported ops) are all reported at
 construction time in one :class:`UnsupportedOp`, subgraphs included: ops outside the
-default domain (``com.microsoft`` fused ops, model-local functions), Scan, the sequence and
+default domain (``com.microsoft`` fused ops, model-local functions; of ``ai.onnx.ml``, the five
+skl2onnx writes around a network run: ``ops.ml``), Scan, the sequence and
 random ops, string tensors, float8.  The module cannot be pickled whole (its ops are
 closures): keep its ``state_dict`` or write the weights back into the ONNX model.
 ``copy.deepcopy`` works (a teacher and a student from one model).

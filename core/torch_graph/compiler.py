@@ -41,6 +41,17 @@ def _is_default_domain(domain: str) -> bool:
     return domain in ("", "ai.onnx")
 
 
+ML_DOMAIN = "ai.onnx.ml"
+ML_PREFIX = ML_DOMAIN + "::"  # the registry's key for an ai.onnx.ml op (ops.ml): its type after this
+
+
+def _handler(node: ir.Node) -> Callable | None:
+    """The registered handler of ``node``'s op, in the default domain or ai.onnx.ml; None elsewhere."""
+    if _is_default_domain(node.domain):
+        return _OPS.get(node.op_type)
+    return _OPS.get(ML_PREFIX + node.op_type) if node.domain == ML_DOMAIN else None
+
+
 def _subgraphs(node: ir.Node) -> Iterator[ir.Graph]:
     for attr in node.attributes.values():
         if attr.type == ir.AttributeType.GRAPH:
@@ -155,7 +166,7 @@ def _op(*names: str):
 
 
 def supported_ops() -> list[str]:
-    """The ONNX op types (default domain) the converter runs."""
+    """The ONNX op types the converter runs: the default domain's, and ``ai.onnx.ml::Op``."""
     return sorted(set(_OPS) | {"Constant"})
 
 
@@ -199,7 +210,7 @@ class _Compiler:
             if _is_default_domain(node.domain) and node.op_type == "Constant":
                 self._constant(node)
                 continue
-            handler = _OPS.get(node.op_type) if _is_default_domain(node.domain) else None
+            handler = _handler(node)
             if handler is None:
                 self.problem(node)
                 for sub in _subgraphs(node):  # report what is inside too
@@ -220,7 +231,7 @@ class _Compiler:
 
     def _scan(self, graph: ir.Graph) -> None:
         for node in graph:
-            if not _is_default_domain(node.domain) or (node.op_type not in _OPS and node.op_type != "Constant"):
+            if _handler(node) is None and not (_is_default_domain(node.domain) and node.op_type == "Constant"):
                 self.problem(node)
             for sub in _subgraphs(node):
                 self._scan(sub)

@@ -130,6 +130,8 @@ class Teacher:
         import torch
 
         module = self._torch()
+        if module is None:  # the torch copy refused the graph: onnxruntime runs the teacher
+            raise BadInput(self._torch_error)
         with torch.no_grad():
             outs = module(**{k: torch.from_numpy(v).to(self.device) for k, v in self._feeds(batch).items()})
         by_name = dict(zip(module.output_names, outs))

@@ -13,3 +13,4 @@ from mcomp.torch_graph.ops import resize  # noqa: F401
 from mcomp.torch_graph.ops import control  # noqa: F401
 from mcomp.torch_graph.ops import rnn  # noqa: F401
 from mcomp.torch_graph.ops import quant  # noqa: F401
+from mcomp.torch_graph.ops import ml  # noqa: F401

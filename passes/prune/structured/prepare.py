@@ -150,8 +150,8 @@ def infer_shapes(model: ir.Model) -> bool:
                                     for i, d in enumerate(shape)])
     try:
         ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
-        for _ in range(8):  # onnx leaves a Reshape to a run-time shape without even a rank
-            if not _fill_reshapes(model):
+        for _ in range(8):  # onnx leaves a Reshape to a run-time shape without even a rank, a Scaler shapeless
+            if not (_fill_reshapes(model) | _fill_ml_ops(model)):
                 break
             ShapeInferencePass(check_type=False, strict_mode=False, data_prop=True)(model)
     finally:
@@ -162,6 +162,23 @@ def infer_shapes(model: ir.Model) -> bool:
             value.shape = shape
         return False
     return True
+
+
+def _fill_ml_ops(model: ir.Model) -> bool:
+    """Gives the outputs of scikit-learn's shape-keeping ops (``mcomp.ml_ops``) their input's shape."""
+    from mcomp import ml_ops
+
+    filled = False
+    for node in model.graph:
+        if not ml_ops.keeps_shape(node.domain, node.op_type) or node.outputs[0].shape is not None:
+            continue
+        source = node.inputs[0]
+        if source is None or source.shape is None or source.dtype is None:
+            continue
+        node.outputs[0].shape = source.shape
+        node.outputs[0].dtype = ir.DataType(ml_ops.output_type(node.op_type, source.dtype.value))
+        filled = True
+    return filled
 
 
 def _fill_reshapes(model: ir.Model) -> bool:
