@@ -6,7 +6,9 @@ in-memory form, design §2) and ``proto_graphs``/``proto_nodes`` for ``onnx.Mode
 validation and shape inference see). Both enter If/Loop/Scan bodies.
 
 MACs count Conv, ConvTranspose, Gemm and MatMul (and their quantized and onnxruntime-fused forms,
-MatMuls of two computed tensors such as attention's Q·Kᵀ included) and the fused attention ops,
+MatMuls of two computed tensors such as attention's Q·Kᵀ included), the fused attention ops and
+scikit-learn's linear models (``ai.onnx.ml`` LinearClassifier/LinearRegressor; trees and SVMs are
+not multiply-accumulates and are not counted),
 with shapes inferred at concrete input shapes (given, else every dynamic dim 1) by
 ``mcomp.value_shapes``. A node whose shapes stay unknown is not counted, and the count says which
 and why.
@@ -34,6 +36,9 @@ MAC_OPS = (*CONV_LIKE, "ConvTranspose", *GEMM_LIKE, *MATMUL_LIKE, "MatMulNBits",
 MAC_DOMAINS = ("", "ai.onnx", "com.microsoft", "com.microsoft.nchwc")  # nchwc: onnxruntime's blocked-layout Conv
 # attention ops (onnxruntime's fusions, opset 23) -> the domains they come from
 ATTENTION_OPS = {"Attention": ("", "ai.onnx", "com.microsoft"), "MultiHeadAttention": ("com.microsoft",)}
+# scikit-learn's linear models (skl2onnx): the weights are the ``coefficients`` attribute, one per class and
+# feature, each multiplied once per example (a LogisticRegression read "MACs 0")
+LINEAR_ML_OPS = frozenset({"LinearClassifier", "LinearRegressor"})
 
 
 def all_graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
@@ -174,6 +179,9 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int | None:
         return _attention_macs(node, ins, out, attrs)
     if op in RECURRENT_GATES:
         return _recurrent_macs(ins[0] if ins else None, RECURRENT_GATES[op], attrs)
+    if op in LINEAR_ML_OPS and node.domain == "ai.onnx.ml":
+        examples = int(np.prod(ins[0][:-1])) if ins and ins[0] else None  # X: [N, features]
+        return None if examples is None else examples * len(attrs.get("coefficients") or ())
     return None
 
 
@@ -249,6 +257,8 @@ def _attention_macs(node: onnx.NodeProto, ins: list, out, attrs: dict) -> int | 
 def _is_mac_node(node: onnx.NodeProto) -> bool:
     if node.op_type in ATTENTION_OPS:
         return node.domain in ATTENTION_OPS[node.op_type]
+    if node.op_type in LINEAR_ML_OPS:
+        return node.domain == "ai.onnx.ml"
     return node.op_type in MAC_OPS and node.domain in MAC_DOMAINS
 
 

@@ -18,6 +18,12 @@ SAME_SHAPE = {"Scaler": onnx.TensorProto.FLOAT, "Normalizer": onnx.TensorProto.F
               "Binarizer": None}
 
 
+# The ai.onnx.ml ops that hold a model's weights in their attributes (a LogisticRegression's, an SVM's,
+# a forest's trees): nothing for prune or quantize, which edit weight tensors.
+WEIGHTED = frozenset({"LinearClassifier", "LinearRegressor", "SVMClassifier", "SVMRegressor", "TreeEnsemble",
+                      "TreeEnsembleClassifier", "TreeEnsembleRegressor"})
+
+
 def keeps_shape(domain: str, op_type: str) -> bool:
     return domain == ML_DOMAIN and op_type in SAME_SHAPE
 

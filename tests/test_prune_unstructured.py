@@ -4,7 +4,7 @@ import onnx_ir as ir
 import pytest
 
 from helpers import run
-from mcomp.errors import BadInput, ConfigError
+from mcomp.errors import BadInput, ConfigError, NotApplicable
 from mcomp.model import copy
 from mcomp.pass_base import Context
 from mcomp.passes.prune import Prune
@@ -155,7 +155,7 @@ def _dynamic_int8() -> ir.Model:
 def test_pruning_an_already_quantized_model_says_so():
     """Before: "no prunable weights left after --exclude and the protected first/last layers", with no
     --exclude given; and structured pruning's "0 of 0 channel groups" without a reason."""
-    with pytest.raises(ConfigError, match=r"already quantized \(DynamicQuantizeLinear ×1, MatMulInteger ×1\), and "
+    with pytest.raises(NotApplicable, match=r"already quantized \(DynamicQuantizeLinear ×1, MatMulInteger ×1\), and "
                                           "pruning reads float weights"):
         Prune(rate=0.5, protect_ends=False)(_dynamic_int8(), Context())
     result = Prune(rate=0.5, method="structured")(_dynamic_int8(), Context(input_shapes={}))

@@ -153,3 +153,23 @@ def test_a_teacher_the_torch_copy_refuses_runs_on_onnxruntime(tmp_path):
     assert done.returncode == 0, done.explain()
     notes = " ".join(json.loads(done.out)["steps"][0]["notes"])
     assert "teacher not run on torch" in notes and "Gelu" in notes, notes
+
+
+def test_a_linear_model_counts_its_macs_and_prune_says_why_it_has_nothing_to_cut(tmp_path):
+    """A LogisticRegression's weights are the ``coefficients`` of its LinearClassifier: "MACs 0" before;
+    prune said "no prunable weights left after --exclude and the protected first/last layers" with no
+    --exclude given."""
+    from skl2onnx import to_onnx
+    from sklearn.datasets import load_digits
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = load_digits(return_X_y=True)
+    model = LogisticRegression(max_iter=300).fit(x[:600].astype(np.float32), y[:600])
+    proto = to_onnx(model, x[:1].astype(np.float32), target_opset=15, options={id(model): {"zipmap": False}})
+    (tmp_path / "logreg.onnx").write_bytes(proto.SerializeToString())
+    inspected = run_mcomp("inspect", "logreg.onnx", "--json", cwd=tmp_path)
+    assert inspected.returncode == 0 and json.loads(inspected.out)["macs"] == 64 * 10, inspected.explain()
+    pruned = run_mcomp("prune", "logreg.onnx", "--rate", "0.5", "-o", "p.onnx", cwd=tmp_path)
+    assert pruned.returncode == 2 and len(pruned.err_lines) == 1, pruned.explain()
+    assert "nothing to prune; its weights are attributes of LinearClassifier (ai.onnx.ml)" in pruned.stderr
+    assert not (tmp_path / "p.onnx").exists()

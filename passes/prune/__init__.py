@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from mcomp.errors import ConfigError
+from mcomp.errors import ConfigError, NotApplicable
 from mcomp.pass_base import ANY_DATA, Context, Need, Pass, PassConfig, PassResult
 from mcomp.passes.prune import criteria
 
@@ -160,6 +160,8 @@ class Prune(Pass):
         cfg = self.config
         criterion = criteria.get(cfg.method)
         layers, skipped = un.find_layers(model, cfg.exclude, cfg.protect_ends)
+        if not layers and not skipped:  # whatever the options: mcomp auto leaves prune out after this
+            raise NotApplicable("prune: " + (_already_quantized(model) or _no_weights(model)), "prune")
         if not layers:
             raise ConfigError("prune: " + (_already_quantized(model) or "no prunable weights left after --exclude "
                                            "and the protected first/last layers"))
@@ -285,6 +287,18 @@ def _sizes(model: ir.Model) -> dict[str, int]:
     from mcomp.summary import tensor_buffers
 
     return estimated_sizes(tensor_buffers(model))
+
+
+def _no_weights(model) -> str:
+    """Why a model has nothing to prune: no float weight tensor feeds a weighted op (a scikit-learn
+    LogisticRegression's weights are attributes of its LinearClassifier, a forest's are trees)."""
+    from mcomp import ml_ops
+    from mcomp.graph import all_nodes
+    from mcomp.passes.prune.unstructured import WEIGHT_INPUTS
+
+    held = sorted({n.op_type for n in all_nodes(model) if n.domain == ml_ops.ML_DOMAIN and n.op_type in ml_ops.WEIGHTED})
+    where = f"; its weights are attributes of {', '.join(held)} (ai.onnx.ml), which prune does not edit" if held else ""
+    return f"no float weight tensor feeds a {', '.join(WEIGHT_INPUTS)} node, so there is nothing to prune{where}"
 
 
 def _already_quantized(model) -> str | None:
