@@ -296,7 +296,8 @@ def _no_weights(model) -> str:
     from mcomp.graph import all_nodes
     from mcomp.passes.prune.unstructured import WEIGHT_INPUTS
 
-    held = sorted({n.op_type for n in all_nodes(model) if n.domain == ml_ops.ML_DOMAIN and n.op_type in ml_ops.WEIGHTED})
+    held = sorted({n.op_type for n in all_nodes(model)
+                   if n.domain == ml_ops.ML_DOMAIN and n.op_type in ml_ops.WEIGHTED})
     where = f"; its weights are attributes of {', '.join(held)} (ai.onnx.ml), which prune does not edit" if held else ""
     return f"no float weight tensor feeds a {', '.join(WEIGHT_INPUTS)} node, so there is nothing to prune{where}"
 
