@@ -67,9 +67,12 @@ def cast(array: np.ndarray, name: str, dtype: np.dtype, source: str) -> np.ndarr
                 raise BadInput(f"{source}: array {name!r} is {array.dtype} with values {low}..{high}; input {name!r} "
                                f"is bool (0 or 1)")
         return array.astype(dtype)
+    if want == "O" and have in "US":  # a string input (onnxruntime reads str objects): np.savez of texts is <U…
+        return array.astype(object)
     hint = ("; integer data for a float input is usually raw pixels: apply the model's preprocessing "
             "(scale, mean/std) and save float32" if have in "iub" and want == "f" else "")
-    raise BadInput(f"{source}: array {name!r} is {array.dtype}, but input {name!r} expects {dtype}{hint}")
+    expected = "strings" if want == "O" else dtype
+    raise BadInput(f"{source}: array {name!r} is {array.dtype}, but input {name!r} expects {expected}{hint}")
 
 
 def available_memory() -> int | None:

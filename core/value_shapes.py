@@ -116,9 +116,10 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
         types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
         types.update({t.name: t.data_type for t in graph.initializer})
         shapes = known_shapes(graph)
-        added = []
+        added, declared = [], {vi.name for vi in graph.value_info}
         for node in graph.node:
-            if node.domain not in TYPED_HERE or not node.input or not node.output or node.output[0] in shapes:
+            if node.domain not in TYPED_HERE or not node.input or not node.output or node.output[0] in shapes \
+                    or node.output[0] in declared:  # typed already, with a dim the data decides (a Tokenizer's)
                 continue
             typed = _contrib_output(node, shapes, types, padded)
             if typed is not None:  # known at once to the contrib ops after it: a chain of them takes one round
@@ -215,9 +216,10 @@ def _contrib_output(node: onnx.NodeProto, shapes: dict, types: dict,
                     padded: dict[str, int]) -> tuple[int, list[int]] | None:
     """(element type, shape) of the first output of a contrib op we know the rule of, once its inputs are known."""
     ins = [shapes.get(name) for name in node.input]
-    if ml_ops.keeps_shape(node.domain, node.op_type):
-        known = ins[0] is not None and node.input[0] in types
-        return (ml_ops.output_type(node.op_type, types[node.input[0]]), ins[0]) if known else None
+    if ins and ins[0] is not None and node.input[0] in types:  # scikit-learn's (ml_ops): a dim may stay None
+        typed = ml_ops.typed_output(node.domain, node.op_type, types[node.input[0]], ins[0])
+        if typed is not None:
+            return typed
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     if node.op_type in QLINEAR_RULES and node.input and node.input[0] in types:
         shape = QLINEAR_RULES[node.op_type](ins, attrs)

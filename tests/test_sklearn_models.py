@@ -173,3 +173,37 @@ def test_a_linear_model_counts_its_macs_and_prune_says_why_it_has_nothing_to_cut
     assert pruned.returncode == 2 and len(pruned.err_lines) == 1, pruned.explain()
     assert "nothing to prune; its weights are attributes of LinearClassifier (ai.onnx.ml)" in pruned.stderr
     assert not (tmp_path / "p.onnx").exists()
+
+
+def test_a_text_pipeline_reads_its_strings_from_npz_and_is_counted_and_pruned(tmp_path):
+    """TfidfVectorizer + MLPClassifier: skl2onnx tokenizes with onnxruntime's com.microsoft Tokenizer, which
+    onnx leaves untyped (MACs unknown, structured pruning cut nothing); texts saved with np.savez are
+    ``<U…`` arrays, which were refused ("is <U46, but input 'text' expects object")."""
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import StringTensorType
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+
+    rng = np.random.default_rng(0)
+    topics = ["apple banana cherry grape melon".split(), "engine wheel brake motor road".split(),
+              "goal ball team match score".split()]
+    labels = rng.integers(0, 3, 300)
+    texts = np.array([" ".join(rng.choice(topics[c], 4)) for c in labels])
+    # lowercase=False: lower-casing is a StringNormalizer, which needs the en_US.UTF-8 locale in onnxruntime
+    vectorizer = TfidfVectorizer(lowercase=False)
+    model = make_pipeline(vectorizer, MLPClassifier(hidden_layer_sizes=(32,), max_iter=300, random_state=0))
+    model.fit(texts, labels)
+    proto = to_onnx(model, initial_types=[("text", StringTensorType([None, 1]))], target_opset=15,
+                    options={id(model.steps[-1][1]): {"zipmap": False}})
+    (tmp_path / "text.onnx").write_bytes(proto.SerializeToString())
+    np.savez(tmp_path / "texts.npz", text=texts.reshape(-1, 1), labels=labels)
+    vocabulary = len(vectorizer.vocabulary_)
+    inspected = run_mcomp("inspect", "text.onnx", "--json", cwd=tmp_path)
+    assert inspected.returncode == 0, inspected.explain()
+    assert json.loads(inspected.out)["macs"] == vocabulary * 32 + 32 * 3
+    pruned = run_mcomp("prune", "text.onnx", "--method", "structured", "--rate", "0.5", "--data", "texts.npz",
+                       "-o", "p.onnx", "--json", cwd=tmp_path)
+    assert pruned.returncode == 0, pruned.explain()
+    doc = json.loads(pruned.out)
+    assert doc["output"]["macs"] < 0.6 * doc["input"]["macs"] and doc["accuracy"]["candidate"] > 0.9, doc["accuracy"]

@@ -165,19 +165,18 @@ def infer_shapes(model: ir.Model) -> bool:
 
 
 def _fill_ml_ops(model: ir.Model) -> bool:
-    """Gives the outputs of scikit-learn's shape-keeping ops (``mcomp.ml_ops``) their input's shape."""
+    """Gives the outputs of the ops skl2onnx writes that onnx leaves shapeless (``mcomp.ml_ops``) their shape."""
     from mcomp import ml_ops
 
     filled = False
     for node in model.graph:
-        if not ml_ops.keeps_shape(node.domain, node.op_type) or node.outputs[0].shape is not None:
+        source = node.inputs[0] if node.inputs else None
+        if node.outputs[0].shape is not None or source is None or source.shape is None or source.dtype is None:
             continue
-        source = node.inputs[0]
-        if source is None or source.shape is None or source.dtype is None:
-            continue
-        node.outputs[0].shape = source.shape
-        node.outputs[0].dtype = ir.DataType(ml_ops.output_type(node.op_type, source.dtype.value))
-        filled = True
+        typed = ml_ops.typed_output(node.domain, node.op_type, source.dtype.value, list(source.shape))
+        if typed is not None:
+            node.outputs[0].dtype, node.outputs[0].shape = ir.DataType(typed[0]), ir.Shape(typed[1])
+            filled = True
     return filled
 
 
