@@ -597,6 +597,39 @@ def test_a_safetensors_state_dict_loads_with_arch(tmp_path: Path, factory_file: 
         load_checkpoint(tmp_path / "junk.safetensors", arch=arch, input_shapes=shapes)
 
 
+def test_a_sharded_safetensors_checkpoint_loads_from_its_index(tmp_path: Path, factory_file: Path) -> None:
+    """save_pretrained past max_shard_size writes model-0000k-of-0000n.safetensors and an index naming each
+    weight's shard: the index reads them all; one shard alone points at it; an index cannot name a file
+    elsewhere, and a shard it names must be there."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = _tiny()
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for shard, keys in shards.items():
+        save_file({k: weights[k] for k in keys}, str(tmp_path / shard))
+    index = tmp_path / "model.safetensors.index.json"
+    weight_map = {k: shard for shard, keys in shards.items() for k in keys}
+    index.write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+    arch, shapes = f"{factory_file}:make_tiny", {"x": (2, 3, 8, 8)}
+    assert is_torch_checkpoint(index)
+    proto = load_checkpoint(index, arch=arch, input_shapes=shapes)
+    np.testing.assert_allclose(_run(proto, {"x": _x(2)})[0], _torch_out(model, _x(2))[0], atol=ATOL)
+    with pytest.raises(BadInput, match="is one shard: pass model.safetensors.index.json"):
+        load_checkpoint(tmp_path / "model-00001-of-00002.safetensors", arch=arch, input_shapes=shapes)
+    index.write_text(json.dumps({"weight_map": dict(weight_map, extra="../elsewhere.safetensors")}))
+    with pytest.raises(BadInput, match="is not a file name beside the index"):
+        load_checkpoint(index, arch=arch, input_shapes=shapes)
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(BadInput, match="shard model-00002-of-00002.safetensors is missing"):
+        load_checkpoint(index, arch=arch, input_shapes=shapes)
+
+
 TOKENS_SRC = """
 import torch
 from torch import nn

@@ -20,7 +20,10 @@ from mcomp.torch_io.pickles import forbidden_global, load_weights_only
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-TORCH_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".jit", ".ckpt", ".safetensors"})
+TORCH_SUFFIXES = frozenset({".pt", ".pt2", ".pth", ".jit", ".ckpt", ".safetensors"})
+# Hugging Face's index of a sharded checkpoint (save_pretrained above max_shard_size): which shard file
+# beside it holds each weight
+SHARD_INDEX = ".safetensors.index.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -32,10 +35,12 @@ def is_torch_checkpoint(path: Path) -> bool:
 
     True for a zip archive with the torch.save / TorchScript / torch.export layout, for a legacy
     (pre-1.6) torch.save pickle, for a safetensors file (an 8-byte header length, then its JSON),
-    and for files named .pt .pth .pt2 .jit .ckpt .safetensors. Never True for an ONNX file,
-    whatever its name.
+    for files named .pt .pth .pt2 .jit .ckpt .safetensors, and for a sharded checkpoint's
+    ``model.safetensors.index.json``. Never True for an ONNX file, whatever its name.
     """
     path = Path(path)
+    if path.name.lower().endswith(SHARD_INDEX):
+        return path.is_file()
     try:
         if not path.is_file():
             return False
@@ -164,6 +169,8 @@ def _load_pt2(path: Path) -> Any:
 def _load_object(path: Path, trust: bool) -> tuple[Any, list[str]]:
     """What a torch.save file or a safetensors file holds, and the globals read as stand-ins (see
     ``_load_pickle``; none for safetensors: tensors only, nothing in the file can run)."""
+    if path.name.lower().endswith(SHARD_INDEX):
+        return _load_shards(path), []
     with open(path, "rb") as handle:
         head = handle.read(9)
     if path.suffix.lower() == ".safetensors" or _is_safetensors(head, path):
@@ -171,10 +178,34 @@ def _load_object(path: Path, trust: bool) -> tuple[Any, list[str]]:
     return _load_pickle(path, trust)
 
 
+def _load_shards(index: Path) -> dict:
+    """The weights of a sharded safetensors checkpoint, each shard its index names read in turn. A shard
+    is a file beside the index (no folder in its name): an index cannot make mcomp read elsewhere."""
+    import json
+
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise BadInput(f"{index}: not a safetensors index (a JSON object with a 'weight_map' of weight → shard "
+                       f"file: {short(exc, 120, first_line=True)})") from None
+    tensors: dict = {}
+    for shard in shards:
+        if not isinstance(shard, str) or Path(shard).name != shard:
+            raise BadInput(f"{index}: shard {shard!r} is not a file name beside the index")
+        if not (index.parent / shard).is_file():
+            raise BadInput(f"{index}: shard {shard} is missing (the index names {len(shards)} shard files)")
+        tensors.update(_load_safetensors(index.parent / shard))
+    missing = sorted(set(weight_map) - set(tensors))
+    if missing:
+        raise BadInput(f"{index}: the shards lack {len(missing)} weight(s) the index names, e.g. {missing[0]!r}")
+    return tensors
+
+
 def _load_safetensors(path: Path) -> dict:
     """The tensors of a safetensors file (Hugging Face's weights format: a JSON header and raw data,
     nothing to unpickle), a state_dict for ``--arch``. One shard of a sharded checkpoint holds only
-    its part of the weights: ``--arch`` then reports what is missing."""
+    its part of the weights: ``--arch`` then reports what is missing (the index reads them all)."""
     try:
         from safetensors.torch import load_file
     except ImportError:  # pragma: no cover - a dependency of mcomp
@@ -282,6 +313,12 @@ def _build_from_arch(arch: str) -> Any:
     return model
 
 
+def _shard_hint(path: Path) -> str:
+    """Where ``path`` is one shard of a sharded checkpoint with its index beside it: a pointer to the index."""
+    indexes = sorted(path.parent.glob("*" + SHARD_INDEX)) if path.suffix.lower() == ".safetensors" else []
+    return f"; {path.name} is one shard: pass {indexes[0].name}, which reads them all" if indexes else ""
+
+
 def _load_state_dicts(module: Any, found: list[tuple[str, Mapping[str, Any]]], path: Path, arch: str) -> None:
     """Loads the first state_dict of ``found`` that fits the module, saying (a warning) where it
     was when not under a usual key, which others fit too, and which of its entries the module has
@@ -296,7 +333,7 @@ def _load_state_dicts(module: Any, found: list[tuple[str, Mapping[str, Any]]], p
         fitted.append((where, prefix, ignored))
     if not fitted:
         among = f" (none of the {len(found)} state_dicts in the file fits)" if len(found) > 1 else ""
-        raise BadInput(f"{path}: the state_dict does not fit --arch {arch}: {failures[0]}{among}")
+        raise BadInput(f"{path}: the state_dict does not fit --arch {arch}: {failures[0]}{among}{_shard_hint(path)}")
     (where, prefix, ignored), others = fitted[0], [w for w, _, _ in fitted[1:]]
     said = [f"took the entries under {prefix!r}"] if prefix not in ("", "module.", "model.", "_orig_mod.") else []
     if others:
