@@ -20,7 +20,7 @@ from mcomp.torch_io.pickles import forbidden_global, load_weights_only
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
 
-TORCH_SUFFIXES = frozenset({".pt", ".pt2", ".pth", ".jit", ".ckpt", ".safetensors"})
+TORCH_SUFFIXES = frozenset({".pt", ".pth", ".pt2", ".jit", ".ckpt", ".safetensors"})
 # Hugging Face's index of a sharded checkpoint (save_pretrained above max_shard_size): which shard file
 # beside it holds each weight
 SHARD_INDEX = ".safetensors.index.json"
