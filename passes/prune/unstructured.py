@@ -111,7 +111,7 @@ def allocate(scores: list[np.ndarray], rate: float, scope: str, cap: float) -> C
     # Global threshold, then clip layers above the cap and share their excess among the rest.
     while free and remaining > 0:
         threshold = imp.global_threshold([scores[i] for i in free], remaining / sum(sizes[i] for i in free))
-        wanted = {i: int(np.count_nonzero(scores[i] <= threshold)) for i in free}
+        wanted = {i: imp.count_at_most(scores[i], threshold) for i in free}
         over = [i for i in free if wanted[i] > int(cap * sizes[i])]
         if not over:
             excess = sum(wanted.values()) - remaining  # ties at the threshold: take them back from the largest
