@@ -85,9 +85,9 @@ class Printer:
     def summary(self, doc: dict, output: Path, report: Path, pipeline: Path | None) -> None:
         if console.quiet():
             return
-        study, chosen = doc["study"], doc["chosen"]
-        from mcomp.auto.page import repeats_said
+        from mcomp.auto.page import measured_on, repeats_said
 
+        study, chosen = doc["study"], doc["chosen"]
         console.err.print(f"study {study['name']} ({study['storage']}): {study['trials']} trials "
                           f"({study['resumed']} resumed, {study['complete']} complete, {study['stopped']} stopped, "
                           f"{study['failed']} failed{repeats_said(study)})")
@@ -95,8 +95,6 @@ class Printer:
             console.err.print(study["exhausted"])
         for name, why in (study.get("left_out") or {}).items():
             console.err.print(f"{name} left out of the trials after it failed for a reason no option changes: {why}")
-        from mcomp.auto.page import measured_on
-
         console.err.print(f"measured at {measured_on(doc)}")
         table = Table(title="Pareto front (within budget marked *)", title_justify="left")
         others = [o for o in RATIOS if o != doc["objective"]]  # alongside the objective, not repeating it
