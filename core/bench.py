@@ -108,13 +108,13 @@ def batch_size(feed: dict[str, np.ndarray]) -> int:
 
 
 def example_feeds(feeds: list[dict[str, np.ndarray]], specs, given=None, n: int = 4) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` feeds cut to what a user runs at once: one example (or the batch --input-shape
-    gives), as the pass commands time them; a data file's batch of 16 timed as one run would read
-    16× slower than the model is."""
+    """Up to ``n`` feeds of what a user runs at once: one example, or the batch --input-shape gives
+    (joined from several of the data's feeds where one holds fewer: ``shapes.batched_feeds``), as the
+    pass commands time them; a data file's batch of 16 timed as one run would read 16× slower than the
+    model is."""
     from mcomp import shapes
 
-    batch = shapes.given_batch(specs, given or {})
-    return [shapes.example_feed(feed, specs, batch) for feed in feeds[:n]]
+    return shapes.batched_feeds(feeds, specs, shapes.given_batch(specs, given or {}), n)
 
 
 @contextlib.contextmanager

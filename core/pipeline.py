@@ -306,10 +306,10 @@ def measure_latency(reference: bytes | str, candidate: bytes | str, dataset: dat
                     pipeline: Pipeline, *, specs=None, given=None) -> dict:
     """Candidate vs reference, interleaved (in sequential blocks when the two models are too big to
     hold at once), on feeds the user would run: one example of the data (its batch dims cut to 1, or
-    to the batch of --input-shape), not a calibration file's batch of 16 timed as one run. The entry
+    to the batch of --input-shape, joined from several feeds where one holds fewer), not a calibration
+    file's batch of 16 timed as one run. The entry
     says the feed shapes timed and the method, which the measurement reports."""
-    batch = shapes.given_batch(specs or [], given or {})
-    feeds = [shapes.example_feed(f, specs, batch) if specs else f for f in dataset.feeds[:4]]
+    feeds = bench.example_feeds(dataset.feeds, specs, given) if specs else dataset.feeds[:4]
     result = bench.interleaved([("reference", reference), ("candidate", candidate)], feeds,
                                providers=providers, threads=pipeline.threads, warmup=pipeline.measure.warmup,
                                runs=pipeline.measure.runs, provider_label=session.provider_name(providers),

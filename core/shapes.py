@@ -83,6 +83,35 @@ def example_feed(feed: dict[str, np.ndarray], specs: list[TensorSpec],
     return out
 
 
+def batched_feeds(feeds: list[dict[str, np.ndarray]], specs: list[TensorSpec], batch: int | None,
+                  n: int = 4) -> list[dict[str, np.ndarray]]:
+    """Up to ``n`` feeds as a user runs them: ``batch`` examples each (one where no --input-shape gives a
+    batch), cut from the data's feeds, or joined from several where one holds fewer. The data is read in
+    batches of 16, and ``--input-shape image=256,…`` was timed at 16: the latency ``mcomp auto`` searched
+    at a compute-bound batch was another batch's. Examples are taken in order, again from the start where
+    the data holds fewer than ``batch``; inputs without a batch axis come from the first feed. Feeds whose
+    batched inputs are not all batched on dim 0 alike are cut only (``example_feed``)."""
+    want = batch or 1
+    first = feeds[0] if feeds else {}
+    axes = {s.name: [a for a in range(len(s.shape or ())) if is_batch_dim(s, a)] for s in specs}
+    batched = [name for name, found in axes.items() if found and name in first]
+    sizes = {first[name].shape[0] for name in batched if first[name].ndim}
+    if not batched or any(axes[name] != [0] for name in batched) or len(sizes) != 1 or min(sizes) >= want:
+        return [example_feed(feed, specs, batch) for feed in feeds[:n]]
+    total = sum(feed[batched[0]].shape[0] for feed in feeds)
+    count = max(1, min(n, total // want))
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in batched}
+    taken, k = 0, 0
+    while taken < count * want:
+        feed, k = feeds[k % len(feeds)], k + 1
+        take = min(feed[batched[0]].shape[0], count * want - taken)
+        for name in batched:
+            parts[name].append(feed[name][:take])
+        taken += take
+    joined = {name: np.concatenate(arrays) for name, arrays in parts.items()}
+    return [{**first, **{name: joined[name][j * want:(j + 1) * want] for name in batched}} for j in range(count)]
+
+
 def given_batch(specs: list[TensorSpec], given: dict[str, tuple[int, ...]]) -> int | None:
     """The batch the user asked for with --input-shape, on an input whose dim 0 is its batch: with
     data, the user then says how many examples one run takes."""
@@ -142,7 +171,8 @@ def resolve(model, *, given: dict[str, tuple[int, ...]] | None = None,
     metadata = dict(getattr(model, "metadata_props", None) or {})
     ranks = {s.name: None if s.shape is None else len(s.shape) for s in specs}
     given = {n: v for n, v in (given or {}).items() if n in ranks and ranks[n] in (None, len(v))}
-    example = example_feed(feed, specs, given_batch(specs, given)) if feed else {}
+    batch = given_batch(specs, given)
+    example = example_feed(feed, specs, batch) if feed else {}
     symbols: dict[str, tuple[int, str]] = {}  # a named dim's value wherever it is known, and its source
     for spec in specs:
         known = example.get(spec.name)
@@ -155,7 +185,10 @@ def resolve(model, *, given: dict[str, tuple[int, ...]] | None = None,
     out = {}
     for spec in specs:
         if spec.name in example:
-            out[spec.name] = InputShape(spec.name, tuple(int(x) for x in example[spec.name].shape), "data")
+            dims = [int(x) for x in example[spec.name].shape]
+            if batch and dims and is_batch_dim(spec, 0) and dims[0] < batch:  # joined from several feeds when run
+                dims[0] = batch  # (``batched_feeds``): a data file's batch of 16 is not the 256 asked for
+            out[spec.name] = InputShape(spec.name, tuple(dims), "data")
         elif spec.name in given:
             out[spec.name] = InputShape(spec.name, tuple(int(x) for x in given[spec.name]), "--input-shape")
         elif spec.shape is not None:
@@ -219,5 +252,5 @@ def assumed_note(shapes: dict[str, InputShape]) -> str:
     return f" (measured at assumed shapes {at}; set {sets})"
 
 
-__all__ = ["InputShape", "resolve", "example_feed", "given_batch", "is_batch_dim", "fill", "concrete", "describe", "assumed_note",
-           "DEFAULT_DIM", "DEFAULT_IMAGE"]
+__all__ = ["InputShape", "resolve", "example_feed", "batched_feeds", "given_batch", "is_batch_dim", "fill", "concrete",
+           "describe", "assumed_note", "DEFAULT_DIM", "DEFAULT_IMAGE"]

@@ -202,6 +202,32 @@ def test_example_feeds_cut_the_batch_to_one_or_to_the_given_batch():
     assert bench.example_feeds(feeds, specs, {"images": (4, 3, 8, 8)}, n=1)[0]["images"].shape == (4, 3, 8, 8)
 
 
+def test_a_given_batch_larger_than_the_datas_is_joined_from_its_feeds_in_order():
+    """Data is read in batches of 16: --input-shape images=40,… was timed at 16 (mcomp auto searched a
+    compute-bound batch's latency at another batch). The examples are joined in order; where the data
+    holds fewer, from its start again; as many whole feeds of the batch as the data fills, at least one."""
+    specs = input_specs(conv_model())
+    numbered = [{"images": np.repeat(np.arange(k * 16, (k + 1) * 16, dtype=np.float32), 3 * 8 * 8).reshape(16, 3, 8, 8)}
+                for k in range(6)]  # 96 examples, each filled with its number 0…95
+    joined = bench.example_feeds(numbered, specs, {"images": (40, 3, 8, 8)})
+    assert [f["images"].shape for f in joined] == [(40, 3, 8, 8)] * 2  # 96 examples fill two feeds of 40
+    assert [int(v) for v in joined[1]["images"][:, 0, 0, 0]] == list(range(40, 80))
+    wrapped = bench.example_feeds(numbered[:1], specs, {"images": (40, 3, 8, 8)})
+    assert len(wrapped) == 1
+    assert [int(v) for v in wrapped[0]["images"][:, 0, 0, 0]] == [*range(16), *range(16), *range(8)]
+    resolved = shapes.resolve(conv_model(), given={"images": (40, 3, 8, 8)}, feed=numbered[0])
+    assert resolved["images"].shape == (40, 3, 8, 8)  # the shapes said are the ones run
+
+
+def test_the_latency_row_and_the_guard_time_the_batch_given_beyond_the_datas(tmp_path):
+    res = run_mcomp("quantize", str(DIGITS), "--data", str(DIGITS_EVAL), "--input-shape", "image=64,1,8,8",
+                    "--guard-runs", "5", "--runs", "5", "-o", "q.onnx", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.explain()
+    doc = json.loads(res.out)
+    assert doc["latency"]["feed_shapes"] == {"image": [64, 1, 8, 8]}
+    assert doc["steps"][0]["changes"]["guard_feed_shapes"] == {"image": [64, 1, 8, 8]}
+
+
 def test_the_hint_is_added_only_on_synthetic_data_at_assumed_shapes():
     resolved = shapes.resolve(conv_model())
     with pytest.raises(BadInput, match=re.escape(HINT)):

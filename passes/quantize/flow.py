@@ -275,10 +275,10 @@ class Flow:
         from mcomp.bench import example_feeds
         from mcomp.session import input_specs
 
-        feeds = self.evaluation.feeds[:GUARD_FEEDS]
         if self.evaluation.synthetic:
-            return feeds
-        timed = example_feeds(feeds, input_specs(self.model), given=self.ctx.input_shapes, n=GUARD_FEEDS)
+            return self.evaluation.feeds[:GUARD_FEEDS]
+        timed = example_feeds(self.evaluation.feeds, input_specs(self.model), given=self.ctx.input_shapes,
+                              n=GUARD_FEEDS)
         self.details["guard_feed_shapes"] = {name: list(array.shape) for name, array in timed[0].items()}
         return timed
 
