@@ -298,6 +298,13 @@ def test_latency_allocation_cuts_and_says_where_it_timed(digits):
     # blocked-layout kernels leave much of the time in what no cut shrinks
     assert 0 < info["removed"] < 0.9
     assert any("latency profiled per node on CPUExecutionProvider at image" in n for n in result.notes)
+    # at what the latency row times: one example, or the batch --input-shape gives (the data's first
+    # feed of 16 was profiled either way)
+    assert info["timing"]["feed_shapes"] == {"image": [1, 1, 8, 8]}
+    ctx.input_shapes = {"image": (32, 1, 8, 8)}
+    again = Prune(method="structured", rate=0.5, allocation="sensitivity", allocation_cost="latency")(
+        graph.copy(model), ctx)
+    assert again.details["allocation"]["timing"]["feed_shapes"] == {"image": [32, 1, 8, 8]}
     assert set(result.details["group_rates"]) <= set(KEYS)
     with pytest.raises(ValueError, match="allocation_cost latency needs allocation sensitivity"):
         Prune.Config(method="structured", allocation_cost="latency")
