@@ -112,17 +112,19 @@ def through_contrib_ops(inferred: onnx.ModelProto) -> onnx.ModelProto:
     if not any(n.domain in TYPED_HERE for n in graph.node):
         return inferred
     padded = _reordered_channels(graph)
+    typed_before: set[str] = set()  # typed in an earlier round, maybe with a dim the data decides (a Tokenizer's)
     for _ in range(_CONTRIB_ROUNDS):
         types = {vi.name: vi.type.tensor_type.elem_type for vi in [*graph.input, *graph.value_info, *graph.output]}
         types.update({t.name: t.data_type for t in graph.initializer})
         shapes = known_shapes(graph)
-        added, declared = [], {vi.name for vi in graph.value_info}
+        added = []
         for node in graph.node:
             if node.domain not in TYPED_HERE or not node.input or not node.output or node.output[0] in shapes \
-                    or node.output[0] in declared:  # typed already, with a dim the data decides (a Tokenizer's)
+                    or node.output[0] in typed_before:
                 continue
             typed = _contrib_output(node, shapes, types, padded)
             if typed is not None:  # known at once to the contrib ops after it: a chain of them takes one round
+                typed_before.add(node.output[0])
                 added.append(onnx.helper.make_tensor_value_info(node.output[0], typed[0], typed[1]))
                 types[node.output[0]], shapes[node.output[0]] = typed
         if not added:
