@@ -300,6 +300,7 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
     gates use unless asked for ``whole`` (see ``figure``). ``heads``: output name → the width of the
     linear head that computes it (``mcomp.heads``): raw logits of any rank are class scores too."""
     outputs = {}
+    regressions = fk.beside_normalized_scores([r_list[0] if r_list else None for r_list in ref])
     for k, (name, r_list, c_list) in enumerate(zip(names, ref, cand)):
         # compared feed by feed first: outputs of varying length, joined flat, could add up to the same
         # length with the steps misaligned (one feed a step longer, another a step shorter)
@@ -322,6 +323,9 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
         worst = fk.worst_slice(r, c, None if axes is None else axes[k])
         if worst is not None:
             entry["worst_slice"] = {**worst, "sqnr_db": _finite(worst["sqnr_db"])}
+        if k in regressions:  # a multi-task model's boxes or landmarks beside its class scores: no top-1
+            outputs[name] = entry
+            continue
         if fk.is_class_scores(r):
             entry["top1_agreement"] = fk.top1_agreement(r, c)
             step = fk.worst_step_top1(r, c)
@@ -391,12 +395,14 @@ def task_accuracy(outputs: list[list[np.ndarray]], names: list[str], dataset: Da
 
 
 def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
-    """Top-1 accuracy of the first class-score output, where the data has labels that are class indices."""
+    """Top-1 accuracy of the first class-score output (not a regression beside softmax scores:
+    ``fk.beside_normalized_scores``), where the data has labels that are class indices."""
     labels = class_labels(dataset)
     if labels is None:
         return None
-    for per_feed in outputs:
-        if per_feed and fk.is_class_scores(per_feed[0]):
+    regressions = fk.beside_normalized_scores([per_feed[0] if per_feed else None for per_feed in outputs])
+    for k, per_feed in enumerate(outputs):
+        if per_feed and k not in regressions and fk.is_class_scores(per_feed[0]):
             scores = np.concatenate(per_feed, axis=0)
             if len(labels) != len(scores.reshape(-1, scores.shape[-1])):
                 return None

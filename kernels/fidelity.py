@@ -225,6 +225,24 @@ def is_class_scores(output: np.ndarray) -> bool:
     return _is_softmax(output) or _is_log_softmax(output)
 
 
+def beside_normalized_scores(outputs: list[np.ndarray | None]) -> set[int]:
+    """Outputs (indices) shaped like class scores that are a multi-task model's regressions: raw
+    ``[N, ..., K]`` values of a model that has (log-)softmax scores among its outputs, none of width
+    ``K``. MTCNN's ONet gives face boxes ``[N, 4]``, landmarks ``[N, 10]`` and a face/not-face softmax
+    ``[N, 2]``: the report gave "top-1 agreement" over box coordinates, accuracy was read from the
+    boxes (the first ``[N, K]`` output), and distillation fitted them with a softmax. Raw logits of
+    the normalized scores' own width (a model that outputs both logits and probabilities) stay scores;
+    a model with no normalized output is left as before: its ``[N, K]`` outputs read as logits."""
+    if len(outputs) < 2:  # one output is what it is (a language model's logits are not read twice)
+        return set()
+    arrays = [a if a is not None and a.dtype.kind == "f" and a.ndim >= 2 and a.size else None for a in outputs]
+    normalized = {i for i, a in enumerate(arrays)
+                  if a is not None and a.shape[-1] >= 2 and (_is_softmax(a) or _is_log_softmax(a))}
+    widths = {arrays[i].shape[-1] for i in normalized}
+    return {i for i, a in enumerate(arrays)
+            if widths and a is not None and i not in normalized and a.shape[-1] not in widths}
+
+
 def _is_embedding(output: np.ndarray) -> bool:
     """Rows of unit L2 norm that are not probabilities: an embedding (EfficientWord-Net's [1, 2048]
     ArcFace features; resemblyzer's [N, 256] speaker vectors, non-negative after a ReLU), whose argmax

