@@ -251,19 +251,25 @@ def test_split_pieces_are_cut_alike(opset):
     assert run(model, feeds_for(model))[0].shape == (2, 4, 8, 8)
 
 
-@pytest.mark.parametrize("kind", ["flatten", "reshape"])
-def test_flatten_into_gemm(kind):
+@pytest.mark.parametrize("last", [False, True], ids=["channels-first", "channels-last"])
+@pytest.mark.parametrize("kind", ["flatten", "reshape", "reshape-inferred"])
+def test_flatten_into_gemm(kind, last):
+    """Channel c becomes 16 features: a block of them where the channels lead; with ``last``, Keras' and
+    TensorFlow's layout (MTCNN's RNet and ONet), the channels moved last by Transpose and the whole
+    [N, H, W, C] flattened, every C-th feature at each of the H·W positions."""
     inits = {"fc.w": W(10, 8 * 16), "fc.b": W(10)}
+    before = "t" if last else "r"
     if kind == "flatten":
-        flat = node("Flatten", ["r"], ["f"], "flat", axis=1)
+        flat = node("Flatten", [before], ["f"], "flat", axis=1)
     else:
-        inits["target"] = np.array([0, 128], np.int64)
-        flat = node("Reshape", ["r", "target"], ["f"], "flat")
-    nodes = [conv("conv1", "x", "c", W(8, 3, 3, 3), inits), node("Relu", ["c"], ["r"], "relu"), flat,
+        inits["target"] = np.array([0, 128 if kind == "reshape" else -1], np.int64)
+        flat = node("Reshape", [before, "target"], ["f"], "flat")
+    moved = [node("Transpose", ["r"], ["t"], "tr", perm=[0, 2, 3, 1])] if last else []
+    nodes = [conv("conv1", "x", "c", W(8, 3, 3, 3), inits), node("Relu", ["c"], ["r"], "relu"), *moved, flat,
              node("Gemm", ["f", "fc.w", "fc.b"], ["y"], "fc", transB=1)]
     model = build(nodes, inits, inputs=(("x", ["N", 3, 4, 4]),), outputs=(("y", ["N", 10]),))
     group = by_producer(find_groups(model), "conv1")
-    assert group.prunable and group.chain == "conv1.out => relu => flat(×16) => fc.in"
+    assert group.prunable and group.chain == f"conv1.out => relu => {'tr => ' if last else ''}flat(×16) => fc.in"
     exact = assert_exact_cut(model)
     if kind == "reshape":
         flat_node = next(n for n in exact.graph if n.name == "flat")

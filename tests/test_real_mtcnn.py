@@ -75,3 +75,15 @@ def test_the_report_gives_top1_and_accuracy_from_the_softmax_only(onet):
     assert "top1_agreement" not in outputs["dense_5"] and "top1_agreement" not in outputs["dense_6"]
     assert "top1_agreement" in outputs["softmax_2"]
     assert doc["accuracy"]["known"] and doc["accuracy"]["reference"] == 1.0  # its own readings, from the softmax
+
+
+def test_structured_pruning_cuts_the_channels_keras_flattened_last(onet):
+    """ONet's last conv reaches its dense layer through Transpose to NHWC and Flatten: that group was left
+    whole ("Flatten merges the channels with other axes"), and with it the model's largest weight."""
+    path, folder = onet
+    done = run_mcomp("prune", path, "--method", "structured", "--rate", "0.5", "--data", "crops.npz",
+                     "-o", "cut.onnx", "--report", "cut.json", cwd=folder)
+    assert done.returncode == 0, done
+    changes = json.loads((folder / "cut.json").read_text())["steps"][0]["changes"]
+    assert not any("Flatten" in reason for reason in changes["left_whole_reasons"])
+    assert changes["parameters_after"] < 0.3 * changes["parameters_before"]  # ×0.465 with the group left whole

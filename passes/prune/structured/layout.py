@@ -173,12 +173,26 @@ def flatten_rule(node, space, port):
         return blocked("reaches a Flatten from its output")
     r = rank(node.inputs[0])
     axis = norm_axis(attr(node, "axis", 1), r) if r is not None else None
-    if axis is None or axis != space.axis:
+    if axis is None or axis > space.axis:
         return blocked("Flatten merges the channels with other axes")
-    factor = _static_product(node.inputs[0], axis + 1)
+    factor = _static_product(node.inputs[0], space.axis + 1)
     if factor is None:
         return blocked("Flatten of a dynamic spatial size")
-    return _flattened(node, space, 1, factor)
+    if axis == space.axis:
+        return _flattened(node, space, 1, factor)
+    outer = _static_product(node.inputs[0], axis, stop=space.axis)
+    if outer is None or space.width is None:
+        return blocked("Flatten of a dynamic spatial size")
+    return _flattened_after(node, space, 1, factor, outer)
+
+
+def _flattened_after(node, space, out_axis, factor, outer, entry=None):
+    """Channels flattened with the ``outer`` positions of the axes before them (channels-last, then
+    flattened whole: Keras' and TensorFlow's layout): every leading position holds all the channels, so
+    a channel cut removes ``factor × outer`` features; ``entry`` locates a target-shape constant."""
+    step = FlattenStep(node, factor, outer, space.width)
+    member = Member(node, "reshape", path=space.path, extra={"entry": entry, "factor": factor * outer})
+    return Relation([Space(node.outputs[0], out_axis, space.path + (step,), space.width * factor * outer)], [member])
 
 
 def _flattened(node, space, out_axis, factor, entry=None):
@@ -190,10 +204,10 @@ def _flattened(node, space, out_axis, factor, entry=None):
     return Relation([Space(node.outputs[0], out_axis, path, width)], [member])
 
 
-def _static_product(value: ir.Value, start: int) -> int | None:
+def _static_product(value: ir.Value, start: int, stop: int | None = None) -> int | None:
     r = rank(value)
     total = 1
-    for i in range(start, r or 0):
+    for i in range(start, (r or 0) if stop is None else stop):
         d = dim(value, i)
         if d is None:
             return None
@@ -218,6 +232,9 @@ def reshape_rule(node, space, port):
     if space.path and isinstance(space.path[-1], HeadStep):
         return attention.reshape_forward(node, space, entries)
     width = space.width
+    if width is not None and a >= len(entries):  # the channels merged with axes before them
+        return _reshape_flat_after(node, space, entries) or attention.reshape_forward(node, space, entries) \
+            or blocked("Reshape that moves the channels (cannot map)")
     if width is None or a >= len(entries):
         return attention.reshape_forward(node, space, entries) or blocked("Reshape of channels of unknown width")
     prefix_kept = all(_keeps(e, i, data) for i, e in enumerate(entries[:a]))
@@ -238,6 +255,20 @@ def reshape_rule(node, space, port):
         if entry[0] == "const" and entry[1] == -1 and prefix_kept:
             return _flattened(node, space, a, trailing)
     return attention.reshape_forward(node, space, entries) or blocked("Reshape that moves the channels (cannot map)")
+
+
+def _reshape_flat_after(node, space, entries) -> Relation | None:
+    """A Reshape that flattens channels-last data from an axis before the channels to the last into one
+    feature axis (``[N, H, W, C] → [N, H·W·C]``, or ``[0, -1]``), as ``_flattened_after``; None otherwise."""
+    data, a, k = node.inputs[0], space.axis, len(entries) - 1
+    outer = _static_product(data, k, stop=a) if 0 <= k < a else None
+    trailing = _static_product(data, a + 1)
+    if outer is None or trailing is None or not all(_keeps(e, i, data) for i, e in enumerate(entries[:k])):
+        return None
+    last = entries[k]
+    if last[0] != "const" or last[1] not in (-1, space.width * trailing * outer):
+        return None
+    return _flattened_after(node, space, k, trailing, outer, entry=last[2] if last[1] != -1 else None)
 
 
 def _reshape_backward(node, space, entries):

@@ -73,17 +73,26 @@ class WindowStep:
 
 @dataclass(frozen=True, eq=False)
 class FlattenStep:
-    """Channels flattened with ``factor`` trailing positions each into a feature axis."""
+    """Channels flattened into a feature axis, ``factor`` trailing positions each; with ``outer`` > 1 the
+    channels are not the first axis flattened (a channels-last ``[N, H, W, C]`` flattened whole, as
+    Keras and TensorFlow exports do), and channel ``c`` of the ``width`` lands at ``o·width·factor + c·factor + i``
+    for every leading position ``o``."""
 
     node: ir.Node
     factor: int
+    outer: int = 1
+    width: int = 0  # the channels' axis size: the stride of the leading positions (``outer`` > 1 only)
 
     def map(self, g: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = self.factor
-        return np.repeat(g, k), (p[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        g, p = np.repeat(g, k), (p[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        if self.outer == 1:
+            return g, p
+        leading = np.arange(self.outer)[:, None] * (self.width * k)
+        return np.tile(g, self.outer), (leading + p[None, :]).reshape(-1)
 
     def key(self):
-        return ("flatten", id(self.node), self.factor)
+        return ("flatten", id(self.node), self.factor, self.outer)
 
 
 @dataclass(frozen=True, eq=False)
