@@ -113,6 +113,10 @@ class Printer:
         console.err.print(f"chosen: trial {chosen['number']} ({' → '.join(s[0] for s in chosen['steps'])}); "
                           f"re-measured: {units.phrase(again['loss'])}, {doc['objective']} ×{again['objective']:.3f}, "
                           + ", ".join(f"{RATIOS[o][0]} {_ratio(again.get(RATIOS[o][1]))}" for o in others))
+        if doc.get("finalists"):
+            from mcomp.auto.finalists import described
+
+            console.err.print(described(doc["finalists"]))
         wrote = [str(output), str(report)] + ([str(pipeline)] if pipeline else [])
         console.say("wrote " + ", ".join(wrote))
         print_warnings(doc)

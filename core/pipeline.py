@@ -34,6 +34,9 @@ class RunRequest:
     before_step: Callable[[str], None] | None = None  # told each step's name before it runs; may raise to stop
     during_step: Callable[[str], None] | None = None  # told each progress report of a pass; may raise to stop it
     step_time: Callable[[str], float | None] | None = None  # seconds a step with a time_budget may take (a search)
+    # (label, model path) timed in the latency measurement beside the result, in the same interleaved run
+    # (a search's finalists): the report's latency entry gives each its own entry under ``side_by_side``
+    side_by_side: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass
@@ -177,7 +180,8 @@ def _run(pipeline: Pipeline, request: RunRequest, passes, loaded, ctx: Context, 
         latency = None
         if pipeline.measure.latency:
             latency = measure_latency(reference_source, candidate_source, evaluation, providers, pipeline,
-                                      specs=session.input_specs(loaded.model), given=given)
+                                      specs=session.input_specs(loaded.model), given=given,
+                                      side_by_side=request.side_by_side)
 
         doc = report.build(
             command=request.command, source=loaded.source, reference=loaded.model, candidate=current,
@@ -303,23 +307,31 @@ def _load_data(pipeline: Pipeline, model: ir.Model, input_shapes) -> dict[str, d
 
 
 def measure_latency(reference: bytes | str, candidate: bytes | str, dataset: data.Dataset, providers: list[str],
-                    pipeline: Pipeline, *, specs=None, given=None) -> dict:
+                    pipeline: Pipeline, *, specs=None, given=None, side_by_side=()) -> dict:
     """Candidate vs reference, interleaved (in sequential blocks when the two models are too big to
     hold at once), on feeds the user would run: one example of the data (its batch dims cut to 1, or
     to the batch of --input-shape, joined from several feeds where one holds fewer), not a calibration
     file's batch of 16 timed as one run. The entry
-    says the feed shapes timed and the method, which the measurement reports."""
+    says the feed shapes timed and the method, which the measurement reports. ``side_by_side``: (label,
+    path) of other models timed in the same rounds, each given an entry of its own (``side_by_side``)."""
     feeds = bench.example_feeds(dataset.feeds, specs, given) if specs else dataset.feeds[:4]
-    result = bench.interleaved([("reference", reference), ("candidate", candidate)], feeds,
+    result = bench.interleaved([("reference", reference), ("candidate", candidate), *side_by_side], feeds,
                                providers=providers, threads=pipeline.threads, warmup=pipeline.measure.warmup,
                                runs=pipeline.measure.runs, provider_label=session.provider_name(providers),
                                budget_s=bench.MEASURE_BUDGET_S)
-    ref, cand = result.models
-    return {"ratio": cand.ratio, "speedup": (1 / cand.ratio) if cand.ratio else None,
-            "reference": ref.to_dict(), "candidate": cand.to_dict(),
-            "noise_floor": result.noise_floor.to_dict() if result.noise_floor else None,
-            "method": result.method,
-            "feed_shapes": {name: list(array.shape) for name, array in feeds[0].items()} if feeds else {}}
+    ref, *timed = result.models
+
+    def entry(model) -> dict:
+        return {"ratio": model.ratio, "speedup": (1 / model.ratio) if model.ratio else None,
+                "reference": ref.to_dict(), "candidate": model.to_dict(),
+                "noise_floor": result.noise_floor.to_dict() if result.noise_floor else None,
+                "method": result.method,
+                "feed_shapes": {name: list(array.shape) for name, array in feeds[0].items()} if feeds else {}}
+
+    latency = entry(timed[0])
+    if side_by_side:
+        latency["side_by_side"] = {model.label: entry(model) for model in timed[1:]}
+    return latency
 
 
 def check_gates(pipeline: Pipeline, doc: dict) -> dict:

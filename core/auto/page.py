@@ -120,6 +120,10 @@ def to_html(doc: dict) -> str:
                       ("size ratio", _ratio(chosen["measured"].get("size_ratio")), _ratio(again.get("size_ratio"))),
                       ("MACs ratio", _ratio(chosen["measured"].get("macs_ratio")), _ratio(again.get("macs_ratio")))],
                       numeric=(1, 2))]
+        if doc.get("finalists"):
+            from mcomp.auto.finalists import described
+
+            parts.append(f"<p>{escape(described(doc['finalists']))}.</p>")
         parts.append(warnings_html(doc))
     else:
         parts += ["<h2>No trial met the budget</h2>", "<p>Closest trials:</p>",

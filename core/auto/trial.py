@@ -154,22 +154,25 @@ def run(settings: Settings, steps: list[tuple[str, dict]], output: str,
         before_step: Callable[[str], None] | None = None,
         during_step: Callable[[str], None] | None = None,
         step_time: Callable[[str], float | None] | None = None,
-        progress: Callable[[str, int, int], None] | None = None) -> tuple[Measured, dict]:
+        progress: Callable[[str, int, int], None] | None = None, latency: bool = True,
+        side_by_side: tuple[tuple[str, str], ...] = ()) -> tuple[Measured, dict]:
     """Runs the steps on the input, writes the model to ``output`` and returns (figures, run report).
     ``on_epoch`` and ``before_step`` may raise ``Stopped`` to end the trial, ``during_step`` ``OutOfTime``;
-    ``step_time(step)``: the seconds a step with a time budget may take (``RunRequest.step_time``)."""
+    ``step_time(step)``: the seconds a step with a time budget may take (``RunRequest.step_time``).
+    ``latency`` false: not timed (its objective is then infinite where it is latency); ``side_by_side``:
+    (label, path) of models timed in the same rounds (``RunRequest.side_by_side``)."""
     from mcomp import model as model_io
     from mcomp.pipeline import RunRequest, execute
     from mcomp.step_cache import StepCache
 
     started = time.perf_counter()
-    pipeline = pipeline_for(settings, steps)
+    pipeline = pipeline_for(settings, steps, latency=latency)
     shapes = {k: tuple(v) for k, v in (settings.input_shape or {}).items()} or None
     load = model_io.LoadOptions(settings.arch, settings.trust_checkpoint, shapes)
     steps_cache = StepCache(Path(settings.folder) / "cache") if cache else None
     outcome = execute(pipeline, RunRequest(settings.model, output, load, "mcomp auto (trial)", cache=steps_cache,
                                            on_epoch=on_epoch, before_step=before_step,
-                                           during_step=during_step, step_time=step_time,
+                                           during_step=during_step, step_time=step_time, side_by_side=side_by_side,
                                            progress=progress or (lambda description, done, total: None)))
     measured = measure(settings, outcome.report, time.perf_counter() - started)
     measured.cached_steps = sum(1 for s in outcome.report["steps"] if s.get("cached"))
