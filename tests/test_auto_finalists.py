@@ -58,12 +58,15 @@ def test_the_choice_is_made_again_on_the_side_by_side_ratios(doc, tmp_path, monk
             doc_ = _report(0.52, {"trial 5": 0.45, "trial 7": 0.53})
         else:
             doc_ = _report(None)
-        return trials.measure(settings, doc_, 1.0), doc_
+        measured = trials.measure(settings, doc_, 1.0)
+        measured.cached_steps = 2  # built from the step cache
+        return measured, doc_
 
     monkeypatch.setattr(trials, "run", run)
     row, again, report, path = finalists.final_choice(SETTINGS, doc, tmp_path / "chosen.onnx", lambda *a: None)
     assert calls == [(0.05, False, []), (0.07, False, []), (0.03, True, ["trial 5", "trial 7"])]
     assert row["number"] == 5 and again.objective == pytest.approx(0.45) and report["latency"]["ratio"] == 0.45
+    assert again.cached_steps == 2  # what building it again took from the cache, as the report says
     assert path == tmp_path / "finalist-5.onnx" and path.exists()
     assert not (tmp_path / "chosen.onnx").exists() and not (tmp_path / "finalist-7.onnx").exists()
     final = doc["finalists"]

@@ -49,19 +49,21 @@ def final_choice(settings: trials.Settings, doc: dict, scratch: Path,
         progress(f"building finalist {k} of {len(others)} (trial {row['number']})", k - 1, len(others))
         path = scratch.with_name(f"finalist-{row['number']}.onnx")
         try:
-            _, report = trials.run(settings, [tuple(s) for s in row["steps"]], str(path), latency=False)
+            rebuilt, report = trials.run(settings, [tuple(s) for s in row["steps"]], str(path), latency=False)
         except McompError:  # it ran once in the search; a rival that cannot be built again is not timed
             continue
-        built[row["number"]] = (row, path, report)
+        built[row["number"]] = (row, path, report, rebuilt)
     progress("re-measuring the chosen model" + (" beside the finalists" if built else ""), 0, 1)
     again, report = trials.run(settings, [tuple(s) for s in chosen["steps"]], str(scratch),
-                               side_by_side=tuple((_label(n), str(path)) for n, (_, path, _) in built.items()))
+                               side_by_side=tuple((_label(n), str(path)) for n, (_, path, _, _) in built.items()))
     if not built:
         return chosen, again, report, scratch
     figures = {chosen["number"]: (chosen, again, report, scratch)}
-    for number, (row, path, other) in built.items():
+    for number, (row, path, other, rebuilt) in built.items():
         other["latency"] = report["latency"]["side_by_side"][_label(number)]
-        figures[number] = (row, trials.measure(settings, other, 0.0), other, path)
+        measured = trials.measure(settings, other, rebuilt.seconds)
+        measured.cached_steps = rebuilt.cached_steps
+        figures[number] = (row, measured, other, path)
     band = fronts.SQRT2 * (trials.tie_band(report["latency"].get("noise_floor"), settings.runs) or 0.0)
     points = [fronts.Point(n, m.loss, m.objective, trials.budget_met(settings, m), m.size_ratio, m.macs_ratio,
                            len(row["steps"])) for n, (row, m, _, _) in figures.items()]
