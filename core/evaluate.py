@@ -320,6 +320,9 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
             continue
         entry = fk.whole(r, c)  # one float64 pass in chunks: four full float64 copies each made before
         entry["sqnr_db"] = _finite(entry["sqnr_db"])
+        varies = fk.spread(r)
+        if varies is not None:
+            entry["spread"] = round(varies, 6)
         worst = fk.worst_slice(r, c, None if axes is None else axes[k])
         if worst is not None:
             entry["worst_slice"] = {**worst, "sqnr_db": _finite(worst["sqnr_db"])}
@@ -348,6 +351,8 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
         "max_abs_error": max((o["max_abs_error"] for o in floats.values()), default=None),
         "top1_agreement": next((o["top1_agreement"] for o in floats.values() if "top1_agreement" in o), None),
         "shape_mismatch": [n for n, o in outputs.items() if "error" in o],
+        # outputs the data barely moves: their cosine says little (``fk.spread``)
+        "nearly_constant": {n: o["spread"] for n, o in floats.items() if o.get("spread", 1.0) < fk.NEARLY_CONSTANT},
     }
     return {"summary": summary, "outputs": outputs}
 

@@ -267,6 +267,7 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
     elif cosine is not None and cosine < MIN_COSINE:
         found.append(("fidelity", cosine < 0.5, f"outputs drifted from the input's: {which} {cosine:.4f} "
                       f"(< {MIN_COSINE})"))
+    found += _nearly_constant(doc)
     changed = [s["pass"] for s in doc["steps"] if s.get("modified")]
     top1 = fid.get("top1_agreement")
     if not acc.get("known") and top1 is not None and top1 < MIN_TOP1 and (cosine is None or cosine >= MIN_COSINE) \
@@ -290,9 +291,27 @@ def warnings(doc: dict, output: str | None = None) -> list[dict]:
             "if it holds, drop the step" + _channel_block_hint(doc))
     labels = (f"score the input alone (`mcomp compare {names['inp']} {names['inp']} --data {names['data']}`), and "
               "read a few of its outputs against their labels")
-    advice = {"latency": slow, "labels": labels}
+    exercise = ("measure on inputs that exercise the model: --data with real examples (a verifier's matching and "
+                "non-matching pairs, a detector's images with and without objects)")
+    advice = {"latency": slow, "labels": labels, "constant": exercise}
     return [{"kind": kind, "severity": "severe" if severe else "warning", "message": message,
              "advice": advice.get(kind, quality)} for kind, severe, message in found]
+
+
+def _nearly_constant(doc: dict) -> list[tuple[str, bool, str]]:
+    """Outputs the data barely moves (``kernels.fidelity.spread``): their cosine is what every example shares,
+    whatever the candidate does (a Siamese verifier on noise: 0.999998 for a cut that broke it)."""
+    still = doc["fidelity"]["summary"].get("nearly_constant") or {}
+    if not still:
+        return []
+    outputs = doc["fidelity"].get("outputs") or {}
+    named = ", ".join(f"{n} (spread {v:.1e}, cosine {outputs.get(n, {}).get('cosine', float('nan')):.6f})"
+                      for n, v in list(still.items())[:3])
+    synthetic = any(isinstance(d, dict) and d.get("synthetic") for d in (doc.get("data") or {}).values())
+    why = "the synthetic inputs do not exercise it" if synthetic else "the data does not exercise it"
+    plural = len(still) > 1
+    return [("constant", False, f"output{'s' if plural else ''} {named} barel{'y vary' if plural else 'y varies'} "
+             f"across the examples ({why}): there the fidelity says little about the model")]
 
 
 def _channel_block_hint(doc: dict) -> str:

@@ -4,9 +4,12 @@ The defect they guard against: a detector head ``Concat``s box rows in pixels wi
 probabilities; one 8-bit scale over it zeroes every class score while the whole-output cosine is 0.9995.
 """
 
+import json
+
 import numpy as np
 import pytest
 
+from clirun import run_mcomp
 from helpers import run, tiny_detector
 from mcomp import data, evaluate
 from mcomp.kernels import fidelity as fk
@@ -232,3 +235,49 @@ def test_compare_holds_outputs_within_a_budget_and_says_which_feeds_it_kept(monk
     assert dataset.notes == [] or not any("first 2" in n for n in dataset.notes)  # the caller's data is untouched
     monkeypatch.setattr(evaluate, "COMPARED_OUTPUT_BYTES", 1)
     assert evaluate.compare(model, model, dataset, ["CPUExecutionProvider"], 1, ["logits"])["data"]["feeds"] == 1
+
+
+def test_an_output_the_data_barely_moves_is_flagged_its_cosine_says_little():
+    """A Siamese verifier's similarity read 0.9983–0.9985 on noise inputs: a cut that broke it kept cosine
+    0.999998. The spread across the examples says so, per output and in the summary."""
+    rng = np.random.default_rng(0)
+    saturated = (0.9984 + rng.normal(0, 1e-4, (16, 1))).astype(np.float32)
+    broken = (0.9979 + rng.normal(0, 1e-4, (16, 1))).astype(np.float32)  # nothing of the reference's variation left
+    assert fk.spread(saturated) < fk.NEARLY_CONSTANT < fk.spread(rng.standard_normal((16, 10)))
+    assert fk.spread(saturated[:1]) is None and fk.spread(np.ones((4, 3), np.float32)) == 0.0
+    fid = evaluate.fidelity([[saturated], [yolo_like()]], [[broken], [yolo_like()]], ["similarity", "boxes"])
+    assert fid["outputs"]["similarity"]["cosine"] > 0.9999
+    assert list(fid["summary"]["nearly_constant"]) == ["similarity"]
+
+
+def test_the_spread_is_the_same_in_chunks(monkeypatch):
+    rows = np.random.default_rng(2).standard_normal((37, 5, 3)).astype(np.float32) + 4
+    whole = fk.spread(rows)
+    monkeypatch.setattr(fk, "CHUNK", 7)  # two examples (15 elements each) fit no chunk: one at a time
+    assert fk.spread(rows) == pytest.approx(whole, rel=1e-12)
+    assert whole == pytest.approx(float(np.sqrt(((rows - rows.mean(0)) ** 2).sum() / (rows.astype(np.float64) ** 2).sum())))
+
+
+def test_a_pass_warns_where_the_data_does_not_exercise_an_output(tmp_path):
+    """An MLP whose last Sigmoid saturates (bias 9): pruned on synthetic inputs, its cosine is 1 whatever the
+    cut; the report warns, naming the output and what to measure on."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(1)
+    weights = {"w1": rng.normal(0, 0.3, (16, 16)), "w2": rng.normal(0, 0.3, (16, 16)), "w3": rng.normal(0, 0.1, (16, 1)),
+               "b3": np.full(1, 9.0)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
+             helper.make_node("MatMul", ["r1", "w2"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2"]),
+             helper.make_node("MatMul", ["r2", "w3"], ["h3"]), helper.make_node("Add", ["h3", "b3"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["similarity"])]
+    graph = helper.make_graph(nodes, "verifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
+                              [helper.make_tensor_value_info("similarity", TensorProto.FLOAT, ["N", 1])],
+                              [numpy_helper.from_array(w.astype(np.float32), n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    done = run_mcomp("prune", "m.onnx", "--rate", "0.9", "-o", "p.onnx", "--report", "p.json", cwd=tmp_path)
+    assert done.returncode == 0, done
+    warned = [w for w in json.loads((tmp_path / "p.json").read_text())["warnings"] if w["kind"] == "constant"]
+    assert len(warned) == 1 and "output similarity" in warned[0]["message"]
+    assert "synthetic inputs do not exercise it" in warned[0]["message"] and "--data" in warned[0]["advice"]
+    assert "barely varies across the examples" in done.stderr
