@@ -255,7 +255,8 @@ def test_the_spread_is_the_same_in_chunks(monkeypatch):
     whole = fk.spread(rows)
     monkeypatch.setattr(fk, "CHUNK", 7)  # two examples (15 elements each) fit no chunk: one at a time
     assert fk.spread(rows) == pytest.approx(whole, rel=1e-12)
-    assert whole == pytest.approx(float(np.sqrt(((rows - rows.mean(0)) ** 2).sum() / (rows.astype(np.float64) ** 2).sum())))
+    deviation = ((rows - rows.mean(0)) ** 2).sum()
+    assert whole == pytest.approx(float(np.sqrt(deviation / (rows.astype(np.float64) ** 2).sum())))
 
 
 def test_a_pass_warns_where_the_data_does_not_exercise_an_output(tmp_path):
@@ -264,8 +265,8 @@ def test_a_pass_warns_where_the_data_does_not_exercise_an_output(tmp_path):
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
-    weights = {"w1": rng.normal(0, 0.3, (16, 16)), "w2": rng.normal(0, 0.3, (16, 16)), "w3": rng.normal(0, 0.1, (16, 1)),
-               "b3": np.full(1, 9.0)}
+    weights = {"w1": rng.normal(0, 0.3, (16, 16)), "w2": rng.normal(0, 0.3, (16, 16)),
+               "w3": rng.normal(0, 0.1, (16, 1)), "b3": np.full(1, 9.0)}
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["h1"]), helper.make_node("Relu", ["h1"], ["r1"]),
              helper.make_node("MatMul", ["r1", "w2"], ["h2"]), helper.make_node("Relu", ["h2"], ["r2"]),
              helper.make_node("MatMul", ["r2", "w3"], ["h3"]), helper.make_node("Add", ["h3", "b3"], ["z"]),
