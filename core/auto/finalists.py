@@ -34,7 +34,8 @@ def rivals(doc: dict) -> list[dict]:
         return []
     feasible = [t for t in doc["trials"] if t["state"] == "complete" and t["feasible"] and t.get("repeat_of") is None]
     fastest = min(t["measured"]["objective"] for t in feasible)
-    near = [t for t in feasible if t["number"] != chosen["number"] and t["measured"]["objective"] <= fastest * (1 + MARGIN)]
+    near = [t for t in feasible
+            if t["number"] != chosen["number"] and t["measured"]["objective"] <= fastest * (1 + MARGIN)]
     return sorted(near, key=lambda t: t["measured"]["objective"])[:MAX_FINALISTS - 1]
 
 
