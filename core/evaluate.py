@@ -321,6 +321,8 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
         entry = fk.whole(r, c)  # one float64 pass in chunks: four full float64 copies each made before
         entry["sqnr_db"] = _finite(entry["sqnr_db"])
         varies = fk.spread(r)
+        if varies is not None and varies < fk.NEARLY_CONSTANT:  # still as a whole: does any slice vary?
+            varies = max([varies, *fk.slice_spreads(r, fk.channel_axes(r) if axes is None else axes[k])])
         if varies is not None:
             entry["spread"] = round(varies, 6)
         worst = fk.worst_slice(r, c, None if axes is None else axes[k])

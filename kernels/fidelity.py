@@ -71,6 +71,19 @@ def spread(ref: np.ndarray) -> float | None:
     return float(np.sqrt(deviation / energy)) if energy > 0 else 0.0
 
 
+def slice_spreads(ref: np.ndarray, axes: list[int]) -> list[float]:
+    """``spread`` of every slice along ``axes`` (channel-like axes: ``channel_axes``). A detector's box rows
+    hold the grid positions every image shares and swamp its whole output's spread (YOLOv5's [1, 3549, 6]
+    on 16 photos: 3.4e-03), while its objectness and class rows vary: a slice that varies is exercised."""
+    found = []
+    for axis in axes:
+        for index in range(ref.shape[axis]):
+            value = spread(np.take(ref, index, axis=axis))
+            if value is not None:
+                found.append(value)
+    return found
+
+
 def _cosine(dot: float, aa: float, bb: float) -> float:
     na, nb = np.sqrt(aa), np.sqrt(bb)
     if na == 0 and nb == 0:
