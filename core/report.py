@@ -308,8 +308,8 @@ def _nearly_constant(doc: dict) -> list[tuple[str, bool, str]]:
     named = ", ".join(f"{n} (spread {v:.1e}, cosine {outputs.get(n, {}).get('cosine', float('nan')):.6f})"
                       for n, v in list(still.items())[:3])
     synthetic = any(isinstance(d, dict) and d.get("synthetic") for d in (doc.get("data") or {}).values())
-    why = "the synthetic inputs do not exercise it" if synthetic else "the data does not exercise it"
     plural = len(still) > 1
+    why = f"the {'synthetic inputs do' if synthetic else 'data does'} not exercise {'them' if plural else 'it'}"
     return [("constant", False, f"output{'s' if plural else ''} {named} barel{'y vary' if plural else 'y varies'} "
              f"across the examples ({why}): there the fidelity says little about the model")]
 
