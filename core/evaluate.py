@@ -168,7 +168,7 @@ def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str
                  dataset.synthetic)
     cand_out = [cand_out[i] for i in matched]  # in the reference's order; the candidate's extra outputs dropped
     check_finite(cand_out, output_names, "candidate", dataset.synthetic)
-    fid = fidelity(ref_out, cand_out, output_names, heads=heads)
+    fid = spreads(fidelity(ref_out, cand_out, output_names, heads=heads), ref_out, output_names)
     acc_ref = task_accuracy(ref_out, output_names, dataset, metric)
     acc_cand = task_accuracy(cand_out, output_names, dataset, metric)
     if acc_ref is None:
@@ -320,11 +320,6 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
             continue
         entry = fk.whole(r, c)  # one float64 pass in chunks: four full float64 copies each made before
         entry["sqnr_db"] = _finite(entry["sqnr_db"])
-        varies = fk.spread(r)
-        if varies is not None and varies < fk.NEARLY_CONSTANT:  # still as a whole: does any slice vary?
-            varies = max([varies, *fk.slice_spreads(r, fk.channel_axes(r) if axes is None else axes[k])])
-        if varies is not None:
-            entry["spread"] = round(varies, 6)
         worst = fk.worst_slice(r, c, None if axes is None else axes[k])
         if worst is not None:
             entry["worst_slice"] = {**worst, "sqnr_db": _finite(worst["sqnr_db"])}
@@ -353,10 +348,31 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
         "max_abs_error": max((o["max_abs_error"] for o in floats.values()), default=None),
         "top1_agreement": next((o["top1_agreement"] for o in floats.values() if "top1_agreement" in o), None),
         "shape_mismatch": [n for n, o in outputs.items() if "error" in o],
-        # outputs the data barely moves: their cosine says little (``fk.spread``)
-        "nearly_constant": {n: o["spread"] for n, o in floats.items() if o.get("spread", 1.0) < fk.NEARLY_CONSTANT},
     }
     return {"summary": summary, "outputs": outputs}
+
+
+def spreads(fid: dict, ref: list[list[np.ndarray]], names: list[str]) -> dict:
+    """``fid`` (``fidelity``'s) with each float output's spread across the examples (``fk.spread``; where the
+    whole barely varies, its most varying slice's) and the summary's ``nearly_constant`` outputs, whose
+    cosine says little. Once per comparison (the report's), not in ``fidelity``: a pass that scores many
+    candidates against one reference (a sensitivity allocation's hundreds of probes) would read it each time."""
+    still = {}
+    for name, r_list in zip(names, ref):
+        entry = fid["outputs"].get(name) or {}
+        if "cosine" not in entry or not r_list:
+            continue
+        r = r_list[0] if len(r_list) == 1 else _joined(r_list)
+        varies = fk.spread(r)
+        if varies is not None and varies < fk.NEARLY_CONSTANT:  # still as a whole: does any slice vary?
+            varies = max([varies, *fk.slice_spreads(r, fk.channel_axes(r))])
+        if varies is None:
+            continue
+        entry["spread"] = round(varies, 6)
+        if varies < fk.NEARLY_CONSTANT:
+            still[name] = entry["spread"]
+    fid["summary"]["nearly_constant"] = still
+    return fid
 
 
 def figure(summary: dict, mode: str = "slice") -> float | None:
@@ -419,4 +435,4 @@ def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
 
 __all__ = ["FIDELITY_MODES", "session", "run", "feeds_for", "measurement_data", "compare",
            "run_exposed", "fidelity", "figure", "accuracy", "task_accuracy", "slice_axes", "ort_errors", "match_outputs",
-           "check_finite"]
+           "check_finite", "spreads"]
