@@ -117,6 +117,15 @@ def example_feeds(feeds: list[dict[str, np.ndarray]], specs, given=None, n: int 
     return shapes.batched_feeds(feeds, specs, shapes.given_batch(specs, given or {}), n)
 
 
+def timed_feeds(data, specs, given=None, n: int = 4) -> list[dict[str, np.ndarray]]:
+    """What a pass times so that it agrees with the report's latency row: ``example_feeds`` of its data
+    (``data``: anything with ``feeds`` and ``synthetic``); synthetic feeds as they are, made at the resolved
+    shapes already (quantize's guard, structured pruning's latency allocation)."""
+    if data.synthetic:
+        return data.feeds[:n]
+    return example_feeds(data.feeds, specs, given, n)
+
+
 @contextlib.contextmanager
 def hint_assumed_shapes(resolved: dict[str, shapes.InputShape], synthetic: bool):
     """A model that fails on synthetic inputs at shapes mcomp assumed: the error says the shapes and the

@@ -272,14 +272,12 @@ class Flow:
         (or the batch --input-shape gives; ``bench.example_feeds``), not a data file's batch: GPT-2 at 16×128 tokens ran 16× longer a round
         (0.4 GB of logits), and a verdict at a batch the latency row does not use could contradict it.
         Synthetic feeds are already at the resolved input shapes and are timed as they are."""
-        from mcomp.bench import example_feeds
+        from mcomp.bench import timed_feeds
         from mcomp.session import input_specs
 
-        if self.evaluation.synthetic:
-            return self.evaluation.feeds[:GUARD_FEEDS]
-        timed = example_feeds(self.evaluation.feeds, input_specs(self.model), given=self.ctx.input_shapes,
-                              n=GUARD_FEEDS)
-        self.details["guard_feed_shapes"] = {name: list(array.shape) for name, array in timed[0].items()}
+        timed = timed_feeds(self.evaluation, input_specs(self.model), given=self.ctx.input_shapes, n=GUARD_FEEDS)
+        if not self.evaluation.synthetic:
+            self.details["guard_feed_shapes"] = {name: list(array.shape) for name, array in timed[0].items()}
         return timed
 
     def _memory(self, result: ir.Model, workdir: Path) -> None:

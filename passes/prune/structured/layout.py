@@ -182,25 +182,19 @@ def flatten_rule(node, space, port):
         return _flattened(node, space, 1, factor)
     outer = _static_product(node.inputs[0], axis, stop=space.axis)
     if outer is None or space.width is None:
-        return blocked("Flatten of a dynamic spatial size")
-    return _flattened_after(node, space, 1, factor, outer)
+        return blocked("Flatten of a dynamic spatial size, or of channels of unknown width")
+    return _flattened(node, space, 1, factor, outer=outer)
 
 
-def _flattened_after(node, space, out_axis, factor, outer, entry=None):
-    """Channels flattened with the ``outer`` positions of the axes before them (channels-last, then
-    flattened whole: Keras' and TensorFlow's layout): every leading position holds all the channels, so
-    a channel cut removes ``factor × outer`` features; ``entry`` locates a target-shape constant."""
-    step = FlattenStep(node, factor, outer, space.width)
+def _flattened(node, space, out_axis, factor, entry=None, outer=1):
+    """Each channel becomes ``factor`` features; ``entry`` locates the target-shape constant to rewrite.
+    With ``outer`` > 1 the channels come after the first axis flattened (channels-last, then flattened
+    whole: Keras' and TensorFlow's layout): every one of the ``outer`` leading positions holds all of
+    them, so a channel cut removes ``factor × outer`` features."""
+    step = FlattenStep(node, factor, outer, space.width or 0)
+    path = space.path + (step,) if factor * outer != 1 else space.path
+    width = None if space.width is None else space.width * factor * outer
     member = Member(node, "reshape", path=space.path, extra={"entry": entry, "factor": factor * outer})
-    return Relation([Space(node.outputs[0], out_axis, space.path + (step,), space.width * factor * outer)], [member])
-
-
-def _flattened(node, space, out_axis, factor, entry=None):
-    """Each channel becomes ``factor`` features; ``entry`` locates the target-shape constant to rewrite."""
-    step = FlattenStep(node, factor)
-    path = space.path + (step,) if factor != 1 else space.path
-    width = None if space.width is None else space.width * factor
-    member = Member(node, "reshape", path=space.path, extra={"entry": entry, "factor": factor})
     return Relation([Space(node.outputs[0], out_axis, path, width)], [member])
 
 
@@ -232,11 +226,10 @@ def reshape_rule(node, space, port):
     if space.path and isinstance(space.path[-1], HeadStep):
         return attention.reshape_forward(node, space, entries)
     width = space.width
-    if width is not None and a >= len(entries):  # the channels merged with axes before them
-        return _reshape_flat_after(node, space, entries) or attention.reshape_forward(node, space, entries) \
-            or blocked("Reshape that moves the channels (cannot map)")
-    if width is None or a >= len(entries):
-        return attention.reshape_forward(node, space, entries) or blocked("Reshape of channels of unknown width")
+    if width is None or a >= len(entries):  # unknown width, or the channels merged with axes before them
+        flat = _reshape_flat_after(node, space, entries) if width is not None else None
+        return flat or attention.reshape_forward(node, space, entries) or blocked(
+            "Reshape of channels of unknown width" if width is None else "Reshape that moves the channels (cannot map)")
     prefix_kept = all(_keeps(e, i, data) for i, e in enumerate(entries[:a]))
     entry = entries[a]
     # identity on the channels: leading dims and the channel dim are kept
@@ -259,7 +252,8 @@ def reshape_rule(node, space, port):
 
 def _reshape_flat_after(node, space, entries) -> Relation | None:
     """A Reshape that flattens channels-last data from an axis before the channels to the last into one
-    feature axis (``[N, H, W, C] → [N, H·W·C]``, or ``[0, -1]``), as ``_flattened_after``; None otherwise."""
+    feature axis (``[N, H, W, C] → [N, H·W·C]``, or ``[0, -1]``), as ``_flattened`` with ``outer``;
+    None otherwise."""
     data, a, k = node.inputs[0], space.axis, len(entries) - 1
     outer = _static_product(data, k, stop=a) if 0 <= k < a else None
     trailing = _static_product(data, a + 1)
@@ -268,7 +262,7 @@ def _reshape_flat_after(node, space, entries) -> Relation | None:
     last = entries[k]
     if last[0] != "const" or last[1] not in (-1, space.width * trailing * outer):
         return None
-    return _flattened_after(node, space, k, trailing, outer, entry=last[2] if last[1] != -1 else None)
+    return _flattened(node, space, k, trailing, entry=last[2] if last[1] != -1 else None, outer=outer)
 
 
 def _reshape_backward(node, space, entries):

@@ -113,17 +113,6 @@ def _time_bound(sample, judge: Judge, planned: int):
     return fewer if fewer.samples < sample.samples else None
 
 
-def _timed_feed(model, sample, ctx) -> dict:
-    """One feed as the report's latency row times it (``bench.example_feeds``): the data's first feed,
-    16 examples, was profiled where the row timed 1, or 256 with --input-shape."""
-    from mcomp.bench import example_feeds
-    from mcomp.session import input_specs
-
-    if sample.synthetic:
-        return sample.feeds[0]
-    return example_feeds(sample.feeds, input_specs(model), given=ctx.input_shapes, n=1)[0]
-
-
 def allocate(model, groups, free, pinned: dict[int, float], *, rate: float, target: str,
              target_value: float | None, round_to: int, max_rate: float, shapes, data, ctx,
              options: dict, cost_kind: str = "macs") -> tuple[dict[int, float], dict, list[str]]:
@@ -140,7 +129,11 @@ def allocate(model, groups, free, pinned: dict[int, float], *, rate: float, targ
     sample = subset(data)
     timing = None
     if kind == "latency":  # profiled on what the latency row times: one example, or --input-shape's batch
-        cost, timing = al.latency_model(model, groups, _timed_feed(model, sample, ctx), ctx.providers, ctx.threads)
+        from mcomp.bench import timed_feeds
+        from mcomp.session import input_specs
+
+        feed = timed_feeds(sample, input_specs(model), given=ctx.input_shapes, n=1)[0]
+        cost, timing = al.latency_model(model, groups, feed, ctx.providers, ctx.threads)
     else:
         cost = al.param_model(model, groups) if kind == "params" else al.mac_model(model, groups, shapes)
     tables = {g.id: al.levels(g, round_to, max_rate) for g in free}
