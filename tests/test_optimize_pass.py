@@ -3,7 +3,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
-from helpers import conv_bn_relu, run
+from helpers import conv_bn_relu, from_text, run
 from mcomp import data
 from mcomp.graph import copy, op_histogram
 from mcomp.pass_base import Context
@@ -185,3 +185,22 @@ def test_growth_not_seen_before_the_stage_is_found_by_running_it(tmp_path, monke
     optimized, note = offline.offline_optimized_no_bigger(model, "basic", ["CPUExecutionProvider"])
     assert levels == [[], ["ConstantFolding"]] and "grew the weights" in note
     assert tensor_counts(optimized)[0].parameters <= tensor_counts(model)[0].parameters
+
+
+def test_a_rank_0_output_is_checked():
+    """speechmos's PLCMOS returns its score as a rank-0 tensor: the stage check's |Δ| of two scalars is a
+    numpy scalar, which ``np.abs(out=)`` refused (an internal error on every stage)."""
+    model = from_text("""
+        <ir_version: 8, opset_import: ["": 13]>
+        g (float[N, 4] x) => (float y) {
+            two = Constant <value = float {2.0}> ()
+            h = Mul (x, two)
+            z = Identity (h)
+            y = ReduceMean <keepdims = 0> (z)
+        }""")
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)}
+    expected = run(model, feeds)[0]
+    result = Optimize(level="basic")(copy(model), Context())
+    assert result.modified and "Identity" not in op_histogram(result.model)
+    got = run(result.model, feeds)[0]
+    assert got.shape == () and np.isclose(got, expected)

@@ -119,7 +119,7 @@ class _Scale:
         if want.dtype.kind != "f":
             return _error(got, want), self.limit, ""  # complex outputs
         wide = np.promote_types(want.dtype, np.float32)  # float32 |Δ| is exact to 6e-8 relative, far below any tolerance
-        diff = np.subtract(got, want, dtype=wide)
+        diff = np.asarray(np.subtract(got, want, dtype=wide))  # a rank-0 output's difference is a numpy scalar
         np.abs(diff, out=diff)
         err, limit, where = float(diff.max()), self.limit, ""
         if not np.isfinite(err):  # NaN or inf somewhere: the rules of _error (NaN where the reference has NaN passes)
