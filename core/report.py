@@ -184,6 +184,21 @@ def measured_at(shapes: dict[str, dict]) -> str:
     return "; ".join(f"{name} {shape_dims(e)} ({shape_origin(e)})" for name, e in shapes.items()) or "no inputs"
 
 
+# A tensor name in a table cell is cut to this many characters: openWakeWord's timer model names its output
+# with the JSON of its class names (160 characters), which widened the terminal table past any screen.
+NAME_WIDTH = 48
+
+
+def clipped(name, width: int = NAME_WIDTH) -> str:
+    """``name``, or its start and end around an ellipsis where it is longer than ``width`` (the full name
+    stays in the JSON report)."""
+    name = str(name)
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head):]
+
+
 def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     """(metric, input, output, change) rows shared by the Markdown and terminal renderings."""
     i, o = doc["input"], doc["output"]
@@ -197,7 +212,7 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     ]
     rows += _zstd_row(doc)
     for name, entry in (doc.get("shapes") or {}).items():  # what MACs and latency above were measured at
-        rows.append(("measured at", f"{name} {shape_dims(entry)}", "", shape_origin(entry)))
+        rows.append(("measured at", f"{clipped(name)} {shape_dims(entry)}", "", shape_origin(entry)))
     lat = doc.get("latency")
     if lat:
         rows.append(("latency p50 (ms)", f"{lat['reference']['p50_ms']:.3f}", f"{lat['candidate']['p50_ms']:.3f}",
@@ -215,13 +230,13 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
     worst = fid.get("worst_slice")
     if worst:
         sqnr = "SQNR ∞" if worst["sqnr_db"] is None else f"SQNR {worst['sqnr_db']:.1f} dB"
-        rows.append(("fidelity, worst slice", f"{worst['output']}: axis {worst['axis']}, {worst['index']} of "
+        rows.append(("fidelity, worst slice", f"{clipped(worst['output'])}: axis {worst['axis']}, {worst['index']} of "
                      f"{worst['slices']}", f"{worst['cosine']:.6f}", sqnr))
     for name, out in doc["fidelity"]["outputs"].items():
         if out.get("top1_agreement") is not None:
             step = out.get("worst_step_top1")
             change = f"worst step {step['step']}: {step['top1_agreement']:.2%}" if step else ""
-            rows.append((f"top-1 agreement ({name})", "", f"{out['top1_agreement']:.2%}", change))
+            rows.append((f"top-1 agreement ({clipped(name)})", "", f"{out['top1_agreement']:.2%}", change))
     return rows
 
 

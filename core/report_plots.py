@@ -75,8 +75,9 @@ def new_figure(width: float, height: float, ncols: int = 1):
 
 
 def _short(name, width: int = 28) -> str:
-    name = str(name)
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    from mcomp.report import clipped
+
+    return clipped(name, width)
 
 
 @drawn

@@ -324,3 +324,25 @@ def test_a_slower_structured_cut_is_told_the_cpus_channel_block(monkeypatch, fla
     (found,) = report.warnings(doc, "o.onnx")
     assert found["kind"] == "latency"
     assert (hint in found["advice"]) if hint else "--round-to" not in found["advice"]
+
+
+def test_a_long_tensor_name_is_clipped_in_the_table_and_kept_whole_in_the_json(tmp_path):
+    """openWakeWord's timer model names its output with the JSON of its classes (160 characters): the
+    terminal table's first column took that width, pushing the figures off any screen."""
+    h = onnx.helper
+    name = '{"1": "1_minute_timer", "2": "5_minute_timer", "3": "10_minute_timer", "4": "20_minute_timer"}'
+    w = onnx.numpy_helper.from_array(np.random.default_rng(0).standard_normal((8, 5)).astype(np.float32), "w")
+    graph = h.make_graph([h.make_node("MatMul", ["features " * 10, "w"], ["z"]), h.make_node("Softmax", ["z"], [name])],
+                         "timer", [h.make_tensor_value_info("features " * 10, onnx.TensorProto.FLOAT, [4, 8])],
+                         [h.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [4, 5])], [w])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), tmp_path / "m.onnx")
+    pipe = load_text(f"model: {tmp_path / 'm.onnx'}\nmeasure: {{latency: false}}\nsteps:\n  - prune: {{rate: 0.5}}\n",
+                     "pipe.yaml")
+    doc = pipeline_io.execute(pipe, pipeline_io.RunRequest(output=str(tmp_path / "out.onnx"))).report
+    assert name in doc["fidelity"]["outputs"]
+    rows = {row[0]: row for row in report.headline(doc)}
+    top1 = next(metric for metric in rows if metric.startswith("top-1 agreement"))
+    assert top1 == f"top-1 agreement ({report.clipped(name)})" and len(report.clipped(name)) == report.NAME_WIDTH
+    assert report.clipped(name).startswith('{"1": "1_minute') and report.clipped(name).endswith('"20_minute_timer"}')
+    assert len(rows["measured at"][1]) <= report.NAME_WIDTH + len(" 4×8")
+    assert report.clipped("y") == "y"
