@@ -81,8 +81,9 @@ def _print(doc: dict, to: Console) -> None:
                       f"cosine {worst['cosine']:.6f}, SQNR {_db(worst['sqnr_db'])}")
         to.print(f"fidelity ({doc['fidelity']['figure']['mode']}): {doc['fidelity']['figure']['value']:.6f}; {slice_text}")
         if fid["relative_l2"] is not None:  # None: no output kept its shape (each counts as cosine 0)
+            centered = "" if fid.get("centered_cosine") is None else f", centered cosine {fid['centered_cosine']:.6f}"
             to.print(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
-                     f"max |Δ| {fid['max_abs_error']:.3g}")
+                     f"max |Δ| {fid['max_abs_error']:.3g}{centered}")
     for name, out in doc["fidelity"]["outputs"].items():
         if out.get("top1_agreement") is not None:
             step = out.get("worst_step_top1")

@@ -168,7 +168,7 @@ def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str
                  dataset.synthetic)
     cand_out = [cand_out[i] for i in matched]  # in the reference's order; the candidate's extra outputs dropped
     check_finite(cand_out, output_names, "candidate", dataset.synthetic)
-    fid = spreads(fidelity(ref_out, cand_out, output_names, heads=heads), ref_out, output_names)
+    fid = across_examples(fidelity(ref_out, cand_out, output_names, heads=heads), ref_out, cand_out, output_names)
     acc_ref = task_accuracy(ref_out, output_names, dataset, metric)
     acc_cand = task_accuracy(cand_out, output_names, dataset, metric)
     if acc_ref is None:
@@ -352,13 +352,14 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
     return {"summary": summary, "outputs": outputs}
 
 
-def spreads(fid: dict, ref: list[list[np.ndarray]], names: list[str]) -> dict:
-    """``fid`` (``fidelity``'s) with each float output's spread across the examples (``fk.spread``; where the
-    whole barely varies, its most varying slice's) and the summary's ``nearly_constant`` outputs, whose
-    cosine says little. Once per comparison (the report's), not in ``fidelity``: a pass that scores many
+def across_examples(fid: dict, ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str]) -> dict:
+    """``fid`` (``fidelity``'s) with what each float output does across the examples: its spread (``fk.spread``;
+    where the whole barely varies, its most varying slice's) and its centered cosine (``fk.centered_cosine``);
+    the summary's ``nearly_constant`` outputs, whose cosine says little, and ``centered_cosine``, the lowest of
+    the outputs that vary. Once per comparison (the report's), not in ``fidelity``: a pass that scores many
     candidates against one reference (a sensitivity allocation's hundreds of probes) would read it each time."""
-    still = {}
-    for name, r_list in zip(names, ref):
+    still, centered = {}, []
+    for name, r_list, c_list in zip(names, ref, cand):
         entry = fid["outputs"].get(name) or {}
         if "cosine" not in entry or not r_list:
             continue
@@ -371,7 +372,14 @@ def spreads(fid: dict, ref: list[list[np.ndarray]], names: list[str]) -> dict:
         entry["spread"] = round(varies, 6)
         if varies < fk.NEARLY_CONSTANT:
             still[name] = entry["spread"]
+        c = np.asarray(c_list[0]) if len(c_list) == 1 else _joined([np.asarray(a) for a in c_list])
+        value = fk.centered_cosine(r, c) if len(c_list) == len(r_list) else None
+        if value is not None and np.isfinite(value):
+            entry["centered_cosine"] = round(value, 6)
+            if varies >= fk.NEARLY_CONSTANT:
+                centered.append(entry["centered_cosine"])
     fid["summary"]["nearly_constant"] = still
+    fid["summary"]["centered_cosine"] = min(centered) if centered else None
     return fid
 
 
@@ -435,4 +443,4 @@ def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
 
 __all__ = ["FIDELITY_MODES", "session", "run", "feeds_for", "measurement_data", "compare",
            "run_exposed", "fidelity", "figure", "accuracy", "task_accuracy", "slice_axes", "ort_errors", "match_outputs",
-           "check_finite", "spreads"]
+           "check_finite", "across_examples"]

@@ -54,14 +54,10 @@ def spread(ref: np.ndarray) -> float | None:
     data does not exercise the output, and cosine, relative L2 and SQNR, dominated by what every example
     shares, cannot tell a broken candidate from a good one. None with fewer than two examples. In
     float64 over chunks of examples (``CHUNK`` elements), as ``whole`` is."""
-    if ref.ndim < 1 or ref.shape[0] < 2 or ref.size == 0 or ref.dtype.kind != "f":
+    if not _has_examples(ref):
         return None
-    rows = ref.reshape(ref.shape[0], -1)
-    step = max(1, CHUNK // rows.shape[1])
-    mean = np.zeros(rows.shape[1])
-    for start in range(0, len(rows), step):
-        mean += rows[start:start + step].sum(axis=0, dtype=np.float64)
-    mean /= len(rows)
+    rows, step = _rows(ref)
+    mean = _example_mean(rows, step)
     deviation = energy = 0.0
     for start in range(0, len(rows), step):
         x = rows[start:start + step].astype(np.float64)
@@ -69,6 +65,44 @@ def spread(ref: np.ndarray) -> float | None:
         x -= mean
         deviation += float(np.sum(x * x))
     return float(np.sqrt(deviation / energy)) if energy > 0 else 0.0
+
+
+def centered_cosine(ref: np.ndarray, cand: np.ndarray) -> float | None:
+    """The cosine of how each model's output departs from the reference's mean over the examples (its leading
+    axis): what tells one example from another. Cosine, relative L2 and SQNR are dominated by what every
+    example shares; this is not. speechmos's PLCMOS cut by half read 3.2 for every input where its input
+    read 3.9–4.2 by input, at cosine 0.9997: centered, 0.004. None with fewer than two examples, or where the
+    shapes differ; 1.0 where neither varies. In float64 over chunks of examples, as ``spread``."""
+    if not _has_examples(ref) or cand.shape != ref.shape:
+        return None
+    rows, step = _rows(ref)
+    others = cand.reshape(rows.shape)
+    mean = _example_mean(rows, step)
+    dot = aa = bb = 0.0
+    for start in range(0, len(rows), step):
+        x = rows[start:start + step].astype(np.float64) - mean
+        y = others[start:start + step].astype(np.float64) - mean
+        dot += float(np.sum(x * y))
+        aa += float(np.sum(x * x))
+        bb += float(np.sum(y * y))
+    return _cosine(dot, aa, bb)
+
+
+def _has_examples(ref: np.ndarray) -> bool:
+    return ref.ndim >= 1 and ref.shape[0] >= 2 and ref.size > 0 and ref.dtype.kind == "f"
+
+
+def _rows(ref: np.ndarray) -> tuple[np.ndarray, int]:
+    """One row per example, and how many rows a chunk of ``CHUNK`` elements holds."""
+    rows = ref.reshape(ref.shape[0], -1)
+    return rows, max(1, CHUNK // rows.shape[1])
+
+
+def _example_mean(rows: np.ndarray, step: int) -> np.ndarray:
+    mean = np.zeros(rows.shape[1])
+    for start in range(0, len(rows), step):
+        mean += rows[start:start + step].sum(axis=0, dtype=np.float64)
+    return mean / len(rows)
 
 
 def slice_spreads(ref: np.ndarray, axes: list[int]) -> list[float]:

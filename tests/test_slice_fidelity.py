@@ -251,7 +251,8 @@ def test_an_output_the_data_barely_moves_is_flagged_its_cosine_says_little():
     detector = np.concatenate([grid, 1 / (1 + np.exp(-rng.normal(-4, 2, (16, 2, 200))))], axis=1).astype(np.float32)
     assert fk.spread(detector) < fk.NEARLY_CONSTANT < max(fk.slice_spreads(detector, fk.channel_axes(detector)))
     ref, names = [[saturated], [detector]], ["similarity", "output0"]
-    fid = evaluate.spreads(evaluate.fidelity(ref, [[broken], [detector]], names), ref, names)
+    fid = evaluate.across_examples(evaluate.fidelity(ref, [[broken], [detector]], names), ref, [[broken], [detector]],
+                                   names)
     assert fid["outputs"]["similarity"]["cosine"] > 0.9999
     assert list(fid["summary"]["nearly_constant"]) == ["similarity"]
 
