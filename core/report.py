@@ -333,8 +333,8 @@ def _lost_variation(doc: dict) -> list[tuple[str, bool, str]]:
     plural = len(lost) > 1
     return [("fidelity", min(out["centered_cosine"] for _, out in lost) < 0.5,
              f"output{'s' if plural else ''} {named} {'do' if plural else 'does'} not vary across the examples as "
-             f"the input model's {'do' if plural else 'does'}: centered on the input model's mean over them, the cosine is below "
-             f"{MIN_COSINE}; the plain cosine reads what the examples share (an offset, a scale)")]
+             f"the input model's {'do' if plural else 'does'}: centered on the input model's mean over them, the "
+             f"cosine is below {MIN_COSINE}; the plain cosine reads what the examples share (an offset, a scale)")]
 
 
 def _nearly_constant(doc: dict) -> list[tuple[str, bool, str]]:
