@@ -57,7 +57,8 @@ def compare(
         # one example per timed run, as the pass commands time it (not the data file's whole batch)
         latency = pipeline.measure_latency(ref_bytes, cand_bytes, dataset, providers, settings,
                                            specs=session.input_specs(ref.model), given=shapes)
-    quality["fidelity"]["figure"] = {"mode": fidelity, "value": evaluate.figure(quality["fidelity"]["summary"], fidelity)}
+    value, what = evaluate.figure_named(quality["fidelity"]["summary"], fidelity)
+    quality["fidelity"]["figure"] = {"mode": fidelity, "value": value, "what": what}
     doc = {"reference": ref.source.path, "candidate": cand.source.path, **quality, "latency": latency,
            "shapes": shapes_io.describe(resolved)}
     if json:
@@ -79,7 +80,8 @@ def _print(doc: dict, to: Console) -> None:
         slice_text = (none if not worst else
                       f"worst slice {worst['output']} axis {worst['axis']} [{worst['index']} of {worst['slices']}]: "
                       f"cosine {worst['cosine']:.6f}, SQNR {_db(worst['sqnr_db'])}")
-        to.print(f"fidelity ({doc['fidelity']['figure']['mode']}): {doc['fidelity']['figure']['value']:.6f}; {slice_text}")
+        figure = doc["fidelity"]["figure"]
+        to.print(f"fidelity ({figure['mode']}, {figure['what']}): {figure['value']:.6f}; {slice_text}")
         if fid["relative_l2"] is not None:  # None: no output kept its shape (each counts as cosine 0)
             centered = "" if fid.get("centered_cosine") is None else f", centered cosine {fid['centered_cosine']:.6f}"
             to.print(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "

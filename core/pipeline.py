@@ -349,11 +349,10 @@ def check_gates(pipeline: Pipeline, doc: dict) -> dict:
                 failed.append(f"accuracy drop {accuracy['drop']:.4f} exceeds max_accuracy_drop {gate.max_accuracy_drop}")
     if gate.min_fidelity is not None:
         mode = pipeline.measure.fidelity
-        cos = evaluate.figure(doc["fidelity"]["summary"], mode)
+        cos, what = evaluate.figure_named(doc["fidelity"]["summary"], mode)
         ok = cos is not None and cos >= gate.min_fidelity
         table["min_fidelity"] = {"limit": gate.min_fidelity, "value": cos, "passed": ok, "fidelity": mode}
         if not ok:
-            what = "worst-slice cosine" if mode == "slice" else "cosine"
             failed.append(f"fidelity ({what}) {cos} is below min_fidelity {gate.min_fidelity}")
     if gate.min_speedup is not None:
         speedup = (doc.get("latency") or {}).get("speedup")

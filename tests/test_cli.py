@@ -360,7 +360,8 @@ def test_compare_json(runs):
     doc = json_stdout(ok(runs["compare"]))
     assert doc["fidelity"]["summary"]["cosine"] == pytest.approx(1.0, abs=1e-9)
     assert doc["fidelity"]["summary"]["slice_cosine"] == pytest.approx(1.0, abs=1e-9)
-    assert doc["fidelity"]["figure"] == {"mode": "slice", "value": doc["fidelity"]["summary"]["slice_cosine"]}
+    assert doc["fidelity"]["figure"] == {"mode": "slice", "value": doc["fidelity"]["summary"]["slice_cosine"],
+                                         "what": "worst-slice cosine"}
     assert doc["fidelity"]["summary"]["max_abs_error"] <= 1e-6
     acc = doc["accuracy"]
     assert acc["known"] is True and acc["reference"] == acc["candidate"] > 0.9 and acc["drop"] == 0

@@ -13,6 +13,7 @@ import pytest
 
 import realmodels
 from clirun import run_mcomp
+from mcomp import evaluate
 from mcomp.kernels import fidelity as fk
 
 
@@ -60,3 +61,26 @@ def test_the_centered_cosine_sees_an_offset_and_a_scale_the_cosine_does_not(monk
     whole = fk.centered_cosine(ref, noisy)
     monkeypatch.setattr(fk, "CHUNK", 2)  # one example (3 elements) at a time
     assert fk.centered_cosine(ref, noisy) == pytest.approx(whole, rel=1e-12)
+
+
+def test_a_fidelity_gate_fails_the_cut_on_its_centered_cosine(plcmos):
+    """A gate (and ``mcomp auto --min-fidelity``, which reads the same figure) at 0.95 passed this cut on
+    its cosine, 0.996; ``measure.fidelity: whole`` keeps the plain cosine."""
+    path, folder = plcmos
+    done = {}
+    for mode in ("slice", "whole"):
+        (folder / f"gate-{mode}.yaml").write_text(
+            f"model: {path}\ndata: {{evaluation: speech.npz}}\nmeasure: {{latency: false, fidelity: {mode}}}\n"
+            "steps:\n  - prune: {method: structured, rate: 0.3}\ngate: {min_fidelity: 0.95}\n")
+        done[mode] = run_mcomp("run", f"gate-{mode}.yaml", "-o", f"gated-{mode}.onnx", cwd=folder)
+    assert done["slice"].returncode == 3 and "fidelity (centered cosine) 0.0" in done["slice"].stderr, done["slice"]
+    assert done["whole"].returncode == 0, done["whole"]
+    assert not (folder / "gated-slice.onnx").exists() and (folder / "gated-whole.onnx").exists()
+
+
+def test_the_default_figure_is_the_centered_cosine_where_it_is_lower():
+    summary = {"cosine": 0.996, "slice_cosine": 0.99, "centered_cosine": 0.002}
+    assert evaluate.figure_named(summary) == (0.002, "centered cosine")
+    assert evaluate.figure_named(summary, "whole") == (0.996, "cosine")
+    assert evaluate.figure_named({**summary, "centered_cosine": 0.999}) == (0.99, "worst-slice cosine")
+    assert evaluate.figure_named({**summary, "centered_cosine": None}) == (0.99, "worst-slice cosine")

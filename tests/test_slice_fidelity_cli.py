@@ -75,10 +75,10 @@ def test_compare_leads_with_the_worst_slice_and_whole_keeps_the_old_figure(runs)
     res, whole = runs["compare"], runs["compare-whole"]
     assert res.returncode == 0, res.explain()
     lead = next(line for line in res.out.splitlines() if line.startswith("fidelity"))
-    assert lead.startswith("fidelity (slice): 0.") and float(lead.split()[2].rstrip(";")) < 0.5
+    assert lead.startswith("fidelity (slice, ") and float(lead.split(": ")[1].split(";")[0]) < 0.5
     assert "worst slice y axis 1" in lead
     lead = next(line for line in whole.out.splitlines() if line.startswith("fidelity"))
-    assert lead.startswith("fidelity (whole):") and float(lead.split()[2].rstrip(";")) > 0.99
+    assert lead.startswith("fidelity (whole, cosine):") and float(lead.split(": ")[1].split(";")[0]) > 0.99
 
 
 @uses("gate")
@@ -122,6 +122,6 @@ def test_compare_counts_an_output_of_another_length_as_cosine_zero(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.linspace(0, 1, 64, dtype=np.float32).reshape(4, 16))
     res = run_mcomp("compare", "a.onnx", "b.onnx", "--data", "d.npz", "--runs", "3", cwd=tmp_path)
     assert res.returncode == 0, res.explain()
-    assert "fidelity (slice): 0.000000; outputs of another shape (below)" in res.out
+    assert "fidelity (slice, worst-slice cosine): 0.000000; outputs of another shape (below)" in res.out
     assert ("output y of another shape, counted as cosine 0: shape [3] differs from the reference's [0] (feed 2 of 4)"
             in res.out)
