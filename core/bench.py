@@ -127,15 +127,16 @@ def timed_feeds(data, specs, given=None, n: int = 4) -> list[dict[str, np.ndarra
 
 
 @contextlib.contextmanager
-def hint_assumed_shapes(resolved: dict[str, shapes.InputShape], synthetic: bool):
-    """A model that fails on synthetic inputs at shapes mcomp assumed: the error says the shapes and the
-    --input-shape that sets them, as the pass commands say it (a 224×224 guess is often the cause)."""
+def hint_assumed_shapes(resolved: dict[str, shapes.InputShape], synthetic: bool, zeros: list[str] | None = None):
+    """A model that fails on synthetic inputs: the error says the shapes mcomp assumed and the --input-shape
+    that sets them, as the pass commands say it (a 224×224 guess is often the cause), and ``zeros``, the
+    integer and boolean inputs synthesized as zeros (``data.zeroed_inputs``: a sample rate of 0)."""
     from mcomp import shapes
 
     try:
         yield
     except BadInput as exc:
-        hint = shapes.assumed_note(resolved) if synthetic else ""
+        hint = shapes.assumed_note(resolved, zeros or ()) if synthetic else ""
         if not hint or hint in str(exc):
             raise
         raise type(exc)(f"{exc}{hint}") from None

@@ -281,6 +281,12 @@ def concrete_shape(spec: TensorSpec, input_shapes: dict[str, tuple[int, ...]] | 
     return shapes.fill(spec).shape
 
 
+def zeroed_inputs(specs: list[TensorSpec]) -> list[str]:
+    """The inputs ``synthetic`` fills with zeros (integers and booleans: safe as any index): a model that
+    branches on one (silero's sample rate ``sr``) fails on synthetic data, and the error says so."""
+    return [s.name for s in specs if s.dtype.kind != "f"]
+
+
 def synthetic(specs: list[TensorSpec], *, input_shapes=None, feeds: int = 8, seed: int = 0,
               model: ir.Model | None = None) -> Dataset:
     """Seeded synthetic inputs: standard normal floats, zeros for integer and boolean inputs. With

@@ -88,7 +88,8 @@ def execute(pipeline: Pipeline, request: RunRequest) -> Outcome:
     except BadInput as exc:  # a model failing at a shape mcomp assumed: say so, and how to set one
         if isinstance(exc, ConfigError):  # an option's own mistake: no shape is to blame
             raise
-        hint = shapes.assumed_note(resolved) if _synthetic(datasets) else ""
+        zeros = data.zeroed_inputs(session.input_specs(loaded.model))
+        hint = shapes.assumed_note(resolved, zeros) if _synthetic(datasets) else ""
         if not hint or hint in str(exc):
             raise
         told = type(exc)(f"{exc}{hint}")

@@ -241,15 +241,20 @@ def describe(shapes: dict[str, InputShape]) -> dict[str, dict]:
     return {name: s.describe() for name, s in shapes.items()}
 
 
-def assumed_note(shapes: dict[str, InputShape]) -> str:
-    """The hint appended to a failure on synthetic data at assumed shapes; "" when none was assumed."""
+def assumed_note(shapes: dict[str, InputShape], zeros: list[str] | tuple[str, ...] = ()) -> str:
+    """The hint appended to a failure on synthetic data: the shapes mcomp assumed and how to set them, and
+    ``zeros``, the integer and boolean inputs it filled with zeros (``data.zeroed_inputs``); "" when neither."""
+    parts = []
     hinted = [s for s in shapes.values() if s.assumed_dims]
-    if not hinted:
-        return ""
-    at = ", ".join(f"{s.name}={s.text}" for s in shapes.values())
-    # one option per input, as the CLI takes them: "--input-shape a=… b=…" was refused as an extra argument
-    sets = " ".join(f"--input-shape {s.name}={','.join(s.placeholders)}" for s in hinted)
-    return f" (measured at assumed shapes {at}; set {sets})"
+    if hinted:
+        at = ", ".join(f"{s.name}={s.text}" for s in shapes.values())
+        # one option per input, as the CLI takes them: "--input-shape a=… b=…" was refused as an extra argument
+        sets = " ".join(f"--input-shape {s.name}={','.join(s.placeholders)}" for s in hinted)
+        parts.append(f"measured at assumed shapes {at}; set {sets}")
+    if zeros:
+        parts.append(f"synthetic input{'s' if len(zeros) > 1 else ''} {', '.join(zeros)} {'are' if len(zeros) > 1 else 'is'} "
+                     "all zeros (integers and booleans): give --data with the values the model expects")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 __all__ = ["InputShape", "resolve", "example_feed", "batched_feeds", "given_batch", "is_batch_dim", "fill", "concrete",

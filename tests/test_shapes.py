@@ -12,6 +12,7 @@ import onnx
 import onnx_ir as ir
 import pytest
 
+from helpers import from_text
 from mcomp import data, report, shapes, summary
 from mcomp import pipeline as pipeline_io
 from mcomp.errors import BadInput
@@ -208,3 +209,19 @@ def test_the_hint_for_several_assumed_inputs_is_a_command_line_the_cli_takes(tmp
     options = shlex.split(hint.split("; set ")[1].rstrip(")").replace("steps", "8").replace("n,", "1,"))
     done = run_mcomp("inspect", "m.onnx", *options, cwd=tmp_path)
     assert done.returncode == 0 and "(from --input-shape)" in done.out, done.explain()
+
+
+def test_a_failure_on_synthetic_data_names_the_integer_inputs_it_filled_with_zeros(tmp_path):
+    """silero's VAD branches on its sample rate ``sr`` (int64): synthetic data gives it 0, and the model
+    failed with onnxruntime's words alone. Here a Reshape takes its target from an integer input."""
+    model = from_text("""
+        <ir_version: 8, opset_import: ["": 14]>
+        g (float[4, 4] x, int64[2] dims) => (float[4, 4] y) {
+            y = Reshape <allowzero = 1> (x, dims)
+        }""")
+    with pytest.raises(BadInput, match=r"synthetic input dims is all zeros \(integers and booleans\): give --data"):
+        _execute(tmp_path, model)
+    assert data.zeroed_inputs(input_specs(model)) == ["dims"]
+    assert shapes.assumed_note({}, ["a", "b"]) == (" (synthetic inputs a, b are all zeros (integers and booleans): give "
+                                                   "--data with the values the model expects)")
+    assert shapes.assumed_note({}) == ""
