@@ -55,7 +55,8 @@ def bench(
     resolved = pipeline.resolve_shapes(loaded[0].model, shapes, {"evaluation": dataset})
     feeds = bench_core.example_feeds(dataset.feeds, specs, shapes)
     providers = session.resolve_providers(provider)
-    with bench_core.hint_assumed_shapes(resolved, dataset.synthetic, data_io.zeroed_inputs(specs)), contextlib.ExitStack() as stack:
+    zeros = data_io.zeroed_inputs(specs)
+    with bench_core.hint_assumed_shapes(resolved, dataset.synthetic, zeros), contextlib.ExitStack() as stack:
         # small models as bytes; a big one as a file with its data beside it, written once and mapped by
         # its sessions (``sources.runnable``), not serialized whole into a protobuf first
         sources = [stack.enter_context(runnable(lm.model)) for lm in loaded]

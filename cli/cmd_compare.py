@@ -50,7 +50,8 @@ def compare(
     providers = session.resolve_providers(provider)
     ref_bytes, cand_bytes = model_io.to_bytes(ref.model), model_io.to_bytes(cand.model)
     settings = Pipeline.model_construct(threads=threads, measure=Measure(runs=runs))
-    with bench.hint_assumed_shapes(resolved, dataset.synthetic, data_io.zeroed_inputs(session.input_specs(ref.model))):  # a failure at a guessed shape says so
+    zeros = data_io.zeroed_inputs(session.input_specs(ref.model))
+    with bench.hint_assumed_shapes(resolved, dataset.synthetic, zeros):  # a failure at a guessed shape says so
         quality = evaluate.compare(ref_bytes, cand_bytes, dataset, providers, threads,
                                    [s.name for s in session.output_specs(ref.model)],
                                    metric=task_metric, heads=heads.linear_heads(ref.model))

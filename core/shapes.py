@@ -252,8 +252,9 @@ def assumed_note(shapes: dict[str, InputShape], zeros: list[str] | tuple[str, ..
         sets = " ".join(f"--input-shape {s.name}={','.join(s.placeholders)}" for s in hinted)
         parts.append(f"measured at assumed shapes {at}; set {sets}")
     if zeros:
-        parts.append(f"synthetic input{'s' if len(zeros) > 1 else ''} {', '.join(zeros)} {'are' if len(zeros) > 1 else 'is'} "
-                     "all zeros (integers and booleans): give --data with the values the model expects")
+        several = len(zeros) > 1
+        parts.append(f"synthetic input{'s' if several else ''} {', '.join(zeros)} {'are' if several else 'is'} all zeros "
+                     "(integers and booleans): give --data with the values the model expects")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

@@ -222,6 +222,6 @@ def test_a_failure_on_synthetic_data_names_the_integer_inputs_it_filled_with_zer
     with pytest.raises(BadInput, match=r"synthetic input dims is all zeros \(integers and booleans\): give --data"):
         _execute(tmp_path, model)
     assert data.zeroed_inputs(input_specs(model)) == ["dims"]
-    assert shapes.assumed_note({}, ["a", "b"]) == (" (synthetic inputs a, b are all zeros (integers and booleans): give "
-                                                   "--data with the values the model expects)")
+    assert shapes.assumed_note({}, ["a", "b"]) == (" (synthetic inputs a, b are all zeros (integers and booleans): "
+                                                   "give --data with the values the model expects)")
     assert shapes.assumed_note({}) == ""
