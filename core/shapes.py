@@ -253,8 +253,8 @@ def assumed_note(shapes: dict[str, InputShape], zeros: list[str] | tuple[str, ..
         parts.append(f"measured at assumed shapes {at}; set {sets}")
     if zeros:
         several = len(zeros) > 1
-        parts.append(f"synthetic input{'s' if several else ''} {', '.join(zeros)} {'are' if several else 'is'} all zeros "
-                     "(integers and booleans): give --data with the values the model expects")
+        named = f"input{'s' if several else ''} {', '.join(zeros)} {'are' if several else 'is'}"
+        parts.append(f"synthetic {named} all zeros (integers and booleans): give --data with the values the model expects")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
