@@ -254,7 +254,8 @@ def assumed_note(shapes: dict[str, InputShape], zeros: list[str] | tuple[str, ..
     if zeros:
         several = len(zeros) > 1
         named = f"input{'s' if several else ''} {', '.join(zeros)} {'are' if several else 'is'}"
-        parts.append(f"synthetic {named} all zeros (integers and booleans): give --data with the values the model expects")
+        parts.append(f"synthetic {named} all zeros (integers and booleans): give --data with the values the model "
+                     "expects")
     return f" ({'; '.join(parts)})" if parts else ""
 
 
