@@ -90,3 +90,14 @@ def test_within_the_band_the_more_accurate_finalist_stays(doc, tmp_path, monkeyp
     monkeypatch.setattr(trials, "run", run)
     row, *_ = finalists.final_choice(SETTINGS, doc, tmp_path / "chosen.onnx", lambda *a: None)
     assert row["number"] == 3 and doc["finalists"]["band"] > 0.01
+
+
+def test_a_trial_is_scored_on_the_centered_cosine_where_it_is_lower():
+    """A structured cut of PLCMOS read cosine 0.996 while answering every clip alike (centered 0.002): under
+    --min-fidelity the search read it as within 0.99, as good as its input."""
+    settings = trials.Settings(model="m.onnx", train="t.npz", evaluation=None, folder="", min_fidelity=0.99)
+    doc_ = _report(0.5)
+    doc_["fidelity"]["summary"] = {"cosine": 0.996, "slice_cosine": 0.996, "centered_cosine": 0.002}
+    assert trials.measure(settings, doc_, 1.0).loss == pytest.approx(0.998)
+    doc_["fidelity"]["summary"]["centered_cosine"] = 0.999
+    assert trials.measure(settings, doc_, 1.0).loss == pytest.approx(0.004)
