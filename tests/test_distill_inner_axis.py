@@ -342,3 +342,29 @@ def test_a_fixed_batch_output_whose_example_axis_cannot_be_told_is_refused():
         layout.fixed_batch_axes([np.zeros((3, 1, 1))], ["y"], 1)
     with pytest.raises(BadInput, match="hint tensor 'h'"):
         layout.fixed_batch_axes([np.zeros((3, 2))], ["h"], 1, hints={"h"})
+
+
+def _squeezed(seed: int, noise: float = 0.0) -> model_io.ir.Model:
+    """x [N, 4] → MatMul [4, 1] → Squeeze (every 1-dim): [N] for N examples, a rank-0 score for one, as
+    PyTorch's squeeze() exports (speechmos's PLCMOS)."""
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(4, 1)).astype(np.float32) + noise * np.float32(1.0)
+    graph = oh.make_graph([oh.make_node("MatMul", ["x", "w"], ["xw"]), oh.make_node("Squeeze", ["xw"], ["y"])], "sq",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [nh.from_array(w, "w")])
+    return model_io.ir.serde.deserialize_model(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)]))
+
+
+def test_a_model_that_squeezes_one_example_to_rank_0_is_distilled():
+    """No batch of one is run: the last batch of one joins the one before, and a chunk of one example is
+    run twice. PLCMOS's distillation failed on a validation set of one clip (IndexError on a rank-0 score)."""
+    from mcomp.pass_base import Context
+    from mcomp.passes.distill import Distill
+    from mcomp.passes.distill.samples import batches
+
+    assert [len(g) for g in batches(np.arange(9), 4)] == [4, 5] and [len(g) for g in batches(np.arange(1), 4)] == [1]
+    x = np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32)
+    ctx = Context(reference=_squeezed(0), data={"training": Dataset([{"x": x}], None, False, "x.npz")}, threads=1,
+                  progress=lambda *a: None)
+    result = Distill(epochs=2, lr=0.01, batch_size=4, val_split=0.2)(_squeezed(0, noise=0.5), ctx)
+    assert result.modified and [h["epoch"] for h in result.details["history"]] == [0, 1, 2]

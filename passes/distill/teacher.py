@@ -188,6 +188,8 @@ class Teacher:
             real = len(index)
             if self.fixed_batch and real < step:  # a fixed batch dim: pad with the last example
                 index = np.concatenate([index, np.full(step - real, index[-1])])
+            elif real == 1 and not self.fixed_batch:  # one example run twice: see ``samples.batches``
+                index = np.concatenate([index, index])
             chunks.append([out[:real] for out in self(samples.batch(index))])
             if progress is not None:
                 progress("distill: teacher outputs", min(start + step, n), n)

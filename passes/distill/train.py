@@ -367,6 +367,8 @@ def evaluate(module, objective, samples: Samples, targets: list[np.ndarray], job
         real = len(index)
         if job.fixed_batch and real < size:
             index = np.concatenate([index, np.full(size - real, index[-1])])
+        elif real == 1 and not job.fixed_batch:  # one example run twice: see ``samples.batches``
+            index = np.concatenate([index, index])
         outs = tuple(o[:real] for o in module(**_tensors(samples.batch(index), device)))
         index = index[:real]
         tgt = [torch.from_numpy(t[index]).to(device) for t in targets]
