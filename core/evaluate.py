@@ -353,27 +353,24 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
 
 
 def across_examples(fid: dict, ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str]) -> dict:
-    """``fid`` (``fidelity``'s) with what each float output does across the examples: its spread (``fk.spread``;
-    where the whole barely varies, its most varying slice's) and its centered cosine (``fk.centered_cosine``);
-    the summary's ``nearly_constant`` outputs, whose cosine says little, and ``centered_cosine``, the lowest of
-    the outputs that vary. Once per comparison (the report's), not in ``fidelity``: a pass that scores many
-    candidates against one reference (a sensitivity allocation's hundreds of probes) would read it each time."""
+    """``fid`` (``fidelity``'s) with what each float output does across the examples: its spread (``_varies``)
+    and its centered cosine (``fk.centered_cosine``); the summary's ``nearly_constant`` outputs, whose cosine
+    says little, and ``centered_cosine``, the lowest of the outputs that vary. Once per comparison (the
+    report's), not in ``fidelity``: a pass that scores many candidates against one reference (a sensitivity
+    allocation's hundreds of probes) would read it each time; quantize's budget takes ``centers`` once."""
     still, centered = {}, []
     for name, r_list, c_list in zip(names, ref, cand):
         entry = fid["outputs"].get(name) or {}
         if "cosine" not in entry or not r_list:
             continue
-        r = r_list[0] if len(r_list) == 1 else _joined(r_list)
-        varies = fk.spread(r)
-        if varies is not None and varies < fk.NEARLY_CONSTANT:  # still as a whole: does any slice vary?
-            varies = max([varies, *fk.slice_spreads(r, fk.channel_axes(r))])
+        r = _one(r_list)
+        varies = _varies(r)
         if varies is None:
             continue
         entry["spread"] = round(varies, 6)
         if varies < fk.NEARLY_CONSTANT:
             still[name] = entry["spread"]
-        c = np.asarray(c_list[0]) if len(c_list) == 1 else _joined([np.asarray(a) for a in c_list])
-        value = fk.centered_cosine(r, c) if len(c_list) == len(r_list) else None
+        value = fk.centered_cosine(r, _one(c_list)) if len(c_list) == len(r_list) else None
         if value is not None and np.isfinite(value):
             entry["centered_cosine"] = round(value, 6)
             if varies >= fk.NEARLY_CONSTANT:
@@ -381,6 +378,45 @@ def across_examples(fid: dict, ref: list[list[np.ndarray]], cand: list[list[np.n
     fid["summary"]["nearly_constant"] = still
     fid["summary"]["centered_cosine"] = min(centered) if centered else None
     return fid
+
+
+def centers(ref: list[list[np.ndarray]]) -> list[np.ndarray | None]:
+    """Per reference output, its mean over the examples where it varies across them (``_varies`` at
+    ``NEARLY_CONSTANT`` or more), else None: what ``lowest_centered`` compares candidates against. Found
+    once where one reference scores many candidates (quantize's budget)."""
+    means = []
+    for r_list in ref:
+        r = _one(r_list) if r_list else None
+        varies = _varies(r) if r is not None and r.dtype.kind == "f" else None
+        means.append(fk.example_mean(r) if varies is not None and varies >= fk.NEARLY_CONSTANT else None)
+    return means
+
+
+def lowest_centered(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
+                    means: list[np.ndarray | None]) -> float | None:
+    """The lowest centered cosine (``fk.centered_cosine``) of the outputs ``centers`` found to vary; None
+    where none does, as ``across_examples`` gives the report's."""
+    found = []
+    for r_list, c_list, mean in zip(ref, cand, means):
+        if mean is None or len(c_list) != len(r_list):
+            continue
+        value = fk.centered_cosine(_one(r_list), _one(c_list), mean)
+        if value is not None and np.isfinite(value):
+            found.append(value)
+    return min(found) if found else None
+
+
+def _one(arrays: list[np.ndarray]) -> np.ndarray:
+    return np.asarray(arrays[0]) if len(arrays) == 1 else _joined([np.asarray(a) for a in arrays])
+
+
+def _varies(r: np.ndarray) -> float | None:
+    """``fk.spread`` of an output; where the whole barely varies, its most varying slice's (a detector's class
+    rows vary while its box rows hold the grid positions every image shares)."""
+    varies = fk.spread(r)
+    if varies is not None and varies < fk.NEARLY_CONSTANT:
+        varies = max([varies, *fk.slice_spreads(r, fk.channel_axes(r))])
+    return varies
 
 
 def figure(summary: dict, mode: str = "slice") -> float | None:
@@ -458,4 +494,4 @@ def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
 
 __all__ = ["FIDELITY_MODES", "session", "run", "feeds_for", "measurement_data", "compare", "run_exposed",
            "fidelity", "figure", "figure_named", "accuracy", "task_accuracy", "slice_axes", "ort_errors",
-           "match_outputs", "check_finite", "across_examples"]
+           "match_outputs", "check_finite", "across_examples", "centers", "lowest_centered"]

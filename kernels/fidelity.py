@@ -67,17 +67,18 @@ def spread(ref: np.ndarray) -> float | None:
     return float(np.sqrt(deviation / energy)) if energy > 0 else 0.0
 
 
-def centered_cosine(ref: np.ndarray, cand: np.ndarray) -> float | None:
+def centered_cosine(ref: np.ndarray, cand: np.ndarray, mean: np.ndarray | None = None) -> float | None:
     """The cosine of how each model's output departs from the reference's mean over the examples (its leading
     axis): what tells one example from another. Cosine, relative L2 and SQNR are dominated by what every
     example shares; this is not. speechmos's PLCMOS cut by half read 3.2 for every input where its input
     read 3.9–4.2 by input, at cosine 0.9997: centered, 0.004. None with fewer than two examples, or where the
-    shapes differ; 1.0 where neither varies. In float64 over chunks of examples, as ``spread``."""
+    shapes differ; 1.0 where neither varies. In float64 over chunks of examples, as ``spread``. ``mean``: the
+    reference's (``example_mean``), where one reference is compared with many candidates."""
     if not _has_examples(ref) or cand.shape != ref.shape:
         return None
     rows, step = _rows(ref)
     others = cand.reshape(rows.shape)
-    mean = _example_mean(rows, step)
+    mean = _example_mean(rows, step) if mean is None else mean
     dot = aa = bb = 0.0
     for start in range(0, len(rows), step):
         x = rows[start:start + step].astype(np.float64) - mean
@@ -96,6 +97,12 @@ def _rows(ref: np.ndarray) -> tuple[np.ndarray, int]:
     """One row per example, and how many rows a chunk of ``CHUNK`` elements holds."""
     rows = ref.reshape(ref.shape[0], -1)
     return rows, max(1, CHUNK // rows.shape[1])
+
+
+def example_mean(ref: np.ndarray) -> np.ndarray | None:
+    """The reference's mean over its examples (its leading axis), per element, in float64; None with fewer
+    than two examples."""
+    return _example_mean(*_rows(ref)) if _has_examples(ref) else None
 
 
 def _example_mean(rows: np.ndarray, step: int) -> np.ndarray:

@@ -73,3 +73,31 @@ def test_a_floor_already_held_asks_for_no_more_groups_than_the_other():
 @pytest.mark.parametrize("budget", [bud.Budget(max_drop=0.01), bud.Budget(min_fidelity=0.99, metric="top1")])
 def test_budgets_damages_cannot_predict_are_not_predicted(budget):
     assert bud.predict(Scores().score(0), budget, DAMAGES) is None
+
+
+def test_the_budget_bounds_the_centered_cosine_where_it_is_lower_than_the_worst_slice():
+    """The report's figure (and the gates and mcomp auto reading it) is the centered cosine where lower: a
+    budget held on the worst slice alone returned models that figure then read below the floor."""
+    flat = bud.Score(0.99, None, None, cosine=0.996, slice=0.99, centered=0.3)
+    assert flat.strict == 0.3 and not bud.Budget(min_fidelity=0.95).holds(flat, None)
+    assert bud.Budget(min_fidelity=0.95, mode="whole").holds(flat, None)  # the plain cosine, as asked
+    assert not bud.Budget.default("slice").holds(flat, None)  # the default's worst-slice floor reads it too
+    assert bud.Budget(min_fidelity=0.95).holds(bud.Score(0.99, None, None, cosine=0.996, slice=0.99), None)
+    assert "worst-slice (and centered) cosine ≥ 0.95" in bud.Budget.default("slice").describe()
+
+
+def test_the_lowest_centered_cosine_skips_outputs_that_barely_vary():
+    import numpy as np
+
+    from mcomp import evaluate
+
+    rng = np.random.default_rng(0)
+    varying = rng.standard_normal((8, 3)).astype(np.float32)
+    still = np.full((8, 2), 5.0, np.float32)
+    ref = [[varying], [still]]
+    means = evaluate.centers(ref)
+    assert means[0] is not None and means[1] is None
+    broken = [[np.full_like(varying, float(varying.mean()))], [still + 1.0]]
+    assert abs(evaluate.lowest_centered(ref, broken, means)) < 1e-6
+    assert evaluate.lowest_centered(ref, ref, means) == pytest.approx(1.0)
+    assert evaluate.lowest_centered(ref, broken, [None, None]) is None
