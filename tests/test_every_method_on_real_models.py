@@ -10,6 +10,7 @@ import pytest
 import realmodels
 from clirun import DIGITS_EVAL, REPO, Batch, Result, run_mcomp, selected_keys, uses
 from mcomp import data, model as model_io
+from mcomp.errors import ConfigError
 from mcomp.pass_base import Context
 from mcomp.passes.prune import Prune
 from mcomp.passes.quantize import Quantize
@@ -52,6 +53,9 @@ UNQUANTIZED = {
     ("silero-vad-op15", "weight-only"): "nothing to quantize",
     ("silero-vad-seq", "weight-only"): "nothing to quantize",
 }
+# Quantize refuses under its default budget: 4-bit k-means codebooks on silero-vad op15's LSTM kept cosine 0.9995 while
+# its speech probability followed the audio only in part (centered cosine 0.66), and no partial fit holds 0.95.
+REFUSED = {("silero-vad-op15", "kmeans"): "only with every layer in float"}
 
 
 @pytest.mark.parametrize("name, method", PRUNE_CASES)
@@ -77,6 +81,10 @@ def test_quantize_modes(real_model, name, mode):
     loaded = model_io.load(rm.path)
     ctx, ds = context(rm, loaded)
     # No latency guard: whether int8 is faster here depends on the machine's load, and this test is about the modes
+    if (name, mode) in REFUSED:
+        with pytest.raises(ConfigError, match=REFUSED[name, mode]):
+            Quantize(mode=mode, latency_guard=False)(model_io.copy(loaded.model), ctx)
+        return
     result = Quantize(mode=mode, latency_guard=False)(model_io.copy(loaded.model), ctx)
     assert_runs_like(result.model, loaded.model, ds)
     assert result.summary
