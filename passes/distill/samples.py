@@ -142,3 +142,13 @@ def batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     if len(groups) > 1 and len(groups[-1]) == 1:
         groups[-2:] = [np.concatenate(groups[-2:])]
     return groups
+
+
+def runnable(index: np.ndarray, fixed_batch: int | None, size: int) -> np.ndarray:
+    """The examples to run for ``index``, whose first ``len(index)`` outputs are kept: padded with its last
+    example up to ``size`` for a model with a fixed batch dim, or one example run twice (see ``batches``)."""
+    if fixed_batch and len(index) < size:
+        return np.concatenate([index, np.full(size - len(index), index[-1])])
+    if len(index) == 1 and not fixed_batch:
+        return np.concatenate([index, index])
+    return index

@@ -18,7 +18,7 @@ from mcomp import evaluate, graph
 from mcomp import model as model_io
 from mcomp import session as session_io
 from mcomp.errors import BadInput, McompError, short
-from mcomp.passes.distill.samples import Samples
+from mcomp.passes.distill.samples import Samples, runnable
 
 
 @dataclass
@@ -186,11 +186,7 @@ class Teacher:
         for start in range(0, n, step):
             index = np.arange(start, min(start + step, n))
             real = len(index)
-            if self.fixed_batch and real < step:  # a fixed batch dim: pad with the last example
-                index = np.concatenate([index, np.full(step - real, index[-1])])
-            elif real == 1 and not self.fixed_batch:  # one example run twice: see ``samples.batches``
-                index = np.concatenate([index, index])
-            chunks.append([out[:real] for out in self(samples.batch(index))])
+            chunks.append([out[:real] for out in self(samples.batch(runnable(index, self.fixed_batch, step)))])
             if progress is not None:
                 progress("distill: teacher outputs", min(start + step, n), n)
         return [np.concatenate([c[k] for c in chunks], axis=0) for k in range(len(self.wanted))]

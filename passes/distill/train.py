@@ -28,7 +28,7 @@ from mcomp.kernels import losses
 from mcomp.passes.distill import candidates, checkpoints, pace as pacing
 from mcomp.passes.distill.ddp import Comm
 from mcomp.passes.distill.objective import Hint, Objective, OutputKind, Scale
-from mcomp.passes.distill.samples import Samples, batches, epoch_order
+from mcomp.passes.distill.samples import Samples, batches, epoch_order, runnable
 
 
 @dataclass
@@ -365,12 +365,8 @@ def evaluate(module, objective, samples: Samples, targets: list[np.ndarray], job
     for start in range(0, len(mine), size):
         index = mine[start:start + size]
         real = len(index)
-        if job.fixed_batch and real < size:
-            index = np.concatenate([index, np.full(size - real, index[-1])])
-        elif real == 1 and not job.fixed_batch:  # one example run twice: see ``samples.batches``
-            index = np.concatenate([index, index])
-        outs = tuple(o[:real] for o in module(**_tensors(samples.batch(index), device)))
-        index = index[:real]
+        ran = module(**_tensors(samples.batch(runnable(index, job.fixed_batch, size)), device))
+        outs = tuple(o[:real] for o in ran)
         tgt = [torch.from_numpy(t[index]).to(device) for t in targets]
         y = torch.from_numpy(samples.labels[index]).to(device) if samples.labels is not None else None
         per, parts = objective(outs, tgt, y)
