@@ -8,6 +8,7 @@ holds such inputs examples-first and runs graphs with a Transpose on each such i
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -368,3 +369,17 @@ def test_a_model_that_squeezes_one_example_to_rank_0_is_distilled():
                   progress=lambda *a: None)
     result = Distill(epochs=2, lr=0.01, batch_size=4, val_split=0.2)(_squeezed(0, noise=0.5), ctx)
     assert result.modified and [h["epoch"] for h in result.details["history"]] == [0, 1, 2]
+
+
+def test_the_distill_summary_gives_the_centered_cosine_to_the_teacher():
+    """A cut PLCMOS read cosine 1.0000 to its teacher before and after distillation: what tells one clip from
+    another is read beside it, on a yardstick of two examples or more."""
+    from mcomp.pass_base import Context
+    from mcomp.passes.distill import Distill
+
+    x = np.random.default_rng(4).normal(size=(12, 4)).astype(np.float32)
+    ctx = Context(reference=_squeezed(0), data={"training": Dataset([{"x": x}], None, False, "x.npz")}, threads=1,
+                  progress=lambda *a: None)
+    result = Distill(epochs=2, lr=0.01, batch_size=4, val_split=0.25)(_squeezed(0, noise=0.5), ctx)
+    assert re.search(r"cosine to the teacher [-0-9.]+ → [-0-9.]+ \(centered [-0-9.]+ → [-0-9.]+\)", result.summary)
+    assert result.details["fidelity"]["after"]["centered_cosine"] is not None

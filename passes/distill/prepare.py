@@ -176,7 +176,7 @@ def _yardstick(ctx: Context, data, validation: "_Validation", train: samples_io.
         text += f", the first {FIDELITY_EXAMPLES}"
     if teacher is None:
         teacher = runner.targets(samples, batch)[:len(names)]
-    return Yardstick(samples, teacher, names, f"{text}: {len(samples)} examples")
+    return Yardstick(samples, teacher, names, f"{text}: {len(samples)} example{'' if len(samples) == 1 else 's'}")
 
 
 def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
@@ -192,9 +192,12 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
         outs = runner.targets(yardstick.samples, 64)
     finally:
         runner.close()
-    summary = evaluate.fidelity([[t] for t in yardstick.teacher], [[o] for o in outs], yardstick.names)["summary"]
+    teacher = [[t] for t in yardstick.teacher]
+    summary = evaluate.fidelity(teacher, [[o] for o in outs], yardstick.names)["summary"]
+    # what tells one example from another, which the cosine hides (a cut PLCMOS read cosine 1.0000 to its teacher)
+    centered = evaluate.lowest_centered(teacher, [[o] for o in outs], evaluate.centers(teacher))
     return {**{k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice", "relative_l2")},
-            "slice_sqnr_db": _lowest_slice_sqnr(yardstick.teacher, outs)}
+            "slice_sqnr_db": _lowest_slice_sqnr(yardstick.teacher, outs), "centered_cosine": centered}
 
 
 def _lowest_slice_sqnr(teacher: list[np.ndarray], student: list[np.ndarray]) -> float | None:
@@ -463,6 +466,8 @@ def _fidelity_text(yardstick: Yardstick) -> str:
     if before.get("cosine") is None or after.get("cosine") is None:
         return "fidelity to the teacher not measured (no float output)"
     text = f"cosine to the teacher {before['cosine']:.4f} → {after['cosine']:.4f}"
+    if before.get("centered_cosine") is not None and after.get("centered_cosine") is not None:
+        text += f" (centered {before['centered_cosine']:.4f} → {after['centered_cosine']:.4f})"
     worst = after.get("worst_slice") or before.get("worst_slice")
     if worst is not None:
         text += (f", worst slice {before['slice_cosine']:.4f} → {after['slice_cosine']:.4f} "
