@@ -383,3 +383,19 @@ def test_the_distill_summary_gives_the_centered_cosine_to_the_teacher():
     result = Distill(epochs=2, lr=0.01, batch_size=4, val_split=0.25)(_squeezed(0, noise=0.5), ctx)
     assert re.search(r"cosine to the teacher [-0-9.]+ → [-0-9.]+ \(centered [-0-9.]+ → [-0-9.]+\)", result.summary)
     assert result.details["fidelity"]["after"]["centered_cosine"] is not None
+
+
+def test_a_student_is_further_from_its_teacher_on_the_centered_cosine_where_it_is_lower():
+    from types import SimpleNamespace
+
+    from mcomp.passes.distill.candidates import further_from_teacher
+
+    def plan(before, after, labels=None):
+        return SimpleNamespace(yardstick=SimpleNamespace(before=before, after=after),
+                               job=SimpleNamespace(train=SimpleNamespace(labels=labels)))
+
+    flat = {"cosine": 1.0, "centered_cosine": 0.06}
+    assert further_from_teacher(plan({"cosine": 1.0, "centered_cosine": 0.5}, flat))  # the cosine alone: no
+    assert not further_from_teacher(plan(flat, {"cosine": 0.9999, "centered_cosine": 0.9}))  # the cosine alone: yes
+    assert further_from_teacher(plan({"cosine": 0.9}, {"cosine": 0.8}))  # no centered figure: the cosine
+    assert not further_from_teacher(plan(flat, {"cosine": 0.5, "centered_cosine": 0.01}, labels=np.zeros(3)))

@@ -94,19 +94,29 @@ FIDELITY_SLACK = 1e-4
 
 def further_from_teacher(plan: "Plan") -> bool:
     """Whether training without labels left the written student further from the teacher than the
-    input (labels may rightly pull a student away from its teacher)."""
+    input (labels may rightly pull a student away from its teacher): on the cosine, or the centered
+    cosine where both have one and it is lower (``evaluate.figure``'s rule): a cut PLCMOS read cosine
+    1.0000 to its teacher before and after, whatever its training did to what tells one clip from another."""
     before, after = plan.yardstick.before or {}, plan.yardstick.after or {}
     if plan.job.train.labels is not None or before.get("cosine") is None or after.get("cosine") is None:
         return False
+    if before.get("centered_cosine") is not None and after.get("centered_cosine") is not None:
+        return _strict(after) < _strict(before) - FIDELITY_SLACK
     return after["cosine"] < before["cosine"] - FIDELITY_SLACK
+
+
+def _strict(figures: dict) -> float:
+    return min(figures["cosine"], figures["centered_cosine"])
 
 
 def unchanged(model: "ir.Model", plan: "Plan", result: "FitResult") -> "ir.Model":
     """The input student, returned in place of a trained one that is further from the teacher."""
     before, after = plan.yardstick.before, plan.yardstick.after
+    centered = (f", centered {before['centered_cosine']:.4f} → {after['centered_cosine']:.4f}"
+                if before.get("centered_cosine") is not None and after.get("centered_cosine") is not None else "")
+    figures = f"cosine {before['cosine']:.4f} → {after['cosine']:.4f}{centered}"
     result.notes.append(f"the trained student (epoch {result.best_epoch}) is further from the teacher than the input "
-                        f"on {plan.yardstick.text} (cosine {before['cosine']:.4f} → {after['cosine']:.4f}): the input "
-                        "is returned unchanged")
+                        f"on {plan.yardstick.text} ({figures}): the input is returned unchanged")
     plan.yardstick.after = before
     result.best_epoch = 0
     return graph.copy(model)
