@@ -41,7 +41,7 @@ def auto(
                                                       "fraction (0.01 = one point); needs labels", show_default=False,
                                                       rich_help_panel=SEARCH, metavar="X")] = None,
     min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", min=-1, max=1, help="budget: lowest worst-slice "
-                                                          "cosine against the input", show_default=False,
+                                                          "(or centered) cosine against the input", show_default=False,
                                                           rich_help_panel=SEARCH, metavar="X")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="file.py:function(outputs, labels) -> score, higher "
                                                   "is better: the accuracy --max-drop bounds, in place of top-1",

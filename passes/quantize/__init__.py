@@ -72,8 +72,8 @@ class Quantize(Pass):
         guard_runs: int = Field(30, ge=5, le=1000, description="interleaved rounds per latency measurement")
         max_drop: float | None = Field(None, ge=0, le=1, description="accuracy budget with labels (0.005 = half a point)")
         min_fidelity: float | None = Field(None, ge=-1, le=1, description="fidelity floor against the input, "
-                                                                        "without labels [0.98 worst-slice cosine when no "
-                                                                        "budget is given]")
+                                                                        "without labels [no budget given: whole cosine "
+                                                                        "≥ 0.98, worst-slice (or centered) ≥ 0.95]")
         fidelity_metric: Literal["cosine", "top1"] = Field("cosine", description="what min_fidelity bounds")
         explain: bool = Field(False, description="ranked per-layer error table (SQNR, cosine) in the report")
         force: bool = Field(False, description="quantize a model that is already quantized")
