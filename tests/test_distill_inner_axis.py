@@ -364,6 +364,7 @@ def test_a_model_that_squeezes_one_example_to_rank_0_is_distilled():
     from mcomp.passes.distill.samples import batches
 
     assert [len(g) for g in batches(np.arange(9), 4)] == [4, 5] and [len(g) for g in batches(np.arange(1), 4)] == [1]
+    assert [len(g) for g in batches(np.arange(3), 1)] == [1, 1, 1]  # a batch fixed at 1 keeps every example
     x = np.random.default_rng(3).normal(size=(6, 4)).astype(np.float32)
     ctx = Context(reference=_squeezed(0), data={"training": Dataset([{"x": x}], None, False, "x.npz")}, threads=1,
                   progress=lambda *a: None)

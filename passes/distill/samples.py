@@ -137,9 +137,10 @@ def epoch_order(n: int, seed: int, epoch: int):
 def batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """``order`` in batches of ``batch_size``; a last batch of one example joins the one before it: a model
     exported through squeeze() drops the examples' axis at one example (PLCMOS gives a rank-0 score for
-    one clip, [n] for n), so no batch of one is run where a larger one can be."""
+    one clip, [n] for n), so no batch of one is run where a larger one can be. Batches of one stay so (a
+    model whose batch dim is fixed at 1, ddddocr's recognizer, trains one example a step)."""
     groups = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    if len(groups) > 1 and len(groups[-1]) == 1:
+    if batch_size > 1 and len(groups) > 1 and len(groups[-1]) == 1:
         groups[-2:] = [np.concatenate(groups[-2:])]
     return groups
 
