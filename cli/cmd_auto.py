@@ -40,9 +40,10 @@ def auto(
     max_drop: Annotated[Optional[float], typer.Option("--max-drop", min=0, max=1, help="budget: accuracy points lost, as a "
                                                       "fraction (0.01 = one point); needs labels", show_default=False,
                                                       rich_help_panel=SEARCH, metavar="X")] = None,
-    min_fidelity: Annotated[Optional[float], typer.Option("--min-fidelity", min=-1, max=1, help="budget: lowest worst-slice "
-                                                          "(or centered) cosine against the input", show_default=False,
-                                                          rich_help_panel=SEARCH, metavar="X")] = None,
+    min_fidelity: Annotated[Optional[float], typer.Option(
+        "--min-fidelity", min=-1, max=1,
+        help="budget: lowest worst-slice (or centered, residual) cosine against the input",
+        show_default=False, rich_help_panel=SEARCH, metavar="X")] = None,
     metric: Annotated[Optional[str], typer.Option("--metric", help="file.py:function(outputs, labels) -> score, higher "
                                                   "is better: the accuracy --max-drop bounds, in place of top-1",
                                                   show_default=False, rich_help_panel=SEARCH, metavar="FILE:FUNCTION")] = None,

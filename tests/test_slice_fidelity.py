@@ -213,7 +213,7 @@ def test_without_the_check_one_scale_zeroes_the_scores_and_only_the_worst_slice_
     result = Quantize(latency_guard=False, max_range_ratio=1e9)(copy(model), ctx)
     assert result.details["fidelity"]["fidelity"] >= 0.98
     assert result.details["fidelity"]["worst_slice"]["cosine"] >= 0.95
-    assert "cosine ≥ 0.98 and worst-slice (and centered) cosine ≥ 0.95" in " ".join(result.notes)
+    assert "cosine ≥ 0.98 and worst-slice (and centered, residual) cosine ≥ 0.95" in " ".join(result.notes)
 
 
 def test_compare_holds_outputs_within_a_budget_and_says_which_feeds_it_kept(monkeypatch):

@@ -73,7 +73,8 @@ class Quantize(Pass):
         max_drop: float | None = Field(None, ge=0, le=1, description="accuracy budget with labels (0.005 = half a point)")
         min_fidelity: float | None = Field(None, ge=-1, le=1, description="fidelity floor against the input, "
                                                                         "without labels [no budget given: whole cosine "
-                                                                        "≥ 0.98, worst-slice (or centered) ≥ 0.95]")
+                                                                        "≥ 0.98, worst-slice (or centered, "
+                                                                        "residual) ≥ 0.95]")
         fidelity_metric: Literal["cosine", "top1"] = Field("cosine", description="what min_fidelity bounds")
         explain: bool = Field(False, description="ranked per-layer error table (SQNR, cosine) in the report")
         force: bool = Field(False, description="quantize a model that is already quantized")

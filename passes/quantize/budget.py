@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mcomp import evaluate
+from mcomp import evaluate, residuals
 from mcomp.data import Dataset
 from mcomp.errors import BadInput
 from mcomp.passes.quantize import mapped_source
@@ -42,19 +42,22 @@ class Score:
     worst_slice: dict | None = None  # {"output", "axis", "index", "cosine", "sqnr_db", "slices"}
     slice: float | None = None  # the worst slice's cosine (the whole cosine for outputs without slices)
     centered: float | None = None  # the lowest centered cosine of the outputs that vary (evaluate.lowest_centered)
+    residual: float | None = None  # the lowest cosine of what outputs add to an input they pass on (residuals.lowest)
 
     @property
     def strict(self) -> float | None:
-        """The worst slice's cosine, or the centered cosine where lower: what the default figure reads
-        (``evaluate.figure``), so the budget a pass holds is the figure its report and gates read."""
-        if self.slice is None or self.centered is None:
-            return self.slice
-        return min(self.slice, self.centered)
+        """The worst slice's cosine, or the centered or residual cosine where lower: what the default figure
+        reads (``evaluate.figure``), so the budget a pass holds is the figure its report and gates read."""
+        if self.slice is None:
+            return None
+        return min(v for v in (self.slice, self.centered, self.residual) if v is not None)
 
     def to_dict(self, reference_accuracy: float | None) -> dict:
         out = {"fidelity": _r(self.fidelity), "cosine": _r(self.cosine), "top1_agreement": _r(self.top1)}
         if self.centered is not None:
             out["centered_cosine"] = _r(self.centered)
+        if self.residual is not None:
+            out["residual_cosine"] = _r(self.residual)
         if self.worst_slice is not None:
             out["worst_slice"] = {k: _r(v) if isinstance(v, float) else v for k, v in self.worst_slice.items()}
         if self.accuracy is not None and reference_accuracy is not None:
@@ -74,6 +77,7 @@ class Evaluator:
         session = evaluate.session(reference, providers, threads)
         self.names = [o.name for o in session.get_outputs()]
         self.reference = _run(session, dataset, "input")
+        self.bases = residuals.bases(self.reference, dataset, [i.name for i in session.get_inputs()])
         self.axes = evaluate.slice_axes(self.reference)  # the reference's: the same for every candidate
         self.means = evaluate.centers(self.reference)  # likewise: its mean over the examples, where it varies
         self.reference_accuracy = evaluate.task_accuracy(self.reference, self.names, dataset, metric)
@@ -92,9 +96,11 @@ class Evaluator:
         fid = evaluate.fidelity(self.reference, outputs[: len(self.names)], self.names, self.axes,
                                 self.heads)["summary"]
         fid["centered_cosine"] = evaluate.lowest_centered(self.reference, outputs[: len(self.names)], self.means)
+        fid["residual_cosine"] = residuals.lowest(self.reference, outputs[: len(self.names)], self.bases)
         accuracy = evaluate.task_accuracy(outputs[: len(self.names)], self.names, self.dataset, self.metric)
         return Score(evaluate.figure(fid, self.mode), fid["top1_agreement"], accuracy,
-                     fid["cosine"], fid["worst_slice"], fid["slice_cosine"], fid["centered_cosine"])
+                     fid["cosine"], fid["worst_slice"], fid["slice_cosine"], fid["centered_cosine"],
+                     fid["residual_cosine"])
 
 
 @dataclass(frozen=True)
@@ -133,8 +139,8 @@ class Budget:
         return True
 
     def cosine_of(self, score: Score) -> float | None:
-        """The cosine ``min_fidelity`` bounds: the worst slice's (or the centered cosine where lower: ``Score.strict``),
-        or the whole outputs'."""
+        """The cosine ``min_fidelity`` bounds: the worst slice's (or the centered or residual cosine where lower:
+        ``Score.strict``), or the whole outputs'."""
         return score.strict if self.mode == "slice" else score.cosine
 
     def cosine_floors(self, score: Score) -> list[tuple[float, float]] | None:
@@ -155,10 +161,10 @@ class Budget:
         if self.max_drop is not None:
             parts.append(f"accuracy drop ≤ {self.max_drop:g}")
         if self.min_fidelity is not None:
-            cosine = "worst-slice (and centered) cosine" if self.mode == "slice" else "cosine"
+            cosine = "worst-slice (and centered, residual) cosine" if self.mode == "slice" else "cosine"
             parts.append(f"{'top-1 agreement' if self.metric == 'top1' else cosine} ≥ {self.min_fidelity:g}")
         if self.min_slice is not None:
-            parts.append(f"worst-slice (and centered) cosine ≥ {self.min_slice:g}")
+            parts.append(f"worst-slice (and centered, residual) cosine ≥ {self.min_slice:g}")
         return " and ".join(parts) or "none"
 
 
