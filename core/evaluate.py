@@ -18,6 +18,7 @@ import onnx
 import onnx_ir as ir
 
 from mcomp import data as data_io, residuals
+from mcomp.accuracy import accuracy, class_labels, labels_unread, task_accuracy  # evaluate's API, as before the split
 from mcomp.data import Dataset
 from mcomp.errors import BadInput, short
 from mcomp.kernels import fidelity as fk
@@ -449,52 +450,7 @@ def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def class_labels(dataset: Dataset) -> np.ndarray | None:
-    """The data's labels as class indices, or None where they are none (no labels) or not indices: a
-    text recognizer's strings read against argmax as 0 % accuracy, and a --max-drop held on it."""
-    if not dataset.has_labels:
-        return None
-    labels = np.concatenate([np.atleast_1d(l) for l in dataset.labels])
-    if labels.dtype.kind in "iub":
-        return labels
-    if labels.dtype.kind == "f" and np.all(np.isfinite(labels)) and np.all(labels == np.round(labels)):
-        return labels.astype(np.int64)
-    return None
-
-
-def labels_unread(dataset: Dataset) -> str | None:
-    """Why labels the data has cannot be read as classes, or None."""
-    if not dataset.has_labels or class_labels(dataset) is not None:
-        return None
-    kind = np.concatenate([np.atleast_1d(l) for l in dataset.labels]).dtype
-    return (f"the labels are not class indices ({'text' if kind.kind in 'US' else kind}): "
-            "--metric file.py:function scores them")
-
-
-def task_accuracy(outputs: list[list[np.ndarray]], names: list[str], dataset: Dataset, metric=None) -> float | None:
-    """The user's task metric (``mcomp.metric.Metric``) on ``outputs`` where given and the data has labels,
-    else top-1 accuracy: what the report, the gates and a pass's accuracy budget read alike."""
-    if metric is not None and dataset.has_labels:
-        return metric(outputs, names, dataset)
-    return accuracy(outputs, dataset)
-
-
-def accuracy(outputs: list[list[np.ndarray]], dataset: Dataset) -> float | None:
-    """Top-1 accuracy of the first class-score output (not a regression beside softmax scores:
-    ``fk.beside_normalized_scores``), where the data has labels that are class indices."""
-    labels = class_labels(dataset)
-    if labels is None:
-        return None
-    regressions = fk.beside_normalized_scores([per_feed[0] if per_feed else None for per_feed in outputs])
-    for k, per_feed in enumerate(outputs):
-        if per_feed and k not in regressions and fk.is_class_scores(per_feed[0]):
-            scores = np.concatenate(per_feed, axis=0)
-            if len(labels) != len(scores.reshape(-1, scores.shape[-1])):
-                return None
-            return fk.accuracy(scores, labels)
-    return None
-
-
 __all__ = ["FIDELITY_MODES", "session", "run", "feeds_for", "measurement_data", "compare", "run_exposed",
            "fidelity", "figure", "figure_named", "accuracy", "task_accuracy", "slice_axes", "ort_errors",
-           "match_outputs", "check_finite", "across_examples", "centers", "lowest_centered"]
+           "match_outputs", "check_finite", "across_examples", "centers", "lowest_centered", "class_labels",
+           "labels_unread"]

@@ -206,6 +206,20 @@ def accuracy(output: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(top1(output) == labels.reshape(-1)))
 
 
+def binary_accuracy(output: np.ndarray, labels: np.ndarray) -> float | None:
+    """Accuracy of one score per example (``[N]`` or ``[N, 1]``) against labels 0 and 1: a probability
+    (every score in 0..1) over 0.5, else a logit over 0, reads as class 1. pipecat's smart-turn (a sigmoid
+    "turn complete" probability, [N, 1]) had no accuracy at all: one column is no argmax. None where the
+    output is not one float score per example or a label is neither 0 nor 1."""
+    labels = np.asarray(labels).reshape(-1)
+    if output.dtype.kind != "f" or output.ndim not in (1, 2) or output.size != len(output) or \
+            output.size != labels.size or output.size == 0 or not np.all(np.isin(labels, (0, 1))):
+        return None
+    scores = output.reshape(-1)
+    threshold = 0.5 if scores.min() >= 0.0 and scores.max() <= 1.0 else 0.0
+    return float(np.mean((scores > threshold) == (labels == 1)))
+
+
 # A channel-like axis: not the batch axis, at most this many slices, each of at least MIN_SLICE
 # elements (fewer make percentiles, and a slice's cosine, noise: [4, 256] features are not 256 channels) ...
 MAX_SLICES = 1024
