@@ -58,3 +58,19 @@ def test_compare_reports_a_sigmoid_classifiers_accuracy(sigmoid_model):
     done = run_mcomp("compare", "turn.onnx", "turn.onnx", "--data", "turns.npz", cwd=sigmoid_model)
     assert done.returncode == 0, done
     assert "accuracy: 87.50% → 87.50%" in done.out, done
+
+
+def test_distillation_reads_one_label_an_example_for_a_sigmoids_one_score(sigmoid_model):
+    """Labels [N] for a sigmoid's [N, 1] were refused ("labels of shape [32] do not fit regression output
+    'p' of shape [N, 1]"); they are its binary targets (cross-entropy)."""
+    from mcomp.passes.distill import objective
+
+    kinds = [objective.OutputKind("p", "regression", bernoulli=True)]
+    labels = objective.check_labels(np.array([0, 1, 1]), kinds, np.zeros((3, 1), np.float32), "turns.npz")
+    assert labels.shape == (3, 1) and labels.dtype.kind == "f"
+    with pytest.raises(Exception, match="do not fit regression output"):
+        objective.check_labels(np.array([0, 1, 1]), kinds, np.zeros((3, 2), np.float32), "turns.npz")
+    done = run_mcomp("distill", "turn.onnx", "--teacher", "turn.onnx", "--data", "turns.npz", "--epochs", "2",
+                     "-o", "student.onnx", cwd=sigmoid_model)
+    assert done.returncode == 0, done
+    assert "accuracy" in done.stderr and "87.50%" in done.stderr, done

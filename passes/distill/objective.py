@@ -148,6 +148,8 @@ def check_labels(labels: np.ndarray, kinds: list[OutputKind], output: np.ndarray
         raise BadInput(f"{source}: labels of shape {_fmt(shown)} do not fit output {name!r} of shape "
                        f"{_fmt(('N', *want))}: expected class indices {_fmt(('N', *want[:-1]))} or scores "
                        f"{_fmt(('N', *want))}")
+    if got + [1] == want:  # one label an example for one score an example: a sigmoid's [N, 1] read with [N] labels
+        labels, got = labels.reshape(*labels.shape, 1), want
     if got != want or labels.dtype.kind not in "fiub":
         raise BadInput(f"{source}: labels of shape {_fmt(shown)} do not fit regression output {name!r} "
                        f"of shape {_fmt(('N', *want))}: expected {_fmt(('N', *want))}")
