@@ -427,3 +427,14 @@ def test_merge_falls_back_where_no_fold_is_exact():
     trunk = report.groups[0]
     assert trunk.importance == "l1" and "does not commute" in trunk.note
     assert run(model, feeds_for(model))[0].shape == (2, 4, 8, 8)
+
+
+def test_slices_are_removed_as_np_delete_would_and_the_result_is_c_ordered():
+    """``surgery.without`` takes the kept slices (np.delete along axis 1 of an 8192×8192 weight returned a
+    Fortran-ordered copy: 0.6 s, and 0.6 s more to reorder it, of a 0.75 GiB model's 2.7 s prune)."""
+    from mcomp.passes.prune.structured.surgery import without
+
+    a = np.arange(4 * 6 * 5, dtype=np.float32).reshape(4, 6, 5)
+    for axis, positions in ((0, {1, 3}), (1, {0, 5, 2}), (2, {4})):
+        cut = without(a, positions, axis)
+        assert np.array_equal(cut, np.delete(a, sorted(positions), axis=axis)) and cut.flags["C_CONTIGUOUS"]

@@ -117,7 +117,7 @@ class _Plan:
             self._split(node, axis, np.array(sorted(positions), dtype=np.int64))
         for node, index, axis, positions in self.cuts.values():
             array = const(node.inputs[index])
-            set_input(self.model, node, index, np.delete(array, sorted(positions), axis=axis), self.names)
+            set_input(self.model, node, index, without(array, positions, axis), self.names)
         for node, index, deltas in self.entries.values():
             array = const(node.inputs[index]).copy()
             flat = array.reshape(-1)
@@ -126,6 +126,15 @@ class _Plan:
             set_input(self.model, node, index, flat.reshape(array.shape), self.names)
         for edit in self.edits:
             edit()
+
+
+def without(array: np.ndarray, positions, axis: int) -> np.ndarray:
+    """``array`` without the slices at ``positions`` along ``axis``, C-contiguous. Not ``np.delete``: along
+    any axis but the first it returns a Fortran-ordered array, slowly (an 8192×8192 float weight's columns:
+    0.6 s, then 0.6 s more to make it C-ordered for the tensor); taking the kept slices is 0.04 s."""
+    kept = np.ones(array.shape[axis], dtype=bool)
+    kept[np.asarray(sorted(positions), dtype=np.int64)] = False
+    return np.take(array, np.flatnonzero(kept), axis=axis)
 
 
 def set_input(model: ir.Model, node: ir.Node, index: int, array: np.ndarray, names: set[str] | None = None) -> None:
