@@ -400,3 +400,7 @@ def test_a_student_is_further_from_its_teacher_on_the_centered_cosine_where_it_i
     assert not further_from_teacher(plan(flat, {"cosine": 0.9999, "centered_cosine": 0.9}))  # the cosine alone: yes
     assert further_from_teacher(plan({"cosine": 0.9}, {"cosine": 0.8}))  # no centered figure: the cosine
     assert not further_from_teacher(plan(flat, {"cosine": 0.5, "centered_cosine": 0.01}, labels=np.zeros(3)))
+    # what a watermark encoder adds to its frame: the residual cosine counts as the centered one does
+    mark = {"cosine": 0.9999, "residual_cosine": 0.9}
+    assert further_from_teacher(plan(mark, {**mark, "residual_cosine": 0.8}))
+    assert not further_from_teacher(plan({**mark, "residual_cosine": 0.8}, {"cosine": 0.9998, "residual_cosine": 0.9}))

@@ -89,3 +89,18 @@ def test_quantize_budget_bounds_what_the_model_adds(rivagan):
     assert score.slice > 0.99 and score.residual < 0.9 and score.strict == score.residual, score
     assert not bud.Budget.default("slice").holds(score, None)
     assert bud.Budget.default("whole").holds(score, None)
+
+
+def test_distillation_reports_what_the_student_adds_against_the_teacher(rivagan):
+    """A cut encoder distilled against the input read "cosine to the teacher 0.9999 → 0.9999" whatever its
+    training did to the watermark: the residual cosine to the teacher is in the summary and the details."""
+    path, folder = rivagan
+    assert run_mcomp("prune", path, "--method", "structured", "--rate", "0.5", "--data", "frames.npz",
+                     "-o", "cut5.onnx", cwd=folder).returncode == 0
+    done = run_mcomp("distill", "cut5.onnx", "--teacher", path, "--data", "frames.npz", "--epochs", "2",
+                     "-o", "student.onnx", "--report", "student.json", cwd=folder)
+    assert done.returncode == 0, done
+    doc = json.loads((folder / "student.json").read_text())
+    figures = doc["steps"][0]["changes"]["fidelity"]
+    assert figures["before"]["residual_cosine"] < 0.95 and figures["after"]["residual_cosine"] is not None, figures
+    assert f"residual {figures['before']['residual_cosine']:.4f} → " in doc["steps"][0]["summary"]

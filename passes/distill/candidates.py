@@ -94,27 +94,30 @@ FIDELITY_SLACK = 1e-4
 
 def further_from_teacher(plan: "Plan") -> bool:
     """Whether training without labels left the written student further from the teacher than the
-    input (labels may rightly pull a student away from its teacher): on the cosine, or the centered
-    cosine where both have one and it is lower (``evaluate.figure``'s rule): a cut PLCMOS read cosine
-    1.0000 to its teacher before and after, whatever its training did to what tells one clip from another."""
+    input (labels may rightly pull a student away from its teacher): on the cosine, or the centered or
+    residual cosine where both have one and it is lower (``evaluate.figure``'s rule): a cut PLCMOS read
+    cosine 1.0000 to its teacher before and after, whatever its training did to what tells one clip from another."""
     before, after = plan.yardstick.before or {}, plan.yardstick.after or {}
     if plan.job.train.labels is not None or before.get("cosine") is None or after.get("cosine") is None:
         return False
-    if before.get("centered_cosine") is not None and after.get("centered_cosine") is not None:
-        return _strict(after) < _strict(before) - FIDELITY_SLACK
-    return after["cosine"] < before["cosine"] - FIDELITY_SLACK
+    return _strict(after, before) < _strict(before, after) - FIDELITY_SLACK
 
 
-def _strict(figures: dict) -> float:
-    return min(figures["cosine"], figures["centered_cosine"])
+STRICTER = ("centered_cosine", "residual_cosine")  # read beside the cosine where both sides have one
+
+
+def _strict(figures: dict, other: dict) -> float:
+    """The lowest of the cosine and each of ``STRICTER`` that ``figures`` and ``other`` both have."""
+    return min([figures["cosine"], *(figures[k] for k in STRICTER if figures.get(k) is not None
+                                     and other.get(k) is not None)])
 
 
 def unchanged(model: "ir.Model", plan: "Plan", result: "FitResult") -> "ir.Model":
     """The input student, returned in place of a trained one that is further from the teacher."""
     before, after = plan.yardstick.before, plan.yardstick.after
-    centered = (f", centered {before['centered_cosine']:.4f} → {after['centered_cosine']:.4f}"
-                if before.get("centered_cosine") is not None and after.get("centered_cosine") is not None else "")
-    figures = f"cosine {before['cosine']:.4f} → {after['cosine']:.4f}{centered}"
+    also = "".join(f", {key.split('_')[0]} {before[key]:.4f} → {after[key]:.4f}" for key in STRICTER
+                   if before.get(key) is not None and after.get(key) is not None)
+    figures = f"cosine {before['cosine']:.4f} → {after['cosine']:.4f}{also}"
     result.notes.append(f"the trained student (epoch {result.best_epoch}) is further from the teacher than the input "
                         f"on {plan.yardstick.text} ({figures}): the input is returned unchanged")
     plan.yardstick.after = before

@@ -183,7 +183,8 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     """The student's outputs (onnxruntime, as deployed) against the teacher's on the yardstick's
     examples: whole-output cosine, and the worst slice along channel-like axes (output, axis,
     index, cosine, SQNR), where a detector's class rows show what the whole cosine hides."""
-    from mcomp import evaluate
+    from mcomp import evaluate, residuals
+    from mcomp.data import Dataset
 
     model = layout.examples_first(model, yardstick.samples.axes, yardstick.output_axes, yardstick.output_ranks)
     runner = teacher_io.Teacher(model, teacher_io.input_map(model, model), yardstick.names, ctx.providers,
@@ -196,8 +197,12 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     summary = evaluate.fidelity(teacher, [[o] for o in outs], yardstick.names)["summary"]
     # what tells one example from another, which the cosine hides (a cut PLCMOS read cosine 1.0000 to its teacher)
     centered = evaluate.lowest_centered(teacher, [[o] for o in outs], evaluate.centers(teacher))
+    # what an output adds to an input it passes on (a watermark encoder's cut read 0.9999 → 0.9999, 0.82 → 0.92 so)
+    inputs = yardstick.samples.inputs
+    residual = residuals.lowest(teacher, [[o] for o in outs], residuals.bases(teacher, Dataset([inputs]), list(inputs)))
     return {**{k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice", "relative_l2")},
-            "slice_sqnr_db": _lowest_slice_sqnr(yardstick.teacher, outs), "centered_cosine": centered}
+            "slice_sqnr_db": _lowest_slice_sqnr(yardstick.teacher, outs), "centered_cosine": centered,
+            "residual_cosine": residual}
 
 
 def _lowest_slice_sqnr(teacher: list[np.ndarray], student: list[np.ndarray]) -> float | None:
@@ -466,8 +471,10 @@ def _fidelity_text(yardstick: Yardstick) -> str:
     if before.get("cosine") is None or after.get("cosine") is None:
         return "fidelity to the teacher not measured (no float output)"
     text = f"cosine to the teacher {before['cosine']:.4f} → {after['cosine']:.4f}"
-    if before.get("centered_cosine") is not None and after.get("centered_cosine") is not None:
-        text += f" (centered {before['centered_cosine']:.4f} → {after['centered_cosine']:.4f})"
+    also = [f"{what} {before[key]:.4f} → {after[key]:.4f}" for key, what in
+            (("centered_cosine", "centered"), ("residual_cosine", "residual"))
+            if before.get(key) is not None and after.get(key) is not None]
+    text += f" ({', '.join(also)})" if also else ""
     worst = after.get("worst_slice") or before.get("worst_slice")
     if worst is not None:
         text += (f", worst slice {before['slice_cosine']:.4f} → {after['slice_cosine']:.4f} "
