@@ -101,3 +101,11 @@ def test_the_lowest_centered_cosine_skips_outputs_that_barely_vary():
     assert abs(evaluate.lowest_centered(ref, broken, means)) < 1e-6
     assert evaluate.lowest_centered(ref, ref, means) == pytest.approx(1.0)
     assert evaluate.lowest_centered(ref, broken, [None, None]) is None
+
+
+def test_the_summary_gives_the_centered_and_residual_cosines_the_budget_bounds():
+    from mcomp.passes.quantize.record import fidelity_text
+
+    assert fidelity_text({"cosine": 0.999997, "residual_cosine": 0.996581}) == "cosine 0.999997, residual 0.996581"
+    assert fidelity_text({"cosine": 0.99, "centered_cosine": 0.95}).endswith(", centered 0.95")
+    assert fidelity_text({"cosine": 0.99}) == "cosine 0.99"

@@ -108,12 +108,14 @@ def explain(errors, user, fit, ranked, guard_float) -> list[dict]:
 
 
 def fidelity_text(fid: dict) -> str:
-    """``cosine 0.999 (worst slice: output0[1][12] 0.93)`` for the summary line."""
+    """``cosine 0.999 (worst slice: output0[1][12] 0.93)`` for the summary line, with the centered and residual
+    cosines the budget bounds too (``budget.Score.strict``) where the figures have them."""
     text = f"cosine {fid['cosine']}"
     worst = fid.get("worst_slice")
     if worst:
         text += f" (worst slice {worst['output']}[axis {worst['axis']}][{worst['index']}] cosine {worst['cosine']})"
-    return text
+    also = [f"{key.split('_')[0]} {fid[key]}" for key in ("centered_cosine", "residual_cosine") if fid.get(key) is not None]
+    return text + (f", {', '.join(also)}" if also else "")
 
 
 def _layer_weight_bytes(prepared: onnx.ModelProto, result: onnx.ModelProto, quantized) -> dict:
