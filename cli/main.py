@@ -4,10 +4,8 @@ bench, compare, export, run, passes); one command per registered pass, built fro
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
-import types
 
 import _signal  # signal's C half, loaded already: importing signal itself builds enums, time Ctrl-C could fall into
 
@@ -30,36 +28,11 @@ def _is_the_program() -> bool:
     return getattr(spec, "name", None) == "mcomp.__main__" or os.path.basename(sys.argv[0]) == "mcomp"
 
 
-class Deferred(types.ModuleType):
-    """A module imported on its first attribute read, standing in for it in ``sys.modules`` until then.
-    Not the standard library's LazyLoader: in Python 3.11 every later ``import sympy`` reads the module's
-    ``__spec__``, which loads a LazyLoader's module at once; this stand-in has no spec of its own."""
-
-    def __getattr__(self, name: str):
-        real = self.__dict__.get("_real")
-        if real is None:
-            del sys.modules[self.__name__]
-            real = self._real = importlib.import_module(self.__name__)
-        return getattr(real, name)
-
-
-# sympy and what reads it on import, loaded on first use instead of at start-up: onnx_ir imports them at its
-# top (0.2 s of every command's start, a tenth of loading and running a 0.75 GiB model, issue 12) for the
-# arithmetic of symbolic dims, which few commands reach.
-DEFERRED = ("sympy", "onnx_ir._symbolic_shapes")
-
-
-def defer_imports() -> None:
-    for name in DEFERRED:
-        if name not in sys.modules:
-            sys.modules[name] = Deferred(name)
-
-
 if _is_the_program():  # before the imports below: they take most of a second, a traceback's worth of Ctrl-C
     _signal.signal(_signal.SIGINT, exit_interrupted)
-    defer_imports()
 
 import contextlib
+import importlib
 
 import typer
 from typer.core import TyperGroup

@@ -101,34 +101,6 @@ def test_a_pipeline_file_typo_is_answered_without_the_graph_libraries(tmp_path):
     assert found["heavy"] == [], f"reading a pipeline file imported {found['heavy']}"
 
 
-def test_sympy_is_loaded_only_when_used(tmp_path):
-    """The program defers sympy (onnx_ir imports it at its top: 0.2 s of every command's start, issue 12):
-    ``mcomp inspect`` runs without loading it, and onnx_ir's symbolic-dim arithmetic, which reads it, still
-    works afterwards (the stand-in loads the real module then). A MatMul chain's MACs need no symbolic
-    shapes; a CNN's do (onnxruntime's symbolic shape inference reads sympy), and loads it there."""
-    import numpy as np
-    import onnx
-    from onnx import TensorProto, helper
-
-    weight = onnx.numpy_helper.from_array(np.ones((4, 3), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])], [weight])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
-    probe = ("import json, sys\nsys.argv[0] = 'mcomp'\nfrom mcomp.cli.main import app\n"
-             "try:\n    app(['inspect', 'm.onnx'], prog_name='mcomp')\nexcept SystemExit as e:\n    code = e.code\n"
-             "loaded = '_real' in vars(sys.modules['sympy']) or type(sys.modules['sympy']).__name__ == 'module'\n"
-             "import onnx_ir as ir\nimport sympy\n"
-             "dim = ir.SymbolicDim('N') * 2\n"
-             "print(json.dumps({'code': code, 'loaded': loaded, 'dim': str(dim),"
-             " 'expr': isinstance(dim._expr, sympy.Expr)}))\n")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    found = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert found["code"] in (0, None) and found["loaded"] is False, found
-    assert found["dim"] == "2*N" and found["expr"] is True, found
-
-
 def test_declared_quantize_modes_are_the_registered_schemes():
     """The modes and their help are declared apart from the scheme classes (so help needs no onnxruntime):
     each declared mode's module registers that very mode, and nothing else registers."""
