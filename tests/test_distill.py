@@ -314,7 +314,7 @@ def test_standardized_loss_recovers_the_small_slice_of_a_joined_output(monkeypat
     # the same run on raw outputs: MSE fits the pixel rows and leaves the class rows behind
     from mcomp.passes.distill import prepare
 
-    monkeypatch.setattr(prepare, "output_scales", lambda kinds, outputs: [None] * len(kinds))
+    monkeypatch.setattr(prepare, "output_scales", lambda kinds, outputs, inputs=None: [None] * len(kinds))
     raw = _distill_head()
     assert raw["loss"]["outputs"]["y"] == "MSE"
     assert after["slice_cosine"] > raw["fidelity"]["after"]["slice_cosine"] + 0.01, (after, raw["fidelity"]["after"])

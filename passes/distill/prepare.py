@@ -147,9 +147,9 @@ def plan(model: ir.Model, cfg, ctx: Context) -> Plan:
     measuring = pacing.clock()
     yardstick.before = fidelity(model, yardstick, ctx)
     reserve = pacing.clock() - measuring  # measuring the result again takes about as long
+    scales = output_scales(kinds, train_targets[:n_out], train.inputs)  # a pass-through output: what it adds
     job = Job(model_io.to_bytes(trained), kinds, hints, train, train_targets, val, val_targets, cfg, seed, dev,
-              batch, fixed, cfg.checkpoint_dir, cfg.resume, ctx.threads, output_scales(kinds, train_targets[:n_out]),
-              started, reserve)
+              batch, fixed, cfg.checkpoint_dir, cfg.resume, ctx.threads, scales, started, reserve)
     return Plan(job, student, shadows, source, runner.run, validation.text, warm, qdq_before, yardstick,
                 notes + runner.run.notes)
 
