@@ -55,12 +55,17 @@ class InputShape:
 
 
 def is_batch_dim(spec: TensorSpec, axis: int) -> bool:
-    """Axis 0 when dynamic and not named like a sequence, or any dim named like a batch."""
+    """Axis 0 when dynamic and not named like a sequence, or any dim named like a batch. A bare ``N`` or ``B``
+    past axis 0 is a batch only where axis 0 is not one: onnx-asr's feature extractors take waveforms
+    ``[batch_size, N]`` (N samples), which were assumed 1×1 and timed a whole file's batch as one run; a
+    time-major ``[T, N, C]`` keeps its batch."""
     if spec.shape is None or axis >= len(spec.shape) or isinstance(spec.shape[axis], int):
         return False
     name = spec.shape[axis] or ""
-    if "batch" in name.lower() or name in ("N", "B"):
+    if "batch" in name.lower():
         return True
+    if name in ("N", "B"):
+        return axis == 0 or not is_batch_dim(spec, 0)
     return axis == 0 and not _NOT_BATCH.search(name)
 
 

@@ -225,3 +225,18 @@ def test_a_failure_on_synthetic_data_names_the_integer_inputs_it_filled_with_zer
     assert shapes.assumed_note({}, ["a", "b"]) == (" (synthetic inputs a, b are all zeros (integers and booleans): "
                                                    "give --data with the values the model expects)")
     assert shapes.assumed_note({}) == ""
+
+
+def test_a_bare_n_past_axis_0_is_a_batch_only_where_axis_0_is_not():
+    """onnx-asr's feature extractors take waveforms [batch_size, N] (N samples): both dims read as batches,
+    the samples were assumed 1 and a file's batch of 4 clips was timed as one run."""
+    from mcomp.session import TensorSpec
+
+    f32 = np.dtype("float32")
+    waveforms = TensorSpec("waveforms", f32, ("batch_size", "N"))
+    assert shapes.is_batch_dim(waveforms, 0) and not shapes.is_batch_dim(waveforms, 1)
+    time_major = TensorSpec("x", f32, ("time", "N", 8))
+    assert not shapes.is_batch_dim(time_major, 0) and shapes.is_batch_dim(time_major, 1)
+    assert shapes.is_batch_dim(TensorSpec("x", f32, ("N", 3)), 0)
+    feed = shapes.example_feed({"waveforms": np.zeros((4, 16000), np.float32)}, [waveforms])
+    assert feed["waveforms"].shape == (1, 16000)
