@@ -98,6 +98,18 @@ def run_mcomp(*args, cwd: Path, stdin: bytes | None = None, timeout: float = HAN
                   proc.stderr.decode("utf-8", errors="replace"), time.perf_counter() - start, folder=Path(cwd))
 
 
+def gated(path: Path, folder: Path, npz: str, step: str, floor: float) -> dict[str, Result]:
+    """``mcomp run`` of one ``step`` (YAML flow mapping, e.g. ``prune: {rate: 0.8}``) on ``path`` with a fidelity
+    gate at ``floor``, once per ``measure.fidelity`` mode: mode → the run's result."""
+    done = {}
+    for mode in ("slice", "whole"):
+        (folder / f"gate-{mode}.yaml").write_text(
+            f"model: {path}\ndata: {{evaluation: {npz}}}\nmeasure: {{latency: false, fidelity: {mode}}}\n"
+            f"steps:\n  - {step}\ngate: {{min_fidelity: {floor}}}\n")
+        done[mode] = run_mcomp("run", f"gate-{mode}.yaml", "-o", f"gated-{mode}.onnx", cwd=folder)
+    return done
+
+
 def run_shell(script: str, *, cwd: Path, timeout: float = HANG_TIMEOUT) -> Result:
     """A bash pipeline (``set -o pipefail``); ``mcomp`` in it means this interpreter's ``-m mcomp``."""
     start = time.perf_counter()

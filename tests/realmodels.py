@@ -803,20 +803,6 @@ def with_data(name: str, folder: Path, npz: str, batches: int = 8) -> tuple[Path
     return model.path, folder
 
 
-def gated(path: Path, folder: Path, npz: str, step: str, floor: float) -> dict[str, object]:
-    """``mcomp run`` of one ``step`` (YAML flow mapping, e.g. ``prune: {rate: 0.8}``) on ``path`` with a fidelity
-    gate at ``floor``, once per ``measure.fidelity`` mode: mode → the run's result (``clirun.Result``)."""
-    from clirun import run_mcomp
-
-    done = {}
-    for mode in ("slice", "whole"):
-        (folder / f"gate-{mode}.yaml").write_text(
-            f"model: {path}\ndata: {{evaluation: {npz}}}\nmeasure: {{latency: false, fidelity: {mode}}}\n"
-            f"steps:\n  - {step}\ngate: {{min_fidelity: {floor}}}\n")
-        done[mode] = run_mcomp("run", f"gate-{mode}.yaml", "-o", f"gated-{mode}.onnx", cwd=folder)
-    return done
-
-
 def write_npz(model: RealModel, path: Path, batches: int = 4) -> Path:
     """Write ``batches`` distinct feeds stacked on a new leading axis, one key per input.
 

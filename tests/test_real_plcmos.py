@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import realmodels
-from clirun import run_mcomp
+from clirun import gated, run_mcomp
 from mcomp import evaluate
 from mcomp.kernels import fidelity as fk
 
@@ -64,7 +64,7 @@ def test_a_fidelity_gate_fails_the_cut_on_its_centered_cosine(plcmos):
     """A gate (and ``mcomp auto --min-fidelity``, which reads the same figure) at 0.95 passed this cut on
     its cosine, 0.996; ``measure.fidelity: whole`` keeps the plain cosine."""
     path, folder = plcmos
-    done = realmodels.gated(path, folder, "speech.npz", "prune: {method: structured, rate: 0.3}", 0.95)
+    done = gated(path, folder, "speech.npz", "prune: {method: structured, rate: 0.3}", 0.95)
     assert done["slice"].returncode == 3 and "fidelity (centered cosine) 0.0" in done["slice"].stderr, done["slice"]
     assert done["whole"].returncode == 0, done["whole"]
     assert not (folder / "gated-slice.onnx").exists() and (folder / "gated-whole.onnx").exists()
