@@ -281,16 +281,9 @@ def run_exposed(proto: onnx.ModelProto, tensors: list[str], feeds, providers: li
     return {t: v for t, v in collected.items() if v}
 
 
-def _joined(arrays: list[np.ndarray]) -> np.ndarray:
-    """One array per output: concatenated along the batch axis where shapes allow, else flattened."""
-    if all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
-        return np.concatenate(arrays, axis=0)
-    return np.concatenate([a.ravel() for a in arrays])
-
-
 def slice_axes(ref: list[list[np.ndarray]]) -> list[list[int]]:
     """The channel-like axes of each reference output: found once where many candidates are scored."""
-    return [fk.channel_axes(_joined(r_list)) if r_list else [] for r_list in ref]
+    return [fk.channel_axes(fk.joined(r_list)) if r_list else [] for r_list in ref]
 
 
 def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: list[str],
@@ -312,8 +305,7 @@ def fidelity(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], names: l
             outputs[name] = {"error": f"shape {list(odd[2].shape)} differs from the reference's {list(odd[1].shape)}"
                                       f"{where}"}
             continue
-        # one feed (a language model's logits, 0.4 GB) is compared as it is, not copied by a join
-        r, c = (r_list[0], c_list[0]) if len(r_list) == len(c_list) == 1 else (_joined(r_list), _joined(c_list))
+        r, c = fk.joined(r_list), fk.joined(c_list)  # one feed (a language model's logits, 0.4 GB) is not copied
         if r.shape != c.shape:
             outputs[name] = {"error": f"shape {list(c.shape)} differs from the reference's {list(r.shape)}"}
             continue
@@ -365,14 +357,14 @@ def across_examples(fid: dict, ref: list[list[np.ndarray]], cand: list[list[np.n
         entry = fid["outputs"].get(name) or {}
         if "cosine" not in entry or not r_list:
             continue
-        r = _one(r_list)
+        r = fk.joined(r_list)
         varies = _varies(r)
         if varies is None:
             continue
         entry["spread"] = round(varies, 6)
         if varies < fk.NEARLY_CONSTANT:
             still[name] = entry["spread"]
-        value = fk.centered_cosine(r, _one(c_list)) if len(c_list) == len(r_list) else None
+        value = fk.centered_cosine(r, fk.joined(c_list)) if len(c_list) == len(r_list) else None
         if value is not None and np.isfinite(value):
             entry["centered_cosine"] = round(value, 6)
             if varies >= fk.NEARLY_CONSTANT:
@@ -388,7 +380,7 @@ def centers(ref: list[list[np.ndarray]]) -> list[np.ndarray | None]:
     once where one reference scores many candidates (quantize's budget)."""
     means = []
     for r_list in ref:
-        r = _one(r_list) if r_list else None
+        r = fk.joined(r_list) if r_list else None
         varies = _varies(r) if r is not None and r.dtype.kind == "f" else None
         means.append(fk.example_mean(r) if varies is not None and varies >= fk.NEARLY_CONSTANT else None)
     return means
@@ -402,14 +394,10 @@ def lowest_centered(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]],
     for r_list, c_list, mean in zip(ref, cand, means):
         if mean is None or len(c_list) != len(r_list):
             continue
-        value = fk.centered_cosine(_one(r_list), _one(c_list), mean)
+        value = fk.centered_cosine(fk.joined(r_list), fk.joined(c_list), mean)
         if value is not None and np.isfinite(value):
             found.append(value)
     return min(found) if found else None
-
-
-def _one(arrays: list[np.ndarray]) -> np.ndarray:
-    return np.asarray(arrays[0]) if len(arrays) == 1 else _joined([np.asarray(a) for a in arrays])
 
 
 def _varies(r: np.ndarray) -> float | None:

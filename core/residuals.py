@@ -22,15 +22,15 @@ PASSES_THROUGH = 0.9  # an output whose cosine to an input of its shape is this 
 
 
 def bases(ref: list[list[np.ndarray]], dataset: Dataset, input_names: list[str]) -> list[tuple | None]:
-    """Per reference output, the input it passes through as (name, cosine to it, the input's arrays joined),
-    else None: found once where one reference scores many candidates (quantize's budget)."""
-    inputs = {name: _joined([feed[name] for feed in dataset.feeds])
+    """Per reference output, the input it passes through as (name, cosine to it, the input's arrays joined,
+    the output's joined), else None: found once where one reference scores many candidates (quantize's budget)."""
+    inputs = {name: fk.joined([feed[name] for feed in dataset.feeds])
               for name in input_names if dataset.feeds and all(name in feed for feed in dataset.feeds)}
     found = []
     for r_list in ref:
-        output = _joined(r_list) if r_list else None
+        output = fk.joined(r_list) if r_list else None
         through = passed_through(output, inputs) if output is not None else None
-        found.append(None if through is None else (*through, inputs[through[0]]))
+        found.append(None if through is None else (*through, inputs[through[0]], output))
     return found
 
 
@@ -58,7 +58,7 @@ def lowest(ref: list[list[np.ndarray]], cand: list[list[np.ndarray]], found: lis
 def _cosine(r_list: list[np.ndarray], c_list: list[np.ndarray], base: tuple | None) -> float | None:
     if base is None or not r_list or len(c_list) != len(r_list):
         return None
-    value = fk.residual_cosine(_joined(r_list), _joined(c_list), base[2])
+    value = fk.residual_cosine(base[3], fk.joined(c_list), base[2])
     return float(value) if value is not None and np.isfinite(value) else None
 
 
@@ -71,15 +71,3 @@ def passed_through(output: np.ndarray | None, inputs: dict[str, np.ndarray | Non
              if array is not None and array.dtype.kind == "f" and array.shape == output.shape]
     best = max(found, key=lambda pair: pair[1], default=None)
     return best if best is not None and best[1] >= PASSES_THROUGH else None
-
-
-def _joined(arrays: list[np.ndarray]) -> np.ndarray | None:
-    """The feeds' arrays along the batch axis (as ``evaluate`` joins outputs), or None where they do not join."""
-    arrays = [np.asarray(a) for a in arrays]
-    if not arrays:
-        return None
-    if len(arrays) == 1:
-        return arrays[0]
-    if all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
-        return np.concatenate(arrays, axis=0)
-    return None

@@ -108,6 +108,18 @@ def _departures_cosine(rows: np.ndarray, others: np.ndarray, step: int, base) ->
     return _cosine(dot, aa, bb)
 
 
+def joined(arrays: list[np.ndarray]) -> np.ndarray:
+    """One array from a model's per-feed arrays (an output's, an input's): concatenated along the batch axis
+    where their shapes allow, else flattened and concatenated, in feed order either way (so an output and the
+    input it was made from line up element for element); a single feed is returned as it is, not copied."""
+    arrays = [np.asarray(a) for a in arrays]
+    if len(arrays) == 1:
+        return arrays[0]
+    if all(a.ndim and a.shape[1:] == arrays[0].shape[1:] for a in arrays):
+        return np.concatenate(arrays, axis=0)
+    return np.concatenate([a.ravel() for a in arrays])
+
+
 def _has_examples(ref: np.ndarray) -> bool:
     return ref.ndim >= 1 and ref.shape[0] >= 2 and ref.size > 0 and ref.dtype.kind == "f"
 

@@ -197,7 +197,7 @@ def fidelity(model: ir.Model, yardstick: Yardstick, ctx: Context) -> dict:
     summary = evaluate.fidelity(teacher, [[o] for o in outs], yardstick.names)["summary"]
     # what tells one example from another, which the cosine hides (a cut PLCMOS read cosine 1.0000 to its teacher)
     centered = evaluate.lowest_centered(teacher, [[o] for o in outs], evaluate.centers(teacher))
-    # what an output adds to an input it passes on (a watermark encoder's cut read 0.9999 → 0.9999, 0.82 → 0.92 so)
+    # what an output adds to an input it passes on (a watermark encoder's cut read 0.9999 → 0.9999, 0.82 → 0.91 so)
     inputs = yardstick.samples.inputs
     residual = residuals.lowest(teacher, [[o] for o in outs], residuals.bases(teacher, Dataset([inputs]), list(inputs)))
     return {**{k: summary[k] for k in ("cosine", "slice_cosine", "worst_slice", "relative_l2")},
